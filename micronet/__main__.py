@@ -1,0 +1,5 @@
+import sys
+
+from micronet.cli import main
+
+sys.exit(main())

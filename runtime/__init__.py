@@ -1,0 +1,40 @@
+"""The MicroNet runtime: detection, peak finding, matching and metrics.
+
+Imports no torch. Optional GPU parts (TensorRT, CuPy, CUDA bindings) load lazily and
+raise an ``ImportError`` naming the ``micronet-sdk[gpu]`` extra when missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Detector": "micronet.runtime.detector",
+    "Detections": "micronet.runtime.detections",
+    "find_peaks": "micronet.runtime.peaks",
+    "match_points": "micronet.runtime.matching",
+    "evaluate_points": "micronet.runtime.matching",
+    "PointMetrics": "micronet.runtime.matching",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .detections import Detections
+    from .detector import Detector
+    from .matching import PointMetrics, evaluate_points, match_points
+    from .peaks import find_peaks
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'micronet.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,1 @@
+"""MicroNet trainer (needs torch: ``pip install 'micronet-sdk[train]'``)."""

@@ -1,0 +1,216 @@
+"""Point-annotated image folders and on-the-fly augmented crops.
+
+The folder format is that of ``../shared/data`` (see its README)::
+
+    <root>/images/<name>.png     RGB 8-bit
+    <root>/points/<name>.csv     header "x,y", one centre per row (x = column, y = row)
+    <root>/split.csv             optional: name,split (train / val / test)
+    <root>/meta.csv              optional: name,organ,...
+    <root>/dataset.json          optional: {"mpp": 0.5} pixel size in µm/px
+
+Crops are sampled by one inverse map (scale × rotation × mirror + shift + elastic
+displacement) applied to image and points together, so targets stay exact. Resampling
+to the model's pixel size is part of the same map.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from micronet.runtime.metrics import read_points_csv
+
+__all__ = ["PointDataset", "load_point_folder", "AugmentConfig", "sample_crop", "KNOWN_MPP"]
+
+log = logging.getLogger(__name__)
+
+# Pixel sizes of the data sets in ../shared/data (its README), used when a folder has no
+# dataset.json. Keyed by folder name.
+KNOWN_MPP = {"crchisto": 0.55, "monuseg": 0.25}
+
+
+@dataclass
+class PointDataset:
+    """Images (``(H, W, 3)`` uint8 RGB) with ``(N, 2)`` float64 ``(x, y)`` centres."""
+
+    root: Path
+    names: list[str]
+    images: list[np.ndarray]
+    points: list[np.ndarray]
+    mpp: float
+    meta: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, indices: list[int] | np.ndarray) -> "PointDataset":
+        idx = [int(i) for i in indices]
+        return PointDataset(
+            self.root,
+            [self.names[i] for i in idx],
+            [self.images[i] for i in idx],
+            [self.points[i] for i in idx],
+            self.mpp,
+            {self.names[i]: self.meta[self.names[i]] for i in idx if self.names[i] in self.meta},
+        )
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _folder_mpp(root: Path, mpp: float | None) -> float:
+    if mpp is not None:
+        return float(mpp)
+    info = root / "dataset.json"
+    if info.is_file():
+        return float(json.loads(info.read_text())["mpp"])
+    if root.name in KNOWN_MPP:
+        return KNOWN_MPP[root.name]
+    raise ValueError(
+        f"{root}: unknown pixel size; add dataset.json with {{\"mpp\": ...}} or pass mpp= (µm/px)"
+    )
+
+
+def load_point_folder(root: str | Path, split: str | None = None, mpp: float | None = None) -> PointDataset:
+    """Loads a point-annotated folder (all images, or those of one split)."""
+    root = Path(root)
+    if not (root / "images").is_dir() or not (root / "points").is_dir():
+        raise FileNotFoundError(f"{root}: expected images/ and points/ folders inside")
+    names = sorted(p.stem for p in (root / "points").glob("*.csv"))
+    if split is not None:
+        split_file = root / "split.csv"
+        if not split_file.is_file():
+            raise ValueError(f"{root}: split {split!r} requested but there is no split.csv")
+        with split_file.open() as f:
+            split_of = {row["name"]: row["split"] for row in csv.DictReader(f)}
+        valid = sorted(set(split_of.values()))
+        if split not in valid:
+            raise ValueError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
+        names = [n for n in names if split_of.get(n) == split]
+    meta: dict[str, dict[str, str]] = {}
+    if (root / "meta.csv").is_file():
+        with (root / "meta.csv").open() as f:
+            meta = {row["name"]: row for row in csv.DictReader(f)}
+    images, points = [], []
+    for name in names:
+        candidates = [p for p in (root / "images").glob(f"{name}.*")]
+        if not candidates:
+            raise FileNotFoundError(f"{root / 'images'}: no image for annotation {name}.csv")
+        images.append(_read_rgb(candidates[0]))
+        points.append(read_points_csv(root / "points" / f"{name}.csv"))
+    return PointDataset(root, names, images, points, _folder_mpp(root, mpp), meta)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random crop augmentation (applied to image and points together)."""
+
+    crop: int = 200
+    rotate: bool = True  # any angle
+    mirror: bool = True
+    scale_jitter: float = 0.1  # relative, around the pixel-size ratio
+    elastic_px: float = 3.0  # std of the displacement at the control points (model px)
+    elastic_grid: int = 5  # control points per side
+    color_jitter: float = 0.08  # brightness/contrast/per-channel gain, relative
+
+
+def sample_crop(
+    image: np.ndarray,
+    points: np.ndarray,
+    rng: np.random.Generator,
+    aug: AugmentConfig,
+    scale: float = 1.0,
+    margin: float = 15.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented ``crop × crop`` sample.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 source image.
+        points: ``(N, 2)`` ``(x, y)`` centres in source pixels.
+        scale: source pixels per model pixel (model mpp / data mpp).
+        margin: keep points up to this far outside the crop (they shape the targets at
+            its border).
+
+    Returns:
+        ``(crop, points)``: ``(crop, crop, 3)`` uint8 and ``(M, 2)`` float64 ``(x, y)``
+        in crop pixels.
+    """
+    size = aug.crop
+    h, w = image.shape[:2]
+    s = scale * (1.0 + rng.uniform(-aug.scale_jitter, aug.scale_jitter))
+    theta = rng.uniform(0, 2 * np.pi) if aug.rotate else 0.0
+    flip = -1.0 if (aug.mirror and rng.random() < 0.5) else 1.0
+    c, sn = np.cos(theta), np.sin(theta)
+    # A maps crop offsets (x, y) from the crop centre to source offsets.
+    a = s * np.array([[c, -sn], [sn, c]]) @ np.diag([flip, 1.0])
+    # Keep the rotated crop's footprint inside the image: reflected borders would show
+    # nuclei that carry no annotation.
+    reach = s * (size / 2.0 * np.sqrt(2.0) + 3.0 * aug.elastic_px)
+    lo_x, hi_x = (reach, w - reach) if w > 2 * reach else (w / 2.0, w / 2.0)
+    lo_y, hi_y = (reach, h - reach) if h > 2 * reach else (h / 2.0, h / 2.0)
+    centre_src = np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)])
+    centre_dst = np.array([(size - 1) / 2.0, (size - 1) / 2.0])
+
+    # Smooth elastic displacement (in model pixels) from a coarse random grid.
+    g = aug.elastic_grid
+    if aug.elastic_px > 0:
+        coarse = rng.normal(0.0, aug.elastic_px, size=(2, g, g))
+        disp = np.stack([ndi.zoom(coarse[k], size / g, order=3, mode="nearest")[:size, :size] for k in range(2)])
+    else:
+        disp = np.zeros((2, size, size))
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    dx = cols + disp[0] - centre_dst[0]
+    dy = rows + disp[1] - centre_dst[1]
+    src_x = centre_src[0] + a[0, 0] * dx + a[0, 1] * dy
+    src_y = centre_src[1] + a[1, 0] * dx + a[1, 1] * dy
+    crop = np.empty((size, size, 3), dtype=np.float32)
+    for ch in range(3):
+        ndi.map_coordinates(image[..., ch], [src_y, src_x], output=crop[..., ch], order=1, mode="reflect")
+
+    if aug.color_jitter > 0:
+        j = aug.color_jitter
+        gain = 1.0 + rng.uniform(-j, j, size=3)
+        contrast = 1.0 + rng.uniform(-j, j)
+        mean = crop.mean()
+        crop = (crop - mean) * contrast + mean
+        crop = crop * gain + 255.0 * rng.uniform(-j, j) / 2
+    crop_u8 = np.clip(crop + 0.5, 0, 255).astype(np.uint8)
+
+    # Points: invert the affine exactly, then the elastic part by fixed-point iteration
+    # (dst + disp(dst) = A⁻¹(p − centre_src) + centre_dst).
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    base = (np.linalg.inv(a) @ (pts - centre_src).T).T + centre_dst  # (N, 2)
+    dst = base.copy()
+    if aug.elastic_px > 0 and len(dst):
+        for _ in range(4):
+            coords = [np.clip(dst[:, 1], 0, size - 1), np.clip(dst[:, 0], 0, size - 1)]
+            ux = ndi.map_coordinates(disp[0], coords, order=1, mode="nearest")
+            uy = ndi.map_coordinates(disp[1], coords, order=1, mode="nearest")
+            dst = base - np.stack([ux, uy], axis=1)
+    keep = (dst[:, 0] > -margin) & (dst[:, 0] < size - 1 + margin) & (dst[:, 1] > -margin) & (dst[:, 1] < size - 1 + margin)
+    return crop_u8, dst[keep]
+
+
+def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0–255 units) over a list of ``(H, W, 3)`` uint8 images."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for im in images:
+        px = im.reshape(-1, 3).astype(np.float64)
+        total += px.sum(0)
+        total_sq += (px**2).sum(0)
+        count += len(px)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-6))
+    return mean.tolist(), std.tolist()

@@ -1,0 +1,259 @@
+"""Networks: MicroNet (Xing et al. 2019) and baselines, behind one registry.
+
+``create_model(name, **overrides)`` builds a registered network; ``None`` overrides are
+dropped so command-line defaults never mask a model's own defaults (as timm does). Each
+variant is a few lines over a shared builder, and every model carries its config as
+data (``model.config``) so checkpoints can rebuild it.
+
+MicroNet block numbering (used by fine-tuning to freeze the first k blocks):
+
+====== ===================================================================
+block  part
+====== ===================================================================
+1      input transition (one 3×3 convolution)
+2–5    downsampling path: residual blocks at 1, 1/2, 1/4, 1/8 resolution,
+       a stride-2 convolution before blocks 3, 4, 5
+6–9    upsampling path: residual blocks at 1/8, 1/4, 1/2, 1 resolution,
+       a transposed convolution (and concatenation) before blocks 7, 8, 9
+10     multi-context aggregation and the output transition (two convolutions)
+====== ===================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MicroNetConfig", "MicroNet", "create_model", "list_models", "register_model", "model_from_config"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Registers a model factory under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """The names ``create_model`` accepts."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Builds a registered model; ``None``-valued overrides are ignored.
+
+    >>> create_model("micronet_lean").config.widths
+    (16, 32, 64, 64)
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    return _REGISTRY[name](**kwargs)
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """Rebuilds a model from the ``{"name": ..., **config}`` dict a checkpoint stores."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name != "micronet":
+        raise ValueError(f"checkpoint architecture {name!r} is not supported; valid: 'micronet'")
+    if "widths" in config:
+        config["widths"] = tuple(config["widths"])
+    if "context_depths" in config:
+        config["context_depths"] = tuple(config["context_depths"])
+    return MicroNet(MicroNetConfig(**config))
+
+
+@dataclass(frozen=True)
+class MicroNetConfig:
+    """Architecture of a MicroNet.
+
+    widths: channels of the four downsampling residual blocks (full, 1/2, 1/4, 1/8
+        resolution); the paper doubles the width when the map halves, except at the
+        last block. The upsampling blocks mirror them.
+    context_channels: channels each multi-context branch contributes at full resolution.
+    context_depths: which downsampling blocks (1-based, 2..4) feed the multi-context
+        aggregation through transposed convolutions.
+    dropout: after the convolutions of the last two downsampling blocks.
+    in_channels: 3 for RGB.
+    """
+
+    widths: tuple[int, int, int, int] = (16, 32, 64, 64)
+    context_channels: int = 8
+    context_depths: tuple[int, ...] = (2, 3, 4)
+    dropout: float = 0.5
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
+            raise ValueError(f"widths: expected four positive channel counts, got {self.widths}")
+        if not set(self.context_depths) <= {2, 3, 4}:
+            raise ValueError(f"context_depths: expected values among 2, 3, 4, got {self.context_depths}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 convolutions, each followed by batch norm; ELU after the first batch norm
+    and after the residual addition; optional dropout after the convolutions."""
+
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout)
+        self.conv2 = _conv_bn(cout, cout)
+        self.skip = nn.Identity() if cin == cout else _conv_bn(cin, cout, kernel=1)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.elu(self.conv1(x))
+        y = self.drop(self.conv2(y))
+        return F.elu(y + self.skip(x))
+
+
+def _fit(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Zero-pads (odd sizes: 37 → 74 for a 75 map) or crops x to the spatial size."""
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    return F.pad(x, (0, dw, 0, dh))  # negative padding crops
+
+
+class MicroNet(nn.Module):
+    """MicroNet: a U-Net-like FCN with residual blocks and multi-context aggregation that
+    regresses the proximity map (Eq. 1). Input ``(B, 3, H, W)`` normalised float, any H, W;
+    output ``(B, 1, H, W)``, linear (no sigmoid): targets are in [0, scale]."""
+
+    def __init__(self, config: MicroNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or MicroNetConfig()
+        w = self.config.widths
+        drop = self.config.dropout
+        # Block 1: input transition.
+        self.block1 = nn.Sequential(_conv_bn(self.config.in_channels, w[0]), nn.ELU())
+        # Blocks 2-5: downsampling path; stride-2 convolutions between consecutive blocks.
+        self.block2 = ResidualBlock(w[0], w[0])
+        self.down2 = nn.Sequential(_conv_bn(w[0], w[1], stride=2), nn.ELU())
+        self.block3 = ResidualBlock(w[1], w[1])
+        self.down3 = nn.Sequential(_conv_bn(w[1], w[2], stride=2), nn.ELU())
+        self.block4 = ResidualBlock(w[2], w[2], dropout=drop)
+        self.down4 = nn.Sequential(_conv_bn(w[2], w[3], stride=2), nn.ELU())
+        self.block5 = ResidualBlock(w[3], w[3], dropout=drop)
+        # Blocks 6-9: upsampling path; transposed convolutions, then concatenation with
+        # the downsampled output of the same resolution.
+        self.block6 = ResidualBlock(w[3], w[3])
+        self.up7 = self._up(w[3], w[2])
+        self.block7 = ResidualBlock(2 * w[2], w[2])
+        self.up8 = self._up(w[2], w[1])
+        self.block8 = ResidualBlock(2 * w[1], w[1])
+        self.up9 = self._up(w[1], w[0])
+        self.block9 = ResidualBlock(2 * w[0], w[0])
+        # Block 10: multi-context aggregation (transposed convolutions from several
+        # depths straight to full resolution) and the output transition.
+        c = self.config.context_channels
+        depth_width = {2: w[1], 3: w[2], 4: w[3]}
+        self.context = nn.ModuleDict(
+            {
+                str(d): nn.Sequential(
+                    nn.ConvTranspose2d(depth_width[d], c, kernel_size=2 ** (d - 1), stride=2 ** (d - 1), bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ELU(),
+                )
+                for d in self.config.context_depths
+            }
+        )
+        agg = w[0] + c * len(self.config.context_depths)
+        self.block10 = nn.Sequential(_conv_bn(agg, w[0]), nn.ELU(), nn.Conv2d(w[0], 1, kernel_size=1))
+
+    @staticmethod
+    def _up(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2, bias=False), nn.BatchNorm2d(cout), nn.ELU())
+
+    def blocks(self) -> list[list[nn.Module]]:
+        """The modules of blocks 1..10 (index 0 is block 1), for freezing the first k."""
+        return [
+            [self.block1],
+            [self.block2],
+            [self.down2, self.block3],
+            [self.down3, self.block4],
+            [self.down4, self.block5],
+            [self.block6],
+            [self.up7, self.block7],
+            [self.up8, self.block8],
+            [self.up9, self.block9],
+            [self.context, self.block10],
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        d1 = self.block2(self.block1(x))  # (B, w0, H, W)
+        d2 = self.block3(self.down2(d1))  # (B, w1, H/2, W/2)
+        d3 = self.block4(self.down3(d2))  # (B, w2, H/4, W/4)
+        d4 = self.block5(self.down4(d3))  # (B, w3, H/8, W/8)
+        u = self.block6(d4)
+        u = self.block7(torch.cat([d3, _fit(self.up7(u), d3.shape[-2:])], dim=1))  # (B, w2, H/4, W/4)
+        u = self.block8(torch.cat([d2, _fit(self.up8(u), d2.shape[-2:])], dim=1))  # (B, w1, H/2, W/2)
+        u = self.block9(torch.cat([d1, _fit(self.up9(u), d1.shape[-2:])], dim=1))  # (B, w0, H, W)
+        depth_out = {2: d2, 3: d3, 4: d4}
+        ctx = [_fit(self.context[str(d)](depth_out[d]), size) for d in self.config.context_depths]
+        return self.block10(torch.cat([u, *ctx], dim=1))  # (B, 1, H, W)
+
+    def config_dict(self) -> dict[str, Any]:
+        """``{"name": "micronet", **config}``, JSON-able, as checkpoints store it."""
+        d = asdict(self.config)
+        d["widths"] = list(d["widths"])
+        d["context_depths"] = list(d["context_depths"])
+        return {"name": "micronet", **d}
+
+
+def _micronet(widths: tuple[int, ...], **kwargs: Any) -> MicroNet:
+    if "widths" in kwargs:
+        widths = tuple(kwargs.pop("widths"))
+    return MicroNet(MicroNetConfig(widths=tuple(widths), **kwargs))  # type: ignore[arg-type]
+
+
+@register_model
+def micronet(**kwargs: Any) -> MicroNet:
+    """The default: lean widths 16-32-64-64 (see docs/architecture.md for the trade-off)."""
+    return _micronet((16, 32, 64, 64), **kwargs)
+
+
+@register_model
+def micronet_lean(**kwargs: Any) -> MicroNet:
+    """Widths 16-32-64-64."""
+    return _micronet((16, 32, 64, 64), **kwargs)
+
+
+@register_model
+def micronet_tiny(**kwargs: Any) -> MicroNet:
+    """Widths 8-16-32-32: for unit tests and the smallest edge devices."""
+    return _micronet((8, 16, 32, 32), context_channels=4, **kwargs)
+
+
+@register_model
+def micronet_wide(**kwargs: Any) -> MicroNet:
+    """Widths 32-64-128-128: the paper-scale width."""
+    return _micronet((32, 64, 128, 128), context_channels=16, **kwargs)
+
+
+def count_flops(model: nn.Module, height: int = 500, width: int = 500) -> float:
+    """Forward multiply-adds ×2 (FLOPs) for one ``height × width`` image, measured by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width))
+    model.train(was_training)
+    return float(counter.get_total_flops())

@@ -1,0 +1,362 @@
+"""The training loop: schedule → validate/checkpoint → step → log, top to bottom.
+
+Faithful to Xing et al. 2019 (Implementation details): SGD with Nesterov momentum 0.9,
+learning rate 0.01, weight decay 1e-6, batch 4 of random 200×200 crops (four per image
+per pass), the learning rate divided by 10 when validation F1 stops improving, training
+stopped once it falls below 1e-4. Fine-tuning freezes the first k blocks; auxiliary data
+is mixed into each batch and weighted by the two-source loss γ·L_target + L_auxiliary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from micronet.runtime.model_info import ModelInfo
+
+from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
+from .data import AugmentConfig, PointDataset, channel_stats, load_point_folder, sample_crop
+from .loss import two_source_loss, weighted_mse
+from .models import create_model
+from .targets import TargetConfig, proximity_map
+from .validate import choose_threshold, normalize, predict_map
+
+__all__ = ["TrainConfig", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored in every snapshot and in the checkpoint provenance."""
+
+    data: str = "../shared/data/crchisto"  # point-annotated folder (see trainer/data.py)
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    data_mpp: float | None = None  # µm/px of `data`; None: dataset.json or known sets
+    model_mpp: float | None = None  # µm/px the model works at; None: that of `data`
+    target_fraction: float = 1.0  # use this fraction of the target training images
+    aux_data: str | None = None  # auxiliary point-annotated folder
+    aux_split: str | None = None
+    aux_mpp: float | None = None
+    aux_fraction: float = 0.0  # share of each batch drawn from the auxiliary data
+    gamma: float = 1.0  # weight of the target-domain loss when aux data is mixed in
+    model: str = "micronet"  # registry name (micronet.trainer.models.list_models())
+    widths: tuple[int, int, int, int] | None = None  # override the variant's widths
+    init: str | None = None  # checkpoint to fine-tune from
+    freeze_blocks: int = 0  # freeze blocks 1..k (fine-tuning)
+    iterations: int = 100_000  # the paper's budget
+    batch: int = 4
+    crop: int = 200
+    crops_per_image: int = 4  # per pass over the images
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    patience: int = 2_000  # iterations without a better validation F1 before lr ÷ 10
+    min_lr: float = 1e-4  # stop once the learning rate falls below this
+    val_every: int = 250
+    snapshot_every: int = 250
+    eval_radius: float = 6.0  # matching radius (pixels of `data`) for choosing ξ
+    min_distance: int = 3  # peak spacing in model pixels
+    lam: float = 5.0  # λ of Eq. 2
+    target_alpha: float = 3.0  # α of Eq. 1
+    target_radius: float = 15.0  # d of Eq. 1 (model pixels)
+    target_scale: float = 5.0
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool = True  # faster convolutions on this CPU (docs/training.md)
+    bf16: bool = False  # bfloat16 autocast on CPU
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    out: str = "runs/micronet"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        valid = {f.name for f in fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ValueError(f"unknown training option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+        data = dict(data)
+        if data.get("widths") is not None:
+            data["widths"] = tuple(data["widths"])
+        return cls(**data)
+
+    def check(self) -> None:
+        if not 0.0 < self.target_fraction <= 1.0:
+            raise ValueError(f"target_fraction: expected (0, 1], got {self.target_fraction}")
+        if not 0.0 <= self.aux_fraction < 1.0:
+            raise ValueError(f"aux_fraction: expected [0, 1), got {self.aux_fraction}")
+        if self.aux_fraction > 0 and not self.aux_data:
+            raise ValueError("aux_fraction > 0 needs aux_data")
+        if not 0 <= self.freeze_blocks <= 10:
+            raise ValueError(f"freeze_blocks: expected 0..10, got {self.freeze_blocks}")
+        if self.freeze_blocks and not self.init:
+            raise ValueError("freeze_blocks needs init (a checkpoint to fine-tune from)")
+        if self.batch < 1 or self.iterations < 0:
+            raise ValueError("batch must be >= 1 and iterations >= 0")
+
+
+class _Sampler:
+    """Crops in passes: each pass visits every image `crops_per_image` times in random
+    order. The order and RNG state are part of the snapshot, so a resumed run draws the
+    same crops it would have drawn."""
+
+    def __init__(self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.scale = model_mpp / data.mpp  # source pixels per model pixel
+        self.aug = AugmentConfig(crop=cfg.crop, **cfg.augment)
+        self.target = TargetConfig(cfg.target_alpha, cfg.target_radius, cfg.target_scale)
+        self.rng = rng
+        self.order: list[int] = []
+        self.pos = 0
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.pos >= len(self.order):
+            self.order = self.rng.permutation(np.repeat(np.arange(len(self.data)), self.cfg.crops_per_image)).tolist()
+            self.pos = 0
+        i = self.order[self.pos]
+        self.pos += 1
+        crop, pts = sample_crop(self.data.images[i], self.data.points[i], self.rng, self.aug, scale=self.scale)
+        return crop, proximity_map(pts, crop.shape[:2], self.target)
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": self.order, "pos": self.pos}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.pos = list(state["order"]), int(state["pos"])
+
+
+def _resample(image: np.ndarray, points: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-image resampling by `factor` (output px per input px) for validation."""
+    if abs(factor - 1.0) < 1e-6:
+        return image, points
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    out = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return out, points * np.array([size[0] / w, size[1] / h])
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
+    """Trains and returns the path of the best checkpoint (``<out>/best.safetensors``).
+
+    Args:
+        cfg: the run's configuration.
+        resume: a snapshot to continue from (``<out>/last_snapshot.safetensors``); the
+            config stored in it wins over ``cfg`` except for ``iterations`` and ``out``.
+    """
+    cfg.check()
+    rank, world = _distributed()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    torch.manual_seed(cfg.seed + rank)
+
+    # Data: the target set (train split, optionally a fraction), validation, auxiliary.
+    train_set = load_point_folder(cfg.data, cfg.train_split, cfg.data_mpp)
+    if cfg.target_fraction < 1.0:
+        keep = np.random.default_rng(cfg.seed).permutation(len(train_set))[: max(1, round(cfg.target_fraction * len(train_set)))]
+        train_set = train_set.subset(sorted(keep))
+    val_set = load_point_folder(cfg.data, cfg.val_split, cfg.data_mpp) if cfg.val_split else None
+    aux_set = load_point_folder(cfg.aux_data, cfg.aux_split, cfg.aux_mpp) if cfg.aux_fraction > 0 else None
+    model_mpp = cfg.model_mpp or train_set.mpp
+
+    # Model: fresh, or from a checkpoint (fine-tuning keeps its normalisation).
+    if cfg.init:
+        model, init_info = load_checkpoint(cfg.init)
+        mean, std = init_info.mean, init_info.std
+        model_mpp = cfg.model_mpp or init_info.mpp
+    else:
+        model = create_model(cfg.model, widths=cfg.widths)
+        mean, std = channel_stats(train_set.images + (aux_set.images if aux_set else []))
+    frozen = [p for blk in model.blocks()[: cfg.freeze_blocks] for m in blk for p in m.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    sampler = _Sampler(train_set, cfg, model_mpp, rng)
+    aux_sampler = _Sampler(aux_set, cfg, model_mpp, rng) if aux_set else None
+    n_aux = round(cfg.batch * cfg.aux_fraction) if aux_set else 0
+
+    info = ModelInfo(
+        architecture=model.config_dict(),
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        mpp=float(model_mpp),
+        threshold=0.5 * cfg.target_scale,
+        min_distance=cfg.min_distance,
+        target={"alpha": cfg.target_alpha, "radius": cfg.target_radius, "scale": cfg.target_scale},
+        eval_radius=cfg.eval_radius,
+        provenance={"config": _jsonable(asdict(cfg)), "torch": torch.__version__, "host": platform.node()},
+    )
+    state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "last_change": 0, "lr": cfg.lr, "elapsed": 0.0}
+    if resume:
+        saved = load_snapshot(resume, model, optimizer)
+        state.update(saved["state"])
+        sampler.restore(saved["sampler"])
+        if aux_sampler and "aux_sampler" in saved:
+            aux_sampler.restore(saved["aux_sampler"])
+        info = ModelInfo.from_json(json.dumps(saved["info"]))
+        log.info("resumed from %s at iteration %d", resume, state["iteration"])
+
+    log_path = out / "log.csv"
+    new_log = not (resume and log_path.exists())
+    log_file = log_path.open("w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["iteration", "loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "elapsed_s"])
+
+    val_images, val_points, val_radius = _validation_inputs(val_set, model_mpp, cfg.eval_radius)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress or rank != 0, desc="train", unit="it")
+    t_start = time.perf_counter() - state["elapsed"]
+    model.train()
+    running = None
+    stop = False
+    while state["iteration"] < cfg.iterations and not stop:
+        # Batch: target crops, then auxiliary crops (domain flag for the two-source loss).
+        items = [sampler.draw() for _ in range(cfg.batch - n_aux)]
+        items += [aux_sampler.draw() for _ in range(n_aux)] if aux_sampler else []
+        x = normalize(np.stack([c for c, _ in items]), mean, std).to(device)  # (B, 3, 200, 200)
+        y = torch.from_numpy(np.stack([t for _, t in items]))[:, None].to(device)  # (B, 1, 200, 200)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            pred = net(x)
+        if n_aux:
+            domain = torch.tensor([True] * (cfg.batch - n_aux) + [False] * n_aux, device=device)
+            loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam)
+        else:
+            loss = weighted_mse(pred, y, cfg.lam)  # Eq. 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state["iteration"] += 1
+        it = state["iteration"]
+        value = float(loss)  # syncs the device once per step; cheap next to the step
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at iteration {it}; lower lr or check the data")
+        running = value if running is None else 0.98 * running + 0.02 * value
+        row: list[Any] = [it, f"{value:.5f}", optimizer.param_groups[0]["lr"], "", "", "", ""]
+
+        # Validate: choose ξ by best F1; keep the best checkpoint; decay lr on a plateau.
+        if rank == 0 and val_images and (it % cfg.val_every == 0 or it == cfg.iterations):
+            maps = [predict_map(model, im, mean, std, device) for im in val_images]
+            sweep = choose_threshold(maps, val_points, val_radius, cfg.min_distance, cfg.target_scale)
+            row[3:7] = [f"{sweep.f1:.4f}", f"{sweep.precision:.4f}", f"{sweep.recall:.4f}", f"{sweep.threshold:.4f}"]
+            if sweep.f1 > state["best_f1"]:
+                state.update(best_f1=sweep.f1, best_iteration=it, last_change=it)
+                info.threshold = float(sweep.threshold)
+                info.provenance.update(iterations=it, val_f1=sweep.f1, val_precision=sweep.precision, val_recall=sweep.recall)
+                save_checkpoint(out / "best.safetensors", model, info)
+            elif it - state["last_change"] >= cfg.patience:
+                state["lr"] /= 10.0
+                state["last_change"] = it
+                for group in optimizer.param_groups:
+                    group["lr"] = state["lr"]
+                log.info("iteration %d: validation F1 flat for %d iterations, lr -> %g", it, cfg.patience, state["lr"])
+                stop = state["lr"] < cfg.min_lr
+            bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{state['best_f1']:.3f}", lr=f"{state['lr']:.0e}")
+        elif rank == 0 and it % 10 == 0:
+            bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{state['best_f1']:.3f}", lr=f"{state['lr']:.0e}")
+        state["elapsed"] = time.perf_counter() - t_start
+        row[7] = f"{state['elapsed']:.1f}"
+        if rank == 0:
+            writer.writerow(row)
+        bar.update(1)
+
+        if rank == 0 and (it % cfg.snapshot_every == 0 or it == cfg.iterations or stop):
+            log_file.flush()
+            extra = {"state": state, "sampler": sampler.state(), "info": json.loads(info.to_json()), "config": _jsonable(asdict(cfg))}
+            if aux_sampler:
+                extra["aux_sampler"] = aux_sampler.state()
+            save_snapshot(out / "last_snapshot.safetensors", model, optimizer, info, extra)
+    bar.close()
+    log_file.close()
+    if rank == 0 and not (out / "best.safetensors").exists():
+        save_checkpoint(out / "best.safetensors", model, info)  # no validation set: last weights
+    if rank == 0:
+        _plot_log(log_path, out / "curves.png")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return out / "best.safetensors"
+
+
+def _validation_inputs(val_set: PointDataset | None, model_mpp: float, radius: float) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Validation images at the model's pixel size; the radius follows the resampling."""
+    if val_set is None:
+        return [], [], radius
+    factor = val_set.mpp / model_mpp
+    pairs = [_resample(im, pts, factor) for im, pts in zip(val_set.images, val_set.points)]
+    return [p[0] for p in pairs], [p[1] for p in pairs], radius * factor
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _plot_log(log_path: Path, png: Path) -> None:
+    """Loss, validation F1 and learning rate against iterations."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is optional
+        log.info("matplotlib not installed: skipping %s", png)
+        return
+    with log_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    it = np.array([int(r["iteration"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    lr = np.array([float(r["lr"]) for r in rows])
+    val = [(int(r["iteration"]), float(r["val_f1"])) for r in rows if r["val_f1"]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    k = max(1, len(loss) // 200)
+    smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+    axes[0].plot(it[: len(smooth)], smooth)
+    axes[0].set(title="training loss (Eq. 2)", xlabel="iteration", yscale="log")
+    if val:
+        axes[1].plot(*zip(*val), marker=".")
+    axes[1].set(title="validation F1 (best ξ)", xlabel="iteration")
+    axes[2].plot(it, lr)
+    axes[2].set(title="learning rate", xlabel="iteration", yscale="log")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

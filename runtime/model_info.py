@@ -29,6 +29,7 @@ class ModelInfo:
     target: Eq. 1 parameters ``{"alpha", "radius", "scale"}``.
     eval_radius: matching radius (model pixels) used to choose ξ.
     provenance: data, command, iterations, validation F1, versions.
+    precision: numeric precision of the artifact carrying this metadata.
     """
 
     architecture: dict[str, Any]
@@ -40,6 +41,7 @@ class ModelInfo:
     target: dict[str, float] = field(default_factory=lambda: {"alpha": 3.0, "radius": 15.0, "scale": 5.0})
     eval_radius: float = 6.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # of the artifact carrying it: fp32, fp16, int8
     format: str = FORMAT
 
     def to_json(self) -> str:

@@ -124,10 +124,13 @@ class ResidualBlock(nn.Module):
 
 def _fit(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """Zero-pads (odd sizes: 37 → 74 for a 75 map) or crops x to the spatial size."""
-    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
-    if dh == 0 and dw == 0:
+    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    if not exporting and x.shape[-2] == size[0] and x.shape[-1] == size[1]:
         return x
-    return F.pad(x, (0, dw, 0, dh))  # negative padding crops
+    # Crop, then pad with non-negative amounts: traced for ONNX this stays valid at every
+    # input size (a shortcut or a negative pad would freeze the traced size's case).
+    x = x[..., : size[0], : size[1]]
+    return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
 
 
 class MicroNet(nn.Module):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from micronet.runtime.metrics import SweepResult, threshold_sweep
 from micronet.runtime.peaks import find_peaks
 
-__all__ = ["normalize", "predict_map", "detect_candidates", "SweepResult", "choose_threshold"]
+__all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold"]
 
 
 def normalize(images_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -37,20 +37,6 @@ def detect_candidates(maps: Sequence[np.ndarray], min_distance: int, floor: floa
     return [find_peaks(m, floor, min_distance) for m in maps]
 
 
-@dataclass
-class SweepResult:
-    """Best-F1 operating point of a threshold sweep, and the whole curve."""
-
-    threshold: float
-    f1: float
-    precision: float
-    recall: float
-    thresholds: np.ndarray
-    precisions: np.ndarray
-    recalls: np.ndarray
-    f1s: np.ndarray
-
-
 def choose_threshold(
     maps: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -58,16 +44,13 @@ def choose_threshold(
     min_distance: int,
     scale: float = 5.0,
     n_thresholds: int = 60,
-) -> SweepResult:
+) -> "SweepResult":
     """Sweeps ξ over (0, scale) and returns the pooled best-F1 threshold.
 
     Candidates are found once at the lowest threshold: because a peak is a maximum of
     its own window, raising ξ only removes peaks (never creates one), so filtering the
     candidates' scores equals rerunning the peak finder at each ξ.
     """
-    from micronet.runtime.metrics import threshold_sweep
-
     thresholds = np.linspace(0.02 * scale, 0.9 * scale, n_thresholds)
     cands = detect_candidates(maps, min_distance, float(thresholds[0]))
-    sweep = threshold_sweep([c[0] for c in cands], [c[1] for c in cands], list(truths), radius, thresholds)
-    return _best_of(sweep, thresholds)
+    return threshold_sweep(cands, list(truths), thresholds, radius)

@@ -1,0 +1,269 @@
+"""Checkpoint → ONNX, one small function per precision (the table below).
+
+Every exported model takes ``uint8`` RGB images ``N×H×W×3`` (dynamic N, H, W) and
+returns the proximity map ``N×1×H×W`` float32; the normalisation and layout change are
+inside the graph, so callers send raw pixels. Batch norms are folded into the
+convolutions first. The checkpoint's ``ModelInfo`` (threshold ξ, minimum distance, pixel
+size, normalisation, architecture, provenance) goes into ``metadata_props`` under
+``"micronet"``.
+
+========= ============ ===== ===== ============================================
+precision suffix       CPU   GPU   notes
+========= ============ ===== ===== ============================================
+fp32      .onnx        yes   yes   reference; parity with torch ≤ 1e-4
+fp16      .fp16.onnx   slow  yes   fp16 compute, uint8 in / float32 out; what a
+                                   strongly typed TensorRT build wants
+int8      .int8.onnx   yes   no    static QDQ (u8 activations, s8 per-channel
+                                   weights) calibrated on training images
+========= ============ ===== ===== ============================================
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+
+__all__ = ["FORMATS", "ExportFormat", "export_onnx", "fold_batchnorm", "DeployableModel", "INPUT_NAME", "OUTPUT_NAME"]
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "proximity"
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    precision: str
+    suffix: str
+    cpu: bool
+    gpu: bool
+    description: str
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.precision: f
+    for f in (
+        ExportFormat("fp32", ".onnx", True, True, "float32 reference"),
+        ExportFormat("fp16", ".fp16.onnx", False, True, "float16 compute, uint8 in / float32 out"),
+        ExportFormat("int8", ".int8.onnx", True, False, "static QDQ int8, calibrated"),
+    )
+}
+
+
+class DeployableModel(nn.Module):
+    """uint8 ``(N, H, W, 3)`` → float32 ``(N, 1, H, W)``: normalisation inside the graph."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 1, 3))
+        self.register_buffer("inv_std", (1.0 / torch.tensor(std, dtype=torch.float32)).view(1, 1, 1, 3))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image.float() - self.mean) * self.inv_std  # (N, H, W, 3)
+        x = x.permute(0, 3, 1, 2).to(self.dtype)  # (N, 3, H, W)
+        return self.model(x).float()  # (N, 1, H, W)
+
+
+def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    """A convolution with the following eval-mode batch norm folded into it."""
+    fused = copy.deepcopy(conv)
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    shift = bn.bias.detach() - bn.running_mean * scale
+    w = fused.weight.detach()
+    if isinstance(conv, nn.ConvTranspose2d):  # weight (C_in, C_out, k, k)
+        w = w * scale.view(1, -1, 1, 1)
+    else:  # weight (C_out, C_in, k, k)
+        w = w * scale.view(-1, 1, 1, 1)
+    bias = conv.bias.detach() * scale + shift if conv.bias is not None else shift
+    fused.weight = nn.Parameter(w)
+    fused.bias = nn.Parameter(bias)
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every Conv/ConvTranspose → BatchNorm pair inside
+    an ``nn.Sequential`` folded into one convolution. Outputs are unchanged (to float
+    rounding); graphs get smaller and quantise better."""
+    model = copy.deepcopy(model).eval()
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            visit(child)
+        if isinstance(module, nn.Sequential):
+            items = list(module)
+            out: list[nn.Module] = []
+            i = 0
+            while i < len(items):
+                if (
+                    i + 1 < len(items)
+                    and isinstance(items[i], (nn.Conv2d, nn.ConvTranspose2d))
+                    and isinstance(items[i + 1], nn.BatchNorm2d)
+                ):
+                    out.append(_fold(items[i], items[i + 1]))
+                    i += 2
+                else:
+                    out.append(items[i])
+                    i += 1
+            for name in list(module._modules):
+                del module._modules[name]
+            for k, m in enumerate(out):
+                module.add_module(str(k), m)
+
+    visit(model)
+    return model
+
+
+def _torch_export(wrapper: nn.Module, path: Path, example_hw: tuple[int, int] = (96, 128)) -> None:
+    example = torch.randint(0, 256, (1, *example_hw, 3), dtype=torch.uint8)
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "N", 1: "H", 2: "W"}, OUTPUT_NAME: {0: "N", 2: "H", 3: "W"}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,  # the TorchScript exporter: clean graph, dynamic H/W without guards
+    )
+
+
+def _set_metadata(path: Path, info: ModelInfo) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    model.producer_name = "micronet-sdk"
+    model.doc_string = "MicroNet nucleus detector: uint8 RGB N×H×W×3 → proximity map N×1×H×W"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _export_fp32(model: nn.Module, info: ModelInfo, path: Path, **_: object) -> None:
+    _torch_export(DeployableModel(fold_batchnorm(model), info.mean, info.std), path)
+
+
+def _export_fp16(model: nn.Module, info: ModelInfo, path: Path, **_: object) -> None:
+    # fp16 weights and compute; the uint8 input and float32 output stay as in fp32, so a
+    # strongly typed TensorRT network builds in fp16 without builder flags.
+    folded = fold_batchnorm(model).half()
+    _torch_export(DeployableModel(folded, info.mean, info.std, dtype=torch.float16), path)
+
+
+def _export_int8(
+    model: nn.Module,
+    info: ModelInfo,
+    path: Path,
+    calibration: Iterable[np.ndarray] | None = None,
+    **_: object,
+) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calibration is None:
+        raise ValueError("int8 export needs calibration images (calibration_data=DIR of training images)")
+    images = [np.ascontiguousarray(im[None]) for im in calibration]  # (1, H, W, 3) uint8 each
+    if not images:
+        raise ValueError("int8 export: the calibration set is empty")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            nxt = next(self._it, None)
+            return None if nxt is None else {INPUT_NAME: nxt}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        prepped = Path(tmp) / "prep.onnx"
+        _export_fp32(model, info, fp32)
+        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepped),
+            str(path),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,  # u8 activations, s8 weights: the fast CPU path
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": 99.99},
+        )
+
+
+_EXPORTERS: dict[str, Callable[..., None]] = {"fp32": _export_fp32, "fp16": _export_fp16, "int8": _export_int8}
+
+
+def calibration_crops(folder: str | Path, count: int = 32, size: int = 256, seed: int = 0) -> list[np.ndarray]:
+    """Random ``size × size`` uint8 crops from the images of a point-annotated folder (or a
+    plain folder of images), for int8 calibration."""
+    from PIL import Image
+
+    folder = Path(folder)
+    files = sorted(p for ext in ("png", "jpg", "jpeg", "tif", "tiff") for p in (folder / "images" if (folder / "images").is_dir() else folder).glob(f"*.{ext}"))
+    if not files:
+        raise ValueError(f"{folder}: no calibration images (png/jpg/tif) found")
+    rng = np.random.default_rng(seed)
+    crops = []
+    for k in range(count):
+        with Image.open(files[k % len(files)]) as im:
+            arr = np.asarray(im.convert("RGB"))
+        h, w = arr.shape[:2]
+        y = int(rng.integers(0, max(1, h - size + 1)))
+        x = int(rng.integers(0, max(1, w - size + 1)))
+        crops.append(np.ascontiguousarray(arr[y : y + size, x : x + size]))
+    return crops
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    output: str | Path,
+    precision: str = "fp32",
+    calibration_data: str | Path | None = None,
+    calibration_count: int = 32,
+) -> Path:
+    """Exports a checkpoint to ONNX.
+
+    Args:
+        checkpoint: a ``.safetensors`` MicroNet checkpoint.
+        output: the ``.onnx`` file to write.
+        precision: ``fp32``, ``fp16`` or ``int8`` (see the module table).
+        calibration_data: for int8, a folder of training images (``images/`` inside or
+            plain image files).
+        calibration_count: number of random 256×256 calibration crops.
+
+    Returns:
+        The written path; ``onnx.checker`` has passed on it.
+    """
+    from micronet.trainer.checkpoint import load_checkpoint
+
+    if precision not in FORMATS:
+        raise ValueError(f"precision {precision!r} is not supported; valid: {', '.join(FORMATS)}")
+    if precision != "int8" and calibration_data is not None:
+        raise ValueError(f"calibration_data applies to int8 only, not {precision}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model, info = load_checkpoint(checkpoint)
+    info.precision = precision
+    calibration = calibration_crops(calibration_data, calibration_count) if calibration_data is not None else None
+    with torch.no_grad():
+        _EXPORTERS[precision](model, info, output, calibration=calibration)
+    _set_metadata(output, info)
+    log.info("wrote %s (%s, %.1f MB)", output, precision, output.stat().st_size / 1e6)
+    return output

@@ -1,0 +1,39 @@
+"""Inference backends behind one small interface.
+
+A backend turns a batch of raw pixels into proximity maps. The ``Detector`` picks the
+best available one (TensorRT for ``.engine`` files; ONNX Runtime with the CUDA execution
+provider when present, else the CPU provider, for ``.onnx`` files) unless the caller
+names one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..model_info import ModelInfo
+
+__all__ = ["Backend"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What ``Detector`` needs from an inference engine.
+
+    Attributes:
+        name: ``"tensorrt"``, ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``.
+        device: ``"cuda"`` or ``"cpu"``: where ``infer``'s output lives.
+        info: the model's metadata (normalisation is inside the model; threshold ξ,
+            minimum distance and pixel size are used by the detector).
+    """
+
+    name: str
+    device: str
+    info: ModelInfo
+
+    def infer(self, batch: np.ndarray) -> Any:
+        """``(N, H, W, 3)`` uint8 RGB (C-contiguous) → ``(N, 1, H, W)`` float32 proximity
+        maps: a NumPy array for CPU backends, a CuPy array (still on the GPU) for CUDA
+        backends. Thread-safe: one backend serves concurrent callers."""
+        ...

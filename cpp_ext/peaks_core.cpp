@@ -53,8 +53,8 @@ PeakStatus peak_candidates(const T* map, std::int64_t height, std::int64_t width
         }
     }
     // peak_local_max reports nothing for a map equal to its own maximum filter, which
-    // (for a connected grid) is exactly a constant map.
-    if (lo == hi) out.clear();
+    // (for a connected grid) is exactly a constant map; a single pixel is the exception.
+    if (lo == hi && height * width > 1) out.clear();
     return PeakStatus::kOk;
 }
 

@@ -18,7 +18,7 @@ enum class PeakStatus : int {
 
 // Pixels with value > threshold that equal the maximum of their (2*min_distance+1)^2
 // window (clipped at the border, which equals scipy's mode='nearest' for a maximum).
-// A constant map has no peaks. Flat indices come back in row-major order.
+// A constant map of more than one pixel has no peaks. Flat indices come back in row-major order.
 template <typename T>
 PeakStatus peak_candidates(const T* map, std::int64_t height, std::int64_t width, T threshold,
                            std::int64_t min_distance, std::vector<std::int64_t>& out);

@@ -233,8 +233,8 @@ def find_peaks_cuda(
         _kernel(cupy, ctype)(((n + block - 1) // block,), (block,), (arr, np.int64(h), np.int64(w), scalar, np.int32(dist), flag))
         flat = cupy.flatnonzero(flag)  # row-major order
         values = arr.reshape(-1)[flat]
-        # A constant map has no peaks (as in peak_local_max).
-        constant = bool(arr.min() == arr.max())
+        # A constant map has no peaks (as in peak_local_max), unless it is one pixel.
+        constant = n > 1 and bool(arr.min() == arr.max())
         flat_h = cupy.asnumpy(flat).astype(np.int64)
         values_h = cupy.asnumpy(values)
     if constant:

@@ -220,34 +220,37 @@ class MicroNet(nn.Module):
         return {"name": "micronet", **d}
 
 
-def _micronet(widths: tuple[int, ...], **kwargs: Any) -> MicroNet:
-    if "widths" in kwargs:
-        widths = tuple(kwargs.pop("widths"))
-    return MicroNet(MicroNetConfig(widths=tuple(widths), **kwargs))  # type: ignore[arg-type]
+def _micronet(defaults: dict[str, Any], overrides: dict[str, Any]) -> MicroNet:
+    """A MicroNet from a variant's defaults, updated by the caller's overrides."""
+    merged = {**defaults, **overrides}
+    merged["widths"] = tuple(merged["widths"])
+    if "context_depths" in merged:
+        merged["context_depths"] = tuple(merged["context_depths"])
+    return MicroNet(MicroNetConfig(**merged))
 
 
 @register_model
 def micronet(**kwargs: Any) -> MicroNet:
     """The default: lean widths 16-32-64-64 (see docs/architecture.md for the trade-off)."""
-    return _micronet((16, 32, 64, 64), **kwargs)
+    return _micronet({"widths": (16, 32, 64, 64)}, kwargs)
 
 
 @register_model
 def micronet_lean(**kwargs: Any) -> MicroNet:
-    """Widths 16-32-64-64."""
-    return _micronet((16, 32, 64, 64), **kwargs)
+    """Widths 16-32-64-64 (the default)."""
+    return _micronet({"widths": (16, 32, 64, 64)}, kwargs)
 
 
 @register_model
 def micronet_tiny(**kwargs: Any) -> MicroNet:
     """Widths 8-16-32-32: for unit tests and the smallest edge devices."""
-    return _micronet((8, 16, 32, 32), context_channels=4, **kwargs)
+    return _micronet({"widths": (8, 16, 32, 32), "context_channels": 4}, kwargs)
 
 
 @register_model
 def micronet_wide(**kwargs: Any) -> MicroNet:
     """Widths 32-64-128-128: the paper-scale width."""
-    return _micronet((32, 64, 128, 128), context_channels=16, **kwargs)
+    return _micronet({"widths": (32, 64, 128, 128), "context_channels": 16}, kwargs)
 
 
 def count_flops(model: nn.Module, height: int = 500, width: int = 500) -> float:

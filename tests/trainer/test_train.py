@@ -1,0 +1,108 @@
+"""The training loop on real images: checkpoints, resume, fine-tuning, auxiliary data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from micronet.trainer.checkpoint import load_checkpoint, read_info  # noqa: E402
+from micronet.trainer.train import TrainConfig, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_set(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four CRCHisto training images and two validation images, linked into a folder."""
+    root = tmp_path_factory.mktemp("crc_small") / "crchisto"
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    names = {"img1": "train", "img2": "train", "img3": "train", "img4": "train"}
+    with (shared_data / "crchisto" / "split.csv").open() as f:
+        vals = [r["name"] for r in csv.DictReader(f) if r["split"] == "val"][:2]
+    names.update({v: "val" for v in vals})
+    for name in names:
+        (root / "images" / f"{name}.png").symlink_to(shared_data / "crchisto" / "images" / f"{name}.png")
+        (root / "points" / f"{name}.csv").symlink_to(shared_data / "crchisto" / "points" / f"{name}.csv")
+    (root / "split.csv").write_text("name,split\n" + "".join(f"{n},{s}\n" for n, s in names.items()))
+    return root
+
+
+def quick_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data), model="micronet_tiny", iterations=6, batch=2, crop=96, val_every=3, snapshot_every=3,
+        out=str(out), bf16=False, threads=2,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def state_of(path: Path) -> dict[str, np.ndarray]:
+    model, _ = load_checkpoint(path)
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def test_training_writes_a_checkpoint_with_metadata_log_and_plot(small_set, tmp_path):
+    best = train(quick_config(small_set, tmp_path / "run"), progress=False)
+    info = read_info(best)
+    assert info.mpp == pytest.approx(0.55)
+    assert info.architecture["name"] == "micronet" and info.architecture["widths"] == [8, 16, 32, 32]
+    assert 0 < info.threshold < 5 and info.min_distance == 3
+    assert info.provenance["config"]["iterations"] == 6 and "val_f1" in info.provenance
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["val_f1"] and float(rows[2]["val_f1"]) >= 0
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_resume_reproduces_an_uninterrupted_run(small_set, tmp_path):
+    train(quick_config(small_set, tmp_path / "full"), progress=False)
+    train(quick_config(small_set, tmp_path / "part", iterations=3), progress=False)
+    train(quick_config(small_set, tmp_path / "part"), resume=tmp_path / "part" / "last_snapshot.safetensors", progress=False)
+    full = state_of(tmp_path / "full" / "last_snapshot.safetensors")
+    resumed = state_of(tmp_path / "part" / "last_snapshot.safetensors")
+    for key in full:
+        np.testing.assert_array_equal(full[key], resumed[key], err_msg=key)
+    log = list(csv.DictReader((tmp_path / "part" / "log.csv").open()))
+    assert [int(r["iteration"]) for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_fine_tuning_freezes_the_first_k_blocks(small_set, tmp_path):
+    start = train(quick_config(small_set, tmp_path / "base", iterations=3), progress=False)
+    tuned = train(quick_config(small_set, tmp_path / "tuned", init=str(start), freeze_blocks=5, val_every=100), progress=False)
+    before, after = load_checkpoint(start)[0], load_checkpoint(tuned)[0]
+    frozen = {id(p) for blk in after.blocks()[:5] for m in blk for p in m.parameters()}
+    names_frozen = [n for n, p in after.named_parameters() if id(p) in frozen]
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    assert all(torch.equal(b[n], a[n]) for n in names_frozen)
+    assert any(not torch.equal(b[n], a[n]) for n in a if n not in names_frozen)
+    assert read_info(tuned).mean == read_info(start).mean, "fine-tuning keeps the normalisation"
+
+
+def test_auxiliary_data_at_another_resolution_and_a_fraction_of_the_target(small_set, shared_data, tmp_path):
+    cfg = quick_config(
+        small_set, tmp_path / "aux", iterations=2, val_every=100, target_fraction=0.5,
+        aux_data=str(shared_data / "monuseg"), aux_fraction=0.5, gamma=2.0,
+    )
+    info = read_info(train(cfg, progress=False))
+    assert info.mpp == pytest.approx(0.55), "the model keeps the target set's pixel size"
+
+
+@pytest.mark.parametrize(
+    "kw, text",
+    [
+        (dict(freeze_blocks=3), "needs init"),
+        (dict(aux_fraction=0.5), "needs aux_data"),
+        (dict(target_fraction=0.0), "target_fraction"),
+        (dict(model="resnet"), "valid names"),
+    ],
+)
+def test_bad_configs_are_refused(small_set, tmp_path, kw, text):
+    with pytest.raises(ValueError, match=text):
+        train(quick_config(small_set, tmp_path / "bad", **kw), progress=False)
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    json.dumps(TrainConfig().__dict__)  # the config is JSON-able as stored in snapshots

@@ -1,12 +1,4 @@
-"""Point-annotated image folders and on-the-fly augmented crops.
-
-The folder format is that of ``../shared/data`` (see its README)::
-
-    <root>/images/<name>.png     RGB 8-bit
-    <root>/points/<name>.csv     header "x,y", one centre per row (x = column, y = row)
-    <root>/split.csv             optional: name,split (train / val / test)
-    <root>/meta.csv              optional: name,organ,...
-    <root>/dataset.json          optional: {"mpp": 0.5} pixel size in µm/px
+"""On-the-fly augmented crops of point-annotated images (folders: runtime/datasets.py).
 
 Crops are sampled by one inverse map (scale × rotation × mirror + shift + elastic
 displacement) applied to image and points together, so targets stay exact. Resampling
@@ -15,100 +7,14 @@ to the model's pixel size is part of the same map.
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from micronet.runtime.metrics import read_points_csv
+from micronet.runtime.datasets import KNOWN_MPP, PointDataset, load_point_folder
 
-__all__ = ["PointDataset", "load_point_folder", "AugmentConfig", "sample_crop", "KNOWN_MPP"]
-
-log = logging.getLogger(__name__)
-
-# Pixel sizes of the data sets in ../shared/data (its README), used when a folder has no
-# dataset.json. Keyed by folder name.
-KNOWN_MPP = {"crchisto": 0.55, "monuseg": 0.25}
-
-
-@dataclass
-class PointDataset:
-    """Images (``(H, W, 3)`` uint8 RGB) with ``(N, 2)`` float64 ``(x, y)`` centres."""
-
-    root: Path
-    names: list[str]
-    images: list[np.ndarray]
-    points: list[np.ndarray]
-    mpp: float
-    meta: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def subset(self, indices: list[int] | np.ndarray) -> "PointDataset":
-        idx = [int(i) for i in indices]
-        return PointDataset(
-            self.root,
-            [self.names[i] for i in idx],
-            [self.images[i] for i in idx],
-            [self.points[i] for i in idx],
-            self.mpp,
-            {self.names[i]: self.meta[self.names[i]] for i in idx if self.names[i] in self.meta},
-        )
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _folder_mpp(root: Path, mpp: float | None) -> float:
-    if mpp is not None:
-        return float(mpp)
-    info = root / "dataset.json"
-    if info.is_file():
-        return float(json.loads(info.read_text())["mpp"])
-    if root.name in KNOWN_MPP:
-        return KNOWN_MPP[root.name]
-    raise ValueError(
-        f"{root}: unknown pixel size; add dataset.json with {{\"mpp\": ...}} or pass mpp= (µm/px)"
-    )
-
-
-def load_point_folder(root: str | Path, split: str | None = None, mpp: float | None = None) -> PointDataset:
-    """Loads a point-annotated folder (all images, or those of one split)."""
-    root = Path(root)
-    if not (root / "images").is_dir() or not (root / "points").is_dir():
-        raise FileNotFoundError(f"{root}: expected images/ and points/ folders inside")
-    names = sorted(p.stem for p in (root / "points").glob("*.csv"))
-    if split is not None:
-        split_file = root / "split.csv"
-        if not split_file.is_file():
-            raise ValueError(f"{root}: split {split!r} requested but there is no split.csv")
-        with split_file.open() as f:
-            split_of = {row["name"]: row["split"] for row in csv.DictReader(f)}
-        valid = sorted(set(split_of.values()))
-        if split not in valid:
-            raise ValueError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
-        names = [n for n in names if split_of.get(n) == split]
-    meta: dict[str, dict[str, str]] = {}
-    if (root / "meta.csv").is_file():
-        with (root / "meta.csv").open() as f:
-            meta = {row["name"]: row for row in csv.DictReader(f)}
-    images, points = [], []
-    for name in names:
-        candidates = [p for p in (root / "images").glob(f"{name}.*")]
-        if not candidates:
-            raise FileNotFoundError(f"{root / 'images'}: no image for annotation {name}.csv")
-        images.append(_read_rgb(candidates[0]))
-        points.append(read_points_csv(root / "points" / f"{name}.csv"))
-    return PointDataset(root, names, images, points, _folder_mpp(root, mpp), meta)
+__all__ = ["PointDataset", "load_point_folder", "AugmentConfig", "sample_crop", "channel_stats", "KNOWN_MPP"]
 
 
 @dataclass(frozen=True)

@@ -54,3 +54,32 @@ def choose_threshold(
     thresholds = np.linspace(0.02 * scale, 0.9 * scale, n_thresholds)
     cands = detect_candidates(maps, min_distance, float(thresholds[0]))
     return threshold_sweep(cands, list(truths), thresholds, radius)
+
+
+class CheckpointCandidates:
+    """Candidate detections of a checkpoint (torch) on one image at the caller's µm/px.
+
+    The image is resampled to the model's pixel size, run whole, and the peaks above
+    ``floor`` are mapped back to the image's pixels.
+    """
+
+    def __init__(self, path: str, floor: float, device: str = "cpu") -> None:
+        from .checkpoint import load_checkpoint
+
+        self.model, self.info = load_checkpoint(path, device)
+        self.floor = floor
+        self.device = device
+
+    def __call__(self, image: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+        factor = mpp / self.info.mpp  # model px per image px
+        work = image
+        if abs(factor - 1.0) > 0.01:
+            from PIL import Image
+
+            h, w = image.shape[:2]
+            work = np.asarray(Image.fromarray(image).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR))
+        prob = predict_map(self.model, work, self.info.mean, self.info.std, self.device)
+        xy, scores = find_peaks(prob, self.floor, self.info.min_distance)
+        if work is not image:
+            xy = xy * np.array([image.shape[1] / work.shape[1], image.shape[0] / work.shape[0]], np.float32)
+        return xy, scores

@@ -15,7 +15,7 @@ __all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold"]
 
 def normalize(images_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(B, H, W, 3)`` uint8 → ``(B, 3, H, W)`` float32, per-channel ``(x − mean) / std``."""
-    x = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+    x = torch.from_numpy(np.require(images_u8, requirements=["C", "W"])).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - m) / s

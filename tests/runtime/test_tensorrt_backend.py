@@ -1,0 +1,587 @@
+"""The TensorRT backend: the engine/machine compatibility rules (pure, run everywhere),
+the backend's control flow against API-shaped stand-ins for TensorRT and CuPy (run
+everywhere), and real engines on a GPU (skip without TensorRT, CuPy and a CUDA device)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micronet.runtime.backends import Backend
+from micronet.runtime.backends import tensorrt as trt_backend
+from micronet.runtime.backends.tensorrt import (
+    TensorRTBackend,
+    check_engine_compatibility,
+    read_sidecar,
+    sidecar_path,
+)
+from micronet.runtime.model_info import ModelInfo
+
+INFO = ModelInfo(architecture={"name": "micronet"}, mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=1.0)
+
+
+def sidecar(**overrides):
+    data = {
+        "micronet": json.loads(INFO.to_json()),
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "NVIDIA L4",
+        "compute_capability": "8.9",
+        "precision": "fp16",
+        "profiles": [{"input": "image", "min": [1, 64, 64, 3], "opt": [2, 128, 128, 3], "max": [4, 256, 256, 3]}],
+        "version_compatible": False,
+        "onnx_sha256": "0" * 64,
+    }
+    data.update(overrides)
+    return data
+
+
+# --- compatibility rules (pure) -------------------------------------------------------
+
+
+def test_matching_machine_is_accepted():
+    check_engine_compatibility(sidecar(), "10.3.0", "NVIDIA L4", "8.9")
+    check_engine_compatibility(sidecar(), "10.3.1.post1", "NVIDIA L4", "8.9")  # patch releases share engines
+
+
+def test_other_gpu_architecture_is_refused_with_rebuild_command():
+    with pytest.raises(ValueError) as err:
+        check_engine_compatibility(sidecar(), "10.3.0", "NVIDIA GeForce RTX 3090", "8.6", engine_path="models/x.engine")
+    msg = str(err.value)
+    assert "engine built for NVIDIA L4 (sm_89) with TensorRT 10.3" in msg
+    assert "this machine has NVIDIA GeForce RTX 3090 (sm_86) with TensorRT 10.3" in msg
+    assert "rebuild: export-engine model.onnx -o models/x.engine" in msg
+
+
+def test_other_gpu_model_of_the_same_architecture_is_refused():
+    with pytest.raises(ValueError, match="another GPU model"):
+        check_engine_compatibility(sidecar(), "10.3.0", "NVIDIA GeForce RTX 4090", "8.9")
+
+
+@pytest.mark.parametrize("installed", ["10.4.0", "10.2.0", "11.0.0", "8.6.1"])
+def test_other_tensorrt_version_is_refused(installed):
+    with pytest.raises(ValueError, match=r"another TensorRT version.*rebuild: export-engine"):
+        check_engine_compatibility(sidecar(), installed, "NVIDIA L4", "8.9")
+
+
+@pytest.mark.parametrize("installed", ["10.3.0", "10.8.0", "11.0.0"])
+def test_version_compatible_engine_runs_on_same_or_later_tensorrt(installed):
+    check_engine_compatibility(sidecar(version_compatible=True), installed, "NVIDIA L4", "8.9")
+
+
+def test_version_compatible_engine_is_refused_by_older_tensorrt():
+    with pytest.raises(ValueError, match=r"\(version-compatible\).*TensorRT 10\.1.*newer TensorRT"):
+        check_engine_compatibility(sidecar(version_compatible=True), "10.1.0", "NVIDIA L4", "8.9")
+
+
+def test_version_compatibility_does_not_excuse_another_gpu():
+    with pytest.raises(ValueError, match="another GPU architecture"):
+        check_engine_compatibility(sidecar(version_compatible=True), "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+@pytest.mark.parametrize("field", ["tensorrt_version", "gpu_name", "compute_capability", "micronet"])
+def test_missing_sidecar_fields_are_named(field):
+    data = sidecar()
+    del data[field]
+    with pytest.raises(ValueError, match=rf"lacks {field}.*rebuild: export-engine"):
+        check_engine_compatibility(data, "10.3.0", "NVIDIA L4", "8.9")
+
+
+def test_malformed_sidecar_values_raise():
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        check_engine_compatibility(["not", "a", "dict"], "10.3.0", "NVIDIA L4", "8.9")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expected a version like"):
+        check_engine_compatibility(sidecar(tensorrt_version="ten"), "10.3.0", "NVIDIA L4", "8.9")
+    with pytest.raises(ValueError, match="version_compatible must be true or false"):
+        check_engine_compatibility(sidecar(version_compatible="yes"), "10.3.0", "NVIDIA L4", "8.9")
+
+
+def test_read_sidecar_missing_or_damaged(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"x")
+    assert sidecar_path(engine) == tmp_path / "model.engine.json"
+    with pytest.raises(ValueError, match=r"model\.engine\.json not found.*export-engine"):
+        read_sidecar(engine)
+    sidecar_path(engine).write_text("{broken")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_sidecar(engine)
+    sidecar_path(engine).write_text(json.dumps(sidecar()))
+    assert read_sidecar(engine)["gpu_name"] == "NVIDIA L4"
+
+
+def test_backend_without_sidecar_says_rebuild(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(ValueError, match="rebuild: export-engine"):
+        TensorRTBackend(engine)
+    with pytest.raises(FileNotFoundError):
+        TensorRTBackend(tmp_path / "absent.engine")
+
+
+def test_backend_without_tensorrt_names_the_pip_extra(tmp_path, monkeypatch):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"x")
+    sidecar_path(engine).write_text(json.dumps(sidecar()))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'micronet-sdk\[gpu\]'"):
+        TensorRTBackend(engine)
+
+
+def test_importing_the_backend_imports_no_gpu_packages_and_no_torch():
+    code = (
+        "import sys, micronet.runtime.backends.tensorrt as m; "
+        "bad = [k for k in ('tensorrt', 'cupy', 'torch') if k in sys.modules]; "
+        "sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# --- control flow against stand-ins shaped like the TensorRT and CuPy APIs -------------
+# These do not prove the real APIs behave so (the GPU tests below do); they run every
+# line of the backend's Python on any machine.
+
+
+class _FakeArray:
+    """A NumPy-backed stand-in for cupy.ndarray; `data.ptr` resolves through REGISTRY."""
+
+    registry: dict[int, np.ndarray] = {}
+    _ids = itertools.count(1 << 20, 4096)
+
+    def __init__(self, arr: np.ndarray, device_id: int = 0) -> None:
+        self.arr = arr
+        ptr = next(self._ids)
+        self.registry[ptr] = arr
+        self.data = types.SimpleNamespace(ptr=ptr)
+        self.device = types.SimpleNamespace(id=device_id)
+
+    shape = property(lambda self: self.arr.shape)
+    dtype = property(lambda self: self.arr.dtype)
+
+    def set(self, arr, stream=None):
+        assert stream is not None
+        self.arr[...] = arr
+
+    def astype(self, dtype):
+        return _FakeArray(self.arr.astype(dtype))
+
+    def get(self):
+        return self.arr.copy()
+
+
+class _FakeStream:
+    created = 0
+
+    def __init__(self, non_blocking=False):
+        type(self).created += 1
+        self.ptr = 1000 + type(self).created
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def synchronize(self):
+        pass
+
+    def record(self, event=None):
+        return object()
+
+    def wait_event(self, event):
+        pass
+
+
+class _FakeDevice:
+    def __init__(self, device_id=0):
+        self.id = device_id
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _fake_cupy() -> types.ModuleType:
+    cupy = types.ModuleType("cupy")
+    cupy.ndarray = _FakeArray
+    cupy.uint8, cupy.float32 = np.dtype(np.uint8), np.dtype(np.float32)
+    cupy.empty = lambda shape, dtype: _FakeArray(np.zeros(shape, dtype))
+    cupy.ascontiguousarray = lambda a: a
+    runtime = types.SimpleNamespace(
+        CUDARuntimeError=RuntimeError,
+        getDeviceProperties=lambda i: {"name": b"NVIDIA L4", "major": 8, "minor": 9},
+    )
+    cupy.cuda = types.SimpleNamespace(Device=_FakeDevice, Stream=_FakeStream, get_current_stream=lambda: _FakeStream(), runtime=runtime)
+    return cupy
+
+
+class _FakeContext:
+    def __init__(self, engine):
+        self.engine = engine
+        self.shape = None
+        self.addresses = {}
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.profile
+        ok = name == "image" and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+        self.shape = tuple(shape) if ok else None
+        return ok
+
+    def get_tensor_shape(self, name):
+        n, h, w, _ = self.shape
+        return (n, 1, h, w)
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return True
+
+    def execute_async_v3(self, stream_handle):
+        image = _FakeArray.registry[self.addresses["image"]]
+        out = _FakeArray.registry[self.addresses["proximity"]]
+        out[...] = image.astype(np.float32).mean(axis=-1)[:, None] / 255.0  # the "model"
+        return True
+
+
+class _FakeEngine:
+    def __init__(self, io, profile):
+        self.io = io  # name -> (mode, dtype, shape)
+        self.profile = profile
+        self.contexts = 0
+
+    num_io_tensors = property(lambda self: len(self.io))
+    num_optimization_profiles = 1
+
+    def get_tensor_name(self, i):
+        return list(self.io)[i]
+
+    def get_tensor_mode(self, name):
+        return self.io[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.io[name][1]
+
+    def get_tensor_shape(self, name):
+        return self.io[name][2]
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0
+        return list(self.profile)
+
+    def create_execution_context(self):
+        self.contexts += 1
+        return _FakeContext(self)
+
+
+def _fake_tensorrt(engine: _FakeEngine | None, version="10.3.0") -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+
+    class ILogger:
+        Severity = types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self):
+            pass
+
+    class Runtime:
+        instances: list = []
+
+        def __init__(self, logger):
+            self.engine_host_code_allowed = False
+            self.deserialized = 0
+            Runtime.instances.append(self)
+
+        def deserialize_cuda_engine(self, data):
+            self.deserialized += 1
+            return engine if data == b"ENGINE" else None
+
+    trt.ILogger, trt.Runtime = ILogger, Runtime
+    trt.DataType = types.SimpleNamespace(UINT8="uint8", FLOAT="float32", HALF="float16")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.nptype = lambda dt: np.dtype(dt).type
+    return trt
+
+
+PROFILE = ((1, 8, 8, 3), (2, 16, 16, 3), (4, 32, 32, 3))
+MICRONET_IO = {"image": ("in", "uint8", (-1, -1, -1, 3)), "proximity": ("out", "float32", (-1, 1, -1, -1))}
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """Installs the stand-ins; returns a factory (io, sidecar overrides, version) -> engine path, trt."""
+    monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)  # the logger class derives from trt.ILogger
+
+    def make(io=MICRONET_IO, version="10.3.0", data=b"ENGINE", **overrides):
+        engine = _FakeEngine(io, PROFILE)
+        trt = _fake_tensorrt(engine, version)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+        monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)
+        path = tmp_path / "model.engine"
+        path.write_bytes(data)
+        sidecar_path(path).write_text(json.dumps(sidecar(**overrides)))
+        return path, trt, engine
+
+    return make
+
+
+def test_infer_runs_the_engine_and_returns_device_maps(fake_gpu):
+    path, trt, engine = fake_gpu()
+    backend = TensorRTBackend(path)
+    assert isinstance(backend, Backend)
+    assert (backend.name, backend.device, backend.info.threshold) == ("tensorrt", "cuda", 1.0)
+    assert backend.profile == PROFILE
+    batch = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    out = backend.infer(batch)
+    assert isinstance(out, _FakeArray) and out.shape == (3, 1, 20, 24) and out.dtype == np.float32
+    np.testing.assert_allclose(out.get(), batch.mean(axis=-1)[:, None] / 255.0, rtol=1e-6)
+    assert trt.Runtime.instances[0].engine_host_code_allowed is False
+    backend.close()
+    backend.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.infer(batch)
+
+
+def test_infer_accepts_device_arrays(fake_gpu):
+    path, _, _ = fake_gpu()
+    backend = TensorRTBackend(path)
+    batch = np.full((1, 8, 8, 3), 51, np.uint8)
+    np.testing.assert_allclose(backend.infer(_FakeArray(batch)).get(), 0.2, rtol=1e-6)
+    with pytest.raises(ValueError, match="on device 1"):
+        backend.infer(_FakeArray(batch, device_id=1))
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((5, 16, 16, 3), r"N=5 not in \[1, 4\]"), ((1, 64, 16, 3), r"H=64 not in \[8, 32\]"), ((1, 16, 4, 3), r"W=4 not in \[8, 32\]"),
+     ((16, 16, 3), "expected an \\(N, H, W, 3\\)"), ((1, 16, 16, 4), "expected an \\(N, H, W, 3\\)")],
+)
+def test_batches_outside_the_profile_are_refused(fake_gpu, shape, match):
+    path, _, _ = fake_gpu()
+    backend = TensorRTBackend(path)
+    with pytest.raises(ValueError, match=match):
+        backend.infer(np.zeros(shape, np.uint8))
+
+
+def test_float_batches_are_refused(fake_gpu):
+    path, _, _ = fake_gpu()
+    with pytest.raises(TypeError, match="expected uint8"):
+        TensorRTBackend(path).infer(np.zeros((1, 16, 16, 3), np.float32))
+
+
+def test_incompatible_engine_is_refused_before_deserialising(fake_gpu):
+    path, trt, _ = fake_gpu(version="10.4.1")
+    with pytest.raises(ValueError, match=r"TensorRT 10\.3.*TensorRT 10\.4.*rebuild: export-engine model\.onnx -o .*model\.engine"):
+        TensorRTBackend(path)
+    assert trt.Runtime.instances == []  # never deserialised
+
+
+def test_version_compatible_engine_allows_host_code(fake_gpu):
+    path, trt, _ = fake_gpu(version="10.5.0", version_compatible=True)
+    TensorRTBackend(path)
+    assert trt.Runtime.instances[0].engine_host_code_allowed is True
+
+
+def test_undeserialisable_engine_says_rebuild(fake_gpu):
+    path, _, _ = fake_gpu(data=b"garbage")
+    with pytest.raises(ValueError, match="could not deserialise.*rebuild: export-engine"):
+        TensorRTBackend(path)
+
+
+@pytest.mark.parametrize(
+    "io, match",
+    [
+        ({"input": MICRONET_IO["image"], "proximity": MICRONET_IO["proximity"]}, "expected input 'image'"),
+        ({"image": ("in", "float32", (-1, -1, -1, 3)), "proximity": MICRONET_IO["proximity"]}, "expected a uint8 'image'"),
+        ({"image": ("in", "uint8", (-1, 3, -1, -1)), "proximity": MICRONET_IO["proximity"]}, "N×H×W×3"),
+        ({"image": MICRONET_IO["image"], "proximity": ("out", "uint8", (-1, 1, -1, -1))}, "float32 or float16"),
+    ],
+)
+def test_engines_that_are_not_micronet_models_are_refused(fake_gpu, io, match):
+    path, _, _ = fake_gpu(io=io)
+    with pytest.raises(ValueError, match=match):
+        TensorRTBackend(path)
+
+
+def test_half_precision_output_is_returned_as_float32(fake_gpu):
+    path, _, _ = fake_gpu(io={"image": MICRONET_IO["image"], "proximity": ("out", "float16", (-1, 1, -1, -1))})
+    out = TensorRTBackend(path).infer(np.zeros((1, 8, 8, 3), np.uint8))
+    assert out.dtype == np.float32
+
+
+def test_concurrent_callers_share_a_bounded_pool_of_contexts(fake_gpu):
+    path, _, engine = fake_gpu()
+    backend = TensorRTBackend(path, max_contexts=2)
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8) for _ in range(16)]
+    results: list = [None] * len(batches)
+    barrier = threading.Barrier(8)
+
+    def work(i):
+        barrier.wait() if i < 8 else None
+        results[i] = backend.infer(batches[i]).get()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for batch, out in zip(batches, results):
+        np.testing.assert_allclose(out, batch.mean(axis=-1)[:, None] / 255.0, rtol=1e-6)
+    assert 1 <= engine.contexts <= 2
+    with pytest.raises(ValueError, match="max_contexts"):
+        TensorRTBackend(path, max_contexts=0)
+
+
+# --- real engines on a GPU -------------------------------------------------------------
+
+
+def _require_gpu():
+    pytest.importorskip("tensorrt", reason="TensorRT not installed (pip install 'micronet-sdk[gpu]')")
+    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError:
+        count = 0
+    if count < 1:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+def he_like_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """(n, h, w, 3) uint8: pink stroma with dark purple nucleus-sized blobs."""
+    from scipy import ndimage as ndi
+
+    out = np.empty((n, h, w, 3), np.uint8)
+    for k in range(n):
+        mask = np.zeros((h, w), np.float32)
+        count = h * w // 300
+        mask[rng.integers(0, h, count), rng.integers(0, w, count)] = 1.0
+        mask = np.clip(ndi.gaussian_filter(mask, 3.0) * 60.0, 0.0, 1.0)[..., None]
+        pink, purple = np.array([230.0, 170.0, 205.0]), np.array([95.0, 55.0, 140.0])
+        img = pink * (1 - mask) + purple * mask + rng.normal(0, 6, (h, w, 3))
+        out[k] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory):
+    """A tiny random-weight MicroNet exported to fp32 and fp16 ONNX, and an engine built
+    from the fp16 one on this GPU."""
+    _require_gpu()
+    pytest.importorskip("torch", reason="torch is needed to export the test model")
+    from micronet.export.engine import build_engine
+    from micronet.export.onnx import export_onnx
+    from micronet.trainer.checkpoint import save_checkpoint
+    from micronet.trainer.models import create_model
+
+    folder = tmp_path_factory.mktemp("trt")
+    model = create_model("micronet_tiny")
+    info = ModelInfo(architecture=model.config_dict(), mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=1.0)
+    ckpt = save_checkpoint(folder / "tiny.safetensors", model, info)
+    fp32 = export_onnx(ckpt, folder / "tiny.onnx", "fp32")
+    fp16 = export_onnx(ckpt, folder / "tiny.fp16.onnx", "fp16")
+    engine = build_engine(
+        fp16, folder / "tiny.engine", min_shape=(1, 64, 64), opt_shape=(2, 256, 256), max_shape=(4, 512, 512),
+        workspace_gb=1.0, timing_cache=folder / "timing.cache",
+    )
+    return types.SimpleNamespace(folder=folder, fp32=fp32, fp16=fp16, engine=engine)
+
+
+def _ort_maps(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["proximity"], {"image": batch})[0]
+
+
+@pytest.mark.gpu
+def test_engine_matches_onnxruntime_fp32(tiny_engine):
+    cupy = _require_gpu()
+    from micronet.runtime.matching import evaluate_points
+    from micronet.runtime.peaks import find_peaks
+
+    batch = he_like_images(np.random.default_rng(0), 3, 256, 320)
+    with TensorRTBackend(tiny_engine.engine) as backend:
+        assert backend.sidecar["precision"] == "fp16"
+        maps = backend.infer(batch)
+        assert isinstance(maps, cupy.ndarray) and maps.shape == (3, 1, 256, 320) and maps.dtype == cupy.float32
+        got = cupy.asnumpy(maps)
+    ref = _ort_maps(tiny_engine.fp32, batch)
+    span = float(ref.max() - ref.min())
+    assert span > 0
+    assert np.abs(got - ref).max() <= 2e-2 * span
+
+    tp = fp = fn = 0
+    for k in range(len(batch)):
+        threshold = float(np.percentile(ref[k, 0], 90))  # a random model: ξ relative to its own map
+        ours, _ = find_peaks(got[k, 0], threshold, 3)
+        theirs, _ = find_peaks(ref[k, 0], threshold, 3)
+        m = evaluate_points(ours, theirs, radius=2.0)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+    assert tp >= 10
+    assert 2 * tp / (2 * tp + fp + fn) >= 0.99
+
+
+@pytest.mark.gpu
+def test_cuda_peaks_on_engine_output_equal_cpu_peaks(tiny_engine):
+    cupy = _require_gpu()
+    from micronet.runtime.peaks import find_peaks, find_peaks_cuda
+
+    batch = he_like_images(np.random.default_rng(1), 1, 512, 512)
+    with TensorRTBackend(tiny_engine.engine) as backend:
+        maps = backend.infer(batch)
+        host = cupy.asnumpy(maps)
+        threshold = float(np.percentile(host, 90))
+        xy_gpu, s_gpu = find_peaks_cuda(maps[0], threshold, 3)
+    xy_cpu, s_cpu = find_peaks(host[0], threshold, 3)
+    assert len(xy_cpu) > 0
+    np.testing.assert_array_equal(xy_gpu, xy_cpu)
+    np.testing.assert_array_equal(s_gpu, s_cpu)
+
+
+@pytest.mark.gpu
+def test_engine_is_thread_safe_and_checks_the_profile(tiny_engine):
+    cupy = _require_gpu()
+    batches = [he_like_images(np.random.default_rng(k), 2, 128, 128) for k in range(6)]
+    with TensorRTBackend(tiny_engine.engine, max_contexts=3) as backend:
+        expected = [cupy.asnumpy(backend.infer(b)) for b in batches]
+        results: list = [None] * len(batches)
+
+        def work(i):
+            results[i] = cupy.asnumpy(backend.infer(batches[i]))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for a, b in zip(expected, results):  # separate contexts, same kernels
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="outside the engine's profile"):
+            backend.infer(np.zeros((1, 1024, 64, 3), np.uint8))
+        # A CuPy batch already on the device works too.
+        np.testing.assert_allclose(cupy.asnumpy(backend.infer(cupy.asarray(batches[0]))), expected[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_built_sidecar_describes_this_machine(tiny_engine):
+    _require_gpu()
+    import tensorrt as trt
+
+    data = read_sidecar(tiny_engine.engine)
+    gpu_name, cc = trt_backend.cuda_device_properties(0)
+    assert (data["gpu_name"], data["compute_capability"], data["tensorrt_version"]) == (gpu_name, cc, trt.__version__)
+    assert data["profiles"] == [{"input": "image", "min": [1, 64, 64, 3], "opt": [2, 256, 256, 3], "max": [4, 512, 512, 3]}]
+    assert data["micronet"]["precision"] == "fp16" and data["version_compatible"] is False
+    assert (tiny_engine.folder / "timing.cache").stat().st_size > 0
+    check_engine_compatibility(data, trt.__version__, gpu_name, cc)
+    with pytest.raises(ValueError, match="rebuild"):
+        check_engine_compatibility(data, trt.__version__, gpu_name + " (another)", cc)

@@ -234,6 +234,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
 
     log_path = out / "log.csv"
     new_log = not (resume and log_path.exists())
+    if not new_log:
+        # Rows written after the snapshot belong to the interrupted run: drop them.
+        with log_path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        rows = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= state["iteration"]]
+        with log_path.open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
     log_file = log_path.open("w" if new_log else "a", newline="")
     writer = csv.writer(log_file)
     if new_log:

@@ -61,6 +61,8 @@ def test_training_writes_a_checkpoint_with_metadata_log_and_plot(small_set, tmp_
 def test_resume_reproduces_an_uninterrupted_run(small_set, tmp_path):
     train(quick_config(small_set, tmp_path / "full"), progress=False)
     train(quick_config(small_set, tmp_path / "part", iterations=3), progress=False)
+    with (tmp_path / "part" / "log.csv").open("a") as f:
+        f.write("4,9.99,0.01,,,,,1.0\n")  # a row the interrupted run wrote after its snapshot
     train(quick_config(small_set, tmp_path / "part"), resume=tmp_path / "part" / "last_snapshot.safetensors", progress=False)
     full = state_of(tmp_path / "full" / "last_snapshot.safetensors")
     resumed = state_of(tmp_path / "part" / "last_snapshot.safetensors")

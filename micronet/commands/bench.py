@@ -1,0 +1,84 @@
+"""``micronet bench``: speed (and accuracy) of models and engines on this machine.
+
+Prints one markdown row per model: format, status, size, P / R / F1 on ``--data`` (when
+given), ms per image, images/s, megapixels/s, p50/p99 latency of one batch and nuclei/s,
+measured end to end through ``Detector.detect_batch`` (see ``micronet.runtime.bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Registers the ``bench`` subcommand on an ``argparse`` subparsers object."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="throughput of models or engines on this machine",
+        description="Benchmark .onnx models and TensorRT .engine files end to end (upload, inference, peak "
+        "finding): one markdown row per model; with --data also P / R / F1 on a labelled set.",
+    )
+    parser.add_argument("--model", type=Path, nargs="+", required=True, metavar="M", help="model files (.onnx, .engine)")
+    parser.add_argument("--batch", type=int, default=1, metavar="N", help="images per detect_batch call (default 1)")
+    parser.add_argument("--size", type=int, default=512, metavar="PX", help="timing images are PX × PX (default 512)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
+    parser.add_argument("--repeat", type=int, default=20, metavar="K", help="timed calls per model (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="K", help="untimed calls first (default 3)")
+    parser.add_argument("--threads", type=int, metavar="T", help="ONNX Runtime CPU threads (default: physical cores)")
+    accuracy = parser.add_argument_group("accuracy on a labelled set")
+    accuracy.add_argument("--data", type=Path, metavar="DIR", help="data set folder with images/ and points/")
+    accuracy.add_argument("--split", default="test", metavar="NAME", help="subset of --data to score (default test; 'all' for every image)")
+    accuracy.add_argument("--radius", type=float, default=6.0, metavar="R", help="matching radius in pixels (default 6)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the settings and rows as JSON")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``micronet bench``; returns 0 when every model ran, 1 otherwise."""
+    from micronet.runtime.bench import benchmark, format_table
+
+    if args.data is None and args.split != "test":
+        raise ValueError("--split applies with --data only")
+    if args.data is not None and not args.data.is_dir():
+        raise FileNotFoundError(f"--data: no such folder {args.data}")
+    split = None if args.split == "all" else args.split
+    results = benchmark(
+        args.model,
+        batch=args.batch,
+        size=args.size,
+        device=args.device,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        threads=args.threads,
+        data=args.data,
+        split=split,
+        radius=args.radius,
+    )
+    settings = {
+        "batch": args.batch,
+        "size": args.size,
+        "device": args.device,
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "data": None if args.data is None else str(args.data),
+        "split": split if args.data is not None else None,
+        "radius": args.radius if args.data is not None else None,
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "python": platform.python_version(),
+    }
+    print(f"batch {args.batch} × {args.size}×{args.size} px, device {args.device}, {args.repeat} timed calls")
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"settings": settings, "results": [r.to_dict() for r in results]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0 if all(r.status == "ok" for r in results) else 1

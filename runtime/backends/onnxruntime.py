@@ -1,0 +1,237 @@
+"""ONNX Runtime backend: MicroNet ``.onnx`` models on the CUDA or CPU execution provider.
+
+With the CUDA provider the proximity map stays on the GPU: the output is bound to CUDA
+memory through ``IOBinding`` and handed to CuPy without a copy, so the peak finder
+reads it in place and only coordinates travel to the host. Without CuPy the map is
+copied to the host as a NumPy array.
+
+The CPU provider is tuned for throughput on one model call at a time: one intra-op
+thread per physical core (hyper-threads share the vector units a convolution
+saturates), all graph optimisations, sequential execution (a MicroNet graph is a chain;
+parallel branches would only add scheduling).
+
+``InferenceSession.run`` is thread-safe, and each call builds its own ``IOBinding``,
+so one backend serves concurrent callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model_info import METADATA_KEY, ModelInfo
+
+__all__ = ["OnnxRuntimeBackend", "physical_cores"]
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+_CUDA_EP = "CUDAExecutionProvider"
+_CPU_EP = "CPUExecutionProvider"
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once).
+
+    Reads the CPU topology in ``/sys`` for the CPUs in the process's affinity mask;
+    elsewhere falls back to the logical CPU count.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return max(1, len(cpus))
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - a base dependency
+        raise ImportError("the ONNX Runtime backend needs onnxruntime: pip install micronet-sdk") from exc
+    return onnxruntime
+
+
+def _import_cupy() -> Any:
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def _describe(args: list[Any]) -> str:
+    return ", ".join(f"{a.name}: {a.type} {list(a.shape)}" for a in args) or "none"
+
+
+class OnnxRuntimeBackend:
+    """Runs a MicroNet ONNX model with ONNX Runtime.
+
+    Args:
+        path: an ``.onnx`` model exported by ``micronet export`` (uint8 ``N×H×W×3`` in,
+            float32 ``N×1×H×W`` out, ``ModelInfo`` in ``metadata_props["micronet"]``).
+        device: ``"auto"`` (CUDA when ONNX Runtime has its CUDA provider and the
+            provider loads, else CPU), ``"cpu"`` or ``"cuda"`` (an error without CUDA).
+        threads: intra-op threads of the CPU provider; default: the physical cores.
+
+    Attributes:
+        name: ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``.
+        device: where :meth:`infer` returns the map: ``"cuda"`` (a CuPy array) when the
+            CUDA provider runs and CuPy is installed, else ``"cpu"`` (NumPy).
+        info: the model's ``ModelInfo``.
+        path: the model file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not an ONNX model, or not a MicroNet model (the message
+            lists the metadata keys and input/output signatures found); ``device`` is
+            not one of ``auto, cpu, cuda``; ``device="cuda"`` without a working CUDA
+            provider.
+    """
+
+    def __init__(self, path: str | PathLike[str], device: str = "auto", threads: int | None = None) -> None:
+        if device not in DEVICES:
+            raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads: expected an integer >= 1 or None, got {threads!r}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        ort = _import_ort()
+
+        available = ort.get_available_providers()
+        want_cuda = device == "cuda" or (device == "auto" and _CUDA_EP in available)
+        if device == "cuda" and _CUDA_EP not in available:
+            raise ValueError(
+                f"device='cuda': this ONNX Runtime has no CUDA execution provider (available: {', '.join(available)}); "
+                "install onnxruntime-gpu (pip install 'micronet-sdk[gpu]') or use device='cpu'"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads if threads is not None else physical_cores()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only; load failures surface as exceptions
+        providers: list[Any] = [(_CUDA_EP, {"device_id": 0}), _CPU_EP] if want_cuda else [_CPU_EP]
+        self._session = self._load(ort, options, providers)
+
+        self.info = self._check_signature()
+        running = self._session.get_providers()
+        cuda = _CUDA_EP in running
+        if want_cuda and not cuda:
+            # ONNX Runtime falls back to the CPU when the CUDA libraries do not load.
+            if device == "cuda":
+                raise ValueError(
+                    f"device='cuda': ONNX Runtime's CUDA execution provider did not load (running: {', '.join(running)}); "
+                    "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
+                )
+            log.warning("%s: the CUDA execution provider did not load; running on the CPU", self.path.name)
+        self._device_id = 0
+        self._cupy = _import_cupy() if cuda else None
+        if cuda and self._cupy is None:
+            log.info("CuPy is not installed: proximity maps are copied to the host (pip install 'micronet-sdk[gpu]')")
+        self.name = "onnxruntime-cuda" if cuda else "onnxruntime-cpu"
+        self.device = "cuda" if self._cupy is not None else "cpu"
+        if not cuda and self.info.precision == "fp16":
+            log.warning("%s is an fp16 model: slow on the CPU provider; use the fp32 or int8 export there", self.path.name)
+        if cuda and self.info.precision == "int8":
+            log.warning("%s is an int8 model, made for the CPU; use the fp32 or fp16 export on the GPU", self.path.name)
+        self._input = self._session.get_inputs()[0].name
+        self._output = self._session.get_outputs()[0].name
+
+    def _load(self, ort: Any, options: Any, providers: list[Any]) -> Any:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        if self.path.stat().st_size == 0:
+            raise ValueError(f"{self.path}: not an ONNX model (the file is empty)")
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except state.InvalidProtobuf as exc:
+            raise ValueError(f"{self.path}: not an ONNX model (the file does not parse as an ONNX protobuf)") from exc
+        except (state.InvalidArgument, state.NoModel) as exc:
+            if "no graph" in str(exc).lower():
+                raise ValueError(f"{self.path}: not an ONNX model (no graph inside)") from exc
+            raise ValueError(f"{self.path}: ONNX Runtime could not load the model: {exc}") from exc
+        except (state.Fail, state.InvalidGraph, state.NotImplemented, state.RuntimeException) as exc:
+            raise ValueError(f"{self.path}: ONNX Runtime could not load the model: {exc}") from exc
+
+    def _check_signature(self) -> ModelInfo:
+        meta = self._session.get_modelmeta().custom_metadata_map
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        problems = []
+        if METADATA_KEY not in meta:
+            problems.append(f"no {METADATA_KEY!r} metadata")
+        ok_in = (
+            len(inputs) == 1
+            and inputs[0].type == "tensor(uint8)"
+            and len(inputs[0].shape) == 4
+            and inputs[0].shape[3] == 3
+        )
+        if not ok_in:
+            problems.append("expected one input uint8 N×H×W×3")
+        ok_out = len(outputs) == 1 and outputs[0].type == "tensor(float)" and len(outputs[0].shape) == 4
+        if not ok_out:
+            problems.append("expected one output float32 N×1×H×W")
+        if problems:
+            raise ValueError(
+                f"{self.path}: not a MicroNet model: {'; '.join(problems)}. Found metadata keys: "
+                f"{', '.join(sorted(meta)) or 'none'}; inputs: {_describe(inputs)}; outputs: {_describe(outputs)}"
+            )
+        return ModelInfo.from_json(meta[METADATA_KEY], source=str(self.path))
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeBackend({str(self.path)!r}, name={self.name!r}, device={self.device!r})"
+
+    def infer(self, batch: np.ndarray) -> Any:
+        """Proximity maps of a batch of images.
+
+        Args:
+            batch: ``(N, H, W, 3)`` uint8 RGB, C-contiguous.
+
+        Returns:
+            ``(N, 1, H, W)`` float32 maps: NumPy when ``device == "cpu"``; a CuPy array
+            in ONNX Runtime's GPU memory when ``device == "cuda"`` (valid while
+            referenced; ONNX Runtime reuses the memory once it is released).
+        """
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            got = f"{type(batch).__name__} {getattr(batch, 'dtype', '')} shape {getattr(batch, 'shape', '?')}"
+            raise ValueError(f"batch: expected an (N, H, W, 3) uint8 array, got {got}")
+        batch = np.ascontiguousarray(batch)
+        if self._cupy is None:
+            (maps,) = self._session.run([self._output], {self._input: batch})
+            return maps
+        binding = self._session.io_binding()  # one per call: run() is thread-safe, a binding is not
+        binding.bind_cpu_input(self._input, batch)
+        # No buffer given: ONNX Runtime allocates the (N, 1, H, W) output on the GPU.
+        binding.bind_output(self._output, "cuda", self._device_id)
+        # run() ends by synchronising the CUDA provider's stream (ONNX Runtime's default
+        # run option), so the map is complete when other streams (CuPy's) read it;
+        # synchronize_outputs() makes that explicit and costs nothing once synchronised.
+        self._session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        (value,) = binding.get_outputs()  # an OrtValue sharing ownership of the GPU buffer
+        return self._wrap_cupy(value)
+
+    def _wrap_cupy(self, value: Any) -> Any:
+        cupy = self._cupy
+        if value.data_type() != "tensor(float)":  # pragma: no cover - checked at load
+            raise ValueError(f"{self.path}: expected a float32 output, got {value.data_type()}")
+        shape = tuple(int(s) for s in value.shape())
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+        # The OrtValue owns the device memory; UnownedMemory keeps it alive as long as
+        # the CuPy array (or any view of it) exists.
+        memory = cupy.cuda.UnownedMemory(value.data_ptr(), nbytes, value, self._device_id)
+        return cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))

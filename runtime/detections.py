@@ -1,0 +1,237 @@
+"""``Detections``: the nucleus centres found in one image, and their writers.
+
+Positions are ``(x, y)`` = (column, row) in the pixels of the image the caller passed,
+0-based, as in the point CSVs of ``shared/data``. Writers:
+
+- :meth:`Detections.to_csv`: header ``x,y,score``, one detection per row (the point CSV
+  format of :mod:`micronet.runtime.metrics` plus a score column);
+- :meth:`Detections.to_geojson`: a GeoJSON ``FeatureCollection`` that QuPath imports
+  as detection objects classified ``Nucleus`` with a ``score`` measurement;
+- :meth:`Detections.to_overlay`: the image with a circle drawn around each detection,
+  as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Detections"]
+
+# QuPath's class for the detections and the [r, g, b] colour it shows them in.
+QUPATH_CLASS = "Nucleus"
+QUPATH_COLOR = [0, 200, 0]
+
+
+def _check_shape(image_shape: Any) -> tuple[int, int] | None:
+    if image_shape is None:
+        return None
+    try:
+        h, w = (int(v) for v in image_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_shape: expected (H, W) or None, got {image_shape!r}") from None
+    if h < 0 or w < 0:
+        raise ValueError(f"image_shape: expected non-negative (H, W), got {image_shape!r}")
+    return (h, w)
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Nucleus centres found in one image.
+
+    Attributes:
+        xy: ``(N, 2)`` float32 ``(x, y)`` = (column, row) pixel positions in the
+            caller's image, 0-based; pixel ``(x, y)`` covers ``[x, x+1) × [y, y+1)``.
+        scores: ``(N,)`` float32 proximity-map values at the detections (higher is more
+            confident; the detector keeps those above its threshold ξ).
+        image_shape: ``(H, W)`` of the image the positions refer to, or ``None`` when
+            not known (e.g. after :meth:`offset`).
+        mpp: pixel size of the positions in µm/px, when the caller gave it.
+
+    Arrays are converted to float32 on construction; ``len(d)`` is ``N``.
+    """
+
+    xy: np.ndarray
+    scores: np.ndarray
+    image_shape: tuple[int, int] | None = None
+    mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        xy = np.asarray(self.xy)
+        if xy.size == 0:
+            xy = xy.reshape(0, 2)
+        if xy.ndim != 2 or xy.shape[1] != 2 or not np.issubdtype(xy.dtype, np.number):
+            raise ValueError(f"xy: expected an (N, 2) array of numbers, got shape {xy.shape} dtype {xy.dtype}")
+        scores = np.asarray(self.scores)
+        if scores.shape != (len(xy),) or not np.issubdtype(scores.dtype, np.number):
+            raise ValueError(f"scores: expected a ({len(xy)},) array of numbers, got shape {scores.shape} dtype {scores.dtype}")
+        mpp = self.mpp
+        if mpp is not None:
+            if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
+                raise ValueError(f"mpp: expected a positive number of µm per pixel or None, got {mpp!r}")
+            mpp = float(mpp)
+        object.__setattr__(self, "xy", np.ascontiguousarray(xy, dtype=np.float32))
+        object.__setattr__(self, "scores", np.ascontiguousarray(scores, dtype=np.float32))
+        object.__setattr__(self, "image_shape", _check_shape(self.image_shape))
+        object.__setattr__(self, "mpp", mpp)
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    def __repr__(self) -> str:
+        return f"Detections(n={len(self)}, image_shape={self.image_shape}, mpp={self.mpp})"
+
+    @classmethod
+    def empty(cls, image_shape: tuple[int, int] | None = None, mpp: float | None = None) -> "Detections":
+        """No detections."""
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), image_shape, mpp)
+
+    # --- combining ---------------------------------------------------------------------
+
+    def offset(self, dx: float, dy: float, image_shape: tuple[int, int] | None = None) -> "Detections":
+        """The detections moved by ``(dx, dy)`` pixels, e.g. from a region's to a slide's
+        coordinates.
+
+        Args:
+            dx, dy: added to every ``x`` and ``y``.
+            image_shape: ``(H, W)`` of the frame the moved positions refer to; ``None``
+                (the default) because the region's shape no longer applies.
+        """
+        for name, value in (("dx", dx), ("dy", dy)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise TypeError(f"{name}: expected a finite number, got {value!r}")
+        moved = self.xy + np.asarray([dx, dy], dtype=np.float64)
+        return Detections(moved.astype(np.float32), self.scores.copy(), image_shape, self.mpp)
+
+    @staticmethod
+    def concat(items: Sequence["Detections"], image_shape: tuple[int, int] | None = None) -> "Detections":
+        """Joins detections in one frame (e.g. regions already moved by :meth:`offset`).
+
+        Args:
+            items: the detections to join, in order.
+            image_shape: ``(H, W)`` of the joined frame; default: the shared
+                ``image_shape`` of the items when they all have the same, else ``None``.
+
+        Raises:
+            TypeError: an item is not ``Detections``.
+            ValueError: the items have different ``mpp`` (other pixel sizes cannot share
+                one frame).
+        """
+        items = list(items)
+        for i, d in enumerate(items):
+            if not isinstance(d, Detections):
+                raise TypeError(f"items[{i}]: expected Detections, got {type(d).__name__}")
+        mpps = {d.mpp for d in items}
+        if len(mpps) > 1:
+            raise ValueError(f"cannot concatenate detections at different pixel sizes: mpp {sorted(mpps, key=str)}")
+        if image_shape is None:
+            shapes = {d.image_shape for d in items}
+            image_shape = shapes.pop() if len(shapes) == 1 else None
+        if not items:
+            return Detections.empty(image_shape)
+        return Detections(
+            np.concatenate([d.xy for d in items]),
+            np.concatenate([d.scores for d in items]),
+            image_shape,
+            mpps.pop(),
+        )
+
+    # --- writers ----------------------------------------------------------------------
+
+    def to_csv(self, path: str | PathLike[str]) -> Path:
+        """Writes ``x,y,score`` CSV (one detection per row, 0-based pixels); returns the
+        path. :func:`micronet.runtime.metrics.read_points_csv` reads it back (positions),
+        :meth:`from_csv` with the scores."""
+        from .metrics import write_points_csv
+
+        path = Path(path)
+        write_points_csv(path, self.xy, self.scores)
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | PathLike[str], image_shape: tuple[int, int] | None = None, mpp: float | None = None) -> "Detections":
+        """Reads a point CSV (``x,y`` or ``x,y,score``; scores default to 1)."""
+        from .metrics import read_points_csv
+
+        path = Path(path)
+        xy = read_points_csv(path)  # validates header, fields and values
+        with open(path, encoding="utf-8-sig") as f:
+            has_score = f.readline().strip().replace(" ", "") == "x,y,score"
+        if has_score and len(xy):
+            scores = np.loadtxt(path, delimiter=",", skiprows=1, usecols=2, ndmin=1, dtype=np.float64, encoding="utf-8-sig")
+        else:
+            scores = np.ones(len(xy))
+        return cls(xy, scores, image_shape, mpp)
+
+    def to_geojson(self, path: str | PathLike[str] | None = None) -> dict[str, Any]:
+        """The detections as a GeoJSON ``FeatureCollection`` of ``Point`` features that
+        QuPath (0.4+, *File › Import objects*) imports as detection objects.
+
+        Each feature has ``properties``: ``objectType: "detection"``, ``classification:
+        {"name": "Nucleus", "color": [r, g, b]}``, ``measurements: {"score": s}``.
+        Coordinates follow QuPath: continuous pixel units with ``(0, 0)`` at the top-left
+        *corner* of the image, so a detection at pixel ``(x, y)`` is written at its
+        centre ``(x + 0.5, y + 0.5)``.
+
+        Args:
+            path: when given, the collection is also written there (UTF-8 JSON).
+
+        Returns:
+            The ``FeatureCollection`` as a dict.
+        """
+        centres = self.xy.astype(np.float64) + 0.5
+        features = [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": QUPATH_CLASS, "color": list(QUPATH_COLOR)},
+                    "measurements": {"score": float(s)},
+                },
+            }
+            for (x, y), s in zip(centres.tolist(), self.scores.tolist())
+        ]
+        collection = {"type": "FeatureCollection", "features": features}
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(collection, f, separators=(",", ":"), allow_nan=False)
+        return collection
+
+    def to_overlay(self, image: Any, path: str | PathLike[str] | None = None, radius: int = 4, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+        """Draws a circle around each detection on a copy of the image.
+
+        Args:
+            image: the ``(H, W, 3)`` uint8 RGB image the detections were found in (its
+                shape must equal ``image_shape`` when that is known).
+            path: when given, the overlay is also written there as PNG.
+            radius: circle radius in pixels.
+            color: RGB outline colour.
+
+        Returns:
+            The ``(H, W, 3)`` uint8 RGB overlay.
+        """
+        from PIL import Image, ImageDraw
+
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"image: expected an (H, W, 3) uint8 RGB array, got shape {arr.shape} dtype {arr.dtype}")
+        if self.image_shape is not None and arr.shape[:2] != self.image_shape:
+            raise ValueError(f"image: expected the shape the detections were found in, {self.image_shape}, got {arr.shape[:2]}")
+        canvas = Image.fromarray(np.ascontiguousarray(arr))
+        draw = ImageDraw.Draw(canvas)
+        r = int(radius)
+        width = max(1, r // 3)
+        for x, y in self.xy.tolist():
+            draw.ellipse((x - r, y - r, x + r, y + r), outline=tuple(color), width=width)
+        if path is not None:
+            canvas.save(Path(path), format="PNG")
+        return np.asarray(canvas)

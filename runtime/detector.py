@@ -1,0 +1,513 @@
+"""``Detector``: nucleus centres in H&E images, with any MicroNet model and backend.
+
+>>> from micronet import Detector                      # doctest: +SKIP
+>>> det = Detector()                                   # doctest: +SKIP
+>>> found = det.detect(rgb)                            # doctest: +SKIP
+>>> found.xy, found.scores                             # doctest: +SKIP
+
+As in segment-anything's predictor, :meth:`Detector.detect` (and
+:meth:`Detector.detect_batch`) check and convert the caller's input; one batched method
+does the work on prepared arrays:
+
+1. resample each image to the model's pixel size when the caller's differs (bilinear);
+2. cut images larger than a tile into overlapping tiles (:mod:`micronet.runtime.tiling`)
+   and batch tiles (or whole images) of one shape through the backend;
+3. find the peaks of each proximity map where it lies: with CuPy on the GPU, so only
+   coordinates leave the device, with the native scan on the CPU;
+4. keep each tile's core peaks, merge, and map positions back to the caller's pixels.
+
+One ``Detector`` may be called from several threads at once: it holds no scratch
+state, and the backends are thread-safe.
+
+Whole slides: ``det.detect_slide(path, ...)`` is
+:func:`micronet.runtime.slide.detect_slide`, attached on first use (``_EXTENSIONS``) so
+a detector needs none of the slide reader's imports until then.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import logging
+import math
+import numbers
+from collections.abc import Sequence
+from functools import partial
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+from .detections import Detections
+from .model_info import ModelInfo
+from .peaks import _check_params, find_peaks, find_peaks_cuda
+from .tiling import Tile, alignment, default_margin, keep_in_core, plan_tiles, receptive_radius, sort_peaks
+
+__all__ = ["Detector", "as_rgb_image", "read_image", "bundled_model", "bundled_sample", "DEFAULT_MODEL", "MODEL_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
+SAMPLE_IMAGE = "sample.png"  # next to it
+MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt"}
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_TILE_SIZE = 1024
+DEFAULT_BATCH_SIZE = 4
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Pixel sizes within this relative difference count as equal (no resampling).
+MPP_TOLERANCE = 0.01
+
+# Methods other modules attach (name → module defining a function(detector, ...)).
+# ``det.detect_slide(...)`` calls ``micronet.runtime.slide.detect_slide(det, ...)``.
+_EXTENSIONS = {"detect_slide": "micronet.runtime.slide"}
+
+
+# --- input ---------------------------------------------------------------------------
+
+
+def _bundled(name: str, what: str, instead: str) -> Path:
+    resource = importlib.resources.files("micronet.runtime") / "models" / name
+    if not resource.is_file():
+        raise FileNotFoundError(f"the bundled {what} (micronet/runtime/models/{name}) is missing from this installation; {instead}")
+    return Path(str(resource))
+
+
+def bundled_model() -> Path:
+    """Path of the default model shipped in the package (``runtime/models/``).
+
+    Raises:
+        FileNotFoundError: this installation lacks it.
+    """
+    return _bundled(DEFAULT_MODEL, "default model", "pass a model file instead: Detector('model.onnx')")
+
+
+def bundled_sample() -> Path:
+    """Path of the sample H&E image shipped with the default model (what
+    ``micronet detect --demo`` runs on), at the default model's pixel size.
+
+    Raises:
+        FileNotFoundError: this installation lacks it.
+    """
+    return _bundled(SAMPLE_IMAGE, "sample image", "run micronet detect on your own image instead")
+
+
+def read_image(path: str | PathLike[str]) -> np.ndarray:
+    """Reads an image file as an array, unconverted beyond decoding.
+
+    PNG and JPEG are read with Pillow (palette and YCbCr images decode to RGB), TIFF with
+    tifffile (the full-resolution level of the first series).
+
+    Returns:
+        The pixel array, e.g. ``(H, W, 3)`` uint8 for an RGB file; :meth:`Detector.detect`
+        checks it.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: expected an image file ending in {', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path, key=0)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "YCbCr"):
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode == "CMYK":
+                raise ValueError(f"{path}: a CMYK image; expected RGB")
+            return np.asarray(im)
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+
+
+def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
+    """Checks an image as :meth:`Detector.detect` does and returns it as a C-contiguous
+    ``(H, W, 3)`` uint8 RGB array (a path is read with :func:`read_image`).
+
+    Raises:
+        TypeError: neither an array nor a path.
+        ValueError: grayscale, RGBA, channels-first, 16-bit, float or empty images, with
+            a message naming the problem; ``name`` (and the file name) prefix it.
+        FileNotFoundError: no such file.
+    """
+    if isinstance(image, (str, PathLike)):
+        arr = read_image(image)
+        name = f"{name} ({Path(image).name})"
+    elif isinstance(image, np.ndarray):
+        arr = image
+    elif hasattr(image, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: expected an image in host memory, got a GPU array ({type(image).__name__}); use cupy.asnumpy(image)")
+    elif hasattr(image, "__array_interface__") or hasattr(image, "__array__"):  # PIL images and the like
+        arr = np.asarray(image)
+    else:
+        raise TypeError(f"{name}: expected an (H, W, 3) uint8 RGB array or an image path, got {type(image).__name__}")
+    shape = tuple(arr.shape)
+    if arr.ndim == 2 or (arr.ndim == 3 and shape[2] == 1):
+        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got grayscale shape {shape}")
+    if arr.ndim == 3 and shape[2] == 4:
+        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape} (RGBA?): drop the alpha channel first, image[..., :3]")
+    if arr.ndim == 3 and shape[0] == 3 and shape[2] != 3:
+        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got channels-first shape {shape}: use image.transpose(1, 2, 0)")
+    if arr.ndim == 4:
+        raise ValueError(f"{name}: expected one (H, W, 3) image, got a batch of shape {shape}: use detect_batch")
+    if arr.ndim != 3 or shape[2] != 3:
+        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape}")
+    if arr.dtype != np.uint8:
+        if arr.dtype in (np.uint16, np.int16):
+            raise ValueError(f"{name}: a 16-bit image (dtype {arr.dtype}): convert to 8-bit first; expected uint8 RGB 0–255")
+        if np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(
+                f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}; "
+                "for values in 0–1 use (image * 255).round().astype(np.uint8)"
+            )
+        raise ValueError(f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {shape}; expected at least 1×1 pixels")
+    return np.ascontiguousarray(arr)
+
+
+def _check_mpp(mpp: Any, name: str = "mpp") -> float | None:
+    if mpp is None:
+        return None
+    if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
+        raise ValueError(f"{name}: expected a positive pixel size in µm/px or None, got {mpp!r}")
+    return float(mpp)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an ``(H, W, 3)`` uint8 image to ``(height, width, 3)``; pixel
+    centres map onto pixel centres. Pillow widens the filter when shrinking, so
+    downsampling is anti-aliased."""
+    from PIL import Image
+
+    resized = Image.fromarray(image).resize((width, height), resample=Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+# --- backends ------------------------------------------------------------------------
+
+
+def _create_backend(path: Path, kind: str | None, device: str, threads: int | None) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        valid = ", ".join(f"{s} ({b})" for s, b in MODEL_SUFFIXES.items())
+        raise ValueError(f"model: expected a file ending in {valid}, got {path.name!r}")
+    expected = MODEL_SUFFIXES[suffix]
+    if kind is not None and kind != expected:
+        raise ValueError(f"backend={kind!r} cannot run {path.name!r}: {suffix} files run on the {expected!r} backend")
+    if expected == "onnxruntime":
+        from .backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, device=device, threads=threads)
+    if device == "cpu":
+        raise ValueError("device='cpu': TensorRT engines run on CUDA GPUs only; use the .onnx model on the CPU")
+    if threads is not None:
+        raise ValueError("threads applies to the ONNX Runtime CPU provider only, not to TensorRT engines")
+    try:
+        module = importlib.import_module("micronet.runtime.backends.tensorrt")
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"TensorRT engines need TensorRT and the CUDA bindings: pip install 'micronet-sdk[gpu]' (missing: {exc.name})"
+        ) from exc
+    return module.TensorRTBackend(path)
+
+
+class Detector:
+    """Finds nucleus centres in H&E images with a MicroNet model.
+
+    Args:
+        model: an ``.onnx`` model (run by ONNX Runtime) or a TensorRT ``.engine``
+            (built on this GPU by ``export-engine``); ``None`` for the bundled default
+            model.
+        device: ``"auto"`` (the GPU when the backend can use one), ``"cpu"`` or
+            ``"cuda"``.
+        backend: ``None`` to choose by the model's suffix; a backend name
+            (``"onnxruntime"``, ``"tensorrt"``) to insist on one; or a ready object
+            implementing :class:`micronet.runtime.backends.Backend` (then ``model``
+            must be ``None``).
+        threshold: detection threshold ξ on the proximity map; default: the model's
+            own (``ModelInfo.threshold``, chosen on validation data).
+        min_distance: minimum distance between detections in model pixels; default: the
+            model's own.
+        tile_size: images larger than this (in model pixels, along either axis) run as
+            overlapping tiles of at most ``tile_size²``; a multiple of the network's
+            downsampling factor (8 for MicroNet). Default: 1024, or less when a
+            TensorRT engine's optimisation profile allows less.
+        tile_margin: context around each tile's core; default: the smallest margin that
+            makes tiled results equal a whole-image pass (80 px for MicroNet with
+            ``min_distance = 3``; see :mod:`micronet.runtime.tiling`).
+        batch_size: images or tiles of one shape sent to the backend together.
+            Default: 4, or the engine profile's largest batch when that is smaller.
+        threads: CPU threads of ONNX Runtime's CPU provider (default: physical cores).
+
+    Raises:
+        FileNotFoundError: the model file (or the bundled model) is missing.
+        ValueError: an unknown suffix (the message lists valid ones), a foreign model,
+            an invalid or incompatible option.
+        ImportError: a ``.engine`` without TensorRT (names the ``micronet-sdk[gpu]`` extra).
+    """
+
+    def __init__(
+        self,
+        model: str | PathLike[str] | None = None,
+        device: str = "auto",
+        backend: str | Backend | None = None,
+        threshold: float | None = None,
+        min_distance: int | None = None,
+        tile_size: int | None = None,
+        tile_margin: int | None = None,
+        batch_size: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if device not in DEVICES:
+            raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        backend_names = sorted(set(MODEL_SUFFIXES.values()))
+        if backend is None or isinstance(backend, str):
+            if isinstance(backend, str) and backend not in backend_names:
+                raise ValueError(f"backend: expected one of {', '.join(backend_names)}, a Backend object or None, got {backend!r}")
+            if model is None:
+                path = bundled_model()
+            elif isinstance(model, (str, PathLike)):
+                path = Path(model)
+            else:
+                raise TypeError(f"model: expected a path to an .onnx or .engine file or None, got {type(model).__name__}")
+            self.model_path: Path | None = path
+            self.backend: Any = _create_backend(path, backend, device, threads)
+        elif isinstance(backend, Backend):
+            if model is not None:
+                raise ValueError("give either model= or a Backend object as backend=, not both")
+            if device != "auto" or threads is not None:
+                raise ValueError("device and threads configure backends the Detector creates; set them on the Backend object instead")
+            self.model_path = None
+            self.backend = backend
+        else:
+            raise TypeError(
+                f"backend: expected one of {', '.join(backend_names)}, an object with name, device, info and infer(), "
+                f"or None, got {type(backend).__name__}"
+            )
+
+        info: ModelInfo = self.backend.info
+        self.threshold, self.min_distance = _check_params(
+            info.threshold if threshold is None else threshold,
+            info.min_distance if min_distance is None else min_distance,
+        )
+        self._align = alignment(info.architecture)
+        self.tile_size, self.batch_size = self._fit_profile(tile_size, batch_size)
+        if tile_margin is None:
+            self.tile_margin = default_margin(info.architecture, self.min_distance)
+        else:
+            self.tile_margin = _check_int(tile_margin, "tile_margin", 0)
+            try:
+                needed = receptive_radius(info.architecture) + self.min_distance
+            except ValueError:
+                needed = 0
+            if self.tile_margin < needed:
+                log.warning(
+                    "tile_margin=%d is below the receptive radius + min_distance (%d): tiled results will differ "
+                    "slightly from a whole-image pass",
+                    self.tile_margin,
+                    needed,
+                )
+        plan_tiles(1, 1, self.tile_size, self.tile_margin, self._align, max(self._min_hw))  # validates the combination now
+        log.debug("Detector: %s on %s, tiles %d/%d", self.backend_name, self.device, self.tile_size, self.tile_margin)
+
+    def _fit_profile(self, tile_size: int | None, batch_size: int | None) -> tuple[int, int]:
+        """Tile and batch sizes within what the backend accepts (a TensorRT engine's
+        optimisation profile bounds N, H and W; ONNX Runtime has no bound)."""
+        tile = DEFAULT_TILE_SIZE if tile_size is None else _check_int(tile_size, "tile_size", 1)
+        batch = DEFAULT_BATCH_SIZE if batch_size is None else _check_int(batch_size, "batch_size", 1)
+        profile = getattr(self.backend, "profile", None)
+        self._min_hw = (1, 1)
+        if profile is None:
+            return tile, batch
+        self._min_hw = (int(profile[0][1]), int(profile[0][2]))
+        max_n, max_h, max_w = (int(v) for v in profile[2][:3])
+        largest = min(max_h, max_w) // self._align * self._align
+        if tile_size is None:
+            tile = min(tile, largest)
+        elif tile > largest:
+            raise ValueError(
+                f"tile_size: the engine accepts images up to {max_h}×{max_w}, so at most {largest}, got {tile}; "
+                "rebuild the engine with a larger profile (export-engine --max NxHxW) or pass a smaller tile_size"
+            )
+        if max(self._min_hw) > tile - self._align + 1:
+            raise ValueError(f"tile_size: the engine needs images of at least {self._min_hw[0]}×{self._min_hw[1]}, got tile_size {tile}")
+        if batch_size is None:
+            batch = min(batch, max_n)
+        elif batch > max_n:
+            raise ValueError(f"batch_size: the engine accepts batches up to {max_n}, got {batch}")
+        return tile, batch
+
+    # --- description ------------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's metadata: pixel size, threshold ξ, normalisation, provenance."""
+        return self.backend.info
+
+    @property
+    def backend_name(self) -> str:
+        """``"tensorrt"``, ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``."""
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        """``"cuda"`` when proximity maps stay on the GPU, else ``"cpu"``."""
+        return self.backend.device
+
+    def __repr__(self) -> str:
+        model = self.model_path.name if self.model_path is not None else type(self.backend).__name__
+        return (
+            f"Detector({model!r}, backend={self.backend_name!r}, device={self.device!r}, threshold={self.threshold:g}, "
+            f"min_distance={self.min_distance}, mpp={self.info.mpp:g})"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Methods defined in other modules (detect_slide in micronet.runtime.slide),
+        # loaded on first use so the detector needs none of their dependencies.
+        module_name = _EXTENSIONS.get(name)
+        if module_name is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            raise AttributeError(f"Detector.{name} is not available: this installation has no {module_name}") from exc
+        return partial(getattr(module, name), self)
+
+    # --- detection --------------------------------------------------------------------
+
+    def detect(self, image: Any, mpp: float | None = None) -> Detections:
+        """Nucleus centres in one image.
+
+        Args:
+            image: an ``(H, W, 3)`` uint8 RGB array (any size: large images run as
+                tiles), or the path of a PNG, JPEG or TIFF file holding one.
+            mpp: the image's pixel size in µm/px. When it differs from the model's
+                (``info.mpp``) by more than 1%, the image is resampled to the model's
+                pixel size first; positions come back in the image's own pixels.
+                ``None``: the image is taken to be at the model's pixel size.
+
+        Returns:
+            :class:`Detections`: ``xy`` ``(N, 2)`` float32 ``(x, y)`` = (column, row) in
+            the image's pixels, ``scores`` ``(N,)`` float32, highest first.
+
+        Raises:
+            TypeError: ``image`` is neither an array nor a path.
+            ValueError: not ``(H, W, 3)`` uint8 (grayscale, RGBA, 16-bit and float
+                images are named as such), empty, or a bad ``mpp``.
+            FileNotFoundError: no such image file.
+        """
+        return self._detect_prepared([as_rgb_image(image)], [_check_mpp(mpp)])[0]
+
+    def detect_batch(self, images: Sequence[Any] | np.ndarray, mpp: float | Sequence[float | None] | None = None) -> list[Detections]:
+        """Nucleus centres in several images; images (or tiles) of one shape share
+        backend calls of up to ``batch_size``.
+
+        Args:
+            images: a sequence of what :meth:`detect` accepts, or an ``(N, H, W, 3)``
+                uint8 array.
+            mpp: one pixel size (µm/px) for all images, one per image, or ``None``.
+
+        Returns:
+            One :class:`Detections` per image, in order.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif isinstance(images, (str, PathLike, np.ndarray)) or not isinstance(images, Sequence):
+            raise TypeError(f"images: expected a sequence of images or an (N, H, W, 3) array, got {type(images).__name__}")
+        arrays = [as_rgb_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        if mpp is None or isinstance(mpp, numbers.Real):
+            mpps = [_check_mpp(mpp)] * len(arrays)
+        elif isinstance(mpp, Sequence) and not isinstance(mpp, str):
+            if len(mpp) != len(arrays):
+                raise ValueError(f"mpp: expected one pixel size per image ({len(arrays)}), got {len(mpp)}")
+            mpps = [_check_mpp(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
+        else:
+            raise TypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
+        return self._detect_prepared(arrays, mpps)
+
+    def _detect_prepared(self, images: list[np.ndarray], mpps: list[float | None]) -> list[Detections]:
+        """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays."""
+        model_images: list[np.ndarray] = []
+        scales: list[tuple[float, float] | None] = []
+        # (image index, tile) per backend input, grouped by tile shape so one call runs
+        # one shape; insertion order keeps the work roughly in image order.
+        groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
+        for i, (image, mpp) in enumerate(zip(images, mpps)):
+            resized, scale = self._to_model_pixels(image, mpp)
+            model_images.append(resized)
+            scales.append(scale)
+            h, w = resized.shape[:2]
+            for tile in plan_tiles(h, w, self.tile_size, self.tile_margin, self._align, max(self._min_hw)):
+                groups.setdefault(self._input_shape(tile), []).append((i, tile))
+
+        found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
+        for jobs in groups.values():
+            for start in range(0, len(jobs), self.batch_size):
+                chunk = jobs[start : start + self.batch_size]
+                batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
+                maps = self.backend.infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
+                for k, (i, tile) in enumerate(chunk):
+                    xy, scores = self._peaks(maps[k, 0])
+                    found[i].append(keep_in_core(tile, xy, scores))
+                del maps  # releases a GPU map before the next batch is allocated
+
+        results = []
+        for image, mpp, scale, parts in zip(images, mpps, scales, found):
+            xy = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
+            scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.float32)
+            xy, scores = sort_peaks(xy, scores)
+            if scale is not None:
+                # Pixel centres correspond: x_model + 0.5 = (x + 0.5) · s.
+                sx, sy = scale
+                xy = ((xy.astype(np.float64) + 0.5) / np.array([sx, sy]) - 0.5).astype(np.float32)
+            results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp))
+        return results
+
+    def _input_shape(self, tile: Tile) -> tuple[int, int]:
+        """The tile's ``(h, w)``, grown to the backend's minimum input size."""
+        h, w = tile.shape
+        return (max(h, self._min_hw[0]), max(w, self._min_hw[1]))
+
+    def _crop(self, image: np.ndarray, tile: Tile) -> np.ndarray:
+        """The tile's pixels; an image smaller than the backend's minimum input (a
+        TensorRT profile's) is mirrored out to it at the bottom and right. Its peaks
+        there lie outside the core and are dropped; the map near those two edges is
+        then that of the mirrored image, not exactly of the image alone."""
+        crop = tile.crop(image)
+        h, w = self._input_shape(tile)
+        if (h, w) == crop.shape[:2]:
+            return crop
+        return np.pad(crop, ((0, h - crop.shape[0]), (0, w - crop.shape[1]), (0, 0)), mode="symmetric")
+
+    def _to_model_pixels(self, image: np.ndarray, mpp: float | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+        """The image at the model's pixel size, and the ``(sx, sy)`` model pixels per
+        image pixel when it had to be resampled."""
+        if mpp is None:
+            return image, None
+        ratio = mpp / self.info.mpp  # model pixels per image pixel
+        if abs(ratio - 1.0) <= MPP_TOLERANCE:
+            return image, None
+        h, w = image.shape[:2]
+        new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
+        log.debug("resampling %dx%d at %.4g µm/px to %dx%d at the model's %.4g µm/px", w, h, mpp, new_w, new_h, self.info.mpp)
+        return _resample(image, new_h, new_w), (new_w / w, new_h / h)
+
+    def _peaks(self, prob_map: Any) -> tuple[np.ndarray, np.ndarray]:
+        if self.backend.device == "cuda":
+            return find_peaks_cuda(prob_map, self.threshold, self.min_distance)
+        return find_peaks(prob_map, self.threshold, self.min_distance)

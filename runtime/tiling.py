@@ -1,0 +1,197 @@
+"""Overlapping tiles whose peaks, merged, equal one whole-image pass.
+
+An image larger than a tile is cut into *cores* that partition it; each core is grown
+by a *margin* on every side (clipped at the image border) to give the tile the network
+sees. Every tile keeps only the peaks inside its own core, so every pixel is decided by
+exactly one tile. The result is the whole-image result when two conditions hold:
+
+1. **The margin covers the receptive field plus the peak window.** A map value is
+   exact when every input pixel it depends on is inside the tile; a peak test also
+   reads the ``(2·min_distance+1)²`` window around the pixel. So
+   ``margin ≥ receptive radius + min_distance``.
+2. **Tile origins sit on the network's downsampling grid.** MicroNet halves the map
+   three times with stride-2 convolutions (8× in all); a tile starting at a multiple of
+   8 sees the same stride-2 sampling grid, at every depth, as the whole image does.
+   A tile starting elsewhere samples other positions and gives other values.
+
+MicroNet's receptive radius, measured as the extent of the input gradient of one
+output pixel over all 64 positions modulo 8, is 76 px up/left and 69 px down/right at
+every width (the depth structure fixes it; widths and the multi-context branches do
+not change it). With the default ``min_distance = 3`` the margin is therefore
+``ceil8(76 + 3) = 80`` px. A 1024 px tile then has an 864 px core: 1.4× the pixels of
+a whole-image pass, in exchange for bounded memory and batchable tiles.
+
+Near-ties are the one caveat: floating-point kernels may pick other algorithms for
+other tile shapes, so a map value can differ in the last bits. The tests check that
+ONNX Runtime's CPU provider gives identical peaks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Tile", "plan_tiles", "receptive_radius", "default_margin", "keep_in_core", "sort_peaks", "alignment", "RECEPTIVE_RADIUS", "ALIGNMENT"]
+
+# Architecture name (ModelInfo.architecture["name"]) → receptive radius in input pixels
+# (the larger of the two sides), measured as described in the module docstring.
+RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76}
+
+# Architecture name → total downsampling factor; tile origins are multiples of it.
+ALIGNMENT: dict[str, int] = {"micronet": 8}
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of an image, in the image's pixels; ends are exclusive.
+
+    Attributes:
+        y0, y1, x0, x1: the tile the network sees: rows ``y0:y1``, columns ``x0:x1``.
+        core_y0, core_y1, core_x0, core_x1: the part whose peaks this tile keeps; the
+            cores of a plan partition the image.
+    """
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    core_y0: int
+    core_y1: int
+    core_x0: int
+    core_x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the tile."""
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+    def crop(self, image: Any) -> Any:
+        """The tile's ``(h, w, ...)`` view of an ``(H, W, ...)`` image."""
+        return image[self.y0 : self.y1, self.x0 : self.x1]
+
+
+def receptive_radius(architecture: dict[str, Any]) -> int:
+    """Receptive radius (input pixels) of an architecture described as in ``ModelInfo``.
+
+    Raises:
+        ValueError: an architecture whose radius is not known; pass the tile margin
+            explicitly then.
+    """
+    name = architecture.get("name") if isinstance(architecture, dict) else None
+    if name not in RECEPTIVE_RADIUS:
+        raise ValueError(
+            f"the receptive field of architecture {name!r} is not known (known: {', '.join(RECEPTIVE_RADIUS)}); "
+            "pass tile_margin= explicitly (at least the receptive radius plus min_distance, a multiple of the downsampling factor)"
+        )
+    return RECEPTIVE_RADIUS[name]
+
+
+def alignment(architecture: dict[str, Any]) -> int:
+    """Downsampling factor of an architecture (1 when unknown: no grid to align to)."""
+    name = architecture.get("name") if isinstance(architecture, dict) else None
+    return ALIGNMENT.get(name, 1)
+
+
+def default_margin(architecture: dict[str, Any], min_distance: int) -> int:
+    """The smallest margin that makes tiling exact: receptive radius + ``min_distance``,
+    rounded up to the architecture's downsampling factor (80 for MicroNet with
+    ``min_distance = 3``)."""
+    align = alignment(architecture)
+    return int(math.ceil((receptive_radius(architecture) + int(min_distance)) / align) * align)
+
+
+def _axis_spans(length: int, tile: int, margin: int, align: int, min_size: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, core_start, core_stop)`` along one axis.
+
+    Tile k starts at ``k · (tile − 2·margin)`` (a multiple of the alignment when tile and
+    margin are); its core is its extent less a margin on each inner side. The last tile
+    runs to the end of the axis, so it may be shorter than ``tile`` (but longer than
+    ``2·margin``); when that is shorter than ``min_size`` it starts earlier (on the
+    grid), keeping its core. Every tile is at most ``tile`` long.
+    """
+    if length <= tile:
+        return [(0, length, 0, length)]
+    step = tile - 2 * margin
+    spans = []
+    start, core_start = 0, 0
+    while start + tile < length:
+        core_stop = start + tile - margin
+        spans.append((start, start + tile, core_start, core_stop))
+        start, core_start = start + step, core_stop
+    if length - start < min_size:
+        start = min(start, max(0, (length - min_size) // align * align))
+    spans.append((start, length, core_start, length))
+    return spans
+
+
+def plan_tiles(height: int, width: int, tile_size: int, margin: int, align: int = 8, min_size: int = 1) -> list[Tile]:
+    """Tiles covering an ``(height, width)`` image, row-major.
+
+    Args:
+        height, width: image size in pixels (≥ 1).
+        tile_size: the largest tile side; an image no larger than this along an axis is
+            not cut along that axis. A multiple of ``align``.
+        margin: context on each inner side of a core; a multiple of ``align``, and
+            ``tile_size > 2·margin``.
+        align: the network's downsampling factor; every tile origin is a multiple of it.
+        min_size: the smallest tile side a backend accepts (a TensorRT profile's
+            minimum); tiles of a cut axis are at least this long. At most
+            ``tile_size − align + 1``.
+
+    Returns:
+        Tiles whose cores partition the image. An image that fits one tile gives one
+        tile covering it, core included.
+
+    >>> [(t.x0, t.x1, t.core_x0, t.core_x1) for t in plan_tiles(10, 300, 128, 32)]
+    [(0, 128, 0, 96), (64, 192, 96, 160), (128, 256, 160, 224), (192, 300, 224, 300)]
+    """
+    for name, value in (("height", height), ("width", width), ("tile_size", tile_size), ("align", align), ("min_size", min_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+        raise ValueError(f"margin: expected an integer >= 0, got {margin!r}")
+    if tile_size % align or margin % align:
+        raise ValueError(
+            f"tile_size and margin: expected multiples of {align} (the network's downsampling factor), "
+            f"got tile_size={tile_size}, margin={margin}"
+        )
+    if tile_size <= 2 * margin:
+        raise ValueError(f"tile_size: expected more than 2 × margin = {2 * margin}, got {tile_size}")
+    if min_size > tile_size - align + 1:
+        raise ValueError(f"min_size: expected at most tile_size − {align - 1} = {tile_size - align + 1}, got {min_size}")
+    rows = _axis_spans(int(height), int(tile_size), int(margin), int(align), int(min_size))
+    cols = _axis_spans(int(width), int(tile_size), int(margin), int(align), int(min_size))
+    return [Tile(y0, y1, x0, x1, cy0, cy1, cx0, cx1) for (y0, y1, cy0, cy1) in rows for (x0, x1, cx0, cx1) in cols]
+
+
+def keep_in_core(tile: Tile, xy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The peaks of one tile that lie in its core, moved to image coordinates.
+
+    Args:
+        tile: the tile the peaks were found in.
+        xy: ``(N, 2)`` float32 ``(x, y)`` in the tile's pixels.
+        scores: ``(N,)`` their map values.
+
+    Returns:
+        ``(xy, scores)`` of the kept peaks, ``xy`` in the image's pixels. A peak belongs
+        to the core holding its (whole-pixel) position.
+    """
+    x = xy[:, 0] + tile.x0
+    y = xy[:, 1] + tile.y0
+    # Whole-pixel positions; a refined one (±0.5 px) counts for its nearest pixel.
+    px, py = np.floor(x + 0.5), np.floor(y + 0.5)
+    keep = (px >= tile.core_x0) & (px < tile.core_x1) & (py >= tile.core_y0) & (py < tile.core_y1)
+    out = np.stack([x[keep], y[keep]], axis=1).astype(np.float32, copy=False).reshape(-1, 2)
+    return out, scores[keep]
+
+
+def sort_peaks(xy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks in ``find_peaks`` order: highest score first, ties in row-major order."""
+    if len(scores) < 2:
+        return xy, scores
+    order = np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
+    return xy[order], scores[order]
+

@@ -1,0 +1,185 @@
+"""Shared fixtures of the runtime tests: models, images and the real data.
+
+- ``tiny_model``: ``micronet_tiny`` with random weights and randomised batch-norm
+  statistics (so folding them into the convolutions is exercised), exported to ONNX by
+  ``micronet.export``; its threshold is set from its own output on a real image.
+  Needs torch (tests using it skip without).
+- ``blur_onnx``: a hand-built ONNX model with the MicroNet signature whose "proximity"
+  is the blurred darkness of the image, so dark round blobs give peaks at their
+  centres: a detector with known answers. Needs only onnx.
+- ``make_nuclei``: dark Gaussian blobs on a pink background at known centres.
+
+``shared_data`` (the real data folder, skipping when absent) comes from
+``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODEL_MPP = 0.55  # CRCHistoPhenotypes at 20×
+
+
+@pytest.fixture(scope="session")
+def crchisto_images(shared_data: Path) -> list[np.ndarray]:
+    """The first 16 CRCHistoPhenotypes images, ``(500, 500, 3)`` uint8 each."""
+    from PIL import Image
+
+    files = sorted((shared_data / "crchisto" / "images").glob("*.png"))[:16]
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    return images
+
+
+def build_tiny_model(folder: Path, threshold_image: np.ndarray | None = None, seed: int = 0) -> tuple[Path, Path]:
+    """Saves a random ``micronet_tiny`` checkpoint and its fp32 ONNX export in ``folder``;
+    returns ``(checkpoint, onnx)``."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from micronet.export.onnx import export_onnx
+    from micronet.runtime.model_info import ModelInfo
+    from micronet.trainer.checkpoint import save_checkpoint
+    from micronet.trainer.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("micronet_tiny").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    mean, std = [180.0, 130.0, 170.0], [40.0, 45.0, 35.0]
+    threshold = 0.0
+    if threshold_image is not None:
+        x = (torch.from_numpy(np.array(threshold_image)).float() - torch.tensor(mean)) / torch.tensor(std)
+        with torch.no_grad():
+            out = model(x.permute(2, 0, 1)[None])[0, 0].numpy()
+        threshold = float(np.quantile(out, 0.9))  # a few hundred peaks on a 500² image
+    info = ModelInfo(
+        architecture=model.config_dict(),
+        mean=mean,
+        std=std,
+        mpp=MODEL_MPP,
+        threshold=threshold,
+        min_distance=3,
+        provenance={"note": "random weights, for tests"},
+    )
+    checkpoint = save_checkpoint(folder / "tiny.safetensors", model, info)
+    onnx_path = export_onnx(checkpoint, folder / "tiny.onnx")
+    return checkpoint, onnx_path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, crchisto_images: list[np.ndarray]) -> tuple[Path, Path]:
+    """``(checkpoint, onnx)`` of a tiny random MicroNet, thresholded on a real image."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), crchisto_images[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model: tuple[Path, Path]) -> Path:
+    return tiny_model[1]
+
+
+@pytest.fixture(scope="session")
+def detector(tiny_onnx: Path):
+    """A CPU ``Detector`` on the tiny model (two threads: the test machine's cores)."""
+    from micronet.runtime.detector import Detector
+
+    return Detector(tiny_onnx, device="cpu", threads=2)
+
+
+def build_blur_model(path: Path, *, threshold: float = 0.2, mpp: float = MODEL_MPP, kernel: int = 5, metadata: bool = True) -> Path:
+    """An ONNX model with MicroNet's signature (uint8 N×H×W×3 → float32 N×1×H×W) whose
+    map is the image's darkness ``1 − mean(RGB)/255`` blurred twice by a ``kernel²``
+    box filter. ``metadata=False`` leaves out the ``"micronet"`` entry."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+
+    pads = [kernel // 2] * 4
+    nodes = [
+        helper.make_node("Cast", ["image"], ["rgb"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["rgb"], ["mean"], axes=[3], keepdims=1),  # (N, H, W, 1)
+        helper.make_node("Sub", ["c255", "mean"], ["dark"]),
+        helper.make_node("Mul", ["dark", "inv255"], ["dark01"]),
+        helper.make_node("Transpose", ["dark01"], ["nchw"], perm=[0, 3, 1, 2]),  # (N, 1, H, W)
+        helper.make_node("AveragePool", ["nchw"], ["blur1"], kernel_shape=[kernel, kernel], pads=pads, count_include_pad=0),
+        helper.make_node("AveragePool", ["blur1"], ["proximity"], kernel_shape=[kernel, kernel], pads=pads, count_include_pad=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "blurred_darkness",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("proximity", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [
+            helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
+            helper.make_tensor("inv255", TensorProto.FLOAT, [], [1.0 / 255.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata:
+        info = ModelInfo(
+            architecture={"name": "blurred_darkness", "kernel": kernel},
+            mean=[0.0, 0.0, 0.0],
+            std=[1.0, 1.0, 1.0],
+            mpp=mpp,
+            threshold=threshold,
+            min_distance=3,
+        )
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, info.to_json()
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def blur_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The blur model; its receptive radius is 2 · (kernel // 2) = 4 px, so a tile margin
+    of 8 covers it plus ``min_distance``. Its architecture is not MicroNet's, so a
+    ``Detector`` needs ``tile_margin`` given."""
+    return build_blur_model(tmp_path_factory.mktemp("blur_model") / "blur.onnx")
+
+
+@pytest.fixture(scope="session")
+def make_blur_model():
+    """:func:`build_blur_model`, for variants (other metadata, threshold, pixel size)."""
+    return build_blur_model
+
+
+@pytest.fixture(scope="session")
+def make_nuclei():
+    """:func:`synthetic_nuclei`."""
+    return synthetic_nuclei
+
+
+def synthetic_nuclei(height: int, width: int, count: int, seed: int = 0, sigma: float = 3.0, spacing: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """An ``(height, width, 3)`` uint8 image of dark purple Gaussian blobs on pink, and
+    the ``(count, 2)`` float32 ``(x, y)`` whole-pixel blob centres (at least ``spacing``
+    apart and from the border)."""
+    rng = np.random.default_rng(seed)
+    centres: list[tuple[int, int]] = []
+    for _ in range(100 * count):
+        x, y = int(rng.integers(spacing, width - spacing)), int(rng.integers(spacing, height - spacing))
+        if all(max(abs(x - a), abs(y - b)) >= spacing for a, b in centres):
+            centres.append((x, y))
+            if len(centres) == count:
+                break
+    else:
+        raise ValueError(f"cannot place {count} blobs {spacing} px apart in {height}×{width}")
+    yy, xx = np.mgrid[0:height, 0:width]
+    ink = np.zeros((height, width))
+    for x, y in centres:
+        ink = np.maximum(ink, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)))
+    background, nucleus = np.array([235.0, 200.0, 225.0]), np.array([80.0, 40.0, 120.0])
+    image = background + ink[..., None] * (nucleus - background)
+    return np.round(image).astype(np.uint8), np.array(centres, dtype=np.float32).reshape(-1, 2)

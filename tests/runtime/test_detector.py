@@ -1,0 +1,391 @@
+"""Detector: ONNX parity with torch, peaks, exact tiling, resampling to the model's pixel
+size, input errors and concurrent use (micronet.runtime.detector)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micronet.runtime.detections import Detections
+from micronet.runtime.detector import Detector, bundled_model
+from micronet.runtime.matching import evaluate_points
+from micronet.runtime.peaks import find_peaks
+
+BLUR_MARGIN = 8  # the blur model's receptive radius (4) + min_distance (3), rounded up
+MODEL_MPP = 0.55  # the test models' pixel size
+
+
+def _torch_map(checkpoint: Path, image: np.ndarray) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    from micronet.trainer.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(checkpoint)
+    x = (torch.from_numpy(np.array(image)).float() - torch.tensor(info.mean)) / torch.tensor(info.std)  # (H, W, 3)
+    with torch.no_grad():
+        return model(x.permute(2, 0, 1)[None])[0, 0].numpy()  # (H, W)
+
+
+def _by_position(xy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((xy[:, 0], xy[:, 1]))
+    return xy[order], scores[order]
+
+
+# --- parity with the torch model ------------------------------------------------------
+
+
+def test_onnx_map_matches_torch_model(tiny_model, crchisto_images, detector):
+    checkpoint, _ = tiny_model
+    image = crchisto_images[1]
+    expected = _torch_map(checkpoint, image)
+    got = detector.backend.infer(image[None])  # (1, 1, H, W)
+    assert got.shape == (1, 1, *image.shape[:2]) and got.dtype == np.float32
+    assert np.abs(got[0, 0] - expected).max() <= 1e-4
+
+
+def test_detections_equal_find_peaks_on_torch_map(tiny_model, crchisto_images, detector):
+    checkpoint, _ = tiny_model
+    image = crchisto_images[2]
+    xy, scores = find_peaks(_torch_map(checkpoint, image), detector.threshold, detector.min_distance)
+    found = detector.detect(image)
+    assert len(found) == len(xy) > 50
+    # Same positions; scores agree to the fp32 rounding of two engines (which may order
+    # near-equal scores differently).
+    got_xy, got_scores = _by_position(found.xy, found.scores)
+    want_xy, want_scores = _by_position(xy, scores)
+    np.testing.assert_array_equal(got_xy, want_xy)
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
+    assert np.all(np.diff(found.scores) <= 0)  # highest first
+    assert found.image_shape == image.shape[:2] and found.mpp is None
+
+
+def test_defaults_come_from_the_model_info(detector):
+    assert detector.threshold == pytest.approx(detector.info.threshold)
+    assert detector.min_distance == detector.info.min_distance == 3
+    assert detector.backend_name == "onnxruntime-cpu" and detector.device == "cpu"
+    assert detector.tile_margin == 80  # ceil8(receptive radius 76 + min_distance 3)
+
+
+def test_threshold_override_keeps_only_stronger_peaks(tiny_onnx, crchisto_images, detector):
+    image = crchisto_images[3]
+    base = detector.detect(image)
+    higher = float(np.median(base.scores))
+    strict = Detector(tiny_onnx, device="cpu", threads=2, threshold=higher).detect(image)
+    assert 0 < len(strict) < len(base)
+    assert np.all(strict.scores > higher)
+
+
+# --- tiling ----------------------------------------------------------------------------
+
+
+def _assert_same_detections(tiled: Detections, whole: Detections) -> None:
+    # The same peaks in the same order; a score may differ in its last bit, because the
+    # CPU provider's convolutions block the work differently at other input sizes.
+    np.testing.assert_array_equal(tiled.xy, whole.xy)
+    np.testing.assert_allclose(tiled.scores, whole.scores, rtol=1e-6, atol=0)
+
+
+def _mosaic(images: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
+    return np.ascontiguousarray(np.concatenate([np.concatenate(images[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0))
+
+
+@pytest.mark.slow
+def test_tiled_detection_equals_whole_image(tiny_onnx, crchisto_images):
+    image = _mosaic(crchisto_images, 4, 4)  # (2000, 2000, 3) of real H&E
+    whole = Detector(tiny_onnx, device="cpu", threads=2, tile_size=2048).detect(image)
+    tiled_detector = Detector(tiny_onnx, device="cpu", threads=2, tile_size=1024)  # 3 × 3 tiles, margin 80
+    tiled = tiled_detector.detect(image)
+    assert len(whole) > 1000
+    _assert_same_detections(tiled, whole)
+
+
+@pytest.mark.slow
+def test_tiled_detection_equals_whole_image_at_odd_sizes(tiny_onnx, crchisto_images):
+    # Sizes that are no multiple of 8 exercise the cropped up-sampling at the far edges.
+    image = np.ascontiguousarray(_mosaic(crchisto_images[4:10], 2, 3)[:997, :1203])
+    whole = Detector(tiny_onnx, device="cpu", threads=2, tile_size=1024 + 256).detect(image)
+    tiled = Detector(tiny_onnx, device="cpu", threads=2, tile_size=512).detect(image)  # 3 × 4 tiles
+    _assert_same_detections(tiled, whole)
+
+
+def test_tile_size_and_margin_are_checked(tiny_onnx):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        Detector(tiny_onnx, device="cpu", tile_size=1020)
+    with pytest.raises(ValueError, match="more than 2 × margin"):
+        Detector(tiny_onnx, device="cpu", tile_size=128, tile_margin=64)
+    with pytest.raises(ValueError, match="batch_size"):
+        Detector(tiny_onnx, device="cpu", batch_size=0)
+
+
+# --- pixel size -----------------------------------------------------------------------
+
+
+def test_blur_model_finds_blob_centres(blur_onnx, make_nuclei):
+    image, centres = make_nuclei(200, 300, 30)
+    found = Detector(blur_onnx, device="cpu", threads=2, tile_margin=BLUR_MARGIN).detect(image)
+    m = evaluate_points(found.xy, centres, radius=0.5)
+    assert (m.tp, m.fp, m.fn) == (30, 0, 0)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_mpp_resampling_returns_positions_in_callers_pixels(blur_onnx, factor, make_nuclei):
+    from PIL import Image
+
+    image, centres = make_nuclei(240, 320, 25, seed=1, sigma=4.0, spacing=24)
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_margin=BLUR_MARGIN)
+    at_model = det.detect(image)
+    h, w = round(240 * factor), round(320 * factor)
+    scaled = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    # The caller's pixels are `factor` times smaller than the model's.
+    found = det.detect(scaled, mpp=MODEL_MPP / factor)
+    assert found.image_shape == (h, w) and found.mpp == pytest.approx(MODEL_MPP / factor)
+    expected = (at_model.xy + 0.5) * factor - 0.5  # pixel centres correspond
+    m = evaluate_points(found.xy, expected, radius=1.5)
+    assert m.fp == 0 and m.fn == 0 and len(found) == 25
+
+
+def test_mpp_within_one_percent_is_not_resampled(blur_onnx, make_nuclei):
+    image, _ = make_nuclei(120, 160, 8)
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_margin=BLUR_MARGIN)
+    a = det.detect(image)
+    b = det.detect(image, mpp=MODEL_MPP * 1.009)
+    np.testing.assert_array_equal(a.xy, b.xy)
+    assert b.mpp == pytest.approx(MODEL_MPP * 1.009)
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "match"),
+    [
+        (np.zeros((64, 64), np.uint8), ValueError, "grayscale"),
+        (np.zeros((64, 64, 1), np.uint8), ValueError, "grayscale"),
+        (np.zeros((64, 64, 4), np.uint8), ValueError, "drop the alpha"),
+        (np.zeros((3, 64, 64), np.uint8), ValueError, "channels-first"),
+        (np.zeros((64, 64, 2), np.uint8), ValueError, r"expected an \(H, W, 3\)"),
+        (np.zeros((2, 64, 64, 3), np.uint8), ValueError, "detect_batch"),
+        (np.zeros((64, 64, 3), np.uint16), ValueError, "16-bit: convert to 8-bit first|16-bit image"),
+        (np.zeros((64, 64, 3), np.float32), ValueError, "uint8 RGB with values 0–255"),
+        (np.zeros((64, 64, 3), np.int64), ValueError, "got dtype int64"),
+        (np.zeros((0, 64, 3), np.uint8), ValueError, "empty"),
+        ([[1, 2, 3]], TypeError, "got list"),
+        (None, TypeError, "got NoneType"),
+    ],
+)
+def test_bad_images_raise_clear_errors(blur_onnx, image, error, match):
+    det = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN)
+    with pytest.raises(error, match=match):
+        det.detect(image)
+
+
+def test_bad_image_files_raise_clear_errors(blur_onnx, tmp_path):
+    from PIL import Image
+
+    det = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN)
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        det.detect(tmp_path / "missing.png")
+    Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(tmp_path / "rgba.png")
+    with pytest.raises(ValueError, match=r"rgba\.png.*drop the alpha"):
+        det.detect(tmp_path / "rgba.png")
+    Image.fromarray(np.zeros((32, 32), np.uint16)).save(tmp_path / "gray16.png")
+    with pytest.raises(ValueError, match="grayscale"):
+        det.detect(tmp_path / "gray16.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        det.detect(tmp_path / "junk.png")
+    with pytest.raises(ValueError, match=r"\.png, \.jpg"):
+        det.detect(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("mpp", [0, -0.5, float("nan"), "0.5", True])
+def test_bad_mpp_raises(blur_onnx, mpp):
+    det = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN)
+    with pytest.raises(ValueError, match="mpp"):
+        det.detect(np.zeros((16, 16, 3), np.uint8), mpp=mpp)
+
+
+def test_image_files_give_the_same_detections_as_arrays(blur_onnx, tmp_path, make_nuclei):
+    import tifffile
+    from PIL import Image
+
+    image, _ = make_nuclei(100, 140, 10, seed=3)
+    det = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN)
+    expected = det.detect(image)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    for name in ("a.png", "a.tif"):
+        got = det.detect(tmp_path / name)
+        np.testing.assert_array_equal(got.xy, expected.xy)
+    np.testing.assert_array_equal(det.detect(Image.fromarray(image)).xy, expected.xy)  # PIL images work too
+
+
+def test_tiny_and_non_contiguous_images_work(blur_onnx, make_nuclei):
+    det = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN)
+    assert isinstance(det.detect(np.full((1, 1, 3), 255, np.uint8)), Detections)
+    image, _ = make_nuclei(100, 120, 5, seed=4)
+    flipped = image[:, ::-1]
+    np.testing.assert_array_equal(det.detect(flipped).xy, det.detect(np.ascontiguousarray(flipped)).xy)
+
+
+def test_detect_batch_equals_detect(blur_onnx, make_nuclei):
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_size=64, tile_margin=BLUR_MARGIN, batch_size=3)
+    images = [make_nuclei(h, w, 4, seed=s)[0] for s, (h, w) in enumerate([(100, 120), (100, 120), (96, 112), (100, 120)])]
+    batch = det.detect_batch(images, mpp=[None, MODEL_MPP * 2, None, None])
+    singles = [det.detect(im, mpp=m) for im, m in zip(images, [None, MODEL_MPP * 2, None, None])]
+    assert len(batch) == 4
+    for a, b in zip(batch, singles):
+        np.testing.assert_array_equal(a.xy, b.xy)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    stacked = det.detect_batch(np.stack([images[0], images[1]]))
+    np.testing.assert_array_equal(stacked[1].xy, det.detect(images[1]).xy)  # an (N, H, W, 3) array is a batch
+    with pytest.raises(ValueError, match="one pixel size per image"):
+        det.detect_batch(images, mpp=[None])
+    with pytest.raises(TypeError, match="sequence of images"):
+        det.detect_batch(images[0][0])  # one (W, 3) row is no batch
+    assert det.detect_batch([]) == []
+
+
+# --- models and backends --------------------------------------------------------------
+
+
+def test_model_paths_are_checked(tmp_path, blur_onnx):
+    with pytest.raises(ValueError, match=r"\.onnx \(onnxruntime\), \.engine \(tensorrt\)"):
+        Detector(tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        Detector(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="device"):
+        Detector(blur_onnx, device="gpu")
+    with pytest.raises(ValueError, match="backend='tensorrt' cannot run"):
+        Detector(blur_onnx, backend="tensorrt")
+    with pytest.raises(ValueError, match="receptive field of architecture 'blurred_darkness' is not known"):
+        Detector(blur_onnx)  # no tile_margin for an unknown architecture
+    with pytest.raises(TypeError, match="model"):
+        Detector(42)
+
+
+def test_engine_without_tensorrt_names_the_gpu_extra(tmp_path):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed")
+    from micronet.runtime.model_info import ModelInfo
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 16)
+    info = ModelInfo(architecture={"name": "micronet"}, mean=[0, 0, 0], std=[1, 1, 1], mpp=0.5, threshold=1.0)
+    sidecar = {"micronet": json.loads(info.to_json()), "tensorrt_version": "10.3.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+    (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ImportError, match=r"micronet-sdk\[gpu\]"):
+        Detector(engine)
+    with pytest.raises(ValueError, match="CUDA GPUs only"):
+        Detector(engine, device="cpu")
+
+
+def test_default_model_is_the_bundled_one_or_a_clear_error():
+    try:
+        path = bundled_model()
+    except FileNotFoundError as exc:
+        assert "bundled default model" in str(exc) and "micronet_crchisto.onnx" in str(exc)
+        with pytest.raises(FileNotFoundError, match="bundled default model"):
+            Detector()
+    else:
+        det = Detector(device="cpu", threads=2)
+        assert det.model_path == path and det.info.mpp > 0
+
+
+def test_a_backend_object_can_be_given(detector):
+    class Recording:
+        name, device = "recording", "cpu"
+
+        def __init__(self, inner):
+            self.inner, self.info, self.shapes = inner, inner.info, []
+
+        def infer(self, batch):
+            self.shapes.append(batch.shape)
+            return self.inner.infer(batch)
+
+    backend = Recording(detector.backend)
+    det = Detector(backend=backend, batch_size=2)
+    images = [np.zeros((40, 48, 3), np.uint8)] * 3
+    det.detect_batch(images)
+    assert backend.shapes == [(2, 40, 48, 3), (1, 40, 48, 3)]
+    with pytest.raises(ValueError, match="not both"):
+        Detector("x.onnx", backend=backend)
+    with pytest.raises(TypeError, match="backend"):
+        Detector(backend=object())
+
+
+def test_an_engine_profile_bounds_tiles_and_batches(blur_onnx, make_nuclei):
+    from micronet.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    class ProfiledBackend:
+        """A backend that, like a TensorRT engine, accepts only N, H, W in a profile."""
+
+        name, device = "profiled", "cpu"
+        profile = ((1, 64, 64, 3), (1, 128, 128, 3), (2, 256, 256, 3))
+
+        def __init__(self):
+            self.inner = OnnxRuntimeBackend(blur_onnx, device="cpu", threads=1)
+            self.info, self.shapes = self.inner.info, []
+
+        def infer(self, batch):
+            (lo, _, hi), shape = self.profile, batch.shape
+            assert all(a <= b <= c for a, b, c in zip(lo, shape, hi)), f"{shape} outside the profile"
+            self.shapes.append(shape)
+            return self.inner.infer(batch)
+
+    backend = ProfiledBackend()
+    det = Detector(backend=backend, tile_margin=BLUR_MARGIN)
+    assert (det.tile_size, det.batch_size) == (256, 2)
+    plain = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, tile_size=4096)
+    small, _ = make_nuclei(48, 60, 2, spacing=16)  # below the profile's 64 × 64: mirrored out
+    np.testing.assert_array_equal(det.detect(small).xy, plain.detect(small).xy)
+    assert backend.shapes[-1] == (1, 64, 64, 3)
+    large, _ = make_nuclei(300, 530, 40)  # last tiles would be thinner than 64 without the profile
+    np.testing.assert_array_equal(det.detect(large).xy, plain.detect(large).xy)
+    with pytest.raises(ValueError, match="up to 256×256"):
+        Detector(backend=backend, tile_margin=BLUR_MARGIN, tile_size=512)
+    with pytest.raises(ValueError, match="batches up to 2"):
+        Detector(backend=backend, tile_margin=BLUR_MARGIN, batch_size=4)
+
+
+def test_detect_slide_is_an_extension_hook(detector):
+    if importlib.util.find_spec("micronet.runtime.slide") is not None:
+        assert callable(detector.detect_slide)
+    else:
+        with pytest.raises(AttributeError, match="micronet.runtime.slide"):
+            detector.detect_slide  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'detect_video'"):
+        detector.detect_video  # noqa: B018
+
+
+# --- threads --------------------------------------------------------------------------
+
+
+def test_concurrent_detection_equals_serial(detector, crchisto_images):
+    images = [im[:256, :256] for im in crchisto_images[:4]]
+    serial = [detector.detect(im) for im in images]
+    results: list[Detections | None] = [None] * 4
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(k: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(2):
+                results[k] = detector.detect(images[k])
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, serial):
+        np.testing.assert_array_equal(got.xy, want.xy)
+        np.testing.assert_array_equal(got.scores, want.scores)

@@ -1,0 +1,251 @@
+"""``micronet detect`` and ``micronet export`` from the command line (micronet.cli)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micronet.cli import main
+from micronet.runtime.metrics import read_points_csv
+
+
+def _blur_model(path: Path) -> Path:
+    """A MicroNet-signature ONNX model (uint8 N×H×W×3 → float32 N×1×H×W) whose map is
+    the image's darkness, box-blurred twice: dark round blobs peak at their centres."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+
+    pool = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2], "count_include_pad": 0}
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["rgb"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["rgb"], ["mean"], axes=[3], keepdims=1),
+            helper.make_node("Sub", ["c255", "mean"], ["dark"]),
+            helper.make_node("Mul", ["dark", "inv255"], ["dark01"]),
+            helper.make_node("Transpose", ["dark01"], ["nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("AveragePool", ["nchw"], ["blur"], **pool),
+            helper.make_node("AveragePool", ["blur"], ["proximity"], **pool),
+        ],
+        "blurred_darkness",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("proximity", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), helper.make_tensor("inv255", TensorProto.FLOAT, [], [1 / 255])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    # Claimed as MicroNet so the Detector's default tile margin (80 px) applies; it is
+    # larger than this model's 4 px receptive radius, so tiling stays exact.
+    info = ModelInfo(architecture={"name": "micronet"}, mean=[0.0] * 3, std=[1.0] * 3, mpp=0.55, threshold=0.2, min_distance=3)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    onnx.save(model, str(path))
+    return path
+
+
+def _blobs(path: Path, centres: list[tuple[int, int]], shape: tuple[int, int] = (120, 160)) -> Path:
+    from PIL import Image
+
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    ink = np.zeros(shape)
+    for x, y in centres:
+        ink = np.maximum(ink, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 18.0))
+    pink, purple = np.array([235.0, 200.0, 225.0]), np.array([80.0, 40.0, 120.0])
+    Image.fromarray(np.round(pink + ink[..., None] * (purple - pink)).astype(np.uint8)).save(path)
+    return path
+
+
+CENTRES = [(30, 30), (80, 40), (130, 90), (40, 95)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return _blur_model(tmp_path_factory.mktemp("model") / "blur.onnx")
+
+
+def test_detect_writes_csv_geojson_and_overlay(model, tmp_path, capsys):
+    image = _blobs(tmp_path / "slide_crop.png", CENTRES)
+    out = tmp_path / "out"
+    assert main(["detect", str(image), "--model", str(model), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert "4 nuclei in 1 image" in capsys.readouterr().out
+
+    csv = out / "slide_crop.csv"
+    assert csv.read_text().splitlines()[0] == "x,y,score"
+    np.testing.assert_array_equal(sorted(map(tuple, read_points_csv(csv))), sorted(CENTRES))
+    collection = json.loads((out / "slide_crop.geojson").read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 4
+    assert collection["features"][0]["properties"]["objectType"] == "detection"
+    from PIL import Image
+
+    with Image.open(out / "slide_crop.overlay.png") as overlay:
+        assert overlay.format == "PNG" and overlay.size == (160, 120)
+
+
+def test_detect_folder_with_chosen_formats_and_mpp(model, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _blobs(folder / "a.png", CENTRES)
+    # Twice the model's pixel size: half as many pixels per nucleus.
+    _blobs(folder / "b.png", [(20, 20), (60, 40)], shape=(80, 100))
+    out = tmp_path / "out"
+    argv = ["detect", str(folder), "--model", str(model), "--out", str(out), "--format", "csv", "--mpp", "0.55", "--no-progress"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--format", "csv,pdf"], "--format: expected a comma-separated list of csv, geojson, png"),
+        (["--mpp", "-1"], "mpp"),
+        (["--threshold", "nan"], "threshold"),
+    ],
+)
+def test_detect_option_errors_are_one_line(model, tmp_path, capsys, argv, message):
+    image = _blobs(tmp_path / "x.png", CENTRES)
+    assert main(["detect", str(image), "--model", str(model), "--out", str(tmp_path / "o"), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("micronet detect: error:") and message in err and "Traceback" not in err
+
+
+def test_detect_input_errors(model, tmp_path, capsys):
+    out = ["--model", str(model), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(["detect", str(tmp_path / "missing.png"), *out]) == 2
+    assert "input not found" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["detect", str(tmp_path / "notes.txt"), *out]) == 2
+    assert "expected an image or slide file" in capsys.readouterr().err
+    for sub in ("p", "q"):
+        (tmp_path / sub).mkdir()
+        _blobs(tmp_path / sub / "same.png", CENTRES)
+    assert main(["detect", str(tmp_path / "p" / "same.png"), str(tmp_path / "q" / "same.png"), *out]) == 2
+    assert "same name" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "p" / "same.png"), "--model", str(model), "--no-progress"]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert main(["detect", "--out", str(tmp_path / "o")]) == 2
+    assert "expected INPUT" in capsys.readouterr().err
+
+
+def test_slides_go_to_the_slide_reader(model, tmp_path, capsys):
+    (tmp_path / "scan.svs").write_bytes(b"\0")
+    assert main(["detect", str(tmp_path / "scan.svs"), "--model", str(model), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("micronet.runtime.slide") is None:
+        assert "whole-slide inputs are not supported yet" in err
+    else:
+        assert "scan.svs" in err and "Traceback" not in err  # the slide reader refuses the damaged file
+
+
+def test_a_real_slide_is_detected_tile_by_tile(model, tmp_path, capsys, shared_data):
+    if importlib.util.find_spec("micronet.runtime.slide") is None:
+        pytest.skip("micronet.runtime.slide is not installed")
+    slide = shared_data / "slides" / "OS-1-detail.ome.tif"
+    if not slide.is_file():
+        pytest.skip(f"{slide} not found")
+    out = tmp_path / "o"
+    assert main(["detect", str(slide), "--model", str(model), "--out", str(out), "--format", "csv", "--no-progress"]) == 0
+    assert "1 slide" in capsys.readouterr().out
+    assert (out / "OS-1-detail.csv").is_file()
+
+
+def test_demo_runs_the_bundled_model_or_says_what_is_missing(tmp_path, capsys):
+    code = main(["detect", "--demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"])
+    if code == 2:
+        assert "the bundled" in capsys.readouterr().err  # model or sample not shipped in this checkout
+        return
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["sample.csv", "sample.geojson", "sample.overlay.png"]
+    assert main(["detect", "--demo", "x.png"]) == 2
+
+
+# --- export ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from micronet.runtime.model_info import ModelInfo
+    from micronet.trainer.checkpoint import save_checkpoint
+    from micronet.trainer.models import create_model
+
+    model = create_model("micronet_tiny").eval()
+    info = ModelInfo(architecture=model.config_dict(), mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=0.1)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, info)
+
+
+def test_export_writes_a_valid_onnx_model_that_detect_runs(checkpoint, tmp_path, capsys):
+    import onnx
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), "-o", str(out), "--precision", "fp32"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    assert meta["micronet"]["precision"] == "fp32" and meta["micronet"]["mpp"] == 0.55
+    image = _blobs(tmp_path / "x.png", CENTRES)
+    assert main(["detect", str(image), "--model", str(out), "--out", str(tmp_path / "o"), "--format", "csv", "--no-progress"]) == 0
+    assert (tmp_path / "o" / "x.csv").is_file()
+
+
+def test_export_names_the_output_after_the_checkpoint(checkpoint, tmp_path):
+    local = tmp_path / checkpoint.name
+    local.write_bytes(checkpoint.read_bytes())
+    assert main(["export", str(local)]) == 0
+    assert (tmp_path / "tiny.onnx").is_file()
+
+
+def test_export_errors_are_one_line(checkpoint, tmp_path, capsys):
+    assert main(["export", str(checkpoint), "--precision", "int8"]) == 2
+    assert "needs --calibration-data" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--calibration-data", str(tmp_path)]) == 2
+    assert "int8 only" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.safetensors")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "model.engine")]) == 2
+    assert "ending in .onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(checkpoint), "--precision", "fp8"])
+    assert exit_info.value.code == 2 and "choose from 'fp32', 'fp16', 'int8'" in capsys.readouterr().err
+
+
+# --- bench ----------------------------------------------------------------------------
+
+
+def test_bench_prints_a_row_per_model_and_writes_json(model, tmp_path, capsys):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    report = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(model), str(broken), "--size", "96", "--batch", "2", "--repeat", "3", "--warmup", "1", "--json", str(report)]
+    assert main(argv) == 1  # one model failed
+    table = capsys.readouterr().out
+    assert "| model | format | backend | status | size MB |" in table
+    assert "| blur.onnx | onnx-fp32 | onnxruntime-" in table and "| ok |" in table
+    assert "| broken.onnx | onnx | - | ValueError:" in table and "not an ONNX model" in table
+    rows = json.loads(report.read_text())["results"]
+    ok = rows[0]
+    assert ok["status"] == "ok" and ok["f1"] is None and ok["images_per_s"] > 0
+    assert ok["megapixels_per_s"] == pytest.approx(ok["images_per_s"] * 96 * 96 / 1e6)
+    assert ok["p50_ms"] <= ok["p99_ms"] and ok["nuclei_per_s"] >= 0
+    assert rows[1]["images_per_s"] is None
+
+
+def test_bench_scores_the_labelled_split(model, capsys, shared_data):
+    argv = ["bench", "--model", str(model), "--data", str(shared_data / "crchisto"), "--split", "val", "--size", "64", "--repeat", "1", "--warmup", "0"]
+    assert main(argv) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| blur.onnx")][0]
+    f1 = float(row.split("|")[8])
+    assert 0.0 <= f1 <= 1.0
+
+
+def test_bench_option_errors(model, capsys):
+    assert main(["bench", "--model", str(model), "--repeat", "0"]) == 2
+    assert "repeat: expected an integer >= 1" in capsys.readouterr().err
+    assert main(["bench", "--model", str(model), "--split", "val"]) == 2
+    assert "--split applies with --data only" in capsys.readouterr().err

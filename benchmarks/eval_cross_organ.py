@@ -1,0 +1,91 @@
+"""Cross-organ accuracy on MoNuSeg 2018 (40×, 0.25 µm/px; five organs): P / R / F1 per
+organ for one or more models, as a heatmap (models × organs) plus JSON and markdown.
+
+Images are resampled to each model's pixel size by the detector and coordinates come
+back in MoNuSeg pixels; the radius is given in MoNuSeg pixels (the paper: 16 px at 40×;
+6 px at 20× on CRCHisto corresponds to ≈ 13 px here).
+
+    python benchmarks/eval_cross_organ.py --model runtime/models/micronet_crchisto.onnx [--model other.onnx ...] [--radius 16]
+
+Checkpoints (.safetensors) are accepted too (needs torch). A model's ξ is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", type=Path, required=True, help="model file (repeatable)")
+    parser.add_argument("--label", action="append", help="row label per model (default: file name)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "monuseg")
+    parser.add_argument("--radius", type=float, default=16.0)
+    args = parser.parse_args()
+
+    from micronet.commands._evaluate_model import _candidates
+    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.metrics import evaluate_images
+
+    data = load_point_folder(args.data)
+    organs = sorted({data.meta[n]["organ"] for n in data.names})
+    labels = args.label or [m.name for m in args.model]
+    if len(labels) != len(args.model):
+        raise SystemExit("--label: give one per --model")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for label, model in zip(labels, args.model):
+        runner, info = _candidates(model, floor=0.0)
+        by_organ: dict[str, list[int]] = defaultdict(list)
+        preds = []
+        for i, (name, image) in enumerate(zip(data.names, data.images)):
+            xy, scores = runner(image, data.mpp)
+            preds.append(xy[scores > info.threshold])
+            by_organ[data.meta[name]["organ"]].append(i)
+        row = {}
+        for organ in organs + ["all"]:
+            idx = by_organ[organ] if organ != "all" else list(range(len(data)))
+            rep = evaluate_images([preds[i] for i in idx], [data.points[i] for i in idx], args.radius).pooled
+            row[organ] = {"precision": rep.precision, "recall": rep.recall, "f1": rep.f1, "images": len(idx)}
+        table[label] = row
+        print(label, {k: round(v["f1"], 4) for k, v in row.items()})
+
+    cols = organs + ["all"]
+    lines = [f"MoNuSeg 2018 (13 images, 40×), radius {args.radius:g} px, each model at its own ξ; F1 (P / R)", "",
+             "| model | " + " | ".join(f"{c} ({table[labels[0]][c]['images']})" for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for label in labels:
+        cells = [f"{table[label][c]['f1']:.3f} ({table[label][c]['precision']:.2f} / {table[label][c]['recall']:.2f})" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    write_results("cross_organ", {"radius": args.radius, "models": {l: str(m) for l, m in zip(labels, args.model)}, "f1": table}, "\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f1 = np.array([[table[l][c]["f1"] for c in cols] for l in labels])
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2.5, 0.6 * len(labels) + 1.6))
+    im = ax.imshow(f1, vmin=0.5, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(labels)), labels)
+    for (r, c), v in np.ndenumerate(f1):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.8 else "k")
+    ax.set_title(f"F1 on MoNuSeg organs (radius {args.radius:g} px at 40×)")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cross_organ.png", dpi=120)
+    print(f"wrote {RESULTS / 'cross_organ.png'}")
+
+
+if __name__ == "__main__":
+    main()

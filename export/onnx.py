@@ -211,12 +211,22 @@ _EXPORTERS: dict[str, Callable[..., None]] = {"fp32": _export_fp32, "fp16": _exp
 
 
 def calibration_crops(folder: str | Path, count: int = 32, size: int = 256, seed: int = 0) -> list[np.ndarray]:
-    """Random ``size × size`` uint8 crops from the images of a point-annotated folder (or a
-    plain folder of images), for int8 calibration."""
+    """Random ``size × size`` uint8 crops from the images of a point-annotated folder (its
+    ``train`` split when it has a split.csv) or a plain folder of images, for int8
+    calibration."""
     from PIL import Image
 
     folder = Path(folder)
     files = sorted(p for ext in ("png", "jpg", "jpeg", "tif", "tiff") for p in (folder / "images" if (folder / "images").is_dir() else folder).glob(f"*.{ext}"))
+    split_file = folder / "split.csv"
+    if split_file.is_file():
+        # A point-annotated folder: calibrate on the training split only, never on the
+        # images the model will be evaluated on.
+        import csv
+
+        with split_file.open() as f:
+            train = {row["name"] for row in csv.DictReader(f) if row.get("split") == "train"}
+        files = [p for p in files if p.stem in train]
     if not files:
         raise ValueError(f"{folder}: no calibration images (png/jpg/tif) found")
     rng = np.random.default_rng(seed)

@@ -150,6 +150,24 @@ def test_real_model_fp32_matches_torch_and_fp16_matches_fp32(shared_data, tmp_pa
     assert np.abs(maps32 - ref).max() <= 1e-4
     det_ref, det32 = _detections(ref, info), _detections(maps32, info)
     for a, b in zip(det_ref, det32):
-        np.testing.assert_array_equal(a, b)
+        # Same peaks; the order of near-equal scores may differ by float rounding.
+        np.testing.assert_array_equal(a[np.lexsort(a.T)], b[np.lexsort(b.T)])
     det16 = _detections(run(fp16, images), info)
     assert _pooled_f1(det16, det32, radius=2.0) >= 0.99
+
+
+@needs_pretrained
+def test_real_model_int8_loses_at_most_001_f1_on_the_test_split(shared_data, tmp_path):
+    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.detector import Detector
+    from micronet.runtime.metrics import evaluate_images
+
+    data = load_point_folder(shared_data / "crchisto", "test")
+    fp32 = export_onnx(PRETRAINED, tmp_path / "m.onnx")
+    int8 = export_onnx(PRETRAINED, tmp_path / "m.int8.onnx", "int8", calibration_data=shared_data / "crchisto", calibration_count=16)
+    f1 = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        det = Detector(str(path))
+        f1[name] = evaluate_images([det.detect(im).xy for im in data.images], data.points, 6.0).pooled.f1
+    assert f1["fp32"] > 0.79
+    assert f1["int8"] >= f1["fp32"] - 0.01, f1

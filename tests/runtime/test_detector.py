@@ -338,7 +338,8 @@ def test_an_engine_profile_bounds_tiles_and_batches(blur_onnx, make_nuclei):
             return self.inner.infer(batch)
 
     backend = ProfiledBackend()
-    det = Detector(backend=backend, tile_margin=BLUR_MARGIN)
+    assert Detector(backend=backend, tile_margin=BLUR_MARGIN).batch_size == 1  # CPU default
+    det = Detector(backend=backend, tile_margin=BLUR_MARGIN, batch_size=2)
     assert (det.tile_size, det.batch_size) == (256, 2)
     plain = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, tile_size=4096)
     small, _ = make_nuclei(48, 60, 2, spacing=16)  # below the profile's 64 × 64: mirrored out

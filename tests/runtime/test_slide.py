@@ -1,0 +1,342 @@
+"""Whole-slide reading and detection (``micronet.runtime.slide``).
+
+Real slides come from ``shared/data/slides`` (skipped when absent); synthetic pyramidal
+TIFFs are mosaics of real CRCHistoPhenotypes images written with tifffile. The model is
+the tiny random MicroNet of ``conftest.py``, with its threshold raised so that it finds
+about as many peaks as a 500×500 CRCHisto image has nuclei (keeps the outputs small).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+from PIL import Image  # noqa: E402
+
+from micronet.runtime.detections import Detections  # noqa: E402
+from micronet.runtime.slide import _BilinearAxis, open_slide, tissue_mask  # noqa: E402
+
+CMU = "CMU-1-Small-Region.svs"
+OS1 = "OS-1-detail.ome.tif"
+SYNTH_MPP = 0.55  # the tiny model's pixel size: no resampling
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+def real_slide(shared_data: Path, name: str) -> Path:
+    path = shared_data / "slides" / name
+    if not path.is_file():
+        pytest.skip(f"real slide {name} not found in {path.parent} (set MICRONET_DATA to the shared/data folder)")
+    return path
+
+
+def write_pyramid(path: Path, image: np.ndarray, mpp: float | None, downsamples: tuple[int, ...] = (4,), tile: int = 256) -> Path:
+    """Writes an RGB image as a tiled, JPEG-compressed pyramidal TIFF (levels in SubIFDs),
+    with the pixel size in the resolution tags (centimetre units) unless ``mpp`` is None."""
+
+    def resolution(factor: int) -> dict:
+        if mpp is None:
+            return {}
+        return {"resolution": (1e4 / (mpp * factor), 1e4 / (mpp * factor)), "resolutionunit": "CENTIMETER"}
+
+    options = {"tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": 90}, "photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(image, subifds=len(downsamples), **options, **resolution(1))
+        for factor in downsamples:
+            reduced = np.asarray(Image.fromarray(image).reduce(factor))
+            tif.write(reduced, subfiletype=1, **options, **resolution(factor))
+    return path
+
+
+def mosaic(images: list[np.ndarray], rows: int, cols: int, glass_from_col: int | None = None) -> np.ndarray:
+    """``rows × cols`` CRCHisto images side by side; columns from ``glass_from_col`` on
+    are replaced by glass (near-white, slightly noisy)."""
+    grid = [np.concatenate([images[(r * cols + c) % len(images)] for c in range(cols)], axis=1) for r in range(rows)]
+    out = np.concatenate(grid, axis=0)
+    if glass_from_col is not None:
+        rng = np.random.default_rng(0)
+        x0 = glass_from_col * images[0].shape[1]
+        glass = 238 + rng.integers(-3, 4, size=out[:, x0:].shape)
+        out[:, x0:] = glass.astype(np.uint8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory, crchisto_images: list[np.ndarray]) -> tuple[Path, np.ndarray]:
+    """A 2500×1500 (W×H) pyramidal TIFF at 0.55 µm/px whose right fifth is glass, and its
+    level-0 pixels as decoded."""
+    image = mosaic(crchisto_images, rows=3, cols=5, glass_from_col=4)
+    path = write_pyramid(tmp_path_factory.mktemp("slides") / "synthetic.tif", image, SYNTH_MPP)
+    return path, tifffile.imread(path)
+
+
+@pytest.fixture(scope="module")
+def slide_detector(tiny_onnx: Path, crchisto_images: list[np.ndarray]):
+    """The tiny model with ~300 peaks per CRCHisto image; 512 px tiles in batches of 2, so
+    small slides still make several batches."""
+    from micronet.runtime.detector import Detector
+
+    base = Detector(tiny_onnx, device="cpu", threads=2)
+    scores = base.detect(crchisto_images[0]).scores
+    threshold = float(scores[min(299, len(scores) - 1)])
+    return Detector(tiny_onnx, device="cpu", threads=2, threshold=threshold, tile_size=512, batch_size=2)
+
+
+def same_detections(a: Detections, b: Detections, atol: float = 0.0) -> None:
+    assert len(a) == len(b), (len(a), len(b))
+    ia, ib = np.lexsort((a.xy[:, 0], a.xy[:, 1])), np.lexsort((b.xy[:, 0], b.xy[:, 1]))
+    np.testing.assert_allclose(a.xy[ia], b.xy[ib], atol=atol, rtol=0)
+    np.testing.assert_array_equal(a.scores[ia], b.scores[ib])
+
+
+def check_outputs(out: Path, stem: str, found: Detections, mpp_xy: tuple[float, float]) -> None:
+    """The CSV, GeoJSON and overlay PNG in ``out`` hold ``found``."""
+    with open(out / f"{stem}.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["x", "y", "x_um", "y_um", "score"]
+    table = np.array(rows[1:], dtype=np.float64).reshape(-1, 5)
+    assert len(table) == len(found)
+    # Rows are in tile order; the result is sorted by score. Same set, exact float32.
+    xy = table[:, :2].astype(np.float32)
+    order = np.lexsort((xy[:, 0], xy[:, 1]))
+    ref = np.lexsort((found.xy[:, 0], found.xy[:, 1]))
+    np.testing.assert_array_equal(xy[order], found.xy[ref])
+    np.testing.assert_allclose(table[:, 2:4], (table[:, :2] + 0.5) * np.array(mpp_xy), atol=1e-3)
+
+    collection = json.loads((out / f"{stem}.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert len(features) == len(found)
+    assert all(f["geometry"]["type"] == "Point" and f["properties"]["objectType"] == "detection" for f in features)
+    if len(found):  # the feature format is exactly Detections.to_geojson's
+        first = np.array(features[0]["geometry"]["coordinates"]) - 0.5
+        k = int(np.argmin(np.abs(found.xy - first.astype(np.float32)).sum(1)))
+        expected = Detections(found.xy[k : k + 1], found.scores[k : k + 1]).to_geojson()["features"][0]
+        assert features[0] == expected
+
+    with Image.open(out / f"{stem}.overlay.png") as im:
+        assert im.mode == "RGB" and max(im.size) <= 2048
+        drawn = (np.asarray(im) == (0, 255, 0)).all(axis=2)
+        assert drawn.any() == bool(len(found))  # the circles
+    state = json.loads((out / f"{stem}.progress.json").read_text())
+    assert state["complete"] and state["detections"] == len(found)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def test_pixel_sizes_read_from_real_slide_metadata(shared_data: Path) -> None:
+    with open_slide(real_slide(shared_data, CMU)) as slide:
+        assert slide.format == "svs"
+        assert slide.mpp == pytest.approx(0.499)
+        assert "Aperio" in slide.mpp_source
+        assert slide.shape == (2967, 2220)
+    with open_slide(real_slide(shared_data, OS1)) as slide:
+        assert slide.format == "ome-tiff"
+        assert slide.mpp == pytest.approx(0.2271, abs=1e-4)
+        assert slide.mpp_xy[0] == pytest.approx(0.22709724303947)
+        assert slide.shape == (1101, 1101)
+
+
+@pytest.mark.parametrize("name", [CMU, OS1])
+def test_read_region_decodes_the_same_pixels_as_a_full_read(shared_data: Path, name: str) -> None:
+    path = real_slide(shared_data, name)
+    full = tifffile.imread(path, key=0)
+    with open_slide(path) as slide:
+        h, w = slide.shape
+        # a window across tile boundaries, one touching the bottom-right corner, and all
+        for x, y, ww, hh in [(201, 233, 517, 301), (w - 37, h - 11, 37, 11), (0, 0, w, h)]:
+            np.testing.assert_array_equal(slide.read_region(0, x, y, ww, hh), full[y : y + hh, x : x + ww])
+
+
+def test_pyramid_levels_and_thumbnail(synthetic: tuple[Path, np.ndarray]) -> None:
+    path, pixels = synthetic
+    with open_slide(path) as slide:
+        assert slide.format == "tiff" and slide.mpp == pytest.approx(SYNTH_MPP)
+        assert [lv.shape for lv in slide.levels] == [(1500, 2500), (375, 625)]
+        assert slide.levels[1].downsample == pytest.approx(4.0)
+        thumb = slide.read_thumbnail(max_size=300)
+        assert max(thumb.image.shape[:2]) <= 300
+        assert thumb.level == 1 and thumb.factor == 3  # 625 / 3 ≤ 300 from the 4× level
+        window = slide.read_region(1, 10, 20, 100, 50)
+        assert window.shape == (50, 100, 3) and window.dtype == np.uint8
+
+
+@pytest.mark.parametrize("size, out", [((300, 457), (271, 413)), ((257, 190), (600, 401)), ((500, 501), (227, 228))])
+def test_tile_resampling_is_bit_exact_with_a_whole_image_resize(size: tuple[int, int], out: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    whole = np.asarray(Image.fromarray(image).resize(out[::-1], Image.Resampling.BILINEAR))
+    # Outputs 40:150 of each axis computed from the input window they need.
+    rows, cols = _BilinearAxis(size[0], out[0], 40, 150), _BilinearAxis(size[1], out[1], 40, 150)
+    window = image[rows.start : rows.stop, cols.start : cols.stop]
+    part = cols.apply(np.ascontiguousarray(window.transpose(1, 0, 2))).transpose(1, 0, 2)
+    part = rows.apply(np.ascontiguousarray(part))
+    np.testing.assert_array_equal(part, whole[40:150, 40:150])
+
+
+def test_tissue_mask_separates_tissue_from_glass(shared_data: Path, crchisto_images: list[np.ndarray]) -> None:
+    image = mosaic(crchisto_images, rows=1, cols=4, glass_from_col=2)
+    mask = tissue_mask(image[::4, ::4])
+    assert mask[:, :240].mean() > 0.4  # tissue (the first images are partly fat: white)
+    assert mask[:, 260:].mean() == 0.0  # glass
+    # A field that is all tissue stays all tissue: Otsu's cut is clipped, so it does
+    # not split stained tissue from stained tissue.
+    dense = tifffile.imread(real_slide(shared_data, OS1), key=0)[::3, ::3]
+    assert tissue_mask(dense).mean() > 0.95
+
+
+# --- detection -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mpp", [None, 0.5], ids=["model-pixels", "resampled"])
+def test_slide_detection_equals_detect_on_the_whole_region(slide_detector, synthetic: tuple[Path, np.ndarray], mpp) -> None:
+    path, pixels = synthetic
+    x, y, w, h = 300, 200, 1000, 800
+    found = slide_detector.detect_slide(path, region=(x, y, w, h), mpp=mpp, tissue_only=False, progress=False)
+    whole = slide_detector.detect(pixels[y : y + h, x : x + w], mpp=SYNTH_MPP if mpp is None else mpp)
+    assert len(found) > 100
+    assert found.image_shape == (1500, 2500)
+    same_detections(found, whole.offset(x, y), atol=1e-3)  # exact up to float32 rounding of the offset
+
+
+@pytest.mark.parametrize("name", [CMU, OS1])
+def test_real_slides_run_end_to_end(slide_detector, shared_data: Path, tmp_path: Path, name: str) -> None:
+    from micronet.runtime.detector import Detector
+
+    path = real_slide(shared_data, name)
+    # 1024 px tiles: less overlap to pay for on the larger slide.
+    det = Detector(slide_detector.model_path, device="cpu", threads=2, threshold=slide_detector.threshold, batch_size=2)
+    found = det.detect_slide(path, out_dir=tmp_path, progress=False)
+    with open_slide(path) as slide:
+        mpp, mpp_xy, shape = slide.mpp, slide.mpp_xy, slide.shape
+    assert len(found) > 50 and found.mpp == pytest.approx(mpp)
+    assert (found.xy >= -0.5).all() and (found.xy[:, 0] < shape[1]).all() and (found.xy[:, 1] < shape[0]).all()
+    check_outputs(tmp_path, name.split(".")[0], found, mpp_xy)
+
+
+def test_glass_is_skipped(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = synthetic
+    region = (1200, 0, 1300, 700)  # glass from x = 2000 on
+    found = slide_detector.detect_slide(path, region=region, out_dir=tmp_path, formats=("csv",), progress=False)
+    state = json.loads((tmp_path / "synthetic.progress.json").read_text())
+    assert state["tiles_total"] < state["tiles_planned"]  # tiles on glass alone are not run
+    # Nothing lies beyond the tissue margin (50 µm ≈ 92 px) and the core (352 px) of a
+    # tile that touches it.
+    assert len(found) and (found.xy[:, 0] < 2000 + 92 + 352 + 8).all()
+
+
+def test_resume_after_interruption_gives_identical_files(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = synthetic
+    region = (0, 0, 1300, 1100)
+    whole = slide_detector.detect_slide(path, region=region, out_dir=tmp_path / "whole", progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two_batches(done: int, total: int) -> None:
+        if done >= 2 * slide_detector.batch_size:
+            raise Interrupted
+
+    part = tmp_path / "part"
+    with pytest.raises(Interrupted):  # serial reading here, prefetching above: same files
+        slide_detector.detect_slide(path, region=region, out_dir=part, progress=False, queue_size=0, on_batch=stop_after_two_batches)
+    # The interrupted run left valid files ...
+    state = json.loads((part / "synthetic.progress.json").read_text())
+    assert state["tiles_done"] == 4 and not state["complete"] and state["tiles_total"] > 4
+    json.loads((part / "synthetic.geojson").read_text())
+    with open(part / "synthetic.csv") as f:
+        assert len(f.readlines()) == state["detections"] + 1
+    Image.open(part / "synthetic.overlay.png").verify()
+    # ... and a batch torn by a kill (bytes past the recorded lengths) is dropped.
+    with open(part / "synthetic.csv", "a") as f:
+        f.write("12.5,3")
+    with open(part / "synthetic.geojson", "ab") as f:
+        f.write(b',{"type":"Feat')
+
+    calls = []
+    resumed = slide_detector.detect_slide(path, region=region, out_dir=part, progress=False, on_batch=lambda d, t: calls.append(d))
+    assert calls[0] == 4 + slide_detector.batch_size  # carried on after the 4 tiles done
+    same_detections(resumed, whole)
+    for name in ("synthetic.csv", "synthetic.geojson", "synthetic.overlay.png"):
+        assert (part / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    check_outputs(part, "synthetic", resumed, (SYNTH_MPP, SYNTH_MPP))
+
+    # A finished run is not redone.
+    calls.clear()
+    again = slide_detector.detect_slide(path, region=region, out_dir=part, progress=False, on_batch=lambda d, t: calls.append(d))
+    assert calls == []
+    same_detections(again, whole)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_bad_slides_raise_clear_errors(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, pixels = synthetic
+    with pytest.raises(FileNotFoundError, match="slide not found"):
+        slide_detector.detect_slide(tmp_path / "missing.svs")
+
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(b"this is not a tiff file" * 100)
+    with pytest.raises(ValueError, match="not a readable TIFF"):
+        slide_detector.detect_slide(junk)
+
+    ndpi = tmp_path / "scan.ndpi"
+    ndpi.write_bytes(b"II*\x00")
+    with pytest.raises(ValueError, match="Hamamatsu NDPI slides are not supported.*tiled pyramidal TIFF"):
+        slide_detector.detect_slide(ndpi)
+    png = tmp_path / "image.png"
+    Image.fromarray(pixels[:64, :64]).save(png)
+    with pytest.raises(ValueError, match=r"expected a slide file ending in .svs.*got '.png'"):
+        slide_detector.detect_slide(png)
+
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, pixels[:256, :256, 0], tile=(128, 128))
+    with pytest.raises(ValueError, match=r"expected an RGB slide.*\(256, 256\)"):
+        slide_detector.detect_slide(gray, mpp=0.5)
+
+    with pytest.raises(ValueError, match="has no level 2; its levels.*0: 2500×1500.*1: 625×375"):
+        slide_detector.detect_slide(path, level=2)
+    with pytest.raises(ValueError, match="region: expected .* inside the level-0 image"):
+        slide_detector.detect_slide(path, region=(2000, 0, 1000, 100))
+    with pytest.raises(ValueError, match="formats: expected one or more of csv, geojson, png"):
+        slide_detector.detect_slide(path, out_dir=tmp_path, formats=("csv", "json"))
+
+
+def test_slide_without_pixel_size_asks_for_mpp(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    _, pixels = synthetic
+    bare = write_pyramid(tmp_path / "bare.tif", pixels[:600, :700], mpp=None, downsamples=())
+    with open_slide(bare) as slide:
+        assert slide.mpp is None
+    with pytest.raises(ValueError, match=r"records no pixel size .*pass mpp=.*--mpp"):
+        slide_detector.detect_slide(bare, progress=False)
+    found = slide_detector.detect_slide(bare, mpp=SYNTH_MPP, tissue_only=False, progress=False)
+    assert found.mpp == SYNTH_MPP and len(found) > 0
+
+
+def test_truncated_slide_fails_cleanly_and_leaves_valid_files(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = synthetic
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # the IFD is first: it opens, the lower tiles are gone
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"cut.tif: level 0 tile \d+ is cut off .* the file is truncated"):
+        slide_detector.detect_slide(cut, out_dir=out, formats="csv,geojson", tissue_only=False, progress=False)
+    # The reader thread failed mid-run; the batches before it are in valid files.
+    state = json.loads((out / "cut.progress.json").read_text())
+    assert 0 < state["tiles_done"] < state["tiles_total"] and not state["complete"]
+    assert len(json.loads((out / "cut.geojson").read_text())["features"]) == state["detections"]
+
+
+def test_slide_module_imports_no_torch() -> None:
+    code = "import sys, micronet.runtime.slide; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

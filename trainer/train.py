@@ -30,7 +30,7 @@ from .data import AugmentConfig, PointDataset, channel_stats, load_point_folder,
 from .loss import two_source_loss, weighted_mse
 from .models import create_model
 from .targets import TargetConfig, proximity_map
-from .validate import choose_threshold, normalize, predict_map
+from .validate import choose_threshold, normalize, predict_map, resample
 
 __all__ = ["TrainConfig", "train"]
 
@@ -137,18 +137,6 @@ class _Sampler:
     def restore(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.order, self.pos = list(state["order"]), int(state["pos"])
-
-
-def _resample(image: np.ndarray, points: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-image resampling by `factor` (output px per input px) for validation."""
-    if abs(factor - 1.0) < 1e-6:
-        return image, points
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    out = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-    return out, points * np.array([size[0] / w, size[1] / h])
 
 
 def _distributed() -> tuple[int, int]:
@@ -329,7 +317,7 @@ def _validation_inputs(val_set: PointDataset | None, model_mpp: float, radius: f
     if val_set is None:
         return [], [], radius
     factor = val_set.mpp / model_mpp
-    pairs = [_resample(im, pts, factor) for im, pts in zip(val_set.images, val_set.points)]
+    pairs = [resample(im, pts, factor) for im, pts in zip(val_set.images, val_set.points)]
     return [p[0] for p in pairs], [p[1] for p in pairs], radius * factor
 
 

@@ -10,7 +10,7 @@ import torch
 from micronet.runtime.metrics import SweepResult, threshold_sweep
 from micronet.runtime.peaks import find_peaks
 
-__all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold"]
+__all__ = ["normalize", "predict_map", "resample", "detect_candidates", "choose_threshold", "CheckpointCandidates"]
 
 
 def normalize(images_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -30,6 +30,19 @@ def predict_map(model: torch.nn.Module, image: np.ndarray, mean: Sequence[float]
     out = model(x)[0, 0].float().cpu().numpy()  # (H, W)
     model.train(was_training)
     return out
+
+
+def resample(image: np.ndarray, points: np.ndarray | None, factor: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bilinear whole-image resampling by ``factor`` (output px per input px); ``points``
+    ``(N, 2)`` (x, y) are scaled with it. Within 1% of 1 nothing changes."""
+    if abs(factor - 1.0) <= 0.01:
+        return image, points
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    out = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return out, None if points is None else points * np.array([size[0] / w, size[1] / h])
 
 
 def detect_candidates(maps: Sequence[np.ndarray], min_distance: int, floor: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,13 +84,7 @@ class CheckpointCandidates:
         self.device = device
 
     def __call__(self, image: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
-        factor = mpp / self.info.mpp  # model px per image px
-        work = image
-        if abs(factor - 1.0) > 0.01:
-            from PIL import Image
-
-            h, w = image.shape[:2]
-            work = np.asarray(Image.fromarray(image).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR))
+        work, _ = resample(image, None, mpp / self.info.mpp)  # to model pixels
         prob = predict_map(self.model, work, self.info.mean, self.info.std, self.device)
         xy, scores = find_peaks(prob, self.floor, self.info.min_distance)
         if work is not image:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import doctest
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,6 @@ from micronet.runtime.metrics import (
     threshold_sweep,
     write_points_csv,
 )
-
-
-def _data_dir() -> Path:
-    env = os.environ.get("MICRONET_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 # --- pooling -------------------------------------------------------------------------
@@ -287,10 +281,8 @@ def test_docstring_examples_run():
 
 
 @pytest.mark.data
-def test_crchisto_truth_against_itself_moved_gives_the_known_answer(tmp_path):
-    points = _data_dir() / "crchisto" / "points"
-    if not points.is_dir():
-        pytest.skip(f"real data not found at {points.resolve()} (set MICRONET_DATA to the shared data folder)")
+def test_crchisto_truth_against_itself_moved_gives_the_known_answer(tmp_path, shared_data):
+    points = shared_data / "crchisto" / "points"  # the shared fixture skips when the data is absent
     truth_files = sorted(points.glob("*.csv"))
     rng = np.random.default_rng(0)
     shifted, jittered = tmp_path / "shifted", tmp_path / "jittered"

@@ -308,6 +308,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per setting, interleaved; the table shows the fastest (default 1)")
     parser.add_argument("--rewrite", action="store_true", help="write the synthetic slide again even if /tmp has it")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic slide in /tmp afterwards")
+    parser.add_argument(
+        "--results-name", default="slide", help="results/<name>.json and .md (default slide; e.g. slide_40000 for the large run)"
+    )
     # child-process options
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--slide", help=argparse.SUPPRESS)
@@ -398,7 +401,7 @@ def main() -> None:
     if gains:
         table += ["", "Pipelining gain (serial time / overlapped time):", ""] + [f"- {k}: {v:.2f}×" for k, v in gains.items()]
     write_results(
-        "slide",
+        args.results_name,
         {"model": str(model), "threshold": threshold, "size": args.size, "accelerator_ms_per_mpx": args.accelerator_ms, "rows": rows, "pipelining_speedup": gains},
         "\n".join(table),
     )

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from micronet.runtime.backends.tensorrt import (
 )
 from micronet.runtime.model_info import METADATA_KEY, ModelInfo
 
-__all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "main"]
+__all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,33 @@ def read_onnx_info(onnx_path: str | Path) -> ModelInfo:
     if len(outputs) != 1 or outputs[0][0] != OUTPUT_NAME:
         raise ValueError(f"{onnx_path}: expected one output {OUTPUT_NAME!r}, got {outputs}")
     return info
+
+
+def general_graph(onnx_path: str | Path, output: str | Path) -> Path:
+    """The model TensorRT should parse: an fp32/int8 MicroNet export holds two copies of
+    the network behind an ``If`` on the input size (a CPU speed-up, see
+    ``micronet.export.onnx.combine_aligned_fast_path``); TensorRT removes empty crops
+    itself, so this writes the general copy alone, as a plain graph, to ``output`` and
+    returns it. Any other model comes back as ``onnx_path``, untouched."""
+    import onnx
+    from onnx import helper
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    fast = [n for n in model.graph.node if n.op_type == "If" and n.name == "fast_path"]
+    if not fast:
+        return onnx_path
+    branch = next(a.g for a in fast[0].attribute if a.name == "else_branch")
+    (out,) = model.graph.output
+    nodes = list(branch.node) + [helper.make_node("Identity", [branch.output[0].name], [out.name], name="general_output")]
+    graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), [out], initializer=list(branch.initializer))
+    plain = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name=model.producer_name)
+    plain.ir_version = model.ir_version
+    plain.metadata_props.extend(model.metadata_props)
+    onnx.checker.check_model(plain)
+    output = Path(output)
+    onnx.save(plain, str(output))
+    return output
 
 
 def _sha256(path: Path) -> str:
@@ -273,8 +301,10 @@ def build_engine(
     network = builder.create_network(network_flags)
     parser = trt.OnnxParser(network, logger)
     log.info("parsing %s", onnx_path)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise ValueError(_parser_errors(parser, onnx_path))
+    with tempfile.TemporaryDirectory() as tmp:
+        parsed = general_graph(onnx_path, Path(tmp) / "general.onnx")
+        if not parser.parse_from_file(str(parsed)):
+            raise ValueError(_parser_errors(parser, onnx_path))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))

@@ -16,6 +16,7 @@ _EXPORTS = {
     "match_points": "micronet.runtime.matching",
     "evaluate_points": "micronet.runtime.matching",
     "PointMetrics": "micronet.runtime.matching",
+    "open_slide": "micronet.runtime.slide",
 }
 
 __all__ = list(_EXPORTS)
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .detector import Detector
     from .matching import PointMetrics, evaluate_points, match_points
     from .peaks import find_peaks
+    from .slide import open_slide
 
 
 def __getattr__(name: str) -> Any:

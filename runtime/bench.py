@@ -142,7 +142,9 @@ def benchmark_model(
     from .detector import Detector
     from .metrics import evaluate_images
 
-    path = Path(model)
+    from .detector import resolve_model
+
+    path = resolve_model(model)
     result = BenchResult(model=str(path), format=_format_of(path))
     if path.is_file():
         result.size_mb = path.stat().st_size / 1e6

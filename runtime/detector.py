@@ -45,11 +45,28 @@ from .model_info import ModelInfo
 from .peaks import _check_params, find_peaks, find_peaks_cuda
 from .tiling import Tile, alignment, default_margin, keep_in_core, plan_tiles, receptive_radius, sort_peaks
 
-__all__ = ["Detector", "as_rgb_image", "read_image", "bundled_model", "bundled_sample", "DEFAULT_MODEL", "MODEL_SUFFIXES"]
+__all__ = [
+    "Detector",
+    "as_rgb_image",
+    "read_image",
+    "bundled_model",
+    "bundled_sample",
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "resolve_model",
+    "MODEL_SUFFIXES",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
+# Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
+# accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
+#   default    the paper's network (ELU), fp32; every backend.
+#   fast-cpu   the same network fine-tuned with ReLU, int8 QDQ: ONNX Runtime fuses ReLU
+#              into its convolutions and quantises it away, so the CPU runs it about
+#              twice as fast as the default at the same F1.
+BUNDLED_MODELS = {"default": DEFAULT_MODEL, "fast-cpu": "micronet_crchisto_relu.int8.onnx"}
 SAMPLE_IMAGE = "sample.png"  # next to it
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -77,13 +94,28 @@ def _bundled(name: str, what: str, instead: str) -> Path:
     return Path(str(resource))
 
 
-def bundled_model() -> Path:
-    """Path of the default model shipped in the package (``runtime/models/``).
+def bundled_model(name: str = "default") -> Path:
+    """Path of a model shipped in the package (``runtime/models/``): ``"default"`` or
+    another name of :data:`BUNDLED_MODELS`.
 
     Raises:
-        FileNotFoundError: this installation lacks it.
+        ValueError: an unknown name (the message lists the valid ones).
+        FileNotFoundError: this installation lacks the file.
     """
-    return _bundled(DEFAULT_MODEL, "default model", "pass a model file instead: Detector('model.onnx')")
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"bundled model: expected one of {', '.join(BUNDLED_MODELS)}, got {name!r}")
+    return _bundled(BUNDLED_MODELS[name], f"{name} model", "pass a model file instead: Detector('model.onnx')")
+
+
+def resolve_model(model: str | PathLike[str] | None) -> Path:
+    """A model argument as a file path: ``None`` → the bundled default; a name of
+    :data:`BUNDLED_MODELS` (that is not also an existing file) → that bundled model;
+    anything else → itself."""
+    if model is None:
+        return bundled_model()
+    if str(model) in BUNDLED_MODELS and not Path(model).exists():
+        return bundled_model(str(model))
+    return Path(model)
 
 
 def bundled_sample() -> Path:
@@ -232,8 +264,9 @@ class Detector:
 
     Args:
         model: an ``.onnx`` model (run by ONNX Runtime) or a TensorRT ``.engine``
-            (built on this GPU by ``export-engine``); ``None`` for the bundled default
-            model.
+            (built on this GPU by ``export-engine``); ``None`` or ``"default"`` for the
+            bundled default model; ``"fast-cpu"`` for the bundled CPU-fast variant
+            (:data:`BUNDLED_MODELS`).
         device: ``"auto"`` (the GPU when the backend can use one), ``"cpu"`` or
             ``"cuda"``.
         backend: ``None`` to choose by the model's suffix; a backend name
@@ -281,10 +314,8 @@ class Detector:
         if backend is None or isinstance(backend, str):
             if isinstance(backend, str) and backend not in backend_names:
                 raise ValueError(f"backend: expected one of {', '.join(backend_names)}, a Backend object or None, got {backend!r}")
-            if model is None:
-                path = bundled_model()
-            elif isinstance(model, (str, PathLike)):
-                path = Path(model)
+            if model is None or isinstance(model, (str, PathLike)):
+                path = resolve_model(model)
             else:
                 raise TypeError(f"model: expected a path to an .onnx or .engine file or None, got {type(model).__name__}")
             self.model_path: Path | None = path
@@ -326,6 +357,13 @@ class Detector:
                 )
         plan_tiles(1, 1, self.tile_size, self.tile_margin, self._align, max(self._min_hw))  # validates the combination now
         log.debug("Detector: %s on %s, tiles %d/%d", self.backend_name, self.device, self.tile_size, self.tile_margin)
+
+    def plan_tiles(self, height: int, width: int) -> list[Tile]:
+        """The tiles this detector runs on a ``height × width`` image in model pixels:
+        origins on the network's grid, cores that partition the image, margins that make
+        the merged result equal a whole-image pass (see :mod:`micronet.runtime.tiling`).
+        Readers that stream large images (``detect_slide``) cut along the same plan."""
+        return plan_tiles(height, width, self.tile_size, self.tile_margin, self._align, max(self._min_hw))
 
     def _fit_profile(self, tile_size: int | None, batch_size: int | None) -> tuple[int, int]:
         """Tile and batch sizes within what the backend accepts (a TensorRT engine's
@@ -457,7 +495,7 @@ class Detector:
             model_images.append(resized)
             scales.append(scale)
             h, w = resized.shape[:2]
-            for tile in plan_tiles(h, w, self.tile_size, self.tile_margin, self._align, max(self._min_hw)):
+            for tile in self.plan_tiles(h, w):
                 groups.setdefault(self._input_shape(tile), []).append((i, tile))
 
         found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]

@@ -83,7 +83,7 @@ import numpy as np
 
 from .detections import Detections
 from .detector import MPP_TOLERANCE  # pixel sizes this close count as equal
-from .tiling import Tile, alignment, keep_in_core, plan_tiles, sort_peaks
+from .tiling import Tile, keep_in_core, sort_peaks
 
 __all__ = ["Slide", "Level", "Thumbnail", "open_slide", "tissue_mask", "detect_slide", "SLIDE_SUFFIXES", "FORMATS"]
 
@@ -1171,11 +1171,8 @@ def detect_slide(
 
 def _plan(detector: Any, grid: _Grid) -> list[Tile]:
     """The detector's own tile plan for the model-pixel grid (what ``detector.detect``
-    would run on the whole region), so that the tiles' core peaks add up to its result.
-    ``_min_hw`` is the smallest input the backend takes (a TensorRT profile's)."""
-    min_size = max(getattr(detector, "_min_hw", (1, 1)))
-    align = alignment(detector.info.architecture)
-    return plan_tiles(grid.model_height, grid.model_width, detector.tile_size, detector.tile_margin, align, min_size)
+    would run on the whole region), so that the tiles' core peaks add up to its result."""
+    return detector.plan_tiles(grid.model_height, grid.model_width)
 
 
 def _tiles_on_tissue(tiles: list[Tile], grid: _Grid, thumbnail: Thumbnail, mpp0: float) -> list[Tile]:

@@ -21,14 +21,23 @@ block  part
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MicroNetConfig", "MicroNet", "create_model", "list_models", "register_model", "model_from_config"]
+__all__ = [
+    "ACTIVATIONS",
+    "MicroNetConfig",
+    "MicroNet",
+    "create_model",
+    "list_models",
+    "register_model",
+    "model_from_config",
+    "with_activation",
+]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -81,6 +90,10 @@ class MicroNetConfig:
         aggregation through transposed convolutions.
     dropout: after the convolutions of the last two downsampling blocks.
     in_channels: 3 for RGB.
+    activation: ``"elu"``, the paper's (the default), or ``"relu"``. ONNX Runtime's CPU
+        provider fuses ReLU into its blocked (NCHWc) convolutions and quantises it away
+        in int8; ELU runs as a separate pass with layout changes around it (see
+        docs/benchmarks.md for what that costs).
     """
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 64)
@@ -88,6 +101,7 @@ class MicroNetConfig:
     context_depths: tuple[int, ...] = (2, 3, 4)
     dropout: float = 0.5
     in_channels: int = 3
+    activation: str = "elu"
 
     def __post_init__(self) -> None:
         if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
@@ -96,6 +110,11 @@ class MicroNetConfig:
             raise ValueError(f"context_depths: expected values among 2, 3, 4, got {self.context_depths}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -106,29 +125,40 @@ def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequen
 
 
 class ResidualBlock(nn.Module):
-    """Two 3×3 convolutions, each followed by batch norm; ELU after the first batch norm
-    and after the residual addition; optional dropout after the convolutions."""
+    """Two 3×3 convolutions, each followed by batch norm; the activation (ELU in the
+    paper) after the first batch norm and after the residual addition; optional dropout
+    after the convolutions."""
 
-    def __init__(self, cin: int, cout: int, dropout: float = 0.0) -> None:
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0, activation: str = "elu") -> None:
         super().__init__()
         self.conv1 = _conv_bn(cin, cout)
+        self.act1 = ACTIVATIONS[activation]()
         self.conv2 = _conv_bn(cout, cout)
         self.skip = nn.Identity() if cin == cout else _conv_bn(cin, cout, kernel=1)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.act2 = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.elu(self.conv1(x))
+        y = self.act1(self.conv1(x))
         y = self.drop(self.conv2(y))
-        return F.elu(y + self.skip(x))
+        return self.act2(y + self.skip(x))
 
 
 def _fit(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Zero-pads (odd sizes: 37 → 74 for a 75 map) or crops x to the spatial size."""
+    """Crops (or zero-pads) x to the spatial size of the map it joins.
+
+    MicroNet's stride-2 convolutions halve with rounding up (75 → 38 → 19 → 10), so an
+    upsampled map is never smaller than its target and only the crop ever acts; the pad
+    keeps the function right for any other size (75 → 37 designs pad 74 → 75).
+    """
     exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    if not exporting and x.shape[-2] == size[0] and x.shape[-1] == size[1]:
+    if exporting:
+        # Traced for ONNX: one crop that stays valid at every input size (a shortcut on
+        # equal sizes would freeze the traced case). No pad: by the rounding above it is
+        # always empty, and ONNX Runtime would run it as a copy.
+        return x[..., : size[0], : size[1]]
+    if x.shape[-2] == size[0] and x.shape[-1] == size[1]:
         return x
-    # Crop, then pad with non-negative amounts: traced for ONNX this stays valid at every
-    # input size (a shortcut or a negative pad would freeze the traced size's case).
     x = x[..., : size[0], : size[1]]
     return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
 
@@ -143,25 +173,27 @@ class MicroNet(nn.Module):
         self.config = config or MicroNetConfig()
         w = self.config.widths
         drop = self.config.dropout
+        a = self.config.activation
+        act = ACTIVATIONS[a]
         # Block 1: input transition.
-        self.block1 = nn.Sequential(_conv_bn(self.config.in_channels, w[0]), nn.ELU())
+        self.block1 = nn.Sequential(_conv_bn(self.config.in_channels, w[0]), act())
         # Blocks 2-5: downsampling path; stride-2 convolutions between consecutive blocks.
-        self.block2 = ResidualBlock(w[0], w[0])
-        self.down2 = nn.Sequential(_conv_bn(w[0], w[1], stride=2), nn.ELU())
-        self.block3 = ResidualBlock(w[1], w[1])
-        self.down3 = nn.Sequential(_conv_bn(w[1], w[2], stride=2), nn.ELU())
-        self.block4 = ResidualBlock(w[2], w[2], dropout=drop)
-        self.down4 = nn.Sequential(_conv_bn(w[2], w[3], stride=2), nn.ELU())
-        self.block5 = ResidualBlock(w[3], w[3], dropout=drop)
+        self.block2 = ResidualBlock(w[0], w[0], activation=a)
+        self.down2 = nn.Sequential(_conv_bn(w[0], w[1], stride=2), act())
+        self.block3 = ResidualBlock(w[1], w[1], activation=a)
+        self.down3 = nn.Sequential(_conv_bn(w[1], w[2], stride=2), act())
+        self.block4 = ResidualBlock(w[2], w[2], dropout=drop, activation=a)
+        self.down4 = nn.Sequential(_conv_bn(w[2], w[3], stride=2), act())
+        self.block5 = ResidualBlock(w[3], w[3], dropout=drop, activation=a)
         # Blocks 6-9: upsampling path; transposed convolutions, then concatenation with
         # the downsampled output of the same resolution.
-        self.block6 = ResidualBlock(w[3], w[3])
-        self.up7 = self._up(w[3], w[2])
-        self.block7 = ResidualBlock(2 * w[2], w[2])
-        self.up8 = self._up(w[2], w[1])
-        self.block8 = ResidualBlock(2 * w[1], w[1])
-        self.up9 = self._up(w[1], w[0])
-        self.block9 = ResidualBlock(2 * w[0], w[0])
+        self.block6 = ResidualBlock(w[3], w[3], activation=a)
+        self.up7 = self._up(w[3], w[2], act)
+        self.block7 = ResidualBlock(2 * w[2], w[2], activation=a)
+        self.up8 = self._up(w[2], w[1], act)
+        self.block8 = ResidualBlock(2 * w[1], w[1], activation=a)
+        self.up9 = self._up(w[1], w[0], act)
+        self.block9 = ResidualBlock(2 * w[0], w[0], activation=a)
         # Block 10: multi-context aggregation (transposed convolutions from several
         # depths straight to full resolution) and the output transition.
         c = self.config.context_channels
@@ -171,17 +203,17 @@ class MicroNet(nn.Module):
                 str(d): nn.Sequential(
                     nn.ConvTranspose2d(depth_width[d], c, kernel_size=2 ** (d - 1), stride=2 ** (d - 1), bias=False),
                     nn.BatchNorm2d(c),
-                    nn.ELU(),
+                    act(),
                 )
                 for d in self.config.context_depths
             }
         )
         agg = w[0] + c * len(self.config.context_depths)
-        self.block10 = nn.Sequential(_conv_bn(agg, w[0]), nn.ELU(), nn.Conv2d(w[0], 1, kernel_size=1))
+        self.block10 = nn.Sequential(_conv_bn(agg, w[0]), act(), nn.Conv2d(w[0], 1, kernel_size=1))
 
     @staticmethod
-    def _up(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2, bias=False), nn.BatchNorm2d(cout), nn.ELU())
+    def _up(cin: int, cout: int, act: Callable[[], nn.Module]) -> nn.Sequential:
+        return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2, bias=False), nn.BatchNorm2d(cout), act())
 
     def blocks(self) -> list[list[nn.Module]]:
         """The modules of blocks 1..10 (index 0 is block 1), for freezing the first k."""
@@ -218,6 +250,16 @@ class MicroNet(nn.Module):
         d["widths"] = list(d["widths"])
         d["context_depths"] = list(d["context_depths"])
         return {"name": "micronet", **d}
+
+
+def with_activation(model: MicroNet, activation: str) -> MicroNet:
+    """A copy of ``model`` with another activation and the same weights: the start of an
+    activation-swap fine-tune (activations have no parameters, so every weight carries
+    over)."""
+    config = replace(model.config, activation=activation)
+    swapped = MicroNet(config)
+    swapped.load_state_dict(model.state_dict())
+    return swapped.train(model.training)
 
 
 def _micronet(defaults: dict[str, Any], overrides: dict[str, Any]) -> MicroNet:

@@ -28,7 +28,7 @@ from micronet.runtime.model_info import ModelInfo
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
 from .data import AugmentConfig, PointDataset, channel_stats, load_point_folder, sample_crop
 from .loss import two_source_loss, weighted_mse
-from .models import create_model
+from .models import ACTIVATIONS, create_model, with_activation
 from .targets import TargetConfig, proximity_map
 from .validate import choose_threshold, normalize, predict_map, resample
 
@@ -54,6 +54,7 @@ class TrainConfig:
     gamma: float = 1.0  # weight of the target-domain loss when aux data is mixed in
     model: str = "micronet"  # registry name (micronet.trainer.models.list_models())
     widths: tuple[int, int, int, int] | None = None  # override the variant's widths
+    activation: str | None = None  # override the variant's (or, with init, the checkpoint's) activation
     init: str | None = None  # checkpoint to fine-tune from
     freeze_blocks: int = 0  # freeze blocks 1..k (fine-tuning)
     iterations: int = 100_000  # the paper's budget
@@ -103,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"freeze_blocks: expected 0..10, got {self.freeze_blocks}")
         if self.freeze_blocks and not self.init:
             raise ValueError("freeze_blocks needs init (a checkpoint to fine-tune from)")
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.batch < 1 or self.iterations < 0:
             raise ValueError("batch must be >= 1 and iterations >= 0")
 
@@ -179,8 +182,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         model, init_info = load_checkpoint(cfg.init)
         mean, std = init_info.mean, init_info.std
         model_mpp = cfg.model_mpp or init_info.mpp
+        if cfg.activation and cfg.activation != model.config.activation:
+            model = with_activation(model, cfg.activation)
     else:
-        model = create_model(cfg.model, widths=cfg.widths)
+        model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation)
         mean, std = channel_stats(train_set.images + (aux_set.images if aux_set else []))
     frozen = [p for blk in model.blocks()[: cfg.freeze_blocks] for m in blk for p in m.parameters()]
     for p in frozen:

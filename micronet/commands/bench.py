@@ -24,7 +24,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Benchmark .onnx models and TensorRT .engine files end to end (upload, inference, peak "
         "finding): one markdown row per model; with --data also P / R / F1 on a labelled set.",
     )
-    parser.add_argument("--model", type=Path, nargs="+", required=True, metavar="M", help="model files (.onnx, .engine)")
+    parser.add_argument(
+        "--model", nargs="+", required=True, metavar="M", help="model files (.onnx, .engine) or bundled model names (default, fast-cpu)"
+    )
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="images per detect_batch call (default 1)")
     parser.add_argument("--size", type=int, default=512, metavar="PX", help="timing images are PX × PX (default 512)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")

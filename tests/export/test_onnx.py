@@ -46,6 +46,23 @@ def torch_map(checkpoint: Path, images: np.ndarray) -> np.ndarray:
         return model(x.permute(0, 3, 1, 2)).numpy()
 
 
+def branches(model) -> dict[str, "onnx.GraphProto"]:
+    """The graphs an exported model runs: its ``If`` branches (fp32, int8) or itself (fp16)."""
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    if not ifs:
+        return {"main": model.graph}
+    (node,) = ifs
+    return {a.name: a.g for a in node.attribute}
+
+
+def all_nodes(model) -> list:
+    return [n for g in branches(model).values() for n in g.node]
+
+
+def all_initializers(model) -> dict:
+    return {i.name: i for g in branches(model).values() for i in g.initializer} | {i.name: i for i in model.graph.initializer}
+
+
 def run(path: Path, images: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {"image": images})[0]
@@ -72,11 +89,48 @@ def test_fp32_graph_contract_metadata_and_dynamic_shapes(tiny_checkpoint, tmp_pa
     meta = {p.key: p.value for p in model.metadata_props}
     info = ModelInfo.from_json(meta["micronet"])
     assert info.precision == "fp32" and info.mpp == pytest.approx(0.55) and info.architecture["name"] == "micronet"
-    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    assert not any(n.op_type == "BatchNormalization" for n in all_nodes(model))
     rng = np.random.default_rng(0)
-    for shape in [(1, 64, 64, 3), (2, 75, 101, 3), (1, 333, 217, 3)]:
+    # Aligned sizes take the fast branch, the others the general one: both equal torch.
+    for shape in [(1, 64, 64, 3), (2, 96, 200, 3), (2, 75, 101, 3), (1, 333, 217, 3), (1, 9, 13, 3)]:
         images = rng.integers(0, 256, shape, dtype=np.uint8)
         np.testing.assert_allclose(run(out, images), torch_map(tiny_checkpoint, images), atol=1e-4)
+
+
+def test_fp32_aligned_branch_has_no_crop_or_pad_and_is_taken_for_aligned_sizes(tiny_checkpoint, tmp_path):
+    out = export_onnx(tiny_checkpoint, tmp_path / "m.onnx")
+    model = onnx.load(str(out))
+    graphs = branches(model)
+    assert set(graphs) == {"then_branch", "else_branch"}
+    aligned = [n.op_type for n in graphs["then_branch"].node]
+    general = [n.op_type for n in graphs["else_branch"].node]
+    assert "Slice" not in aligned and "Pad" not in aligned
+    assert "Slice" in general and "Pad" not in general  # crops only: halving rounds up
+    assert aligned.count("Conv") == general.count("Conv") and aligned.count("Elu") == general.count("Elu")
+    # Which branch runs: ORT's profiler names the nodes it executed.
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "prof")
+    sess = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {"image": np.zeros((1, 64, 96, 3), np.uint8)})
+    trace = Path(sess.end_profiling()).read_text()
+    assert "aligned/" in trace and "general/" not in trace
+    sess = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {"image": np.zeros((1, 64, 100, 3), np.uint8)})
+    trace = Path(sess.end_profiling()).read_text()
+    assert "general/" in trace and "aligned/" not in trace
+
+
+def test_relu_variant_exports_relu_and_matches_torch(tmp_path):
+    torch.manual_seed(1)
+    model = create_model("micronet_tiny", activation="relu").eval()
+    info = ModelInfo(architecture=model.config_dict(), mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=0.5)
+    ckpt = save_checkpoint(tmp_path / "relu.safetensors", model, info)
+    out = export_onnx(ckpt, tmp_path / "relu.onnx")
+    ops = [n.op_type for n in all_nodes(onnx.load(str(out)))]
+    assert "Relu" in ops and "Elu" not in ops
+    images = np.random.default_rng(3).integers(0, 256, (1, 88, 72, 3), dtype=np.uint8)
+    np.testing.assert_allclose(run(out, images), torch_map(ckpt, images), atol=1e-4)
 
 
 def test_fp16_keeps_uint8_in_float32_out_and_computes_in_half(tiny_checkpoint, tmp_path):
@@ -95,12 +149,13 @@ def test_fp16_keeps_uint8_in_float32_out_and_computes_in_half(tiny_checkpoint, t
 def test_int8_is_static_qdq_per_channel(tiny_checkpoint, tmp_path, shared_data):
     out = export_onnx(tiny_checkpoint, tmp_path / "m.int8.onnx", precision="int8", calibration_data=shared_data / "crchisto", calibration_count=4)
     model = onnx.load(str(out))
-    ops = [n.op_type for n in model.graph.node]
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    # Per-channel weights: a weight DequantizeLinear with a 1-D scale (one per output channel).
-    inits = {i.name: i for i in model.graph.initializer}
-    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits]
-    assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in scales)
+    for graph in branches(model).values():  # both the aligned and the general branch
+        ops = [n.op_type for n in graph.node]
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+        # Per-channel weights: a weight DequantizeLinear with a 1-D scale (one per output channel).
+        inits = {i.name: i for i in graph.initializer}
+        scales = [inits[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits]
+        assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in scales)
     assert ModelInfo.from_json({p.key: p.value for p in model.metadata_props}["micronet"]).precision == "int8"
     images = np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     assert run(out, images).shape == (1, 1, 64, 64)

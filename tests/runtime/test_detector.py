@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from micronet.runtime.detections import Detections
-from micronet.runtime.detector import Detector, bundled_model
+from micronet.runtime.detector import BUNDLED_MODELS, Detector, bundled_model, resolve_model
 from micronet.runtime.matching import evaluate_points
 from micronet.runtime.peaks import find_peaks
 
@@ -296,6 +296,35 @@ def test_default_model_is_the_bundled_one_or_a_clear_error():
         assert det.model_path == path and det.info.mpp > 0
 
 
+def test_bundled_models_by_name_and_their_errors(tmp_path, monkeypatch):
+    assert set(BUNDLED_MODELS) == {"default", "fast-cpu"}
+    with pytest.raises(ValueError, match="default, fast-cpu"):
+        bundled_model("fastest")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model(None) == bundled_model() == resolve_model("default")
+    assert resolve_model("fast-cpu") == bundled_model("fast-cpu")
+    assert resolve_model("my.onnx") == Path("my.onnx")
+    fast = Detector("fast-cpu", device="cpu", threads=2)
+    default = Detector("default", device="cpu", threads=2)
+    assert fast.info.precision == "int8" and fast.info.architecture["activation"] == "relu"
+    assert default.info.precision == "fp32" and default.info.architecture.get("activation", "elu") == "elu"
+    assert fast.info.mpp == default.info.mpp and fast.tile_margin == default.tile_margin
+    (tmp_path / "default").write_bytes(b"x")  # an existing file wins over the name
+    assert resolve_model("default") == Path("default")
+
+
+@pytest.mark.parametrize("shape", [(500, 500), (2000, 1500), (1024, 3000), (81, 7)])
+def test_plan_tiles_partitions_the_image_on_the_grid(detector, shape):
+    tiles = detector.plan_tiles(*shape)
+    covered = np.zeros(shape, np.int32)
+    for t in tiles:
+        assert t.y0 % 8 == 0 and t.x0 % 8 == 0
+        assert t.y1 - t.y0 <= detector.tile_size and t.x1 - t.x0 <= detector.tile_size
+        assert t.y0 <= t.core_y0 < t.core_y1 <= t.y1 and t.x0 <= t.core_x0 < t.core_x1 <= t.x1
+        covered[t.core_y0 : t.core_y1, t.core_x0 : t.core_x1] += 1
+    assert (covered == 1).all()
+
+
 def test_a_backend_object_can_be_given(detector):
     class Recording:
         name, device = "recording", "cpu"
@@ -390,3 +419,19 @@ def test_concurrent_detection_equals_serial(detector, crchisto_images):
     for got, want in zip(results, serial):
         np.testing.assert_array_equal(got.xy, want.xy)
         np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_fast_cpu_model_is_as_accurate_as_the_default_on_the_test_split(shared_data):
+    # Known answer on real images: the ReLU int8 model may trade no more than 0.01 F1
+    # for its speed (docs/results.md: 0.8114 against the default's 0.8022).
+    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.metrics import evaluate_images
+
+    data = load_point_folder(shared_data / "crchisto", "test")
+    f1 = {}
+    for name in ("default", "fast-cpu"):
+        det = Detector(name, device="cpu", threads=2)
+        preds = [det.detect(im, mpp=data.mpp).xy for im in data.images]
+        f1[name] = evaluate_images(preds, data.points, 6.0).pooled.f1
+    assert f1["default"] == pytest.approx(0.8022, abs=0.002)
+    assert f1["fast-cpu"] >= f1["default"] - 0.01 and f1["fast-cpu"] > 0.80

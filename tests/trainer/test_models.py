@@ -6,7 +6,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from micronet.trainer.models import MicroNetConfig, count_flops, create_model, list_models, model_from_config  # noqa: E402
+from micronet.trainer.models import (  # noqa: E402
+    MicroNetConfig,
+    count_flops,
+    create_model,
+    list_models,
+    model_from_config,
+    with_activation,
+)
 
 
 @pytest.mark.parametrize("size", [(500, 500), (333, 517), (1001, 999), (75, 75), (9, 13)])
@@ -48,3 +55,27 @@ def test_default_model_is_lean():
     # Issue target: <= 30 GFLOP per 500x500 image (docs/architecture.md has the trade-off).
     gflop = count_flops(create_model("micronet"), 500, 500) / 1e9
     assert 15 < gflop <= 30
+
+
+def test_activation_option_relu_and_swap_keeps_every_weight():
+    elu = create_model("micronet_tiny").eval()
+    assert any(isinstance(m, torch.nn.ELU) for m in elu.modules())
+    relu = create_model("micronet_tiny", activation="relu").eval()
+    assert not any(isinstance(m, torch.nn.ELU) for m in relu.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in relu.modules()) == sum(isinstance(m, torch.nn.ELU) for m in elu.modules())
+    swapped = with_activation(elu, "relu")
+    assert swapped.config.activation == "relu" and elu.config.activation == "elu"
+    for (k, a), (k2, b) in zip(elu.state_dict().items(), swapped.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        # Same weights, other nonlinearity: the maps differ (ELU's negative side is gone).
+        assert not torch.allclose(elu(x), swapped(x))
+        rebuilt = model_from_config(swapped.config_dict()).eval()
+        rebuilt.load_state_dict(swapped.state_dict())
+        assert torch.equal(rebuilt(x), swapped(x))
+    # Checkpoints written before the option existed rebuild with the paper's ELU.
+    old = {k: v for k, v in elu.config_dict().items() if k != "activation"}
+    assert model_from_config(old).config.activation == "elu"
+    with pytest.raises(ValueError, match="activation"):
+        create_model("micronet_tiny", activation="gelu")

@@ -1,0 +1,155 @@
+"""Where ONNX Runtime's CPU time goes, per operator type, for each exported artifact.
+
+    python benchmarks/profile_ort.py [--size 1024] [--checkpoint ...] [--fast-checkpoint ...]
+
+Exports the paper's network (ELU) and its ReLU fine-tune, fp32 and int8, runs each
+through ONNX Runtime's profiler on a ``size²`` tile of real tissue (the aligned branch,
+as every full Detector tile), and tabulates the kernel time per operator type. This is
+the evidence behind docs/benchmarks.md's account of the CPU targets: ELU is no fused
+activation of ONNX Runtime's blocked (NCHWc) convolutions, so every ELU runs as its
+own pass with a layout change before and after it, and in int8 it runs in float
+between a DequantizeLinear and a QuantizeLinear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+from bench_cpu import DATA, REPO, matmul_peak, tissue_batch  # noqa: E402
+
+# Operator types that are layout changes ONNX Runtime inserts itself.
+LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Transpose"}
+# Control flow whose kernel time is its branch's, already counted per operator: the If
+# that picks the export's aligned or general copy of the graph.
+WRAPPERS = {"If"}
+
+
+def profile(path: Path, image: np.ndarray, threads: int, runs: int, prefix: Path) -> dict[str, float]:
+    """Mean kernel milliseconds per operator type over ``runs`` calls (after a warm-up)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_profiling = True
+    so.profile_file_prefix = str(prefix)
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        sess.run(None, {"image": image})
+    sess.end_profiling()  # drop the warm-up calls from the trace
+    so.profile_file_prefix = str(prefix) + "-timed"
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess.run(None, {"image": image})  # first call of the new session: arenas, prepacking
+    for _ in range(runs):
+        sess.run(None, {"image": image})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["args"]["op_name"] not in WRAPPERS:
+            per_op[e["args"]["op_name"]] += e["dur"] / 1e3
+    return {op: ms / (runs + 1) for op, ms in per_op.items()}
+
+
+def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
+    """fp32 % of peak of the default widths against the wide variant, ELU and ReLU, with
+    random weights (speed does not depend on them): how far width alone moves it."""
+    import time
+
+    import onnxruntime as ort
+    import torch
+
+    from micronet.export.onnx import _export_fp32
+    from micronet.runtime.model_info import ModelInfo
+    from micronet.trainer.models import count_flops, create_model
+
+    peak = max(matmul_peak(threads), matmul_peak(threads))
+    rows = []
+    for name in ("micronet", "micronet_wide"):
+        for act in ("elu", "relu"):
+            torch.manual_seed(0)
+            model = create_model(name, activation=act).eval()
+            info = ModelInfo(architecture=model.config_dict(), mean=[200.0] * 3, std=[40.0] * 3, mpp=0.55, threshold=1.0)
+            path = tmp / f"{name}_{act}.onnx"
+            with torch.no_grad():
+                _export_fp32(model, info, path)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            for _ in range(2):
+                sess.run(None, {"image": image})
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                sess.run(None, {"image": image})
+                times.append(time.perf_counter() - t0)
+            gflop = count_flops(model, image.shape[1], image.shape[2]) / 1e9
+            rows.append({"model": name, "activation": act, "gflop": gflop, "ms": 1e3 * min(times), "percent_of_peak": 100 * gflop / min(times) / peak, "peak": peak})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto.safetensors")
+    parser.add_argument("--fast-checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto_relu.safetensors")
+    args = parser.parse_args()
+
+    from micronet.export.onnx import export_onnx
+
+    tmp = Path(tempfile.mkdtemp(prefix="micronet-profile-"))
+    networks = [("ELU", args.checkpoint)] + ([("ReLU", args.fast_checkpoint)] if args.fast_checkpoint.is_file() else [])
+    artifacts = {}
+    for label, ckpt in tqdm(networks, desc="exporting"):
+        stem = tmp / label.lower()
+        artifacts[f"fp32 ({label})"] = export_onnx(ckpt, stem.with_suffix(".onnx"))
+        artifacts[f"int8 ({label})"] = export_onnx(
+            ckpt, stem.with_suffix(".int8.onnx"), "int8", calibration_data=DATA / "crchisto", calibration_count=32
+        )
+    image = tissue_batch(args.size, 1)
+    profiles = {name: profile(path, image, args.threads, args.runs, tmp / name.replace(" ", "_")) for name, path in tqdm(artifacts.items(), desc="profiling")}
+
+    ops = sorted({op for p in profiles.values() for op in p}, key=lambda op: -max(p.get(op, 0.0) for p in profiles.values()))
+    names = list(profiles)
+    lines = [
+        f"ONNX Runtime CPU provider, {args.threads} threads, one {args.size}² tile of CRCHisto tissue; kernel ms per call "
+        f"(mean of {args.runs + 1}), by operator type. *Layout* = ReorderInput/ReorderOutput/Transpose that ONNX Runtime inserts.",
+        "",
+        "| operator | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for op in ops:
+        if max(p.get(op, 0.0) for p in profiles.values()) < 0.05:
+            continue  # the If's shape test and similar: microseconds
+        cells = [f"{profiles[n][op]:.1f}" if profiles[n].get(op, 0.0) >= 0.05 else "–" for n in names]
+        lines.append(f"| {op}{' (layout)' if op in LAYOUT_OPS else ''} | " + " | ".join(cells) + " |")
+    totals = {n: sum(p.values()) for n, p in profiles.items()}
+    lines.append("| **total** | " + " | ".join(f"**{totals[n]:.0f}**" for n in names) + " |")
+    conv = {n: sum(ms for op, ms in p.items() if "Conv" in op and op != "ConvTranspose") for n, p in profiles.items()}
+    lines.append("| convolutions' share | " + " | ".join(f"{100 * conv[n] / totals[n]:.0f}%" for n in names) + " |")
+    widths = width_ceiling(image, args.threads, tmp)
+    lines += [
+        "",
+        f"Width against the ceiling: ONNX Runtime fp32, same {args.size}² tile, random weights, "
+        f"% of this run's matmul peak ({widths[0]['peak']:.0f} GFLOP/s):",
+        "",
+        "| variant | activation | GFLOP | ms | % of peak |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [f"| `{r['model']}` | {r['activation']} | {r['gflop']:.0f} | {r['ms']:.0f} | {r['percent_of_peak']:.0f}% |" for r in widths]
+    write_results("ort_profile", {"size": args.size, "threads": args.threads, "profiles": profiles, "widths": widths}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -175,26 +175,21 @@ def _prefixed_branch(model: "onnx.ModelProto", prefix: str, keep: set[str]) -> "
     def rename(name: str) -> str:
         return name if not name or name in keep else prefix + name
 
-    nodes = []
-    for node in graph.node:
-        n = onnx.NodeProto()
-        n.CopyFrom(node)
-        n.name = rename(n.name) if n.name else ""
+    def renamed(protos, kind):  # copies with the name prefixed
+        out = []
+        for proto in protos:
+            copy_ = kind()
+            copy_.CopyFrom(proto)
+            copy_.name = rename(copy_.name)
+            out.append(copy_)
+        return out
+
+    nodes = renamed(graph.node, onnx.NodeProto)
+    for n in nodes:
         n.input[:] = [rename(i) for i in n.input]
         n.output[:] = [rename(o) for o in n.output]
-        nodes.append(n)
-    inits = []
-    for init in graph.initializer:
-        t = onnx.TensorProto()
-        t.CopyFrom(init)
-        t.name = rename(t.name)
-        inits.append(t)
-    outputs = []
-    for out in graph.output:
-        v = onnx.ValueInfoProto()
-        v.CopyFrom(out)
-        v.name = rename(v.name)
-        outputs.append(v)
+    inits = renamed(graph.initializer, onnx.TensorProto)
+    outputs = renamed(graph.output, onnx.ValueInfoProto)
     return onnx.helper.make_graph(nodes, prefix.strip("/"), [], outputs, initializer=inits)
 
 

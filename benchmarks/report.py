@@ -41,10 +41,9 @@ SECTIONS = [
 NOTES = {
     "slide_fast_cpu": """\
 Against the default model on the same slides (section above): 2.0× the megapixels/s and
-less than half the memory (int8 activations). On the synthetic slide (built from
-CRCHisto tissue) both find about the same nuclei (91,687 against 90,945); on the real
-CMU-1 region the fast-cpu model reports 1,680 against 2,093 — the out-of-domain gap that
-MoNuSeg measures too (docs/results.md).
+less than half the memory (int8 activations). Nuclei found: 96,880 against 90,945 on the
+synthetic slide (built from CRCHisto tissue), 2,043 against 2,093 on the real CMU-1
+region. (An undistilled ReLU fine-tune found only 1,680 on CMU-1; docs/results.md.)
 """,
     "cpu": """\
 **Reading it against the targets** (ONNX Runtime fp32 ≥ 50% of peak; int8 ≥ 1.8× fp32 at
@@ -60,8 +59,8 @@ F1 within 0.01; the bundled model ≥ 2 MP/s end to end):
   The profile below shows it: at 1024², ELU and the layout changes around it take 445 ms
   in fp32, more than all the convolutions (326 ms); in int8, ELU with its
   dequantize/quantize pair takes 448 of 866 ms.
-- The `fast-cpu` model (the same network fine-tuned with ReLU; F1 0.811 against the
-  default's 0.802) reaches about half of peak in fp32, and its int8 export detects at
+- The `fast-cpu` model (the same network fine-tuned with ReLU and distilled from the
+  default; CRCHisto test F1 0.800 against 0.802, MoNuSeg 0.825 against 0.813) reaches about half of peak in fp32, and its int8 export detects at
   ≥ 2 MP/s end to end; that is the model to deploy on a CPU.
 - int8 gains about 1.4× over fp32 of the same network, not 1.8×: ONNX Runtime's CPU
   provider has no int8 ConvTranspose (microsoft/onnxruntime#8988), so the four

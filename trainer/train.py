@@ -56,6 +56,8 @@ class TrainConfig:
     widths: tuple[int, int, int, int] | None = None  # override the variant's widths
     activation: str | None = None  # override the variant's (or, with init, the checkpoint's) activation
     init: str | None = None  # checkpoint to fine-tune from
+    teacher: str | None = None  # checkpoint whose proximity maps are a second target (distillation)
+    teacher_weight: float = 0.5  # β: loss = (1 − β)·Eq. 2 against annotations + β·Eq. 2 against the teacher
     freeze_blocks: int = 0  # freeze blocks 1..k (fine-tuning)
     iterations: int = 100_000  # the paper's budget
     batch: int = 4
@@ -106,6 +108,8 @@ class TrainConfig:
             raise ValueError("freeze_blocks needs init (a checkpoint to fine-tune from)")
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ValueError(f"teacher_weight: expected [0, 1], got {self.teacher_weight}")
         if self.batch < 1 or self.iterations < 0:
             raise ValueError("batch must be >= 1 and iterations >= 0")
 
@@ -149,6 +153,26 @@ def _distributed() -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     return int(os.environ.get("RANK", "0")), world
+
+
+def _load_teacher(cfg: TrainConfig, model_mpp: float, device: torch.device) -> tuple[torch.nn.Module, Any, Any] | None:
+    """The frozen teacher network and its normalisation, or None without ``cfg.teacher``.
+
+    Distillation: the student also regresses the teacher's proximity map on every crop
+    (Eq. 2 with the teacher's map as the target), which carries the teacher's behaviour
+    over where annotations say nothing: used to fine-tune the ReLU variant towards the
+    paper's ELU network.
+    """
+    if not cfg.teacher:
+        return None
+    with torch.random.fork_rng(devices=[]):  # building the network draws initial weights:
+        net, t_info = load_checkpoint(cfg.teacher)  # keep the run's RNG (dropout masks) as it was
+    if abs(t_info.mpp - model_mpp) > 0.01 * model_mpp:
+        raise ValueError(f"teacher {cfg.teacher} works at {t_info.mpp} µm/px, the model at {model_mpp}: they must match")
+    net.eval().to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, t_info.mean, t_info.std
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
@@ -196,6 +220,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    teacher = _load_teacher(cfg, model_mpp, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
@@ -262,6 +287,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam)
         else:
             loss = weighted_mse(pred, y, cfg.lam)  # Eq. 2
+        if teacher is not None:
+            teacher_net, t_mean, t_std = teacher
+            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                soft = teacher_net(normalize(np.stack([c for c, _ in items]), t_mean, t_std).to(device)).float()
+            # Into the targets' range: Eq. 2 weights pixels by their target, and a linear
+            # head can go below 0 (a weak teacher far below, making weights negative).
+            soft = soft.clamp(0.0, cfg.target_scale)
+            loss = (1.0 - cfg.teacher_weight) * loss + cfg.teacher_weight * weighted_mse(pred, soft, cfg.lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

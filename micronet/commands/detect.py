@@ -41,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         metavar="FILE",
         help="an .onnx model or TensorRT .engine, or a bundled model: default (the paper's network, the default) "
-        "or fast-cpu (ReLU fine-tune, int8: about twice as fast on a CPU, a little less accurate far from CRCHisto)",
+        "or fast-cpu (ReLU fine-tune distilled from it, int8: about twice as fast on a CPU, as accurate)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto: the GPU when available)")
     parser.add_argument(

@@ -93,6 +93,24 @@ def test_auxiliary_data_at_another_resolution_and_a_fraction_of_the_target(small
     assert info.mpp == pytest.approx(0.55), "the model keeps the target set's pixel size"
 
 
+def test_distillation_adds_the_teachers_map_as_a_second_target(small_set, tmp_path):
+    # The fast-cpu recipe in small: fine-tune as ReLU with the ELU model as teacher.
+    # β = 0 must leave training exactly as without a teacher (same seed, same crops);
+    # β = 1 trains on the teacher's map alone and ends elsewhere.
+    base = train(quick_config(small_set, tmp_path / "base", iterations=4, val_every=100), progress=False)
+    common = dict(init=str(base), activation="relu", iterations=4, val_every=100)
+    plain = state_of(train(quick_config(small_set, tmp_path / "plain", **common), progress=False))
+    zero = train(quick_config(small_set, tmp_path / "zero", teacher=str(base), teacher_weight=0.0, **common), progress=False)
+    full = train(quick_config(small_set, tmp_path / "full", teacher=str(base), teacher_weight=1.0, **common), progress=False)
+    assert all(np.array_equal(plain[k], v) for k, v in state_of(zero).items())
+    assert any(not np.array_equal(plain[k], v) for k, v in state_of(full).items())
+    info = read_info(full)
+    assert info.architecture["activation"] == "relu" and info.provenance["config"]["teacher"] == str(base)
+    # A teacher at another pixel size is refused.
+    with pytest.raises(ValueError, match="µm/px"):
+        train(quick_config(small_set, tmp_path / "bad", teacher=str(base), model_mpp=0.25, iterations=1), progress=False)
+
+
 @pytest.mark.parametrize(
     "kw, text",
     [
@@ -100,6 +118,8 @@ def test_auxiliary_data_at_another_resolution_and_a_fraction_of_the_target(small
         (dict(aux_fraction=0.5), "needs aux_data"),
         (dict(target_fraction=0.0), "target_fraction"),
         (dict(model="resnet"), "valid names"),
+        (dict(teacher_weight=1.5), "teacher_weight"),
+        (dict(activation="gelu"), "activation"),
     ],
 )
 def test_bad_configs_are_refused(small_set, tmp_path, kw, text):

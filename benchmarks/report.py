@@ -62,7 +62,7 @@ F1 within 0.01; the bundled model ≥ 2 MP/s end to end):
 - The `fast-cpu` model (the same network fine-tuned with ReLU and distilled from the
   default; CRCHisto test F1 0.800 against 0.802, MoNuSeg 0.825 against 0.813) reaches about half of peak in fp32, and its int8 export detects at
   ≥ 2 MP/s end to end; that is the model to deploy on a CPU.
-- int8 gains about 1.4× over fp32 of the same network, not 1.8×: ONNX Runtime's CPU
+- int8 gains 1.4–1.6× over fp32 of the same network, not 1.8×: ONNX Runtime's CPU
   provider has no int8 ConvTranspose (microsoft/onnxruntime#8988), so the four
   transposed convolutions of the upsampling path and the multi-context aggregation run
   in float with layout changes around them (154 of 436 ms in the int8 profile).

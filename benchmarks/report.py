@@ -56,20 +56,20 @@ F1 within 0.01; the bundled model ≥ 2 MP/s end to end):
   runs as its own pass (ONNX Runtime's ELU kernel is 3.6× slower than its ReLU per
   element: 18.7 against 5.1 ms on 16×1024² floats) with a layout change before and after
   it; in int8 each ELU is a float island between a DequantizeLinear and a QuantizeLinear.
-  The profile below shows it: at 1024², ELU and the layout changes around it take 445 ms
-  in fp32, more than all the convolutions (326 ms); in int8, ELU with its
-  dequantize/quantize pair takes 448 of 866 ms.
+  The profile below shows it: at 1024², ELU and the layout changes around it take 442 ms
+  in fp32, more than all the convolutions (332 ms); in int8, ELU with its
+  dequantize/quantize pair takes 432 of 840 ms.
 - The `fast-cpu` model (the same network fine-tuned with ReLU and distilled from the
   default; CRCHisto test F1 0.800 against 0.802, MoNuSeg 0.825 against 0.813) reaches about half of peak in fp32, and its int8 export detects at
   ≥ 2 MP/s end to end; that is the model to deploy on a CPU.
 - int8 gains 1.4–1.6× over fp32 of the same network, not 1.8×: ONNX Runtime's CPU
   provider has no int8 ConvTranspose (microsoft/onnxruntime#8988), so the four
   transposed convolutions of the upsampling path and the multi-context aggregation run
-  in float with layout changes around them (154 of 436 ms in the int8 profile).
+  in float with layout changes around them (158 of 439 ms in the int8 profile).
   Rewriting them as a 1×1 convolution plus DepthToSpace was measured and is slower
   (ONNX Runtime's DepthToSpace is a generic transpose).
 - Width sets the ceiling (last table of the profile section): at 1024² the wide variant
-  (32-64-128-128) reaches 51% of peak with ELU and 72% with ReLU, against 32% and 49%
+  (32-64-128-128) reaches 52% of peak with ELU and 72% with ReLU, against 31% and 50%
   for the default widths; more channels per pixel give the convolutions more work per
   byte moved. The default keeps the lean widths because absolute speed is what a
   scanner PC needs (a quarter of the FLOPs; docs/architecture.md).

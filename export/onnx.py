@@ -155,14 +155,9 @@ def _aligned_export(wrapper: nn.Module, path: Path) -> None:
     """Exports ``wrapper`` traced for inputs whose sides are multiples of the network's
     total stride (8): every level's map then has exactly the size its skip connection
     expects, so the crop/pad of ``_fit`` is the identity and is left out of the graph."""
-    from micronet.trainer import models
-
-    fit = models._fit
-    models._fit = lambda x, size: x  # noqa: ARG005 - exact only for aligned inputs
-    try:
-        _torch_export(wrapper, path, example_hw=(96, 128))
-    finally:
-        models._fit = fit
+    aligned = copy.deepcopy(wrapper)
+    aligned.model.aligned_inputs = True
+    _torch_export(aligned, path, example_hw=(96, 128))
 
 
 def _prefixed_branch(model: "onnx.ModelProto", prefix: str, keep: set[str]) -> "onnx.GraphProto":

@@ -139,10 +139,8 @@ def benchmark_model(
         data: a :class:`micronet.runtime.datasets.PointDataset` to measure P / R / F1 on.
         radius: matching radius in the data set's pixels.
     """
-    from .detector import Detector
+    from .detector import Detector, resolve_model
     from .metrics import evaluate_images
-
-    from .detector import resolve_model
 
     path = resolve_model(model)
     result = BenchResult(model=str(path), format=_format_of(path))

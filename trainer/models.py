@@ -129,14 +129,14 @@ class ResidualBlock(nn.Module):
     paper) after the first batch norm and after the residual addition; optional dropout
     after the convolutions."""
 
-    def __init__(self, cin: int, cout: int, dropout: float = 0.0, activation: str = "elu") -> None:
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0, act: Callable[[], nn.Module] = nn.ELU) -> None:
         super().__init__()
         self.conv1 = _conv_bn(cin, cout)
-        self.act1 = ACTIVATIONS[activation]()
+        self.act1 = act()
         self.conv2 = _conv_bn(cout, cout)
         self.skip = nn.Identity() if cin == cout else _conv_bn(cin, cout, kernel=1)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.act2 = ACTIVATIONS[activation]()
+        self.act2 = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act1(self.conv1(x))
@@ -173,27 +173,30 @@ class MicroNet(nn.Module):
         self.config = config or MicroNetConfig()
         w = self.config.widths
         drop = self.config.dropout
-        a = self.config.activation
-        act = ACTIVATIONS[a]
+        act = ACTIVATIONS[self.config.activation]
+        # Set by the ONNX export's aligned branch: inputs whose sides are multiples of 8
+        # need no crop where maps join (see _fit), so none is traced. Not a config value:
+        # it changes the traced graph, never the function on such inputs.
+        self.aligned_inputs = False
         # Block 1: input transition.
         self.block1 = nn.Sequential(_conv_bn(self.config.in_channels, w[0]), act())
         # Blocks 2-5: downsampling path; stride-2 convolutions between consecutive blocks.
-        self.block2 = ResidualBlock(w[0], w[0], activation=a)
+        self.block2 = ResidualBlock(w[0], w[0], act=act)
         self.down2 = nn.Sequential(_conv_bn(w[0], w[1], stride=2), act())
-        self.block3 = ResidualBlock(w[1], w[1], activation=a)
+        self.block3 = ResidualBlock(w[1], w[1], act=act)
         self.down3 = nn.Sequential(_conv_bn(w[1], w[2], stride=2), act())
-        self.block4 = ResidualBlock(w[2], w[2], dropout=drop, activation=a)
+        self.block4 = ResidualBlock(w[2], w[2], dropout=drop, act=act)
         self.down4 = nn.Sequential(_conv_bn(w[2], w[3], stride=2), act())
-        self.block5 = ResidualBlock(w[3], w[3], dropout=drop, activation=a)
+        self.block5 = ResidualBlock(w[3], w[3], dropout=drop, act=act)
         # Blocks 6-9: upsampling path; transposed convolutions, then concatenation with
         # the downsampled output of the same resolution.
-        self.block6 = ResidualBlock(w[3], w[3], activation=a)
+        self.block6 = ResidualBlock(w[3], w[3], act=act)
         self.up7 = self._up(w[3], w[2], act)
-        self.block7 = ResidualBlock(2 * w[2], w[2], activation=a)
+        self.block7 = ResidualBlock(2 * w[2], w[2], act=act)
         self.up8 = self._up(w[2], w[1], act)
-        self.block8 = ResidualBlock(2 * w[1], w[1], activation=a)
+        self.block8 = ResidualBlock(2 * w[1], w[1], act=act)
         self.up9 = self._up(w[1], w[0], act)
-        self.block9 = ResidualBlock(2 * w[0], w[0], activation=a)
+        self.block9 = ResidualBlock(2 * w[0], w[0], act=act)
         # Block 10: multi-context aggregation (transposed convolutions from several
         # depths straight to full resolution) and the output transition.
         c = self.config.context_channels
@@ -237,11 +240,12 @@ class MicroNet(nn.Module):
         d3 = self.block4(self.down3(d2))  # (B, w2, H/4, W/4)
         d4 = self.block5(self.down4(d3))  # (B, w3, H/8, W/8)
         u = self.block6(d4)
-        u = self.block7(torch.cat([d3, _fit(self.up7(u), d3.shape[-2:])], dim=1))  # (B, w2, H/4, W/4)
-        u = self.block8(torch.cat([d2, _fit(self.up8(u), d2.shape[-2:])], dim=1))  # (B, w1, H/2, W/2)
-        u = self.block9(torch.cat([d1, _fit(self.up9(u), d1.shape[-2:])], dim=1))  # (B, w0, H, W)
+        fit = (lambda t, _size: t) if self.aligned_inputs else _fit
+        u = self.block7(torch.cat([d3, fit(self.up7(u), d3.shape[-2:])], dim=1))  # (B, w2, H/4, W/4)
+        u = self.block8(torch.cat([d2, fit(self.up8(u), d2.shape[-2:])], dim=1))  # (B, w1, H/2, W/2)
+        u = self.block9(torch.cat([d1, fit(self.up9(u), d1.shape[-2:])], dim=1))  # (B, w0, H, W)
         depth_out = {2: d2, 3: d3, 4: d4}
-        ctx = [_fit(self.context[str(d)](depth_out[d]), size) for d in self.config.context_depths]
+        ctx = [fit(self.context[str(d)](depth_out[d]), size) for d in self.config.context_depths]
         return self.block10(torch.cat([u, *ctx], dim=1))  # (B, 1, H, W)
 
     def config_dict(self) -> dict[str, Any]:

@@ -276,7 +276,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         # Batch: target crops, then auxiliary crops (domain flag for the two-source loss).
         items = [sampler.draw() for _ in range(cfg.batch - n_aux)]
         items += [aux_sampler.draw() for _ in range(n_aux)] if aux_sampler else []
-        x = normalize(np.stack([c for c, _ in items]), mean, std).to(device)  # (B, 3, 200, 200)
+        crops = np.stack([c for c, _ in items])  # (B, 200, 200, 3) uint8
+        x = normalize(crops, mean, std).to(device)  # (B, 3, 200, 200)
         y = torch.from_numpy(np.stack([t for _, t in items]))[:, None].to(device)  # (B, 1, 200, 200)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         if teacher is not None:
             teacher_net, t_mean, t_std = teacher
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                soft = teacher_net(normalize(np.stack([c for c, _ in items]), t_mean, t_std).to(device)).float()
+                soft = teacher_net(normalize(crops, t_mean, t_std).to(device)).float()
             # Into the targets' range: Eq. 2 weights pixels by their target, and a linear
             # head can go below 0 (a weak teacher far below, making weights negative).
             soft = soft.clamp(0.0, cfg.target_scale)

@@ -375,20 +375,15 @@ def test_command_builds_next_to_the_onnx_by_default(fake_builder, tmp_path):
     assert main([str(tmp_path / "absent.onnx")]) == 2
 
 
-def test_tensorrt_parses_the_general_copy_of_a_fast_path_export(tmp_path):
+def test_tensorrt_parses_the_general_copy_of_a_fast_path_export(tiny_checkpoint, tmp_path):
     # fp32/int8 exports carry two copies of the network behind an If on the input size;
     # export-engine hands TensorRT the general copy alone, which computes the same map.
     np = pytest.importorskip("numpy")
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("torch")
     from micronet.export.onnx import export_onnx
-    from micronet.trainer.checkpoint import save_checkpoint
-    from micronet.trainer.models import create_model
 
-    model = create_model("micronet_tiny").eval()
-    info = ModelInfo(architecture=model.config_dict(), mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=0.5)
-    exported = export_onnx(save_checkpoint(tmp_path / "m.safetensors", model, info), tmp_path / "m.onnx")
+    exported = export_onnx(tiny_checkpoint, tmp_path / "m.onnx")
     plain = engine_mod.general_graph(exported, tmp_path / "plain.onnx")
     assert plain == tmp_path / "plain.onnx"
     graph = onnx.load(str(plain)).graph
@@ -400,5 +395,5 @@ def test_tensorrt_parses_the_general_copy_of_a_fast_path_export(tmp_path):
         b = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"image": images})[0]
         np.testing.assert_array_equal(a, b)
     # A model without the fast path (an fp16 export) is parsed as it is.
-    fp16 = export_onnx(tmp_path / "m.safetensors", tmp_path / "m.fp16.onnx", precision="fp16")
+    fp16 = export_onnx(tiny_checkpoint, tmp_path / "m.fp16.onnx", precision="fp16")
     assert engine_mod.general_graph(fp16, tmp_path / "unused.onnx") == fp16

@@ -9,8 +9,8 @@
   centres: a detector with known answers. Needs only onnx.
 - ``make_nuclei``: dark Gaussian blobs on a pink background at known centres.
 
-``shared_data`` (the real data folder, skipping when absent) comes from
-``tests/conftest.py``.
+``shared_data`` (the real data folder, skipping when absent) and ``make_tiny_model``
+come from ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -36,50 +36,10 @@ def crchisto_images(shared_data: Path) -> list[np.ndarray]:
     return images
 
 
-def build_tiny_model(folder: Path, threshold_image: np.ndarray | None = None, seed: int = 0) -> tuple[Path, Path]:
-    """Saves a random ``micronet_tiny`` checkpoint and its fp32 ONNX export in ``folder``;
-    returns ``(checkpoint, onnx)``."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    from micronet.export.onnx import export_onnx
-    from micronet.runtime.model_info import ModelInfo
-    from micronet.trainer.checkpoint import save_checkpoint
-    from micronet.trainer.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("micronet_tiny").eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    mean, std = [180.0, 130.0, 170.0], [40.0, 45.0, 35.0]
-    threshold = 0.0
-    if threshold_image is not None:
-        x = (torch.from_numpy(np.array(threshold_image)).float() - torch.tensor(mean)) / torch.tensor(std)
-        with torch.no_grad():
-            out = model(x.permute(2, 0, 1)[None])[0, 0].numpy()
-        threshold = float(np.quantile(out, 0.9))  # a few hundred peaks on a 500² image
-    info = ModelInfo(
-        architecture=model.config_dict(),
-        mean=mean,
-        std=std,
-        mpp=MODEL_MPP,
-        threshold=threshold,
-        min_distance=3,
-        provenance={"note": "random weights, for tests"},
-    )
-    checkpoint = save_checkpoint(folder / "tiny.safetensors", model, info)
-    onnx_path = export_onnx(checkpoint, folder / "tiny.onnx")
-    return checkpoint, onnx_path
-
-
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, crchisto_images: list[np.ndarray]) -> tuple[Path, Path]:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, make_tiny_model, crchisto_images: list[np.ndarray]) -> tuple[Path, Path]:
     """``(checkpoint, onnx)`` of a tiny random MicroNet, thresholded on a real image."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), crchisto_images[0])
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), crchisto_images[0])
 
 
 @pytest.fixture(scope="session")

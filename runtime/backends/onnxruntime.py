@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..machine import physical_cores
 from ..model_info import METADATA_KEY, ModelInfo
 
 __all__ = ["OnnxRuntimeBackend", "physical_cores"]
@@ -33,28 +34,6 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_EP = "CUDAExecutionProvider"
 _CPU_EP = "CPUExecutionProvider"
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads counted once).
-
-    Reads the CPU topology in ``/sys`` for the CPUs in the process's affinity mask;
-    elsewhere falls back to the logical CPU count.
-    """
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            package = (topology / "physical_package_id").read_text().strip()
-            core = (topology / "core_id").read_text().strip()
-        except OSError:
-            return max(1, len(cpus))
-        cores.add((package, core))
-    return max(1, len(cores))
 
 
 def _import_ort() -> Any:

@@ -16,13 +16,14 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from micronet.runtime import machine
 from micronet.runtime.model_info import ModelInfo
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
@@ -32,7 +33,7 @@ from .models import ACTIVATIONS, create_model, with_activation
 from .targets import TargetConfig, proximity_map
 from .validate import choose_threshold, normalize, predict_map, resample
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "resolve_bf16", "resolve_machine_defaults", "resolve_threads", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,14 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
     seed: int = 0
     device: str = "cpu"
-    channels_last: bool = False  # no gain measured on this CPU (docs/training.md)
-    bf16: bool = True  # bfloat16 autocast: 1.8x faster steps on this CPU (AVX-512 BF16)
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    # NHWC activations: no gain measured on a 2-core AVX-512 CPU in fp32 or bf16
+    # (docs/results.md, "Training speed"); not measured on a GPU, so no automatic rule.
+    channels_last: bool = False
+    # bfloat16 autocast. None: where it is native (CUDA with bf16, a CPU with AVX512_BF16
+    # or AMX-BF16; 1.8x faster steps on such a CPU, docs/results.md), float32 elsewhere
+    # (emulated bf16 is several times slower than float32). Resolved when training starts.
+    bf16: bool | None = None
+    threads: int | None = None  # torch intra-op threads; None: this process's share of the physical cores
     out: str = "runs/micronet"
 
     @classmethod
@@ -112,6 +118,73 @@ class TrainConfig:
             raise ValueError(f"teacher_weight: expected [0, 1], got {self.teacher_weight}")
         if self.batch < 1 or self.iterations < 0:
             raise ValueError("batch must be >= 1 and iterations >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: expected >= 1 or None (physical cores), got {self.threads}")
+
+
+def resolve_bf16(requested: bool | None, device_type: str, native: bool) -> tuple[bool, str]:
+    """Whether to autocast to bfloat16, and why (for the log and the provenance).
+
+    Args:
+        requested: ``TrainConfig.bf16``: ``True``/``False`` wins; ``None`` chooses bf16
+            exactly where it is native.
+        device_type: ``"cpu"``, ``"cuda"``, ...
+        native: whether the device computes bfloat16 in hardware (see
+            :func:`native_bf16`).
+    """
+    if requested is not None:
+        slow = requested and not native
+        return requested, "as configured" + (f" although this {device_type} has no native bfloat16" if slow else "")
+    if native:
+        return True, f"auto: this {device_type} computes bfloat16 natively"
+    if device_type == "cpu":
+        return False, "auto: this CPU has no AVX512_BF16 / AMX-BF16 (emulated bfloat16 is slower than float32)"
+    return False, f"auto: no native bfloat16 on this {device_type}"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where ``device`` computes bfloat16 in hardware: a CUDA device with bf16
+    (Ampere and later), or a CPU with AVX512_BF16, AMX-BF16 or aarch64's BF16."""
+    if device.type == "cuda":
+        try:  # torch >= 2.4 would otherwise count emulated bf16 (pre-Ampere GPUs) as supported
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return machine.has_native_bf16()
+    return False
+
+
+def resolve_threads(requested: int | None, cores: int, local_world: int = 1) -> int:
+    """torch intra-op threads: ``requested``, else this process's share of ``cores``
+    physical cores (hyper-threads only contend for the same FMA units)."""
+    if requested is not None:
+        return requested
+    return max(1, cores // max(1, local_world))
+
+
+def resolve_machine_defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` with the machine-bound defaults (``bf16``, ``threads``) resolved on this
+    machine; logs what was chosen and why, and warns when an explicit bf16 will be
+    emulated. The returned config is the one the run stores in its checkpoints."""
+    native = native_bf16(device)
+    bf16, why = resolve_bf16(cfg.bf16, device.type, native)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    threads = resolve_threads(cfg.threads, machine.physical_cores(), local_world)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine.cpu_model()
+    log.info(
+        "precision: %s (%s); torch threads: %d (%s); memory format: %s (%s)",
+        "bfloat16 autocast" if bf16 else "float32", why,
+        threads, "as configured" if cfg.threads is not None else f"physical cores / {local_world} process(es)",
+        "channels-last" if cfg.channels_last else "NCHW", where,
+    )
+    if bf16 and not native:
+        log.warning(
+            "bf16=True on %s without native bfloat16 (%s): torch emulates it, several times slower than float32; "
+            "leave bf16 unset (auto) or pass --no-bf16",
+            device.type, where,
+        )
+    return replace(cfg, bf16=bf16, threads=threads)
 
 
 class _Sampler:
@@ -184,12 +257,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             config stored in it wins over ``cfg`` except for ``iterations`` and ``out``.
     """
     cfg.check()
+    requested = cfg  # as given: snapshots keep it, so a resumed run resolves on its own machine
     rank, world = _distributed()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    cfg = resolve_machine_defaults(cfg, device)  # from here on bf16 and threads are bools/ints
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
 
     # Data: the target set (train split, optionally a fraction), validation, auxiliary.
@@ -238,7 +312,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         min_distance=cfg.min_distance,
         target={"alpha": cfg.target_alpha, "radius": cfg.target_radius, "scale": cfg.target_scale},
         eval_radius=cfg.eval_radius,
-        provenance={"config": _jsonable(asdict(cfg)), "torch": torch.__version__, "host": platform.node()},
+        provenance=_provenance(cfg),
     )
     state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "last_change": 0, "lr": cfg.lr, "elapsed": 0.0}
     if resume:
@@ -248,6 +322,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         if aux_sampler and "aux_sampler" in saved:
             aux_sampler.restore(saved["aux_sampler"])
         info = ModelInfo.from_json(json.dumps(saved["info"]))
+        info.provenance.update(_provenance(cfg))  # this run's machine and resolved settings
         log.info("resumed from %s at iteration %d", resume, state["iteration"])
 
     log_path = out / "log.csv"
@@ -336,7 +411,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
 
         if rank == 0 and (it % cfg.snapshot_every == 0 or it == cfg.iterations or stop):
             log_file.flush()
-            extra = {"state": state, "sampler": sampler.state(), "info": json.loads(info.to_json()), "config": _jsonable(asdict(cfg))}
+            extra = {"state": state, "sampler": sampler.state(), "info": json.loads(info.to_json()), "config": _jsonable(asdict(requested))}
             if aux_sampler:
                 extra["aux_sampler"] = aux_sampler.state()
             save_snapshot(out / "last_snapshot.safetensors", model, optimizer, info, extra)
@@ -358,6 +433,16 @@ def _validation_inputs(val_set: PointDataset | None, model_mpp: float, radius: f
     factor = val_set.mpp / model_mpp
     pairs = [resample(im, pts, factor) for im, pts in zip(val_set.images, val_set.points)]
     return [p[0] for p in pairs], [p[1] for p in pairs], radius * factor
+
+
+def _provenance(cfg: TrainConfig) -> dict[str, Any]:
+    """What made a checkpoint: the resolved config, the software and the machine."""
+    return {
+        "config": _jsonable(asdict(cfg)),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "machine": machine.describe_machine(measure_peak=False),
+    }
 
 
 def _jsonable(obj: Any) -> Any:

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 
+_BOOL_HELP = {
+    "bf16": "bfloat16 autocast (default: on where the device computes bf16 natively, float32 elsewhere)",
+    "channels_last": "NHWC activations (default: off)",
+}
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train MicroNet on point-annotated images", description=__doc__)
     p.add_argument("--config", help="JSON file with TrainConfig fields")
@@ -24,15 +30,17 @@ def add_parser(subparsers: Any) -> None:
             p.add_argument(flag, type=int, nargs=4, default=None, metavar="C", help="channels of the 4 down blocks")
         elif f.name == "augment":
             p.add_argument(flag, type=json.loads, default=None, help="JSON dict of AugmentConfig overrides")
-        elif f.type in ("bool",) or isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.type in ("bool", "bool | None") or isinstance(f.default, bool):
+            # --bf16 / --no-bf16; neither given: None, the config file's or the default
+            # (for bf16: chosen from the hardware when training starts).
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_BOOL_HELP.get(f.name))
         else:
             kind = {int: int, float: float}.get(type(f.default), str)
             if f.name in ("data_mpp", "model_mpp", "aux_mpp"):
                 kind = float
             if f.name == "threads":
                 kind = int
-            p.add_argument(flag, type=kind, default=None)
+            p.add_argument(flag, type=kind, default=None, help="torch threads (default: physical cores)" if f.name == "threads" else None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -128,3 +128,100 @@ def test_bad_configs_are_refused(small_set, tmp_path, kw, text):
     with pytest.raises(ValueError, match="unknown training option"):
         TrainConfig.from_dict({"learning_rate": 0.1})
     json.dumps(TrainConfig().__dict__)  # the config is JSON-able as stored in snapshots
+
+
+# --- machine-bound defaults: bf16 and threads are chosen from the hardware -------------
+
+from micronet.runtime import machine  # noqa: E402
+from micronet.trainer.train import resolve_bf16, resolve_machine_defaults, resolve_threads  # noqa: E402
+
+AVX2_EPYC = frozenset({"avx", "avx2", "fma", "f16c"})  # e.g. AMD EPYC 7003: bf16 is emulated
+SAPPHIRE_RAPIDS = AVX2_EPYC | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+
+
+@pytest.mark.parametrize(
+    "requested, device, native, expected",
+    [
+        (None, "cpu", False, False),  # auto: emulated bf16 is slower than fp32
+        (None, "cpu", True, True),
+        (None, "cuda", True, True),
+        (None, "cuda", False, False),
+        (None, "mps", False, False),
+        (True, "cpu", False, True),  # an explicit value wins, even a slow one
+        (False, "cpu", True, False),
+        (False, "cuda", True, False),
+    ],
+)
+def test_bf16_auto_means_native_only_and_an_explicit_value_wins(requested, device, native, expected):
+    bf16, why = resolve_bf16(requested, device, native)
+    assert bf16 is expected
+    assert why.startswith("auto" if requested is None else "as configured")
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2_EPYC, False), (SAPPHIRE_RAPIDS, True), (AVX2_EPYC | {"avx512_bf16"}, True), (frozenset(), False)])
+def test_auto_bf16_on_the_cpu_follows_its_isa_flags(monkeypatch, caplog, flags, expected):
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
+    with caplog.at_level("INFO", logger="micronet.trainer.train"):
+        cfg = resolve_machine_defaults(TrainConfig(), torch.device("cpu"))
+    assert cfg.bf16 is expected
+    assert ("bfloat16 autocast" if expected else "float32") in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_explicit_bf16_on_a_cpu_without_it_runs_but_warns(monkeypatch, caplog):
+    monkeypatch.setattr(machine, "cpu_flags", lambda: AVX2_EPYC)
+    with caplog.at_level("INFO", logger="micronet.trainer.train"):
+        cfg = resolve_machine_defaults(TrainConfig(bf16=True), torch.device("cpu"))
+    assert cfg.bf16 is True
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "emulates" in warnings[0] and "--no-bf16" in warnings[0]
+
+
+def test_threads_default_to_this_process_share_of_the_physical_cores(monkeypatch):
+    assert resolve_threads(None, cores=8) == 8
+    assert resolve_threads(None, cores=8, local_world=4) == 2  # torchrun, 4 CPU processes
+    assert resolve_threads(None, cores=2, local_world=4) == 1
+    assert resolve_threads(3, cores=8, local_world=4) == 3
+    monkeypatch.setattr(machine, "physical_cores", lambda: 6)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_machine_defaults(TrainConfig(), torch.device("cpu")).threads == 6
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=0).check()
+
+
+def test_cli_leaves_bf16_to_the_hardware_unless_a_flag_is_given(monkeypatch):
+    import argparse
+
+    import micronet.trainer.train as train_module
+    from micronet.commands import train as train_command
+
+    def parse(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        train_command.add_parser(parser.add_subparsers(dest="command"))
+        return parser.parse_args(["train", *argv])
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, **kw: seen.append(cfg) or Path("best.safetensors"))
+    for argv, expected in [((), None), (("--bf16",), True), (("--no-bf16",), False)]:
+        args = parse(*argv)
+        assert args.bf16 is expected and args.threads is None
+        assert train_command.run(args) == 0
+        assert seen[-1].bf16 is expected and seen[-1].threads is None
+    assert TrainConfig().bf16 is None and TrainConfig().threads is None
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2_EPYC, False), (SAPPHIRE_RAPIDS, True)])
+def test_the_resolved_precision_and_threads_land_in_the_checkpoint(small_set, tmp_path, monkeypatch, flags, expected):
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
+    cfg = quick_config(small_set, tmp_path / "run", iterations=1, val_every=100, bf16=None, threads=None)
+    info = read_info(train(cfg, progress=False))
+    assert info.provenance["config"]["bf16"] is expected
+    assert info.provenance["config"]["threads"] == machine.physical_cores()
+    assert info.provenance["machine"]["cpu"] == machine.cpu_model()
+    # The snapshot keeps the request, so a run resumed on another machine resolves there.
+    from micronet.trainer.checkpoint import _metadata  # noqa: PLC2701
+
+    snapshot = json.loads(_metadata(tmp_path / "run" / "last_snapshot.safetensors")["micronet_snapshot"])
+    assert snapshot["config"]["bf16"] is None and snapshot["config"]["threads"] is None
+    assert snapshot["info"]["provenance"]["config"]["bf16"] is expected

@@ -18,6 +18,7 @@ COMMANDS = {
     "export": ("micronet.commands.export", "checkpoint -> ONNX (fp32, fp16, int8)"),
     "detect": ("micronet.commands.detect", "images or slides -> CSV, GeoJSON, overlay PNG"),
     "bench": ("micronet.commands.bench", "throughput of models or engines on this machine"),
+    "check": ("micronet.commands.check", "known-answer self-test of every backend on this machine"),
 }
 
 

@@ -1,0 +1,149 @@
+"""Known-answer self-test (micronet.runtime.check, ``micronet check``, ``verify=True``):
+exports carry reference results, every backend here agrees with them, and a perturbed
+model is caught."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micronet.cli import main
+from micronet.runtime.check import (
+    REFERENCE_FORMAT,
+    REFERENCE_KEY,
+    TOLERANCES,
+    VerificationError,
+    check_detector,
+    reference_images,
+    reference_of,
+)
+from micronet.runtime.detector import BUNDLED_MODELS, Detector, bundled_model
+
+
+@pytest.fixture(scope="module")
+def tiny_reference_model(tmp_path_factory, make_tiny_model) -> Path:
+    """A tiny random MicroNet exported to fp32 ONNX (with its reference results),
+    thresholded on the bundled sample so the reference images have detections."""
+    sample = reference_images()[0][1]
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_ref"), sample)[1]
+
+
+def _perturbed(src: Path, dst: Path, factor: float = 1.3) -> Path:
+    """A copy of ``src`` with one convolution's weights scaled in every branch; the
+    metadata (and so the reference results) unchanged."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    touched = 0
+
+    def visit(graph) -> None:
+        nonlocal touched
+        done = False
+        for init in graph.initializer:
+            values = numpy_helper.to_array(init)
+            if not done and values.dtype == np.float32 and values.ndim == 4 and values.shape[0] > 1:
+                init.CopyFrom(numpy_helper.from_array(values * np.float32(factor), init.name))
+                done = True
+                touched += 1
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+
+    visit(model.graph)
+    assert touched >= 1
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_exports_carry_reference_results_of_the_fp32_model(tiny_reference_model):
+    det = Detector(tiny_reference_model, device="cpu", threads=2)
+    ref = reference_of(det.backend)
+    assert ref["format"] == REFERENCE_FORMAT and REFERENCE_KEY in det.backend.metadata
+    assert ref["threshold"] == pytest.approx(det.info.threshold) and ref["min_distance"] == det.info.min_distance
+    boxes = [tuple(e["box"]) for e in ref["images"]]
+    assert boxes == [tuple(box) for box, _ in reference_images()]
+    # one crop on the aligned fast path, one odd-sized on the general path
+    assert any(b[2] % 8 == 0 and b[3] % 8 == 0 for b in boxes) and any(b[2] % 8 or b[3] % 8 for b in boxes)
+    assert all(len(e["xy"]) > 20 for e in ref["images"])
+
+
+def test_fp32_export_agrees_with_its_reference_on_this_cpu(tiny_reference_model):
+    result = check_detector(Detector(tiny_reference_model, device="cpu", threads=2), repeats=1)
+    assert result.status == "agrees", result
+    assert result.max_abs_map <= 1e-3 and result.found_1px == 1.0 and result.f1 == 1.0
+    assert result.megapixels_per_s > 0 and result.device
+
+
+def test_a_perturbed_model_disagrees(tiny_reference_model, tmp_path):
+    bad = _perturbed(tiny_reference_model, tmp_path / "perturbed.onnx")
+    result = check_detector(Detector(bad, device="cpu", threads=2), repeats=1)
+    assert result.status == "DISAGREES" and not result.ok
+    assert result.max_abs_map > TOLERANCES["fp32"].max_abs_map
+    assert any("max |Δ map|" in p for p in result.problems)
+
+
+def test_cli_check_exits_0_when_all_agree_and_1_when_one_disagrees(tiny_reference_model, tmp_path, capsys):
+    bad = _perturbed(tiny_reference_model, tmp_path / "perturbed.onnx")
+    report = tmp_path / "check.json"
+    assert main(["check", str(tiny_reference_model), "--device", "cpu", "--repeat", "1", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "| model | backend |" in out and "agrees" in out and "machine:" in out
+    payload = json.loads(report.read_text())
+    assert payload["machine"]["cpu"] and payload["results"][0]["status"] == "agrees"
+    assert main(["check", str(tiny_reference_model), str(bad), "--device", "cpu", "--repeat", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "DISAGREES" in out and "1 of 2 backend runs agree" in out
+
+
+def test_verify_true_refuses_a_disagreeing_backend(tiny_reference_model, tmp_path):
+    Detector(tiny_reference_model, device="cpu", threads=2, verify=True)  # agrees: loads
+    bad = _perturbed(tiny_reference_model, tmp_path / "perturbed.onnx")
+    with pytest.raises(VerificationError, match="disagrees with its reference results: max"):
+        Detector(bad, device="cpu", threads=2, verify=True)
+
+
+def test_a_model_without_reference_results_gets_a_clear_error(tiny_reference_model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(tiny_reference_model))
+    keep = [p for p in model.metadata_props if p.key != REFERENCE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    with pytest.raises(ValueError, match="carries no reference results.*re-export"):
+        check_detector(Detector(tmp_path / "old.onnx", device="cpu", threads=2))
+
+
+def test_a_reference_for_other_pixels_is_refused(tiny_reference_model):
+    det = Detector(tiny_reference_model, device="cpu", threads=2)
+    ref = json.loads(json.dumps(reference_of(det.backend)))
+    ref["images"][0]["pixels_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="differs from this installation's bundled sample"):
+        check_detector(det, reference=ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BUNDLED_MODELS))
+def test_bundled_models_agree_with_their_references_on_this_cpu(name):
+    """The promise of one model on every CPU: the bundled models, on whatever CPU runs
+    the tests (AVX2 only, AVX-512, VNNI, AMX), stay within their precision's tolerance."""
+    result = check_detector(Detector(name, device="cpu"), repeats=1)
+    assert result.status == "agrees", result
+    tol = TOLERANCES[result.precision]
+    assert result.f1 >= tol.min_f1 and result.found_1px >= tol.min_found
+
+
+def test_bundled_int8_weights_fit_in_7_bits():
+    """No u8×s8 pair sum can saturate 16 bits (2·255·64 = 32640): the property that makes
+    int8 results the same with and without VNNI, read from the artifact itself."""
+    pytest.importorskip("onnx")
+    from micronet.export.onnx import int8_weight_range
+
+    for name, file in BUNDLED_MODELS.items():
+        if ".int8." in file:
+            lo, hi = int8_weight_range(bundled_model(name))
+            assert -64 <= lo < 0 < hi <= 64, (name, lo, hi)

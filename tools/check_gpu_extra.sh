@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs the `gpu` extra of pyproject.toml into a fresh venv without torch and checks
+# that `export-engine --help` and every GPU-side module import with what it brings.
+#
+#   tools/check_gpu_extra.sh [VENV_DIR]        (default .venv-gpu)
+#
+# TensorRT's libraries (tensorrt-cu12-libs) are on NVIDIA's index only; PyPI has a stub
+# that downloads them from pypi.nvidia.com at install time. Where that host is reachable
+# (a user's machine) the whole extra installs with `pip install ".[gpu]"`; where it is
+# not (CI), set MICRONET_SKIP_TENSORRT=1 (the default here when pypi.nvidia.com does not
+# answer) and the rest of the extra is installed and checked.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv-gpu}"
+
+rm -rf "$venv"
+python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install --quiet --upgrade pip
+
+if [[ -z "${MICRONET_SKIP_TENSORRT:-}" ]]; then
+    if "$py" -c "import urllib.request; urllib.request.urlopen('https://pypi.nvidia.com', timeout=5)" 2>/dev/null; then
+        MICRONET_SKIP_TENSORRT=0
+    else
+        MICRONET_SKIP_TENSORRT=1
+    fi
+fi
+
+if [[ "$MICRONET_SKIP_TENSORRT" == 1 ]]; then
+    # The extra's requirements, read from pyproject.toml, less TensorRT.
+    mapfile -t reqs < <("$py" - <<'EOF'
+import tomllib
+extra = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]
+assert any(r.startswith("tensorrt") for r in extra), "the gpu extra must ask for TensorRT"
+print("\n".join(r for r in extra if not r.startswith("tensorrt")))
+EOF
+)
+    echo "check_gpu_extra: pypi.nvidia.com is out of reach; installing the gpu extra without TensorRT: ${reqs[*]}"
+    "$py" -m pip install --quiet . "${reqs[@]}"
+else
+    "$py" -m pip install --quiet ".[gpu]"
+fi
+
+"$venv/bin/export-engine" --help >/dev/null
+"$py" - <<EOF
+import importlib, sys
+# What export-engine and the GPU runtime import, TensorRT aside when it was skipped.
+for name in ("micronet.export.engine", "micronet.runtime.backends.tensorrt", "micronet.runtime.engine_cache",
+             "micronet.commands.check", "onnx", "onnxruntime", "cupy", "cuda.bindings.runtime"):
+    importlib.import_module(name)
+if "$MICRONET_SKIP_TENSORRT" != "1":
+    importlib.import_module("tensorrt")
+import onnxruntime
+assert "CUDAExecutionProvider" in onnxruntime.get_available_providers(), (
+    "the gpu extra installed an ONNX Runtime without the CUDA provider: " + onnxruntime.__file__)
+assert "torch" not in sys.modules, "the GPU path imported torch"
+print("check_gpu_extra: export-engine --help and the GPU modules import without torch",
+      "(TensorRT skipped: pypi.nvidia.com unreachable)" if "$MICRONET_SKIP_TENSORRT" == "1" else "(TensorRT included)")
+EOF

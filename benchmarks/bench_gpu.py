@@ -1,16 +1,29 @@
-"""GPU inference: TensorRT FP16 vs ONNX Runtime (CUDA execution provider) vs torch CUDA on
-the same model, at 512² and 2048², batch 1 and 4, with the peak finder on the device
-(``find_peaks_cuda`` on the map the engine left on the GPU) and on the host (copy the map
-back, then ``find_peaks``). Writes results/gpu.json and results/gpu.md.
+"""GPU inference: TensorRT fp16 against ONNX Runtime's CUDA provider (fp32) and torch CUDA
+eager (fp32, and fp16 autocast), on the same images, end to end and model only.
+Writes results/gpu.json and results/gpu.md.
 
-    python benchmarks/bench_gpu.py --checkpoint model.safetensors
-    python benchmarks/bench_gpu.py --onnx-fp16 model.fp16.onnx --onnx-fp32 model.onnx [--engine model.engine]
+    python benchmarks/bench_gpu.py [--images 16] [--large 4] [--repeat 3] [--device 0]
+        [--onnx-fp16 M.fp16.onnx] [--onnx-fp32 M.onnx] [--checkpoint M.safetensors]
 
-Missing ONNX files are exported from the checkpoint; without a checkpoint a randomly
-initialised ``micronet`` stands in (timings only; the JSON says so). The TensorRT engine is
-built from the fp16 ONNX unless ``--engine`` names one. Rows whose software is missing
-(TensorRT, ONNX Runtime's CUDA provider, torch with CUDA) are skipped and listed. On a
-machine without a CUDA device the script prints "skipped: no CUDA device" and exits 0.
+Models: the bundled default model, by default. TensorRT runs an fp16 engine built from
+the fp16 export through the engine cache, exactly as ``Detector("default",
+backend="tensorrt")`` does (built on first use within a bounded profile, N×H×W from
+1×64×64 to 4×1024×1024, tuned for 2×1024×1024, so the build takes minutes; later runs
+load it); ONNX Runtime runs the fp32 export with its CUDA provider; torch runs the
+checkpoint (``trainer/pretrained/``) eagerly, in fp32 and under fp16 autocast.
+
+Images: ``--images`` CRCHisto images (500², 20×; the bundled 512² sample and its flips
+when ``../shared/data`` is absent), detected with ``detect_batch``, and ``--large``
+2048² images tiled from them, each detected alone (3 × 3 tiles of 1024²). End to end
+is ``Detector`` from uint8 pixels in host memory to detections (upload, inference,
+peaks on the GPU, one copy of the peak list per tile); model only is the backend's
+``infer`` on a 1024² batch of 1 and of 4, the map left on the GPU. Best of
+``--repeat`` passes after a warm-up. Detections of every engine are compared with ONNX
+Runtime fp32 (F1 within 3 px).
+
+Without a CUDA GPU the script says why and exits with status 1. Engines whose software
+is missing (TensorRT, ONNX Runtime's CUDA provider, torch with CUDA) are skipped and
+listed.
 """
 
 from __future__ import annotations
@@ -22,313 +35,310 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time, write_results  # noqa: E402
 
-from micronet.runtime.peaks import find_peaks  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+CHECKPOINT = REPO / "trainer" / "pretrained" / "micronet_crchisto.safetensors"
+LARGE = 2048
+MODEL_BATCHES = (1, 4)  # model-only timings: (N, 1024, 1024, 3) batches
+MODEL_SIZE = 1024
+
+TRT = "TensorRT fp16"
+ORT = "ONNX Runtime CUDA fp32"
+TORCH32 = "torch CUDA eager fp32"
+TORCH16 = "torch CUDA eager fp16 autocast"
+REFERENCE = ORT
+
+log = logging.getLogger("bench_gpu")
 
 
-def cuda_unavailable() -> str | None:
+def no_gpu_reason() -> str | None:
     """Why this machine cannot run the benchmark, or None when it can."""
     try:
         import cupy
     except ImportError:
-        cupy = None
-    if cupy is not None:
-        try:
-            if cupy.cuda.runtime.getDeviceCount() > 0:
-                return None
-        except cupy.cuda.runtime.CUDARuntimeError:
-            pass
-        return "no CUDA device"
+        return "CuPy is not installed (pip install 'micronet-sdk[gpu]'); the GPU peak finder and TensorRT need it"
     try:
-        import torch
-
-        has_device = torch.cuda.is_available()
-    except ImportError:
-        has_device = False
-    if has_device:
-        return "CuPy not installed (pip install 'micronet-sdk[gpu]'); the GPU peak finder and the TensorRT backend need it"
-    return "no CUDA device"
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        return f"no CUDA device ({exc})"
+    return None if count > 0 else "no CUDA device"
 
 
-def he_like(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """(n, size, size, 3) uint8: pink background with nucleus-sized dark purple blobs."""
-    from scipy import ndimage as ndi
+# --- images ------------------------------------------------------------------------------
 
-    out = np.empty((n, size, size, 3), np.uint8)
-    for k in range(n):
-        mask = np.zeros((size, size), np.float32)
-        count = size * size // 400  # about one nucleus per 400 px², as in the H&E data
-        mask[rng.integers(0, size, count), rng.integers(0, size, count)] = 1.0
-        mask = np.clip(ndi.gaussian_filter(mask, 3.0) * 60.0, 0.0, 1.0)[..., None]
-        img = np.array([230.0, 170.0, 205.0]) * (1 - mask) + np.array([95.0, 55.0, 140.0]) * mask
-        out[k] = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+def source_images(count: int) -> tuple[list[np.ndarray], str]:
+    """``count`` H&E images at the model's pixel size and where they come from."""
+    from micronet.runtime.detector import bundled_sample, read_image
+
+    files = sorted((DATA / "crchisto" / "images").glob("*.png"))
+    if files:
+        return [read_image(f)[..., :3] for f in files[:count]], f"CRCHisto images ({DATA / 'crchisto'})"
+    sample = np.ascontiguousarray(read_image(bundled_sample())[..., :3])
+    variants = [sample, sample[::-1], sample[:, ::-1], sample[::-1, ::-1]]
+    variants += [np.ascontiguousarray(v.transpose(1, 0, 2)) for v in variants]
+    return [np.ascontiguousarray(variants[k % len(variants)]) for k in range(count)], "the bundled sample image, flipped and transposed"
+
+
+def large_images(images: list[np.ndarray], count: int, size: int = LARGE) -> list[np.ndarray]:
+    """``count`` ``size²`` images, each tiled from the small ones (real tissue throughout)."""
+    h = min(im.shape[0] for im in images)
+    w = min(im.shape[1] for im in images)
+    reps_y, reps_x = -(-size // h), -(-size // w)
+    out = []
+    for k in range(count):
+        tiles = [images[(k * reps_y * reps_x + i) % len(images)][:h, :w] for i in range(reps_y * reps_x)]
+        rows = [np.concatenate(tiles[r * reps_x : (r + 1) * reps_x], axis=1) for r in range(reps_y)]
+        out.append(np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size]))
     return out
 
 
-# --- artifacts ---------------------------------------------------------------------------
+# --- models ------------------------------------------------------------------------------
 
 
-def prepare_models(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Paths of the checkpoint and the fp16/fp32 ONNX files, exporting what is missing."""
-    notes = []
-    checkpoint = args.checkpoint
-    fp16, fp32 = args.onnx_fp16, args.onnx_fp32
-    if checkpoint is None and (fp16 is None or fp32 is None):
-        from micronet.runtime.model_info import ModelInfo
-        from micronet.trainer.checkpoint import save_checkpoint
-        from micronet.trainer.models import create_model
+def model_files(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The fp16 and fp32 ONNX files and the checkpoint (None when absent)."""
+    from micronet.runtime.detector import bundled_model
+    from micronet.runtime.engine_cache import bundled_engine_source
 
-        model = create_model("micronet")
-        info = ModelInfo(architecture=model.config_dict(), mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.5, threshold=1.0)
-        checkpoint = save_checkpoint(work / "random.safetensors", model, info)
-        notes.append("random weights (no --checkpoint): timings only, peak counts are not meaningful")
-    if fp16 is None or fp32 is None:
-        from micronet.export.onnx import export_onnx
+    checkpoint = args.checkpoint if args.checkpoint is not None else (CHECKPOINT if CHECKPOINT.is_file() else None)
+    fp32 = args.onnx_fp32 if args.onnx_fp32 is not None else bundled_model("default")
+    fp16, bundled16 = args.onnx_fp16, False
+    if fp16 is None:
+        try:
+            fp16, bundled16 = bundled_engine_source("default"), True
+        except FileNotFoundError:
+            if checkpoint is None:
+                raise
+            from micronet.export.onnx import export_onnx
 
-        if fp16 is None:
+            log.info("the bundled fp16 export is missing: exporting it from %s", checkpoint)
             fp16 = export_onnx(checkpoint, work / "model.fp16.onnx", "fp16")
-        if fp32 is None:
-            fp32 = export_onnx(checkpoint, work / "model.onnx", "fp32")
-    return {"checkpoint": checkpoint, "fp16": Path(fp16), "fp32": Path(fp32), "notes": notes}
+    return {"fp16": Path(fp16), "fp32": Path(fp32), "checkpoint": checkpoint, "bundled_fp16": bundled16}
 
 
-# --- runners: each maps an (N, S, S, 3) uint8 batch to (N, 1, S, S) maps ----------------
-# `device` runners return a CuPy array (the map stays on the GPU); `host` runners a NumPy one.
+class TorchBackend:
+    """The checkpoint in torch, eager, behind the ``Backend`` protocol: uint8 ``(N, H, W,
+    3)`` in, ``(N, 1, H, W)`` float32 out as a CuPy array sharing torch's memory."""
+
+    device = "cuda"
+
+    def __init__(self, checkpoint: Path, autocast: bool, device_id: int) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError("torch without CUDA")
+        from micronet.export.onnx import DeployableModel
+        from micronet.trainer.checkpoint import load_checkpoint
+
+        torch.backends.cudnn.benchmark = True
+        model, info = load_checkpoint(checkpoint)
+        self.info = info
+        self.name = "torch-cuda-fp16-autocast" if autocast else "torch-cuda-fp32"
+        self._torch = torch
+        self._device = torch.device("cuda", device_id)
+        self._autocast = autocast
+        # The network as trained (no folding), uint8 → normalised inside, as the exports.
+        self._net = DeployableModel(model, info.mean, info.std).to(self._device).eval()
+
+    def infer(self, batch: np.ndarray) -> Any:
+        import cupy
+
+        torch = self._torch
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
+            out = self._net(torch.from_numpy(np.ascontiguousarray(batch)).to(self._device))  # (N, 1, H, W) float32
+        torch.cuda.synchronize(self._device)  # complete, as the Backend protocol promises
+        return cupy.from_dlpack(out)  # zero-copy; keeps `out` alive
 
 
-def tensorrt_runner(engine: Path) -> tuple[Callable[[np.ndarray], Any], Any]:
-    from micronet.runtime.backends.tensorrt import TensorRTBackend
+def make_detectors(files: dict[str, Any], device_id: int, skipped: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
+    """name → ``Detector``; engines whose software is missing go to ``skipped``."""
+    from micronet.runtime.detector import Detector
 
-    backend = TensorRTBackend(engine)
-    return backend.infer, backend
+    detectors: dict[str, Any] = {}
+    device = f"cuda:{device_id}"
+    try:
+        import tensorrt
 
+        versions["tensorrt"] = tensorrt.__version__
+        t0 = time.perf_counter()
+        if files["bundled_fp16"]:
+            detectors[TRT] = Detector("default", backend="tensorrt", device=device)  # the user's path, cache included
+        else:
+            from micronet.runtime.engine_cache import cached_engine
 
-def ort_runners(onnx_path: Path) -> tuple[Callable[[np.ndarray], Any], Callable[[np.ndarray], Any]]:
-    """(map kept on the GPU through I/O binding, map returned to the host) on one session."""
-    import cupy
-    import onnxruntime as ort
+            detectors[TRT] = Detector(cached_engine(files["fp16"], device_id=device_id), device=device)
+        versions["tensorrt engine ready in"] = f"{time.perf_counter() - t0:.0f} s (built, or loaded from the cache)"
+    except ImportError as exc:
+        skipped[TRT] = str(exc)
+    try:
+        import onnxruntime
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise ImportError("ONNX Runtime without the CUDA execution provider (pip install onnxruntime-gpu)")
-    session = ort.InferenceSession(str(onnx_path), providers=[("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"])
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise ImportError(f"ONNX Runtime could not start its CUDA execution provider (got {session.get_providers()})")
+        versions["onnxruntime"] = onnxruntime.__version__
+        detectors[ORT] = Detector(files["fp32"], device=device)
+        if detectors[ORT].backend_name != "onnxruntime-cuda" or detectors[ORT].device != "cuda":
+            skipped[ORT] = f"ran as {detectors.pop(ORT).backend_name} (maps on the host): no CUDA provider or no CuPy"
+    except ValueError as exc:
+        skipped[ORT] = f"{exc} (pip install 'micronet-sdk[gpu]' installs onnxruntime-gpu)"
+    if files["checkpoint"] is None:
+        skipped[TORCH32] = skipped[TORCH16] = "no checkpoint (--checkpoint)"
+    else:
+        try:
+            import torch
 
-    def on_device(batch: np.ndarray) -> Any:
-        binding = session.io_binding()
-        binding.bind_cpu_input("image", batch)
-        binding.bind_output("proximity", "cuda", 0)
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        value = binding.get_outputs()[0]
-        shape = tuple(value.shape())
-        nbytes = int(np.prod(shape)) * 4  # float32
-        memory = cupy.cuda.UnownedMemory(value.data_ptr(), nbytes, value)  # keeps `value` alive
-        return cupy.ndarray(shape, cupy.float32, cupy.cuda.MemoryPointer(memory, 0))
-
-    def to_host(batch: np.ndarray) -> Any:
-        return session.run(["proximity"], {"image": batch})[0]
-
-    return on_device, to_host
-
-
-def torch_runner(checkpoint: Path, device_out: bool) -> Callable[[np.ndarray], Any]:
-    import cupy
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ImportError("torch without CUDA")
-    from micronet.export.onnx import DeployableModel, fold_batchnorm
-    from micronet.trainer.checkpoint import load_checkpoint
-
-    torch.backends.cudnn.benchmark = True
-    model, info = load_checkpoint(checkpoint)
-    # The same graph as the fp16 export: folded batch norms, fp16 compute, uint8 in.
-    net = DeployableModel(fold_batchnorm(model).half(), info.mean, info.std, dtype=torch.float16).cuda().eval()
-
-    @torch.inference_mode()
-    def run(batch: np.ndarray) -> Any:
-        out = net(torch.from_numpy(batch).cuda(non_blocking=False))  # (N, 1, H, W) float32
-        torch.cuda.synchronize()
-        return cupy.asarray(out) if device_out else out.cpu().numpy()
-
-    return run
+            versions["torch"] = torch.__version__
+            for name, autocast in ((TORCH32, False), (TORCH16, True)):
+                detectors[name] = Detector(backend=TorchBackend(files["checkpoint"], autocast, device_id))
+        except ImportError as exc:
+            skipped[TORCH32] = skipped[TORCH16] = str(exc)
+    return detectors
 
 
 # --- timing ------------------------------------------------------------------------------
 
 
-def time_variants(infer: Callable[[np.ndarray], Any], batch: np.ndarray, threshold: float, min_distance: int, repeat: int, on_device: bool) -> dict[str, Any]:
-    import cupy
+def time_detector(det: Any, images: list[np.ndarray], large: list[np.ndarray], repeat: int) -> dict[str, Any]:
+    def small_pass() -> list[Any]:
+        return det.detect_batch(images)
 
-    from micronet.runtime.peaks import find_peaks_cuda
+    def large_pass() -> list[Any]:
+        return [det.detect(image) for image in large]
 
-    def device_peaks() -> int:
-        maps = infer(batch)
-        return sum(len(find_peaks_cuda(maps[k], threshold, min_distance)[0]) for k in range(len(batch)))
-
-    def host_peaks() -> int:
-        maps = infer(batch)
-        host = cupy.asnumpy(maps) if isinstance(maps, cupy.ndarray) else maps
-        return sum(len(find_peaks(host[k], threshold, min_distance)[0]) for k in range(len(batch)))
-
-    row: dict[str, Any] = {"infer_ms": best_time(lambda: infer(batch), repeat, warmup=3) * 1e3}
-    row["peaks_host_ms"] = best_time(host_peaks, repeat) * 1e3
-    row["peaks_device_ms"] = best_time(device_peaks, repeat) * 1e3 if on_device else None
-    row["peaks"] = device_peaks() if on_device else host_peaks()
+    row: dict[str, Any] = {}
+    for key, run, imgs in (("images", small_pass, images), ("large", large_pass, large)):
+        if not imgs:
+            continue
+        seconds = best_time(run, repeat, warmup=1)
+        pixels = sum(im.shape[0] * im.shape[1] for im in imgs)
+        row[key] = {"seconds": seconds, "images_per_s": len(imgs) / seconds, "megapixels_per_s": pixels / 1e6 / seconds}
     return row
 
 
-def fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def time_model(det: Any, repeat: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in MODEL_BATCHES:
+        if n > det.batch_size:
+            continue
+        batch = rng.integers(0, 256, (n, MODEL_SIZE, MODEL_SIZE, 3), dtype=np.uint8)
+        out[f"{n}x{MODEL_SIZE}x{MODEL_SIZE}_ms"] = best_time(lambda: det.backend.infer(batch), repeat, warmup=2) * 1e3
+    return out
 
 
-def main() -> int:
+def agreement(found: list[Any], reference: list[Any]) -> dict[str, float]:
+    from micronet.runtime.matching import evaluate_points
+
+    tp = fp = fn = 0
+    for f, r in zip(found, reference):
+        m = evaluate_points(f.xy, r.xy, radius=3.0)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+    return {"f1_vs_reference": 2 * tp / max(1, 2 * tp + fp + fn), "detections": tp + fp, "reference_detections": tp + fn}
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="a MicroNet .safetensors checkpoint (needed for the torch rows)")
-    parser.add_argument("--onnx-fp16", type=Path, help="fp16 ONNX export (default: exported from the checkpoint)")
-    parser.add_argument("--onnx-fp32", type=Path, help="fp32 ONNX export (default: exported from the checkpoint)")
-    parser.add_argument("--engine", type=Path, help="a TensorRT engine built for this GPU (default: built from --onnx-fp16)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="square image sizes (default 512 2048)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes (default 1 4)")
-    parser.add_argument("--repeat", type=int, default=10, help="timed calls per measurement; the best counts")
-    parser.add_argument("--quick", action="store_true", help="512² only, 3 repeats")
-    parser.add_argument("--threshold", type=float, help="peak threshold (default: the model's ξ; random weights: the map's 98th percentile)")
-    args = parser.parse_args()
+    parser.add_argument("--images", type=int, default=16, help="small (500²) images, detected as one batch list (default 16)")
+    parser.add_argument("--large", type=int, default=4, help=f"{LARGE}² images, each detected alone (default 4)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    parser.add_argument("--device", type=int, default=0, help="the CUDA device (default 0)")
+    parser.add_argument("--onnx-fp16", type=Path, help="fp16 export for TensorRT (default: the bundled one)")
+    parser.add_argument("--onnx-fp32", type=Path, help="fp32 export for ONNX Runtime (default: the bundled default model)")
+    parser.add_argument("--checkpoint", type=Path, help=f"checkpoint for torch (default: {CHECKPOINT.relative_to(REPO)})")
+    args = parser.parse_args(argv)
+    if min(args.images, args.large) < 0 or args.images + args.large < 1 or args.repeat < 1:
+        parser.error("--images and --large must be >= 0 (not both 0), --repeat >= 1")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    reason = cuda_unavailable()
+    reason = no_gpu_reason()
     if reason is not None:
-        print(f"skipped: {reason}")
-        return 0
+        print(f"bench_gpu: cannot run: {reason}", file=sys.stderr)
+        return 1
+
     import cupy
 
-    from micronet.runtime.backends.tensorrt import cuda_device_properties
+    from micronet.runtime.machine import describe_machine
 
-    sizes = [512] if args.quick else sorted(args.sizes)
-    batches = sorted(args.batches)
-    repeat = 3 if args.quick else args.repeat
-    gpu_name, cc = cuda_device_properties(0)
+    machine = describe_machine()
     versions: dict[str, str] = {"cupy": cupy.__version__}
     skipped: dict[str, str] = {}
+    images, source = source_images(args.images) if args.images else source_images(1)
+    large = large_images(images, args.large)
+    if not args.images:
+        images = []
 
     with tempfile.TemporaryDirectory(prefix="micronet-bench-gpu-") as tmp:
-        work = Path(tmp)
-        models = prepare_models(args, work)
-        from micronet.export.engine import read_onnx_info
+        files = model_files(args, Path(tmp))
+        detectors = make_detectors(files, args.device, skipped, versions)
+        if not detectors:
+            print(f"bench_gpu: no GPU engine could run: {json.dumps(skipped, indent=1)}", file=sys.stderr)
+            return 1
+        rows: dict[str, dict[str, Any]] = {}
+        found: dict[str, list[Any]] = {}
+        for name, det in detectors.items():
+            t0 = time.perf_counter()
+            found[name] = det.detect_batch(images) if images else [det.detect(im) for im in large]
+            rows[name] = {"backend": det.backend_name, "tile_size": det.tile_size, "batch_size": det.batch_size}
+            rows[name]["end_to_end"] = time_detector(det, images, large, args.repeat)
+            rows[name]["model_only"] = time_model(det, args.repeat)
+            log.info("%s: done in %.0f s", name, time.perf_counter() - t0)
+        reference = REFERENCE if REFERENCE in found else next(iter(found))
+        for name in rows:
+            rows[name]["agreement"] = agreement(found[name], found[reference])
+        for det in detectors.values():
+            close = getattr(det.backend, "close", None)
+            if close is not None:
+                close()
 
-        info = read_onnx_info(models["fp16"])
-
-        runners: dict[str, tuple[Callable[[np.ndarray], Any], bool]] = {}  # name -> (infer, map stays on device)
-        closers = []
-        try:
-            import tensorrt
-
-            versions["tensorrt"] = tensorrt.__version__
-            engine = args.engine
-            if engine is None:
-                from micronet.export.engine import build_engine
-
-                engine = build_engine(
-                    models["fp16"], work / "model.engine", min_shape=(1, sizes[0], sizes[0]),
-                    opt_shape=(batches[-1], sizes[-1], sizes[-1]), max_shape=(batches[-1], sizes[-1], sizes[-1]),
-                    timing_cache=work / "timing.cache",
-                )
-            trt_infer, trt_backend = tensorrt_runner(engine)
-            closers.append(trt_backend.close)
-            runners["TensorRT fp16"] = (trt_infer, True)
-        except ImportError as exc:
-            skipped["TensorRT fp16"] = str(exc)
-        try:
-            import onnxruntime
-
-            versions["onnxruntime"] = onnxruntime.__version__
-            for precision in ("fp16", "fp32"):
-                on_device, to_host = ort_runners(models[precision])
-                runners[f"ORT CUDA {precision}"] = (on_device, True)
-                runners[f"ORT CUDA {precision} (host output)"] = (to_host, False)
-        except ImportError as exc:
-            skipped["ONNX Runtime CUDA"] = str(exc)
-        if models["checkpoint"] is not None:
-            try:
-                import torch
-
-                versions["torch"] = torch.__version__
-                runners["torch CUDA fp16"] = (torch_runner(models["checkpoint"], device_out=True), True)
-            except ImportError as exc:
-                skipped["torch CUDA fp16"] = str(exc)
-        else:
-            skipped["torch CUDA fp16"] = "needs --checkpoint"
-
-        rng = np.random.default_rng(0)
-        data = {(s, b): he_like(rng, b, s) for s in sizes for b in batches}
-        threshold = args.threshold
-        if threshold is None:
-            threshold = float(info.threshold)
-            if models["notes"]:
-                reference = next(iter(runners.values()))[0](data[(sizes[0], batches[0])])
-                reference = cupy.asnumpy(reference) if isinstance(reference, cupy.ndarray) else reference
-                threshold = float(np.percentile(reference, 98))
-
-        # Parity of the engine with ONNX Runtime fp32 on the smallest batch.
-        parity = None
-        if "TensorRT fp16" in runners and "ORT CUDA fp32 (host output)" in runners:
-            batch = data[(sizes[0], batches[0])]
-            a = cupy.asnumpy(runners["TensorRT fp16"][0](batch))
-            b = runners["ORT CUDA fp32 (host output)"][0](batch)
-            parity = {"max_abs_diff": float(np.abs(a - b).max()), "map_range": float(b.max() - b.min())}
-
-        rows = []
-        for name, (infer, on_device) in runners.items():
-            for s in sizes:
-                for b in batches:
-                    t0 = time.perf_counter()
-                    row = {"backend": name, "size": s, "batch": b}
-                    row.update(time_variants(infer, data[(s, b)], threshold, info.min_distance, repeat, on_device))
-                    best = row["peaks_device_ms"] if row["peaks_device_ms"] is not None else row["peaks_host_ms"]
-                    row["images_per_s"] = b / (best / 1e3)
-                    row["megapixels_per_s"] = b * s * s / 1e6 / (best / 1e3)
-                    rows.append(row)
-                    print(f"{name} {s}² ×{b}: {fmt(row['infer_ms'])} ms ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-        for close in closers:
-            close()
-
+    gpu = next((g for g in machine.get("gpus", []) if g.get("index") == str(args.device)), {})
     lines = [
         "## GPU inference",
         "",
-        f"{gpu_name} (sm_{cc.replace('.', '')}); " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
-        f"Synthetic H&E-like images, peak threshold {threshold:.4g}, min distance {info.min_distance}. "
-        f"Time per batch: best of {repeat} calls, host uint8 pixels in, peaks out, in milliseconds.",
+        f"GPU {args.device}: {gpu.get('name', '?')} (sm_{str(gpu.get('compute_capability', '?')).replace('.', '')}); "
+        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        + ".",
+        f"Images: {len(images)} from {source}, detected with `detect_batch`; {len(large)} of {LARGE}² tiled from them, "
+        f"each detected alone. End to end = `Detector` from host uint8 pixels to detections; model only = the backend's "
+        f"`infer` on a {MODEL_SIZE}² batch, the map left on the GPU. Best of {args.repeat} after a warm-up.",
         "",
-        "| backend | size | batch | infer (ms) | + peaks on GPU (ms) | + copy + CPU peaks (ms) | images/s | MP/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| engine | backend | images/s ({len(images)} small) | MP/s (small) | MP/s ({LARGE}²) | model 1×{MODEL_SIZE}² (ms) | "
+        f"model 4×{MODEL_SIZE}² (ms) | F1 vs {reference} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for name, row in rows.items():
+        e2e, model = row["end_to_end"], row["model_only"]
         lines.append(
-            f"| {r['backend']} | {r['size']}² | {r['batch']} | {fmt(r['infer_ms'])} | {fmt(r['peaks_device_ms'])} | "
-            f"{fmt(r['peaks_host_ms'])} | {r['images_per_s']:.1f} | {r['megapixels_per_s']:.0f} |"
+            f"| {name} | {row['backend']} | {fmt(e2e.get('images', {}).get('images_per_s'))} | "
+            f"{fmt(e2e.get('images', {}).get('megapixels_per_s'))} | {fmt(e2e.get('large', {}).get('megapixels_per_s'))} | "
+            f"{fmt(model.get(f'1x{MODEL_SIZE}x{MODEL_SIZE}_ms'), 2)} | {fmt(model.get(f'4x{MODEL_SIZE}x{MODEL_SIZE}_ms'), 2)} | "
+            f"{row['agreement']['f1_vs_reference']:.4f} |"
         )
-    if parity is not None:
-        lines += ["", f"TensorRT fp16 vs ONNX Runtime fp32: max |Δ| {parity['max_abs_diff']:.3g} over a map range of {parity['map_range']:.3g}."]
+    if TRT in rows and reference in rows and reference != TRT:
+        for key in ("images", "large"):
+            a, b = rows[TRT]["end_to_end"].get(key), rows[reference]["end_to_end"].get(key)
+            if a and b:
+                lines.append(f"\nTensorRT fp16 end to end ({key}): {a['megapixels_per_s'] / b['megapixels_per_s']:.2f}× {reference}.")
     for name, why in skipped.items():
         lines.append(f"\nSkipped {name}: {why}")
-    for note in models["notes"]:
-        lines.append(f"\nNote: {note}")
     payload = {
-        "gpu": {"name": gpu_name, "compute_capability": cc},
+        "machine": machine,
+        "device": args.device,
         "versions": versions,
-        "threshold": threshold,
-        "min_distance": info.min_distance,
-        "repeat": repeat,
-        "parity": parity,
+        "images": {"small": len(images), "large": len(large), "large_size": LARGE, "source": source},
+        "models": {k: str(v) if v is not None else None for k, v in files.items()},
+        "repeat": args.repeat,
+        "reference": reference,
         "skipped": skipped,
-        "notes": models["notes"],
         "rows": rows,
     }
     write_results("gpu", json.loads(json.dumps(payload, default=str)), "\n".join(lines))

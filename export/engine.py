@@ -2,12 +2,12 @@
 
     export-engine model.fp16.onnx -o model.engine [--min 1x256x256 --opt 4x1024x1024
         --max 8x2048x2048] [--workspace-gb 4] [--timing-cache FILE] [--version-compatible]
+        [--device N]
 
-The network is *strongly typed* wherever TensorRT offers it (TensorRT ≥ 10, the only
-mode in 11): every tensor keeps the type the ONNX graph gives it, so an fp16 export
-(``micronet export --precision fp16``: fp16 weights and compute, uint8 in, float32 out)
-becomes an fp16 engine without builder precision flags, and an fp32 export an fp32
-engine. Only a TensorRT without strong typing falls back to ``BuilderFlag.FP16``.
+Needs TensorRT 10 or later. The network is *strongly typed* (the only mode in TensorRT
+11): every tensor keeps the type the ONNX graph gives it, so an fp16 export (``micronet
+export --precision fp16``: fp16 weights and compute, uint8 in, float32 out) becomes an
+fp16 engine without builder precision flags, and an fp32 export an fp32 engine.
 
 Next to ``model.engine`` goes ``model.engine.json``: the model's ``ModelInfo``, the
 TensorRT version, the GPU's name and compute capability, the precision, the
@@ -21,6 +21,7 @@ name the GPU); never torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +36,8 @@ from typing import Any, Sequence
 from micronet.runtime.backends.tensorrt import (
     INPUT_NAME,
     OUTPUT_NAME,
+    check_device_id,
+    cuda_device,
     cuda_device_properties,
     import_tensorrt,
     sidecar_path,
@@ -173,10 +176,8 @@ def _parser_errors(parser: Any, onnx_path: Path) -> str:
 
 
 def _progress_monitor(trt: Any) -> Any:
-    """A ``trt.IProgressMonitor`` that logs the builder's phases (TensorRT ≥ 10), or None."""
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
+    """A ``trt.IProgressMonitor`` that logs the builder's phases."""
+    base = trt.IProgressMonitor
 
     class _LogProgress(base):  # type: ignore[misc, valid-type]
         # TensorRT calls these from its own threads.
@@ -234,9 +235,17 @@ class _Heartbeat:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # an interrupted build never leaves a half-written file
+    # A unique temporary name in the same directory, then one rename: an interrupted
+    # build never leaves a half-written file, and two builds never share a temp file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def build_engine(
@@ -248,8 +257,9 @@ def build_engine(
     workspace_gb: float = 4.0,
     timing_cache: str | Path | None = None,
     version_compatible: bool = False,
+    device_id: int = 0,
 ) -> Path:
-    """Builds a TensorRT engine for this machine's GPU (device 0) from an exported model.
+    """Builds a TensorRT engine for one of this machine's GPUs from an exported model.
 
     Args:
         onnx_path: a MicroNet ONNX export; fp16 (``micronet export --precision fp16``)
@@ -263,6 +273,8 @@ def build_engine(
             builds on the same GPU and TensorRT version take a fraction of the time.
         version_compatible: build an engine that later TensorRT releases can also run
             (TensorRT's version compatibility; may be slower).
+        device_id: the CUDA device to build for (and on): engines are specific to a GPU
+            model.
 
     Returns:
         ``output``, written.
@@ -271,12 +283,14 @@ def build_engine(
         ValueError: a bad profile, a file that is not a MicroNet export, or an ONNX
             graph TensorRT cannot parse (naming the failing node).
         FileNotFoundError: no file at ``onnx_path``.
-        ImportError: TensorRT (or CuPy / cuda-python to name the GPU) is missing.
-        RuntimeError: TensorRT failed to build (its last errors quoted).
+        ImportError: TensorRT (>= 10), or CuPy / cuda-python to name the GPU, is missing.
+        RuntimeError: TensorRT failed to build (its last errors quoted), or there is no
+            CUDA device ``device_id``.
     """
     lo, opt, hi = check_profile(min_shape, opt_shape, max_shape)
     if isinstance(workspace_gb, bool) or not isinstance(workspace_gb, (int, float)) or not workspace_gb > 0:
         raise ValueError(f"workspace_gb: expected a positive number of GiB, got {workspace_gb!r}")
+    device_id = check_device_id(device_id)
     trt = import_tensorrt("export-engine")
     onnx_path, output = Path(onnx_path), Path(output)
     if not onnx_path.is_file():
@@ -287,18 +301,56 @@ def build_engine(
             f"{onnx_path} is an int8 QDQ export, made for the CPU (uint8 activations TensorRT does not take); "
             "build the engine from `micronet export --precision fp16`"
         )
-    gpu_name, compute_capability = cuda_device_properties(0)
+    gpu_name, compute_capability = cuda_device_properties(device_id)
+    with cuda_device(device_id):  # the builder times kernels on the current device
+        serialized, timings, precision, seconds = _build(
+            trt, onnx_path, info, output, lo, opt, hi, workspace_gb, timing_cache, version_compatible, gpu_name, compute_capability
+        )
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(output, serialized)
+    if timing_cache is not None and timings is not None:
+        cache_path = Path(timing_cache)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(cache_path, timings)
+    info.precision = precision
+    sidecar = {
+        "micronet": json.loads(info.to_json()),
+        "tensorrt_version": trt.__version__,
+        "gpu_name": gpu_name,
+        "compute_capability": compute_capability,
+        "precision": precision,
+        "strongly_typed": True,
+        "profiles": [{"input": INPUT_NAME, "min": [*lo, 3], "opt": [*opt, 3], "max": [*hi, 3]}],
+        "version_compatible": bool(version_compatible),
+        "onnx": onnx_path.name,
+        "onnx_sha256": _sha256(onnx_path),
+    }
+    _write_atomic(sidecar_path(output), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    log.info("wrote %s (%.1f MB) and %s in %.0f s", output, output.stat().st_size / 1e6, sidecar_path(output).name, seconds)
+    return output
+
+
+def _build(
+    trt: Any,
+    onnx_path: Path,
+    info: ModelInfo,
+    output: Path,
+    lo: Shape,
+    opt: Shape,
+    hi: Shape,
+    workspace_gb: float,
+    timing_cache: str | Path | None,
+    version_compatible: bool,
+    gpu_name: str,
+    compute_capability: str,
+) -> tuple[bytes, bytes | None, str, float]:
+    """Parses and builds on the current CUDA device: ``(serialized engine, serialized
+    timing cache or None, precision, seconds)``."""
     logger = trt_logger(trt)
     logger.errors.clear()
-
     builder = trt.Builder(logger)
-    flag_enum = trt.NetworkDefinitionCreationFlag
-    strongly_typed = hasattr(flag_enum, "STRONGLY_TYPED")  # TensorRT >= 10 (always on in 11)
-    if strongly_typed:
-        network_flags = 1 << int(flag_enum.STRONGLY_TYPED)
-    else:  # TensorRT 8.x: explicit batch must be asked for
-        network_flags = 1 << int(flag_enum.EXPLICIT_BATCH) if hasattr(flag_enum, "EXPLICIT_BATCH") else 0
-    network = builder.create_network(network_flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     log.info("parsing %s", onnx_path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,21 +360,13 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if strongly_typed:
-        precision = info.precision
-        if precision == "fp32":
-            log.warning(
-                "%s is an fp32 export: a strongly typed build keeps its types, so the engine will compute in fp32 "
-                "(about half the speed of fp16); for an fp16 engine export with `micronet export --precision fp16`",
-                onnx_path,
-            )
-    else:
-        fp16 = getattr(trt.BuilderFlag, "FP16", None)
-        if fp16 is not None:
-            config.set_flag(fp16)
-            precision = "fp16"
-        else:
-            precision = info.precision
+    precision = info.precision  # a strongly typed build keeps the export's types
+    if precision == "fp32":
+        log.warning(
+            "%s is an fp32 export: a strongly typed build keeps its types, so the engine will compute in fp32 "
+            "(about half the speed of fp16); for an fp16 engine export with `micronet export --precision fp16`",
+            onnx_path,
+        )
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
@@ -339,8 +383,7 @@ def build_engine(
         config.set_timing_cache(cache, ignore_mismatch=False)
 
     monitor = _progress_monitor(trt)
-    if monitor is not None:
-        config.progress_monitor = monitor  # must outlive the build: `monitor` is held here
+    config.progress_monitor = monitor  # must outlive the build: `monitor` is held here
     log.info(
         "building a %s engine for %s (sm_%s) with TensorRT %s, N×H×W from %s to %s (opt %s); this takes minutes",
         precision, gpu_name, compute_capability.replace(".", ""), trt.__version__,
@@ -352,28 +395,8 @@ def build_engine(
         detail = "; ".join(logger.errors) or "no detail from TensorRT (run with -v)"
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path}: {detail}")
     seconds = time.monotonic() - beat.start
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output, bytes(serialized))
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-    info.precision = precision
-    sidecar = {
-        "micronet": json.loads(info.to_json()),
-        "tensorrt_version": trt.__version__,
-        "gpu_name": gpu_name,
-        "compute_capability": compute_capability,
-        "precision": precision,
-        "strongly_typed": strongly_typed,
-        "profiles": [{"input": INPUT_NAME, "min": [*lo, 3], "opt": [*opt, 3], "max": [*hi, 3]}],
-        "version_compatible": bool(version_compatible),
-        "onnx": onnx_path.name,
-        "onnx_sha256": _sha256(onnx_path),
-    }
-    _write_atomic(sidecar_path(output), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    log.info("wrote %s (%.1f MB) and %s in %.0f s", output, output.stat().st_size / 1e6, sidecar_path(output).name, seconds)
-    return output
+    timings = bytes(config.get_timing_cache().serialize()) if cache_path is not None else None
+    return bytes(serialized), timings, precision, seconds
 
 
 def _shape_arg(text: str) -> Shape:
@@ -402,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="builder scratch memory in GiB (default 4)")
     parser.add_argument("--timing-cache", type=Path, help="reuse and update kernel timings in this file (faster rebuilds)")
     parser.add_argument("--version-compatible", action="store_true", help="let later TensorRT releases run the engine (may be slower)")
+    parser.add_argument("--device", type=int, default=0, metavar="N", help="the CUDA device to build for (default 0)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages, TensorRT's included")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -416,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workspace_gb=args.workspace_gb,
             timing_cache=args.timing_cache,
             version_compatible=args.version_compatible,
+            device_id=args.device,
         )
     except (ImportError, ValueError, FileNotFoundError) as exc:
         # User errors: one clear line, no traceback.

@@ -70,7 +70,8 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 BUNDLED_MODELS = {"default": DEFAULT_MODEL, "fast-cpu": "micronet_crchisto_relu.int8.onnx"}
 SAMPLE_IMAGE = "sample.png"  # next to it
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt"}
-DEVICES = ("auto", "cpu", "cuda")
+# Device strings ``Detector(device=...)`` accepts: ``"cuda"`` is GPU 0, ``"cuda:N"`` GPU N.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
 # CPU backends: a batch does not raise convolution throughput on the CPU, but multiplies
@@ -235,29 +236,78 @@ def _resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
 # --- backends ------------------------------------------------------------------------
 
 
-def _create_backend(path: Path, kind: str | None, device: str, threads: int | None) -> Any:
-    suffix = path.suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
-        valid = ", ".join(f"{s} ({b})" for s, b in MODEL_SUFFIXES.items())
-        raise ValueError(f"model: expected a file ending in {valid}, got {path.name!r}")
-    expected = MODEL_SUFFIXES[suffix]
-    if kind is not None and kind != expected:
-        raise ValueError(f"backend={kind!r} cannot run {path.name!r}: {suffix} files run on the {expected!r} backend")
-    if expected == "onnxruntime":
-        from .backends.onnxruntime import OnnxRuntimeBackend
+def _parse_device(device: Any) -> tuple[str, int]:
+    """A ``device`` argument as ``(kind, GPU index)``: ``"auto"``, ``"cpu"`` and ``"cuda"``
+    → index 0, ``"cuda:N"`` → N."""
+    if isinstance(device, str):
+        if device in ("auto", "cpu", "cuda"):
+            return device, 0
+        index = device[len("cuda:") :] if device.startswith("cuda:") else ""
+        if index.isascii() and index.isdigit():
+            return "cuda", int(index)
+    raise ValueError(
+        f"device: expected one of {', '.join(repr(d) for d in DEVICES)} (N a GPU index: 0, 1, ...), got {device!r}"
+    )
 
-        return OnnxRuntimeBackend(path, device=device, threads=threads)
+
+def _bundled_name(path: Path) -> str | None:
+    """The :data:`BUNDLED_MODELS` name of ``path`` when it is a bundled model file."""
+    for name in BUNDLED_MODELS:
+        try:
+            bundled = bundled_model(name)
+        except FileNotFoundError:
+            continue
+        if path == bundled or (path.is_file() and path.resolve() == bundled.resolve()):
+            return name
+    return None
+
+
+def _check_tensorrt_options(device: str, threads: int | None) -> None:
     if device == "cpu":
-        raise ValueError("device='cpu': TensorRT engines run on CUDA GPUs only; use the .onnx model on the CPU")
+        raise ValueError("device='cpu': TensorRT runs on CUDA GPUs only; use the .onnx model on the CPU")
     if threads is not None:
-        raise ValueError("threads applies to the ONNX Runtime CPU provider only, not to TensorRT engines")
+        raise ValueError("threads applies to the ONNX Runtime CPU provider only, not to TensorRT")
+
+
+def _tensorrt_backend(engine: Path, device_id: int) -> Any:
     try:
         module = importlib.import_module("micronet.runtime.backends.tensorrt")
     except ModuleNotFoundError as exc:
         raise ImportError(
             f"TensorRT engines need TensorRT and the CUDA bindings: pip install 'micronet-sdk[gpu]' (missing: {exc.name})"
         ) from exc
-    return module.TensorRTBackend(path)
+    return module.TensorRTBackend(engine, device_id=device_id)
+
+
+def _create_backend(path: Path, kind: str | None, device: str, device_id: int, threads: int | None) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        valid = ", ".join(f"{s} ({b})" for s, b in MODEL_SUFFIXES.items())
+        raise ValueError(f"model: expected a file ending in {valid}, got {path.name!r}")
+    expected = MODEL_SUFFIXES[suffix]
+    if kind == "tensorrt" and expected == "onnxruntime":
+        # A bundled model on TensorRT: an fp16 engine built for this GPU on first use and
+        # cached (micronet.runtime.engine_cache); any other .onnx needs export-engine.
+        name = _bundled_name(path)
+        if name is None:
+            raise ValueError(
+                f"backend='tensorrt' cannot run {path.name!r}: {suffix} files run on the 'onnxruntime' backend; "
+                f"build an engine for this GPU with `export-engine {path.name}` (from an fp16 export) and pass the .engine, "
+                "or use the bundled model: Detector('default', backend='tensorrt')"
+            )
+        from .engine_cache import bundled_engine_source, cached_engine
+
+        source = bundled_engine_source(name)  # ValueError for a model TensorRT does not run
+        _check_tensorrt_options(device, threads)
+        return _tensorrt_backend(cached_engine(source, device_id=device_id), device_id)
+    if kind is not None and kind != expected:
+        raise ValueError(f"backend={kind!r} cannot run {path.name!r}: {suffix} files run on the {expected!r} backend")
+    if expected == "onnxruntime":
+        from .backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, device=device, threads=threads, device_id=device_id)
+    _check_tensorrt_options(device, threads)
+    return _tensorrt_backend(path, device_id)
 
 
 class Detector:
@@ -268,12 +318,19 @@ class Detector:
             (built on this GPU by ``export-engine``); ``None`` or ``"default"`` for the
             bundled default model; ``"fast-cpu"`` for the bundled CPU-fast variant
             (:data:`BUNDLED_MODELS`).
-        device: ``"auto"`` (the GPU when the backend can use one), ``"cpu"`` or
-            ``"cuda"``.
+        device: ``"auto"`` (GPU 0 when the backend can use one, else the CPU),
+            ``"cpu"``, ``"cuda"`` (GPU 0) or ``"cuda:N"`` (GPU N, for ONNX Runtime's
+            CUDA provider and TensorRT alike).
         backend: ``None`` to choose by the model's suffix; a backend name
             (``"onnxruntime"``, ``"tensorrt"``) to insist on one; or a ready object
             implementing :class:`micronet.runtime.backends.Backend` (then ``model``
-            must be ``None``).
+            must be ``None``). ``backend="tensorrt"`` with the bundled model (``None``
+            or ``"default"``) builds an fp16 engine for this GPU from the bundled fp16
+            export on first use (minutes, logged) and loads it from the user's cache
+            afterwards (:mod:`micronet.runtime.engine_cache`); ``"fast-cpu"`` is an
+            int8 CPU model and is refused. A CUDA backend with ``infer_async(batch,
+            block=...)`` (TensorRT) gets the next batch while the peaks of the last
+            are found.
         threshold: detection threshold ξ on the proximity map; default: the model's
             own (``ModelInfo.threshold``, chosen on validation data).
         min_distance: minimum distance between detections in model pixels; default: the
@@ -294,7 +351,8 @@ class Detector:
         FileNotFoundError: the model file (or the bundled model) is missing.
         ValueError: an unknown suffix (the message lists valid ones), a foreign model,
             an invalid or incompatible option.
-        ImportError: a ``.engine`` without TensorRT (names the ``micronet-sdk[gpu]`` extra).
+        ImportError: a ``.engine`` or ``backend="tensorrt"`` without TensorRT (names
+            the ``micronet-sdk[gpu]`` extra).
     """
 
     def __init__(
@@ -309,8 +367,7 @@ class Detector:
         batch_size: int | None = None,
         threads: int | None = None,
     ) -> None:
-        if device not in DEVICES:
-            raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        device, device_id = _parse_device(device)
         backend_names = sorted(set(MODEL_SUFFIXES.values()))
         if backend is None or isinstance(backend, str):
             if isinstance(backend, str) and backend not in backend_names:
@@ -320,7 +377,7 @@ class Detector:
             else:
                 raise TypeError(f"model: expected a path to an .onnx or .engine file or None, got {type(model).__name__}")
             self.model_path: Path | None = path
-            self.backend: Any = _create_backend(path, backend, device, threads)
+            self.backend: Any = _create_backend(path, backend, device, device_id, threads)
         elif isinstance(backend, Backend):
             if model is not None:
                 raise ValueError("give either model= or a Backend object as backend=, not both")
@@ -500,15 +557,44 @@ class Detector:
                 groups.setdefault(self._input_shape(tile), []).append((i, tile))
 
         found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
-        for jobs in groups.values():
-            for start in range(0, len(jobs), self.batch_size):
-                chunk = jobs[start : start + self.batch_size]
+        chunks = [jobs[start : start + self.batch_size] for jobs in groups.values() for start in range(0, len(jobs), self.batch_size)]
+
+        def collect(chunk: list[tuple[int, Tile]], maps: Any) -> None:
+            for k, (i, tile) in enumerate(chunk):
+                xy, scores = self._peaks(maps[k, 0])
+                found[i].append(keep_in_core(tile, xy, scores))
+
+        submit = getattr(self.backend, "infer_async", None) if self.backend.device == "cuda" else None
+        if submit is None:
+            for chunk in chunks:
                 batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
                 maps = self.backend.infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
-                for k, (i, tile) in enumerate(chunk):
-                    xy, scores = self._peaks(maps[k, 0])
-                    found[i].append(keep_in_core(tile, xy, scores))
+                collect(chunk, maps)
                 del maps  # releases a GPU map before the next batch is allocated
+        else:
+            # Two batches in flight: batch k+1 is uploaded and inferred on the GPU while
+            # the peaks of batch k are found (on the GPU too, then one small copy).
+            pending: tuple[list[tuple[int, Tile]], Any] | None = None  # (chunk, job)
+            try:
+                for chunk in chunks:
+                    batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
+                    # Never wait for a context while holding an unwaited job: two threads
+                    # doing so would each wait for the other's.
+                    job = submit(batch, block=pending is None)
+                    if job is None:  # all contexts busy (other threads): finish ours first
+                        done, pending = pending, None
+                        collect(done[0], done[1].wait())
+                        job = submit(batch, block=True)
+                    if pending is not None:
+                        done, pending = pending, None
+                        collect(done[0], done[1].wait())
+                    pending = (chunk, job)
+                if pending is not None:
+                    done, pending = pending, None
+                    collect(done[0], done[1].wait())
+            finally:
+                if pending is not None:
+                    pending[1].wait()  # hands its context back even when collecting failed
 
         results = []
         for image, mpp, scale, parts in zip(images, mpps, scales, found):
@@ -552,6 +638,8 @@ class Detector:
         return _resample(image, new_h, new_w), (new_w / w, new_h / h)
 
     def _peaks(self, prob_map: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Peaks of one ``(H, W)`` map where it lies: ``find_peaks_cuda`` on the map's
+        GPU (one copy of the peak list back), the native scan for a NumPy map."""
         if self.backend.device == "cuda":
             return find_peaks_cuda(prob_map, self.threshold, self.min_distance)
         return find_peaks(prob_map, self.threshold, self.min_distance)

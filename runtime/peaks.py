@@ -143,29 +143,59 @@ def _refine_from_patches(
     return out
 
 
-# One CUDA thread per pixel: the same test as the native CPU scan (value above the
-# threshold and no larger value in the clipped window), written as a flag per pixel.
+# One CUDA thread per pixel, the same test as the native CPU scan: a candidate's value
+# exceeds the threshold and no pixel of its clipped (2m+1)² window is larger (a larger
+# 4-neighbour rejects it cheaply first). Candidates go to a compact list through an atomic
+# counter, in no particular order. The map-wide facts the CPU scan gets from its min/max
+# and finiteness checks are folded in as flags, so nothing else reads the whole map:
+# header = [count, differs (some pixel != pixel 0), non-finite (a NaN or ±inf seen), 0].
 _CANDIDATE_KERNEL = r"""
-extern "C" __global__ void peak_candidates_{T}(const {T}* __restrict__ map, const long long height,
-        const long long width, const {T} threshold, const int m, unsigned char* __restrict__ flag) {{
+extern "C" __global__ void peak_candidates_TYPE(
+        const TYPE* __restrict__ map, const long long height, const long long width,
+        const TYPE threshold, const int m, const unsigned long long capacity,
+        unsigned long long* __restrict__ header, long long* __restrict__ flat,
+        TYPE* __restrict__ values) {
+    const long long n = height * width;
     const long long i = (long long)blockDim.x * blockIdx.x + threadIdx.x;
-    if (i >= height * width) return;
-    const {T} v = map[i];
-    unsigned char is_peak = 0;
-    if (v > threshold) {{
-        const long long y = i / width, x = i - y * width;
-        const long long y0 = y - m < 0 ? 0 : y - m, y1 = y + m >= height ? height - 1 : y + m;
-        const long long x0 = x - m < 0 ? 0 : x - m, x1 = x + m >= width ? width - 1 : x + m;
-        is_peak = 1;
-        for (long long yy = y0; yy <= y1 && is_peak; ++yy)
-            for (long long xx = x0; xx <= x1; ++xx)
-                if (map[yy * width + xx] > v) {{ is_peak = 0; break; }}
-    }}
-    flag[i] = is_peak;
-}}
+    const bool inside = i < n;
+    const TYPE v = inside ? map[i] : map[0];
+    // Comparisons only (no math library): false for NaN and for ±inf.
+    const bool finite = v >= -MAXV && v <= MAXV;
+    // One write per block, not per pixel: every thread reaches these barriers.
+    const int any_nonfinite = __syncthreads_or(inside && !finite);
+    const int any_differs = __syncthreads_or(inside && v != map[0]);
+    if (threadIdx.x == 0) {
+        if (any_nonfinite) header[2] = 1ULL;
+        if (any_differs) header[1] = 1ULL;
+    }
+    if (!inside || !finite || !(v > threshold)) return;
+    const long long y = i / width, x = i - y * width;
+    if ((x > 0 && map[i - 1] > v) || (x + 1 < width && map[i + 1] > v) ||
+        (y > 0 && map[i - width] > v) || (y + 1 < height && map[i + width] > v)) return;
+    const long long y0 = y - m < 0 ? 0 : y - m, y1 = y + m >= height ? height - 1 : y + m;
+    const long long x0 = x - m < 0 ? 0 : x - m, x1 = x + m >= width ? width - 1 : x + m;
+    for (long long yy = y0; yy <= y1; ++yy) {
+        const TYPE* row = map + yy * width;
+        for (long long xx = x0; xx <= x1; ++xx)
+            if (row[xx] > v) return;
+    }
+    const unsigned long long k = atomicAdd(header, 1ULL);
+    if (k < capacity) {
+        flat[k] = i;
+        values[k] = v;
+    }
+}
 """
+_MAX_FINITE = {"float": "3.402823466e+38f", "double": "1.7976931348623157e+308"}
+_BLOCK = 256  # threads per block (a multiple of the warp size)
+_HEADER_BYTES = 32  # four uint64: count, differs, non-finite, padding
+# Candidates the list holds before a second pass is needed: one per 64 pixels (a 1024²
+# tile: 16384, ~200 kB copied back), several times what a proximity map yields; at
+# least 1024. Larger counts (plateaus above the threshold) rerun with the exact size.
+_MIN_CAPACITY = 1024
+_PIXELS_PER_SLOT = 64
 
-_kernels: dict[str, Any] = {}
+_kernels: dict[tuple[int, str], Any] = {}
 
 
 def _cupy() -> Any:
@@ -179,10 +209,63 @@ def _cupy() -> Any:
 
 
 def _kernel(cupy: Any, ctype: str) -> Any:
-    if ctype not in _kernels:
-        source = _CANDIDATE_KERNEL.replace("{T}", ctype).replace("{{", "{").replace("}}", "}")
-        _kernels[ctype] = cupy.RawKernel(source, f"peak_candidates_{ctype}")
-    return _kernels[ctype]
+    # RawKernel compiles on first launch, for the device current then; one per device.
+    key = (cupy.cuda.Device().id, ctype)
+    if key not in _kernels:
+        source = _CANDIDATE_KERNEL.replace("TYPE", ctype).replace("MAXV", _MAX_FINITE[ctype])
+        _kernels[key] = cupy.RawKernel(source, f"peak_candidates_{ctype}")
+    return _kernels[key]
+
+
+def _candidates(cupy: Any, arr: Any, threshold: float, dist: int, stream: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Runs the candidate kernel on ``arr`` (a C-contiguous ``(H, W)`` float32/float64
+    CuPy map) and copies the header and the candidate list back in one transfer.
+
+    Returns:
+        ``(flat, values, differs)``: flat indices (int64, row-major order) and values of
+        the candidates, and whether the map is not constant.
+
+    Raises:
+        ValueError: the map holds NaN or infinite values.
+    """
+    h, w = (int(s) for s in arr.shape)
+    n = h * w
+    ctype = "float" if arr.dtype == cupy.float32 else "double"
+    itemsize = arr.dtype.itemsize
+    scalar = np.float32(threshold) if ctype == "float" else np.float64(threshold)
+    capacity = max(_MIN_CAPACITY, n // _PIXELS_PER_SLOT)
+    while True:
+        nbytes = _HEADER_BYTES + capacity * (8 + itemsize)
+        buf = cupy.empty((nbytes,), dtype=cupy.uint8)  # on `stream` (the caller's `with`)
+        header = buf[:_HEADER_BYTES].view(cupy.uint64)
+        flat_d = buf[_HEADER_BYTES : _HEADER_BYTES + capacity * 8].view(cupy.int64)
+        values_d = buf[_HEADER_BYTES + capacity * 8 :].view(arr.dtype)
+        header.fill(0)
+        grid = ((n + _BLOCK - 1) // _BLOCK,)
+        _kernel(cupy, ctype)(
+            grid, (_BLOCK,),
+            (arr, np.int64(h), np.int64(w), scalar, np.int32(dist), np.uint64(capacity), header, flat_d, values_d),
+        )
+        host = _pinned(nbytes)
+        buf.get(stream=stream, out=host)  # the one device-to-host copy; waits for the stream
+        count, differs, nonfinite, _ = (int(v) for v in host[:_HEADER_BYTES].view(np.uint64))
+        if nonfinite:
+            raise ValueError("prob_map: contains NaN or infinite values")
+        if count <= capacity:
+            break
+        capacity = count  # more candidates than room (wide plateaus): once more, exactly
+    flat = host[_HEADER_BYTES : _HEADER_BYTES + count * 8].view(np.int64).copy()
+    values = host[_HEADER_BYTES + capacity * 8 : _HEADER_BYTES + capacity * 8 + count * itemsize].view(arr.dtype.type).copy()
+    order = np.argsort(flat)  # the atomic counter's order → row-major, as select_peaks wants
+    return flat[order], values[order], bool(differs)
+
+
+def _pinned(nbytes: int) -> np.ndarray:
+    """A pinned host uint8 buffer (from CuPy's pinned pool): the copy into it is a
+    direct DMA, and it returns to the pool when dropped."""
+    import cupyx
+
+    return cupyx.empty_pinned((nbytes,), dtype=np.uint8)
 
 
 def find_peaks_cuda(
@@ -195,56 +278,58 @@ def find_peaks_cuda(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``find_peaks`` for a map already on the GPU, with identical output.
 
+    One kernel finds the candidates (the CPU scan's test, one thread per pixel) and
+    writes them, with the map's constant and non-finite flags, to a compact device
+    buffer; one device-to-host copy brings that back. The exact minimum-distance
+    selection among the (few) candidates runs on the host, as in :func:`find_peaks`.
+
     Args:
         prob_map: a CuPy ``(H, W)`` or ``(1, H, W)`` float32/float64/float16 array (or any
-            object CuPy accepts through ``__cuda_array_interface__``).
+            object CuPy accepts through ``__cuda_array_interface__``), on any device: the
+            work runs on the map's device.
         threshold, min_distance, subpixel: as in :func:`find_peaks`.
-        stream: the CuPy stream to run on (default: the current one).
+        stream: the CuPy stream to run on (default: the current one of the map's device).
 
     Returns:
         ``(xy, scores)`` as NumPy arrays, as :func:`find_peaks`. The map itself never
-        leaves the device: only the candidate positions and values are copied back.
+        leaves the device: only the candidate positions and values are copied back (and,
+        with ``subpixel``, their 3×3 neighbourhoods).
+
+    Raises:
+        ValueError: not an ``(H, W)`` map, or NaN/infinite values; bad parameters.
+        TypeError: a dtype other than float16/32/64.
     """
     from . import _native
 
     cupy = _cupy()
     thr, dist = _check_params(threshold, min_distance)
-    with (stream if stream is not None else cupy.cuda.get_current_stream()):
-        arr = cupy.asarray(prob_map)
-        if arr.ndim == 3 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim != 2:
-            raise ValueError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
-        if arr.dtype == cupy.float16:
-            arr = arr.astype(cupy.float32)
-        elif arr.dtype not in (cupy.float32, cupy.float64):
-            raise TypeError(f"prob_map: expected a float array, got dtype {arr.dtype}")
-        arr = cupy.ascontiguousarray(arr)
-        h, w = (int(s) for s in arr.shape)
-        if h == 0 or w == 0:
-            return np.zeros((0, 2), np.float32), np.zeros((0,), np.dtype(arr.dtype.name))
-        if not bool(cupy.isfinite(arr).all()):
-            raise ValueError("prob_map: contains NaN or infinite values")
-        ctype = "float" if arr.dtype == cupy.float32 else "double"
-        flag = cupy.empty((h, w), dtype=cupy.uint8)
-        n = h * w
-        block = 256
-        scalar = np.float32(thr) if ctype == "float" else np.float64(thr)
-        _kernel(cupy, ctype)(((n + block - 1) // block,), (block,), (arr, np.int64(h), np.int64(w), scalar, np.int32(dist), flag))
-        flat = cupy.flatnonzero(flag)  # row-major order
-        values = arr.reshape(-1)[flat]
-        # A constant map has no peaks (as in peak_local_max), unless it is one pixel.
-        constant = n > 1 and bool(arr.min() == arr.max())
-        flat_h = cupy.asnumpy(flat).astype(np.int64)
-        values_h = cupy.asnumpy(values)
-    if constant:
-        flat_h, values_h = flat_h[:0], values_h[:0]
-    select = _native.select_peaks_f32 if values_h.dtype == np.float32 else _native.select_peaks_f64
-    keep = select(flat_h, values_h, w, dist)
-    flat_h, scores = flat_h[keep], values_h[keep]
-    xy = _flat_to_xy(flat_h, w)
-    if subpixel and len(xy):
-        # Only the 3×3 neighbourhoods travel to the host.
-        rows, cols = np.divmod(flat_h, w)
-        xy = _refine_from_patches(_patches3x3(cupy, arr, rows, cols), xy, rows, cols, h, w)
+    arr = cupy.asarray(prob_map)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
+    if arr.dtype not in (cupy.float16, cupy.float32, cupy.float64):
+        raise TypeError(f"prob_map: expected a float array, got dtype {arr.dtype}")
+    h, w = (int(s) for s in arr.shape)
+    if h == 0 or w == 0:
+        dtype = np.float32 if arr.dtype == cupy.float16 else np.dtype(arr.dtype.name)
+        return np.zeros((0, 2), np.float32), np.zeros((0,), dtype)
+    with arr.device:  # kernels and copies run on the map's GPU
+        run_on = stream if stream is not None else cupy.cuda.get_current_stream()
+        with run_on:
+            if arr.dtype == cupy.float16:
+                arr = arr.astype(cupy.float32)  # exact, as find_peaks does
+            arr = cupy.ascontiguousarray(arr)
+            flat_h, values_h, differs = _candidates(cupy, arr, thr, dist, run_on)
+            # A constant map has no peaks (as in peak_local_max), unless it is one pixel.
+            if not differs and h * w > 1:
+                flat_h, values_h = flat_h[:0], values_h[:0]
+            select = _native.select_peaks_f32 if values_h.dtype == np.float32 else _native.select_peaks_f64
+            keep = select(flat_h, values_h, w, dist)
+            flat_h, scores = flat_h[keep], values_h[keep]
+            xy = _flat_to_xy(flat_h, w)
+            if subpixel and len(xy):
+                # Only the 3×3 neighbourhoods travel to the host.
+                rows, cols = np.divmod(flat_h, w)
+                xy = _refine_from_patches(_patches3x3(cupy, arr, rows, cols), xy, rows, cols, h, w)
     return xy, scores

@@ -52,6 +52,20 @@ def _import_cupy() -> Any:
     return cupy
 
 
+def _check_cuda_device(device_id: int) -> None:
+    """``ValueError`` when CuPy can count the GPUs and there is no GPU ``device_id``
+    (ONNX Runtime itself would only fail to create the session)."""
+    cupy = _import_cupy()
+    if cupy is None:
+        return
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver: the CUDA provider will not load either, and says so
+        return
+    if device_id >= count:
+        raise ValueError(f"device_id={device_id}: this machine has {count} CUDA device(s), numbered from 0")
+
+
 def _describe(args: list[Any]) -> str:
     return ", ".join(f"{a.name}: {a.type} {list(a.shape)}" for a in args) or "none"
 
@@ -65,6 +79,8 @@ class OnnxRuntimeBackend:
         device: ``"auto"`` (CUDA when ONNX Runtime has its CUDA provider and the
             provider loads, else CPU), ``"cpu"`` or ``"cuda"`` (an error without CUDA).
         threads: intra-op threads of the CPU provider; default: the physical cores.
+        device_id: the GPU the CUDA provider runs on (``Detector(device="cuda:N")``
+            passes N); the maps are bound to and wrapped on that GPU.
 
     Attributes:
         name: ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``.
@@ -81,9 +97,15 @@ class OnnxRuntimeBackend:
             provider.
     """
 
-    def __init__(self, path: str | PathLike[str], device: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | PathLike[str], device: str = "auto", threads: int | None = None, *, device_id: int = 0
+    ) -> None:
         if device not in DEVICES:
             raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+            raise ValueError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
+        if device == "cpu" and device_id != 0:
+            raise ValueError(f"device_id={device_id} selects a GPU, but device='cpu'")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads: expected an integer >= 1 or None, got {threads!r}")
         self.path = Path(path)
@@ -104,7 +126,9 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads if threads is not None else physical_cores()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; load failures surface as exceptions
-        providers: list[Any] = [(_CUDA_EP, {"device_id": 0}), _CPU_EP] if want_cuda else [_CPU_EP]
+        if want_cuda and (device == "cuda" or device_id > 0):
+            _check_cuda_device(device_id)
+        providers: list[Any] = [(_CUDA_EP, {"device_id": device_id}), _CPU_EP] if want_cuda else [_CPU_EP]
         self._session = self._load(ort, options, providers)
 
         self.info = self._check_signature()
@@ -118,7 +142,7 @@ class OnnxRuntimeBackend:
                     "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
                 )
             log.warning("%s: the CUDA execution provider did not load; running on the CPU", self.path.name)
-        self._device_id = 0
+        self._device_id = device_id
         self._cupy = _import_cupy() if cuda else None
         if cuda and self._cupy is None:
             log.info("CuPy is not installed: proximity maps are copied to the host (pip install 'micronet-sdk[gpu]')")

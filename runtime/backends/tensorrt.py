@@ -8,8 +8,17 @@ engine fails with a message that says how to rebuild it instead of a TensorRT cr
 The proximity map stays on the GPU: :meth:`TensorRTBackend.infer` returns a CuPy array
 that ``micronet.runtime.peaks.find_peaks_cuda`` consumes directly.
 
-TensorRT and CuPy are imported lazily; a missing one raises an ``ImportError`` naming
-``pip install 'micronet-sdk[gpu]'``. The helpers shared with the engine builder
+Work overlaps on the GPU. Each execution context ("slot") has its own CUDA stream for
+inference, a second stream for uploads, a reused pinned host buffer and a reused device
+buffer for the input, and two CUDA events that order them: the upload is recorded on the
+copy stream, the inference stream waits for it, and the caller waits for the inference's
+event. :meth:`TensorRTBackend.infer_async` submits a batch and returns at once, so a
+caller keeps two batches in flight (``Detector`` finds the peaks of one while the next
+runs). The slots live in a :class:`SlotPool`, which also makes ``close()`` safe while
+other threads wait for a slot or run a batch.
+
+TensorRT (>= 10) and CuPy are imported lazily; a missing one raises an ``ImportError``
+naming ``pip install 'micronet-sdk[gpu]'``. The helpers shared with the engine builder
 (``micronet.export.engine``) live here too, so the builder needs only this module,
 TensorRT and ONNX Runtime (no torch).
 """
@@ -17,13 +26,13 @@ TensorRT and ONNX Runtime (no torch).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 
@@ -31,6 +40,9 @@ from ..model_info import ModelInfo
 
 __all__ = [
     "TensorRTBackend",
+    "TensorRTJob",
+    "SlotPool",
+    "cuda_device",
     "check_engine_compatibility",
     "check_sidecar_fields",
     "read_sidecar",
@@ -46,6 +58,7 @@ INPUT_NAME = "image"  # as written by micronet.export.onnx
 OUTPUT_NAME = "proximity"
 SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
 REQUIRED_SIDECAR_FIELDS = ("micronet", "tensorrt_version", "gpu_name", "compute_capability")
+MIN_TENSORRT = (10, 0)  # strongly typed networks, named tensors and execute_async_v3
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,13 +66,24 @@ REQUIRED_SIDECAR_FIELDS = ("micronet", "tensorrt_version", "gpu_name", "compute_
 
 
 def import_tensorrt(purpose: str = "the TensorRT backend") -> Any:
-    """``import tensorrt`` or an ``ImportError`` naming the pip extra (one line)."""
+    """``import tensorrt`` (version 10 or later) or an ``ImportError`` naming the pip extra
+    (one line)."""
     try:
         import tensorrt
     except ImportError as exc:
         raise ImportError(
             f"{purpose} needs TensorRT: {GPU_EXTRA} (on a Jetson, TensorRT comes with JetPack)"
         ) from exc
+    version = str(getattr(tensorrt, "__version__", "unknown"))
+    try:
+        too_old = _major_minor(version, "TensorRT version") < MIN_TENSORRT
+    except ValueError:
+        too_old = True
+    if too_old:
+        raise ImportError(
+            f"{purpose} needs TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}, found {version}: "
+            f"{GPU_EXTRA} (on a Jetson, JetPack 6)"
+        )
     return tensorrt
 
 
@@ -108,6 +132,39 @@ def _cuda_python_runtime() -> Any:
         except ImportError as exc:
             raise ImportError(f"reading the GPU's name and compute capability needs CuPy or cuda-python: {GPU_EXTRA}") from exc
     return cudart
+
+
+def check_device_id(device_id: Any) -> int:
+    """``device_id`` as an ``int``; ``ValueError`` unless it is a GPU index ``>= 0``."""
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise ValueError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
+    return int(device_id)
+
+
+@contextlib.contextmanager
+def cuda_device(device_id: int) -> Iterator[None]:
+    """Makes ``device_id`` the current CUDA device inside the block (TensorRT builds
+    engines and creates execution contexts on the current device), then restores the
+    previous one. Uses CuPy, else the ``cuda-python`` runtime bindings."""
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    if cupy is not None:
+        with cupy.cuda.Device(device_id):
+            yield
+        return
+    cudart = _cuda_python_runtime()
+    err, previous = cudart.cudaGetDevice()
+    if int(err) != 0:
+        raise RuntimeError(f"no usable CUDA device: {err}")
+    (err,) = cudart.cudaSetDevice(device_id)
+    if int(err) != 0:
+        raise RuntimeError(f"no usable CUDA device {device_id}: {err}")
+    try:
+        yield
+    finally:
+        cudart.cudaSetDevice(previous)
 
 
 _TRT_LOGGER: Any = None
@@ -268,15 +325,195 @@ def check_engine_compatibility(
 
 
 # ---------------------------------------------------------------------------------------
+# The pool of execution contexts
+
+SlotT = TypeVar("SlotT")
+
+
+class SlotPool(Generic[SlotT]):
+    """Up to ``limit`` slots, each made on first need by ``make()`` and lent to one
+    caller at a time; the thread-safety of :class:`TensorRTBackend`.
+
+    A lent slot is *busy* from :meth:`acquire` until :meth:`detach` (a thread works with
+    its execution context), then *in flight* until :meth:`release` (GPU work queued on its
+    streams may still run, but no thread touches it). :meth:`close` refuses new callers,
+    wakes those waiting for a slot (they raise ``RuntimeError("... closed")``), waits
+    until no slot is busy, and hands every slot made to the owner, who synchronises their
+    streams before freeing them: so running calls finish first, waiting ones never hang,
+    and in-flight work does not hold up a close.
+
+    Args:
+        make: creates a slot (may be slow; runs outside the pool's lock).
+        limit: the most slots there will ever be.
+        owner: names the closed object in errors, e.g. ``"TensorRTBackend"``.
+    """
+
+    def __init__(self, make: Callable[[], SlotT], limit: int, owner: str = "TensorRTBackend") -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
+        self._make = make
+        self._limit = limit
+        self._owner = owner
+        self._cond = threading.Condition()
+        self._slots: list[SlotT] = []  # every slot made and not yet handed to close()
+        self._idle: list[SlotT] = []
+        self._busy: set[int] = set()  # id() of busy slots
+        self._making = 0  # slots being made right now (count as busy for close)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def size(self) -> int:
+        """How many slots exist (idle, busy or in flight)."""
+        with self._cond:
+            return len(self._slots) + self._making
+
+    def _closed_error(self) -> RuntimeError:
+        return RuntimeError(f"{self._owner} is closed")
+
+    def acquire(self, block: bool = True) -> SlotT | None:
+        """A busy slot: an idle one, a new one while fewer than ``limit`` exist, else the
+        next one released (``block``) or ``None`` at once (not ``block``).
+
+        Raises:
+            RuntimeError: the pool is closed, or was closed while waiting.
+        """
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise self._closed_error()
+                if self._idle:
+                    slot = self._idle.pop()
+                    self._busy.add(id(slot))
+                    return slot
+                if len(self._slots) + self._making < self._limit:
+                    self._making += 1
+                    break
+                if not block:
+                    return None
+                self._cond.wait()
+        try:
+            slot = self._make()
+        except BaseException:
+            with self._cond:
+                self._making -= 1
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._making -= 1
+            self._slots.append(slot)  # close() frees it even if it closed meanwhile
+            self._cond.notify_all()
+            if self._closed:
+                raise self._closed_error()
+            self._busy.add(id(slot))
+            return slot
+
+    def detach(self, slot: SlotT) -> None:
+        """Busy → in flight: the calling thread is done with the slot's context."""
+        with self._cond:
+            self._busy.discard(id(slot))
+            self._cond.notify_all()
+
+    def release(self, slot: SlotT) -> None:
+        """Returns a slot whose work is complete; after :meth:`close` it is dropped."""
+        with self._cond:
+            self._busy.discard(id(slot))
+            if not self._closed and any(s is slot for s in self._slots):
+                self._idle.append(slot)
+            self._cond.notify_all()
+
+    def close(self) -> list[SlotT]:
+        """Closes the pool (idempotent) and returns the slots made, for the owner to
+        free; waits for busy slots first. A later caller gets an empty list."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            while self._busy or self._making:
+                self._cond.wait()
+            slots, self._slots, self._idle = self._slots, [], []
+            return slots
+
+
+# ---------------------------------------------------------------------------------------
 # The backend
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
-    """One execution context and the stream it runs on; used by one thread at a time."""
+    """One execution context with its streams, events and reused input buffers; used by
+    one batch at a time (see :class:`SlotPool`)."""
 
     context: Any
-    stream: Any
+    stream: Any  # the context's inference stream
+    copy_stream: Any  # host-to-device uploads
+    uploaded: Any  # event: the input is on the device
+    done: Any  # event: the inference has finished
+    host: Any = None  # pinned host buffer (NumPy uint8), grown as needed
+    device: Any = None  # device buffer (CuPy uint8), grown as needed
+
+    def input_buffers(self, cupy: Any, nbytes: int) -> tuple[Any, Any]:
+        """``(pinned host, device)`` uint8 buffers of at least ``nbytes``, reused across
+        batches (a pinned allocation is slow; an upload from pageable memory is not
+        asynchronous)."""
+        if self.host is None or self.host.size < nbytes:
+            size = -(-nbytes // (1 << 20)) << 20  # whole MiB, so similar batches reuse it
+            self.host = _pinned_empty(size)
+            self.device = cupy.empty((size,), dtype=cupy.uint8)
+        return self.host[:nbytes], self.device[:nbytes]
+
+
+def _pinned_empty(nbytes: int) -> np.ndarray:
+    try:
+        import cupyx
+    except ImportError as exc:  # pragma: no cover - comes with CuPy
+        raise ImportError(f"the TensorRT backend needs CuPy: {GPU_EXTRA} (or cupy-cuda12x)") from exc
+    return cupyx.empty_pinned((nbytes,), dtype=np.uint8)
+
+
+class TensorRTJob:
+    """A batch submitted by :meth:`TensorRTBackend.infer_async`, running on the GPU.
+
+    Attributes:
+        stream: the CuPy stream the inference runs on.
+    """
+
+    def __init__(self, pool: SlotPool[_Slot], slot: _Slot, out: Any, keep: Any) -> None:
+        self.stream = slot.stream
+        self._pool = pool
+        self._slot: _Slot | None = slot
+        self._event = slot.done
+        self._out = out
+        self._keep = keep  # the input, alive until the inference has read it
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> bool:
+        """Whether the inference has finished (never blocks)."""
+        return self._slot is None or bool(self._event.done)
+
+    def wait(self) -> Any:
+        """Blocks until the inference has finished and returns its ``(N, 1, H, W)``
+        float32 proximity maps (CuPy, on the backend's device), complete, so any stream
+        may read them. Hands the execution context back to the backend; idempotent."""
+        with self._lock:
+            slot = self._slot
+            if slot is not None:
+                try:
+                    self._event.synchronize()
+                finally:
+                    self._slot = self._keep = None
+                    self._pool.release(slot)
+        return self._out
+
+    def __del__(self) -> None:
+        try:
+            if self._slot is not None:
+                self.wait()  # never leave a context lent out
+        except Exception:  # pragma: no cover - never raise from a finaliser
+            pass
 
 
 class TensorRTBackend:
@@ -284,23 +521,26 @@ class TensorRTBackend:
 
     Args:
         path: the ``.engine`` file; ``<path>.json`` must sit next to it.
-        device_id: the CUDA device to run on.
-        max_contexts: how many callers may run the engine at the same time. Each
-            concurrent caller gets its own execution context and CUDA stream; a context
-            holds the engine's activation memory for the largest profile shape, so
-            contexts are created only when callers actually overlap, up to this many
-            (further callers wait).
+        device_id: the CUDA device to run on (``Detector(device="cuda:N")`` passes N).
+        max_contexts: how many batches may run on the engine at the same time. Each
+            gets its own execution context, streams and input buffers; a context holds
+            the engine's activation memory for the largest profile shape, so contexts
+            are made only when batches actually overlap, up to this many (further
+            callers wait). Two let one caller keep two batches in flight.
 
     Raises:
         FileNotFoundError: no engine at ``path``.
         ValueError: the sidecar is missing or damaged, the engine was built for another
             GPU or TensorRT version, or its inputs and outputs are not a MicroNet
-            model's (uint8 ``image`` N×H×W×3 → ``proximity`` N×1×H×W).
-        ImportError: TensorRT or CuPy is missing.
+            model's (uint8 ``image`` N×H×W×3 → ``proximity`` N×1×H×W); a bad
+            ``device_id`` or ``max_contexts``.
+        RuntimeError: there is no CUDA device ``device_id``.
+        ImportError: TensorRT (>= 10) or CuPy is missing.
 
     Attributes:
         name: ``"tensorrt"``.
         device: ``"cuda"``.
+        device_id: the CUDA device index.
         info: the model's ``ModelInfo``.
         profile: ``(min, opt, max)`` input shapes ``(N, H, W, 3)`` the engine accepts.
     """
@@ -309,8 +549,10 @@ class TensorRTBackend:
     device = "cuda"
 
     def __init__(self, path: str | Path, device_id: int = 0, *, max_contexts: int = 2) -> None:
-        self._closed = True  # until fully constructed, so __del__ on a failed init is a no-op
+        self._pool: SlotPool[_Slot] | None = None  # until fully constructed: close() is then a no-op
+        self._teardown = threading.Lock()
         path = Path(path)
+        device_id = check_device_id(device_id)
         if isinstance(max_contexts, bool) or not isinstance(max_contexts, int) or max_contexts < 1:
             raise ValueError(f"max_contexts: expected an integer >= 1, got {max_contexts!r}")
         if not path.is_file():
@@ -324,7 +566,7 @@ class TensorRTBackend:
         check_engine_compatibility(sidecar, trt.__version__, gpu_name, cc, engine_path=path)
 
         self.path = path
-        self.device_id = int(device_id)
+        self.device_id = device_id
         self.sidecar = sidecar
         self._trt = trt
         self._cupy = cupy
@@ -342,15 +584,12 @@ class TensorRTBackend:
         self.profile = self._check_io()
         self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(OUTPUT_NAME)))
 
-        self._max_contexts = max_contexts
-        self._idle: queue.LifoQueue[_Slot] = queue.LifoQueue()
-        self._slots: list[_Slot] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._idle.put(self._new_slot())  # fail now, not on the first call
+        pool: SlotPool[_Slot] = SlotPool(self._new_slot, max_contexts, owner="TensorRTBackend")
+        pool.release(pool.acquire())  # the first context now: fail here, not on the first call
+        self._pool = pool
         log.info(
-            "TensorRT engine %s on %s (%s): %s, N×H×W from %s to %s",
-            path.name, gpu_name, _sm(cc), sidecar.get("precision", "?"),
+            "TensorRT engine %s on GPU %d, %s (%s): %s, N×H×W from %s to %s",
+            path.name, device_id, gpu_name, _sm(cc), sidecar.get("precision", "?"),
             "×".join(map(str, self.profile[0][:3])), "×".join(map(str, self.profile[2][:3])),
         )
 
@@ -383,25 +622,18 @@ class TensorRTBackend:
     def _new_slot(self) -> _Slot:
         cupy = self._cupy
         with cupy.cuda.Device(self.device_id):
+            # TensorRT >= 10 lets several contexts share optimisation profile 0.
             context = self._engine.create_execution_context()
             if context is None:
                 detail = "; ".join(self._logger.errors) or "out of GPU memory?"
                 raise RuntimeError(f"TensorRT could not create an execution context ({detail})")
-            slot = _Slot(context=context, stream=cupy.cuda.Stream(non_blocking=True))
-        self._slots.append(slot)
-        return slot
-
-    def _acquire(self) -> _Slot:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("TensorRTBackend is closed")
-            if len(self._slots) < self._max_contexts:
-                return self._new_slot()
-        return self._idle.get()  # all contexts busy: wait for one
+            return _Slot(
+                context=context,
+                stream=cupy.cuda.Stream(non_blocking=True),
+                copy_stream=cupy.cuda.Stream(non_blocking=True),
+                uploaded=cupy.cuda.Event(block=False, disable_timing=True),
+                done=cupy.cuda.Event(block=False, disable_timing=True),
+            )
 
     # -- inference ------------------------------------------------------------------
 
@@ -423,7 +655,8 @@ class TensorRTBackend:
             )
 
     def infer(self, batch: Any) -> Any:
-        """``(N, H, W, 3)`` uint8 RGB → ``(N, 1, H, W)`` float32 proximity maps on the GPU.
+        """``(N, H, W, 3)`` uint8 RGB → ``(N, 1, H, W)`` float32 proximity maps on the GPU:
+        :meth:`infer_async` and :meth:`TensorRTJob.wait` in one call.
 
         Args:
             batch: a NumPy array, or a CuPy array on this backend's device (work queued
@@ -431,14 +664,38 @@ class TensorRTBackend:
                 within the engine's profile (``self.profile``).
 
         Returns:
-            A CuPy float32 array on ``device_id``. The engine's stream has been
-            synchronised, so the array is complete and may be used on any stream.
+            A CuPy float32 array on ``device_id``, complete (usable on any stream) and
+            owned by the caller.
 
         Thread-safe: concurrent callers run on separate execution contexts and streams.
         """
-        if self._closed:
+        job = self.infer_async(batch)
+        assert job is not None  # a blocking submit always returns a job
+        return job.wait()
+
+    def infer_async(self, batch: Any, *, block: bool = True) -> TensorRTJob | None:
+        """Submits a batch and returns without waiting for the GPU.
+
+        A NumPy batch is copied into this context's pinned buffer, uploaded on the copy
+        stream, and inferred on the context's stream once the upload's event fires; the
+        returned job's :meth:`~TensorRTJob.wait` gives the maps. Keep at most
+        ``max_contexts`` jobs unwaited per thread.
+
+        Args:
+            batch: as :meth:`infer`.
+            block: wait for a free execution context; with ``False``, return ``None`` at
+                once when all are in use. A caller that holds an unwaited job must not
+                block: two such callers would each wait for the other's context.
+
+        Raises:
+            TypeError, ValueError: not a uint8 ``(N, H, W, 3)`` batch within the profile,
+                or a CuPy batch on another device.
+            RuntimeError: the backend is closed (also when it closes while waiting for a
+                context), or TensorRT refused the work.
+        """
+        cupy = self._cupy if self._pool is not None else None
+        if cupy is None:
             raise RuntimeError("TensorRTBackend is closed")
-        cupy = self._cupy
         on_gpu = isinstance(batch, cupy.ndarray)
         if not on_gpu:
             batch = np.asarray(batch)
@@ -446,60 +703,88 @@ class TensorRTBackend:
             raise TypeError(f"batch: expected uint8 RGB pixels, got dtype {batch.dtype}")
         shape = tuple(int(s) for s in batch.shape)
         self.check_batch_shape(shape)
-        n, h, w, _ = shape
-        caller_stream = cupy.cuda.get_current_stream() if on_gpu else None
         if on_gpu and batch.device.id != self.device_id:
             raise ValueError(f"batch: a CuPy array on device {batch.device.id}, but this engine runs on device {self.device_id}")
 
-        slot = self._acquire()
+        pool = self._pool
+        slot = pool.acquire(block=block)
+        if slot is None:
+            return None
         try:
-            context = slot.context
-            with cupy.cuda.Device(self.device_id), slot.stream:
-                if on_gpu:
-                    # Order after the caller's pending work on its own stream.
-                    slot.stream.wait_event(caller_stream.record())
+            job = self._enqueue(slot, batch, shape, on_gpu)
+        except BaseException:
+            self._settle(slot)
+            pool.release(slot)
+            raise
+        pool.detach(slot)
+        return job
+
+    def _enqueue(self, slot: _Slot, batch: Any, shape: tuple[int, ...], on_gpu: bool) -> TensorRTJob:
+        cupy, context = self._cupy, slot.context
+        n, h, w, _ = shape
+        with cupy.cuda.Device(self.device_id):
+            if on_gpu:
+                # Order after the caller's pending work on its own stream.
+                slot.stream.wait_event(cupy.cuda.get_current_stream().record())
+                with slot.stream:
                     image = cupy.ascontiguousarray(batch)
-                else:
-                    image = cupy.empty(shape, dtype=cupy.uint8)  # raw pixels: 4× fewer bytes than float
-                    image.set(np.ascontiguousarray(batch), stream=slot.stream)
-                if not context.set_input_shape(INPUT_NAME, shape):
-                    raise ValueError(f"TensorRT rejected the input shape {shape} (profile {self.profile[0]} to {self.profile[2]})")
-                out_shape = tuple(int(d) for d in context.get_tensor_shape(OUTPUT_NAME))
-                if out_shape != (n, 1, h, w):
-                    raise ValueError(f"{self.path}: the engine's output for input {shape} has shape {out_shape}, expected {(n, 1, h, w)}")
+                keep: Any = (batch, image)
+            else:
+                host, device = slot.input_buffers(cupy, int(np.prod(shape)))
+                host = host.reshape(shape)
+                np.copyto(host, batch)  # pageable → pinned; the slot's last upload finished before it was lent again
+                image = device.reshape(shape)  # raw pixels: 4× fewer bytes than float
+                image.set(host, stream=slot.copy_stream)
+                slot.copy_stream.record(slot.uploaded)
+                slot.stream.wait_event(slot.uploaded)
+                keep = None  # the slot's own buffers, reused once this job is waited for
+            if not context.set_input_shape(INPUT_NAME, shape):
+                raise ValueError(f"TensorRT rejected the input shape {shape} (profile {self.profile[0]} to {self.profile[2]})")
+            out_shape = tuple(int(d) for d in context.get_tensor_shape(OUTPUT_NAME))
+            if out_shape != (n, 1, h, w):
+                raise ValueError(f"{self.path}: the engine's output for input {shape} has shape {out_shape}, expected {(n, 1, h, w)}")
+            with slot.stream:  # CuPy's pool hands out memory in the order of this stream
                 out = cupy.empty(out_shape, dtype=self._out_dtype)
-                context.set_tensor_address(INPUT_NAME, image.data.ptr)
-                context.set_tensor_address(OUTPUT_NAME, out.data.ptr)
-                if not context.execute_async_v3(slot.stream.ptr):
-                    detail = "; ".join(self._logger.errors) or "no detail from TensorRT"
-                    raise RuntimeError(f"TensorRT inference failed ({detail})")
-                if out.dtype != cupy.float32:
+            context.set_tensor_address(INPUT_NAME, int(image.data.ptr))
+            context.set_tensor_address(OUTPUT_NAME, int(out.data.ptr))
+            if not context.execute_async_v3(slot.stream.ptr):
+                detail = "; ".join(self._logger.errors) or "no detail from TensorRT"
+                raise RuntimeError(f"TensorRT inference failed ({detail})")
+            if out.dtype != cupy.float32:
+                with slot.stream:
                     out = out.astype(cupy.float32)
-                # The buffers must outlive the work, and callers may read `out` on any
-                # stream: finish here rather than hand back stream-ordered results.
+            slot.stream.record(slot.done)
+        return TensorRTJob(self._pool, slot, out, keep)  # (N, 1, H, W) float32, CuPy
+
+    def _settle(self, slot: _Slot) -> None:
+        """Waits for whatever a failed submit left queued on the slot's streams."""
+        try:
+            with self._cupy.cuda.Device(self.device_id):
+                slot.copy_stream.synchronize()
                 slot.stream.synchronize()
-        finally:
-            self._idle.put(slot)
-        return out  # (N, 1, H, W) float32, CuPy
+        except Exception:  # pragma: no cover - a broken context: nothing left to wait for
+            pass
 
     # -- clean-up -------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        return self._pool is None or self._pool.closed
+
     def close(self) -> None:
         """Frees the execution contexts, the engine and the runtime (in that order, as
-        TensorRT requires). Idempotent; ``infer`` raises afterwards."""
-        if getattr(self, "_closed", True):
+        TensorRT requires). Safe while other threads use the backend: callers waiting
+        for a context raise ``RuntimeError("TensorRTBackend is closed")``, batches being
+        submitted are submitted first, and queued GPU work finishes before its context
+        is freed (jobs already submitted still return their maps). Idempotent; ``infer``
+        raises afterwards."""
+        pool = getattr(self, "_pool", None)
+        if pool is None:
             return
-        with self._lock:
-            self._closed = True
-            for slot in self._slots:
-                try:
-                    slot.stream.synchronize()
-                except Exception:  # pragma: no cover - a dead context at interpreter exit
-                    pass
+        with self._teardown:
+            for slot in pool.close():  # waits for batches being submitted
+                self._settle(slot)  # queued GPU work finishes before its context goes
                 slot.context = None
-            self._slots.clear()
-            while not self._idle.empty():
-                self._idle.get_nowait()
             self._engine = None
             self._runtime = None
 
@@ -516,5 +801,5 @@ class TensorRTBackend:
             pass
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"device {self.device_id}"
+        state = "closed" if self.closed else f"device {getattr(self, 'device_id', '?')}"
         return f"TensorRTBackend({str(getattr(self, 'path', '?'))!r}, {state})"

@@ -1,6 +1,7 @@
 """export-engine: profile parsing and checks, the command line without TensorRT, and the
-build flow against an API-shaped stand-in for TensorRT's builder (all run everywhere; the
-real build runs in tests/runtime/test_tensorrt_backend.py on a GPU)."""
+build flow against API-shaped stand-ins for TensorRT's builder and CuPy's device queries
+(all run everywhere; the real build runs in tests/runtime/test_tensorrt_backend.py and
+tests/runtime/test_engine_cache.py on a GPU)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def test_help_works_without_tensorrt(monkeypatch, capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "--min NxHxW" in out and "--timing-cache" in out and "--version-compatible" in out
+    assert "--min NxHxW" in out and "--timing-cache" in out and "--version-compatible" in out and "--device N" in out
 
 
 @pytest.mark.parametrize("args", [["--min", "1x256"], ["--opt", "0x1x1"], ["--max", "big"], ["--workspace-gb", "lots"]])
@@ -173,10 +175,43 @@ class _Error:
         return self._v[3]
 
 
-def _fake_tensorrt(*, strongly_typed=True, fp16_flag=True, parse_ok=True, build_ok=True, version="10.3.0"):
+def _fake_cupy(devices=(("NVIDIA L4", 8, 9),)) -> types.ModuleType:
+    """CuPy's device selection and properties, for machines without a GPU; `.cuda.state.current`
+    is the current device."""
+    cupy = types.ModuleType("cupy")
+    state = types.SimpleNamespace(current=0)
+
+    class Device:
+        def __init__(self, device_id=None):
+            self.id = state.current if device_id is None else device_id
+
+        def __enter__(self):
+            self._previous, state.current = state.current, self.id
+            return self
+
+        def __exit__(self, *exc):
+            state.current = self._previous
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def properties(device_id):
+        if not 0 <= device_id < len(devices):
+            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        name, major, minor = devices[device_id]
+        return {"name": name.encode(), "major": major, "minor": minor}
+
+    runtime = types.SimpleNamespace(CUDARuntimeError=CUDARuntimeError, getDeviceProperties=properties, getDeviceCount=lambda: len(devices))
+    cupy.cuda = types.SimpleNamespace(Device=Device, runtime=runtime, state=state)
+    return cupy
+
+
+def _fake_tensorrt(*, parse_ok=True, build_ok=True, version="10.3.0", cupy=None):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    state = types.SimpleNamespace(network_flags=None, flags=set(), profile=None, workspace=None, cache_in=None, cache_ignore=None, monitor=None)
+    state = types.SimpleNamespace(
+        network_flags=None, flags=set(), profile=None, workspace=None, cache_in=None, cache_ignore=None, monitor=None, device=None
+    )
     trt.state = state
 
     class ILogger:
@@ -189,14 +224,8 @@ def _fake_tensorrt(*, strongly_typed=True, fp16_flag=True, parse_ok=True, build_
         def __init__(self):
             pass
 
-    flags = {"EXPLICIT_BATCH": 0}
-    if strongly_typed:
-        flags["STRONGLY_TYPED"] = 1
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
-    builder_flags = {"VERSION_COMPATIBLE": "VERSION_COMPATIBLE"}
-    if fp16_flag:
-        builder_flags["FP16"] = "FP16"
-    trt.BuilderFlag = types.SimpleNamespace(**builder_flags)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
 
     class Cache:
@@ -253,6 +282,7 @@ def _fake_tensorrt(*, strongly_typed=True, fp16_flag=True, parse_ok=True, build_
             return Profile()
 
         def build_serialized_network(self, network, config):
+            state.device = cupy.cuda.state.current if cupy is not None else None
             monitor = state.monitor
             if monitor is not None:  # what TensorRT reports while it builds
                 monitor.phase_start("Building engine", None, 2)
@@ -282,11 +312,12 @@ def _fake_tensorrt(*, strongly_typed=True, fp16_flag=True, parse_ok=True, build_
 
 @pytest.fixture
 def fake_builder(monkeypatch):
-    def install(**kwargs):
-        trt = _fake_tensorrt(**kwargs)
+    def install(devices=(("NVIDIA L4", 8, 9),), **kwargs):
+        cupy = _fake_cupy(devices)
+        trt = _fake_tensorrt(cupy=cupy, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setitem(sys.modules, "cupy", cupy)
         monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)  # its class derives from trt.ILogger
-        monkeypatch.setattr(engine_mod, "cuda_device_properties", lambda device_id=0: ("NVIDIA L4", "8.9"))
         return trt
 
     return install
@@ -326,13 +357,51 @@ def test_fp32_model_in_a_strongly_typed_build_warns(fake_builder, tmp_path, capl
     assert read_sidecar(out)["precision"] == "fp32"
 
 
-def test_without_strong_typing_the_fp16_flag_is_used(fake_builder, tmp_path):
-    trt = fake_builder(strongly_typed=False)
-    out = build_engine(make_onnx(tmp_path / "m.onnx", model_info("fp32")), tmp_path / "m.engine")
-    assert trt.state.network_flags == 1 << 0  # EXPLICIT_BATCH
-    assert trt.state.flags == {"FP16"}
+@pytest.mark.parametrize("version", ["8.6.1", "9.3.0", "garbage"])
+def test_tensorrt_older_than_10_is_refused_with_one_line(fake_builder, tmp_path, capsys, version):
+    fake_builder(version=version)
+    onnx_path = make_onnx(tmp_path / "m.onnx", model_info())
+    with pytest.raises(ImportError, match=rf"needs TensorRT >= 10\.0, found {version}: pip install 'micronet-sdk\[gpu\]'"):
+        build_engine(onnx_path, tmp_path / "m.engine")
+    assert main([str(onnx_path), "-o", str(tmp_path / "m.engine")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TensorRT >= 10.0" in err
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_build_runs_on_the_chosen_gpu_and_describes_it(fake_builder, tmp_path):
+    trt = fake_builder(devices=(("NVIDIA L4", 8, 9), ("NVIDIA H100 80GB HBM3", 9, 0)))
+    onnx_path = make_onnx(tmp_path / "m.onnx", model_info())
+    out = build_engine(onnx_path, tmp_path / "m.engine", device_id=1)
+    assert trt.state.device == 1  # the builder ran with GPU 1 current
     data = read_sidecar(out)
-    assert data["precision"] == "fp16" and data["strongly_typed"] is False
+    assert (data["gpu_name"], data["compute_capability"]) == ("NVIDIA H100 80GB HBM3", "9.0")
+    assert sys.modules["cupy"].cuda.state.current == 0  # restored afterwards
+    assert main([str(onnx_path), "-o", str(tmp_path / "m0.engine"), "--device", "0"]) == 0
+    assert read_sidecar(tmp_path / "m0.engine")["gpu_name"] == "NVIDIA L4"
+    with pytest.raises(RuntimeError, match="no usable CUDA device 2"):
+        build_engine(onnx_path, tmp_path / "m2.engine", device_id=2)
+    with pytest.raises(ValueError, match="device_id: expected a CUDA device index"):
+        build_engine(onnx_path, tmp_path / "m2.engine", device_id=-1)
+    assert not (tmp_path / "m2.engine").exists()
+
+
+def test_concurrent_writes_of_one_file_never_mix(tmp_path):
+    # Two builds writing the same timing cache: each write is whole, no temp file remains.
+    target = tmp_path / "timing.cache"
+    payloads = [bytes([k]) * 1_000_000 for k in (1, 2)]
+
+    def write(data):
+        for _ in range(20):
+            engine_mod._write_atomic(target, data)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert target.read_bytes() in payloads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timing.cache"]
 
 
 def test_version_compatible_flag(fake_builder, tmp_path):

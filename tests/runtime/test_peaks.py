@@ -125,21 +125,113 @@ def test_subpixel_recovers_offset_of_a_sampled_gaussian():
     np.testing.assert_array_equal(refine_subpixel(m, np.zeros((0, 2))), np.zeros((0, 2), np.float32))
 
 
-def test_cuda_peaks_equal_cpu_peaks():
+# --- on the GPU (skip without CuPy and a CUDA device) -----------------------------------
+
+
+def _cupy():
     cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             pytest.skip("no CUDA device")
     except cupy.cuda.runtime.CUDARuntimeError:
         pytest.skip("no CUDA device")
+    return cupy
+
+
+def _assert_cuda_equals_cpu(cupy, m, threshold, min_distance, **kwargs):
+    from micronet.runtime.peaks import find_peaks_cuda
+
+    xy_c, s_c = find_peaks_cuda(cupy.asarray(m), threshold, min_distance, **kwargs)
+    xy, s = find_peaks(m, threshold, min_distance, **kwargs)
+    np.testing.assert_array_equal(xy_c, xy)
+    np.testing.assert_array_equal(s_c, s)
+    assert s_c.dtype == s.dtype
+    return xy
+
+
+@pytest.mark.gpu
+def test_cuda_peaks_equal_cpu_peaks():
+    cupy = _cupy()
     from micronet.runtime.peaks import find_peaks_cuda
 
     rng = np.random.default_rng(3)
     for m in (realistic_map(rng, 700, 900), np.round(realistic_map(rng, 300, 200), 2).astype(np.float64)):
         for md in (1, 3, 5):
-            xy_c, s_c = find_peaks_cuda(cupy.asarray(m), 0.4, md)
-            xy, s = find_peaks(m, 0.4, md)
-            np.testing.assert_array_equal(xy_c, xy)
-            np.testing.assert_array_equal(s_c, s)
+            _assert_cuda_equals_cpu(cupy, m, 0.4, md)
         xy_c, _ = find_peaks_cuda(cupy.asarray(m), 0.4, 3, subpixel=True)
         np.testing.assert_allclose(xy_c, find_peaks(m, 0.4, 3, subpixel=True)[0], atol=1e-5)
+
+
+@pytest.mark.gpu
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prob_map=arrays(np.float32, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0])),
+    threshold=st.sampled_from([-1.0, 0.0, 0.3, 0.75]),
+    min_distance=st.integers(1, 5),
+)
+def test_cuda_peaks_equal_cpu_peaks_on_plateaus_ties_and_constant_maps(prob_map, threshold, min_distance):
+    # Few distinct values: plateaus, ties, constant maps and 1-pixel maps, where the
+    # constant-map rule and the tie order matter.
+    _assert_cuda_equals_cpu(_cupy(), prob_map, threshold, min_distance)
+
+
+@pytest.mark.gpu
+def test_cuda_constant_map_rule():
+    cupy = _cupy()
+    from micronet.runtime.peaks import find_peaks_cuda
+
+    for shape in [(5, 5), (1, 7), (300, 257)]:  # one block and several
+        assert len(find_peaks_cuda(cupy.full(shape, 2.0, cupy.float32), 0.0, 2)[0]) == 0
+    assert find_peaks_cuda(cupy.full((1, 1), 2.0, cupy.float32), 0.0, 2)[0].tolist() == [[0.0, 0.0]]  # one pixel: a peak
+    m = cupy.full((300, 257), 2.0, cupy.float32)
+    m[299, 256] = 1.0  # one differing pixel, in the last block: no longer constant
+    _assert_cuda_equals_cpu(cupy, cupy.asnumpy(m), 0.0, 2)
+    assert len(find_peaks_cuda(m, 0.0, 2)[0]) > 0
+
+
+@pytest.mark.gpu
+def test_cuda_peaks_with_more_candidates_than_the_first_buffer_holds():
+    # A plateau above the threshold: every plateau pixel is a candidate (65k > the 1024
+    # the first pass holds), so the exact second pass runs; select_peaks thins them.
+    cupy = _cupy()
+    m = np.zeros((256, 256), np.float32)
+    m[:, 1:] = 1.0
+    xy = _assert_cuda_equals_cpu(cupy, m, 0.5, 3)
+    assert len(xy) > 1000
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_cuda_non_finite_maps_raise_like_the_cpu(bad):
+    cupy = _cupy()
+    from micronet.runtime.peaks import find_peaks_cuda
+
+    for dtype in (np.float32, np.float64):
+        m = np.zeros((70, 300), dtype)
+        m[69, 299] = bad  # in the last block
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            find_peaks(m, 0.0, 1)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            find_peaks_cuda(cupy.asarray(m), 0.0, 1)
+
+
+@pytest.mark.gpu
+def test_cuda_peaks_inputs_dtypes_streams_and_shapes():
+    cupy = _cupy()
+    from micronet.runtime.peaks import find_peaks_cuda
+
+    rng = np.random.default_rng(8)
+    m = realistic_map(rng, 128, 96)
+    # float16 maps are widened exactly, as on the CPU; (1, H, W) is accepted.
+    _assert_cuda_equals_cpu(cupy, m.astype(np.float16), 0.4, 3)
+    xy, _ = find_peaks_cuda(cupy.asarray(m)[None], 0.4, 3)
+    np.testing.assert_array_equal(xy, find_peaks(m, 0.4, 3)[0])
+    stream = cupy.cuda.Stream(non_blocking=True)
+    xy_s, _ = find_peaks_cuda(cupy.asarray(m), 0.4, 3, stream=stream)
+    np.testing.assert_array_equal(xy_s, xy)
+    xy_e, s_e = find_peaks_cuda(cupy.zeros((0, 5), cupy.float32), 0.0, 2)
+    assert xy_e.shape == (0, 2) and s_e.shape == (0,)
+    with pytest.raises(TypeError, match="float"):
+        find_peaks_cuda(cupy.zeros((4, 4), cupy.int32), 0.0, 1)
+    with pytest.raises(ValueError, match=r"expected an \(H, W\) map"):
+        find_peaks_cuda(cupy.zeros((2, 4, 4), cupy.float32), 0.0, 1)

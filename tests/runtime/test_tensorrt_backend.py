@@ -1,6 +1,8 @@
 """The TensorRT backend: the engine/machine compatibility rules (pure, run everywhere),
-the backend's control flow against API-shaped stand-ins for TensorRT and CuPy (run
-everywhere), and real engines on a GPU (skip without TensorRT, CuPy and a CUDA device)."""
+the pool of execution contexts with real threads (close() while others wait or run),
+the backend's control flow and the Detector's two-batches-in-flight path against
+API-shaped stand-ins for TensorRT and CuPy, device strings (all run everywhere), and real
+engines on a GPU (skip without TensorRT, CuPy and a CUDA device)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -18,12 +21,15 @@ import pytest
 from micronet.runtime.backends import Backend
 from micronet.runtime.backends import tensorrt as trt_backend
 from micronet.runtime.backends.tensorrt import (
+    SlotPool,
     TensorRTBackend,
     check_engine_compatibility,
     read_sidecar,
     sidecar_path,
 )
+from micronet.runtime.detector import Detector
 from micronet.runtime.model_info import ModelInfo
+from micronet.runtime.peaks import find_peaks
 
 INFO = ModelInfo(architecture={"name": "micronet"}, mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=1.0)
 
@@ -143,6 +149,149 @@ def test_importing_the_backend_imports_no_gpu_packages_and_no_torch():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
+# --- the pool of execution contexts, with real threads -----------------------------------
+
+
+def _pool(limit=2, make=None):
+    made = []
+
+    def default_make():
+        slot = object()
+        made.append(slot)
+        return slot
+
+    return SlotPool(make or default_make, limit, owner="TestBackend"), made
+
+
+def _wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_pool_makes_slots_on_demand_up_to_its_limit_and_reuses_them():
+    pool, made = _pool(limit=2)
+    a = pool.acquire()
+    pool.release(a)
+    assert pool.acquire() is a and len(made) == 1  # an idle slot is reused before a new one is made
+    b = pool.acquire()
+    assert b is not a and len(made) == 2 and pool.size == 2
+    assert pool.acquire(block=False) is None  # all lent, none may be made
+    pool.detach(b)  # in flight: still lent
+    assert pool.acquire(block=False) is None
+    pool.release(b)
+    assert pool.acquire(block=False) is b
+    with pytest.raises(ValueError, match="limit"):
+        SlotPool(object, 0)
+
+
+def test_pool_blocks_callers_until_a_slot_comes_back():
+    pool, _ = _pool(limit=1)
+    slot = pool.acquire()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive() and not got
+    pool.release(slot)
+    waiter.join(5)
+    assert got == [slot]
+
+
+def test_close_wakes_waiting_callers_with_a_clear_error():
+    pool, _ = _pool(limit=1)
+    pool.detach(pool.acquire())  # the one slot is in flight
+    errors = []
+
+    def wait_for_a_slot():
+        try:
+            pool.acquire()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    waiters = [threading.Thread(target=wait_for_a_slot) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.05)
+    assert all(t.is_alive() for t in waiters)
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()  # an in-flight slot does not hold up close()
+    for t in waiters:
+        t.join(5)
+    assert errors == ["TestBackend is closed"] * 3
+    with pytest.raises(RuntimeError, match="TestBackend is closed"):
+        pool.acquire()
+
+
+def test_close_waits_for_a_busy_slot_and_then_hands_over_every_slot():
+    pool, made = _pool(limit=2)
+    busy = pool.acquire()
+    idle = pool.acquire()
+    pool.release(idle)
+    result = []
+    closer = threading.Thread(target=lambda: result.append(pool.close()))
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive()  # a thread still works with `busy`
+    pool.detach(busy)
+    closer.join(5)
+    assert not closer.is_alive()
+    assert sorted(map(id, result[0])) == sorted(map(id, made))
+    assert pool.close() == []  # idempotent
+    pool.release(busy)  # a late release after close is dropped, not reused
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.acquire(block=False)
+
+
+def test_close_while_a_slot_is_being_made_still_frees_it():
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_make():
+        started.set()
+        finish.wait(5)
+        return "slot"
+
+    pool = SlotPool(slow_make, 1, owner="TestBackend")
+    errors, closed = [], []
+    maker = threading.Thread(target=lambda: errors.append(_raises(pool.acquire)))
+    maker.start()
+    started.wait(5)
+    closer = threading.Thread(target=lambda: closed.append(pool.close()))
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive()  # waits for the slot being made
+    finish.set()
+    maker.join(5)
+    closer.join(5)
+    assert errors == ["TestBackend is closed"] and closed == [["slot"]]
+
+
+def test_a_failed_make_frees_its_place():
+    calls = []
+
+    def make():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of GPU memory")
+        return "slot"
+
+    pool = SlotPool(make, 1)
+    with pytest.raises(RuntimeError, match="out of GPU memory"):
+        pool.acquire()
+    assert pool.acquire(block=False) == "slot"
+
+
+def _raises(fn):
+    try:
+        fn()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 # --- control flow against stand-ins shaped like the TensorRT and CuPy APIs -------------
 # These do not prove the real APIs behave so (the GPU tests below do); they run every
 # line of the backend's Python on any machine.
@@ -163,9 +312,18 @@ class _FakeArray:
 
     shape = property(lambda self: self.arr.shape)
     dtype = property(lambda self: self.arr.dtype)
+    size = property(lambda self: self.arr.size)
+
+    def __getitem__(self, index):
+        return _FakeArray(self.arr[index], self.device.id)  # a view, as in CuPy
+
+    def reshape(self, shape):
+        view = self.arr.reshape(shape)
+        assert np.shares_memory(view, self.arr)
+        return _FakeArray(view, self.device.id)
 
     def set(self, arr, stream=None):
-        assert stream is not None
+        assert stream is not None and arr.shape == self.arr.shape and arr.dtype == self.arr.dtype
         self.arr[...] = arr
 
     def astype(self, dtype):
@@ -175,12 +333,23 @@ class _FakeArray:
         return self.arr.copy()
 
 
+class _FakeEvent:
+    def __init__(self, block=False, disable_timing=False):
+        self.recorded = 0
+
+    done = property(lambda self: True)
+
+    def synchronize(self):
+        pass
+
+
 class _FakeStream:
     created = 0
 
     def __init__(self, non_blocking=False):
         type(self).created += 1
         self.ptr = 1000 + type(self).created
+        self.waited: list = []
 
     def __enter__(self):
         return self
@@ -192,10 +361,12 @@ class _FakeStream:
         pass
 
     def record(self, event=None):
-        return object()
+        event = event if event is not None else _FakeEvent()
+        event.recorded += 1
+        return event
 
     def wait_event(self, event):
-        pass
+        self.waited.append(event)
 
 
 class _FakeDevice:
@@ -219,8 +390,23 @@ def _fake_cupy() -> types.ModuleType:
         CUDARuntimeError=RuntimeError,
         getDeviceProperties=lambda i: {"name": b"NVIDIA L4", "major": 8, "minor": 9},
     )
-    cupy.cuda = types.SimpleNamespace(Device=_FakeDevice, Stream=_FakeStream, get_current_stream=lambda: _FakeStream(), runtime=runtime)
+    cupy.cuda = types.SimpleNamespace(
+        Device=_FakeDevice, Stream=_FakeStream, Event=_FakeEvent, get_current_stream=lambda: _FakeStream(), runtime=runtime
+    )
     return cupy
+
+
+def _fake_cupyx() -> types.ModuleType:
+    cupyx = types.ModuleType("cupyx")
+    cupyx.pinned = []
+
+    def empty_pinned(shape, dtype=float, order="C"):
+        arr = np.empty(shape, dtype, order)
+        cupyx.pinned.append(arr)
+        return arr
+
+    cupyx.empty_pinned = empty_pinned
+    return cupyx
 
 
 class _FakeContext:
@@ -244,6 +430,8 @@ class _FakeContext:
         return True
 
     def execute_async_v3(self, stream_handle):
+        self.engine.gate.wait()  # tests hold a call here to close() meanwhile
+        self.engine.executed.append(stream_handle)
         image = _FakeArray.registry[self.addresses["image"]]
         out = _FakeArray.registry[self.addresses["proximity"]]
         out[...] = image.astype(np.float32).mean(axis=-1)[:, None] / 255.0  # the "model"
@@ -255,6 +443,9 @@ class _FakeEngine:
         self.io = io  # name -> (mode, dtype, shape)
         self.profile = profile
         self.contexts = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.executed: list = []
 
     num_io_tensors = property(lambda self: len(self.io))
     num_optimization_profiles = 1
@@ -323,6 +514,7 @@ def fake_gpu(monkeypatch, tmp_path):
         trt = _fake_tensorrt(engine, version)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+        monkeypatch.setitem(sys.modules, "cupyx", _fake_cupyx())
         monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)
         path = tmp_path / "model.engine"
         path.write_bytes(data)
@@ -332,21 +524,60 @@ def fake_gpu(monkeypatch, tmp_path):
     return make
 
 
+def _expected(batch):
+    return batch.mean(axis=-1)[:, None] / 255.0
+
+
 def test_infer_runs_the_engine_and_returns_device_maps(fake_gpu):
     path, trt, engine = fake_gpu()
     backend = TensorRTBackend(path)
     assert isinstance(backend, Backend)
-    assert (backend.name, backend.device, backend.info.threshold) == ("tensorrt", "cuda", 1.0)
+    assert (backend.name, backend.device, backend.device_id, backend.info.threshold) == ("tensorrt", "cuda", 0, 1.0)
     assert backend.profile == PROFILE
     batch = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
     out = backend.infer(batch)
     assert isinstance(out, _FakeArray) and out.shape == (3, 1, 20, 24) and out.dtype == np.float32
-    np.testing.assert_allclose(out.get(), batch.mean(axis=-1)[:, None] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(out.get(), _expected(batch), rtol=1e-6)
     assert trt.Runtime.instances[0].engine_host_code_allowed is False
     backend.close()
     backend.close()  # idempotent
+    assert backend.closed and "closed" in repr(backend)
     with pytest.raises(RuntimeError, match="closed"):
         backend.infer(batch)
+
+
+def test_uploads_go_through_a_reused_pinned_buffer_on_the_copy_stream(fake_gpu):
+    path, _, engine = fake_gpu()
+    backend = TensorRTBackend(path, max_contexts=1)
+    pinned = sys.modules["cupyx"].pinned
+    rng = np.random.default_rng(4)
+    for shape in [(2, 16, 16, 3), (1, 8, 24, 3), (2, 16, 16, 3)]:
+        batch = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_allclose(backend.infer(batch).get(), _expected(batch), rtol=1e-6)
+    assert len(pinned) == 1  # one pinned buffer per context, reused by every batch that fits
+    (slot,) = backend._pool._slots
+    assert slot.copy_stream is not slot.stream
+    assert slot.stream.waited.count(slot.uploaded) == 3  # inference ordered after each upload
+    assert slot.done.recorded == 3 and engine.executed == [slot.stream.ptr] * 3
+    with pytest.raises(ValueError, match="device_id: expected a CUDA device index"):
+        TensorRTBackend(path, device_id=-1)
+
+
+def test_infer_async_keeps_two_batches_in_flight_on_two_contexts(fake_gpu):
+    path, _, engine = fake_gpu()
+    backend = TensorRTBackend(path)  # max_contexts=2
+    rng = np.random.default_rng(5)
+    a, b, c = (rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8) for _ in range(3))
+    job_a = backend.infer_async(a)
+    job_b = backend.infer_async(b)
+    assert job_a.stream is not job_b.stream and engine.contexts == 2
+    assert backend.infer_async(c, block=False) is None  # both contexts in use: no wait, no job
+    np.testing.assert_allclose(job_b.wait().get(), _expected(b), rtol=1e-6)  # any order
+    np.testing.assert_allclose(job_a.wait().get(), _expected(a), rtol=1e-6)
+    assert job_a.wait() is job_a.wait()  # idempotent
+    job_c = backend.infer_async(c, block=False)
+    assert job_c is not None and job_c.done
+    np.testing.assert_allclose(job_c.wait().get(), _expected(c), rtol=1e-6)
 
 
 def test_infer_accepts_device_arrays(fake_gpu):
@@ -381,6 +612,13 @@ def test_incompatible_engine_is_refused_before_deserialising(fake_gpu):
     with pytest.raises(ValueError, match=r"TensorRT 10\.3.*TensorRT 10\.4.*rebuild: export-engine model\.onnx -o .*model\.engine"):
         TensorRTBackend(path)
     assert trt.Runtime.instances == []  # never deserialised
+
+
+def test_tensorrt_8_is_refused_with_the_install_line(fake_gpu):
+    path, trt, _ = fake_gpu(version="8.6.1", tensorrt_version="8.6.1")
+    with pytest.raises(ImportError, match=r"needs TensorRT >= 10\.0, found 8\.6\.1: pip install 'micronet-sdk\[gpu\]'"):
+        TensorRTBackend(path)
+    assert trt.Runtime.instances == []
 
 
 def test_version_compatible_engine_allows_host_code(fake_gpu):
@@ -434,10 +672,125 @@ def test_concurrent_callers_share_a_bounded_pool_of_contexts(fake_gpu):
     for t in threads:
         t.join()
     for batch, out in zip(batches, results):
-        np.testing.assert_allclose(out, batch.mean(axis=-1)[:, None] / 255.0, rtol=1e-6)
+        np.testing.assert_allclose(out, _expected(batch), rtol=1e-6)
     assert 1 <= engine.contexts <= 2
     with pytest.raises(ValueError, match="max_contexts"):
         TensorRTBackend(path, max_contexts=0)
+
+
+def test_close_wakes_callers_waiting_for_a_context(fake_gpu):
+    # Before: a caller blocked on the idle queue waited forever once the backend closed.
+    path, _, _ = fake_gpu()
+    backend = TensorRTBackend(path, max_contexts=1)
+    batch = np.full((1, 8, 8, 3), 102, np.uint8)
+    pending = backend.infer_async(batch)  # the only context, in flight
+    errors = []
+
+    def infer():
+        try:
+            backend.infer(batch)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    waiters = [threading.Thread(target=infer) for _ in range(2)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.05)
+    assert all(t.is_alive() for t in waiters)
+    backend.close()
+    for t in waiters:
+        t.join(5)
+    assert not any(t.is_alive() for t in waiters)
+    assert errors == ["TensorRTBackend is closed"] * 2
+    np.testing.assert_allclose(pending.wait().get(), 0.4, rtol=1e-6)  # submitted work still completes
+
+
+def test_close_lets_a_running_call_finish_before_freeing_its_context(fake_gpu):
+    path, _, engine = fake_gpu()
+    backend = TensorRTBackend(path, max_contexts=1)
+    (slot,) = backend._pool._slots
+    engine.gate.clear()  # the next execute_async_v3 blocks until the gate opens
+    batch = np.full((2, 8, 8, 3), 51, np.uint8)
+    results = []
+    runner = threading.Thread(target=lambda: results.append(backend.infer(batch).get()))
+    runner.start()
+    _wait_until(lambda: backend._pool._busy)
+    closer = threading.Thread(target=backend.close)
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive() and slot.context is not None  # close() waits for the running call
+    engine.gate.set()
+    runner.join(5)
+    closer.join(5)
+    assert not runner.is_alive() and not closer.is_alive()
+    np.testing.assert_allclose(results[0], 0.2, rtol=1e-6)
+    assert slot.context is None and backend._engine is None and backend._runtime is None
+
+
+def test_detector_keeps_two_batches_in_flight_and_equals_the_one_batch_at_a_time_path(fake_gpu, monkeypatch):
+    # The Detector's pipelined path (submit k+1, then peaks of k) against the plain Backend
+    # protocol on the same backend: identical detections. Peaks run on the host here (the
+    # stand-in maps are NumPy-backed); the GPU test below runs them with CuPy.
+    from micronet.runtime import detector as detector_mod
+
+    path, _, engine = fake_gpu()
+    backend = TensorRTBackend(path)
+    order = []
+    real_submit = backend.infer_async
+
+    def submit(batch, block=True):
+        order.append("submit")
+        return real_submit(batch, block=block)
+
+    def peaks(prob_map, threshold, min_distance):
+        order.append("peaks")
+        return find_peaks(prob_map.arr, threshold, min_distance)
+
+    monkeypatch.setattr(backend, "infer_async", submit)
+    monkeypatch.setattr(detector_mod, "find_peaks_cuda", peaks)
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(5)]  # 5 images, batches of 2
+    det = Detector(backend=backend, threshold=0.5, min_distance=2, tile_margin=0, batch_size=2)
+    got = det.detect_batch(images)
+    assert order == ["submit", "submit", "peaks", "peaks", "submit", "peaks", "peaks", "peaks"]
+
+    class PlainBackend:  # the Backend protocol only: one batch at a time
+        name, device, info, profile = "plain", "cuda", backend.info, backend.profile
+
+        def infer(self, batch):
+            return backend.infer(batch)
+
+    want = Detector(backend=PlainBackend(), threshold=0.5, min_distance=2, tile_margin=0, batch_size=2).detect_batch(images)
+    assert len(got) == len(want) == 5
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.xy, w.xy)
+        np.testing.assert_array_equal(g.scores, w.scores)
+    assert sum(len(g) for g in got) > 0
+    assert len(backend._pool._idle) == 2  # every context handed back
+
+
+# --- device strings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, parsed", [("auto", ("auto", 0)), ("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:0", ("cuda", 0)), ("cuda:3", ("cuda", 3))])
+def test_device_strings(device, parsed):
+    from micronet.runtime.detector import _parse_device
+
+    assert _parse_device(device) == parsed
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:1.5", "cuda:x", " cuda", "cuda:١", 0, None])
+def test_bad_device_strings_list_the_valid_forms(blur_onnx, device):
+    with pytest.raises(ValueError, match=r"device: expected one of 'auto', 'cpu', 'cuda', 'cuda:N' \(N a GPU index"):
+        Detector(blur_onnx, device=device)
+
+
+def test_gpu_index_reaches_the_tensorrt_backend(fake_gpu):
+    path, _, _ = fake_gpu()
+    det = Detector(path, device="cuda:0", tile_margin=0)
+    assert det.backend.device_id == 0
+    with pytest.raises(ValueError, match="CUDA GPUs only"):
+        Detector(path, device="cpu")
 
 
 # --- real engines on a GPU -------------------------------------------------------------
@@ -585,3 +938,91 @@ def test_built_sidecar_describes_this_machine(tiny_engine):
     check_engine_compatibility(data, trt.__version__, gpu_name, cc)
     with pytest.raises(ValueError, match="rebuild"):
         check_engine_compatibility(data, trt.__version__, gpu_name + " (another)", cc)
+
+
+@pytest.mark.gpu
+def test_two_batches_in_flight_equal_one_at_a_time(tiny_engine):
+    cupy = _require_gpu()
+    batches = [he_like_images(np.random.default_rng(10 + k), 2, 256, 256) for k in range(3)]
+    with TensorRTBackend(tiny_engine.engine, max_contexts=2) as backend:
+        expected = [cupy.asnumpy(backend.infer(b)) for b in batches]
+        first, second = backend.infer_async(batches[0]), backend.infer_async(batches[1])
+        assert first.stream is not second.stream  # two contexts, two streams
+        assert backend.infer_async(batches[2], block=False) is None
+        np.testing.assert_allclose(cupy.asnumpy(second.wait()), expected[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cupy.asnumpy(first.wait()), expected[0], rtol=1e-5, atol=1e-6)
+        third = backend.infer_async(batches[2], block=False)
+        assert third is not None
+        np.testing.assert_allclose(cupy.asnumpy(third.wait()), expected[2], rtol=1e-5, atol=1e-6)
+        hosts = [slot.host for slot in backend._pool._slots]
+        assert all(h is not None for h in hosts) and len(hosts) == 2  # one reused pinned buffer per context
+
+
+@pytest.mark.gpu
+def test_close_wakes_waiting_callers_on_a_real_engine(tiny_engine):
+    cupy = _require_gpu()
+    batch = he_like_images(np.random.default_rng(3), 1, 128, 128)
+    backend = TensorRTBackend(tiny_engine.engine, max_contexts=1)
+    expected = cupy.asnumpy(backend.infer(batch))
+    pending = backend.infer_async(batch)  # the only context, in flight
+    errors = []
+
+    def infer():
+        try:
+            backend.infer(batch)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    waiter = threading.Thread(target=infer)
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()
+    backend.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and errors == ["TensorRTBackend is closed"]
+    np.testing.assert_allclose(cupy.asnumpy(pending.wait()), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_detector_on_an_engine_pipelines_and_finds_the_cpu_peaks(tiny_engine):
+    # The pipelined GPU path (two batches in flight, CuPy peaks, one copy per tile) against
+    # the same engine's maps copied to the host and scanned by the native CPU finder.
+    cupy = _require_gpu()
+    from micronet.runtime.matching import match_points
+
+    images = list(he_like_images(np.random.default_rng(4), 5, 300, 420))
+    backend = TensorRTBackend(tiny_engine.engine)
+    threshold = float(np.percentile(cupy.asnumpy(backend.infer(np.stack(images[:1]))), 90))
+    det = Detector(backend=backend, threshold=threshold, batch_size=2)
+    assert det.device == "cuda"
+    got = det.detect_batch(images)
+
+    class HostMaps:  # the Backend protocol, maps copied to the host: CPU peaks
+        name, device, info, profile = "host-maps", "cpu", backend.info, backend.profile
+
+        def infer(self, batch):
+            return cupy.asnumpy(backend.infer(batch))
+
+    want = Detector(backend=HostMaps(), threshold=threshold, batch_size=2, tile_size=det.tile_size, tile_margin=det.tile_margin).detect_batch(images)
+    total = 0
+    for g, w in zip(got, want):
+        # Same engine, same shapes: the same peaks, but for a near-tie that two
+        # contexts' kernels may round apart.
+        pred, true = match_points(g.xy, w.xy, 0.0)
+        assert len(g) - len(pred) <= 1 and len(w) - len(true) <= 1
+        np.testing.assert_allclose(g.scores[pred], w.scores[true], rtol=1e-5, atol=1e-6)
+        total += len(w)
+    assert total > 50
+    assert len(backend._pool._idle) == backend._pool.size  # every context handed back
+    backend.close()
+
+
+@pytest.mark.gpu
+def test_gpu_index_is_checked_and_used(tiny_engine):
+    cupy = _require_gpu()
+    count = cupy.cuda.runtime.getDeviceCount()
+    det = Detector(tiny_engine.engine, device=f"cuda:{count - 1}")
+    assert det.backend.device_id == count - 1
+    assert det.detect(he_like_images(np.random.default_rng(5), 1, 128, 128)[0]) is not None
+    with pytest.raises(RuntimeError, match=f"no usable CUDA device {count}"):
+        Detector(tiny_engine.engine, device=f"cuda:{count}")

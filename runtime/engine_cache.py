@@ -1,0 +1,307 @@
+"""TensorRT engines built on first use and cached per machine.
+
+``Detector("default", backend="tensorrt")`` needs an engine for *this* GPU and TensorRT
+release, which no package can ship. :func:`cached_engine` builds one from an fp16 ONNX
+export the first time (minutes; logged at INFO, with the builder's heartbeat) and
+loads it from the user's cache afterwards:
+
+    <cache dir>/engines/<onnx stem>-<key>/model.engine (+ model.engine.json)
+
+The key is a hash of the ONNX file's SHA-256, the GPU's name and compute capability,
+the TensorRT version and the optimisation profile, so another model, GPU, TensorRT
+release or profile never picks up a stale engine. The cache directory is
+``$MICRONET_CACHE_DIR``, else ``$XDG_CACHE_HOME/micronet``, else ``~/.cache/micronet``.
+
+Entries are complete or absent: an engine and its sidecar are built in a temporary
+directory next to the entry and renamed into place in one step, so a crash never leaves
+a half-written engine that looks right; a file lock per entry makes concurrent processes
+wait for one build instead of each building (and writing) their own. Kernel timings are
+kept per GPU and TensorRT version (``timing/``), so rebuilding another model is faster.
+
+Imports TensorRT (and ``micronet.export.engine``, which needs no torch) only when an
+engine is actually built or looked up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+__all__ = [
+    "CACHE_ENV",
+    "ENGINE_PROFILE",
+    "TENSORRT_SOURCES",
+    "bundled_engine_source",
+    "cache_dir",
+    "cached_engine",
+    "engine_key",
+    "file_sha256",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "MICRONET_CACHE_DIR"
+# (min, opt, max) as (N, H, W): what the Detector sends with its defaults (tiles of at
+# most 1024², batches of at most 4; smaller images are mirrored out to the minimum).
+# Tuned for two 1024² tiles, the Detector's usual batch; bounded so the build takes
+# minutes, not tens of minutes, and each execution context's memory stays small.
+ENGINE_PROFILE: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (2, 1024, 1024), (4, 1024, 1024))
+# Bundled models (``BUNDLED_MODELS`` names) → the bundled ONNX file TensorRT engines are
+# built from: the fp16 export, which a strongly typed build turns into an fp16 engine.
+TENSORRT_SOURCES = {"default": "micronet_crchisto.fp16.onnx"}
+# Bundled models TensorRT does not run, and why.
+_NOT_FOR_TENSORRT = {
+    "fast-cpu": "an int8 QDQ model made for ONNX Runtime on the CPU (TensorRT takes fp16 or fp32 exports)",
+}
+_ENTRY_FILE = "model.engine"
+
+
+def cache_dir() -> Path:
+    """Where cached engines live: ``$MICRONET_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/micronet``, else ``~/.cache/micronet`` (not created here)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "micronet"
+    return Path.home() / ".cache" / "micronet"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_key(
+    onnx_sha256: str,
+    gpu_name: str,
+    compute_capability: str,
+    tensorrt_version: str,
+    profile: Sequence[Sequence[int]] = ENGINE_PROFILE,
+) -> str:
+    """The cache key of an engine: 20 hex digits of a SHA-256 over everything the engine
+    depends on. A change in any of them gives another key (and another engine)."""
+    fields = {
+        "onnx_sha256": str(onnx_sha256),
+        "gpu_name": str(gpu_name).strip(),
+        "compute_capability": str(compute_capability).strip(),
+        "tensorrt_version": str(tensorrt_version).strip(),
+        "profile": [[int(v) for v in shape] for shape in profile],
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def bundled_engine_source(name: str = "default") -> Path:
+    """The bundled ONNX file an engine for the bundled model ``name`` is built from.
+
+    Raises:
+        ValueError: a bundled model TensorRT does not run (``"fast-cpu"``), or an
+            unknown name; the message names the ones it runs.
+        FileNotFoundError: this installation lacks the file.
+    """
+    valid = ", ".join(repr(n) for n in TENSORRT_SOURCES)
+    if name in _NOT_FOR_TENSORRT:
+        raise ValueError(
+            f"the bundled {name!r} model is {_NOT_FOR_TENSORRT[name]}; TensorRT runs the bundled {valid} model: "
+            "Detector('default', backend='tensorrt')"
+        )
+    if name not in TENSORRT_SOURCES:
+        raise ValueError(f"bundled model for TensorRT: expected one of {valid}, got {name!r}")
+    file = TENSORRT_SOURCES[name]
+    resource = importlib.resources.files("micronet.runtime") / "models" / file
+    if not resource.is_file():
+        raise FileNotFoundError(
+            f"the bundled fp16 model TensorRT engines are built from (micronet/runtime/models/{file}) is missing from "
+            "this installation; build an engine with export-engine from `micronet export --precision fp16` and pass the .engine"
+        )
+    return Path(str(resource))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "gpu"
+
+
+def _entry_is_valid(entry: Path, expected: dict[str, str]) -> bool:
+    """An entry counts only when its engine and sidecar are both there and the sidecar
+    describes the wanted ONNX file, GPU and TensorRT release."""
+    engine = entry / _ENTRY_FILE
+    sidecar = entry / (_ENTRY_FILE + ".json")
+    try:
+        if not engine.is_file() or engine.stat().st_size == 0:
+            return False
+        data = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and all(str(data.get(k, "")).strip() == v for k, v in expected.items())
+
+
+class _FileLock:
+    """An exclusive lock on a file, held across processes (``fcntl.flock`` on POSIX,
+    ``msvcrt.locking`` on Windows); the file stays, the lock goes with the process."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self._what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> "_FileLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not self._try_lock(fd):
+                log.info("waiting for another process that is building %s (lock %s)", self._what, self.path)
+                self._lock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _try_lock(fd: int) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            except OSError:
+                return False
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    @classmethod
+    def _lock(cls, fd: int) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no blocking lock without a retry limit
+            while not cls._try_lock(fd):
+                time.sleep(0.5)
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            try:
+                import fcntl
+            except ImportError:
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _staging(entry: Path) -> Iterator[Path]:
+    """A fresh temporary directory next to ``entry`` (same file system, so the final
+    rename is atomic), removed on the way out unless it was renamed."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached_engine(
+    onnx_path: str | Path,
+    device_id: int = 0,
+    *,
+    profile: Sequence[Sequence[int]] = ENGINE_PROFILE,
+    root: str | Path | None = None,
+) -> Path:
+    """The engine for ``onnx_path`` on GPU ``device_id``: from the cache, else built now
+    (and cached).
+
+    Args:
+        onnx_path: a MicroNet ONNX export, fp16 for an fp16 engine (the bundled one:
+            :func:`bundled_engine_source`); fp32 builds an fp32 engine (with a warning),
+            int8 is refused.
+        device_id: the CUDA device the engine is for (and built on).
+        profile: ``(min, opt, max)`` input shapes as ``(N, H, W)``; default
+            :data:`ENGINE_PROFILE`.
+        root: the cache directory; default :func:`cache_dir`.
+
+    Returns:
+        The path of ``model.engine`` (its ``model.engine.json`` sidecar next to it),
+        ready for ``TensorRTBackend``.
+
+    Raises:
+        FileNotFoundError: no file at ``onnx_path``.
+        ImportError: TensorRT (>= 10), or CuPy / cuda-python to name the GPU, is missing
+            (names ``pip install 'micronet-sdk[gpu]'``).
+        ValueError: not a MicroNet export, an int8 export, or a bad profile.
+        RuntimeError: no CUDA device ``device_id``, or TensorRT failed to build.
+    """
+    from .backends.tensorrt import check_device_id, cuda_device_properties, import_tensorrt
+
+    onnx_path = Path(onnx_path)
+    device_id = check_device_id(device_id)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    trt = import_tensorrt("building a TensorRT engine")
+    gpu_name, compute_capability = cuda_device_properties(device_id)
+    sha = file_sha256(onnx_path)
+    lo, opt, hi = (tuple(int(v) for v in shape) for shape in profile)
+    key = engine_key(sha, gpu_name, compute_capability, trt.__version__, (lo, opt, hi))
+    base = Path(root).expanduser() if root is not None else cache_dir()
+    engines = base / "engines"
+    entry = engines / f"{onnx_path.stem}-{key}"
+    engine = entry / _ENTRY_FILE
+    expected = {
+        "onnx_sha256": sha,
+        "gpu_name": gpu_name.strip(),
+        "compute_capability": compute_capability.strip(),
+        "tensorrt_version": str(trt.__version__).strip(),
+    }
+    if _entry_is_valid(entry, expected):
+        log.debug("TensorRT engine for %s from the cache: %s", onnx_path.name, entry)
+        return engine
+
+    what = f"the TensorRT engine for {onnx_path.name}"
+    with _FileLock(engines / f"{entry.name}.lock", what):
+        if _entry_is_valid(entry, expected):  # another process built it while we waited
+            return engine
+        for stale in engines.glob(f".{entry.name}.*.tmp"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        from micronet.export.engine import build_engine
+
+        log.info(
+            "building a TensorRT engine for %s on GPU %d (%s, sm_%s, TensorRT %s), once: this takes a few minutes; "
+            "later runs load it from %s",
+            onnx_path.name, device_id, gpu_name, compute_capability.replace(".", ""), trt.__version__, entry,
+        )
+        timing = base / "timing" / f"{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}-trt{trt.__version__}.cache"
+        with _staging(entry) as tmp:
+            build_engine(onnx_path, tmp / _ENTRY_FILE, lo, opt, hi, timing_cache=timing, device_id=device_id)
+            if entry.exists():  # an invalid or incomplete entry from an older run
+                shutil.rmtree(entry)
+            os.replace(tmp, entry)  # engine and sidecar appear together
+        log.info("cached %s", engine)
+    return engine
+

@@ -43,6 +43,7 @@ from micronet.runtime.backends.tensorrt import (
     sidecar_path,
     trt_logger,
 )
+from micronet.runtime.check import REFERENCE_KEY
 from micronet.runtime.model_info import METADATA_KEY, ModelInfo
 
 __all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph", "main"]
@@ -91,6 +92,18 @@ def check_profile(min_shape: Sequence[int], opt_shape: Sequence[int], max_shape:
         if not lo[i] <= opt[i] <= hi[i]:
             raise ValueError(f"profile: expected min <= opt <= max along {axis}, got {lo[i]}, {opt[i]}, {hi[i]}")
     return lo, opt, hi  # type: ignore[return-value]
+
+
+def _onnx_reference(onnx_path: Path) -> dict[str, Any] | None:
+    """The reference results (``micronet check``) an export carries, or ``None``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    text = session.get_modelmeta().custom_metadata_map.get(REFERENCE_KEY)
+    return None if text is None else json.loads(text)
 
 
 def read_onnx_info(onnx_path: str | Path) -> ModelInfo:
@@ -326,6 +339,10 @@ def build_engine(
         "onnx": onnx_path.name,
         "onnx_sha256": _sha256(onnx_path),
     }
+    reference = _onnx_reference(onnx_path)
+    if reference is not None:
+        # The known answers travel with the engine, so `micronet check` can test it.
+        sidecar["reference"] = reference
     _write_atomic(sidecar_path(output), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     log.info("wrote %s (%.1f MB) and %s in %.0f s", output, output.stat().st_size / 1e6, sidecar_path(output).name, seconds)
     return output

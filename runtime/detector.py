@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "resolve_model",
     "MODEL_SUFFIXES",
+    "parse_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def _resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
 # --- backends ------------------------------------------------------------------------
 
 
-def _parse_device(device: Any) -> tuple[str, int]:
+def parse_device(device: Any) -> tuple[str, int]:
     """A ``device`` argument as ``(kind, GPU index)``: ``"auto"``, ``"cpu"`` and ``"cuda"``
     → index 0, ``"cuda:N"`` → N."""
     if isinstance(device, str):
@@ -346,6 +347,9 @@ class Detector:
             Default: 4 on the GPU (or the engine profile's largest batch when that is
             smaller), 1 on the CPU, where batching adds memory but not speed.
         threads: CPU threads of ONNX Runtime's CPU provider (default: physical cores).
+        verify: run the model's known-answer test (``micronet check``,
+            :mod:`micronet.runtime.check`) on this backend once at load, and refuse to
+            work where it disagrees with the reference results the model carries.
 
     Raises:
         FileNotFoundError: the model file (or the bundled model) is missing.
@@ -353,6 +357,8 @@ class Detector:
             an invalid or incompatible option.
         ImportError: a ``.engine`` or ``backend="tensorrt"`` without TensorRT (names
             the ``micronet-sdk[gpu]`` extra).
+        micronet.runtime.check.VerificationError: ``verify=True`` and this backend's
+            results differ from the model's reference results beyond tolerance.
     """
 
     def __init__(
@@ -366,8 +372,9 @@ class Detector:
         tile_margin: int | None = None,
         batch_size: int | None = None,
         threads: int | None = None,
+        verify: bool = False,
     ) -> None:
-        device, device_id = _parse_device(device)
+        device, device_id = parse_device(device)
         backend_names = sorted(set(MODEL_SUFFIXES.values()))
         if backend is None or isinstance(backend, str):
             if isinstance(backend, str) and backend not in backend_names:
@@ -415,6 +422,11 @@ class Detector:
                 )
         plan_tiles(1, 1, self.tile_size, self.tile_margin, self._align, max(self._min_hw))  # validates the combination now
         log.debug("Detector: %s on %s, tiles %d/%d", self.backend_name, self.device, self.tile_size, self.tile_margin)
+        if verify:
+            # The known-answer test of micronet check, on this backend, before first use.
+            from .check import verify_detector
+
+            verify_detector(self)
 
     def plan_tiles(self, height: int, width: int) -> list[Tile]:
         """The tiles this detector runs on a ``height × width`` image in model pixels:

@@ -19,6 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from micronet.commands import device_arg
+
 __all__ = ["add_parser", "run", "plan_checks"]
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
+        type=device_arg,
         default="auto",
         metavar="D",
         help="auto (every backend available), cpu, or cuda / cuda:N (GPU backends only) (default auto)",
@@ -123,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise ValueError(f"--repeat: expected an integer >= 1, got {args.repeat}")
-    if not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
     machine = describe_machine()
     results: list[CheckResult] = []
     for model, backend, device, why in plan_checks(list(args.models), args.device):

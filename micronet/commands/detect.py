@@ -18,6 +18,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from micronet.commands import device_arg
+
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
 
 FORMATS = ("csv", "geojson", "png")
@@ -43,7 +45,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="an .onnx model or TensorRT .engine, or a bundled model: default (the paper's network, the default) "
         "or fast-cpu (ReLU fine-tune distilled from it, int8: about twice as fast on a CPU, as accurate)",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto: the GPU when available)")
+    parser.add_argument(
+        "--device", type=device_arg, default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto: the GPU when available)"
+    )
     parser.add_argument(
         "--format",
         default=",".join(FORMATS),

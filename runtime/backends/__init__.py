@@ -37,3 +37,9 @@ class Backend(Protocol):
         maps: a NumPy array for CPU backends, a CuPy array (still on the GPU) for CUDA
         backends. Thread-safe: one backend serves concurrent callers."""
         ...
+
+
+# Optional, for GPU backends: ``infer_async(batch, block=True)`` queues the upload and the
+# inference and returns a job whose ``wait()`` gives what ``infer`` would (``None`` when
+# ``block=False`` and no execution context is free). The Detector uses it to queue batch
+# k + 1 before it finds the peaks of batch k (the TensorRT backend has it).

@@ -16,15 +16,15 @@ so one backend serves concurrent callers.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..machine import physical_cores
+from ..machine import has_vnni, physical_cores
 from ..model_info import METADATA_KEY, ModelInfo
 
 __all__ = ["OnnxRuntimeBackend", "physical_cores"]
@@ -39,9 +39,33 @@ _CPU_EP = "CPUExecutionProvider"
 def _import_ort() -> Any:
     try:
         import onnxruntime
-    except ImportError as exc:  # pragma: no cover - a base dependency
-        raise ImportError("the ONNX Runtime backend needs onnxruntime: pip install micronet-sdk") from exc
+    except ImportError as exc:
+        raise ImportError(
+            "the ONNX Runtime backend needs onnxruntime: pip install 'micronet-sdk[cpu]' "
+            "(or 'micronet-sdk[gpu]' on a CUDA machine, which brings onnxruntime-gpu; install one, not both)"
+        ) from exc
+    _warn_if_two_packages()
     return onnxruntime
+
+
+@functools.lru_cache(maxsize=1)  # once per process
+def _warn_if_two_packages() -> None:
+    """Both ``onnxruntime`` and ``onnxruntime-gpu`` installed write the same module; the
+    one installed last wins, and uninstalling either breaks the other."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    if len(found) == 2:
+        log.warning(
+            "both %s and %s are installed and overwrite each other's files; keep one: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'micronet-sdk[gpu]' (or [cpu])",
+            *found,
+        )
 
 
 def _import_cupy() -> Any:
@@ -87,6 +111,7 @@ class OnnxRuntimeBackend:
         device: where :meth:`infer` returns the map: ``"cuda"`` (a CuPy array) when the
             CUDA provider runs and CuPy is installed, else ``"cpu"`` (NumPy).
         info: the model's ``ModelInfo``.
+        metadata: the model's ``metadata_props`` (``ModelInfo`` JSON, reference results).
         path: the model file.
 
     Raises:
@@ -150,6 +175,13 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if self._cupy is not None else "cpu"
         if not cuda and self.info.precision == "fp16":
             log.warning("%s is an fp16 model: slow on the CPU provider; use the fp32 or int8 export there", self.path.name)
+        if not cuda and self.info.precision == "int8" and "7-bit" not in str(self.info.provenance.get("quantization", "")) and not has_vnni():
+            # vpmaddubsw adds u8×s8 product pairs in saturating 16-bit arithmetic.
+            log.warning(
+                "%s is an int8 model with full 8-bit weights and this CPU has no VNNI: its int8 kernels can saturate "
+                "and shift detections; re-export it with this version of micronet export (7-bit weights) and run micronet check",
+                self.path.name,
+            )
         if cuda and self.info.precision == "int8":
             log.warning("%s is an int8 model, made for the CPU; use the fp32 or fp16 export on the GPU", self.path.name)
         self._input = self._session.get_inputs()[0].name
@@ -193,6 +225,7 @@ class OnnxRuntimeBackend:
                 f"{self.path}: not a MicroNet model: {'; '.join(problems)}. Found metadata keys: "
                 f"{', '.join(sorted(meta)) or 'none'}; inputs: {_describe(inputs)}; outputs: {_describe(outputs)}"
             )
+        self.metadata = dict(meta)  # every metadata_props entry, e.g. the reference results
         return ModelInfo.from_json(meta[METADATA_KEY], source=str(self.path))
 
     def __repr__(self) -> str:

@@ -109,7 +109,7 @@ def test_invalid_profile_is_reported_before_looking_for_tensorrt(monkeypatch, tm
 # --- reading the model's metadata ------------------------------------------------------
 
 
-def make_onnx(path: Path, info: ModelInfo | None, *, input_type=None, output_name="proximity") -> Path:
+def make_onnx(path: Path, info: ModelInfo | None, *, input_type=None, output_name="proximity", reference: dict | None = None) -> Path:
     """A small graph with a MicroNet model's interface: uint8 (N, H, W, 3) → (N, 1, H, W)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
@@ -126,6 +126,9 @@ def make_onnx(path: Path, info: ModelInfo | None, *, input_type=None, output_nam
     if info is not None:
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, info.to_json()
+    if reference is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "micronet.reference", json.dumps(reference)
     onnx.save(model, str(path))
     return path
 
@@ -466,3 +469,20 @@ def test_tensorrt_parses_the_general_copy_of_a_fast_path_export(tiny_checkpoint,
     # A model without the fast path (an fp16 export) is parsed as it is.
     fp16 = export_onnx(tiny_checkpoint, tmp_path / "m.fp16.onnx", precision="fp16")
     assert engine_mod.general_graph(fp16, tmp_path / "unused.onnx") == fp16
+
+
+def test_the_sidecar_carries_the_models_reference_results(fake_builder, tmp_path):
+    """`micronet check` tests an engine against the known answers of the ONNX it came from."""
+    from micronet.runtime.check import REFERENCE_FORMAT, reference_of
+
+    fake_builder()
+    reference = {"format": REFERENCE_FORMAT, "threshold": 0.7, "min_distance": 3, "images": []}
+    with_ref = build_engine(make_onnx(tmp_path / "a.fp16.onnx", model_info("fp16"), reference=reference), tmp_path / "a.engine")
+    without = build_engine(make_onnx(tmp_path / "b.fp16.onnx", model_info("fp16")), tmp_path / "b.engine")
+    assert read_sidecar(with_ref)["reference"] == reference
+    assert "reference" not in read_sidecar(without)
+
+    class _Engine:  # what reference_of reads from a TensorRT backend: its parsed sidecar
+        sidecar = read_sidecar(with_ref)
+
+    assert reference_of(_Engine()) == reference

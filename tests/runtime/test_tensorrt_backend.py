@@ -774,9 +774,9 @@ def test_detector_keeps_two_batches_in_flight_and_equals_the_one_batch_at_a_time
 
 @pytest.mark.parametrize("device, parsed", [("auto", ("auto", 0)), ("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:0", ("cuda", 0)), ("cuda:3", ("cuda", 3))])
 def test_device_strings(device, parsed):
-    from micronet.runtime.detector import _parse_device
+    from micronet.runtime.detector import parse_device
 
-    assert _parse_device(device) == parsed
+    assert parse_device(device) == parsed
 
 
 @pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:1.5", "cuda:x", " cuda", "cuda:١", 0, None])

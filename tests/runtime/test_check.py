@@ -147,3 +147,43 @@ def test_bundled_int8_weights_fit_in_7_bits():
         if ".int8." in file:
             lo, hi = int8_weight_range(bundled_model(name))
             assert -64 <= lo < 0 < hi <= 64, (name, lo, hi)
+
+
+# --- on the GPU (skip without one) ------------------------------------------------------
+
+
+def _gpu_or_skip(need: str) -> None:
+    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError:
+        count = 0
+    if count < 1:
+        pytest.skip("no CUDA device")
+    if need == "tensorrt":
+        pytest.importorskip("tensorrt", reason="TensorRT not installed (pip install 'micronet-sdk[gpu]')")
+    else:
+        ort = pytest.importorskip("onnxruntime")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("this ONNX Runtime has no CUDA provider (pip install 'micronet-sdk[gpu]')")
+
+
+@pytest.mark.gpu
+def test_bundled_default_agrees_with_its_reference_on_onnxruntime_cuda():
+    _gpu_or_skip("onnxruntime")
+    det = Detector("default", device="cuda")
+    assert det.backend_name == "onnxruntime-cuda"
+    result = check_detector(det, repeats=1)
+    assert result.status == "agrees", result
+    assert "sm_" in result.device  # the GPU is named in the row
+
+
+@pytest.mark.gpu
+def test_bundled_default_agrees_with_its_reference_on_tensorrt_fp16():
+    # The engine is built from the bundled fp16 export on first use (engine cache), and
+    # its sidecar carries the reference results of the ONNX model.
+    _gpu_or_skip("tensorrt")
+    det = Detector("default", backend="tensorrt", verify=True)
+    result = check_detector(det, repeats=1)
+    assert result.status == "agrees" and result.precision == "fp16", result
+    assert result.max_abs_map <= TOLERANCES["fp16"].max_abs_map

@@ -4,9 +4,10 @@
 #
 #   tools/gpu_check.sh [OUT_DIR]            (default: $OUT, else ./gpu_check_out)
 #
-# 1. installs this checkout into /tmp/micronet-site (no dependencies, no build isolation:
-#    a GPU image brings numpy, scipy, CuPy, torch; wheels carried in .whl/ are
-#    installed first, e.g. onnxruntime-gpu or tensorrt where the image lacks them);
+# 1. installs this checkout, editable, into the image's Python (no dependencies, no
+#    build isolation: a GPU image brings numpy, scipy, CuPy, torch, scikit-build-core,
+#    pybind11; wheels carried in .whl/ go first, e.g. onnxruntime-gpu or tensorrt where
+#    the image lacks them);
 # 2. records the machine (nvidia-smi, describe_machine);
 # 3. `micronet check`: every backend available here against the bundled models' known
 #    answers, TensorRT included (its fp16 engine built once into the cache) → check.md/json;
@@ -25,7 +26,6 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 export MICRONET_CACHE_DIR="${MICRONET_CACHE_DIR:-/tmp/micronet-cache}"
 py="${PYTHON:-python3}"
-site=/tmp/micronet-site
 failed=0
 
 step() {  # step NAME SECONDS COMMAND...: runs one step under a time limit, logs it to $out
@@ -40,17 +40,19 @@ step() {  # step NAME SECONDS COMMAND...: runs one step under a time limit, logs
 }
 
 install() {
-    rm -rf "$site" && mkdir -p "$site"
+    # Into the image's own Python (numpy, scipy, CuPy, torch, scikit-build-core, pybind11
+    # are there; a GPU machine is bare and handed back afterwards), editable as in CI,
+    # carried wheels first.
     if compgen -G ".whl/*.whl" >/dev/null; then
-        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || return 1
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl || return 1
     fi
-    PYTHONPATH="$site" "$py" -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target "$site" . || return 1
-    PYTHONPATH="$site" "$py" -c "import micronet.runtime, micronet.runtime._native; print('micronet installed in $site')"
+    "$py" -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e . || return 1
+    "$py" -c "import sys, micronet.runtime._native; print('micronet installed in', sys.prefix)"
 }
 
-step install 240 install
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-export PATH="$site/bin:$PATH"
+export py
+export -f install  # `timeout` runs programs, not shell functions
+step install 300 bash -c install
 
 step machine 60 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv; \
     $py -c 'import json; from micronet.runtime.machine import describe_machine, machine_line; d = describe_machine(); print(machine_line(d)); print(json.dumps(d))'"

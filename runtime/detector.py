@@ -43,6 +43,7 @@ from .backends import Backend
 from .detections import Detections
 from .model_info import ModelInfo
 from .peaks import _check_params, find_peaks, find_peaks_cuda
+from .resample import from_resampled, resample
 from .tiling import Tile, alignment, default_margin, keep_in_core, plan_tiles, receptive_radius, sort_peaks
 
 __all__ = [
@@ -79,8 +80,6 @@ DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
 # the activation memory (≈ 0.6 GB per 1024² tile for the default model), so one at a time.
 DEFAULT_CPU_BATCH_SIZE = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-# Pixel sizes within this relative difference count as equal (no resampling).
-MPP_TOLERANCE = 0.01
 
 # Methods other modules attach (name → module defining a function(detector, ...)).
 # ``det.detect_slide(...)`` calls ``micronet.runtime.slide.detect_slide(det, ...)``.
@@ -222,16 +221,6 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an ``(H, W, 3)`` uint8 image to ``(height, width, 3)``; pixel
-    centres map onto pixel centres. Pillow widens the filter when shrinking, so
-    downsampling is anti-aliased."""
-    from PIL import Image
-
-    resized = Image.fromarray(image).resize((width, height), resample=Image.Resampling.BILINEAR)
-    return np.asarray(resized)
 
 
 # --- backends ------------------------------------------------------------------------
@@ -614,9 +603,7 @@ class Detector:
             scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.float32)
             xy, scores = sort_peaks(xy, scores)
             if scale is not None:
-                # Pixel centres correspond: x_model + 0.5 = (x + 0.5) · s.
-                sx, sy = scale
-                xy = ((xy.astype(np.float64) + 0.5) / np.array([sx, sy]) - 0.5).astype(np.float32)
+                xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
             results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp))
         return results
 
@@ -641,13 +628,10 @@ class Detector:
         image pixel when it had to be resampled."""
         if mpp is None:
             return image, None
-        ratio = mpp / self.info.mpp  # model pixels per image pixel
-        if abs(ratio - 1.0) <= MPP_TOLERANCE:
-            return image, None
-        h, w = image.shape[:2]
-        new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
-        log.debug("resampling %dx%d at %.4g µm/px to %dx%d at the model's %.4g µm/px", w, h, mpp, new_w, new_h, self.info.mpp)
-        return _resample(image, new_h, new_w), (new_w / w, new_h / h)
+        resized, _, scale = resample(image, None, mpp / self.info.mpp)  # model pixels per image pixel
+        if scale is not None:
+            log.debug("resampled %s at %.4g µm/px to %s at the model's %.4g µm/px", image.shape[:2], mpp, resized.shape[:2], self.info.mpp)
+        return resized, scale
 
     def _peaks(self, prob_map: Any) -> tuple[np.ndarray, np.ndarray]:
         """Peaks of one ``(H, W)`` map where it lies: ``find_peaks_cuda`` on the map's

@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from .detections import Detections
-from .detector import MPP_TOLERANCE  # pixel sizes this close count as equal
+from .resample import MPP_TOLERANCE, BilinearAxis, from_resampled, needs_resampling, resampled_size
 from .tiling import Tile, keep_in_core, sort_peaks
 
 __all__ = ["Slide", "Level", "Thumbnail", "open_slide", "tissue_mask", "detect_slide", "SLIDE_SUFFIXES", "FORMATS"]
@@ -571,10 +571,8 @@ class _Grid:
         """``(N, 2)`` model-grid positions → level-0 pixel positions, float32. Pixel centres
         correspond at each step, as in :meth:`Detector.detect`."""
         dx, dy = self.level.downsample_xy
-        m = xy.astype(np.float64)
-        x = ((m[:, 0] + 0.5) / self.sx - 0.5 + self.x0 + 0.5) * dx - 0.5
-        y = ((m[:, 1] + 0.5) / self.sy - 0.5 + self.y0 + 0.5) * dy - 0.5
-        return np.stack([x, y], axis=1).astype(np.float32).reshape(-1, 2)
+        in_level = from_resampled(xy, self.sx, self.sy) + np.array([self.x0, self.y0])  # the level's pixels
+        return from_resampled(in_level, 1.0 / dx, 1.0 / dy).astype(np.float32)  # level 0 (a downsample)
 
     def core_in_level0(self, tile: Tile) -> tuple[float, float, float, float]:
         """The level-0 box ``(x0, y0, x1, y1)`` of a tile's core."""
@@ -592,8 +590,8 @@ class _Grid:
         th, tw = tile.shape
         if not self.resampled:
             return slide.read_region(self.level.index, self.x0 + tile.x0, self.y0 + tile.y0, tw, th)
-        cols = _BilinearAxis(self.width, self.model_width, tile.x0, tile.x1) if self.model_width != self.width else None
-        rows = _BilinearAxis(self.height, self.model_height, tile.y0, tile.y1) if self.model_height != self.height else None
+        cols = BilinearAxis(self.width, self.model_width, tile.x0, tile.x1) if self.model_width != self.width else None
+        rows = BilinearAxis(self.height, self.model_height, tile.y0, tile.y1) if self.model_height != self.height else None
         wx0, wx1 = (cols.start, cols.stop) if cols else (tile.x0, tile.x1)
         wy0, wy1 = (rows.start, rows.stop) if rows else (tile.y0, tile.y1)
         pixels = slide.read_region(self.level.index, self.x0 + wx0, self.y0 + wy0, wx1 - wx0, wy1 - wy0)
@@ -602,59 +600,6 @@ class _Grid:
         if rows is not None:
             pixels = rows.apply(np.ascontiguousarray(pixels))
         return np.ascontiguousarray(pixels)
-
-
-class _BilinearAxis:
-    """One axis of Pillow's bilinear ``Image.resize`` (``libImaging/Resample.c``),
-    restricted to the outputs ``out0:out1``.
-
-    Pillow resamples in two separable passes with 22-bit fixed-point weights and rounds
-    to 8 bits after each; computing the same weights for a range of outputs and applying
-    them to a window of the input reproduces the whole-image result bit for bit. (Pillow's
-    own ``box=`` argument cannot do this: it takes the box in single precision, which
-    shifts the sampling positions by a rounding error and changes some pixels by 1.)
-
-    Attributes:
-        start, stop: the input range (``[start, stop)``) the outputs read.
-    """
-
-    PRECISION_BITS = 32 - 8 - 2
-
-    def __init__(self, in_size: int, out_size: int, out0: int, out1: int) -> None:
-        # precompute_coeffs() with the bilinear filter, in double precision as there.
-        scale = in_size / out_size
-        filterscale = max(scale, 1.0)
-        support = 1.0 * filterscale
-        ksize = int(math.ceil(support)) * 2 + 1
-        centers = (np.arange(out0, out1, dtype=np.float64) + 0.5) * scale
-        xmin = np.maximum(np.trunc(centers - support + 0.5).astype(np.int64), 0)  # C casts truncate
-        xmax = np.minimum(np.trunc(centers + support + 0.5).astype(np.int64), in_size) - xmin
-        j = np.arange(ksize)
-        arg = np.abs((j[None, :] + xmin[:, None] - centers[:, None] + 0.5) / filterscale)
-        w = np.where(arg < 1.0, 1.0 - arg, 0.0)
-        w[j[None, :] >= xmax[:, None]] = 0.0
-        total = np.zeros(len(centers))
-        for k in range(ksize):  # summed left to right, as in C
-            total = total + w[:, k]
-        w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
-        # normalize_coeffs_8bpc(): round half away from zero to fixed point.
-        one = float(1 << self.PRECISION_BITS)
-        self.weights = np.where(w < 0, np.trunc(-0.5 + w * one), np.trunc(0.5 + w * one)).astype(np.int32)  # (n, ksize)
-        self.first = xmin
-        self.start = int(xmin.min())
-        self.stop = int((xmin + xmax).max())
-
-    def apply(self, src: np.ndarray) -> np.ndarray:
-        """Resamples axis 0 of a C-contiguous ``(stop − start, m, 3)`` uint8 array whose
-        row 0 is input ``start``; returns ``(out1 − out0, m, 3)`` uint8."""
-        acc = np.full((len(self.first),) + src.shape[1:], 1 << (self.PRECISION_BITS - 1), np.int32)
-        term = np.empty_like(acc)
-        for k in range(self.weights.shape[1]):
-            idx = np.minimum(self.first + k - self.start, src.shape[0] - 1)  # weight 0 past the end
-            np.multiply(src[idx], self.weights[:, k, None, None], out=term)
-            acc += term
-        np.right_shift(acc, self.PRECISION_BITS, out=acc)
-        return np.clip(acc, 0, 255).astype(np.uint8)
 
 
 def _check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -677,10 +622,7 @@ def _make_grid(slide: Slide, level: Level, region: tuple[int, int, int, int], mp
     x0, y0, x1, y1 = _level_box(level, *region)
     width, height = x1 - x0, y1 - y0
     ratio = mpp * level.downsample / model_mpp  # model pixels per level pixel
-    if abs(ratio - 1.0) <= MPP_TOLERANCE:
-        mw, mh = width, height
-    else:
-        mw, mh = max(1, round(width * ratio)), max(1, round(height * ratio))
+    mh, mw = resampled_size(height, width, ratio) if needs_resampling(ratio) else (height, width)
     return _Grid(level, x0, y0, width, height, mw / width, mh / height, mw, mh)
 
 

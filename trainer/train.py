@@ -25,13 +25,14 @@ import torch
 
 from micronet.runtime import machine
 from micronet.runtime.model_info import ModelInfo
+from micronet.runtime.resample import resample
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
 from .data import AugmentConfig, PointDataset, channel_stats, load_point_folder, sample_crop
 from .loss import two_source_loss, weighted_mse
 from .models import ACTIVATIONS, create_model, with_activation
 from .targets import TargetConfig, proximity_map
-from .validate import choose_threshold, normalize, predict_map, resample
+from .validate import choose_threshold, normalize, predict_map
 
 __all__ = ["TrainConfig", "resolve_bf16", "resolve_machine_defaults", "resolve_threads", "train"]
 
@@ -195,7 +196,14 @@ class _Sampler:
     def __init__(self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator) -> None:
         self.data = data
         self.cfg = cfg
-        self.scale = model_mpp / data.mpp  # source pixels per model pixel
+        # Images at another pixel size are brought to the model's once, by the resampler
+        # the detector uses (anti-aliased, pixel centres corresponding), so the network
+        # trains on the pixels it will see; crops then only jitter the scale around 1.
+        ratio = data.mpp / model_mpp  # model pixels per source pixel
+        resampled = [resample(im, pts, ratio) for im, pts in zip(data.images, data.points)]
+        self.images = [r[0] for r in resampled]
+        self.points = [r[1] for r in resampled]
+        self.scale = 1.0 / ratio if resampled and resampled[0][2] is None else 1.0  # source pixels per model pixel
         self.aug = AugmentConfig(crop=cfg.crop, **cfg.augment)
         self.target = TargetConfig(cfg.target_alpha, cfg.target_radius, cfg.target_scale)
         self.rng = rng
@@ -208,7 +216,7 @@ class _Sampler:
             self.pos = 0
         i = self.order[self.pos]
         self.pos += 1
-        crop, pts = sample_crop(self.data.images[i], self.data.points[i], self.rng, self.aug, scale=self.scale)
+        crop, pts = sample_crop(self.images[i], self.points[i], self.rng, self.aug, scale=self.scale)
         return crop, proximity_map(pts, crop.shape[:2], self.target)
 
     def state(self) -> dict[str, Any]:
@@ -339,7 +347,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     if new_log:
         writer.writerow(["iteration", "loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "elapsed_s"])
 
-    val_images, val_points, val_radius = _validation_inputs(val_set, model_mpp, cfg.eval_radius)
+    val_images, val_points, val_scales = _validation_inputs(val_set, model_mpp)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress or rank != 0, desc="train", unit="it")
@@ -385,7 +393,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         # Validate: choose ξ by best F1; keep the best checkpoint; decay lr on a plateau.
         if rank == 0 and val_images and (it % cfg.val_every == 0 or it == cfg.iterations):
             maps = [predict_map(model, im, mean, std, device) for im in val_images]
-            sweep = choose_threshold(maps, val_points, val_radius, cfg.min_distance, cfg.target_scale)
+            sweep = choose_threshold(maps, val_points, cfg.eval_radius, cfg.min_distance, cfg.target_scale, scales=val_scales)
             best = sweep.metrics_at(sweep.best_index)
             row[3:7] = [f"{best.f1:.4f}", f"{best.precision:.4f}", f"{best.recall:.4f}", f"{sweep.best_threshold:.4f}"]
             if best.f1 > state["best_f1"]:
@@ -426,13 +434,17 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     return out / "best.safetensors"
 
 
-def _validation_inputs(val_set: PointDataset | None, model_mpp: float, radius: float) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-    """Validation images at the model's pixel size; the radius follows the resampling."""
+def _validation_inputs(
+    val_set: PointDataset | None, model_mpp: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, float] | None]]:
+    """Validation images at the model's pixel size, their points in their own pixels,
+    and the scale of each resampling: detections are mapped back and matched where the
+    annotations are, with the radius in the data's pixels (as ``micronet evaluate``)."""
     if val_set is None:
-        return [], [], radius
+        return [], [], []
     factor = val_set.mpp / model_mpp
-    pairs = [resample(im, pts, factor) for im, pts in zip(val_set.images, val_set.points)]
-    return [p[0] for p in pairs], [p[1] for p in pairs], radius * factor
+    triples = [resample(im, None, factor) for im in val_set.images]  # micronet.runtime.resample
+    return [t[0] for t in triples], list(val_set.points), [t[2] for t in triples]
 
 
 def _provenance(cfg: TrainConfig) -> dict[str, Any]:

@@ -9,8 +9,9 @@ import torch
 
 from micronet.runtime.metrics import SweepResult, threshold_sweep
 from micronet.runtime.peaks import find_peaks
+from micronet.runtime.resample import from_resampled, resample
 
-__all__ = ["normalize", "predict_map", "resample", "detect_candidates", "choose_threshold", "CheckpointCandidates"]
+__all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold", "CheckpointCandidates"]
 
 
 def normalize(images_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -32,22 +33,18 @@ def predict_map(model: torch.nn.Module, image: np.ndarray, mean: Sequence[float]
     return out
 
 
-def resample(image: np.ndarray, points: np.ndarray | None, factor: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bilinear whole-image resampling by ``factor`` (output px per input px); ``points``
-    ``(N, 2)`` (x, y) are scaled with it. Within 1% of 1 nothing changes."""
-    if abs(factor - 1.0) <= 0.01:
-        return image, points
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    out = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-    return out, None if points is None else points * np.array([size[0] / w, size[1] / h])
-
-
-def detect_candidates(maps: Sequence[np.ndarray], min_distance: int, floor: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Peaks of each map above a low ``floor``: a threshold sweep then only filters scores."""
-    return [find_peaks(m, floor, min_distance) for m in maps]
+def detect_candidates(
+    maps: Sequence[np.ndarray], min_distance: int, floor: float, scales: Sequence[tuple[float, float] | None] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Peaks of each map above a low ``floor``: a threshold sweep then only filters scores.
+    With ``scales`` (the ``(sx, sy)`` of :func:`micronet.runtime.resample.resample` per
+    map, or ``None``), positions are mapped back to the images' own pixels."""
+    out = []
+    for k, m in enumerate(maps):
+        xy, scores = find_peaks(m, floor, min_distance)
+        scale = scales[k] if scales is not None else None
+        out.append((from_resampled(xy, *scale).astype(np.float32) if scale is not None else xy, scores))
+    return out
 
 
 def choose_threshold(
@@ -57,15 +54,19 @@ def choose_threshold(
     min_distance: int,
     scale: float = 5.0,
     n_thresholds: int = 60,
+    scales: Sequence[tuple[float, float] | None] | None = None,
 ) -> "SweepResult":
     """Sweeps ξ over (0, scale) and returns the pooled best-F1 threshold.
 
     Candidates are found once at the lowest threshold: because a peak is a maximum of
     its own window, raising ξ only removes peaks (never creates one), so filtering the
-    candidates' scores equals rerunning the peak finder at each ξ.
+    candidates' scores equals rerunning the peak finder at each ξ. ``maps`` are at the
+    model's pixel size; with ``scales`` (one per map, from resampling the images to it)
+    the candidates are matched in the images' own pixels, where ``truths`` and
+    ``radius`` are, exactly as ``micronet evaluate`` matches them.
     """
     thresholds = np.linspace(0.02 * scale, 0.9 * scale, n_thresholds)
-    cands = detect_candidates(maps, min_distance, float(thresholds[0]))
+    cands = detect_candidates(maps, min_distance, float(thresholds[0]), scales)
     return threshold_sweep(cands, list(truths), thresholds, radius)
 
 
@@ -84,9 +85,10 @@ class CheckpointCandidates:
         self.device = device
 
     def __call__(self, image: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
-        work, _ = resample(image, None, mpp / self.info.mpp)  # to model pixels
+        # To model pixels and back, as Detector.detect does (micronet.runtime.resample).
+        work, _, scale = resample(image, None, mpp / self.info.mpp)
         prob = predict_map(self.model, work, self.info.mean, self.info.std, self.device)
         xy, scores = find_peaks(prob, self.floor, self.info.min_distance)
-        if work is not image:
-            xy = xy * np.array([image.shape[1] / work.shape[1], image.shape[0] / work.shape[0]], np.float32)
+        if scale is not None:
+            xy = from_resampled(xy, *scale).astype(np.float32)
         return xy, scores

@@ -21,7 +21,7 @@ tifffile = pytest.importorskip("tifffile")
 from PIL import Image  # noqa: E402
 
 from micronet.runtime.detections import Detections  # noqa: E402
-from micronet.runtime.slide import _BilinearAxis, open_slide, tissue_mask  # noqa: E402
+from micronet.runtime.slide import open_slide, tissue_mask  # noqa: E402
 
 CMU = "CMU-1-Small-Region.svs"
 OS1 = "OS-1-detail.ome.tif"
@@ -168,19 +168,6 @@ def test_pyramid_levels_and_thumbnail(synthetic: tuple[Path, np.ndarray]) -> Non
         assert thumb.level == 1 and thumb.factor == 3  # 625 / 3 ≤ 300 from the 4× level
         window = slide.read_region(1, 10, 20, 100, 50)
         assert window.shape == (50, 100, 3) and window.dtype == np.uint8
-
-
-@pytest.mark.parametrize("size, out", [((300, 457), (271, 413)), ((257, 190), (600, 401)), ((500, 501), (227, 228))])
-def test_tile_resampling_is_bit_exact_with_a_whole_image_resize(size: tuple[int, int], out: tuple[int, int]) -> None:
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-    whole = np.asarray(Image.fromarray(image).resize(out[::-1], Image.Resampling.BILINEAR))
-    # Outputs 40:150 of each axis computed from the input window they need.
-    rows, cols = _BilinearAxis(size[0], out[0], 40, 150), _BilinearAxis(size[1], out[1], 40, 150)
-    window = image[rows.start : rows.stop, cols.start : cols.stop]
-    part = cols.apply(np.ascontiguousarray(window.transpose(1, 0, 2))).transpose(1, 0, 2)
-    part = rows.apply(np.ascontiguousarray(part))
-    np.testing.assert_array_equal(part, whole[40:150, 40:150])
 
 
 def test_tissue_mask_separates_tissue_from_glass(shared_data: Path, crchisto_images: list[np.ndarray]) -> None:

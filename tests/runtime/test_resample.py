@@ -1,0 +1,108 @@
+"""One resampling convention (micronet.runtime.resample): images and points move
+together, tiles equal the whole image, and training validation scores a checkpoint as
+``micronet evaluate`` does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from micronet.runtime.resample import BilinearAxis, from_resampled, resample, resampled_size, to_resampled
+
+
+def _dots(height: int, width: int, centres: np.ndarray, sigma: float) -> np.ndarray:
+    """Dark Gaussian dots on white at sub-pixel ``(x, y)`` centres, uint8 RGB."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    ink = np.zeros((height, width))
+    for x, y in centres:
+        ink = np.maximum(ink, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)))
+    return np.repeat(np.round(255 * (1 - ink))[..., None], 3, axis=2).astype(np.uint8)
+
+
+def _centroids(image: np.ndarray, near: np.ndarray, window: int) -> np.ndarray:
+    """Darkness-weighted centroid of the window around each expected position."""
+    dark = 255.0 - image[..., 0].astype(np.float64)
+    out = []
+    for x, y in near:
+        x0, y0 = int(round(x)) - window, int(round(y)) - window
+        patch = dark[y0 : y0 + 2 * window + 1, x0 : x0 + 2 * window + 1]
+        yy, xx = np.mgrid[0 : patch.shape[0], 0 : patch.shape[1]]
+        out.append([x0 + (patch * xx).sum() / patch.sum(), y0 + (patch * yy).sum() / patch.sum()])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("ratio", [0.4545, 0.7, 1.3, 2.2])  # 0.25 → 0.55 µm/px is 0.4545
+def test_resampled_image_keeps_its_dots_on_the_mapped_points(ratio):
+    rng = np.random.default_rng(1)
+    h, w = 301, 347
+    sigma = 6.0
+    # Well apart (a 70 px grid), at random sub-pixel positions.
+    gx, gy = np.meshgrid(np.arange(50, w - 40, 70), np.arange(50, h - 40, 70))
+    centres = np.stack([gx.ravel(), gy.ravel()], axis=1) + rng.uniform(-0.5, 0.5, (gx.size, 2))
+    image = _dots(h, w, centres, sigma)
+    out, mapped, scale = resample(image, centres, ratio)
+    assert out.shape[:2] == resampled_size(h, w, ratio) and scale == (out.shape[1] / w, out.shape[0] / h)
+    found = _centroids(out, mapped, window=int(np.ceil(3 * sigma * ratio)))
+    # The dots in the resampled image sit on the mapped points (to the centroid's precision).
+    np.testing.assert_allclose(found, mapped, atol=0.05)
+    np.testing.assert_allclose(from_resampled(mapped, *scale), centres, atol=1e-9)  # and back
+
+
+def test_the_convention_is_pixel_centres_not_corners():
+    # 4 pixels → 8: the centre of input pixel 0 (x = 0) is 0.25 of the way into output
+    # pixel 0 (x' = 0.5·2 − 0.5 = 0.5); corners map onto corners: −0.5 → −0.5, 3.5 → 7.5.
+    np.testing.assert_allclose(to_resampled([[0.0, 0.0], [-0.5, -0.5], [3.5, 3.5]], 2.0, 2.0), [[0.5, 0.5], [-0.5, -0.5], [7.5, 7.5]])
+
+
+def test_ratios_within_one_percent_change_nothing():
+    image = np.zeros((50, 60, 3), np.uint8)
+    pts = np.array([[1.5, 2.5]])
+    out, mapped, scale = resample(image, pts, 1.009)
+    assert out is image and scale is None
+    np.testing.assert_array_equal(mapped, pts)
+
+
+@pytest.mark.parametrize("size, out", [((300, 457), (271, 413)), ((257, 190), (600, 401)), ((500, 501), (227, 228))])
+def test_tile_resampling_is_bit_exact_with_a_whole_image_resize(size: tuple[int, int], out: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    whole = np.asarray(Image.fromarray(image).resize(out[::-1], Image.Resampling.BILINEAR))
+    # Outputs 40:150 of each axis computed from the input window they need.
+    rows, cols = BilinearAxis(size[0], out[0], 40, 150), BilinearAxis(size[1], out[1], 40, 150)
+    window = image[rows.start : rows.stop, cols.start : cols.stop]
+    part = cols.apply(np.ascontiguousarray(window.transpose(1, 0, 2))).transpose(1, 0, 2)
+    part = rows.apply(np.ascontiguousarray(part))
+    np.testing.assert_array_equal(part, whole[40:150, 40:150])
+
+
+@pytest.mark.slow
+def test_training_validation_and_evaluate_agree_on_monuseg_at_025_mpp(shared_data, tmp_path):
+    """The same checkpoint, the same data at another pixel size: the F1 the trainer's
+    validation computes equals what `micronet evaluate` reports."""
+    pytest.importorskip("torch")
+    from micronet.cli import main
+    from micronet.runtime.datasets import load_point_folder
+    from micronet.trainer.checkpoint import load_checkpoint
+    from micronet.trainer.train import _validation_inputs
+    from micronet.trainer.validate import choose_threshold, predict_map
+
+    checkpoint = Path(__file__).resolve().parents[2] / "trainer" / "pretrained" / "micronet_crchisto.safetensors"
+    if not checkpoint.exists():
+        pytest.skip(f"no trained checkpoint at {checkpoint}")
+    data = load_point_folder(shared_data / "monuseg")
+    assert data.mpp == pytest.approx(0.25, abs=0.01)
+    model, info = load_checkpoint(checkpoint)
+    images, points, scales = _validation_inputs(data, info.mpp)
+    maps = [predict_map(model, im, info.mean, info.std) for im in images]
+    sweep = choose_threshold(maps, points, 16.0, info.min_distance, float(info.target["scale"]), scales=scales)
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(shared_data / "monuseg"), "--radius", "16", "--json", str(report)]) == 0
+    evaluated = json.loads(report.read_text())
+    # The whole PR curve, threshold by threshold, not only its best point.
+    np.testing.assert_allclose([row["threshold"] for row in evaluated["curve"]], sweep.thresholds, rtol=1e-12)
+    np.testing.assert_array_equal([row["f1"] for row in evaluated["curve"]], sweep.f1)
+    assert evaluated["best_f1"] == sweep.best_f1 > 0.75

@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from micronet.runtime.backends.tensorrt import (
-    INPUT_NAME,
-    OUTPUT_NAME,
     check_device_id,
     cuda_device,
     cuda_device_properties,
@@ -44,7 +42,7 @@ from micronet.runtime.backends.tensorrt import (
     trt_logger,
 )
 from micronet.runtime.check import REFERENCE_KEY
-from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 
 __all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph", "main"]
 

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from micronet.runtime.check import REFERENCE_KEY, build_reference
-from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 
 if TYPE_CHECKING:
     import onnx
@@ -71,8 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "proximity"
 OPSET = 17
 
 

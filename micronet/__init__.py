@@ -15,30 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> module that defines it
-_EXPORTS = {
-    "Detector": "micronet.runtime.detector",
-    "Detections": "micronet.runtime.detections",
-    "find_peaks": "micronet.runtime.peaks",
-    "match_points": "micronet.runtime.matching",
-    "evaluate_points": "micronet.runtime.matching",
-    "PointMetrics": "micronet.runtime.matching",
-}
-
-__all__ = ["__version__", *_EXPORTS]
+# The runtime's public names, re-exported from micronet.runtime, which resolves them lazily
+# (one lazy-export table: micronet/runtime/__init__.py).
+__all__ = ["__version__", "Detector", "Detections", "find_peaks", "match_points", "evaluate_points", "PointMetrics"]
+_RUNTIME_NAMES = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from micronet.runtime.detections import Detections
-    from micronet.runtime.detector import Detector
-    from micronet.runtime.matching import PointMetrics, evaluate_points, match_points
-    from micronet.runtime.peaks import find_peaks
+    from micronet.runtime import Detections, Detector, PointMetrics, evaluate_points, find_peaks, match_points
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name not in _RUNTIME_NAMES:
         raise AttributeError(f"module 'micronet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module("micronet.runtime"), name)
     globals()[name] = value
     return value
 

@@ -11,10 +11,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["ModelInfo", "METADATA_KEY", "FORMAT"]
+__all__ = ["ModelInfo", "METADATA_KEY", "FORMAT", "INPUT_NAME", "OUTPUT_NAME"]
 
 METADATA_KEY = "micronet"  # key in safetensors metadata and ONNX metadata_props
 FORMAT = "micronet-model/1"
+# The tensor names of every exported model and engine: uint8 N×H×W×3 in, float N×1×H×W out.
+INPUT_NAME = "image"
+OUTPUT_NAME = "proximity"
 
 
 @dataclass

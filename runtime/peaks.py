@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .optional import import_cupy
+
 __all__ = ["find_peaks", "find_peaks_cuda", "refine_subpixel"]
 
 
@@ -198,16 +200,6 @@ _PIXELS_PER_SLOT = 64
 _kernels: dict[tuple[int, str], Any] = {}
 
 
-def _cupy() -> Any:
-    try:
-        import cupy
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise ImportError(
-            "find_peaks_cuda needs CuPy: pip install 'micronet-sdk[gpu]' (or cupy-cuda12x)"
-        ) from exc
-    return cupy
-
-
 def _kernel(cupy: Any, ctype: str) -> Any:
     # RawKernel compiles on first launch, for the device current then; one per device.
     key = (cupy.cuda.Device().id, ctype)
@@ -301,7 +293,7 @@ def find_peaks_cuda(
     """
     from . import _native
 
-    cupy = _cupy()
+    cupy = import_cupy("find_peaks_cuda")
     thr, dist = _check_params(threshold, min_distance)
     arr = cupy.asarray(prob_map)
     if arr.ndim == 3 and arr.shape[0] == 1:

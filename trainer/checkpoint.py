@@ -22,7 +22,7 @@ from micronet.runtime.model_info import METADATA_KEY, ModelInfo
 
 from .models import model_from_config
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_info", "save_snapshot", "load_snapshot"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_info", "read_snapshot_config", "save_snapshot", "load_snapshot"]
 
 _SNAPSHOT_KEY = "micronet_snapshot"
 
@@ -58,6 +58,16 @@ def read_info(path: str | Path) -> ModelInfo:
     if METADATA_KEY not in meta:
         raise ValueError(f"{path}: a safetensors file, but not a MicroNet checkpoint (no {METADATA_KEY!r} metadata)")
     return ModelInfo.from_json(meta[METADATA_KEY], source=str(path))
+
+
+def read_snapshot_config(path: str | Path) -> dict[str, Any]:
+    """The training config a snapshot was written with (``TrainConfig`` as a dict),
+    without loading the weights: what ``micronet train --resume`` continues with."""
+    path = Path(path)
+    meta = _metadata(path)
+    if _SNAPSHOT_KEY not in meta:
+        raise ValueError(f"{path}: not a training snapshot (no {_SNAPSHOT_KEY!r} metadata); resume from last_snapshot.safetensors")
+    return dict(json.loads(meta[_SNAPSHOT_KEY])["config"])
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:

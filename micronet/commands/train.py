@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
             values[f.name] = v
     if args.resume and not args.config:
         # Resume with the run's own config; flags still override (e.g. --iterations).
-        from micronet.trainer.checkpoint import _metadata  # noqa: PLC2701 - same package family
+        from micronet.trainer.checkpoint import read_snapshot_config
 
-        saved = json.loads(_metadata(Path(args.resume))["micronet_snapshot"])["config"]
+        saved = read_snapshot_config(args.resume)
         values = {**saved, **{k: v for k, v in values.items()}}
     cfg = TrainConfig.from_dict(values)
     best = train(cfg, resume=args.resume, progress=not args.no_progress)

@@ -26,12 +26,13 @@ import numpy as np
 
 from ..machine import has_vnni, physical_cores
 from ..model_info import METADATA_KEY, ModelInfo
+from ..optional import GPU_EXTRA, import_cupy
 
 __all__ = ["OnnxRuntimeBackend", "physical_cores"]
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # this backend's; the Detector parses "cuda:N" into device and device_id
 _CUDA_EP = "CUDAExecutionProvider"
 _CPU_EP = "CPUExecutionProvider"
 
@@ -68,18 +69,10 @@ def _warn_if_two_packages() -> None:
         )
 
 
-def _import_cupy() -> Any:
-    try:
-        import cupy
-    except ImportError:
-        return None
-    return cupy
-
-
 def _check_cuda_device(device_id: int) -> None:
     """``ValueError`` when CuPy can count the GPUs and there is no GPU ``device_id``
     (ONNX Runtime itself would only fail to create the session)."""
-    cupy = _import_cupy()
+    cupy = import_cupy("GPU maps from ONNX Runtime", required=False)
     if cupy is None:
         return
     try:
@@ -143,7 +136,7 @@ class OnnxRuntimeBackend:
         if device == "cuda" and _CUDA_EP not in available:
             raise ValueError(
                 f"device='cuda': this ONNX Runtime has no CUDA execution provider (available: {', '.join(available)}); "
-                "install onnxruntime-gpu (pip install 'micronet-sdk[gpu]') or use device='cpu'"
+                f"install onnxruntime-gpu ({GPU_EXTRA}) or use device='cpu'"
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -168,9 +161,9 @@ class OnnxRuntimeBackend:
                 )
             log.warning("%s: the CUDA execution provider did not load; running on the CPU", self.path.name)
         self._device_id = device_id
-        self._cupy = _import_cupy() if cuda else None
+        self._cupy = import_cupy("GPU maps from ONNX Runtime", required=False) if cuda else None
         if cuda and self._cupy is None:
-            log.info("CuPy is not installed: proximity maps are copied to the host (pip install 'micronet-sdk[gpu]')")
+            log.info("CuPy is not installed: proximity maps are copied to the host (%s)", GPU_EXTRA)
         self.name = "onnxruntime-cuda" if cuda else "onnxruntime-cpu"
         self.device = "cuda" if self._cupy is not None else "cpu"
         if not cuda and self.info.precision == "fp16":

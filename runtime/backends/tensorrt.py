@@ -36,7 +36,8 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 
-from ..model_info import ModelInfo
+from ..model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from ..optional import GPU_EXTRA, import_cupy
 
 __all__ = [
     "TensorRTBackend",
@@ -53,9 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GPU_EXTRA = "pip install 'micronet-sdk[gpu]'"
-INPUT_NAME = "image"  # as written by micronet.export.onnx
-OUTPUT_NAME = "proximity"
 SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
 REQUIRED_SIDECAR_FIELDS = ("micronet", "tensorrt_version", "gpu_name", "compute_capability")
 MIN_TENSORRT = (10, 0)  # strongly typed networks, named tensors and execute_async_v3
@@ -85,15 +83,6 @@ def import_tensorrt(purpose: str = "the TensorRT backend") -> Any:
             f"{GPU_EXTRA} (on a Jetson, JetPack 6)"
         )
     return tensorrt
-
-
-def import_cupy(purpose: str = "the TensorRT backend") -> Any:
-    """``import cupy`` or an ``ImportError`` naming the pip extra (one line)."""
-    try:
-        import cupy
-    except ImportError as exc:
-        raise ImportError(f"{purpose} needs CuPy: {GPU_EXTRA} (or cupy-cuda12x)") from exc
-    return cupy
 
 
 def cuda_device_properties(device_id: int = 0) -> tuple[str, str]:
@@ -561,7 +550,7 @@ class TensorRTBackend:
         check_sidecar_fields(sidecar, engine_path=path)
         self.info = ModelInfo.from_json(json.dumps(sidecar["micronet"]), source=str(sidecar_path(path)))
         trt = import_tensorrt()
-        cupy = import_cupy()
+        cupy = import_cupy("the TensorRT backend")
         gpu_name, cc = cuda_device_properties(device_id)
         check_engine_compatibility(sidecar, trt.__version__, gpu_name, cc, engine_path=path)
 

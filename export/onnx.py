@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
@@ -160,17 +161,23 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def _torch_export(wrapper: nn.Module, path: Path, example_hw: tuple[int, int] = (96, 128)) -> None:
     example = torch.randint(0, 256, (1, *example_hw, 3), dtype=torch.uint8)
-    torch.onnx.export(
-        wrapper,
-        (example,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "N", 1: "H", 2: "W"}, OUTPUT_NAME: {0: "N", 2: "H", 3: "W"}},
-        opset_version=OPSET,
-        do_constant_folding=True,
-        dynamo=False,  # the TorchScript exporter: clean graph, dynamic H/W without guards
-    )
+    with warnings.catch_warnings():
+        # We choose the TorchScript exporter on purpose (dynamo=False): it traces MicroNet
+        # to a clean graph with dynamic H and W and no shape guards, which the aligned
+        # fast path, int8 quantisation and TensorRT's parser rely on. torch >= 2.9 warns
+        # on every call that it is deprecated; the warning says nothing about our graph.
+        warnings.simplefilter("ignore", DeprecationWarning)  # only around this call
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "N", 1: "H", 2: "W"}, OUTPUT_NAME: {0: "N", 2: "H", 3: "W"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,  # the TorchScript exporter: clean graph, dynamic H/W without guards
+        )
 
 
 def _aligned_export(wrapper: nn.Module, path: Path) -> None:

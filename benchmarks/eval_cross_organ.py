@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=16.0)
     args = parser.parse_args()
 
-    from micronet.commands._evaluate_model import _candidates
+    from micronet.runtime.evaluation import model_candidates as _candidates
     from micronet.runtime.datasets import load_point_folder
     from micronet.runtime.metrics import evaluate_images
 

@@ -22,11 +22,14 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .detections import Detections
-    from .detector import Detector
-    from .matching import PointMetrics, evaluate_points, match_points
-    from .peaks import find_peaks
-    from .slide import open_slide
+    # For type checkers and IDEs; `X as X` marks a re-export.
+    from .detections import Detections as Detections
+    from .detector import Detector as Detector
+    from .matching import PointMetrics as PointMetrics
+    from .matching import evaluate_points as evaluate_points
+    from .matching import match_points as match_points
+    from .peaks import find_peaks as find_peaks
+    from .slide import open_slide as open_slide
 
 
 def __getattr__(name: str) -> Any:

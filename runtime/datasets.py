@@ -6,7 +6,8 @@
     <root>/meta.csv              optional: name,organ,...
     <root>/dataset.json          optional: {"mpp": 0.5} pixel size in µm/px
 
-Used by evaluation (runtime, no torch) and by the trainer.
+Point files are read by :func:`micronet.runtime.points.read_points_csv`. Used by
+evaluation (runtime, no torch) and by the trainer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import read_points_csv
+from .points import read_points_csv
 
 __all__ = ["PointDataset", "load_point_folder", "KNOWN_MPP"]
 

@@ -150,7 +150,7 @@ class Detections:
         """Writes ``x,y,score`` CSV (one detection per row, 0-based pixels); returns the
         path. :func:`micronet.runtime.metrics.read_points_csv` reads it back (positions),
         :meth:`from_csv` with the scores."""
-        from .metrics import write_points_csv
+        from .points import write_points_csv
 
         path = Path(path)
         write_points_csv(path, self.xy, self.scores)
@@ -159,7 +159,7 @@ class Detections:
     @classmethod
     def from_csv(cls, path: str | PathLike[str], image_shape: tuple[int, int] | None = None, mpp: float | None = None) -> "Detections":
         """Reads a point CSV (``x,y`` or ``x,y,score``; scores default to 1)."""
-        from .metrics import read_points_csv
+        from .points import read_points_csv
 
         path = Path(path)
         xy = read_points_csv(path)  # validates header, fields and values

@@ -1,40 +1,137 @@
-"""A model over a point-annotated data set: P / R / F1 / ED and the PR curve (no torch).
+"""Detections or a model over a point-annotated data set: P / R / F1 / ED and the PR curve.
 
-The model is any callable that returns candidate detections ``(xy, scores)`` of one
-image, in that image's pixels, found at a low threshold; the sweep then filters the
-scores (raising ξ only removes peaks, so this equals detecting at each ξ).
+- a folder of detection CSVs against a folder of annotation CSVs: :func:`score_csv_dirs`;
+- a model, as any callable that returns one image's candidate detections
+  (:data:`Candidates`), over a :class:`~micronet.runtime.datasets.PointDataset`:
+  :func:`evaluate_candidates`;
+- a model file (checkpoint, ONNX model or TensorRT engine) on a data set folder, as
+  ``micronet evaluate --model`` runs it: :func:`evaluate_model_file`, with
+  :func:`model_candidates` turning the file into its candidates callable;
+- the precision-recall curve of an evaluation as a PNG: :func:`plot_pr_curve`.
+
+Candidates are found once at a low threshold (the sweep floor) and the sweep then filters
+their scores (raising ξ only removes peaks, so this equals detecting at each ξ). No torch
+here: only a checkpoint imports it, when one is evaluated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .datasets import PointDataset
-from .metrics import EvaluationReport, SweepResult, evaluate_images, threshold_sweep
+from .datasets import PointDataset, load_point_folder
+from .metrics import EvaluationReport, evaluate_images
+from .model_info import ModelInfo
+from .points import read_points_csv
+from .sweep import SweepResult, sweep_thresholds, threshold_sweep
 
-__all__ = ["ModelEvaluation", "evaluate_candidates", "plot_pr_curve"]
+__all__ = [
+    "Candidates",
+    "MODEL_SUFFIXES",
+    "ModelEvaluation",
+    "evaluate_candidates",
+    "evaluate_model_file",
+    "model_candidates",
+    "plot_pr_curve",
+    "score_csv_dirs",
+]
 
 log = logging.getLogger(__name__)
 
 Candidates = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+"""``(image, mpp) -> (xy, scores)``: an ``(H, W, 3)`` uint8 RGB image and its pixel size in
+µm/px to its candidate detections, ``(N, 2)`` ``(x, y)`` in that image's pixels and their
+``(N,)`` scores, found at a threshold at or below the sweep's lowest."""
+
+MODEL_SUFFIXES = (".safetensors", ".onnx", ".engine")
+"""The model files :func:`model_candidates` runs: checkpoint, ONNX model, TensorRT engine."""
+
+_DEFAULT_RADIUS = 6.0  # px: CRCHistoPhenotypes at 20x
+_DEFAULT_TARGET_SCALE = 5.0  # the trainer's default peak height of the proximity target (Eq. 1)
+_THRESHOLD_SOURCES = {"given": "given", "model": "the model’s"}
+
+
+# --- folders of point CSVs ----------------------------------------------------------
+
+
+def _natural_key(name: str) -> list[Any]:
+    # img2 before img10
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def score_csv_dirs(pred_dir: str | PathLike[str], truth_dir: str | PathLike[str], radius: float) -> EvaluationReport:
+    """Scores a folder of detection CSVs against a folder of annotation CSVs.
+
+    Files pair up by name: ``truth_dir/<name>.csv`` with ``pred_dir/<name>.csv`` (format:
+    :mod:`micronet.runtime.points`). Every truth file needs its prediction file (an image
+    without detections is a header-only file); prediction files without a truth file are
+    ignored (logged), so one folder of detections can be scored against a split.
+
+    Returns:
+        :class:`~micronet.runtime.metrics.EvaluationReport` with images in natural name
+        order (``img2`` before ``img10``).
+
+    Raises:
+        FileNotFoundError: a folder is missing, or truth files lack predictions (all
+            their names are listed).
+        ValueError: no truth files, or a malformed CSV.
+    """
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    for folder, what in ((pred_dir, "pred_dir"), (truth_dir, "truth_dir")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what}: no such directory: {folder}")
+    truth_files = sorted(truth_dir.glob("*.csv"), key=lambda p: _natural_key(p.stem))
+    if not truth_files:
+        raise ValueError(f"truth_dir: no *.csv point files in {truth_dir}")
+    pred_files = {p.stem: p for p in pred_dir.glob("*.csv")}
+    missing = [t.stem for t in truth_files if t.stem not in pred_files]
+    if missing:
+        raise FileNotFoundError(
+            f"pred_dir: no prediction file for {len(missing)} of {len(truth_files)} truth files "
+            f"(expected <name>.csv in {pred_dir}): {', '.join(missing)}"
+        )
+    extra = len(pred_files) - len(truth_files)
+    if extra:
+        log.info("ignoring %d prediction files in %s that have no truth file in %s", extra, pred_dir, truth_dir)
+    names = [t.stem for t in truth_files]
+    return evaluate_images(
+        [read_points_csv(pred_files[n]) for n in names],
+        [read_points_csv(t) for t in truth_files],
+        radius,
+        names=names,
+    )
+
+
+# --- a model over a data set --------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ModelEvaluation:
     """Metrics at the operating threshold, plus the whole sweep.
 
-    report: per-image and pooled metrics at ``threshold``.
-    sweep: pooled metrics at every threshold of the sweep (PR curve, best-F1 ξ).
+    Attributes:
+        threshold: the operating threshold ξ (a detection is kept when score > ξ).
+        report: per-image and pooled metrics at ``threshold``.
+        sweep: pooled metrics at every threshold of the sweep (PR curve, best-F1 ξ).
+        threshold_source: ``"given"`` by the caller or the ``"model"``'s own ξ.
     """
 
     threshold: float
     report: EvaluationReport
     sweep: SweepResult
+    threshold_source: str = "given"
+
+    def __post_init__(self) -> None:
+        if self.threshold_source not in _THRESHOLD_SOURCES:
+            valid = ", ".join(map(repr, _THRESHOLD_SOURCES))
+            raise ValueError(f"threshold_source: expected one of {valid}, got {self.threshold_source!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """``precision, recall, f1, mean_distance`` (pooled) at the top level, then the
@@ -46,6 +143,16 @@ class ModelEvaluation:
             "best_f1": self.sweep.best_f1,
             "curve": self.sweep.to_dict()["curve"],
         }
+
+    def format(self) -> str:
+        """The report's table (:meth:`EvaluationReport.format`), then the operating ξ,
+        where it came from, and the best-F1 ξ of this data set, as text."""
+        best = self.sweep.metrics_at(self.sweep.best_index)
+        return (
+            f"{self.report.format()}\n"
+            f"threshold ξ = {self.threshold:.4g} ({_THRESHOLD_SOURCES[self.threshold_source]}); "
+            f"best on this set: ξ = {self.sweep.best_threshold:.4g}, F1 {best.f1:.4f}"
+        )
 
 
 def evaluate_candidates(
@@ -74,9 +181,115 @@ def evaluate_candidates(
     return ModelEvaluation(threshold=float(threshold), report=report, sweep=sweep)
 
 
+def model_candidates(model: str | PathLike[str], floor: float) -> tuple[Candidates, ModelInfo]:
+    """The :data:`Candidates` callable of a model file, and the model's metadata.
+
+    Args:
+        model: a ``.safetensors`` checkpoint (run with torch on the CPU, which only this
+            case imports: ``pip install 'micronet-sdk[train]'``), an ``.onnx`` model or a
+            TensorRT ``.engine`` (run by a :class:`~micronet.runtime.detector.Detector` on
+            the best backend available).
+        floor: the threshold the candidates are found at.
+
+    Raises:
+        ValueError: another kind of file (the valid suffixes are listed).
+    """
+    path = Path(model)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            from micronet.trainer.validate import CheckpointCandidates
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("torch", "safetensors"):
+                raise
+            raise ImportError(f"evaluating a checkpoint needs {exc.name}: pip install 'micronet-sdk[train]'") from exc
+
+        runner = CheckpointCandidates(str(path), floor)
+        return runner, runner.info
+    if suffix in (".onnx", ".engine"):
+        from .detector import Detector
+
+        det = Detector(str(path), threshold=floor)
+
+        def run(image: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+            found = det.detect(image, mpp=mpp)
+            return found.xy, found.scores
+
+        return run, det.info
+    raise ValueError(f"model {path}: expected a .safetensors checkpoint, .onnx model or .engine file")
+
+
+def _target_scale(info: ModelInfo) -> float:
+    return float(info.target.get("scale", _DEFAULT_TARGET_SCALE))
+
+
+def evaluate_model_file(
+    model: str | PathLike[str],
+    data: str | PathLike[str] | PointDataset,
+    split: str | None = None,
+    radius: float | None = None,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> ModelEvaluation:
+    """A checkpoint, ONNX model or TensorRT engine on a point-annotated data set, as
+    ``micronet evaluate --model`` runs it.
+
+    The model finds candidates once per image, at the floor of
+    :func:`~micronet.runtime.sweep.sweep_thresholds` for its own target scale (the
+    thresholds the trainer chose ξ over), and the sweep filters them; the metrics at the
+    operating ξ are those of the candidates scoring above it.
+
+    Args:
+        model: a model file, see :func:`model_candidates`.
+        data: a data set folder (images/ and points/, see
+            :func:`~micronet.runtime.datasets.load_point_folder`) or a loaded
+            :class:`~micronet.runtime.datasets.PointDataset`.
+        split: of a folder, the split to evaluate (e.g. ``"test"``); default: all images.
+        radius: matching radius in the data set's pixels; default 6 (CRCHistoPhenotypes
+            at 20x).
+        threshold: the operating ξ; default: the model's own (``ModelInfo.threshold``).
+        progress: show a progress bar.
+
+    Raises:
+        FileNotFoundError: no model file, or no data set there.
+        ValueError: a file that is no model, a ``split`` with a loaded data set, or a
+            ``threshold`` below the sweep's floor.
+    """
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"model: no such file {path}")
+    if isinstance(data, PointDataset):
+        if split is not None:
+            raise ValueError(f"split: applies to a data set folder, not to a loaded PointDataset (got split={split!r}; use PointDataset.subset)")
+        dataset = data
+    else:
+        dataset = load_point_folder(data, split)
+    thresholds = sweep_thresholds(_DEFAULT_TARGET_SCALE)
+    runner, info = model_candidates(path, float(thresholds[0]))
+    if _target_scale(info) != _DEFAULT_TARGET_SCALE:
+        # The floor depends on the model's target scale, which its metadata (read with the
+        # model) gives: open it again at its own floor.
+        thresholds = sweep_thresholds(_target_scale(info))
+        runner, info = model_candidates(path, float(thresholds[0]))
+    source = "model" if threshold is None else "given"
+    threshold = info.threshold if threshold is None else float(threshold)
+    if threshold < thresholds[0]:
+        raise ValueError(f"threshold {threshold} is below the sweep floor {thresholds[0]:.3f}")
+    radius = _DEFAULT_RADIUS if radius is None else radius
+    result = evaluate_candidates(runner, dataset, radius, threshold, thresholds, progress=progress)
+    return dataclasses.replace(result, threshold_source=source)
+
+
+# --- plots --------------------------------------------------------------------------
+
+
 def plot_pr_curve(evaluation: ModelEvaluation, path: str | Path, title: str = "") -> Path:
-    """Precision–recall curve over thresholds with the operating and best-F1 points."""
-    import matplotlib
+    """Precision–recall curve over thresholds with the operating and best-F1 points, as
+    a PNG at ``path`` (needs matplotlib: ``pip install 'micronet-sdk[plot]'``)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("the precision-recall plot needs matplotlib: pip install 'micronet-sdk[plot]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

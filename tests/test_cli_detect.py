@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from micronet.cli import main
-from micronet.runtime.metrics import read_points_csv
+from micronet.runtime.points import read_points_csv
 
 
 def _blur_model(path: Path) -> Path:
@@ -155,7 +155,7 @@ def test_a_real_slide_is_detected_tile_by_tile(model, tmp_path, capsys, shared_d
 
 def test_demo_runs_the_bundled_model_and_finds_the_sample_nuclei(tmp_path):
     from micronet.runtime.matching import evaluate_points
-    from micronet.runtime.metrics import read_points_csv
+    from micronet.runtime.points import read_points_csv
 
     code = main(["detect", "--demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"])
     assert code == 0

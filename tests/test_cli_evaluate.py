@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import types
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from micronet.commands import evaluate
-from micronet.runtime.metrics import write_points_csv
+from micronet.runtime.points import write_points_csv
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -87,14 +86,60 @@ def test_bad_radius_is_a_value_error(folders):
         evaluate.run(parse("--pred", str(pred), "--truth", str(truth), "--radius", "-1"))
 
 
-def test_model_evaluation_is_handed_to_its_module(monkeypatch):
+def test_model_evaluation_is_handed_to_the_library(monkeypatch, tmp_path, capsys):
+    from micronet.runtime import evaluation
+
     calls = []
-    fake = types.ModuleType("micronet.commands._evaluate_model")
-    fake.run_model_evaluation = lambda args: calls.append(args) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "micronet.commands._evaluate_model", fake)
-    args = parse("--model", "m.onnx", "--data", "d", "--split", "test", "--threshold", "0.4")
+
+    class Result:
+        def format(self) -> str:
+            return "the report"
+
+    def fake(model, data, **options):
+        calls.append((model, data, options))
+        return Result()
+
+    monkeypatch.setattr(evaluation, "evaluate_model_file", fake)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    args = parse("--model", str(model), "--data", "d", "--split", "test", "--threshold", "0.4")
     assert evaluate.run(args) == 0
-    assert calls == [args] and args.split == "test" and args.threshold == 0.4
+    assert calls == [(model, Path("d"), {"split": "test", "radius": None, "threshold": 0.4})]
+    assert args.split == "test" and args.threshold == 0.4
+    assert capsys.readouterr().out == "the report\n"
+
+
+def test_model_file_is_checked_before_anything_loads(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--model: no such file"):
+        evaluate.run(parse("--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path)))
+    other = tmp_path / "m.pt"
+    other.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"--model .*m\.pt: expected a \.safetensors checkpoint, \.onnx model or \.engine file"):
+        evaluate.run(parse("--model", str(other), "--data", str(tmp_path / "no data here")))
+
+
+def test_bundled_model_on_the_sample_image(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("matplotlib")
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "sample_set"
+    (data / "images").mkdir(parents=True)
+    (data / "points").mkdir()
+    shutil.copy(repo / "runtime" / "models" / "sample.png", data / "images")
+    shutil.copy(repo / "runtime" / "models" / "sample.csv", data / "points")
+    (data / "dataset.json").write_text('{"mpp": 0.55}')
+    out = tmp_path / "eval.json"
+    model = repo / "runtime" / "models" / "micronet_crchisto.onnx"
+    assert evaluate.run(parse("--model", str(model), "--data", str(data), "--json", str(out))) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["image", "TP", "FP", "FN", "P", "R", "F1", "ED", "px"]
+    assert lines[-3].startswith("1 images, radius 6 px: P ")
+    assert lines[-2].startswith("threshold ξ = ") and "(the model’s); best on this set: ξ = " in lines[-2]
+    assert lines[-1] == f"wrote {out} and {out.with_suffix('.pr.png')}"
+    d = json.loads(out.read_text())
+    assert d["model"] == str(model) and d["data"] == str(data) and d["split"] is None
+    assert len(d["curve"]) == 60 and d["per_image"][0]["name"] == "sample" and d["f1"] > 0.9
+    assert out.with_suffix(".pr.png").stat().st_size > 0
 
 
 def test_image_without_matches_shows_no_distance(tmp_path, capsys):

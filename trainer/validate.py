@@ -7,9 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from micronet.runtime.metrics import SweepResult, threshold_sweep
 from micronet.runtime.peaks import find_peaks
 from micronet.runtime.resample import from_resampled, resample
+from micronet.runtime.sweep import SweepResult, sweep_thresholds, threshold_sweep
 
 __all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold", "CheckpointCandidates"]
 
@@ -56,7 +56,9 @@ def choose_threshold(
     n_thresholds: int = 60,
     scales: Sequence[tuple[float, float] | None] | None = None,
 ) -> "SweepResult":
-    """Sweeps ξ over (0, scale) and returns the pooled best-F1 threshold.
+    """Sweeps ξ over :func:`~micronet.runtime.sweep.sweep_thresholds` of ``scale`` and
+    returns the pooled sweep (:func:`~micronet.runtime.sweep.threshold_sweep`), whose
+    ``best_threshold`` is the best-F1 ξ.
 
     Candidates are found once at the lowest threshold: because a peak is a maximum of
     its own window, raising ξ only removes peaks (never creates one), so filtering the
@@ -65,7 +67,7 @@ def choose_threshold(
     the candidates are matched in the images' own pixels, where ``truths`` and
     ``radius`` are, exactly as ``micronet evaluate`` matches them.
     """
-    thresholds = np.linspace(0.02 * scale, 0.9 * scale, n_thresholds)
+    thresholds = sweep_thresholds(scale, n_thresholds)
     cands = detect_candidates(maps, min_distance, float(thresholds[0]), scales)
     return threshold_sweep(cands, list(truths), thresholds, radius)
 

@@ -3,19 +3,21 @@
 Two ways in, one of them per call:
 
 - ``--pred DIR --truth DIR --radius R``: score a folder of detection CSVs against a
-  folder of annotation CSVs (files pair up by name; format in ``runtime/metrics.py``);
+  folder of annotation CSVs (files pair up by name; format in ``runtime/points.py``):
+  :func:`micronet.runtime.evaluation.score_csv_dirs`;
 - ``--model FILE --data DIR [--split NAME] [--threshold T]``: run a model on a data set
-  and score it (``micronet.commands._evaluate_model``).
+  and score it: :func:`micronet.runtime.evaluation.evaluate_model_file`.
 
 Prints the pooled P / R / F1 / ED and a per-image table; ``--json FILE`` also writes
-them (pooled values at the top level, ``per_image`` below).
+them (pooled values at the top level, ``per_image`` below), and with ``--model`` the
+precision-recall curve next to it (``FILE.pr.png``). The work is the library's; this
+module parses, calls, prints and writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -73,47 +75,42 @@ def _check_sources(args: argparse.Namespace) -> None:
         raise ValueError("--model and --data go together: give the model file and the data set folder")
 
 
-def _fmt(value: float, spec: str) -> str:
-    return "-" if math.isnan(value) else format(value, spec)
-
-
-def format_report(report: Any) -> str:
-    """The per-image table and the pooled line of an ``EvaluationReport``, as text."""
-    width = max([len("pooled"), *map(len, report.names)])
-    head = f"{'image':<{width}}  {'TP':>6} {'FP':>6} {'FN':>6}  {'P':>6} {'R':>6} {'F1':>6} {'ED px':>6}"
-
-    def line(name: str, m: Any) -> str:
-        return (
-            f"{name:<{width}}  {m.tp:>6d} {m.fp:>6d} {m.fn:>6d}  "
-            f"{m.precision:>6.4f} {m.recall:>6.4f} {m.f1:>6.4f} {_fmt(m.mean_distance, '>6.3f')}"
-        )
-
-    rule = "-" * len(head)
-    rows = [line(n, m) for n, m in zip(report.names, report.per_image)]
-    p = report.pooled
-    summary = (
-        f"{len(report.names)} images, radius {report.radius:g} px: "
-        f"P {p.precision:.4f}  R {p.recall:.4f}  F1 {p.f1:.4f}  ED {_fmt(p.mean_distance, '.3f')} px"
-    )
-    return "\n".join([head, rule, *rows, rule, line("pooled", p), "", summary])
-
-
 def run(args: argparse.Namespace) -> int:
     """Runs ``micronet evaluate``; returns the exit status. User errors raise ValueError
     or FileNotFoundError with a one-line message."""
     _check_sources(args)
     if args.model is not None:
-        from micronet.commands._evaluate_model import run_model_evaluation  # loads the model stack only when asked
-
-        return int(run_model_evaluation(args) or 0)
-
-    from micronet.runtime.metrics import score_csv_dirs
+        return _run_model(args)
+    from micronet.runtime.evaluation import score_csv_dirs
 
     report = score_csv_dirs(args.pred, args.truth, args.radius)
-    print(format_report(report))
+    print(report.format())
     if args.json is not None:
         out = {**report.to_dict(), "pred_dir": str(args.pred), "truth_dir": str(args.truth)}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        _write_json(args.json, out, allow_nan=False)
         print(f"wrote {args.json}")
     return 0
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    # Loads the model stack only when asked (torch only for a checkpoint).
+    from micronet.runtime.evaluation import MODEL_SUFFIXES, evaluate_model_file, plot_pr_curve
+
+    if not args.model.exists():
+        raise FileNotFoundError(f"--model: no such file {args.model}")
+    if args.model.suffix.lower() not in MODEL_SUFFIXES:
+        raise ValueError(f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file")
+    result = evaluate_model_file(args.model, args.data, split=args.split, radius=args.radius, threshold=args.threshold)
+    print(result.format())
+    if args.json is not None:
+        out = {**result.to_dict(), "model": str(args.model), "data": str(args.data), "split": args.split}
+        _write_json(args.json, out, default=lambda v: None)
+        title = f"{args.model.name} on {Path(args.data).name} {args.split or ''}"
+        png = plot_pr_curve(result, args.json.with_suffix(".pr.png"), title=title)
+        print(f"wrote {args.json} and {png}")
+    return 0
+
+
+def _write_json(path: Path, data: dict[str, Any], **options: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, **options) + "\n", encoding="utf-8")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from micronet.runtime.detections import Detections
-from micronet.runtime.metrics import read_points_csv
+from micronet.runtime.points import read_points_csv
 
 
 @pytest.fixture

@@ -1,0 +1,67 @@
+"""Point CSV files (micronet.runtime.points)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from micronet.runtime.points import read_points_csv, write_points_csv
+
+
+def test_csv_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        xy = (rng.uniform(0, 5000, (50, 2))).astype(dtype)
+        write_points_csv(tmp_path / "p.csv", xy)
+        assert (tmp_path / "p.csv").read_text().startswith("x,y\n")
+        back = read_points_csv(tmp_path / "p.csv")
+        # written with the fewest digits that read back to the same value in its dtype
+        assert back.dtype == np.float64 and np.array_equal(back.astype(dtype), xy)
+    scores = rng.random(50)
+    write_points_csv(tmp_path / "s.csv", xy, scores)
+    assert (tmp_path / "s.csv").read_text().startswith("x,y,score\n")
+    assert np.array_equal(read_points_csv(tmp_path / "s.csv"), xy)
+
+
+def test_csv_with_no_points(tmp_path):
+    write_points_csv(tmp_path / "e.csv", np.empty((0, 2)))
+    assert (tmp_path / "e.csv").read_text() == "x,y\n"
+    assert read_points_csv(tmp_path / "e.csv").shape == (0, 2)
+    write_points_csv(tmp_path / "e2.csv", [], scores=[])
+    assert read_points_csv(tmp_path / "e2.csv").shape == (0, 2)
+
+
+def test_csv_tolerates_a_bom_and_blank_lines(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"\xef\xbb\xbfx,y\r\n1.5,2\r\n\r\n3,4.25\r\n\r\n")
+    assert read_points_csv(path).tolist() == [[1.5, 2.0], [3.0, 4.25]]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty file"),
+        ("a,b\n1,2\n", r"expected the header 'x,y' or 'x,y,score', got 'a,b'"),
+        ("1.0,2.0\n", r"expected the header"),
+        ("x,y\n1,2\n3\n", r"line 3: expected 2 comma-separated values, got 1"),
+        ("x,y\n1,2,3\n", r"line 2: expected 2 comma-separated values, got 3"),
+        ("x,y\n1,two\n", r"line 2: expected numbers, got '1,two'"),
+        ("x,y\n1,nan\n", r"line 2: expected finite numbers"),
+        ("x,y,score\n1,2\n", r"line 2: expected 3 comma-separated values"),
+    ],
+)
+def test_malformed_csv_names_file_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        read_points_csv(path)
+    assert "bad.csv" in str(info.value)
+
+
+def test_write_checks_its_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"xy: expected an \(N, 2\) array"):
+        write_points_csv(tmp_path / "x.csv", [1, 2, 3])
+    with pytest.raises(ValueError, match=r"scores: expected a \(2,\) array"):
+        write_points_csv(tmp_path / "x.csv", [[1, 2], [3, 4]], scores=[1.0])
+    with pytest.raises(ValueError, match="scores: expected finite"):
+        write_points_csv(tmp_path / "x.csv", [[1, 2]], scores=[np.inf])

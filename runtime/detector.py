@@ -19,9 +19,8 @@ does the work on prepared arrays:
 One ``Detector`` may be called from several threads at once: it holds no scratch
 state, and the backends are thread-safe.
 
-Whole slides: ``det.detect_slide(path, ...)`` is
-:func:`micronet.runtime.slide.detect_slide`, attached on first use (``_EXTENSIONS``) so
-a detector needs none of the slide reader's imports until then.
+Whole slides: ``det.detect_slide(path, ...)`` runs
+:func:`micronet.runtime.slide.detect_slide`, imported on first use.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import logging
 import math
 import numbers
 from collections.abc import Sequence
-from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -80,10 +78,6 @@ DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
 # the activation memory (≈ 0.6 GB per 1024² tile for the default model), so one at a time.
 DEFAULT_CPU_BATCH_SIZE = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-# Methods other modules attach (name → module defining a function(detector, ...)).
-# ``det.detect_slide(...)`` calls ``micronet.runtime.slide.detect_slide(det, ...)``.
-_EXTENSIONS = {"detect_slide": "micronet.runtime.slide"}
 
 
 # --- input ---------------------------------------------------------------------------
@@ -476,20 +470,6 @@ class Detector:
             f"min_distance={self.min_distance}, mpp={self.info.mpp:g})"
         )
 
-    def __getattr__(self, name: str) -> Any:
-        # Methods defined in other modules (detect_slide in micronet.runtime.slide),
-        # loaded on first use so the detector needs none of their dependencies.
-        module_name = _EXTENSIONS.get(name)
-        if module_name is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            raise AttributeError(f"Detector.{name} is not available: this installation has no {module_name}") from exc
-        return partial(getattr(module, name), self)
-
     # --- detection --------------------------------------------------------------------
 
     def detect(self, image: Any, mpp: float | None = None) -> Detections:
@@ -541,6 +521,18 @@ class Detector:
         else:
             raise TypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
         return self._detect_prepared(arrays, mpps)
+
+    def detect_slide(self, path: str | PathLike[str], **kwargs: Any) -> Detections:
+        """Nucleus centres in a whole slide (or a region of it), tile by tile in bounded
+        memory, optionally streamed to CSV / GeoJSON / overlay files.
+
+        :func:`micronet.runtime.slide.detect_slide` with this detector: see there for
+        the options (``level``, ``region``, ``mpp``, ``tissue_only``, ``out_dir``, ...),
+        the files written, what comes back (positions in level-0 pixels) and the errors.
+        """
+        from .slide import detect_slide  # the slide reader's imports only when used
+
+        return detect_slide(self, path, **kwargs)
 
     def _detect_prepared(self, images: list[np.ndarray], mpps: list[float | None]) -> list[Detections]:
         """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays."""

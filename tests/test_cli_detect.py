@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -135,15 +134,10 @@ def test_slides_go_to_the_slide_reader(model, tmp_path, capsys):
     (tmp_path / "scan.svs").write_bytes(b"\0")
     assert main(["detect", str(tmp_path / "scan.svs"), "--model", str(model), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    if importlib.util.find_spec("micronet.runtime.slide") is None:
-        assert "whole-slide inputs are not supported yet" in err
-    else:
-        assert "scan.svs" in err and "Traceback" not in err  # the slide reader refuses the damaged file
+    assert "scan.svs" in err and "not a readable TIFF" in err and "Traceback" not in err  # the slide reader refuses the damaged file
 
 
 def test_a_real_slide_is_detected_tile_by_tile(model, tmp_path, capsys, shared_data):
-    if importlib.util.find_spec("micronet.runtime.slide") is None:
-        pytest.skip("micronet.runtime.slide is not installed")
     slide = shared_data / "slides" / "OS-1-detail.ome.tif"
     if not slide.is_file():
         pytest.skip(f"{slide} not found")

@@ -14,7 +14,6 @@ streams them tile by tile. ``--demo`` runs the bundled model on the bundled samp
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +119,6 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _slide_function() -> Any:
-    try:
-        module = importlib.import_module("micronet.runtime.slide")
-    except ModuleNotFoundError as exc:
-        if exc.name != "micronet.runtime.slide":
-            raise
-        raise ValueError("whole-slide inputs are not supported yet by this installation (micronet.runtime.slide is missing)") from exc
-    return module.detect_slide
-
-
 def _write(found: Any, image: Any, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
     written = []
     if "csv" in formats:
@@ -166,11 +155,11 @@ def run(args: argparse.Namespace) -> int:
     if duplicates:
         raise ValueError(f"inputs with the same name would write the same outputs: {', '.join(duplicates)}")
     slides = [f for f in files if is_slide(f)]
-    detect_slide = _slide_function() if slides else None  # fail before any work
 
     from tqdm.auto import tqdm
 
     from micronet.runtime.detector import Detector
+    from micronet.runtime.slide import detect_slide
 
     detector = Detector(args.model, device=args.device, threshold=args.threshold)
     out.mkdir(parents=True, exist_ok=True)

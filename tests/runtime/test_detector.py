@@ -376,16 +376,6 @@ def test_an_engine_profile_bounds_tiles_and_batches(blur_onnx, make_nuclei):
         Detector(backend=backend, tile_margin=BLUR_MARGIN, batch_size=4)
 
 
-def test_detect_slide_is_an_extension_hook(detector):
-    if importlib.util.find_spec("micronet.runtime.slide") is not None:
-        assert callable(detector.detect_slide)
-    else:
-        with pytest.raises(AttributeError, match="micronet.runtime.slide"):
-            detector.detect_slide  # noqa: B018
-    with pytest.raises(AttributeError, match="no attribute 'detect_video'"):
-        detector.detect_video  # noqa: B018
-
-
 # --- threads --------------------------------------------------------------------------
 
 

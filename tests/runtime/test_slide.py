@@ -21,7 +21,7 @@ tifffile = pytest.importorskip("tifffile")
 from PIL import Image  # noqa: E402
 
 from micronet.runtime.detections import Detections  # noqa: E402
-from micronet.runtime.slide import open_slide, tissue_mask  # noqa: E402
+from micronet.runtime.slide import open_slide, plan_slide, tissue_mask  # noqa: E402
 
 CMU = "CMU-1-Small-Region.svs"
 OS1 = "OS-1-detail.ome.tif"
@@ -219,6 +219,25 @@ def test_glass_is_skipped(slide_detector, synthetic: tuple[Path, np.ndarray], tm
     # Nothing lies beyond the tissue margin (50 µm ≈ 92 px) and the core (352 px) of a
     # tile that touches it.
     assert len(found) and (found.xy[:, 0] < 2000 + 92 + 352 + 8).all()
+
+
+def test_plan_slide_is_what_detect_slide_runs(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, pixels = synthetic
+    region = (1200, 0, 1300, 700)
+    with open_slide(path) as slide:
+        plan = plan_slide(slide_detector, slide, region=region)
+        everything = plan_slide(slide_detector, slide, region=region, tissue_only=False)
+        tile = plan.tiles[0]
+        read = plan.grid.read_tile(slide, tile)
+    slide_detector.detect_slide(path, region=region, out_dir=tmp_path, formats=("csv",), progress=False)
+    state = json.loads((tmp_path / "synthetic.progress.json").read_text())
+    assert (len(plan.tiles), plan.tiles_planned) == (state["tiles_total"], state["tiles_planned"])
+    assert everything.tiles_planned == len(everything.tiles) == plan.tiles_planned and everything.thumbnail is None
+    assert set(plan.tiles) < set(everything.tiles) and plan.thumbnail is not None
+    assert plan.level.index == 0 and plan.region == region and plan.mpp == pytest.approx(SYNTH_MPP)
+    assert not plan.grid.resampled  # the tiny model's pixel size: the level's pixels as they are
+    y0, x0 = region[1] + tile.y0, region[0] + tile.x0
+    np.testing.assert_array_equal(read, pixels[y0 : y0 + tile.shape[0], x0 : x0 + tile.shape[1]])
 
 
 def test_resume_after_interruption_gives_identical_files(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:

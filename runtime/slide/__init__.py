@@ -1,0 +1,53 @@
+"""Whole slides: pyramidal TIFF reading, tissue detection, and tiled, streamed detection.
+
+>>> from micronet import Detector                                    # doctest: +SKIP
+>>> found = Detector().detect_slide("slide.svs", out_dir="results")  # doctest: +SKIP
+
+The parts, in the order a run uses them:
+
+============  ===========================================================================
+module        holds
+============  ===========================================================================
+``reader``    :func:`open_slide` and :class:`Slide`: Aperio SVS, OME-TIFF and tiled
+              pyramidal TIFF read with tifffile; the pyramid's :class:`Level` s, the
+              pixel size from the file's own metadata, windows
+              (:meth:`Slide.read_region`) and :class:`Thumbnail` s, in bounded memory.
+``tissue``    :func:`tissue_mask` (Otsu on HSV saturation) and the choice of the tiles
+              whose core touches tissue.
+``plan``      :func:`plan_slide`: the level read, the region at the model's pixel size
+              (:class:`ModelGrid`) and the tiles to run (:class:`SlidePlan`).
+``outputs``   :class:`SlideOutputs`: the CSV, GeoJSON and overlay PNG of one slide,
+              written batch by batch, and the resume record (``.progress.json``).
+``pipeline``  :func:`detect_slide`: plans, reads tiles ahead in threads, runs them in
+              batches, keeps each tile's core peaks, writes the outputs.
+============  ===========================================================================
+
+Resampling to the model's pixel size is :mod:`micronet.runtime.resample`'s, tiling
+:mod:`micronet.runtime.tiling`'s: a slide gives the same detections as
+``detector.detect`` on the whole region. Positions are level-0 pixels, ``(x, y)`` =
+(column, row).
+"""
+
+from __future__ import annotations
+
+from .outputs import FORMATS, SlideOutputs
+from .pipeline import detect_slide
+from .plan import ModelGrid, SlidePlan, plan_slide
+from .reader import SLIDE_SUFFIXES, THUMBNAIL_SIZE, Level, Slide, Thumbnail, open_slide
+from .tissue import tissue_mask
+
+__all__ = [
+    "open_slide",
+    "Slide",
+    "Level",
+    "Thumbnail",
+    "tissue_mask",
+    "plan_slide",
+    "SlidePlan",
+    "ModelGrid",
+    "detect_slide",
+    "SlideOutputs",
+    "SLIDE_SUFFIXES",
+    "FORMATS",
+    "THUMBNAIL_SIZE",
+]

@@ -1,0 +1,443 @@
+"""Reading pyramidal TIFF slides: levels, pixel size, windows and thumbnails.
+
+>>> from micronet.runtime.slide import open_slide                    # doctest: +SKIP
+>>> with open_slide("slide.svs") as slide:                           # doctest: +SKIP
+...     window = slide.read_region(0, x=1000, y=2000, width=512, height=512)
+
+Slides are read with tifffile, not OpenSlide. tifffile is a pip wheel the runtime
+already depends on (a scanner PC needs no system library), it reads every format we
+promise — Aperio SVS, OME-TIFF pyramids (SubIFDs; OpenSlide does not read OME-TIFF at
+all) and generic tiled pyramidal TIFF — and it exposes each level's tile offsets and
+decoder, so :meth:`Slide.read_region` reads and decodes only the tiles (or strips) a
+window touches, with libjpeg-turbo from imagecodecs doing the JPEG. Memory is bounded
+by the window, never the level. Formats that need OpenSlide's vendor drivers (MIRAX,
+NDPI, VMS, …) raise a ``ValueError`` saying how to convert them.
+
+The pixel size comes from the file's own metadata: the Aperio ImageDescription
+``MPP``, OME-XML ``PhysicalSizeX/Y`` (with their units), or the TIFF resolution tags.
+Positions are ``(x, y)`` = (column, row); sizes ``(H, W)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Slide", "Level", "Thumbnail", "open_slide", "level_box", "slide_suffix", "SLIDE_SUFFIXES", "OME_SUFFIXES", "THUMBNAIL_SIZE"]
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")  # .ome.tif / .ome.tiff included
+OME_SUFFIXES = (".ome.tif", ".ome.tiff")
+# Formats that need OpenSlide's (or a vendor's) drivers: suffix → what it is.
+_FOREIGN = {
+    ".ndpi": "Hamamatsu NDPI",
+    ".vms": "Hamamatsu VMS",
+    ".vmu": "Hamamatsu VMU",
+    ".mrxs": "3DHISTECH MIRAX",
+    ".scn": "Leica SCN",
+    ".bif": "Ventana BIF",
+    ".czi": "Zeiss CZI",
+    ".isyntax": "Philips iSyntax",
+    ".dcm": "DICOM",
+    ".svslide": "Sakura SVSlide",
+}
+_CONVERT = "convert it to a tiled pyramidal TIFF, e.g. `vips tiffsave in out.tif --tile --pyramid --compression jpeg` or QuPath's OME-TIFF export"
+
+# A recorded pixel size outside this range (µm/px) is not a microscope's: 72 dpi, say.
+PLAUSIBLE_MPP = (0.01, 100.0)
+# Largest decoded tile or strip read at once; beyond it the file must be re-saved tiled.
+MAX_SEGMENT_BYTES = 256 << 20
+# Decoded tiles kept for the overlap of neighbouring detection tiles.
+SEGMENT_CACHE_BYTES = 16 << 20
+
+THUMBNAIL_SIZE = 2048  # longest side of the tissue thumbnail and the overlay PNG
+_JPEG = {6, 7, 33007, 34892}  # TIFF compressions whose tiles need the JPEGTables
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a slide's pyramid.
+
+    Attributes:
+        index: 0 for full resolution, then coarser.
+        shape: ``(H, W)`` in this level's pixels.
+        downsample: level-0 pixels per pixel of this level (the mean of the two axes,
+            as OpenSlide reports it); ``downsample_xy`` gives ``(x, y)`` separately.
+        tile: ``(h, w)`` of the stored tiles (or strips) the level is read in.
+    """
+
+    index: int
+    shape: tuple[int, int]
+    downsample: float
+    downsample_xy: tuple[float, float]
+    tile: tuple[int, int]
+
+
+class Slide:
+    """An RGB pyramidal TIFF slide (Aperio SVS, OME-TIFF, generic tiled TIFF), read one
+    window at a time. Open with :func:`open_slide`; close (or use ``with``) when done.
+
+    Attributes:
+        path: the file.
+        format: ``"svs"``, ``"ome-tiff"`` or ``"tiff"``.
+        levels: the pyramid, level 0 (full resolution) first.
+        mpp: level-0 pixel size in µm/px (mean of x and y) from the file's own metadata,
+            or ``None`` when it records none.
+        mpp_xy: ``(x, y)`` pixel sizes, or ``None``.
+        mpp_source: where ``mpp`` came from, or why there is none.
+
+    One ``Slide`` may be read from several threads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self.path = path
+        try:
+            self._tif = tifffile.TiffFile(path)
+        except Exception as exc:  # tifffile raises several types for damaged files
+            raise ValueError(f"{path.name}: not a readable TIFF slide ({type(exc).__name__}: {exc})") from exc
+        try:
+            self._init_levels()
+            self.format = "svs" if self._tif.is_svs else "ome-tiff" if self._tif.is_ome else "tiff"
+            self.mpp_xy, self.mpp_source = self._read_mpp()
+        except BaseException:
+            self._tif.close()
+            raise
+        self.mpp = None if self.mpp_xy is None else (self.mpp_xy[0] + self.mpp_xy[1]) / 2
+        self._file_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
+
+    def _init_levels(self) -> None:
+        try:
+            series = self._tif.series
+        except Exception as exc:
+            raise ValueError(f"{self.path.name}: cannot parse the TIFF structure ({type(exc).__name__}: {exc})") from exc
+        if not series:
+            raise ValueError(f"{self.path.name}: a TIFF without images")
+        main = series[0]
+        levels, pages = [], []
+        for i, lv in enumerate(main.levels):
+            shape, axes = tuple(lv.shape), lv.axes
+            if lv.dtype != np.uint8 or axes != "YXS" or shape[2] != 3:
+                raise ValueError(
+                    f"{self.path.name}: expected an RGB slide, (H, W, 3) uint8 with axes YXS; level {i} has shape {shape}, "
+                    f"axes {axes!r}, dtype {lv.dtype} (fluorescence and multi-plane images are not H&E slides)"
+                )
+            if len(lv.pages) != 1:
+                raise ValueError(f"{self.path.name}: level {i} spans {len(lv.pages)} pages; expected one plane per level")
+            page = lv.keyframe
+            if page.planarconfig != 1 or page.imagedepth != 1:
+                raise ValueError(f"{self.path.name}: level {i} stores colour planes separately; expected interleaved RGB")
+            seg_h, seg_w = int(page.chunks[0]), int(page.chunks[1])
+            if seg_h * seg_w * 3 > MAX_SEGMENT_BYTES:
+                kind = "tile" if page.is_tiled else "strip"
+                raise ValueError(
+                    f"{self.path.name}: level {i} is stored as {seg_w}×{seg_h} {kind}s ({seg_h * seg_w * 3 >> 20} MB each "
+                    f"decoded), too large to read in bounded memory; {_CONVERT}"
+                )
+            levels.append((shape[0], shape[1], seg_h, seg_w))
+            pages.append(page)
+        h0, w0 = levels[0][:2]
+        self.levels: tuple[Level, ...] = tuple(
+            Level(i, (h, w), (w0 / w + h0 / h) / 2, (w0 / w, h0 / h), (sh, sw)) for i, (h, w, sh, sw) in enumerate(levels)
+        )
+        self._pages = pages
+        self._grids = [(math.ceil(h / sh), math.ceil(w / sw)) for h, w, sh, sw in levels]
+
+    def _read_mpp(self) -> tuple[tuple[float, float] | None, str]:
+        tif, page = self._tif, self._pages[0]
+        if tif.is_svs:
+            for field in page.description.split("|"):
+                key, _, value = field.partition("=")
+                if key.strip() == "MPP":
+                    try:
+                        mpp = float(value)
+                    except ValueError:
+                        return None, f"the Aperio ImageDescription has an unreadable MPP {value.strip()!r}"
+                    return self._plausible((mpp, mpp), "Aperio ImageDescription MPP")
+            return None, "the Aperio ImageDescription has no MPP field"
+        if tif.is_ome:
+            return self._ome_mpp(tif.ome_metadata or "")
+        unit = page.tags.get("ResolutionUnit")
+        xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+        unit_value = int(unit.value) if unit is not None else 2  # TIFF's default unit is the inch
+        if xres is None or yres is None or unit_value not in (2, 3):
+            return None, "the TIFF has no resolution tags with a physical unit"
+        per_unit = 25400.0 if unit_value == 2 else 10000.0  # µm per inch or per cm
+        try:
+            rx, ry = (v[0] / v[1] if isinstance(v, tuple) else float(v) for v in (xres.value, yres.value))
+        except (TypeError, ZeroDivisionError):
+            return None, "the TIFF's resolution tags are unreadable"
+        if rx <= 0 or ry <= 0:
+            return None, "the TIFF's resolution tags are not positive"
+        return self._plausible((per_unit / rx, per_unit / ry), "TIFF resolution tags")
+
+    def _ome_mpp(self, xml: str) -> tuple[tuple[float, float] | None, str]:
+        units = {"µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            return None, f"its OME-XML is not well-formed ({exc})"
+        pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+        if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+            return None, "its OME-XML has no PhysicalSizeX"
+        sizes = []
+        for axis in ("X", "Y"):
+            value = pixels.get(f"PhysicalSize{axis}", pixels.get("PhysicalSizeX"))
+            unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+            if unit not in units:
+                return None, f"its OME-XML gives PhysicalSize{axis} in an unknown unit {unit!r}"
+            try:
+                sizes.append(float(value) * units[unit])
+            except ValueError:
+                return None, f"its OME-XML has an unreadable PhysicalSize{axis} {value!r}"
+        return self._plausible((sizes[0], sizes[1]), "OME-XML PhysicalSizeX/Y")
+
+    @staticmethod
+    def _plausible(mpp_xy: tuple[float, float], source: str) -> tuple[tuple[float, float] | None, str]:
+        lo, hi = PLAUSIBLE_MPP
+        if not all(math.isfinite(v) and lo <= v <= hi for v in mpp_xy):
+            return None, f"its {source} give {mpp_xy[0]:.4g} µm/px, not a microscope's pixel size"
+        return mpp_xy, source
+
+    # --- description ------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of level 0."""
+        return self.levels[0].shape
+
+    def level(self, index: Any) -> Level:
+        """The level ``index``; a ``ValueError`` lists the levels when there is none."""
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(self.levels):
+            have = ", ".join(f"{lv.index}: {lv.shape[1]}×{lv.shape[0]} (downsample {lv.downsample:.4g})" for lv in self.levels)
+            raise ValueError(f"level: {self.path.name} has no level {index!r}; its levels (W×H) are {have}")
+        return self.levels[int(index)]
+
+    def __repr__(self) -> str:
+        mpp = f"{self.mpp:.4g}" if self.mpp is not None else "unknown"
+        return f"Slide({self.path.name!r}, format={self.format!r}, shape={self.shape}, levels={len(self.levels)}, mpp={mpp})"
+
+    def close(self) -> None:
+        self._tif.close()
+        with self._cache_lock:
+            self._cache.clear()
+            self._cache_bytes = 0
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- pixels -----------------------------------------------------------------------
+
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """The pixels of a window of one level, decoding only the tiles it touches.
+
+        Args:
+            level: pyramid level (0 = full resolution).
+            x, y: top-left corner in **that level's** pixels (column, row).
+            width, height: window size in that level's pixels (≥ 1).
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB. Tiles the file leaves out (sparse slides)
+            read as white.
+
+        Raises:
+            ValueError: no such level, a window not inside the level, or a tile that
+                cannot be decoded (a damaged or truncated file).
+        """
+        lv = self.level(level)
+        for name, value, lo in (("x", x, 0), ("y", y, 0), ("width", width, 1), ("height", height, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+                raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
+        x, y, width, height = int(x), int(y), int(width), int(height)
+        h, w = lv.shape
+        if x + width > w or y + height > h:
+            raise ValueError(
+                f"window x={x}, y={y}, width={width}, height={height} is not inside level {lv.index} of size W×H {w}×{h}"
+            )
+        out = np.full((height, width, 3), 255, np.uint8)
+        seg_h, seg_w = lv.tile
+        cols = self._grids[lv.index][1]
+        for r in range(y // seg_h, (y + height - 1) // seg_h + 1):
+            for c in range(x // seg_w, (x + width - 1) // seg_w + 1):
+                seg = self._segment(lv.index, r * cols + c)
+                if seg is None:
+                    continue
+                top, left = r * seg_h, c * seg_w
+                ya, yb = max(y, top), min(y + height, top + seg.shape[0])
+                xa, xb = max(x, left), min(x + width, left + seg.shape[1])
+                if ya < yb and xa < xb:
+                    out[ya - y : yb - y, xa - x : xb - x] = seg[ya - top : yb - top, xa - left : xb - left]
+        return out
+
+    def _segment(self, level: int, index: int) -> np.ndarray | None:
+        """Decoded tile (or strip) ``index`` of a level: ``(h, w, 3)`` uint8, or ``None``
+        for one the file leaves out."""
+        key = (level, index)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        page = self._pages[level]
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        seg: np.ndarray | None = None
+        if offset > 0 and count > 0:
+            with self._file_lock:  # one file handle: seek and read together
+                fh = self._tif.filehandle
+                fh.seek(offset)
+                data = fh.read(count)
+            if len(data) != count:
+                raise ValueError(
+                    f"{self.path.name}: level {level} tile {index} is cut off ({len(data)} of {count} bytes): the file is truncated"
+                )
+            kwargs = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} if page.compression in _JPEG else {}
+            try:
+                decoded = page.decode(data, index, **kwargs)[0]  # (1, h, w, 3)
+            except Exception as exc:  # the codecs raise their own types
+                raise ValueError(
+                    f"{self.path.name}: level {level} tile {index} cannot be decoded ({type(exc).__name__}: {exc}); "
+                    "the file is damaged"
+                ) from exc
+            if decoded is not None:
+                seg = decoded.reshape(decoded.shape[-3:])
+        with self._cache_lock:
+            self._cache[key] = seg
+            self._cache_bytes += 0 if seg is None else seg.nbytes
+            while self._cache_bytes > SEGMENT_CACHE_BYTES and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= 0 if old is None else old.nbytes
+        return seg
+
+    def read_thumbnail(self, max_size: int = THUMBNAIL_SIZE, region: tuple[int, int, int, int] | None = None) -> "Thumbnail":
+        """A downsampled image of the slide (or of a level-0 region) whose longest side
+        is at most ``max_size``, read in bounded blocks from the coarsest level that is
+        fine enough and block-averaged by an integer factor.
+
+        Args:
+            max_size: the longest side in pixels.
+            region: ``(x, y, width, height)`` in level-0 pixels; default the whole slide.
+        """
+        x, y, w, h = region if region is not None else (0, 0, self.shape[1], self.shape[0])
+        wanted = max(w, h) / max_size  # level-0 pixels per thumbnail pixel
+        lv = max((lv for lv in self.levels if lv.downsample <= wanted), key=lambda lv: lv.downsample, default=self.levels[0])
+        factor = max(1, math.ceil(max(w / lv.downsample_xy[0], h / lv.downsample_xy[1]) / max_size - 1e-9))
+        x0, y0, x1, y1 = level_box(lv, x, y, w, h)
+        out_h, out_w = -(-(y1 - y0) // factor), -(-(x1 - x0) // factor)
+        from PIL import Image
+
+        canvas = np.empty((out_h, out_w, 3), np.uint8)
+        block = factor * max(1, 1024 // factor)  # a multiple of the factor: no seams
+        for by in range(y0, y1, block):
+            for bx in range(x0, x1, block):
+                pixels = self.read_region(lv.index, bx, by, min(block, x1 - bx), min(block, y1 - by))
+                if factor > 1:
+                    pixels = np.asarray(Image.fromarray(pixels).reduce(factor))  # box average
+                oy, ox = (by - y0) // factor, (bx - x0) // factor
+                canvas[oy : oy + pixels.shape[0], ox : ox + pixels.shape[1]] = pixels
+        return Thumbnail(canvas, lv.index, factor, x0, y0, lv.downsample_xy)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A block-averaged image of a slide region.
+
+    Attributes:
+        image: ``(h, w, 3)`` uint8 RGB.
+        level: the level it was read from; ``factor``: that level's pixels per thumbnail
+            pixel (an integer); ``x0, y0``: its top-left corner in that level's pixels;
+            ``downsample_xy``: that level's ``(x, y)`` downsample.
+    """
+
+    image: np.ndarray
+    level: int
+    factor: int
+    x0: int
+    y0: int
+    downsample_xy: tuple[float, float]
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        """Level-0 pixels per thumbnail pixel, ``(x, y)``."""
+        return (self.downsample_xy[0] * self.factor, self.downsample_xy[1] * self.factor)
+
+    def from_level0(self, xy: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` level-0 pixel positions → thumbnail pixel positions (pixel centres
+        onto pixel centres), float64."""
+        dx, dy = self.downsample_xy
+        x = ((xy[:, 0] + 0.5) / dx - self.x0) / self.factor - 0.5
+        y = ((xy[:, 1] + 0.5) / dy - self.y0) / self.factor - 0.5
+        return np.stack([x, y], axis=1)
+
+    def box_from_level0(self, x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
+        """The thumbnail pixels ``(col0, row0, col1, row1)`` (ends exclusive) that a
+        level-0 box ``[x0, x1) × [y0, y1)`` touches."""
+        dx, dy = self.downsample_xy
+        h, w = self.image.shape[:2]
+        c0 = min(w - 1, max(0, math.floor((x0 / dx - self.x0) / self.factor)))
+        r0 = min(h - 1, max(0, math.floor((y0 / dy - self.y0) / self.factor)))
+        c1 = min(w, max(c0 + 1, math.ceil((x1 / dx - self.x0) / self.factor)))
+        r1 = min(h, max(r0 + 1, math.ceil((y1 / dy - self.y0) / self.factor)))
+        return c0, r0, c1, r1
+
+
+def level_box(level: Level, x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
+    """The pixels ``(x0, y0, x1, y1)`` of ``level`` (ends exclusive, at least one pixel
+    each way) that cover a level-0 box ``(x, y, w, h)``."""
+    dx, dy = level.downsample_xy
+    lh, lw = level.shape
+    x0, y0 = min(lw - 1, math.floor(x / dx + 1e-9)), min(lh - 1, math.floor(y / dy + 1e-9))
+    x1, y1 = min(lw, math.ceil((x + w) / dx - 1e-9)), min(lh, math.ceil((y + h) / dy - 1e-9))
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def slide_suffix(path: Path) -> str:
+    """The lower-case suffix that names a slide's format: ``.ome.tif`` / ``.ome.tiff``
+    whole, else the last one (``.svs``)."""
+    name = path.name.lower()
+    for double in OME_SUFFIXES:
+        if name.endswith(double):
+            return double
+    return path.suffix.lower()
+
+
+def open_slide(path: str | PathLike[str]) -> Slide:
+    """Opens a pyramidal TIFF slide: Aperio ``.svs``, OME-TIFF (``.ome.tif``) or a tiled
+    (or stripped) ``.tif``/``.tiff``, BigTIFF included.
+
+    Reads the level structure and the pixel size from the file's own metadata: the
+    Aperio ImageDescription ``MPP``, OME-XML ``PhysicalSizeX/Y`` (with their units), or
+    the TIFF resolution tags (inch or centimetre units).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another slide format (the message says how to convert it), a file
+            that is not a readable TIFF, or not an RGB 8-bit image.
+    """
+    if not isinstance(path, (str, PathLike)):
+        raise TypeError(f"path: expected a slide file path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"slide not found: {path}")
+    suffix = slide_suffix(path)
+    if suffix in _FOREIGN:
+        raise ValueError(f"{path.name}: {_FOREIGN[suffix]} slides are not supported; expected Aperio .svs, OME-TIFF or tiled .tif; {_CONVERT}")
+    if suffix not in SLIDE_SUFFIXES + OME_SUFFIXES:
+        raise ValueError(
+            f"{path.name}: expected a slide file ending in .svs, .ome.tif, .tif or .tiff, got {suffix or 'no suffix'!r}"
+        )
+    return Slide(path)
+

@@ -14,10 +14,12 @@ exactly one tile. The result is the whole-image result when two conditions hold:
    8 sees the same stride-2 sampling grid, at every depth, as the whole image does.
    A tile starting elsewhere samples other positions and gives other values.
 
-MicroNet's receptive radius, measured as the extent of the input gradient of one
-output pixel over all 64 positions modulo 8, is 76 px up/left and 69 px down/right at
-every width (the depth structure fixes it; widths and the multi-context branches do
-not change it). With the default ``min_distance = 3`` the margin is therefore
+MicroNet's receptive radius is 76 px up/left and 69 px down/right: the farthest input
+row or column whose change moves an output pixel, over all 64 output positions modulo
+8, measured on the exported model by ``python tools/measure_receptive_field.py``
+(``benchmarks/results/receptive_field.json``). The depth structure fixes it; widths do
+not change it, and ``tests/runtime/test_tiling_margin.py`` measures it again on a tiny
+model of another width. With the default ``min_distance = 3`` the margin is therefore
 ``ceil8(76 + 3) = 80`` px. A 1024 px tile then has an 864 px core: 1.4× the pixels of
 a whole-image pass, in exchange for bounded memory and batchable tiles.
 
@@ -37,7 +39,7 @@ import numpy as np
 __all__ = ["Tile", "plan_tiles", "receptive_radius", "default_margin", "keep_in_core", "sort_peaks", "alignment", "RECEPTIVE_RADIUS", "ALIGNMENT"]
 
 # Architecture name (ModelInfo.architecture["name"]) → receptive radius in input pixels
-# (the larger of the two sides), measured as described in the module docstring.
+# (the larger of the two sides), measured by tools/measure_receptive_field.py.
 RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76}
 
 # Architecture name → total downsampling factor; tile origins are multiples of it.

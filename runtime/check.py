@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .bundled import bundled_sample
+from .images import as_rgb_image
 from .matching import evaluate_points, match_points
 from .peaks import find_peaks
 
@@ -103,8 +105,6 @@ class VerificationError(RuntimeError):
 
 
 def _sample() -> np.ndarray:
-    from .detector import as_rgb_image, bundled_sample
-
     return as_rgb_image(bundled_sample(), "bundled sample")
 
 
@@ -269,8 +269,6 @@ def check_detector(detector: Any, *, repeats: int = 3, reference: dict[str, Any]
         ValueError: the model carries no reference results, or they name images that
             this installation's bundled sample does not reproduce.
     """
-    from .detector import Detector
-
     backend = detector.backend
     ref = reference if reference is not None else reference_of(backend)
     model = str(detector.model_path.name if getattr(detector, "model_path", None) else type(backend).__name__)
@@ -282,8 +280,9 @@ def check_detector(detector: Any, *, repeats: int = 3, reference: dict[str, Any]
     precision = str(getattr(backend, "sidecar", {}).get("precision", "") or detector.info.precision)
     result = CheckResult(model=model, backend=detector.backend_name, precision=precision, device=_device_description(detector))
     tol = _tolerance(result.backend, precision)
-    # Same backend, the reference's decoding parameters.
-    probe = Detector(
+    # Same backend, the reference's decoding parameters (a Detector of the caller's class:
+    # this module needs no import of the detector, which imports it for verify=True).
+    probe = type(detector)(
         backend=backend,
         threshold=float(ref["threshold"]),
         min_distance=int(ref["min_distance"]),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import logging
-import math
 import numbers
 from collections.abc import Sequence
 from os import PathLike
@@ -38,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend
+from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, bundled_sample, resolve_model
 from .detections import Detections
+from .images import as_rgb_image, check_mpp, read_image
 from .model_info import ModelInfo
 from .peaks import _check_params, find_peaks, find_peaks_cuda
 from .resample import from_resampled, resample
@@ -59,16 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
-# Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
-# accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
-#   default    the paper's network (ELU), fp32; every backend.
-#   fast-cpu   the same network fine-tuned with ReLU, int8 QDQ: ONNX Runtime fuses ReLU
-#              into its convolutions and quantises it away, so the CPU runs it about
-#              twice as fast as the default; distilled from it, as accurate (CRCHisto
-#              test F1 0.800 against 0.802, MoNuSeg 0.825 against 0.813).
-BUNDLED_MODELS = {"default": DEFAULT_MODEL, "fast-cpu": "micronet_crchisto_relu.int8.onnx"}
-SAMPLE_IMAGE = "sample.png"  # next to it
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt"}
 # Device strings ``Detector(device=...)`` accepts: ``"cuda"`` is GPU 0, ``"cuda:N"`` GPU N.
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -77,138 +68,10 @@ DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
 # CPU backends: a batch does not raise convolution throughput on the CPU, but multiplies
 # the activation memory (≈ 0.6 GB per 1024² tile for the default model), so one at a time.
 DEFAULT_CPU_BATCH_SIZE = 1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
 
 
 # --- input ---------------------------------------------------------------------------
-
-
-def _bundled(name: str, what: str, instead: str) -> Path:
-    resource = importlib.resources.files("micronet.runtime") / "models" / name
-    if not resource.is_file():
-        raise FileNotFoundError(f"the bundled {what} (micronet/runtime/models/{name}) is missing from this installation; {instead}")
-    return Path(str(resource))
-
-
-def bundled_model(name: str = "default") -> Path:
-    """Path of a model shipped in the package (``runtime/models/``): ``"default"`` or
-    another name of :data:`BUNDLED_MODELS`.
-
-    Raises:
-        ValueError: an unknown name (the message lists the valid ones).
-        FileNotFoundError: this installation lacks the file.
-    """
-    if name not in BUNDLED_MODELS:
-        raise ValueError(f"bundled model: expected one of {', '.join(BUNDLED_MODELS)}, got {name!r}")
-    return _bundled(BUNDLED_MODELS[name], f"{name} model", "pass a model file instead: Detector('model.onnx')")
-
-
-def resolve_model(model: str | PathLike[str] | None) -> Path:
-    """A model argument as a file path: ``None`` → the bundled default; a name of
-    :data:`BUNDLED_MODELS` (that is not also an existing file) → that bundled model;
-    anything else → itself."""
-    if model is None:
-        return bundled_model()
-    if str(model) in BUNDLED_MODELS and not Path(model).exists():
-        return bundled_model(str(model))
-    return Path(model)
-
-
-def bundled_sample() -> Path:
-    """Path of the sample H&E image shipped with the default model (what
-    ``micronet detect --demo`` runs on), at the default model's pixel size.
-
-    Raises:
-        FileNotFoundError: this installation lacks it.
-    """
-    return _bundled(SAMPLE_IMAGE, "sample image", "run micronet detect on your own image instead")
-
-
-def read_image(path: str | PathLike[str]) -> np.ndarray:
-    """Reads an image file as an array, unconverted beyond decoding.
-
-    PNG and JPEG are read with Pillow (palette and YCbCr images decode to RGB), TIFF with
-    tifffile (the full-resolution level of the first series).
-
-    Returns:
-        The pixel array, e.g. ``(H, W, 3)`` uint8 for an RGB file; :meth:`Detector.detect`
-        checks it.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: expected an image file ending in {', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path, key=0)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "YCbCr"):
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode == "CMYK":
-                raise ValueError(f"{path}: a CMYK image; expected RGB")
-            return np.asarray(im)
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from exc
-
-
-def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
-    """Checks an image as :meth:`Detector.detect` does and returns it as a C-contiguous
-    ``(H, W, 3)`` uint8 RGB array (a path is read with :func:`read_image`).
-
-    Raises:
-        TypeError: neither an array nor a path.
-        ValueError: grayscale, RGBA, channels-first, 16-bit, float or empty images, with
-            a message naming the problem; ``name`` (and the file name) prefix it.
-        FileNotFoundError: no such file.
-    """
-    if isinstance(image, (str, PathLike)):
-        arr = read_image(image)
-        name = f"{name} ({Path(image).name})"
-    elif isinstance(image, np.ndarray):
-        arr = image
-    elif hasattr(image, "__cuda_array_interface__"):
-        raise TypeError(f"{name}: expected an image in host memory, got a GPU array ({type(image).__name__}); use cupy.asnumpy(image)")
-    elif hasattr(image, "__array_interface__") or hasattr(image, "__array__"):  # PIL images and the like
-        arr = np.asarray(image)
-    else:
-        raise TypeError(f"{name}: expected an (H, W, 3) uint8 RGB array or an image path, got {type(image).__name__}")
-    shape = tuple(arr.shape)
-    if arr.ndim == 2 or (arr.ndim == 3 and shape[2] == 1):
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got grayscale shape {shape}")
-    if arr.ndim == 3 and shape[2] == 4:
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape} (RGBA?): drop the alpha channel first, image[..., :3]")
-    if arr.ndim == 3 and shape[0] == 3 and shape[2] != 3:
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got channels-first shape {shape}: use image.transpose(1, 2, 0)")
-    if arr.ndim == 4:
-        raise ValueError(f"{name}: expected one (H, W, 3) image, got a batch of shape {shape}: use detect_batch")
-    if arr.ndim != 3 or shape[2] != 3:
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape}")
-    if arr.dtype != np.uint8:
-        if arr.dtype in (np.uint16, np.int16):
-            raise ValueError(f"{name}: a 16-bit image (dtype {arr.dtype}): convert to 8-bit first; expected uint8 RGB 0–255")
-        if np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(
-                f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}; "
-                "for values in 0–1 use (image * 255).round().astype(np.uint8)"
-            )
-        raise ValueError(f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {shape}; expected at least 1×1 pixels")
-    return np.ascontiguousarray(arr)
-
-
-def _check_mpp(mpp: Any, name: str = "mpp") -> float | None:
-    if mpp is None:
-        return None
-    if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
-        raise ValueError(f"{name}: expected a positive pixel size in µm/px or None, got {mpp!r}")
-    return float(mpp)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -493,7 +356,7 @@ class Detector:
                 images are named as such), empty, or a bad ``mpp``.
             FileNotFoundError: no such image file.
         """
-        return self._detect_prepared([as_rgb_image(image)], [_check_mpp(mpp)])[0]
+        return self._detect_prepared([as_rgb_image(image)], [check_mpp(mpp)])[0]
 
     def detect_batch(self, images: Sequence[Any] | np.ndarray, mpp: float | Sequence[float | None] | None = None) -> list[Detections]:
         """Nucleus centres in several images; images (or tiles) of one shape share
@@ -513,11 +376,11 @@ class Detector:
             raise TypeError(f"images: expected a sequence of images or an (N, H, W, 3) array, got {type(images).__name__}")
         arrays = [as_rgb_image(im, f"images[{i}]") for i, im in enumerate(images)]
         if mpp is None or isinstance(mpp, numbers.Real):
-            mpps = [_check_mpp(mpp)] * len(arrays)
+            mpps = [check_mpp(mpp)] * len(arrays)
         elif isinstance(mpp, Sequence) and not isinstance(mpp, str):
             if len(mpp) != len(arrays):
                 raise ValueError(f"mpp: expected one pixel size per image ({len(arrays)}), got {len(mpp)}")
-            mpps = [_check_mpp(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
+            mpps = [check_mpp(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
         else:
             raise TypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
         return self._detect_prepared(arrays, mpps)

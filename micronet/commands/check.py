@@ -99,7 +99,7 @@ def plan_checks(models: list[str], device: str) -> list[tuple[str, str | None, s
     """The (model, backend, device, why-skipped) combinations to run: ``backend`` is
     ``None`` for a combination this machine cannot run, with the reason in the last
     field."""
-    from micronet.runtime.detector import BUNDLED_MODELS, resolve_model
+    from micronet.runtime.bundled import BUNDLED_MODELS, resolve_model
 
     explicit = bool(models)
     if not models:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from micronet.commands import device_arg
+from micronet.runtime.images import IMAGE_SUFFIXES
 
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
 
 FORMATS = ("csv", "geojson", "png")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".svslide", ".vms")
 SLIDE_MIN_SIDE = 10_000  # a plain TIFF larger than this (px) on a side is read as a slide
 DEMO_OUT = Path("micronet-demo")
@@ -135,7 +135,8 @@ def _write(found: Any, image: Any, out: Path, stem: str, formats: tuple[str, ...
 def run(args: argparse.Namespace) -> int:
     """Runs ``micronet detect``; returns the exit status. User errors raise ValueError or
     FileNotFoundError with a one-line message."""
-    from micronet.runtime.detector import as_rgb_image, bundled_sample
+    from micronet.runtime.bundled import bundled_sample
+    from micronet.runtime.images import as_rgb_image
 
     formats = parse_formats(args.format)
     if args.demo:

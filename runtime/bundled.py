@@ -1,0 +1,63 @@
+"""The models and the sample image shipped inside the package (``runtime/models/``),
+by the names ``Detector(name)``, ``micronet detect --model name`` and ``micronet check``
+accept."""
+
+from __future__ import annotations
+
+import importlib.resources
+from os import PathLike
+from pathlib import Path
+
+__all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "SAMPLE_IMAGE", "bundled_model", "bundled_sample", "resolve_model"]
+
+DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
+# Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
+# accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
+#   default    the paper's network (ELU), fp32; every backend.
+#   fast-cpu   the same network fine-tuned with ReLU, int8 QDQ: ONNX Runtime fuses ReLU
+#              into its convolutions and quantises it away, so the CPU runs it about
+#              twice as fast as the default; distilled from it, as accurate (CRCHisto
+#              test F1 0.801 against 0.802, MoNuSeg 0.822 against 0.813).
+BUNDLED_MODELS = {"default": DEFAULT_MODEL, "fast-cpu": "micronet_crchisto_relu.int8.onnx"}
+SAMPLE_IMAGE = "sample.png"  # next to it
+
+
+def _bundled(name: str, what: str, instead: str) -> Path:
+    resource = importlib.resources.files("micronet.runtime") / "models" / name
+    if not resource.is_file():
+        raise FileNotFoundError(f"the bundled {what} (micronet/runtime/models/{name}) is missing from this installation; {instead}")
+    return Path(str(resource))
+
+
+def bundled_model(name: str = "default") -> Path:
+    """Path of a model shipped in the package (``runtime/models/``): ``"default"`` or
+    another name of :data:`BUNDLED_MODELS`.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones).
+        FileNotFoundError: this installation lacks the file.
+    """
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"bundled model: expected one of {', '.join(BUNDLED_MODELS)}, got {name!r}")
+    return _bundled(BUNDLED_MODELS[name], f"{name} model", "pass a model file instead: Detector('model.onnx')")
+
+
+def resolve_model(model: str | PathLike[str] | None) -> Path:
+    """A model argument as a file path: ``None`` → the bundled default; a name of
+    :data:`BUNDLED_MODELS` (that is not also an existing file) → that bundled model;
+    anything else → itself."""
+    if model is None:
+        return bundled_model()
+    if str(model) in BUNDLED_MODELS and not Path(model).exists():
+        return bundled_model(str(model))
+    return Path(model)
+
+
+def bundled_sample() -> Path:
+    """Path of the sample H&E image shipped with the default model (what
+    ``micronet detect --demo`` runs on), at the default model's pixel size.
+
+    Raises:
+        FileNotFoundError: this installation lacks it.
+    """
+    return _bundled(SAMPLE_IMAGE, "sample image", "run micronet detect on your own image instead")

@@ -33,8 +33,9 @@ checkpoint, that ``micronet check`` compares each backend against on the user's 
 fp32 and int8 models hold two copies of the network behind an ``If`` on the input size
 (:func:`combine_aligned_fast_path`): inputs whose sides are multiples of 8 (every full
 Detector tile) run a graph without the per-level crop/pad of odd sizes, which ONNX
-Runtime would otherwise execute as copies (7% of an fp32 pass, 22% of an int8 one, at
-1024²); other sizes run the general graph. Both give the torch model's map. fp16 is one
+Runtime would otherwise execute as copies that also break its blocked-layout chains
+(``python benchmarks/profile_ort.py`` shows the time per operator); other sizes run the
+general graph. Both give the torch model's map. fp16 is one
 graph: TensorRT removes no-op slices itself.
 """
 

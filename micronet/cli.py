@@ -13,7 +13,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
-    "train": ("micronet.commands.train", "train MicroNet (or a baseline) on point-annotated images"),
+    "train": ("micronet.commands.train", "train MicroNet on point-annotated images"),
     "evaluate": ("micronet.commands.evaluate", "P / R / F1 / ED of detections or of a model on a data set"),
     "export": ("micronet.commands.export", "checkpoint -> ONNX (fp32, fp16, int8)"),
     "detect": ("micronet.commands.detect", "images or slides -> CSV, GeoJSON, overlay PNG"),

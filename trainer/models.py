@@ -1,4 +1,4 @@
-"""Networks: MicroNet (Xing et al. 2019) and baselines, behind one registry.
+"""Networks: MicroNet (Xing et al. 2019) and its width variants, behind one registry.
 
 ``create_model(name, **overrides)`` builds a registered network; ``None`` overrides are
 dropped so command-line defaults never mask a model's own defaults (as timm does). Each

@@ -42,6 +42,7 @@ from micronet.runtime.backends.tensorrt import (
     trt_logger,
 )
 from micronet.runtime.check import REFERENCE_KEY
+from micronet.runtime.errors import InputError, MicronetError, MissingFileError
 from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 
 __all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph", "main"]
@@ -68,7 +69,7 @@ def parse_shape(text: str) -> Shape:
     except ValueError:
         values = ()
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"expected a shape NxHxW of three positive integers such as 4x1024x1024, got {text!r}")
+        raise InputError(f"expected a shape NxHxW of three positive integers such as 4x1024x1024, got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -83,12 +84,12 @@ def check_profile(min_shape: Sequence[int], opt_shape: Sequence[int], max_shape:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(f"{label} shape: expected (N, H, W), three positive integers, got {shape!r}")
+            raise InputError(f"{label} shape: expected (N, H, W), three positive integers, got {shape!r}")
         shapes.append(values)
     lo, opt, hi = shapes
     for i, axis in enumerate("NHW"):
         if not lo[i] <= opt[i] <= hi[i]:
-            raise ValueError(f"profile: expected min <= opt <= max along {axis}, got {lo[i]}, {opt[i]}, {hi[i]}")
+            raise InputError(f"profile: expected min <= opt <= max along {axis}, got {lo[i]}, {opt[i]}, {hi[i]}")
     return lo, opt, hi  # type: ignore[return-value]
 
 
@@ -118,17 +119,17 @@ def read_onnx_info(onnx_path: str | Path) -> ModelInfo:
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for unreadable files
-        raise ValueError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
+        raise InputError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if text is None:
-        raise ValueError(f"{onnx_path}: an ONNX model, but not a MicroNet export (no {METADATA_KEY!r} metadata); export it with `micronet export`")
+        raise InputError(f"{onnx_path}: an ONNX model, but not a MicroNet export (no {METADATA_KEY!r} metadata); export it with `micronet export`")
     info = ModelInfo.from_json(text, source=str(onnx_path))
     inputs = [(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
     outputs = [(o.name, o.type) for o in session.get_outputs()]
     if len(inputs) != 1 or inputs[0][0] != INPUT_NAME or inputs[0][1] != "tensor(uint8)" or len(inputs[0][2]) != 4 or inputs[0][2][3] != 3:
-        raise ValueError(f"{onnx_path}: expected one uint8 input {INPUT_NAME!r} of shape N×H×W×3, got {inputs}")
+        raise InputError(f"{onnx_path}: expected one uint8 input {INPUT_NAME!r} of shape N×H×W×3, got {inputs}")
     if len(outputs) != 1 or outputs[0][0] != OUTPUT_NAME:
-        raise ValueError(f"{onnx_path}: expected one output {OUTPUT_NAME!r}, got {outputs}")
+        raise InputError(f"{onnx_path}: expected one output {OUTPUT_NAME!r}, got {outputs}")
     return info
 
 
@@ -300,15 +301,15 @@ def build_engine(
     """
     lo, opt, hi = check_profile(min_shape, opt_shape, max_shape)
     if isinstance(workspace_gb, bool) or not isinstance(workspace_gb, (int, float)) or not workspace_gb > 0:
-        raise ValueError(f"workspace_gb: expected a positive number of GiB, got {workspace_gb!r}")
+        raise InputError(f"workspace_gb: expected a positive number of GiB, got {workspace_gb!r}")
     device_id = check_device_id(device_id)
     trt = import_tensorrt("export-engine")
     onnx_path, output = Path(onnx_path), Path(output)
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+        raise MissingFileError(f"ONNX model not found: {onnx_path}")
     info = read_onnx_info(onnx_path)
     if info.precision == "int8":
-        raise ValueError(
+        raise InputError(
             f"{onnx_path} is an int8 QDQ export, made for the CPU (uint8 activations TensorRT does not take); "
             "build the engine from `micronet export --precision fp16`"
         )
@@ -371,7 +372,7 @@ def _build(
     with tempfile.TemporaryDirectory() as tmp:
         parsed = general_graph(onnx_path, Path(tmp) / "general.onnx")
         if not parser.parse_from_file(str(parsed)):
-            raise ValueError(_parser_errors(parser, onnx_path))
+            raise InputError(_parser_errors(parser, onnx_path))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -457,11 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             version_compatible=args.version_compatible,
             device_id=args.device,
         )
-    except (ImportError, ValueError, FileNotFoundError) as exc:
+    except MicronetError as exc:
         # User errors: one clear line, no traceback.
         print(f"export-engine: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # the build failed; the message quotes TensorRT
         print(f"export-engine: error: {exc}", file=sys.stderr)
         return 1
     return 0

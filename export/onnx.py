@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from micronet.runtime.check import REFERENCE_KEY, build_reference
+from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 
 if TYPE_CHECKING:
@@ -304,14 +305,20 @@ def _export_int8(
     calibration: Iterable[np.ndarray] | None = None,
     **_: object,
 ) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if calibration is None:
-        raise ValueError("int8 export needs calibration images (calibration_data=DIR of training images)")
+        raise InputError("int8 export needs calibration images (calibration_data=DIR of training images)")
     images = [np.ascontiguousarray(im[None]) for im in calibration]  # (1, H, W, 3) uint8 each
     if not images:
-        raise ValueError("int8 export: the calibration set is empty")
+        raise InputError("int8 export: the calibration set is empty")
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -365,7 +372,7 @@ def _head_nodes(path: Path) -> list[str]:
         if node.op_type in ("Conv", "ConvTranspose"):
             return [node.name]
         name = node.input[0]
-    raise ValueError(f"{path}: no convolution produces the output {graph.output[0].name!r}")
+    raise InputError(f"{path}: no convolution produces the output {graph.output[0].name!r}")
 
 
 # Recorded in an int8 model's provenance; the runtime warns about int8 models without it
@@ -432,7 +439,7 @@ def calibration_crops(folder: str | Path, count: int = 32, size: int = 256, seed
             train = {row["name"] for row in csv.DictReader(f) if row.get("split") == "train"}
         files = [p for p in files if p.stem in train]
     if not files:
-        raise ValueError(f"{folder}: no calibration images (png/jpg/tif) found")
+        raise InputError(f"{folder}: no calibration images (png/jpg/tif) found")
     rng = np.random.default_rng(seed)
     crops = []
     for k in range(count):
@@ -468,9 +475,9 @@ def export_onnx(
     from micronet.trainer.checkpoint import load_checkpoint
 
     if precision not in FORMATS:
-        raise ValueError(f"precision {precision!r} is not supported; valid: {', '.join(FORMATS)}")
+        raise InputError(f"precision {precision!r} is not supported; valid: {', '.join(FORMATS)}")
     if precision != "int8" and calibration_data is not None:
-        raise ValueError(f"calibration_data applies to int8 only, not {precision}")
+        raise InputError(f"calibration_data applies to int8 only, not {precision}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model, info = load_checkpoint(checkpoint)

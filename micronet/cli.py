@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     module.add_parser(subs)
     args = full.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from micronet.runtime.errors import MicronetError
+
     try:
         return int(module.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
-        # User errors: one clear line, no traceback.
+    except MicronetError as exc:
+        # What the user can fix: one clear line, no traceback. Anything else is a bug in
+        # this SDK (or a library under it) and keeps its traceback.
         print(f"micronet {head.command}: error: {exc}", file=sys.stderr)
         return 2
 

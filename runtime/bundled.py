@@ -8,6 +8,8 @@ import importlib.resources
 from os import PathLike
 from pathlib import Path
 
+from .errors import InputError, MissingFileError
+
 __all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "SAMPLE_IMAGE", "bundled_model", "bundled_sample", "resolve_model"]
 
 DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
@@ -25,7 +27,7 @@ SAMPLE_IMAGE = "sample.png"  # next to it
 def _bundled(name: str, what: str, instead: str) -> Path:
     resource = importlib.resources.files("micronet.runtime") / "models" / name
     if not resource.is_file():
-        raise FileNotFoundError(f"the bundled {what} (micronet/runtime/models/{name}) is missing from this installation; {instead}")
+        raise MissingFileError(f"the bundled {what} (micronet/runtime/models/{name}) is missing from this installation; {instead}")
     return Path(str(resource))
 
 
@@ -38,7 +40,7 @@ def bundled_model(name: str = "default") -> Path:
         FileNotFoundError: this installation lacks the file.
     """
     if name not in BUNDLED_MODELS:
-        raise ValueError(f"bundled model: expected one of {', '.join(BUNDLED_MODELS)}, got {name!r}")
+        raise InputError(f"bundled model: expected one of {', '.join(BUNDLED_MODELS)}, got {name!r}")
     return _bundled(BUNDLED_MODELS[name], f"{name} model", "pass a model file instead: Detector('model.onnx')")
 
 

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bundled import bundled_sample
+from .errors import InputError, MicronetError
 from .images import as_rgb_image
 from .matching import evaluate_points, match_points
 from .peaks import find_peaks
@@ -96,7 +97,7 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-class VerificationError(RuntimeError):
+class VerificationError(MicronetError, RuntimeError):
     """A backend disagrees with the model's reference results beyond the tolerance of
     its precision."""
 
@@ -171,12 +172,12 @@ def reference_of(backend: Any) -> dict[str, Any] | None:
         try:
             ref = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"the model's reference results ({REFERENCE_KEY}) are not valid JSON: {exc}") from exc
+            raise InputError(f"the model's reference results ({REFERENCE_KEY}) are not valid JSON: {exc}") from exc
     if ref is None:
         return None
     if not isinstance(ref, dict) or ref.get("format") != REFERENCE_FORMAT:
         got = ref.get("format") if isinstance(ref, dict) else type(ref).__name__
-        raise ValueError(f"the model's reference results have format {got!r}, expected {REFERENCE_FORMAT!r}")
+        raise InputError(f"the model's reference results have format {got!r}, expected {REFERENCE_FORMAT!r}")
     return ref
 
 
@@ -226,7 +227,7 @@ def _tolerance(backend_name: str, precision: str) -> Tolerance:
     try:
         return TOLERANCES[precision]
     except KeyError:
-        raise ValueError(f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
+        raise InputError(f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
 
 
 def _to_host(maps: Any) -> np.ndarray:
@@ -273,7 +274,7 @@ def check_detector(detector: Any, *, repeats: int = 3, reference: dict[str, Any]
     ref = reference if reference is not None else reference_of(backend)
     model = str(detector.model_path.name if getattr(detector, "model_path", None) else type(backend).__name__)
     if ref is None:
-        raise ValueError(
+        raise InputError(
             f"{model} carries no reference results (exported before micronet check existed); "
             "re-export it with micronet export to add them"
         )
@@ -299,7 +300,7 @@ def check_detector(detector: Any, *, repeats: int = 3, reference: dict[str, Any]
         box = tuple(int(v) for v in entry["box"])
         image = crops.get(box)
         if image is None or _sha256(image) != entry["pixels_sha256"]:
-            raise ValueError(
+            raise InputError(
                 f"{model}: reference image {entry.get('source')} {box} differs from this installation's bundled sample; "
                 "re-export the model with this version of micronet"
             )
@@ -307,7 +308,7 @@ def check_detector(detector: Any, *, repeats: int = 3, reference: dict[str, Any]
         want_map = _decode(entry["map"], tuple(entry["map_shape"]))
         got_map = _to_host(backend.infer(image[None]))[0, 0][::stride, ::stride]
         if got_map.shape != want_map.shape:
-            raise ValueError(f"{model}: the map of {box} has shape {got_map.shape} on the grid, the reference {want_map.shape}")
+            raise InputError(f"{model}: the map of {box} has shape {got_map.shape} on the grid, the reference {want_map.shape}")
         if not np.all(np.isfinite(got_map)):
             max_abs = float("inf")
         else:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, MissingFileError
 from .points import read_points_csv
 
 __all__ = ["PointDataset", "load_point_folder", "KNOWN_MPP"]
@@ -69,7 +70,7 @@ def _folder_mpp(root: Path, mpp: float | None) -> float:
         return float(json.loads(info.read_text())["mpp"])
     if root.name in KNOWN_MPP:
         return KNOWN_MPP[root.name]
-    raise ValueError(
+    raise InputError(
         f"{root}: unknown pixel size; add dataset.json with {{\"mpp\": ...}} or pass mpp= (µm/px)"
     )
 
@@ -78,17 +79,17 @@ def load_point_folder(root: str | Path, split: str | None = None, mpp: float | N
     """Loads a point-annotated folder (all images, or those of one split)."""
     root = Path(root)
     if not (root / "images").is_dir() or not (root / "points").is_dir():
-        raise FileNotFoundError(f"{root}: expected images/ and points/ folders inside")
+        raise MissingFileError(f"{root}: expected images/ and points/ folders inside")
     names = sorted(p.stem for p in (root / "points").glob("*.csv"))
     if split is not None:
         split_file = root / "split.csv"
         if not split_file.is_file():
-            raise ValueError(f"{root}: split {split!r} requested but there is no split.csv")
+            raise InputError(f"{root}: split {split!r} requested but there is no split.csv")
         with split_file.open() as f:
             split_of = {row["name"]: row["split"] for row in csv.DictReader(f)}
         valid = sorted(set(split_of.values()))
         if split not in valid:
-            raise ValueError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
+            raise InputError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
         names = [n for n in names if split_of.get(n) == split]
     meta: dict[str, dict[str, str]] = {}
     if (root / "meta.csv").is_file():
@@ -98,7 +99,7 @@ def load_point_folder(root: str | Path, split: str | None = None, mpp: float | N
     for name in names:
         candidates = [p for p in (root / "images").glob(f"{name}.*")]
         if not candidates:
-            raise FileNotFoundError(f"{root / 'images'}: no image for annotation {name}.csv")
+            raise MissingFileError(f"{root / 'images'}: no image for annotation {name}.csv")
         images.append(_read_rgb(candidates[0]))
         points.append(read_points_csv(root / "points" / f"{name}.csv"))
     return PointDataset(root, names, images, points, _folder_mpp(root, mpp), meta)

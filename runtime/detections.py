@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, InputTypeError
+
 __all__ = ["Detections"]
 
 # QuPath's class for the detections and the [r, g, b] colour it shows them in.
@@ -37,9 +39,9 @@ def _check_shape(image_shape: Any) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in image_shape)
     except (TypeError, ValueError):
-        raise ValueError(f"image_shape: expected (H, W) or None, got {image_shape!r}") from None
+        raise InputError(f"image_shape: expected (H, W) or None, got {image_shape!r}") from None
     if h < 0 or w < 0:
-        raise ValueError(f"image_shape: expected non-negative (H, W), got {image_shape!r}")
+        raise InputError(f"image_shape: expected non-negative (H, W), got {image_shape!r}")
     return (h, w)
 
 
@@ -69,14 +71,14 @@ class Detections:
         if xy.size == 0:
             xy = xy.reshape(0, 2)
         if xy.ndim != 2 or xy.shape[1] != 2 or not np.issubdtype(xy.dtype, np.number):
-            raise ValueError(f"xy: expected an (N, 2) array of numbers, got shape {xy.shape} dtype {xy.dtype}")
+            raise InputError(f"xy: expected an (N, 2) array of numbers, got shape {xy.shape} dtype {xy.dtype}")
         scores = np.asarray(self.scores)
         if scores.shape != (len(xy),) or not np.issubdtype(scores.dtype, np.number):
-            raise ValueError(f"scores: expected a ({len(xy)},) array of numbers, got shape {scores.shape} dtype {scores.dtype}")
+            raise InputError(f"scores: expected a ({len(xy)},) array of numbers, got shape {scores.shape} dtype {scores.dtype}")
         mpp = self.mpp
         if mpp is not None:
             if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
-                raise ValueError(f"mpp: expected a positive number of µm per pixel or None, got {mpp!r}")
+                raise InputError(f"mpp: expected a positive number of µm per pixel or None, got {mpp!r}")
             mpp = float(mpp)
         object.__setattr__(self, "xy", np.ascontiguousarray(xy, dtype=np.float32))
         object.__setattr__(self, "scores", np.ascontiguousarray(scores, dtype=np.float32))
@@ -107,7 +109,7 @@ class Detections:
         """
         for name, value in (("dx", dx), ("dy", dy)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise TypeError(f"{name}: expected a finite number, got {value!r}")
+                raise InputTypeError(f"{name}: expected a finite number, got {value!r}")
         moved = self.xy + np.asarray([dx, dy], dtype=np.float64)
         return Detections(moved.astype(np.float32), self.scores.copy(), image_shape, self.mpp)
 
@@ -128,10 +130,10 @@ class Detections:
         items = list(items)
         for i, d in enumerate(items):
             if not isinstance(d, Detections):
-                raise TypeError(f"items[{i}]: expected Detections, got {type(d).__name__}")
+                raise InputTypeError(f"items[{i}]: expected Detections, got {type(d).__name__}")
         mpps = {d.mpp for d in items}
         if len(mpps) > 1:
-            raise ValueError(f"cannot concatenate detections at different pixel sizes: mpp {sorted(mpps, key=str)}")
+            raise InputError(f"cannot concatenate detections at different pixel sizes: mpp {sorted(mpps, key=str)}")
         if image_shape is None:
             shapes = {d.image_shape for d in items}
             image_shape = shapes.pop() if len(shapes) == 1 else None
@@ -223,9 +225,9 @@ class Detections:
 
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"image: expected an (H, W, 3) uint8 RGB array, got shape {arr.shape} dtype {arr.dtype}")
+            raise InputError(f"image: expected an (H, W, 3) uint8 RGB array, got shape {arr.shape} dtype {arr.dtype}")
         if self.image_shape is not None and arr.shape[:2] != self.image_shape:
-            raise ValueError(f"image: expected the shape the detections were found in, {self.image_shape}, got {arr.shape[:2]}")
+            raise InputError(f"image: expected the shape the detections were found in, {self.image_shape}, got {arr.shape[:2]}")
         canvas = Image.fromarray(np.ascontiguousarray(arr))
         draw = ImageDraw.Draw(canvas)
         r = int(radius)

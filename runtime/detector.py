@@ -37,13 +37,28 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend
-from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, bundled_sample, resolve_model
+from .bundled import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    bundled_model,
+    bundled_sample,
+    resolve_model,
+)
 from .detections import Detections
+from .errors import InputError, InputTypeError, MissingPackageError
 from .images import as_rgb_image, check_mpp, read_image
 from .model_info import ModelInfo
 from .peaks import _check_params, find_peaks, find_peaks_cuda
 from .resample import from_resampled, resample
-from .tiling import Tile, alignment, default_margin, keep_in_core, plan_tiles, receptive_radius, sort_peaks
+from .tiling import (
+    Tile,
+    alignment,
+    default_margin,
+    keep_in_core,
+    plan_tiles,
+    receptive_radius,
+    sort_peaks,
+)
 
 __all__ = [
     "Detector",
@@ -76,7 +91,7 @@ DEFAULT_CPU_BATCH_SIZE = 1
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -92,7 +107,7 @@ def parse_device(device: Any) -> tuple[str, int]:
         index = device[len("cuda:") :] if device.startswith("cuda:") else ""
         if index.isascii() and index.isdigit():
             return "cuda", int(index)
-    raise ValueError(
+    raise InputError(
         f"device: expected one of {', '.join(repr(d) for d in DEVICES)} (N a GPU index: 0, 1, ...), got {device!r}"
     )
 
@@ -111,16 +126,16 @@ def _bundled_name(path: Path) -> str | None:
 
 def _check_tensorrt_options(device: str, threads: int | None) -> None:
     if device == "cpu":
-        raise ValueError("device='cpu': TensorRT runs on CUDA GPUs only; use the .onnx model on the CPU")
+        raise InputError("device='cpu': TensorRT runs on CUDA GPUs only; use the .onnx model on the CPU")
     if threads is not None:
-        raise ValueError("threads applies to the ONNX Runtime CPU provider only, not to TensorRT")
+        raise InputError("threads applies to the ONNX Runtime CPU provider only, not to TensorRT")
 
 
 def _tensorrt_backend(engine: Path, device_id: int) -> Any:
     try:
         module = importlib.import_module("micronet.runtime.backends.tensorrt")
     except ModuleNotFoundError as exc:
-        raise ImportError(
+        raise MissingPackageError(
             f"TensorRT engines need TensorRT and the CUDA bindings: pip install 'micronet-sdk[gpu]' (missing: {exc.name})"
         ) from exc
     return module.TensorRTBackend(engine, device_id=device_id)
@@ -130,14 +145,14 @@ def _create_backend(path: Path, kind: str | None, device: str, device_id: int, t
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         valid = ", ".join(f"{s} ({b})" for s, b in MODEL_SUFFIXES.items())
-        raise ValueError(f"model: expected a file ending in {valid}, got {path.name!r}")
+        raise InputError(f"model: expected a file ending in {valid}, got {path.name!r}")
     expected = MODEL_SUFFIXES[suffix]
     if kind == "tensorrt" and expected == "onnxruntime":
         # A bundled model on TensorRT: an fp16 engine built for this GPU on first use and
         # cached (micronet.runtime.engine_cache); any other .onnx needs export-engine.
         name = _bundled_name(path)
         if name is None:
-            raise ValueError(
+            raise InputError(
                 f"backend='tensorrt' cannot run {path.name!r}: {suffix} files run on the 'onnxruntime' backend; "
                 f"build an engine for this GPU with `export-engine {path.name}` (from an fp16 export) and pass the .engine, "
                 "or use the bundled model: Detector('default', backend='tensorrt')"
@@ -148,7 +163,7 @@ def _create_backend(path: Path, kind: str | None, device: str, device_id: int, t
         _check_tensorrt_options(device, threads)
         return _tensorrt_backend(cached_engine(source, device_id=device_id), device_id)
     if kind is not None and kind != expected:
-        raise ValueError(f"backend={kind!r} cannot run {path.name!r}: {suffix} files run on the {expected!r} backend")
+        raise InputError(f"backend={kind!r} cannot run {path.name!r}: {suffix} files run on the {expected!r} backend")
     if expected == "onnxruntime":
         from .backends.onnxruntime import OnnxRuntimeBackend
 
@@ -224,22 +239,22 @@ class Detector:
         backend_names = sorted(set(MODEL_SUFFIXES.values()))
         if backend is None or isinstance(backend, str):
             if isinstance(backend, str) and backend not in backend_names:
-                raise ValueError(f"backend: expected one of {', '.join(backend_names)}, a Backend object or None, got {backend!r}")
+                raise InputError(f"backend: expected one of {', '.join(backend_names)}, a Backend object or None, got {backend!r}")
             if model is None or isinstance(model, (str, PathLike)):
                 path = resolve_model(model)
             else:
-                raise TypeError(f"model: expected a path to an .onnx or .engine file or None, got {type(model).__name__}")
+                raise InputTypeError(f"model: expected a path to an .onnx or .engine file or None, got {type(model).__name__}")
             self.model_path: Path | None = path
             self.backend: Any = _create_backend(path, backend, device, device_id, threads)
         elif isinstance(backend, Backend):
             if model is not None:
-                raise ValueError("give either model= or a Backend object as backend=, not both")
+                raise InputError("give either model= or a Backend object as backend=, not both")
             if device != "auto" or threads is not None:
-                raise ValueError("device and threads configure backends the Detector creates; set them on the Backend object instead")
+                raise InputError("device and threads configure backends the Detector creates; set them on the Backend object instead")
             self.model_path = None
             self.backend = backend
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"backend: expected one of {', '.join(backend_names)}, an object with name, device, info and infer(), "
                 f"or None, got {type(backend).__name__}"
             )
@@ -297,16 +312,16 @@ class Detector:
         if tile_size is None:
             tile = min(tile, largest)
         elif tile > largest:
-            raise ValueError(
+            raise InputError(
                 f"tile_size: the engine accepts images up to {max_h}×{max_w}, so at most {largest}, got {tile}; "
                 "rebuild the engine with a larger profile (export-engine --max NxHxW) or pass a smaller tile_size"
             )
         if max(self._min_hw) > tile - self._align + 1:
-            raise ValueError(f"tile_size: the engine needs images of at least {self._min_hw[0]}×{self._min_hw[1]}, got tile_size {tile}")
+            raise InputError(f"tile_size: the engine needs images of at least {self._min_hw[0]}×{self._min_hw[1]}, got tile_size {tile}")
         if batch_size is None:
             batch = min(batch, max_n)
         elif batch > max_n:
-            raise ValueError(f"batch_size: the engine accepts batches up to {max_n}, got {batch}")
+            raise InputError(f"batch_size: the engine accepts batches up to {max_n}, got {batch}")
         return tile, batch
 
     # --- description ------------------------------------------------------------------
@@ -373,16 +388,16 @@ class Detector:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         elif isinstance(images, (str, PathLike, np.ndarray)) or not isinstance(images, Sequence):
-            raise TypeError(f"images: expected a sequence of images or an (N, H, W, 3) array, got {type(images).__name__}")
+            raise InputTypeError(f"images: expected a sequence of images or an (N, H, W, 3) array, got {type(images).__name__}")
         arrays = [as_rgb_image(im, f"images[{i}]") for i, im in enumerate(images)]
         if mpp is None or isinstance(mpp, numbers.Real):
             mpps = [check_mpp(mpp)] * len(arrays)
         elif isinstance(mpp, Sequence) and not isinstance(mpp, str):
             if len(mpp) != len(arrays):
-                raise ValueError(f"mpp: expected one pixel size per image ({len(arrays)}), got {len(mpp)}")
+                raise InputError(f"mpp: expected one pixel size per image ({len(arrays)}), got {len(mpp)}")
             mpps = [check_mpp(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
         else:
-            raise TypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
+            raise InputTypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
         return self._detect_prepared(arrays, mpps)
 
     def detect_slide(self, path: str | PathLike[str], **kwargs: Any) -> Detections:

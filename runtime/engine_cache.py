@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .errors import InputError, MissingFileError
+
 __all__ = [
     "CACHE_ENV",
     "ENGINE_PROFILE",
@@ -116,16 +118,16 @@ def bundled_engine_source(name: str = "default") -> Path:
     """
     valid = ", ".join(repr(n) for n in TENSORRT_SOURCES)
     if name in _NOT_FOR_TENSORRT:
-        raise ValueError(
+        raise InputError(
             f"the bundled {name!r} model is {_NOT_FOR_TENSORRT[name]}; TensorRT runs the bundled {valid} model: "
             "Detector('default', backend='tensorrt')"
         )
     if name not in TENSORRT_SOURCES:
-        raise ValueError(f"bundled model for TensorRT: expected one of {valid}, got {name!r}")
+        raise InputError(f"bundled model for TensorRT: expected one of {valid}, got {name!r}")
     file = TENSORRT_SOURCES[name]
     resource = importlib.resources.files("micronet.runtime") / "models" / file
     if not resource.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the bundled fp16 model TensorRT engines are built from (micronet/runtime/models/{file}) is missing from "
             "this installation; build an engine with export-engine from `micronet export --precision fp16` and pass the .engine"
         )
@@ -258,12 +260,16 @@ def cached_engine(
         ValueError: not a MicroNet export, an int8 export, or a bad profile.
         RuntimeError: no CUDA device ``device_id``, or TensorRT failed to build.
     """
-    from .backends.tensorrt import check_device_id, cuda_device_properties, import_tensorrt
+    from .backends.tensorrt import (
+        check_device_id,
+        cuda_device_properties,
+        import_tensorrt,
+    )
 
     onnx_path = Path(onnx_path)
     device_id = check_device_id(device_id)
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+        raise MissingFileError(f"ONNX model not found: {onnx_path}")
     trt = import_tensorrt("building a TensorRT engine")
     gpu_name, compute_capability = cuda_device_properties(device_id)
     sha = file_sha256(onnx_path)

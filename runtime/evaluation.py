@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .datasets import PointDataset, load_point_folder
+from .errors import InputError, MissingFileError, MissingPackageError
 from .metrics import EvaluationReport, evaluate_images
 from .model_info import ModelInfo
 from .points import read_points_csv
@@ -86,14 +87,14 @@ def score_csv_dirs(pred_dir: str | PathLike[str], truth_dir: str | PathLike[str]
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     for folder, what in ((pred_dir, "pred_dir"), (truth_dir, "truth_dir")):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{what}: no such directory: {folder}")
+            raise MissingFileError(f"{what}: no such directory: {folder}")
     truth_files = sorted(truth_dir.glob("*.csv"), key=lambda p: _natural_key(p.stem))
     if not truth_files:
-        raise ValueError(f"truth_dir: no *.csv point files in {truth_dir}")
+        raise InputError(f"truth_dir: no *.csv point files in {truth_dir}")
     pred_files = {p.stem: p for p in pred_dir.glob("*.csv")}
     missing = [t.stem for t in truth_files if t.stem not in pred_files]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"pred_dir: no prediction file for {len(missing)} of {len(truth_files)} truth files "
             f"(expected <name>.csv in {pred_dir}): {', '.join(missing)}"
         )
@@ -131,7 +132,7 @@ class ModelEvaluation:
     def __post_init__(self) -> None:
         if self.threshold_source not in _THRESHOLD_SOURCES:
             valid = ", ".join(map(repr, _THRESHOLD_SOURCES))
-            raise ValueError(f"threshold_source: expected one of {valid}, got {self.threshold_source!r}")
+            raise InputError(f"threshold_source: expected one of {valid}, got {self.threshold_source!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """``precision, recall, f1, mean_distance`` (pooled) at the top level, then the
@@ -202,7 +203,7 @@ def model_candidates(model: str | PathLike[str], floor: float) -> tuple[Candidat
         except ModuleNotFoundError as exc:
             if exc.name not in ("torch", "safetensors"):
                 raise
-            raise ImportError(f"evaluating a checkpoint needs {exc.name}: pip install 'micronet-sdk[train]'") from exc
+            raise MissingPackageError(f"evaluating a checkpoint needs {exc.name}: pip install 'micronet-sdk[train]'") from exc
 
         runner = CheckpointCandidates(str(path), floor)
         return runner, runner.info
@@ -216,7 +217,7 @@ def model_candidates(model: str | PathLike[str], floor: float) -> tuple[Candidat
             return found.xy, found.scores
 
         return run, det.info
-    raise ValueError(f"model {path}: expected a .safetensors checkpoint, .onnx model or .engine file")
+    raise InputError(f"model {path}: expected a .safetensors checkpoint, .onnx model or .engine file")
 
 
 def _target_scale(info: ModelInfo) -> float:
@@ -257,10 +258,10 @@ def evaluate_model_file(
     """
     path = Path(model)
     if not path.exists():
-        raise FileNotFoundError(f"model: no such file {path}")
+        raise MissingFileError(f"model: no such file {path}")
     if isinstance(data, PointDataset):
         if split is not None:
-            raise ValueError(f"split: applies to a data set folder, not to a loaded PointDataset (got split={split!r}; use PointDataset.subset)")
+            raise InputError(f"split: applies to a data set folder, not to a loaded PointDataset (got split={split!r}; use PointDataset.subset)")
         dataset = data
     else:
         dataset = load_point_folder(data, split)
@@ -274,7 +275,7 @@ def evaluate_model_file(
     source = "model" if threshold is None else "given"
     threshold = info.threshold if threshold is None else float(threshold)
     if threshold < thresholds[0]:
-        raise ValueError(f"threshold {threshold} is below the sweep floor {thresholds[0]:.3f}")
+        raise InputError(f"threshold {threshold} is below the sweep floor {thresholds[0]:.3f}")
     radius = _DEFAULT_RADIUS if radius is None else radius
     result = evaluate_candidates(runner, dataset, radius, threshold, thresholds, progress=progress)
     return dataclasses.replace(result, threshold_source=source)
@@ -289,7 +290,7 @@ def plot_pr_curve(evaluation: ModelEvaluation, path: str | Path, title: str = ""
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError("the precision-recall plot needs matplotlib: pip install 'micronet-sdk[plot]'") from exc
+        raise MissingPackageError("the precision-recall plot needs matplotlib: pip install 'micronet-sdk[plot]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, InputTypeError, MissingFileError
+
 __all__ = ["IMAGE_SUFFIXES", "as_rgb_image", "check_mpp", "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -29,9 +31,9 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: expected an image file ending in {', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
+        raise InputError(f"{path}: expected an image file ending in {', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise MissingFileError(f"image not found: {path}")
     if suffix in (".tif", ".tiff"):
         import tifffile
 
@@ -43,10 +45,10 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
             if im.mode in ("P", "YCbCr"):
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode == "CMYK":
-                raise ValueError(f"{path}: a CMYK image; expected RGB")
+                raise InputError(f"{path}: a CMYK image; expected RGB")
             return np.asarray(im)
     except UnidentifiedImageError as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+        raise InputError(f"{path}: not a readable image ({exc})") from exc
 
 
 def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
@@ -65,33 +67,33 @@ def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
     elif isinstance(image, np.ndarray):
         arr = image
     elif hasattr(image, "__cuda_array_interface__"):
-        raise TypeError(f"{name}: expected an image in host memory, got a GPU array ({type(image).__name__}); use cupy.asnumpy(image)")
+        raise InputTypeError(f"{name}: expected an image in host memory, got a GPU array ({type(image).__name__}); use cupy.asnumpy(image)")
     elif hasattr(image, "__array_interface__") or hasattr(image, "__array__"):  # PIL images and the like
         arr = np.asarray(image)
     else:
-        raise TypeError(f"{name}: expected an (H, W, 3) uint8 RGB array or an image path, got {type(image).__name__}")
+        raise InputTypeError(f"{name}: expected an (H, W, 3) uint8 RGB array or an image path, got {type(image).__name__}")
     shape = tuple(arr.shape)
     if arr.ndim == 2 or (arr.ndim == 3 and shape[2] == 1):
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got grayscale shape {shape}")
+        raise InputError(f"{name}: expected an (H, W, 3) RGB image, got grayscale shape {shape}")
     if arr.ndim == 3 and shape[2] == 4:
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape} (RGBA?): drop the alpha channel first, image[..., :3]")
+        raise InputError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape} (RGBA?): drop the alpha channel first, image[..., :3]")
     if arr.ndim == 3 and shape[0] == 3 and shape[2] != 3:
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got channels-first shape {shape}: use image.transpose(1, 2, 0)")
+        raise InputError(f"{name}: expected an (H, W, 3) RGB image, got channels-first shape {shape}: use image.transpose(1, 2, 0)")
     if arr.ndim == 4:
-        raise ValueError(f"{name}: expected one (H, W, 3) image, got a batch of shape {shape}: use detect_batch")
+        raise InputError(f"{name}: expected one (H, W, 3) image, got a batch of shape {shape}: use detect_batch")
     if arr.ndim != 3 or shape[2] != 3:
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape}")
+        raise InputError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape}")
     if arr.dtype != np.uint8:
         if arr.dtype in (np.uint16, np.int16):
-            raise ValueError(f"{name}: a 16-bit image (dtype {arr.dtype}): convert to 8-bit first; expected uint8 RGB 0–255")
+            raise InputError(f"{name}: a 16-bit image (dtype {arr.dtype}): convert to 8-bit first; expected uint8 RGB 0–255")
         if np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}; "
                 "for values in 0–1 use (image * 255).round().astype(np.uint8)"
             )
-        raise ValueError(f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}")
+        raise InputError(f"{name}: expected uint8 RGB with values 0–255, got dtype {arr.dtype}")
     if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {shape}; expected at least 1×1 pixels")
+        raise InputError(f"{name}: empty image of shape {shape}; expected at least 1×1 pixels")
     return np.ascontiguousarray(arr)
 
 
@@ -99,5 +101,5 @@ def check_mpp(mpp: Any, name: str = "mpp") -> float | None:
     if mpp is None:
         return None
     if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
-        raise ValueError(f"{name}: expected a positive pixel size in µm/px or None, got {mpp!r}")
+        raise InputError(f"{name}: expected a positive pixel size in µm/px or None, got {mpp!r}")
     return float(mpp)

@@ -27,6 +27,8 @@ import numpy as np
 
 from micronet.runtime import _native
 
+from .errors import InputError, InputTypeError
+
 __all__ = ["PointMetrics", "evaluate_points", "match_points"]
 
 
@@ -62,7 +64,7 @@ class PointMetrics:
         """Metrics from the counts and the summed distance of the ``tp`` matched pairs."""
         tp, fp, fn = int(tp), int(fp), int(fn)
         if min(tp, fp, fn) < 0:
-            raise ValueError(f"counts must be >= 0, got tp={tp}, fp={fp}, fn={fn}")
+            raise InputError(f"counts must be >= 0, got tp={tp}, fp={fp}, fn={fn}")
         return cls(
             tp=tp,
             fp=fp,
@@ -90,28 +92,28 @@ def as_points(value: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except ValueError as exc:  # ragged nested lists
-        raise ValueError(f"{name}: expected an (N, 2) array of points: {exc}") from None
+        raise InputError(f"{name}: expected an (N, 2) array of points: {exc}") from None
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name}: expected real (x, y) coordinates, got dtype {arr.dtype}")
+        raise InputTypeError(f"{name}: expected real (x, y) coordinates, got dtype {arr.dtype}")
     if arr.ndim == 1 and arr.size == 0:  # [] or np.array([])
         arr = arr.reshape(0, 2)
     if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"{name}: expected an (N, 2) array of points, got shape {arr.shape}")
+        raise InputError(f"{name}: expected an (N, 2) array of points, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise ValueError(f"{name}: expected finite coordinates, got point {i} = ({arr[i, 0]}, {arr[i, 1]})")
+        raise InputError(f"{name}: expected finite coordinates, got point {i} = ({arr[i, 0]}, {arr[i, 1]})")
     return arr
 
 
 def check_radius(radius: Any) -> float:
     """``radius`` as a float, or TypeError/ValueError if it is not a finite number >= 0."""
     if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, numbers.Real):
-        raise TypeError(f"radius: expected a number of pixels, got {type(radius).__name__} {radius!r}")
+        raise InputTypeError(f"radius: expected a number of pixels, got {type(radius).__name__} {radius!r}")
     r = float(radius)
     if not (math.isfinite(r) and r >= 0.0):
-        raise ValueError(f"radius: expected a finite number of pixels >= 0, got {radius!r}")
+        raise InputError(f"radius: expected a finite number of pixels >= 0, got {radius!r}")
     return r
 
 

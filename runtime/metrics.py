@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from micronet.runtime.matching import PointMetrics, as_points, check_radius, evaluate_points
+from micronet.runtime.matching import (
+    PointMetrics,
+    as_points,
+    check_radius,
+    evaluate_points,
+)
+
+from .errors import InputError
 
 __all__ = [
     "EvaluationReport",
@@ -146,10 +153,10 @@ def evaluate_images(
         (1, 1, 0.5)
     """
     if len(pred_xy) != len(true_xy):
-        raise ValueError(f"pred_xy and true_xy: expected one entry per image each, got {len(pred_xy)} and {len(true_xy)}")
+        raise InputError(f"pred_xy and true_xy: expected one entry per image each, got {len(pred_xy)} and {len(true_xy)}")
     names = tuple(str(i) for i in range(len(true_xy))) if names is None else tuple(names)
     if len(names) != len(true_xy):
-        raise ValueError(f"names: expected {len(true_xy)} names, got {len(names)}")
+        raise InputError(f"names: expected {len(true_xy)} names, got {len(names)}")
     radius = check_radius(radius)
     per_image = tuple(
         evaluate_points(as_points(p, f"pred_xy[{i}]"), as_points(t, f"true_xy[{i}]"), radius)
@@ -213,9 +220,9 @@ def summarize_across_sets(per_set: Sequence[PointMetrics], ddof: int = 1) -> Set
         0.700 ± 0.141
     """
     if len(per_set) == 0:
-        raise ValueError("per_set: expected the metrics of at least one data set, got none")
+        raise InputError("per_set: expected the metrics of at least one data set, got none")
     if ddof < 0:
-        raise ValueError(f"ddof: expected an integer >= 0, got {ddof}")
+        raise InputError(f"ddof: expected an integer >= 0, got {ddof}")
 
     def spread(values: list[float]) -> MeanStd:
         a = np.asarray(values, dtype=np.float64)

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import InputError
+
 __all__ = ["ModelInfo", "METADATA_KEY", "FORMAT", "INPUT_NAME", "OUTPUT_NAME"]
 
 METADATA_KEY = "micronet"  # key in safetensors metadata and ONNX metadata_props
@@ -56,12 +58,12 @@ class ModelInfo:
         try:
             data = json.loads(text)
         except (TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{source}: MicroNet metadata is not valid JSON ({exc})") from exc
+            raise InputError(f"{source}: MicroNet metadata is not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{source}: not a MicroNet model (metadata format {got!r}, expected {FORMAT!r})")
+            raise InputError(f"{source}: not a MicroNet model (metadata format {got!r}, expected {FORMAT!r})")
         known = set(cls.__dataclass_fields__)
         missing = {"architecture", "mean", "std", "mpp", "threshold"} - set(data)
         if missing:
-            raise ValueError(f"{source}: MicroNet metadata lacks {', '.join(sorted(missing))}")
+            raise InputError(f"{source}: MicroNet metadata lacks {', '.join(sorted(missing))}")
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import MissingPackageError
+
 __all__ = ["GPU_EXTRA", "import_cupy"]
 
 GPU_EXTRA = "pip install 'micronet-sdk[gpu]'"
@@ -18,5 +20,5 @@ def import_cupy(purpose: str, *, required: bool = True) -> Any:
     except ImportError as exc:
         if not required:
             return None
-        raise ImportError(f"{purpose} needs CuPy: {GPU_EXTRA} (or cupy-cuda12x)") from exc
+        raise MissingPackageError(f"{purpose} needs CuPy: {GPU_EXTRA} (or cupy-cuda12x)") from exc
     return cupy

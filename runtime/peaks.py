@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, InputTypeError
 from .optional import import_cupy
 
 __all__ = ["find_peaks", "find_peaks_cuda", "refine_subpixel"]
@@ -22,13 +23,13 @@ __all__ = ["find_peaks", "find_peaks_cuda", "refine_subpixel"]
 
 def _check_params(threshold: Any, min_distance: Any) -> tuple[float, int]:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise TypeError(f"threshold: expected a real number, got {type(threshold).__name__}")
+        raise InputTypeError(f"threshold: expected a real number, got {type(threshold).__name__}")
     if np.isnan(threshold):
-        raise ValueError("threshold: expected a number, got NaN")
+        raise InputError("threshold: expected a number, got NaN")
     if isinstance(min_distance, bool) or not isinstance(min_distance, numbers.Integral):
-        raise TypeError(f"min_distance: expected an integer >= 1, got {min_distance!r}")
+        raise InputTypeError(f"min_distance: expected an integer >= 1, got {min_distance!r}")
     if min_distance < 1:
-        raise ValueError(f"min_distance: expected an integer >= 1, got {min_distance}")
+        raise InputError(f"min_distance: expected an integer >= 1, got {min_distance}")
     return float(threshold), int(min_distance)
 
 
@@ -37,13 +38,13 @@ def _as_map(prob_map: Any) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] == 1:  # (1, H, W) as a network emits it
         arr = arr[0]
     if arr.ndim != 2:
-        raise ValueError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
+        raise InputError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)  # exact
     elif arr.dtype.kind in "iub":
         arr = arr.astype(np.float64)  # exact for every integer a map could hold
     elif arr.dtype not in (np.float32, np.float64):
-        raise TypeError(f"prob_map: expected a float or integer array, got dtype {arr.dtype}")
+        raise InputTypeError(f"prob_map: expected a float or integer array, got dtype {arr.dtype}")
     return arr
 
 
@@ -242,7 +243,7 @@ def _candidates(cupy: Any, arr: Any, threshold: float, dist: int, stream: Any) -
         buf.get(stream=stream, out=host)  # the one device-to-host copy; waits for the stream
         count, differs, nonfinite, _ = (int(v) for v in host[:_HEADER_BYTES].view(np.uint64))
         if nonfinite:
-            raise ValueError("prob_map: contains NaN or infinite values")
+            raise InputError("prob_map: contains NaN or infinite values")
         if count <= capacity:
             break
         capacity = count  # more candidates than room (wide plateaus): once more, exactly
@@ -299,9 +300,9 @@ def find_peaks_cuda(
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
-        raise ValueError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
+        raise InputError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
     if arr.dtype not in (cupy.float16, cupy.float32, cupy.float64):
-        raise TypeError(f"prob_map: expected a float array, got dtype {arr.dtype}")
+        raise InputTypeError(f"prob_map: expected a float array, got dtype {arr.dtype}")
     h, w = (int(s) for s in arr.shape)
     if h == 0 or w == 0:
         dtype = np.float32 if arr.dtype == cupy.float16 else np.dtype(arr.dtype.name)

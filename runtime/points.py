@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .matching import as_points
 
 __all__ = ["read_points_csv", "write_points_csv"]
@@ -38,11 +39,11 @@ def read_points_csv(path: str | PathLike[str]) -> np.ndarray:
     with open(path, encoding="utf-8-sig", newline="") as f:
         lines = f.read().splitlines()
     if not lines:
-        raise ValueError(f"{path}: empty file; expected the header 'x,y' and one point per row")
+        raise InputError(f"{path}: empty file; expected the header 'x,y' and one point per row")
     header = tuple(h.strip() for h in lines[0].split(","))
     if header not in _CSV_HEADERS:
         valid = " or ".join(repr(",".join(h)) for h in _CSV_HEADERS)
-        raise ValueError(f"{path}: expected the header {valid}, got {lines[0]!r}")
+        raise InputError(f"{path}: expected the header {valid}, got {lines[0]!r}")
     width = len(header)
     rows: list[tuple[float, float]] = []
     for lineno, line in enumerate(lines[1:], start=2):
@@ -50,13 +51,13 @@ def read_points_csv(path: str | PathLike[str]) -> np.ndarray:
             continue  # blank lines (a trailing one, typically) hold no point
         fields = line.split(",")
         if len(fields) != width:
-            raise ValueError(f"{path}, line {lineno}: expected {width} comma-separated values, got {len(fields)}: {line!r}")
+            raise InputError(f"{path}, line {lineno}: expected {width} comma-separated values, got {len(fields)}: {line!r}")
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            raise ValueError(f"{path}, line {lineno}: expected numbers, got {line!r}") from None
+            raise InputError(f"{path}, line {lineno}: expected numbers, got {line!r}") from None
         if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{path}, line {lineno}: expected finite numbers, got {line!r}")
+            raise InputError(f"{path}, line {lineno}: expected finite numbers, got {line!r}")
         rows.append((values[0], values[1]))
     return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
@@ -79,9 +80,9 @@ def write_points_csv(path: str | PathLike[str], xy: Any, scores: Any = None) -> 
     if scores is not None:
         s = np.asarray(scores)
         if s.shape != (len(points),) or not np.issubdtype(s.dtype, np.number):
-            raise ValueError(f"scores: expected a ({len(points)},) array of numbers, got shape {s.shape} dtype {s.dtype}")
+            raise InputError(f"scores: expected a ({len(points)},) array of numbers, got shape {s.shape} dtype {s.dtype}")
         if not np.isfinite(s).all():
-            raise ValueError("scores: expected finite numbers, got NaN or infinity")
+            raise InputError("scores: expected finite numbers, got NaN or infinity")
         columns.append(s.astype(str)[:, None])
         header = "x,y,score"
     text = np.concatenate(columns, axis=1) if len(points) else np.empty((0, len(header.split(","))), dtype=str)

@@ -17,6 +17,8 @@ import numpy as np
 from micronet.runtime import _native
 from micronet.runtime.matching import PointMetrics, as_points, check_radius
 
+from .errors import InputError
+
 __all__ = ["SweepResult", "sweep_thresholds", "threshold_sweep"]
 
 
@@ -116,15 +118,15 @@ def threshold_sweep(
         ([2, 2, 1], [1, 0, 0], 0.5)
     """
     if len(detections) != len(true_xy):
-        raise ValueError(
+        raise InputError(
             f"detections and true_xy: expected one entry per image each, got {len(detections)} and {len(true_xy)}"
         )
     radius = check_radius(radius)
     thr = np.asarray(thresholds, dtype=np.float64)
     if thr.ndim != 1 or thr.size == 0:
-        raise ValueError(f"thresholds: expected a non-empty 1-D array, got shape {thr.shape}")
+        raise InputError(f"thresholds: expected a non-empty 1-D array, got shape {thr.shape}")
     if np.isnan(thr).any():
-        raise ValueError("thresholds: expected numbers, got NaN")
+        raise InputError("thresholds: expected numbers, got NaN")
     # Queries in descending threshold order, i.e. nondecreasing numbers kept.
     order = np.argsort(-thr, kind="stable")
     thr_desc = thr[order]
@@ -134,13 +136,13 @@ def threshold_sweep(
     n_true = 0
     for i, (item, truth) in enumerate(zip(detections, true_xy)):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ValueError(f"detections[{i}]: expected an (xy, scores) pair")
+            raise InputError(f"detections[{i}]: expected an (xy, scores) pair")
         xy = as_points(item[0], f"detections[{i}] xy")
         scores = np.asarray(item[1], dtype=np.float64)
         if scores.shape != (len(xy),):
-            raise ValueError(f"detections[{i}] scores: expected shape ({len(xy)},), got {scores.shape}")
+            raise InputError(f"detections[{i}] scores: expected shape ({len(xy)},), got {scores.shape}")
         if np.isnan(scores).any():
-            raise ValueError(f"detections[{i}] scores: expected numbers, got NaN")
+            raise InputError(f"detections[{i}] scores: expected numbers, got NaN")
         truth = as_points(truth, f"true_xy[{i}]")
         rank = np.argsort(-scores, kind="stable")  # admission order
         # Kept at threshold t: the scores > t, which are a prefix of `rank`.

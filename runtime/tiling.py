@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["Tile", "plan_tiles", "receptive_radius", "default_margin", "keep_in_core", "sort_peaks", "alignment", "RECEPTIVE_RADIUS", "ALIGNMENT"]
 
 # Architecture name (ModelInfo.architecture["name"]) → receptive radius in input pixels
@@ -84,7 +86,7 @@ def receptive_radius(architecture: dict[str, Any]) -> int:
     """
     name = architecture.get("name") if isinstance(architecture, dict) else None
     if name not in RECEPTIVE_RADIUS:
-        raise ValueError(
+        raise InputError(
             f"the receptive field of architecture {name!r} is not known (known: {', '.join(RECEPTIVE_RADIUS)}); "
             "pass tile_margin= explicitly (at least the receptive radius plus min_distance, a multiple of the downsampling factor)"
         )
@@ -152,18 +154,18 @@ def plan_tiles(height: int, width: int, tile_size: int, margin: int, align: int 
     """
     for name, value in (("height", height), ("width", width), ("tile_size", tile_size), ("align", align), ("min_size", min_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            raise InputError(f"{name}: expected an integer >= 1, got {value!r}")
     if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
-        raise ValueError(f"margin: expected an integer >= 0, got {margin!r}")
+        raise InputError(f"margin: expected an integer >= 0, got {margin!r}")
     if tile_size % align or margin % align:
-        raise ValueError(
+        raise InputError(
             f"tile_size and margin: expected multiples of {align} (the network's downsampling factor), "
             f"got tile_size={tile_size}, margin={margin}"
         )
     if tile_size <= 2 * margin:
-        raise ValueError(f"tile_size: expected more than 2 × margin = {2 * margin}, got {tile_size}")
+        raise InputError(f"tile_size: expected more than 2 × margin = {2 * margin}, got {tile_size}")
     if min_size > tile_size - align + 1:
-        raise ValueError(f"min_size: expected at most tile_size − {align - 1} = {tile_size - align + 1}, got {min_size}")
+        raise InputError(f"min_size: expected at most tile_size − {align - 1} = {tile_size - align + 1}, got {min_size}")
     rows = _axis_spans(int(height), int(tile_size), int(margin), int(align), int(min_size))
     cols = _axis_spans(int(width), int(tile_size), int(margin), int(align), int(min_size))
     return [Tile(y0, y1, x0, x1, cy0, cy1, cx0, cx1) for (y0, y1, cy0, cy1) in rows for (x0, x1, cx0, cx1) in cols]

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
+from micronet.runtime.errors import InputError, MissingFileError
 from micronet.runtime.model_info import METADATA_KEY, ModelInfo
 
 from .models import model_from_config
@@ -43,12 +43,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
 
 def _metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a safetensors checkpoint ({exc})") from exc
+        raise InputError(f"{path}: not a safetensors checkpoint ({exc})") from exc
 
 
 def read_info(path: str | Path) -> ModelInfo:
@@ -56,7 +56,7 @@ def read_info(path: str | Path) -> ModelInfo:
     path = Path(path)
     meta = _metadata(path)
     if METADATA_KEY not in meta:
-        raise ValueError(f"{path}: a safetensors file, but not a MicroNet checkpoint (no {METADATA_KEY!r} metadata)")
+        raise InputError(f"{path}: a safetensors file, but not a MicroNet checkpoint (no {METADATA_KEY!r} metadata)")
     return ModelInfo.from_json(meta[METADATA_KEY], source=str(path))
 
 
@@ -66,7 +66,7 @@ def read_snapshot_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta = _metadata(path)
     if _SNAPSHOT_KEY not in meta:
-        raise ValueError(f"{path}: not a training snapshot (no {_SNAPSHOT_KEY!r} metadata); resume from last_snapshot.safetensors")
+        raise InputError(f"{path}: not a training snapshot (no {_SNAPSHOT_KEY!r} metadata); resume from last_snapshot.safetensors")
     return dict(json.loads(meta[_SNAPSHOT_KEY])["config"])
 
 
@@ -79,7 +79,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise InputError(f"{path}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(device).eval(), info
 
 
@@ -115,7 +115,7 @@ def load_snapshot(path: str | Path, model: torch.nn.Module, optimizer: torch.opt
     path = Path(path)
     meta = _metadata(path)
     if _SNAPSHOT_KEY not in meta:
-        raise ValueError(f"{path}: not a training snapshot (a checkpoint cannot be resumed; use --init to fine-tune)")
+        raise InputError(f"{path}: not a training snapshot (a checkpoint cannot be resumed; use --init to fine-tune)")
     extra = json.loads(meta[_SNAPSHOT_KEY])
     tensors = load_file(str(path))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})

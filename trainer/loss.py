@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from micronet.runtime.errors import InputError
+
 __all__ = ["weighted_mse", "two_source_loss"]
 
 
@@ -16,7 +18,7 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, lam: float = 5.0) -> 
         pred, target: ``(B, 1, H, W)`` float tensors.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        raise InputError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     pred = pred.float()
     target = target.float()
     mean_target = target.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from micronet.runtime.errors import InputError
+
 __all__ = [
     "ACTIVATIONS",
     "MicroNetConfig",
@@ -60,7 +62,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     (16, 32, 64, 64)
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     return _REGISTRY[name](**kwargs)
 
@@ -70,7 +72,7 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     config = dict(config)
     name = config.pop("name", None)
     if name != "micronet":
-        raise ValueError(f"checkpoint architecture {name!r} is not supported; valid: 'micronet'")
+        raise InputError(f"checkpoint architecture {name!r} is not supported; valid: 'micronet'")
     if "widths" in config:
         config["widths"] = tuple(config["widths"])
     if "context_depths" in config:
@@ -105,13 +107,13 @@ class MicroNetConfig:
 
     def __post_init__(self) -> None:
         if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
-            raise ValueError(f"widths: expected four positive channel counts, got {self.widths}")
+            raise InputError(f"widths: expected four positive channel counts, got {self.widths}")
         if not set(self.context_depths) <= {2, 3, 4}:
-            raise ValueError(f"context_depths: expected values among 2, 3, 4, got {self.context_depths}")
+            raise InputError(f"context_depths: expected values among 2, 3, 4, got {self.context_depths}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+            raise InputError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+            raise InputError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}

@@ -24,11 +24,18 @@ import numpy as np
 import torch
 
 from micronet.runtime import machine
+from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import ModelInfo
 from micronet.runtime.resample import resample
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
-from .data import AugmentConfig, PointDataset, channel_stats, load_point_folder, sample_crop
+from .data import (
+    AugmentConfig,
+    PointDataset,
+    channel_stats,
+    load_point_folder,
+    sample_crop,
+)
 from .loss import two_source_loss, weighted_mse
 from .models import ACTIVATIONS, create_model, with_activation
 from .targets import TargetConfig, proximity_map
@@ -96,7 +103,7 @@ class TrainConfig:
         valid = {f.name for f in fields(cls)}
         unknown = set(data) - valid
         if unknown:
-            raise ValueError(f"unknown training option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+            raise InputError(f"unknown training option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
         data = dict(data)
         if data.get("widths") is not None:
             data["widths"] = tuple(data["widths"])
@@ -104,23 +111,23 @@ class TrainConfig:
 
     def check(self) -> None:
         if not 0.0 < self.target_fraction <= 1.0:
-            raise ValueError(f"target_fraction: expected (0, 1], got {self.target_fraction}")
+            raise InputError(f"target_fraction: expected (0, 1], got {self.target_fraction}")
         if not 0.0 <= self.aux_fraction < 1.0:
-            raise ValueError(f"aux_fraction: expected [0, 1), got {self.aux_fraction}")
+            raise InputError(f"aux_fraction: expected [0, 1), got {self.aux_fraction}")
         if self.aux_fraction > 0 and not self.aux_data:
-            raise ValueError("aux_fraction > 0 needs aux_data")
+            raise InputError("aux_fraction > 0 needs aux_data")
         if not 0 <= self.freeze_blocks <= 10:
-            raise ValueError(f"freeze_blocks: expected 0..10, got {self.freeze_blocks}")
+            raise InputError(f"freeze_blocks: expected 0..10, got {self.freeze_blocks}")
         if self.freeze_blocks and not self.init:
-            raise ValueError("freeze_blocks needs init (a checkpoint to fine-tune from)")
+            raise InputError("freeze_blocks needs init (a checkpoint to fine-tune from)")
         if self.activation is not None and self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+            raise InputError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not 0.0 <= self.teacher_weight <= 1.0:
-            raise ValueError(f"teacher_weight: expected [0, 1], got {self.teacher_weight}")
+            raise InputError(f"teacher_weight: expected [0, 1], got {self.teacher_weight}")
         if self.batch < 1 or self.iterations < 0:
-            raise ValueError("batch must be >= 1 and iterations >= 0")
+            raise InputError("batch must be >= 1 and iterations >= 0")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads: expected >= 1 or None (physical cores), got {self.threads}")
+            raise InputError(f"threads: expected >= 1 or None (physical cores), got {self.threads}")
 
 
 def resolve_bf16(requested: bool | None, device_type: str, native: bool) -> tuple[bool, str]:
@@ -249,7 +256,7 @@ def _load_teacher(cfg: TrainConfig, model_mpp: float, device: torch.device) -> t
     with torch.random.fork_rng(devices=[]):  # building the network draws initial weights:
         net, t_info = load_checkpoint(cfg.teacher)  # keep the run's RNG (dropout masks) as it was
     if abs(t_info.mpp - model_mpp) > 0.01 * model_mpp:
-        raise ValueError(f"teacher {cfg.teacher} works at {t_info.mpp} µm/px, the model at {model_mpp}: they must match")
+        raise InputError(f"teacher {cfg.teacher} works at {t_info.mpp} µm/px, the model at {model_mpp}: they must match")
     net.eval().to(device)
     for p in net.parameters():
         p.requires_grad_(False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from micronet.commands import device_arg
+from micronet.runtime.errors import InputError
 
 __all__ = ["add_parser", "run", "plan_checks"]
 
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from micronet.runtime.machine import describe_machine, machine_line
 
     if args.repeat < 1:
-        raise ValueError(f"--repeat: expected an integer >= 1, got {args.repeat}")
+        raise InputError(f"--repeat: expected an integer >= 1, got {args.repeat}")
     machine = describe_machine()
     results: list[CheckResult] = []
     for model, backend, device, why in plan_checks(list(args.models), args.device):

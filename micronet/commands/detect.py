@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from micronet.commands import device_arg
+from micronet.runtime.errors import InputError, MissingFileError
 from micronet.runtime.images import IMAGE_SUFFIXES
 
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
@@ -71,7 +72,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
-        raise ValueError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
+        raise InputError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
     return names
 
 
@@ -88,7 +89,7 @@ def is_slide(path: Path) -> bool:
                 page = tif.pages[0]
                 return max(int(page.imagelength), int(page.imagewidth)) > SLIDE_MIN_SIDE
         except (tifffile.TiffFileError, OSError, IndexError) as exc:
-            raise ValueError(f"{path}: not a readable TIFF ({exc})") from exc
+            raise InputError(f"{path}: not a readable TIFF ({exc})") from exc
     return False
 
 
@@ -99,15 +100,15 @@ def _expand(inputs: list[Path]) -> list[Path]:
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES)
             if not found:
-                raise ValueError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) or slides in this folder")
+                raise InputError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) or slides in this folder")
             files.extend(found)
         elif item.is_file():
             if item.suffix.lower() not in IMAGE_SUFFIXES + SLIDE_SUFFIXES:
                 valid = ", ".join(IMAGE_SUFFIXES + SLIDE_SUFFIXES)
-                raise ValueError(f"{item}: expected an image or slide file ({valid}), got {item.suffix or 'no suffix'!r}")
+                raise InputError(f"{item}: expected an image or slide file ({valid}), got {item.suffix or 'no suffix'!r}")
             files.append(item)
         else:
-            raise FileNotFoundError(f"input not found: {item}")
+            raise MissingFileError(f"input not found: {item}")
     return files
 
 
@@ -141,20 +142,20 @@ def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     if args.demo:
         if args.inputs:
-            raise ValueError("--demo runs on the bundled sample image; give either --demo or INPUT files, not both")
+            raise InputError("--demo runs on the bundled sample image; give either --demo or INPUT files, not both")
         files = [bundled_sample()]
         out = args.out if args.out is not None else DEMO_OUT
     else:
         if not args.inputs:
-            raise ValueError("expected INPUT images or slides (or --demo)")
+            raise InputError("expected INPUT images or slides (or --demo)")
         if args.out is None:
-            raise ValueError("--out DIR is required: the folder to write the results to")
+            raise InputError("--out DIR is required: the folder to write the results to")
         files = _expand(args.inputs)
         out = args.out
     stems = [_stem(f) for f in files]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
-        raise ValueError(f"inputs with the same name would write the same outputs: {', '.join(duplicates)}")
+        raise InputError(f"inputs with the same name would write the same outputs: {', '.join(duplicates)}")
     slides = [f for f in files if is_slide(f)]
 
     from tqdm.auto import tqdm

@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from micronet.runtime.errors import InputError, MissingFileError
+
 __all__ = ["add_parser", "run"]
 
 _SOURCES = (
@@ -60,19 +62,19 @@ def _check_sources(args: argparse.Namespace) -> None:
     model_mode = args.model is not None or args.data is not None
     if csv_mode and model_mode:
         given = [f"--{k}" for k in ("pred", "truth", "model", "data") if getattr(args, k) is not None]
-        raise ValueError(f"expected {_SOURCES}, not both; got {' '.join(given)}")
+        raise InputError(f"expected {_SOURCES}, not both; got {' '.join(given)}")
     if not csv_mode and not model_mode:
-        raise ValueError(f"expected {_SOURCES}")
+        raise InputError(f"expected {_SOURCES}")
     if csv_mode:
         if args.pred is None or args.truth is None:
-            raise ValueError("--pred and --truth go together: give both folders")
+            raise InputError("--pred and --truth go together: give both folders")
         if args.radius is None:
-            raise ValueError("--radius is required with --pred (e.g. 6 for CRCHistoPhenotypes at 20x)")
+            raise InputError("--radius is required with --pred (e.g. 6 for CRCHistoPhenotypes at 20x)")
         extra = [f"--{k}" for k in ("split", "threshold") if getattr(args, k) is not None]
         if extra:
-            raise ValueError(f"{' and '.join(extra)} apply to --model evaluation only, not to --pred CSVs")
+            raise InputError(f"{' and '.join(extra)} apply to --model evaluation only, not to --pred CSVs")
     elif args.model is None or args.data is None:
-        raise ValueError("--model and --data go together: give the model file and the data set folder")
+        raise InputError("--model and --data go together: give the model file and the data set folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,12 +96,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_model(args: argparse.Namespace) -> int:
     # Loads the model stack only when asked (torch only for a checkpoint).
-    from micronet.runtime.evaluation import MODEL_SUFFIXES, evaluate_model_file, plot_pr_curve
+    from micronet.runtime.evaluation import (
+        MODEL_SUFFIXES,
+        evaluate_model_file,
+        plot_pr_curve,
+    )
 
     if not args.model.exists():
-        raise FileNotFoundError(f"--model: no such file {args.model}")
+        raise MissingFileError(f"--model: no such file {args.model}")
     if args.model.suffix.lower() not in MODEL_SUFFIXES:
-        raise ValueError(f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file")
+        raise InputError(f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file")
     result = evaluate_model_file(args.model, args.data, split=args.split, radius=args.radius, threshold=args.threshold)
     print(result.format())
     if args.json is not None:

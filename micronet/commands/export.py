@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from micronet.runtime.errors import InputError, MissingFileError, MissingPackageError
+
 __all__ = ["add_parser", "run"]
 
 PRECISIONS = ("fp32", "fp16", "int8")  # micronet.export.onnx.FORMATS, known here without importing torch
@@ -48,21 +50,21 @@ def run(args: argparse.Namespace) -> int:
     """Runs ``micronet export``; returns the exit status. User errors raise ValueError or
     FileNotFoundError with a one-line message."""
     if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        raise MissingFileError(f"checkpoint not found: {args.checkpoint}")
     if args.checkpoint.suffix.lower() != ".safetensors":
-        raise ValueError(f"expected a .safetensors checkpoint, got {args.checkpoint.name!r}")
+        raise InputError(f"expected a .safetensors checkpoint, got {args.checkpoint.name!r}")
     if args.precision == "int8" and args.calibration_data is None:
-        raise ValueError("--precision int8 needs --calibration-data DIR (training images to calibrate the activations)")
+        raise InputError("--precision int8 needs --calibration-data DIR (training images to calibrate the activations)")
     if args.precision != "int8" and args.calibration_data is not None:
-        raise ValueError(f"--calibration-data applies to --precision int8 only, not {args.precision}")
+        raise InputError(f"--calibration-data applies to --precision int8 only, not {args.precision}")
     if args.calibration_data is not None and not args.calibration_data.is_dir():
-        raise FileNotFoundError(f"--calibration-data: no such folder {args.calibration_data}")
+        raise MissingFileError(f"--calibration-data: no such folder {args.calibration_data}")
     if args.output is not None and args.output.suffix.lower() != ".onnx":
-        raise ValueError(f"-o/--output: expected a file ending in .onnx, got {args.output.name!r}")
+        raise InputError(f"-o/--output: expected a file ending in .onnx, got {args.output.name!r}")
     try:
         from micronet.export.onnx import FORMATS, export_onnx
     except ImportError as exc:
-        raise ImportError(
+        raise MissingPackageError(
             f"micronet export needs torch, onnx and safetensors: pip install 'micronet-sdk[train]' (missing: {exc.name})"
         ) from exc
     output = args.output if args.output is not None else args.checkpoint.with_name(args.checkpoint.stem + FORMATS[args.precision].suffix)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, MissingFileError, MissingPackageError
 from ..machine import has_vnni, physical_cores
 from ..model_info import METADATA_KEY, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
@@ -41,7 +42,7 @@ def _import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(
+        raise MissingPackageError(
             "the ONNX Runtime backend needs onnxruntime: pip install 'micronet-sdk[cpu]' "
             "(or 'micronet-sdk[gpu]' on a CUDA machine, which brings onnxruntime-gpu; install one, not both)"
         ) from exc
@@ -80,7 +81,7 @@ def _check_cuda_device(device_id: int) -> None:
     except Exception:  # no driver: the CUDA provider will not load either, and says so
         return
     if device_id >= count:
-        raise ValueError(f"device_id={device_id}: this machine has {count} CUDA device(s), numbered from 0")
+        raise InputError(f"device_id={device_id}: this machine has {count} CUDA device(s), numbered from 0")
 
 
 def _describe(args: list[Any]) -> str:
@@ -119,22 +120,22 @@ class OnnxRuntimeBackend:
         self, path: str | PathLike[str], device: str = "auto", threads: int | None = None, *, device_id: int = 0
     ) -> None:
         if device not in DEVICES:
-            raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+            raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
         if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-            raise ValueError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
+            raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
         if device == "cpu" and device_id != 0:
-            raise ValueError(f"device_id={device_id} selects a GPU, but device='cpu'")
+            raise InputError(f"device_id={device_id} selects a GPU, but device='cpu'")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads: expected an integer >= 1 or None, got {threads!r}")
+            raise InputError(f"threads: expected an integer >= 1 or None, got {threads!r}")
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+            raise MissingFileError(f"ONNX model not found: {self.path}")
         ort = _import_ort()
 
         available = ort.get_available_providers()
         want_cuda = device == "cuda" or (device == "auto" and _CUDA_EP in available)
         if device == "cuda" and _CUDA_EP not in available:
-            raise ValueError(
+            raise InputError(
                 f"device='cuda': this ONNX Runtime has no CUDA execution provider (available: {', '.join(available)}); "
                 f"install onnxruntime-gpu ({GPU_EXTRA}) or use device='cpu'"
             )
@@ -155,7 +156,7 @@ class OnnxRuntimeBackend:
         if want_cuda and not cuda:
             # ONNX Runtime falls back to the CPU when the CUDA libraries do not load.
             if device == "cuda":
-                raise ValueError(
+                raise InputError(
                     f"device='cuda': ONNX Runtime's CUDA execution provider did not load (running: {', '.join(running)}); "
                     "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
                 )
@@ -184,17 +185,17 @@ class OnnxRuntimeBackend:
         from onnxruntime.capi import onnxruntime_pybind11_state as state
 
         if self.path.stat().st_size == 0:
-            raise ValueError(f"{self.path}: not an ONNX model (the file is empty)")
+            raise InputError(f"{self.path}: not an ONNX model (the file is empty)")
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except state.InvalidProtobuf as exc:
-            raise ValueError(f"{self.path}: not an ONNX model (the file does not parse as an ONNX protobuf)") from exc
+            raise InputError(f"{self.path}: not an ONNX model (the file does not parse as an ONNX protobuf)") from exc
         except (state.InvalidArgument, state.NoModel) as exc:
             if "no graph" in str(exc).lower():
-                raise ValueError(f"{self.path}: not an ONNX model (no graph inside)") from exc
-            raise ValueError(f"{self.path}: ONNX Runtime could not load the model: {exc}") from exc
+                raise InputError(f"{self.path}: not an ONNX model (no graph inside)") from exc
+            raise InputError(f"{self.path}: ONNX Runtime could not load the model: {exc}") from exc
         except (state.Fail, state.InvalidGraph, state.NotImplemented, state.RuntimeException) as exc:
-            raise ValueError(f"{self.path}: ONNX Runtime could not load the model: {exc}") from exc
+            raise InputError(f"{self.path}: ONNX Runtime could not load the model: {exc}") from exc
 
     def _check_signature(self) -> ModelInfo:
         meta = self._session.get_modelmeta().custom_metadata_map
@@ -214,7 +215,7 @@ class OnnxRuntimeBackend:
         if not ok_out:
             problems.append("expected one output float32 N×1×H×W")
         if problems:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: not a MicroNet model: {'; '.join(problems)}. Found metadata keys: "
                 f"{', '.join(sorted(meta)) or 'none'}; inputs: {_describe(inputs)}; outputs: {_describe(outputs)}"
             )
@@ -237,7 +238,7 @@ class OnnxRuntimeBackend:
         """
         if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             got = f"{type(batch).__name__} {getattr(batch, 'dtype', '')} shape {getattr(batch, 'shape', '?')}"
-            raise ValueError(f"batch: expected an (N, H, W, 3) uint8 array, got {got}")
+            raise InputError(f"batch: expected an (N, H, W, 3) uint8 array, got {got}")
         batch = np.ascontiguousarray(batch)
         if self._cupy is None:
             (maps,) = self._session.run([self._output], {self._input: batch})
@@ -257,7 +258,7 @@ class OnnxRuntimeBackend:
     def _wrap_cupy(self, value: Any) -> Any:
         cupy = self._cupy
         if value.data_type() != "tensor(float)":  # pragma: no cover - checked at load
-            raise ValueError(f"{self.path}: expected a float32 output, got {value.data_type()}")
+            raise InputError(f"{self.path}: expected a float32 output, got {value.data_type()}")
         shape = tuple(int(s) for s in value.shape())
         nbytes = int(np.prod(shape, dtype=np.int64)) * 4
         # The OrtValue owns the device memory; UnownedMemory keeps it alive as long as

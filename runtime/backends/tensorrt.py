@@ -36,6 +36,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 
+from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
 from ..model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
 
@@ -69,7 +70,7 @@ def import_tensorrt(purpose: str = "the TensorRT backend") -> Any:
     try:
         import tensorrt
     except ImportError as exc:
-        raise ImportError(
+        raise MissingPackageError(
             f"{purpose} needs TensorRT: {GPU_EXTRA} (on a Jetson, TensorRT comes with JetPack)"
         ) from exc
     version = str(getattr(tensorrt, "__version__", "unknown"))
@@ -78,7 +79,7 @@ def import_tensorrt(purpose: str = "the TensorRT backend") -> Any:
     except ValueError:
         too_old = True
     if too_old:
-        raise ImportError(
+        raise MissingPackageError(
             f"{purpose} needs TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}, found {version}: "
             f"{GPU_EXTRA} (on a Jetson, JetPack 6)"
         )
@@ -119,14 +120,14 @@ def _cuda_python_runtime() -> Any:
         try:  # older cuda-python 12.x
             from cuda import cudart
         except ImportError as exc:
-            raise ImportError(f"reading the GPU's name and compute capability needs CuPy or cuda-python: {GPU_EXTRA}") from exc
+            raise MissingPackageError(f"reading the GPU's name and compute capability needs CuPy or cuda-python: {GPU_EXTRA}") from exc
     return cudart
 
 
 def check_device_id(device_id: Any) -> int:
     """``device_id`` as an ``int``; ``ValueError`` unless it is a GPU index ``>= 0``."""
     if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-        raise ValueError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
+        raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
     return int(device_id)
 
 
@@ -216,16 +217,16 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     missing or not a JSON object."""
     path = sidecar_path(engine_path)
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"{path} not found: a MicroNet engine needs the metadata sidecar export-engine writes "
             f"next to it; {_rebuild_hint(engine_path)}"
         )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); {_rebuild_hint(engine_path)}") from exc
+        raise InputError(f"{path}: not valid JSON ({exc}); {_rebuild_hint(engine_path)}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; {_rebuild_hint(engine_path)}")
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}; {_rebuild_hint(engine_path)}")
     return data
 
 
@@ -234,7 +235,7 @@ def _major_minor(version: str, what: str) -> tuple[int, int]:
     try:
         return int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
-        raise ValueError(f"{what}: expected a version like '10.3.0', got {version!r}") from None
+        raise InputError(f"{what}: expected a version like '10.3.0', got {version!r}") from None
 
 
 def _sm(compute_capability: str) -> str:
@@ -246,10 +247,10 @@ def check_sidecar_fields(sidecar: Any, *, engine_path: str | Path = "model.engin
     needs (``micronet``, ``tensorrt_version``, ``gpu_name``, ``compute_capability``)."""
     hint = _rebuild_hint(engine_path)
     if not isinstance(sidecar, dict):
-        raise ValueError(f"engine sidecar: expected a JSON object, got {type(sidecar).__name__}; {hint}")
+        raise InputError(f"engine sidecar: expected a JSON object, got {type(sidecar).__name__}; {hint}")
     missing = [k for k in REQUIRED_SIDECAR_FIELDS if sidecar.get(k) in (None, "")]
     if missing:
-        raise ValueError(f"engine sidecar lacks {', '.join(missing)} (not written by export-engine, or damaged); {hint}")
+        raise InputError(f"engine sidecar lacks {', '.join(missing)} (not written by export-engine, or damaged); {hint}")
 
 
 def check_engine_compatibility(
@@ -290,7 +291,7 @@ def check_engine_compatibility(
     built_cc = str(sidecar["compute_capability"]).strip()
     version_compatible = sidecar.get("version_compatible", False)
     if not isinstance(version_compatible, bool):
-        raise ValueError(f"engine sidecar: version_compatible must be true or false, got {version_compatible!r}; {hint}")
+        raise InputError(f"engine sidecar: version_compatible must be true or false, got {version_compatible!r}; {hint}")
 
     built_v = _major_minor(built_trt, "engine sidecar tensorrt_version")
     here_v = _major_minor(trt_version, "installed TensorRT version")
@@ -305,7 +306,7 @@ def check_engine_compatibility(
     elif here_v != built_v:
         problems.append("another TensorRT version (build with --version-compatible to allow later TensorRT releases)")
     if problems:
-        raise ValueError(
+        raise InputError(
             f"engine built for {built_gpu} ({_sm(built_cc)}) with TensorRT {built_v[0]}.{built_v[1]}"
             f"{' (version-compatible)' if version_compatible else ''}; "
             f"this machine has {str(gpu_name).strip()} ({_sm(compute_capability)}) with TensorRT {here_v[0]}.{here_v[1]} "
@@ -339,7 +340,7 @@ class SlotPool(Generic[SlotT]):
 
     def __init__(self, make: Callable[[], SlotT], limit: int, owner: str = "TensorRTBackend") -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
+            raise InputError(f"limit: expected an integer >= 1, got {limit!r}")
         self._make = make
         self._limit = limit
         self._owner = owner
@@ -458,7 +459,7 @@ def _pinned_empty(nbytes: int) -> np.ndarray:
     try:
         import cupyx
     except ImportError as exc:  # pragma: no cover - comes with CuPy
-        raise ImportError(f"the TensorRT backend needs CuPy: {GPU_EXTRA} (or cupy-cuda12x)") from exc
+        raise MissingPackageError(f"the TensorRT backend needs CuPy: {GPU_EXTRA} (or cupy-cuda12x)") from exc
     return cupyx.empty_pinned((nbytes,), dtype=np.uint8)
 
 
@@ -543,9 +544,9 @@ class TensorRTBackend:
         path = Path(path)
         device_id = check_device_id(device_id)
         if isinstance(max_contexts, bool) or not isinstance(max_contexts, int) or max_contexts < 1:
-            raise ValueError(f"max_contexts: expected an integer >= 1, got {max_contexts!r}")
+            raise InputError(f"max_contexts: expected an integer >= 1, got {max_contexts!r}")
         if not path.is_file():
-            raise FileNotFoundError(f"TensorRT engine not found: {path}")
+            raise MissingFileError(f"TensorRT engine not found: {path}")
         sidecar = read_sidecar(path)
         check_sidecar_fields(sidecar, engine_path=path)
         self.info = ModelInfo.from_json(json.dumps(sidecar["micronet"]), source=str(sidecar_path(path)))
@@ -569,7 +570,7 @@ class TensorRTBackend:
             self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             detail = "; ".join(self._logger.errors) or "no detail from TensorRT"
-            raise ValueError(f"{path}: TensorRT could not deserialise the engine ({detail}); {_rebuild_hint(path)}")
+            raise InputError(f"{path}: TensorRT could not deserialise the engine ({detail}); {_rebuild_hint(path)}")
         self.profile = self._check_io()
         self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(OUTPUT_NAME)))
 
@@ -591,20 +592,20 @@ class TensorRTBackend:
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         where = f"{self.path}: not a MicroNet engine"
         if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
-            raise ValueError(
+            raise InputError(
                 f"{where}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, got inputs {inputs} and outputs {outputs}"
             )
         in_dtype = engine.get_tensor_dtype(INPUT_NAME)
         if in_dtype != trt.DataType.UINT8:
-            raise ValueError(f"{where}: expected a uint8 {INPUT_NAME!r} input, got {in_dtype}")
+            raise InputError(f"{where}: expected a uint8 {INPUT_NAME!r} input, got {in_dtype}")
         out_dtype = engine.get_tensor_dtype(OUTPUT_NAME)
         if out_dtype not in (trt.DataType.FLOAT, trt.DataType.HALF):
-            raise ValueError(f"{where}: expected a float32 or float16 {OUTPUT_NAME!r} output, got {out_dtype}")
+            raise InputError(f"{where}: expected a float32 or float16 {OUTPUT_NAME!r} output, got {out_dtype}")
         in_shape = tuple(engine.get_tensor_shape(INPUT_NAME))
         if len(in_shape) != 4 or in_shape[3] != 3:
-            raise ValueError(f"{where}: expected an N×H×W×3 {INPUT_NAME!r} input, got shape {in_shape}")
+            raise InputError(f"{where}: expected an N×H×W×3 {INPUT_NAME!r} input, got shape {in_shape}")
         if engine.num_optimization_profiles < 1:
-            raise ValueError(f"{where}: the engine has no optimisation profile; {_rebuild_hint(self.path)}")
+            raise InputError(f"{where}: the engine has no optimisation profile; {_rebuild_hint(self.path)}")
         lo, opt, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(INPUT_NAME, 0))
         return lo, opt, hi
 
@@ -630,14 +631,14 @@ class TensorRTBackend:
         """``ValueError`` unless an ``(N, H, W, 3)`` batch fits the engine's profile."""
         lo, _, hi = self.profile
         if len(shape) != 4 or shape[3] != 3:
-            raise ValueError(f"batch: expected an (N, H, W, 3) uint8 RGB array, got shape {tuple(shape)}")
+            raise InputError(f"batch: expected an (N, H, W, 3) uint8 RGB array, got shape {tuple(shape)}")
         bad = [
             f"{axis}={shape[i]} not in [{lo[i]}, {hi[i]}]"
             for i, axis in enumerate("NHW")
             if not lo[i] <= shape[i] <= hi[i]
         ]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"batch of shape {tuple(shape)} is outside the engine's profile ({', '.join(bad)}): "
                 f"send tiles or batches within N×H×W {lo[0]}×{lo[1]}×{lo[2]} to {hi[0]}×{hi[1]}×{hi[2]}, "
                 f"or rebuild with export-engine --min/--max"
@@ -689,11 +690,11 @@ class TensorRTBackend:
         if not on_gpu:
             batch = np.asarray(batch)
         if batch.dtype != np.uint8:
-            raise TypeError(f"batch: expected uint8 RGB pixels, got dtype {batch.dtype}")
+            raise InputTypeError(f"batch: expected uint8 RGB pixels, got dtype {batch.dtype}")
         shape = tuple(int(s) for s in batch.shape)
         self.check_batch_shape(shape)
         if on_gpu and batch.device.id != self.device_id:
-            raise ValueError(f"batch: a CuPy array on device {batch.device.id}, but this engine runs on device {self.device_id}")
+            raise InputError(f"batch: a CuPy array on device {batch.device.id}, but this engine runs on device {self.device_id}")
 
         pool = self._pool
         slot = pool.acquire(block=block)
@@ -728,10 +729,10 @@ class TensorRTBackend:
                 slot.stream.wait_event(slot.uploaded)
                 keep = None  # the slot's own buffers, reused once this job is waited for
             if not context.set_input_shape(INPUT_NAME, shape):
-                raise ValueError(f"TensorRT rejected the input shape {shape} (profile {self.profile[0]} to {self.profile[2]})")
+                raise InputError(f"TensorRT rejected the input shape {shape} (profile {self.profile[0]} to {self.profile[2]})")
             out_shape = tuple(int(d) for d in context.get_tensor_shape(OUTPUT_NAME))
             if out_shape != (n, 1, h, w):
-                raise ValueError(f"{self.path}: the engine's output for input {shape} has shape {out_shape}, expected {(n, 1, h, w)}")
+                raise InputError(f"{self.path}: the engine's output for input {shape} has shape {out_shape}, expected {(n, 1, h, w)}")
             with slot.stream:  # CuPy's pool hands out memory in the order of this stream
                 out = cupy.empty(out_shape, dtype=self._out_dtype)
             context.set_tensor_address(INPUT_NAME, int(image.data.ptr))

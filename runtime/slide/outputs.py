@@ -40,6 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..detections import Detections
+from ..errors import InputError, InputTypeError
 from .reader import Thumbnail, slide_suffix
 
 __all__ = [
@@ -79,10 +80,10 @@ def check_formats(formats: Any) -> tuple[str, ...]:
     try:
         names = tuple(formats)
     except TypeError:
-        raise TypeError(f"formats: expected a sequence of format names ({', '.join(FORMATS)}), got {type(formats).__name__}") from None
+        raise InputTypeError(f"formats: expected a sequence of format names ({', '.join(FORMATS)}), got {type(formats).__name__}") from None
     unknown = [f for f in names if f not in FORMATS]
     if unknown or not names:
-        raise ValueError(f"formats: expected one or more of {', '.join(FORMATS)}, got {list(names)!r}")
+        raise InputError(f"formats: expected one or more of {', '.join(FORMATS)}, got {list(names)!r}")
     return tuple(f for f in FORMATS if f in names)
 
 
@@ -246,7 +247,7 @@ class SlideOutputs:
 
     def __init__(self, out_dir: Path, stem: str, formats: tuple[str, ...], mpp_xy: tuple[float, float], thumbnail: Thumbnail | None) -> None:
         if "png" in formats and thumbnail is None:
-            raise ValueError("thumbnail: the overlay PNG needs the region's thumbnail, got None")
+            raise InputError("thumbnail: the overlay PNG needs the region's thumbnail, got None")
         self.dir = out_dir
         self.formats = formats
         self.mpp_xy = mpp_xy
@@ -350,7 +351,7 @@ class SlideOutputs:
             f.truncate(sizes["bin"])
         records = read_records(self.bin_path)
         if len(records) != self.state["detections"]:
-            raise ValueError(f"{self.bin_path}: holds {len(records)} detections, its record says {self.state['detections']}; delete it to start over")
+            raise InputError(f"{self.bin_path}: holds {len(records)} detections, its record says {self.state['detections']}; delete it to start over")
         self._files["bin"] = open(self.bin_path, "ab")
         if "csv" in self.formats:
             self._files["csv"] = reopen_csv(self.paths["csv"], sizes["csv"])

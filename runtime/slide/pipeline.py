@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..detections import Detections
+from ..errors import InputError
 from ..tiling import keep_in_core, sort_peaks
 from .outputs import FORMATS, SlideOutputs, check_formats, fingerprint, output_stem
 from .plan import SlidePlan, plan_slide
@@ -110,10 +111,10 @@ def detect_slide(
     """
     started = time.perf_counter()
     if isinstance(queue_size, bool) or (queue_size is not None and (not isinstance(queue_size, numbers.Integral) or queue_size < 0)):
-        raise ValueError(f"queue_size: expected an integer >= 0 or None, got {queue_size!r}")
+        raise InputError(f"queue_size: expected an integer >= 0 or None, got {queue_size!r}")
     queue_size = 2 * detector.batch_size if queue_size is None else int(queue_size)
     if isinstance(readers, bool) or (readers is not None and (not isinstance(readers, numbers.Integral) or readers < 1)):
-        raise ValueError(f"readers: expected an integer >= 1 or None, got {readers!r}")
+        raise InputError(f"readers: expected an integer >= 1 or None, got {readers!r}")
     if readers is None:
         readers = 1 if detector.device == "cpu" else max(1, min(4, (os.cpu_count() or 2) - 1))
     formats = check_formats(formats)

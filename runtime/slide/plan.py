@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ..resample import MPP_TOLERANCE, BilinearAxis, from_resampled, needs_resampling, resampled_size
+from ..errors import InputError
+from ..resample import (
+    MPP_TOLERANCE,
+    BilinearAxis,
+    from_resampled,
+    needs_resampling,
+    resampled_size,
+)
 from ..tiling import Tile
 from .reader import THUMBNAIL_SIZE, Level, Slide, Thumbnail, level_box
 from .tissue import tiles_on_tissue
@@ -205,22 +212,22 @@ def _check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, i
     except TypeError:
         values = ()
     if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values):
-        raise ValueError(f"region: expected (x, y, width, height) integers in level-0 pixels, got {region!r}")
+        raise InputError(f"region: expected (x, y, width, height) integers in level-0 pixels, got {region!r}")
     x, y, rw, rh = (int(v) for v in values)
     if x < 0 or y < 0 or rw < 1 or rh < 1 or x + rw > w or y + rh > h:
-        raise ValueError(f"region: expected (x, y, width, height) inside the level-0 image of W×H {w}×{h}, got {values}")
+        raise InputError(f"region: expected (x, y, width, height) inside the level-0 image of W×H {w}×{h}, got {values}")
     return (x, y, rw, rh)
 
 
 def _resolve_mpp(slide: Slide, mpp: Any) -> tuple[float, float]:
     if mpp is not None:
         if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
-            raise ValueError(f"mpp: expected the level-0 pixel size in µm/px (a positive number) or None, got {mpp!r}")
+            raise InputError(f"mpp: expected the level-0 pixel size in µm/px (a positive number) or None, got {mpp!r}")
         if slide.mpp is not None and abs(mpp / slide.mpp - 1) > MPP_TOLERANCE:
             log.warning("%s: using mpp=%.4g µm/px, not the %.4g µm/px its %s record", slide.path.name, mpp, slide.mpp, slide.mpp_source)
         return (float(mpp), float(mpp))
     if slide.mpp_xy is None:
-        raise ValueError(
+        raise InputError(
             f"{slide.path.name}: the file records no pixel size ({slide.mpp_source}); pass mpp= with the level-0 pixel "
             "size in µm/px (about 0.25 at 40×, 0.5 at 20×), --mpp on the command line"
         )

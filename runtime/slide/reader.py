@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, InputTypeError, MissingFileError
+
 __all__ = ["Slide", "Level", "Thumbnail", "open_slide", "level_box", "slide_suffix", "SLIDE_SUFFIXES", "OME_SUFFIXES", "THUMBNAIL_SIZE"]
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")  # .ome.tif / .ome.tiff included
@@ -104,7 +106,7 @@ class Slide:
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises several types for damaged files
-            raise ValueError(f"{path.name}: not a readable TIFF slide ({type(exc).__name__}: {exc})") from exc
+            raise InputError(f"{path.name}: not a readable TIFF slide ({type(exc).__name__}: {exc})") from exc
         try:
             self._init_levels()
             self.format = "svs" if self._tif.is_svs else "ome-tiff" if self._tif.is_ome else "tiff"
@@ -122,27 +124,27 @@ class Slide:
         try:
             series = self._tif.series
         except Exception as exc:
-            raise ValueError(f"{self.path.name}: cannot parse the TIFF structure ({type(exc).__name__}: {exc})") from exc
+            raise InputError(f"{self.path.name}: cannot parse the TIFF structure ({type(exc).__name__}: {exc})") from exc
         if not series:
-            raise ValueError(f"{self.path.name}: a TIFF without images")
+            raise InputError(f"{self.path.name}: a TIFF without images")
         main = series[0]
         levels, pages = [], []
         for i, lv in enumerate(main.levels):
             shape, axes = tuple(lv.shape), lv.axes
             if lv.dtype != np.uint8 or axes != "YXS" or shape[2] != 3:
-                raise ValueError(
+                raise InputError(
                     f"{self.path.name}: expected an RGB slide, (H, W, 3) uint8 with axes YXS; level {i} has shape {shape}, "
                     f"axes {axes!r}, dtype {lv.dtype} (fluorescence and multi-plane images are not H&E slides)"
                 )
             if len(lv.pages) != 1:
-                raise ValueError(f"{self.path.name}: level {i} spans {len(lv.pages)} pages; expected one plane per level")
+                raise InputError(f"{self.path.name}: level {i} spans {len(lv.pages)} pages; expected one plane per level")
             page = lv.keyframe
             if page.planarconfig != 1 or page.imagedepth != 1:
-                raise ValueError(f"{self.path.name}: level {i} stores colour planes separately; expected interleaved RGB")
+                raise InputError(f"{self.path.name}: level {i} stores colour planes separately; expected interleaved RGB")
             seg_h, seg_w = int(page.chunks[0]), int(page.chunks[1])
             if seg_h * seg_w * 3 > MAX_SEGMENT_BYTES:
                 kind = "tile" if page.is_tiled else "strip"
-                raise ValueError(
+                raise InputError(
                     f"{self.path.name}: level {i} is stored as {seg_w}×{seg_h} {kind}s ({seg_h * seg_w * 3 >> 20} MB each "
                     f"decoded), too large to read in bounded memory; {_CONVERT}"
                 )
@@ -222,7 +224,7 @@ class Slide:
         """The level ``index``; a ``ValueError`` lists the levels when there is none."""
         if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(self.levels):
             have = ", ".join(f"{lv.index}: {lv.shape[1]}×{lv.shape[0]} (downsample {lv.downsample:.4g})" for lv in self.levels)
-            raise ValueError(f"level: {self.path.name} has no level {index!r}; its levels (W×H) are {have}")
+            raise InputError(f"level: {self.path.name} has no level {index!r}; its levels (W×H) are {have}")
         return self.levels[int(index)]
 
     def __repr__(self) -> str:
@@ -262,11 +264,11 @@ class Slide:
         lv = self.level(level)
         for name, value, lo in (("x", x, 0), ("y", y, 0), ("width", width, 1), ("height", height, 1)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-                raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
+                raise InputError(f"{name}: expected an integer >= {lo}, got {value!r}")
         x, y, width, height = int(x), int(y), int(width), int(height)
         h, w = lv.shape
         if x + width > w or y + height > h:
-            raise ValueError(
+            raise InputError(
                 f"window x={x}, y={y}, width={width}, height={height} is not inside level {lv.index} of size W×H {w}×{h}"
             )
         out = np.full((height, width, 3), 255, np.uint8)
@@ -301,14 +303,14 @@ class Slide:
                 fh.seek(offset)
                 data = fh.read(count)
             if len(data) != count:
-                raise ValueError(
+                raise InputError(
                     f"{self.path.name}: level {level} tile {index} is cut off ({len(data)} of {count} bytes): the file is truncated"
                 )
             kwargs = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} if page.compression in _JPEG else {}
             try:
                 decoded = page.decode(data, index, **kwargs)[0]  # (1, h, w, 3)
             except Exception as exc:  # the codecs raise their own types
-                raise ValueError(
+                raise InputError(
                     f"{self.path.name}: level {level} tile {index} cannot be decoded ({type(exc).__name__}: {exc}); "
                     "the file is damaged"
                 ) from exc
@@ -428,15 +430,15 @@ def open_slide(path: str | PathLike[str]) -> Slide:
             that is not a readable TIFF, or not an RGB 8-bit image.
     """
     if not isinstance(path, (str, PathLike)):
-        raise TypeError(f"path: expected a slide file path, got {type(path).__name__}")
+        raise InputTypeError(f"path: expected a slide file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"slide not found: {path}")
+        raise MissingFileError(f"slide not found: {path}")
     suffix = slide_suffix(path)
     if suffix in _FOREIGN:
-        raise ValueError(f"{path.name}: {_FOREIGN[suffix]} slides are not supported; expected Aperio .svs, OME-TIFF or tiled .tif; {_CONVERT}")
+        raise InputError(f"{path.name}: {_FOREIGN[suffix]} slides are not supported; expected Aperio .svs, OME-TIFF or tiled .tif; {_CONVERT}")
     if suffix not in SLIDE_SUFFIXES + OME_SUFFIXES:
-        raise ValueError(
+        raise InputError(
             f"{path.name}: expected a slide file ending in .svs, .ome.tif, .tif or .tiff, got {suffix or 'no suffix'!r}"
         )
     return Slide(path)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import InputError
 from ..tiling import Tile
 from .reader import Thumbnail
 
@@ -57,7 +58,7 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
 
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"image: expected an (h, w, 3) uint8 RGB array, got shape {arr.shape} dtype {arr.dtype}")
+        raise InputError(f"image: expected an (h, w, 3) uint8 RGB array, got shape {arr.shape} dtype {arr.dtype}")
     hi = arr.max(axis=2).astype(np.float32)
     lo = arr.min(axis=2).astype(np.float32)
     saturation = np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)

@@ -1,16 +1,23 @@
-"""Shared helpers for the benchmark scripts: timing, machine description, writing results."""
+"""Shared helpers for the benchmark scripts: timing, the matmul yardstick, writing results.
+
+Every result names its machine (``micronet.runtime.machine.describe_machine``: CPU model,
+ISA flags, physical cores, GPUs, a measured float32 matmul peak), because absolute
+speeds only compare within one machine; what the docs quote are ratios measured in the
+same run, and throughput per unit of that matmul peak.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from micronet.runtime.bench import machine_record, matmul_yardsticks, run_line
 
+__all__ = ["RESULTS", "best_time", "matmul_peaks", "peak_text", "per_peak", "run_line", "run_machine", "write_results"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     """Best wall time in seconds over `repeat` runs (after `warmup` runs)."""
@@ -24,22 +31,47 @@ def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+def matmul_peaks() -> dict[str, float]:
+    """One measurement of the float32 matmul rate (GFLOP/s) of NumPy's BLAS and of ONNX
+    Runtime's MatMul, 2048³, best of 10 each. Take one before and one after the timed runs
+    and pass them all to :func:`run_machine`: on a shared machine the highest is the
+    closest to what the CPU can do, so a momentary dip never inflates a model's share."""
+    return matmul_yardsticks(2048, 10)
 
 
-def write_results(name: str, payload: dict[str, Any], table: str) -> None:
-    """Writes results/<name>.json and results/<name>.md and prints the table."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), **payload}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(table + "\n")
-    print(table)
+def run_machine(measurements: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """The machine record for a results JSON (``micronet.runtime.bench.machine_record``):
+    ``matmul_peak_gflops`` is the highest float32 matmul rate among ``measurements``
+    (taken during the run by :func:`matmul_peaks`; one is taken now without)."""
+    machine = machine_record(measurements or [matmul_peaks()])
+    machine["matmul_peak"] = "float32 2048³ matrix product, best of 10, by NumPy's BLAS and by ONNX Runtime's MatMul; the highest of the run"
+    return machine
+
+
+def peak_text(machine: dict[str, Any]) -> str:
+    """How the run's peak was measured, for a table's caption."""
+    rates = "; ".join(", ".join(f"{k} {v:.0f}" for k, v in m.items()) for m in machine["matmul_measurements_gflops"])
+    return f"{machine['matmul_peak_gflops']:.0f} GFLOP/s, the highest float32 2048³ matmul rate of the run (GFLOP/s: {rates})"
+
+
+def per_peak(megapixels_per_s: float, peak_gflops: float) -> float:
+    """Throughput normalised by the machine: MP/s per 100 GFLOP/s of float32 matmul peak."""
+    return 100.0 * megapixels_per_s / peak_gflops
+
+
+def write_results(name: str, payload: dict[str, Any], table: str, folder: Path = RESULTS) -> None:
+    """Writes <folder>/<name>.json and <folder>/<name>.md (folder: benchmarks/results)
+    and prints the table.
+
+    The JSON's ``machine`` is ``payload["machine"]`` when the script measured it (see
+    :func:`run_machine`), else described and measured now. The markdown gets the machine
+    line first, so a table never travels without the machine it describes.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = dict(payload)
+    machine = payload.pop("machine", None) or run_machine()
+    payload = {"machine": machine, **payload}
+    text = f"Machine: {run_line(machine)}.\n\n{table}"
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(text + "\n")
+    print(text)

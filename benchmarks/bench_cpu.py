@@ -1,17 +1,27 @@
-"""CPU inference: torch eager vs ONNX Runtime fp32 vs ONNX Runtime int8 (QDQ u8s8), same
-model, same run, with the CPU's practical peak FLOP/s (a large float32 matrix product)
-measured alongside, and the bundled models end to end (read → infer → peaks).
+"""CPU inference: the bundled models against each other and against torch, as ratios
+measured in one run, and per unit of the machine's float32 matmul peak.
 
-    python benchmarks/bench_cpu.py [--checkpoint trainer/pretrained/micronet_crchisto.safetensors]
-                                   [--fast-checkpoint trainer/pretrained/micronet_crchisto_relu.safetensors] [--quick]
+    python benchmarks/bench_cpu.py [--configs 500x1,500x4,1024x1] [--repeat 5] [--e2e-repeat 3] [--quick]
 
-Two networks of the same architecture and widths are compared when the second
-checkpoint exists: the paper's (ELU) and its ReLU fine-tune, whose activations ONNX
-Runtime fuses into its convolutions (and quantises away in int8).
+The network alone (``InferenceSession.run`` on uint8 tissue, no peaks), five engines:
+torch eager fp32 of the paper's network (ELU); the bundled ``default`` model
+(``runtime/models/micronet_crchisto.onnx``, ELU, fp32) and its int8 export; the ReLU
+fine-tune in fp32 and the bundled ``fast-cpu`` model (its int8 export,
+``runtime/models/micronet_crchisto_relu.int8.onnx``). The two in-between artifacts are
+exported here from ``trainer/pretrained/`` with the current exporter.
 
-Network FLOPs come from torch's flop counter (2 × multiply-adds), so "% of peak" is the
-useful arithmetic rate of each engine. int8 accuracy is the pooled F1 on the CRCHisto
-test split (radius 6) next to fp32's.
+End to end: every image of the CRCHisto **test split** (``split.csv``; 500², 20×) read
+from PNG and detected (tiles, inference, peaks) by ``Detector("default")`` and
+``Detector("fast-cpu")``, scored (pooled F1, radius 6 px, each model's ξ).
+
+Speed is reported first as ratios measured in this run: every engine against the
+default model and against torch, int8 against the same network's fp32, and megapixels/s
+per 100 GFLOP/s of float32 matmul peak (2048³ by NumPy's BLAS and by ONNX Runtime's own
+MatMul, measured before, between and after the timings; the highest counts). Raw ms and
+MP/s follow, labelled with the machine. Engines are timed interleaved (one call each, round after round; the best
+call counts), so a change in the load of a shared machine hits them alike. Network
+FLOPs come from torch's flop counter (2 × multiply-adds), so "% of peak" is the useful
+arithmetic rate of each engine.
 """
 
 from __future__ import annotations
@@ -21,24 +31,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, write_results  # noqa: E402
+from _common import matmul_peaks, peak_text, per_peak, run_machine, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
-
-def matmul_peak(threads: int) -> float:
-    """Practical float32 peak: best GFLOP/s of a 2048³ product (NumPy's BLAS)."""
-
-    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((2048, 2048), dtype=np.float32)
-    t = best_time(lambda: a @ b, repeat=10)
-    return 2 * 2048**3 / t / 1e9
+TORCH = "torch eager fp32 (ELU)"
+DEFAULT = "onnxruntime fp32 (ELU)"  # = the bundled default model
+FAST = "onnxruntime int8 (ReLU)"  # = the bundled fast-cpu model
+ALIAS = {DEFAULT: "default", FAST: "fast-cpu"}
 
 
 def tissue_batch(size: int, batch: int) -> np.ndarray:
@@ -55,52 +62,73 @@ def tissue_batch(size: int, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(out))
 
 
-def pooled_f1(detect, split: str = "test", radius: float = 6.0) -> float:
-    from micronet.runtime.datasets import load_point_folder
-    from micronet.runtime.metrics import evaluate_images
+def interleaved_best(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -> dict[str, float]:
+    """Best wall time (s) of each function over ``repeat`` rounds of one call each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
-    data = load_point_folder(DATA / "crchisto", split)
-    preds = [detect(im) for im in data.images]
-    return evaluate_images(preds, data.points, radius).pooled.f1
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise SystemExit(f"--configs: expected SIZExBATCH[,SIZExBATCH...], e.g. 500x1,1024x1; got {text!r}")
+    return [(p[0], p[1]) for p in pairs]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto.safetensors")
-    parser.add_argument(
-        "--fast-checkpoint",
-        type=Path,
-        default=REPO / "trainer" / "pretrained" / "micronet_crchisto_relu.safetensors",
-        help="the ReLU variant (skipped when the file does not exist)",
-    )
-    parser.add_argument("--quick", action="store_true", help="500² only, batch 1")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fast-checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto_relu.safetensors")
+    # 500² is not a multiple of 8 (the export's general branch runs); 1024² is the
+    # Detector's CPU tile (the aligned branch).
+    parser.add_argument("--configs", default="500x1,500x4,1024x1", help="SIZExBATCH list (default 500x1,500x4,1024x1)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per config, best counts (default 5)")
+    parser.add_argument("--e2e-repeat", type=int, default=3, help="timed passes over the test split per model (default 3)")
+    parser.add_argument("--quick", action="store_true", help="500x1 only, 3 rounds, 1 end-to-end pass")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
     args = parser.parse_args()
+    configs = [(500, 1)] if args.quick else parse_configs(args.configs)
+    repeat, e2e_repeat = (3, 1) if args.quick else (args.repeat, args.e2e_repeat)
 
     import onnxruntime as ort
     import torch
 
     from micronet.export.onnx import export_onnx
-    from micronet.runtime.detector import Detector
+    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.detector import Detector, bundled_model, read_image
+    from micronet.runtime.machine import physical_cores
+    from micronet.runtime.metrics import evaluate_images
     from micronet.trainer.checkpoint import load_checkpoint
     from micronet.trainer.models import count_flops
 
-    torch.set_num_threads(args.threads)
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
     model, info = load_checkpoint(args.checkpoint)
+    model.eval()
     tmp = Path(tempfile.mkdtemp(prefix="micronet-bench-"))
-    # (label, checkpoint): the paper's network, and its ReLU variant when present.
-    networks = [("ELU", args.checkpoint)] + ([("ReLU", args.fast_checkpoint)] if args.fast_checkpoint.is_file() else [])
-    artifacts: dict[str, Path] = {}
-    for label, ckpt in tqdm(networks, desc="exporting"):
-        stem = tmp / label.lower()
-        artifacts[f"onnxruntime fp32 ({label})"] = export_onnx(ckpt, stem.with_suffix(".onnx"))
-        artifacts[f"onnxruntime int8 ({label})"] = export_onnx(
-            ckpt, stem.with_suffix(".int8.onnx"), "int8", calibration_data=DATA / "crchisto", calibration_count=32
-        )
+    calib = dict(calibration_data=DATA / "crchisto", calibration_count=32)
+    artifacts = {DEFAULT: bundled_model("default")}
+    with tqdm(total=2, desc="exporting") as bar:
+        artifacts["onnxruntime int8 (ELU)"] = export_onnx(args.checkpoint, tmp / "elu.int8.onnx", "int8", **calib)
+        bar.update()
+        artifacts["onnxruntime fp32 (ReLU)"] = export_onnx(args.fast_checkpoint, tmp / "relu.onnx")
+        bar.update()
+    artifacts[FAST] = bundled_model("fast-cpu")
 
-    def session(path: Path):
+    def session(path: Path) -> Any:
         so = ort.SessionOptions()
-        so.intra_op_num_threads = args.threads
+        so.intra_op_num_threads = threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
@@ -110,100 +138,140 @@ def main() -> None:
 
     def torch_run(x: np.ndarray) -> None:
         with torch.inference_mode():
-            t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() - mean) / std
-            model(t)
+            model((torch.from_numpy(x).permute(0, 3, 1, 2).float() - mean) / std)
 
-    # Measured before and after the timed runs; the higher one counts, so a momentary dip
-    # never inflates "% of peak".
-    peaks = [matmul_peak(args.threads)]
-    # 2048² at batch 4 is left out: torch eager's activations (≈ 2.7 GB per full-resolution
-    # tensor) plus ONNX Runtime's arenas exceed this 24 GB machine (the process was killed).
-    # 500² is not a multiple of 8 (the general graph branch runs); 2048² is (the aligned
-    # branch, as for every full Detector tile).
-    configs = [(500, 1)] if args.quick else [(500, 1), (500, 4), (2048, 1)]
+    peaks = [matmul_peaks()]
     rows = []
-    for size, batch in tqdm(configs, desc="configs"):
+    for size, batch in tqdm(configs, desc="network alone"):
         x = tissue_batch(size, batch)
         gflop = count_flops(model, size, size) / 1e9 * batch
-        repeat = 5 if size <= 512 else 2
-        times = {"torch eager fp32 (ELU)": best_time(lambda: torch_run(x), repeat)}
-        for name, sess in sessions.items():
-            times[name] = best_time(lambda: sess.run(None, {"image": x}), repeat)
+        fns: dict[str, Callable[[], Any]] = {TORCH: lambda: torch_run(x)}
+        fns.update({name: (lambda s=sess: s.run(None, {"image": x})) for name, sess in sessions.items()})
+        times = interleaved_best(fns, repeat if size <= 512 else max(2, repeat // 2))
         for engine, t in times.items():
             same_fp32 = times.get(engine.replace("int8", "fp32").replace("torch eager", "onnxruntime"), t)
             rows.append(
                 {
                     "engine": engine,
+                    "model": ALIAS.get(engine),
+                    "artifact": str(artifacts[engine].relative_to(REPO)) if engine in artifacts and artifacts[engine].is_relative_to(REPO) else None,
                     "size": size,
                     "batch": batch,
                     "ms_per_image": t / batch * 1e3,
                     "megapixels_per_s": size * size * batch / t / 1e6,
                     "gflop_per_s": gflop / t,
-                    "speedup_vs_torch": times["torch eager fp32 (ELU)"] / t,
-                    "speedup_vs_ort_fp32": same_fp32 / t,
-                    "speedup_vs_ort_fp32_elu": times["onnxruntime fp32 (ELU)"] / t,
+                    "x_default": times[DEFAULT] / t,
+                    "x_torch": times[TORCH] / t,
+                    "x_same_network_fp32": same_fp32 / t,
                 }
             )
+    peaks.append(matmul_peaks())
 
-    peaks.append(matmul_peak(args.threads))
-    peak = max(peaks)
+    # End to end on the CRCHisto test split: PNG read → tiles → inference → peaks.
+    split = load_point_folder(DATA / "crchisto", "test")
+    files = [DATA / "crchisto" / "images" / f"{name}.png" for name in split.names]
+    detectors = {alias: Detector(alias, threads=threads) for alias in ("default", "fast-cpu")}
+    found: dict[str, list[np.ndarray]] = {}
+    nuclei: dict[str, int] = {}
+
+    def e2e(alias: str) -> None:
+        det, xy = detectors[alias], []
+        for f in files:
+            xy.append(det.detect(read_image(f), mpp=split.mpp).xy)
+        found[alias], nuclei[alias] = xy, sum(len(p) for p in xy)
+
+    e2e_s = interleaved_best({alias: (lambda a=alias: e2e(a)) for alias in detectors}, e2e_repeat)
+    n_px = sum(im.shape[0] * im.shape[1] for im in split.images)
+    peaks.append(matmul_peaks())
+    machine = run_machine(peaks)
+    peak = machine["matmul_peak_gflops"]
+
     for r in rows:
         r["percent_of_peak"] = 100 * r["gflop_per_s"] / peak
-
-    # Accuracy of each artifact on the CRCHisto test split at the model's ξ.
-    f1 = {}
-    for name, path in artifacts.items():
-        det = Detector(str(path), threads=args.threads)
-        f1[name] = pooled_f1(lambda im: det.detect(im, mpp=0.55).xy)
-
-    # End to end on 20× tissue: read PNG → detect (tiles, inference, peaks) with each
-    # bundled model, per megapixel.
-    from micronet.runtime.detector import BUNDLED_MODELS, bundled_model, read_image
-
-    files = sorted((DATA / "crchisto" / "images").glob("*.png"))[:20]
-    e2e = []
-    for alias in BUNDLED_MODELS:
-        det = Detector(alias, threads=args.threads)
-        det.detect(read_image(files[0]))
-        t0 = time.perf_counter()
-        n_px = n_nuclei = 0
-        for f in files:
-            im = read_image(f)
-            n_nuclei += len(det.detect(im))
-            n_px += im.shape[0] * im.shape[1]
-        t_e2e = time.perf_counter() - t0
-        e2e.append(
+        r["megapixels_per_s_per_100_gflops"] = per_peak(r["megapixels_per_s"], peak)
+    e2e_rows = []
+    for alias, t in e2e_s.items():
+        mps = n_px / t / 1e6
+        e2e_rows.append(
             {
-                "model": bundled_model(alias).name,
-                "alias": alias,
+                "model": alias,
+                "file": bundled_model(alias).name,
                 "images": len(files),
-                "megapixels_per_s": n_px / t_e2e / 1e6,
-                "nuclei_per_s": n_nuclei / t_e2e,
-                "f1_test": pooled_f1(lambda im: det.detect(im, mpp=0.55).xy),
+                "split": "test",
+                "seconds": t,
+                "megapixels_per_s": mps,
+                "megapixels_per_s_per_100_gflops": per_peak(mps, peak),
+                "nuclei_per_s": nuclei[alias] / t,
+                "x_default": e2e_s["default"] / t,
+                "f1_test": evaluate_images(found[alias], split.points, 6.0).pooled.f1,
             }
         )
+    # Accuracy of every ORT artifact on the same split, at its own ξ.
+    f1 = {}
+    for name, path in tqdm(artifacts.items(), desc="F1"):
+        det = Detector(str(path), threads=threads)
+        f1[name] = evaluate_images([det.detect(im, mpp=split.mpp).xy for im in split.images], split.points, 6.0).pooled.f1
 
+    fast_ratio = {f"{r['size']}x{r['batch']}": r["x_default"] for r in rows if r["engine"] == FAST}
+    e2e_ratio = next(e["x_default"] for e in e2e_rows if e["model"] == "fast-cpu")
     lines = [
-        f"CPU practical peak (float32 2048³ matmul, {args.threads} threads, best of 10 before and after the runs: "
-        f"{peaks[0]:.0f} and {peaks[1]:.0f}): **{peak:.0f} GFLOP/s**",
+        f"Threads: {threads} (every engine). Ratios are measured in this run; MP/s per 100 GFLOP/s and % of peak divide "
+        f"by this run's float32 matmul peak: {peak_text(machine)}.",
         "",
-        "| engine (activation) | size | batch | ms / image | MP/s | GFLOP/s | % of peak | × torch | × same net's ORT fp32 | × ORT fp32 (ELU) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "**fast-cpu against default** (speed ratio, same run): network alone "
+        + ", ".join(f"{k.split('x')[0]}² batch {k.split('x')[1]}: **{v:.2f}×**" for k, v in fast_ratio.items())
+        + f"; end to end on the CRCHisto test split: **{e2e_ratio:.2f}×**.",
+        "",
+        "Network alone, ratios (int8 rows can pass 100% of the float32 peak: an int8 dot-product instruction does up to "
+        "4× the multiply-adds of a float32 one):",
+        "",
+        "| engine (activation) | bundled as | size | batch | × default | × torch | × same net's fp32 | % of fp32 matmul peak | MP/s per 100 GFLOP/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['engine']} | {r['size']}² | {r['batch']} | {r['ms_per_image']:.1f} | {r['megapixels_per_s']:.2f} | "
-            f"{r['gflop_per_s']:.0f} | {r['percent_of_peak']:.0f}% | {r['speedup_vs_torch']:.2f}× | {r['speedup_vs_ort_fp32']:.2f}× | "
-            f"{r['speedup_vs_ort_fp32_elu']:.2f}× |"
+            f"| {r['engine']} | {r['model'] or '–'} | {r['size']}² | {r['batch']} | {r['x_default']:.2f}× | {r['x_torch']:.2f}× | "
+            f"{r['x_same_network_fp32']:.2f}× | {r['percent_of_peak']:.0f}% | {r['megapixels_per_s_per_100_gflops']:.2f} |"
         )
-    lines += ["", "F1 on CRCHisto test (radius 6 px, each model's ξ):", ""]
-    lines += [f"- {name}: {v:.4f}" for name, v in f1.items()]
-    lines += ["", f"End to end (PNG read → tiles → inference → peaks), {len(files)} CRCHisto test images at 20×:", ""]
     lines += [
-        f"- `Detector({e['alias']!r})` = `{e['model']}`: **{e['megapixels_per_s']:.2f} MP/s**, {e['nuclei_per_s']:.0f} nuclei/s, F1 {e['f1_test']:.4f}"
-        for e in e2e
+        "",
+        "End to end (PNG read → tiles → inference → peaks), the "
+        f"{len(files)} images of the CRCHisto test split (split.csv), best of {e2e_repeat} pass(es):",
+        "",
+        "| model | file | × default | MP/s per 100 GFLOP/s | F1 (test) |",
+        "|---|---|---:|---:|---:|",
     ]
-    write_results("cpu", {"peak_gflops": peak, "peak_measurements": peaks, "threads": args.threads, "rows": rows, "f1": f1, "end_to_end": e2e}, "\n".join(lines))
+    lines += [
+        f"| `{e['model']}` | `{e['file']}` | {e['x_default']:.2f}× | {e['megapixels_per_s_per_100_gflops']:.2f} | {e['f1_test']:.4f} |"
+        for e in e2e_rows
+    ]
+    lines += [
+        "",
+        "Raw speeds on this machine only (see the machine line; they do not transfer to another CPU):",
+        "",
+        "| engine | size | batch | ms / image | MP/s | GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['engine']} | {r['size']}² | {r['batch']} | {r['ms_per_image']:.1f} | {r['megapixels_per_s']:.2f} | {r['gflop_per_s']:.0f} |" for r in rows
+    ]
+    lines += [f"| end to end `{e['model']}` | test split | 1 | {1e3 * e['seconds'] / e['images']:.1f} | {e['megapixels_per_s']:.2f} | – |" for e in e2e_rows]
+    lines += ["", "F1 on the CRCHisto test split (radius 6 px, each artifact's ξ):", ""]
+    lines += [f"- {name}{' = `' + ALIAS[name] + '`' if name in ALIAS else ''}: {v:.4f}" for name, v in f1.items()]
+    write_results(
+        "cpu",
+        {
+            "machine": machine,
+            "threads": threads,
+            "settings": {"configs": [f"{s}x{b}" for s, b in configs], "repeat": repeat, "e2e_repeat": e2e_repeat, "quick": args.quick},
+            "artifacts": {k: str(v) for k, v in artifacts.items()},
+            "fast_cpu_over_default": {"network": fast_ratio, "end_to_end": e2e_ratio},
+            "rows": rows,
+            "end_to_end": e2e_rows,
+            "f1": f1,
+        },
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

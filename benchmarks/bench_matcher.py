@@ -63,7 +63,8 @@ LABELS = {
     "lap_dense": "lap.lapjv dense",
 }
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, run_machine, write_results  # noqa: E402
 
 
 def make_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,23 +227,11 @@ def measure(method: str, n: int, seed: int, repeats: int, budget_s: float) -> di
 # --- report -------------------------------------------------------------------------
 
 
-def machine() -> dict:
+def software() -> dict:
+    """Versions of the libraries compared (the machine itself: ``_common.run_machine``)."""
     import scipy
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-    }
+    info = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__, "platform": platform.platform()}
     if lap_available():
         import lap
 
@@ -283,27 +272,26 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace, problems: l
         return "—" if r is None or ref is None else f"{r['best_s'] / ref['best_s']:,.0f}×"
 
     lines = [
-        "## Gated point matching",
-        "",
         f"Realistic density (one nucleus per {AREA_PER_NUCLEUS:g} px², square field), detections = annotations "
         f"jittered by σ = {JITTER_SIGMA} px per axis (mean 2 px), {MISSING:.0%} missing, {EXTRA:.0%} extra false "
-        f"positives; radius {RADIUS:g} px. {info['cpu']}, {info['cpu_count']} cores (shared), Python "
+        f"positives; radius {RADIUS:g} px. Python "
         f"{info['python']}, numpy {info['numpy']}, scipy {info['scipy']}"
         + (f", lap {info['lap']}" if "lap" in info else "")
         + ".",
         "",
-        f"Time: best of up to {args.repeats} calls, in milliseconds. Dense methods only up to N = {DENSE_MAX_N:,}.",
+        f"Ratios first (time of each method / micronet's, same run), then the times on this machine: best of up to "
+        f"{args.repeats} calls, in milliseconds. Dense methods only up to N = {DENSE_MAX_N:,}.",
         "",
-        "| N | matched | " + " | ".join(f"{LABELS[m]} (ms)" for m in methods) + " | "
-        + " | ".join(f"{LABELS[m]} / micronet" for m in methods if m != "micronet") + " |",
+        "| N | matched | " + " | ".join(f"{LABELS[m]} / micronet" for m in methods if m != "micronet") + " | "
+        + " | ".join(f"{LABELS[m]} (ms)" for m in methods) + " |",
         "|---:|---:|" + "---:|" * (2 * len(methods) - 1),
     ]
     for n in sizes:
         lines.append(
             f"| {n:,} | {get[('micronet', n)]['matched']:,} | "
-            + " | ".join(cell(m, n, "best_s", ",.2f") for m in methods)
-            + " | "
             + " | ".join(ratio(m, n) for m in methods if m != "micronet")
+            + " | "
+            + " | ".join(cell(m, n, "best_s", ",.2f") for m in methods)
             + " |"
         )
     lines += [
@@ -353,9 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             # dense methods: fewer calls when each takes long
             rows.append(measure(method, n, args.seed, args.repeats, budget_s=60.0))
     problems = check_agreement(rows)
-    info = machine()
+    info = software()
     text = markdown(rows, info, args, problems)
-    args.out.mkdir(parents=True, exist_ok=True)
     n_ref = 10_000 if 10_000 in sizes else max(sizes)
     ref = {r["method"]: r for r in rows if r["n"] == n_ref}
     speedups = {
@@ -377,15 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "timing": "best of up to `repeats` calls (fewer when a call takes long), each (method, N) in a fresh process",
         "memory": "peak_rss_mib: rise of VmHWM (reset via /proc/self/clear_refs) over VmRSS before the first call",
-        "machine": info,
+        "machine": run_machine(),
+        "software": info,
         "results": rows,
         f"speedup_at_{n_ref}": speedups,
         "agree": not problems,
         "problems": problems,
     }
-    (args.out / "matcher.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "matcher.md").write_text(text)
-    print(text)
+    write_results("matcher", payload, text.strip(), folder=args.out)
     return 1 if problems else 0
 
 

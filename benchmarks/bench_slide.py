@@ -10,8 +10,15 @@ reader thread (``queue_size`` default) and without it (``queue_size=0``). Each c
 reports wall time and its peak resident memory (``VmHWM``), also after a warm-up batch
 so that what the slide machinery adds on top of the detector is visible.
 
-    python benchmarks/bench_slide.py --size 12000          # ~10 min on 2 cores, tiny model
+    python benchmarks/bench_slide.py --size 12000          # ~10 min on 2 cores, the bundled model
     python benchmarks/bench_slide.py                       # 40,000², the bundled model: hours on a CPU
+    python benchmarks/bench_slide.py --size 12000 --model default --model fast-cpu --modes prefetch
+                                                           # two models in one run, and their ratio
+
+With several ``--model``s the models take turns within each repeat, and the table adds
+each one's speed and memory as a ratio to the first model's, measured in the same run.
+Megapixels/s is also given per 100 GFLOP/s of the machine's float32 matmul peak
+(measured before and after the runs; the highest counts).
 
 Megapixels/s counts the level-0 pixels of the whole slide (glass included: skipping it
 is part of the speed); tissue megapixels/s counts the tiles' cores that were run.
@@ -33,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import matmul_peaks, peak_text, per_peak, run_machine, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MICRONET_DATA", REPO.parent / "shared" / "data"))
@@ -231,6 +238,7 @@ def child(args: argparse.Namespace) -> None:
     from micronet.runtime.slide import open_slide
 
     _, queue_size, readers, inference = MODES[args.mode]
+    args.model = args.model[0]  # the parent passes one
     det = Detector(args.model, device=args.device, threshold=args.threshold, threads=args.child_threads)
     if inference == "standin":
         det = Detector(backend=StandIn(det.info, args.accelerator_ms), threshold=det.threshold)
@@ -297,10 +305,19 @@ def measure(args: argparse.Namespace, slide: Path, model: Path, threshold: float
 # --- main ---------------------------------------------------------------------------------------
 
 
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=40000, help="side of the synthetic slide in level-0 pixels (default 40000)")
-    parser.add_argument("--model", type=Path, help="an .onnx or .engine model (default: the bundled model, else a tiny random one)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="an .onnx or .engine model or a bundled name (default, fast-cpu); repeatable: the models take turns and are "
+        "compared to the first (default: the bundled default model, else a tiny random one)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, any of: {', '.join(MODES)} (default: all)")
     parser.add_argument("--threads", default="", help="ONNX Runtime CPU threads, a comma-separated list to compare (default: physical cores)")
@@ -329,12 +346,16 @@ def main() -> None:
     except ValueError:
         sys.exit(f"--threads: expected comma-separated integers, got {args.threads!r}")
 
+    from micronet.runtime.detector import resolve_model
+
     work = Path(tempfile.mkdtemp(prefix="micronet-bench-slide-"))
-    if args.model is not None:
-        model, threshold = args.model, None
+    if args.model:
+        models: list[tuple[Path, float | None]] = [(resolve_model(m), None) for m in args.model]
+        if missing := [str(m) for m, _ in models if not m.is_file()]:
+            sys.exit(f"--model: no such file {', '.join(missing)}")
     else:
-        model, threshold = default_model(work)
-    if "prefetch-noarena" in modes and Path(model).suffix != ".onnx":
+        models = [default_model(work)]
+    if "prefetch-noarena" in modes and any(m.suffix != ".onnx" for m, _ in models):
         modes.remove("prefetch-noarena")  # an ONNX Runtime setting
 
     slides: list[tuple[str, Path]] = []
@@ -349,60 +370,117 @@ def main() -> None:
     slides.append((f"synthetic {args.size}² (JPEG tiles, 0.5 µm/px)", synthetic))
 
     runs: list[dict[str, Any]] = []
+    peaks = [matmul_peaks()]
     try:
         for name, path in slides:
             for threads in thread_counts:
-                # Settings alternate within each repeat, so a drift in machine load (other
-                # jobs) hits them alike; the best run of each is kept.
+                # Settings (and models) alternate within each repeat, so a drift in machine
+                # load (other jobs) hits them alike; the best run of each is kept.
                 for rep in range(args.repeat):
                     for mode in modes:
-                        if MODES[mode][3] in ("none", "standin") and threads != thread_counts[0]:
-                            continue  # these do not depend on the inference threads
-                        print(f"{name}: {mode}, threads={threads or 'default'}, run {rep + 1} ...", file=sys.stderr, flush=True)
-                        r = measure(args, path, model, threshold, mode, threads)
-                        r.update(slide=name, mode=mode, threads=threads, megapixels_per_s=r["megapixels"] / r["seconds"])
-                        if "nuclei" in r:
-                            r["nuclei_per_s"] = r["nuclei"] / r["seconds"]
-                        print(f"  {r['seconds']:.1f} s, {r['megapixels_per_s']:.2f} Mpx/s, peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
-                        runs.append(r)
+                        for k, (model, threshold) in enumerate(models):
+                            if MODES[mode][3] in ("none", "standin") and (threads != thread_counts[0] or k):
+                                continue  # these depend on neither the inference threads nor the model
+                            print(f"{name}: {model.name}, {mode}, threads={threads or 'default'}, run {rep + 1} ...", file=sys.stderr, flush=True)
+                            r = measure(args, path, model, threshold, mode, threads)
+                            r.update(slide=name, model=model.name, mode=mode, threads=threads, megapixels_per_s=r["megapixels"] / r["seconds"])
+                            if "nuclei" in r:
+                                r["nuclei_per_s"] = r["nuclei"] / r["seconds"]
+                            print(f"  {r['seconds']:.1f} s, {r['megapixels_per_s']:.2f} Mpx/s, peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                            runs.append(r)
     finally:
         if not args.keep and synthetic.is_file():
             synthetic.unlink()
+    peaks.append(matmul_peaks())
+    machine = run_machine(peaks)
+    peak = machine["matmul_peak_gflops"]
     rows = []
-    for key in dict.fromkeys((r["slide"], r["mode"], r["threads"]) for r in runs):  # settings in run order
-        same = [r for r in runs if (r["slide"], r["mode"], r["threads"]) == key]
-        rows.append({**min(same, key=lambda r: r["seconds"]), "runs_s": [r["seconds"] for r in same]})
+    setting = lambda r: (r["slide"], r["model"], r["mode"], r["threads"])  # noqa: E731
+    for key in dict.fromkeys(setting(r) for r in runs):  # settings in run order
+        same = [r for r in runs if setting(r) == key]
+        best = min(same, key=lambda r: r["seconds"])
+        on_cpu = MODES[best["mode"]][3] in ("model", "noarena")  # the stand-in and reading are no arithmetic
+        rows.append({**best, "runs_s": [r["seconds"] for r in same], "megapixels_per_s_per_100_gflops": per_peak(best["megapixels_per_s"], peak) if on_cpu else None})
 
     gains = {}
     for name, _ in slides:
-        for threads in thread_counts:
-            t = {r["mode"]: r["seconds"] for r in rows if r["slide"] == name and r["threads"] in (threads, thread_counts[0])}
-            for serial, overlapped in (("serial", "prefetch"), ("accel-serial", "accel-prefetch"), ("accel-serial", "accel-prefetch-2")):
-                if serial in t and overlapped in t:
-                    gains[f"{name}, {MODES[overlapped][0]}, threads={threads or 'default'}"] = t[serial] / t[overlapped]
+        for model, _ in models:
+            for threads in thread_counts:
+                t = {
+                    r["mode"]: r["seconds"]
+                    for r in rows
+                    if r["slide"] == name and r["threads"] in (threads, thread_counts[0]) and (r["model"] == model.name or MODES[r["mode"]][3] in ("none", "standin"))
+                }
+                for serial, overlapped in (("serial", "prefetch"), ("accel-serial", "accel-prefetch"), ("accel-serial", "accel-prefetch-2")):
+                    if serial in t and overlapped in t and (MODES[overlapped][3] != "standin" or model == models[0][0]):
+                        label = f"{name}, {MODES[overlapped][0]}, threads={threads or 'default'}" + (f", {model.name}" if MODES[overlapped][3] != "standin" and len(models) > 1 else "")
+                        gains[label] = t[serial] / t[overlapped]
+
+    # Each model against the first on the same slide, mode and threads, same run.
+    reference = models[0][0].name
+    versus = []
+    for r in rows:
+        if r["model"] == reference or MODES[r["mode"]][3] in ("none", "standin"):
+            continue
+        ref = next(x for x in rows if x["model"] == reference and (x["slide"], x["mode"], x["threads"]) == (r["slide"], r["mode"], r["threads"]))
+        versus.append(
+            {
+                "slide": r["slide"], "mode": r["mode"], "threads": r["threads"], "model": r["model"], "reference": reference,
+                "speed_ratio": ref["seconds"] / r["seconds"], "peak_rss_ratio": r["peak_rss_mb"] / ref["peak_rss_mb"],
+                "nuclei": r["nuclei"], "reference_nuclei": ref["nuclei"],
+            }
+        )  # fmt: skip
 
     first = next(r for r in rows if r["mode"] != "read") if any(r["mode"] != "read" for r in rows) else rows[0]
+    several = len(models) > 1
+    names = ", ".join(f"`{m.name}`" for m, _ in models)
     table = [
-        f"Model: `{Path(model).name}` ({first['backend']}), tiles {first['tile_size']}² in batches of {first['batch_size']}; "
+        f"Model{'s' if several else ''}: {names} ({first['backend']}), tiles {first['tile_size']}² in batches of {first['batch_size']}; "
         "outputs (CSV, GeoJSON, overlay PNG) written during the run. Mpx = level-0 slide pixels, glass included. "
-        f"Stand-in accelerator: {args.accelerator_ms:g} ms per megapixel of tiles, no CPU. Best of {args.repeat} run(s).",
+        f"Stand-in accelerator: {args.accelerator_ms:g} ms per megapixel of tiles, no CPU. Best of {args.repeat} run(s). "
+        f"Per 100 GFLOP/s: Mpx/s divided by this run's float32 matmul peak: {peak_text(machine)}.",
         "",
-        "| slide | run | ORT threads | Mpx | tiles run / planned | s | Mpx/s | nuclei | nuclei/s | peak RSS MB (detector warmed up alone) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    if versus:
+        table += [
+            f"Against `{reference}` in the same run (speed = its time / this model's time; memory = peak RSS ratio):",
+            "",
+            "| slide | run | model | × speed | × peak memory | nuclei (vs first) |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        table += [
+            f"| {v['slide']} | {MODES[v['mode']][0]} | `{v['model']}` | **{v['speed_ratio']:.2f}×** | {v['peak_rss_ratio']:.2f}× | "
+            f"{v['nuclei']:,} ({v['reference_nuclei']:,}) |"
+            for v in versus
+        ]
+        table += [""]
+    if gains:
+        table += ["Pipelining gain (serial time / overlapped time, same run):", ""] + [f"- {k}: {v:.2f}×" for k, v in gains.items()] + [""]
+    table += [
+        "| slide | run |" + (" model |" if several else "") + " ORT threads | Mpx | tiles run / planned | s | Mpx/s | Mpx/s per 100 GFLOP/s "
+        "| nuclei | nuclei/s | peak RSS MB (detector warmed up alone) |",
+        "|---|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         planned = f"{r['tiles_run']} / {r['tiles_planned']}" if "tiles_planned" in r else f"{r['tiles_run']}"
         detected = (f"{r['nuclei']} | {r['nuclei_per_s']:.0f}") if "nuclei" in r else "– | –"
         rss = f"{r['peak_rss_mb']:.0f}" + (f" ({r['detector_rss_mb']:.0f})" if "detector_rss_mb" in r else "")
+        model_cell = (f" `{r['model']}` |" if MODES[r["mode"]][3] not in ("none", "standin") else " – |") if several else ""
         table.append(
-            f"| {r['slide']} | {MODES[r['mode']][0]} | {r['threads'] or 'default'} | {r['megapixels']:.0f} | {planned} | "
-            f"{r['seconds']:.1f} | {r['megapixels_per_s']:.2f} | {detected} | {rss} |"
+            f"| {r['slide']} | {MODES[r['mode']][0]} |{model_cell} {r['threads'] or 'default'} | {r['megapixels']:.0f} | {planned} | "
+            f"{r['seconds']:.1f} | {r['megapixels_per_s']:.2f} | {_cell(r['megapixels_per_s_per_100_gflops'])} | {detected} | {rss} |"
         )
-    if gains:
-        table += ["", "Pipelining gain (serial time / overlapped time):", ""] + [f"- {k}: {v:.2f}×" for k, v in gains.items()]
     write_results(
         args.results_name,
-        {"model": str(model), "threshold": threshold, "size": args.size, "accelerator_ms_per_mpx": args.accelerator_ms, "rows": rows, "pipelining_speedup": gains},
+        {
+            "machine": machine,
+            "models": [{"model": str(m), "threshold": t} for m, t in models],
+            "size": args.size,
+            "accelerator_ms_per_mpx": args.accelerator_ms,
+            "rows": rows,
+            "versus_first_model": versus,
+            "pipelining_speedup": gains,
+        },
         "\n".join(table),
     )
 

@@ -24,8 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
-from bench_cpu import DATA, REPO, matmul_peak, tissue_batch  # noqa: E402
+from _common import matmul_peaks, peak_text, run_machine, write_results  # noqa: E402
+from bench_cpu import DATA, REPO, tissue_batch  # noqa: E402
 
 # Operator types that are layout changes ONNX Runtime inserts itself.
 LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Transpose"}
@@ -62,7 +62,8 @@ def profile(path: Path, image: np.ndarray, threads: int, runs: int, prefix: Path
 
 def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
     """fp32 % of peak of the default widths against the wide variant, ELU and ReLU, with
-    random weights (speed does not depend on them): how far width alone moves it."""
+    random weights (speed does not depend on them): how far width alone moves it.
+    Rows hold GFLOP and ms; the caller divides by the run's matmul peak."""
     import time
 
     import onnxruntime as ort
@@ -72,7 +73,6 @@ def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
     from micronet.runtime.model_info import ModelInfo
     from micronet.trainer.models import count_flops, create_model
 
-    peak = max(matmul_peak(threads), matmul_peak(threads))
     rows = []
     for name in ("micronet", "micronet_wide"):
         for act in ("elu", "relu"):
@@ -93,20 +93,24 @@ def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
                 sess.run(None, {"image": image})
                 times.append(time.perf_counter() - t0)
             gflop = count_flops(model, image.shape[1], image.shape[2]) / 1e9
-            rows.append({"model": name, "activation": act, "gflop": gflop, "ms": 1e3 * min(times), "percent_of_peak": 100 * gflop / min(times) / peak, "peak": peak})
+            rows.append({"model": name, "activation": act, "gflop": gflop, "ms": 1e3 * min(times)})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: physical cores)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto.safetensors")
     parser.add_argument("--fast-checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto_relu.safetensors")
     args = parser.parse_args()
 
     from micronet.export.onnx import export_onnx
+    from micronet.runtime.machine import physical_cores
+
+    args.threads = args.threads or physical_cores()
+    peaks = [matmul_peaks()]
 
     tmp = Path(tempfile.mkdtemp(prefix="micronet-profile-"))
     networks = [("ELU", args.checkpoint)] + ([("ReLU", args.fast_checkpoint)] if args.fast_checkpoint.is_file() else [])
@@ -138,17 +142,24 @@ def main() -> None:
     lines.append("| **total** | " + " | ".join(f"**{totals[n]:.0f}**" for n in names) + " |")
     conv = {n: sum(ms for op, ms in p.items() if "Conv" in op and op != "ConvTranspose") for n, p in profiles.items()}
     lines.append("| convolutions' share | " + " | ".join(f"{100 * conv[n] / totals[n]:.0f}%" for n in names) + " |")
+    default = "fp32 (ELU)"  # the bundled default model's network and precision
+    lines.append("| **speed × fp32 (ELU)** | " + " | ".join(f"**{totals[default] / totals[n]:.2f}×**" for n in names) + " |")
     widths = width_ceiling(image, args.threads, tmp)
+    peaks.append(matmul_peaks())
+    machine = run_machine(peaks)
+    peak = machine["matmul_peak_gflops"]
+    for r in widths:
+        r["percent_of_peak"] = 100 * r["gflop"] / (r["ms"] / 1e3) / peak
     lines += [
         "",
         f"Width against the ceiling: ONNX Runtime fp32, same {args.size}² tile, random weights, "
-        f"% of this run's matmul peak ({widths[0]['peak']:.0f} GFLOP/s):",
+        f"% of this run's float32 matmul peak ({peak_text(machine)}):",
         "",
         "| variant | activation | GFLOP | ms | % of peak |",
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| `{r['model']}` | {r['activation']} | {r['gflop']:.0f} | {r['ms']:.0f} | {r['percent_of_peak']:.0f}% |" for r in widths]
-    write_results("ort_profile", {"size": args.size, "threads": args.threads, "profiles": profiles, "widths": widths}, "\n".join(lines))
+    write_results("ort_profile", {"machine": machine, "size": args.size, "threads": args.threads, "profiles": profiles, "widths": widths}, "\n".join(lines))
 
 
 if __name__ == "__main__":

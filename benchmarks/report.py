@@ -1,5 +1,6 @@
-"""Collects benchmarks/results/*.md into docs/benchmarks.md (with the commands that
-produced them), so the doc always shows the latest measured tables.
+"""Collects benchmarks/results/*.json and *.md into docs/benchmarks.md: the ratios first
+(computed here from the JSON, never typed in), then each section's tables with the
+command that produced them and the machine they were measured on.
 
     python benchmarks/report.py
 """
@@ -7,22 +8,24 @@ produced them), so the doc always shows the latest measured tables.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import run_line  # noqa: E402
 
+CPU_COMMAND = "python benchmarks/bench_cpu.py"
+SLIDE_MODELS_COMMAND = "python benchmarks/bench_slide.py --size 12000 --model default --model fast-cpu --modes prefetch --repeat 2 --results-name slide_fast_cpu"
 SECTIONS = [
+    ("cpu", "CPU inference: default vs fast-cpu vs torch, network alone and end to end", CPU_COMMAND),
+    ("slide_fast_cpu", "Whole slides: fast-cpu against default in one run", SLIDE_MODELS_COMMAND),
+    ("ort_profile", "Where ONNX Runtime's CPU time goes", "python benchmarks/profile_ort.py"),
     ("matcher", "Matching (the paper's evaluation)", "python benchmarks/bench_matcher.py"),
     ("peaks", "Peak finding", "python benchmarks/bench_peaks.py"),
-    ("cpu", "CPU inference: torch vs ONNX Runtime fp32 vs int8", "python benchmarks/bench_cpu.py"),
-    ("ort_profile", "Where ONNX Runtime's CPU time goes", "python benchmarks/profile_ort.py"),
-    ("slide", "Whole slides", "python benchmarks/bench_slide.py --size 12000 --repeat 2 --keep"),
-    (
-        "slide_fast_cpu",
-        "Whole slides with the fast-cpu model",
-        "python benchmarks/bench_slide.py --size 12000 --model runtime/models/micronet_crchisto_relu.int8.onnx --modes prefetch --results-name slide_fast_cpu",
-    ),
+    ("slide", "Whole slides: reading, pipelining and memory (default model)", "python benchmarks/bench_slide.py --size 12000 --keep"),
     (
         "slide_40000",
         "Whole slide at 40,000² (memory bound by the tile, not the slide)",
@@ -34,70 +37,154 @@ SECTIONS = [
         'python benchmarks/eval_cross_organ.py --model runtime/models/micronet_crchisto.onnx --label "default (ELU, fp32)" '
         '--model runtime/models/micronet_crchisto_relu.int8.onnx --label "fast-cpu (ReLU, int8)"',
     ),
+    ("train_step", "Training step: precision and memory layout", "python benchmarks/bench_train.py"),
     ("gpu", "GPU: TensorRT FP16 vs ONNX Runtime CUDA vs torch CUDA", "python benchmarks/bench_gpu.py"),
 ]
 
-# Reading notes shown under a section's table (what the numbers mean, what limits them).
+# Reading notes under a section's tables: what the numbers mean and what limits them.
+# No figures here: every number on the page comes from a results file.
 NOTES = {
-    "slide_fast_cpu": """\
-Against the default model on the same slides (section above): 2.0× the megapixels/s and
-less than half the memory (int8 activations). Nuclei found: 96,880 against 90,945 on the
-synthetic slide (built from CRCHisto tissue), 2,043 against 2,093 on the real CMU-1
-region. (An undistilled ReLU fine-tune found only 1,680 on CMU-1; docs/results.md.)
-""",
     "cpu": """\
-**Reading it against the targets** (ONNX Runtime fp32 ≥ 50% of peak; int8 ≥ 1.8× fp32 at
-F1 within 0.01; the bundled model ≥ 2 MP/s end to end):
-
-- The paper's network (ELU, the `default` model) stays at about a third of peak in fp32
-  and gains about 1.1× from int8. The cause is the activation, not the convolutions:
-  ONNX Runtime's CPU provider runs convolutions in a blocked layout (NCHWc) with ReLU,
-  Sigmoid or Tanh fused in, but ELU is none of these, so each of the network's 27 ELUs
-  runs as its own pass (ONNX Runtime's ELU kernel is 3.6× slower than its ReLU per
-  element: 18.7 against 5.1 ms on 16×1024² floats) with a layout change before and after
-  it; in int8 each ELU is a float island between a DequantizeLinear and a QuantizeLinear.
-  The profile below shows it: at 1024², ELU and the layout changes around it take 442 ms
-  in fp32, more than all the convolutions (332 ms); in int8, ELU with its
-  dequantize/quantize pair takes 432 of 840 ms.
-- The `fast-cpu` model (the same network fine-tuned with ReLU and distilled from the
-  default; CRCHisto test F1 0.800 against 0.802, MoNuSeg 0.825 against 0.813) reaches about half of peak in fp32, and its int8 export detects at
-  ≥ 2 MP/s end to end; that is the model to deploy on a CPU.
-- int8 gains 1.4–1.6× over fp32 of the same network, not 1.8×: ONNX Runtime's CPU
-  provider has no int8 ConvTranspose (microsoft/onnxruntime#8988), so the four
-  transposed convolutions of the upsampling path and the multi-context aggregation run
-  in float with layout changes around them (158 of 439 ms in the int8 profile).
-  Rewriting them as a 1×1 convolution plus DepthToSpace was measured and is slower
-  (ONNX Runtime's DepthToSpace is a generic transpose).
-- Width sets the ceiling (last table of the profile section): at 1024² the wide variant
-  (32-64-128-128) reaches 52% of peak with ELU and 72% with ReLU, against 31% and 50%
-  for the default widths; more channels per pixel give the convolutions more work per
-  byte moved. The default keeps the lean widths because absolute speed is what a
-  scanner PC needs (a quarter of the FLOPs; docs/architecture.md).
-- Input sizes that are multiples of 8 (2048² here, and every full Detector tile) run a
-  copy of the graph without the crops odd sizes need (an ONNX `If` in the export): 7%
-  faster in fp32 and 22% in int8 at 1024², identical maps.
+**Reading it.** The paper's network (ELU, the `default` model) gains little from int8
+and stays far below the matmul peak. The cause is the activation, not the convolutions:
+ONNX Runtime's CPU provider runs convolutions in a blocked layout (NCHWc) with ReLU,
+Sigmoid or Tanh fused in, but ELU is none of these, so each of the network's 27 ELUs runs
+as its own pass with a layout change before and after it, and in int8 each ELU is a
+float island between a DequantizeLinear and a QuantizeLinear (the profile section shows
+the time per operator). The `fast-cpu` model is the same network fine-tuned with ReLU and
+distilled from the default (docs/results.md); its int8 export is the model to deploy on
+a CPU. int8 gains less than the 4× of its arithmetic: ONNX Runtime's CPU provider has no
+int8 ConvTranspose (microsoft/onnxruntime#8988), so the four transposed convolutions of
+the upsampling path run in float with layout changes around them. 500² is not a multiple
+of 8, so its rows run the export's general branch; 1024², the Detector's CPU tile, runs
+the aligned branch without the per-level crops. The network's FLOPs per megapixel (GFLOP
+column of the width table below) make "% of fp32 matmul peak" and "MP/s per 100 GFLOP/s"
+nearly the same number.
+""",
+    "ort_profile": """\
+Width sets the ceiling (last table): more channels per pixel give the convolutions more
+work per byte moved. The default keeps the lean widths because absolute speed is what a
+scanner PC needs (a quarter of the FLOPs of the wide variant; docs/architecture.md).
 """,
 }
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _machine_text(machine: dict[str, Any]) -> str:
+    """The machine line; records written before machine records named ISA flags and a
+    matmul peak say so instead of passing for complete."""
+    if "isa" in machine:
+        return f"Machine: {run_line(machine)}."
+    cores = machine.get("physical_cores") or machine.get("cores") or machine.get("cpu_count") or "?"
+    return (
+        f"Machine: {machine.get('cpu', '?')}, {cores} logical CPUs (an older record without ISA flags or matmul peak; "
+        "not re-measured since: compare its ratios, not its absolute numbers, with other sections)."
+    )
+
+
+def _load_warning(machine: dict[str, Any]) -> str | None:
+    """A warning when the matmul rate measured before and after the run differs by more
+    than 20%: the machine's load changed during the run, so even its ratios are suspect."""
+    runs = machine.get("matmul_measurements_gflops") or []
+    for key in ("onnxruntime", "numpy"):
+        rates = [m[key] for m in runs if key in m]
+        if len(rates) > 1 and min(rates) < 0.8 * max(rates):
+            return (
+                f"**Measured on a busy machine:** the {key} matmul rate moved between {min(rates):.0f} and {max(rates):.0f} "
+                "GFLOP/s during this run (other jobs on the shared CPU): shares of the peak, and ratios between rows "
+                "timed at different moments, are suspect; ratios between settings timed in turns over several rounds "
+                "(best of each) hold better. Rerun on a quiet machine before quoting the others."
+            )
+    return None
+
+
+def _summary() -> list[str]:
+    """The ratios at a glance, each with its command and machine."""
+    out = ["## Ratios at a glance", ""]
+    cpu = _load("cpu")
+    if cpu and "fast_cpu_over_default" in cpu:
+        peak = cpu["machine"].get("matmul_peak_gflops") or cpu["machine"]["numpy_matmul_gflops"]
+        out += [f"`{CPU_COMMAND}` — {_machine_text(cpu['machine'])}", ""]
+        out += ["| measure | default | fast-cpu | fast-cpu / default |", "|---|---:|---:|---:|"]
+        for r_default, r_fast in _pairs(cpu["rows"], lambda r: r["model"] == "default", lambda r: r["model"] == "fast-cpu", ("size", "batch")):
+            out.append(
+                f"| network alone, {r_default['size']}² × {r_default['batch']}: MP/s per 100 GFLOP/s of matmul peak | "
+                f"{r_default['megapixels_per_s_per_100_gflops']:.2f} | {r_fast['megapixels_per_s_per_100_gflops']:.2f} | "
+                f"**{r_fast['x_default']:.2f}×** |"
+            )
+        e2e = {e["model"]: e for e in cpu["end_to_end"]}
+        if {"default", "fast-cpu"} <= set(e2e):
+            d, f = e2e["default"], e2e["fast-cpu"]
+            out.append(
+                f"| end to end, CRCHisto test split ({d['images']} images): MP/s per 100 GFLOP/s | "
+                f"{d['megapixels_per_s_per_100_gflops']:.2f} | {f['megapixels_per_s_per_100_gflops']:.2f} | **{f['x_default']:.2f}×** |"
+            )
+            out.append(f"| F1 on the CRCHisto test split (radius 6 px) | {d['f1_test']:.4f} | {f['f1_test']:.4f} | – |")
+        m = cpu["machine"]
+        rates = f"NumPy's BLAS {m['numpy_matmul_gflops']:.0f}" + (f", ONNX Runtime's MatMul {m['ort_matmul_gflops']:.0f}" if "ort_matmul_gflops" in m else "")
+        out += ["", f"(Float32 matmul peak of that run: {peak:.0f} GFLOP/s, the higher of {rates}; raw MP/s are in the section below.)", ""]
+        out += [w, ""] if (w := _load_warning(m)) else []
+    slide = _load("slide_fast_cpu")
+    if slide and slide.get("versus_first_model"):
+        out += [f"`{SLIDE_MODELS_COMMAND}` — {_machine_text(slide['machine'])}", ""]
+        out += ["| slide | fast-cpu / default speed | peak memory ratio |", "|---|---:|---:|"]
+        out += [f"| {v['slide']} | **{v['speed_ratio']:.2f}×** | {v['peak_rss_ratio']:.2f}× |" for v in slide["versus_first_model"]]
+        out += [""]
+        out += [w, ""] if (w := _load_warning(slide["machine"])) else []
+    matcher = _load("matcher")
+    if matcher:
+        key = next((k for k in matcher if k.startswith("speedup_at_")), None)
+        if key and matcher[key]:
+            n = int(key.rsplit("_", 1)[1])
+            cells = ", ".join(f"{m.replace('_over_micronet', '')} {v:,.0f}×" for m, v in matcher[key].items())
+            out += [f"- Matching at N = {n:,}, time of each alternative / micronet's: {cells} (`python benchmarks/bench_matcher.py`).", ""]
+    peaks = _load("peaks")
+    if peaks:
+        cells = "; ".join(
+            f"{r['size']}²: {r['speedup_vs_peak_local_max']:.0f}× faster than peak_local_max, {r['speedup_vs_separable_numpy']:.1f}× than a separable NumPy filter"
+            for r in peaks["rows"]
+        )
+        out += [f"- Peak finding: {cells} (`python benchmarks/bench_peaks.py`).", ""]
+    return out if len(out) > 2 else []
+
+
+def _pairs(rows: list[dict], first: Callable[[dict], bool], second: Callable[[dict], bool], keys: tuple[str, ...]) -> list[tuple[dict, dict]]:
+    a = {tuple(r[k] for k in keys): r for r in rows if first(r)}
+    b = {tuple(r[k] for k in keys): r for r in rows if second(r)}
+    return [(a[k], b[k]) for k in a if k in b]
 
 
 def main() -> None:
     out = [
         "# Benchmarks",
         "",
-        "Measured side by side in one run on one machine; ratios matter more than absolute",
-        "times. Each section names the command that produced it; the raw numbers are in",
-        "`benchmarks/results/*.json`. Regenerate this page with `python benchmarks/report.py`.",
+        "Absolute speeds belong to one machine; what carries over to another is a ratio measured",
+        "in the same run (model against model on the same images, in turns) and throughput per",
+        "unit of the machine's float32 matmul peak (\"MP/s per 100 GFLOP/s\"). So each section",
+        "gives the ratios first, then the raw numbers labelled with the machine (CPU model, ISA",
+        "flags, cores, the matmul peak measured in that run). The peak is the faster of NumPy's",
+        "BLAS and ONNX Runtime's own MatMul on a 2048³ float32 product, measured before and after",
+        "the timed runs (the highest counts, so a busy moment on a shared machine does not inflate",
+        "a share of it): a NumPy build may leave part of a CPU's vector width unused, and the",
+        "models run in ONNX Runtime. Each section names the command that produced it; the raw",
+        "numbers are in `benchmarks/results/*.json`. Regenerate this page with",
+        "`python benchmarks/report.py`.",
         "",
     ]
+    out += _summary()
     for name, title, command in SECTIONS:
         out += [f"## {title}", "", f"`{command}`", ""]
-        md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
+        md, payload = RESULTS / f"{name}.md", _load(name)
         if md.exists():
-            if js.exists():
-                machine = json.loads(js.read_text()).get("machine", {})
-                if machine:
-                    out += [f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.", ""]
-            out += [md.read_text().strip(), ""]
+            text = md.read_text().strip()
+            if not text.startswith("Machine:") and payload and payload.get("machine"):
+                out += [_machine_text(payload["machine"]), ""]
+            warning = _load_warning(payload.get("machine", {})) if payload else None
+            out += [text, ""] + ([warning, ""] if warning else [])
             if name in NOTES:
                 out += [NOTES[name].strip(), ""]
         else:

@@ -8,6 +8,12 @@ coordinates back), not the network alone.
 
 Timing images are H&E: tiled from the data set's first image when ``data`` is given,
 else from the bundled sample, else synthetic blobs (logged).
+
+Absolute speeds hold for one machine only, so every run names it
+(:func:`micronet.runtime.machine.describe_machine`) and :func:`compare` adds what does
+transfer: each model's speed as a ratio to the first model's, measured in the same run,
+and CPU throughput per 100 GFLOP/s of the machine's float32 matmul peak (the faster of
+NumPy's BLAS and ONNX Runtime's own MatMul, :func:`machine_record`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchResult", "benchmark", "benchmark_model", "format_table", "timing_images"]
+from .errors import InputError
+
+__all__ = [
+    "BenchResult",
+    "benchmark",
+    "benchmark_model",
+    "compare",
+    "format_table",
+    "machine_record",
+    "matmul_yardsticks",
+    "ort_matmul_gflops",
+    "run_line",
+    "timing_images",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,9 @@ class BenchResult:
         ms_per_image: mean time of one ``detect_batch`` call divided by the batch.
         images_per_s, megapixels_per_s, nuclei_per_s: throughput.
         p50_ms, p99_ms: latency percentiles of one call (one batch).
+        speed_vs_first: images/s over the first model's that ran, same run (:func:`compare`).
+        megapixels_per_s_per_100_gflops: CPU backends: megapixels/s per 100 GFLOP/s of
+            the machine's float32 matmul peak (:func:`compare`, :func:`machine_record`).
     """
 
     model: str
@@ -58,6 +80,8 @@ class BenchResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     nuclei_per_s: float | None = None
+    speed_vs_first: float | None = None
+    megapixels_per_s_per_100_gflops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,14 +227,14 @@ def benchmark(
         Others: as :func:`benchmark_model`.
 
     Raises:
-        ValueError: bad settings, or a data set that cannot be read (per-model failures
+        InputError (a ValueError): bad settings, or a data set that cannot be read (per-model failures
             go into the rows instead).
     """
     for name, value, low in (("batch", batch, 1), ("size", size, 1), ("repeat", repeat, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+            raise InputError(f"{name}: expected an integer >= {low}, got {value!r}")
     if not models:
-        raise ValueError("models: expected at least one model file")
+        raise InputError("models: expected at least one model file")
     dataset = None
     source = None
     if data is not None:
@@ -218,7 +242,7 @@ def benchmark(
 
         dataset = load_point_folder(data, split)
         if not len(dataset):
-            raise ValueError(f"{data}: no images in split {split!r}")
+            raise InputError(f"{data}: no images in split {split!r}")
         source = dataset.images[0]
     images = timing_images(batch, size, source)
     return [
@@ -229,13 +253,143 @@ def benchmark(
     ]
 
 
+def _pb_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _pb(field: int, value: int | bytes | str) -> bytes:
+    """One protobuf field: an integer (varint) or a length-delimited string/message."""
+    if isinstance(value, int):
+        return _pb_varint(field << 3) + _pb_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _pb_varint(field << 3 | 2) + _pb_varint(len(data)) + data
+
+
+def _matmul_onnx(size: int) -> bytes:
+    """A one-node ONNX model, ``c = a @ b`` on float32 ``size × size`` matrices, encoded
+    directly (the runtime does not depend on the ``onnx`` package)."""
+    dims = b"".join(_pb(1, _pb(1, size)) for _ in range(2))  # TensorShapeProto.dim[].dim_value
+
+    def value_info(name: str) -> bytes:  # ValueInfoProto{name, type{tensor_type{elem_type FLOAT, shape}}}
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + _pb(2, dims)))
+
+    node = _pb(1, "a") + _pb(1, "b") + _pb(2, "c") + _pb(4, "MatMul")
+    graph = _pb(1, node) + _pb(2, "matmul") + _pb(11, value_info("a")) + _pb(11, value_info("b")) + _pb(12, value_info("c"))
+    return _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17))  # ir_version 8, opset 17
+
+
+def ort_matmul_gflops(size: int = 2048, repeat: int = 10, threads: int | None = None) -> float | None:
+    """Best float32 GFLOP/s of ONNX Runtime's own ``MatMul`` (its MLAS kernels, CPU
+    provider) on ``size × size`` matrices; ``None`` without onnxruntime.
+
+    NumPy's BLAS can leave part of a CPU's vector width unused (measured: an AVX-512 Zen 5
+    CPU where OpenBLAS reached about half of ONNX Runtime's rate), and our models run in
+    ONNX Runtime, so this is the second yardstick of :func:`matmul_yardsticks`.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from .machine import physical_cores
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or physical_cores()
+    session = ort.InferenceSession(_matmul_onnx(size), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {name: rng.standard_normal((size, size), dtype=np.float32) for name in ("a", "b")}
+    session.run(None, feed)  # warm-up: thread pool, arena, packing
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def matmul_yardsticks(size: int = 2048, repeat: int = 10) -> dict[str, float]:
+    """One measurement of this machine's float32 matrix-product rate (GFLOP/s), by NumPy's
+    BLAS and by ONNX Runtime (when installed): ``{"numpy": ..., "onnxruntime": ...}``.
+    About a second on a 2-core CPU; below 2048² ONNX Runtime's rate is far from its best."""
+    from .machine import matmul_peak_gflops
+
+    out = {"numpy": matmul_peak_gflops(size, repeat)}
+    ort_rate = ort_matmul_gflops(size, repeat)
+    if ort_rate is not None:
+        out["onnxruntime"] = ort_rate
+    return out
+
+
+def machine_record(measurements: Sequence[dict[str, float]] = ()) -> dict[str, Any]:
+    """This machine for a results file (:func:`~micronet.runtime.machine.describe_machine`)
+    with its float32 matmul peak.
+
+    Args:
+        measurements: :func:`matmul_yardsticks` results taken around the timed runs (on
+            a shared machine the highest is the closest to what the CPU can do); one is
+            taken now when none is given.
+
+    Returns:
+        describe_machine's record, with ``numpy_matmul_gflops`` and
+        ``ort_matmul_gflops`` (the highest of each) and ``matmul_peak_gflops``: the
+        highest of both, the yardstick that throughput is divided by.
+    """
+    from .machine import describe_machine
+
+    measurements = list(measurements) or [matmul_yardsticks()]
+    machine = describe_machine(measure_peak=False)
+    machine["numpy_matmul_gflops"] = round(max(m["numpy"] for m in measurements), 1)
+    ort_rates = [m["onnxruntime"] for m in measurements if "onnxruntime" in m]
+    if ort_rates:
+        machine["ort_matmul_gflops"] = round(max(ort_rates), 1)
+    machine["matmul_peak_gflops"] = max(machine["numpy_matmul_gflops"], machine.get("ort_matmul_gflops", 0.0))
+    machine["matmul_measurements_gflops"] = [{k: round(v, 1) for k, v in m.items()} for m in measurements]
+    return machine
+
+
+def run_line(machine: dict[str, Any]) -> str:
+    """:func:`~micronet.runtime.machine.machine_line` plus ONNX Runtime's matmul rate."""
+    from .machine import machine_line
+
+    line = machine_line(machine)
+    if machine.get("ort_matmul_gflops") is not None:
+        line = line.replace(" GFLOP/s", f" GFLOP/s (NumPy), {machine['ort_matmul_gflops']:g} GFLOP/s (ONNX Runtime)", 1)
+    return line
+
+
+def compare(results: Sequence[BenchResult], peak_gflops: float | None = None) -> list[BenchResult]:
+    """Fills the ratio fields of ``results`` (in place; returned for convenience).
+
+    ``speed_vs_first``: images/s over that of the first result that ran (so list the
+    reference model first). ``megapixels_per_s_per_100_gflops``: for CPU backends, when
+    ``peak_gflops`` (the float32 matmul peak of this machine) is given.
+    """
+    ran = [r for r in results if r.images_per_s]
+    for r in ran:
+        r.speed_vs_first = r.images_per_s / ran[0].images_per_s
+        if peak_gflops and r.backend and r.backend.endswith("-cpu") and r.megapixels_per_s is not None:
+            r.megapixels_per_s_per_100_gflops = 100.0 * r.megapixels_per_s / peak_gflops
+    return list(results)
+
+
 def _cell(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
-    """The rows as a markdown table."""
+    """The rows as a markdown table; the ratio columns (see :func:`compare`) come last,
+    and only when some row has them."""
     head = ["model", "format", "backend", "status", "size MB", "P", "R", "F1", "ms/img", "img/s", "MP/s", "p50 ms", "p99 ms", "nuclei/s"]
+    ratios = [
+        (key, title)
+        for key, title in (("speed_vs_first", "× first"), ("megapixels_per_s_per_100_gflops", "MP/s per 100 GFLOP/s"))
+        if any(getattr(r, key) is not None for r in results)
+    ]
+    head += [title for _, title in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
     for r in results:
         cells = [
@@ -253,6 +407,6 @@ def format_table(results: Sequence[BenchResult]) -> str:
             _cell(r.p50_ms, ".1f"),
             _cell(r.p99_ms, ".1f"),
             _cell(r.nuclei_per_s, ".0f"),
-        ]
+        ] + [_cell(getattr(r, key), ".2f") for key, _ in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -222,15 +222,50 @@ def test_bench_prints_a_row_per_model_and_writes_json(model, tmp_path, capsys):
     argv = ["bench", "--model", str(model), str(broken), "--size", "96", "--batch", "2", "--repeat", "3", "--warmup", "1", "--json", str(report)]
     assert main(argv) == 1  # one model failed
     table = capsys.readouterr().out
-    assert "| model | format | backend | status | size MB |" in table
+    assert table.startswith("machine: ") and " cores, " in table.splitlines()[0] and "GFLOP/s" in table.splitlines()[0]
+    assert "| model | format | backend | status | size MB |" in table and "| × first | MP/s per 100 GFLOP/s |" in table
     assert "| blur.onnx | onnx-fp32 | onnxruntime-" in table and "| ok |" in table
-    assert "| broken.onnx | onnx | - | ValueError:" in table and "not an ONNX model" in table
-    rows = json.loads(report.read_text())["results"]
+    assert "| broken.onnx | onnx | - | InputError:" in table and "not an ONNX model" in table
+    payload = json.loads(report.read_text())
+    rows = payload["results"]
     ok = rows[0]
     assert ok["status"] == "ok" and ok["f1"] is None and ok["images_per_s"] > 0
     assert ok["megapixels_per_s"] == pytest.approx(ok["images_per_s"] * 96 * 96 / 1e6)
     assert ok["p50_ms"] <= ok["p99_ms"] and ok["nuclei_per_s"] >= 0
-    assert rows[1]["images_per_s"] is None
+    assert rows[1]["images_per_s"] is None and rows[1]["speed_vs_first"] is None
+    # The machine the numbers belong to, and the ratios that transfer to another one.
+    machine = payload["machine"]
+    assert {"cpu", "isa", "physical_cores", "numpy_matmul_gflops", "ort_matmul_gflops", "gpus"} <= set(machine)
+    assert machine["matmul_peak_gflops"] == max(machine["numpy_matmul_gflops"], machine["ort_matmul_gflops"]) > 0
+    assert ok["speed_vs_first"] == 1.0
+    assert ok["megapixels_per_s_per_100_gflops"] == pytest.approx(100 * ok["megapixels_per_s"] / machine["matmul_peak_gflops"])
+
+
+def test_the_onnx_runtime_matmul_yardstick_multiplies_matrices():
+    # The runtime encodes the one-node MatMul model itself (no onnx package needed).
+    ort = pytest.importorskip("onnxruntime")
+    from micronet.runtime.bench import _matmul_onnx, ort_matmul_gflops
+
+    session = ort.InferenceSession(_matmul_onnx(3), providers=["CPUExecutionProvider"])
+    a = np.arange(9, dtype=np.float32).reshape(3, 3)
+    b = np.eye(3, dtype=np.float32)[::-1].copy()
+    np.testing.assert_array_equal(session.run(None, {"a": a, "b": b})[0], a @ b)
+    assert ort_matmul_gflops(size=64, repeat=2) > 0
+
+
+def test_bench_speed_ratios_are_against_the_first_model_that_ran():
+    from micronet.runtime.bench import BenchResult, compare
+
+    rows = [
+        BenchResult("broken.onnx", "onnx", status="ValueError: not a model"),
+        BenchResult("a.onnx", "onnx-fp32", backend="onnxruntime-cpu", images_per_s=2.0, megapixels_per_s=0.5),
+        BenchResult("b.int8.onnx", "onnx-int8", backend="onnxruntime-cpu", images_per_s=5.0, megapixels_per_s=1.25),
+        BenchResult("c.engine", "tensorrt-fp16", backend="tensorrt", images_per_s=40.0, megapixels_per_s=10.0),
+    ]
+    compare(rows, peak_gflops=50.0)
+    assert [r.speed_vs_first for r in rows] == [None, 1.0, 2.5, 20.0]
+    # Per unit of the CPU's matmul peak for CPU backends only: a GPU's speed owes nothing to it.
+    assert [r.megapixels_per_s_per_100_gflops for r in rows] == [None, 1.0, 2.5, None]
 
 
 def test_bench_scores_the_labelled_split(model, capsys, shared_data):

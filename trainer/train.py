@@ -41,7 +41,7 @@ from .models import ACTIVATIONS, create_model, with_activation
 from .targets import TargetConfig, proximity_map
 from .validate import choose_threshold, normalize, predict_map
 
-__all__ = ["TrainConfig", "resolve_bf16", "resolve_machine_defaults", "resolve_threads", "train"]
+__all__ = ["TrainConfig", "resolve_bf16", "resolve_channels_last", "resolve_machine_defaults", "resolve_threads", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,13 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
     seed: int = 0
     device: str = "cpu"
-    # NHWC activations: no gain measured on a 2-core AVX-512 CPU in fp32 or bf16
-    # (docs/results.md, "Training speed"); not measured on a GPU, so no automatic rule.
-    channels_last: bool = False
+    # NHWC activations. None: channels-last for float32 steps on the CPU (0.81x the step
+    # time of NCHW there, no gain under bf16: benchmarks/results/train_step.md), NCHW
+    # elsewhere (not measured on a GPU). Resolved when training starts, after bf16.
+    channels_last: bool | None = None
     # bfloat16 autocast. None: where it is native (CUDA with bf16, a CPU with AVX512_BF16
-    # or AMX-BF16; 1.8x faster steps on such a CPU, docs/results.md), float32 elsewhere
-    # (emulated bf16 is several times slower than float32). Resolved when training starts.
+    # or AMX-BF16; 0.63x the float32 step time on such a CPU, train_step.md), float32
+    # elsewhere (emulated bf16 is several times slower). Resolved when training starts.
     bf16: bool | None = None
     threads: int | None = None  # torch intra-op threads; None: this process's share of the physical cores
     out: str = "runs/micronet"
@@ -163,6 +164,20 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def resolve_channels_last(requested: bool | None, device_type: str, bf16: bool) -> tuple[bool, str]:
+    """Whether to run in channels-last (NHWC) layout, and why.
+
+    ``None`` chooses it where it was measured faster: float32 steps on the CPU
+    (``python benchmarks/bench_train.py``); under bf16 autocast it gained nothing
+    measurable, and on GPUs it has not been measured.
+    """
+    if requested is not None:
+        return requested, "as configured"
+    if device_type == "cpu" and not bf16:
+        return True, "auto: float32 on the CPU (measured faster than NCHW)"
+    return False, "auto: bf16 autocast (no measured gain)" if bf16 else f"auto: not measured on {device_type}"
+
+
 def resolve_threads(requested: int | None, cores: int, local_world: int = 1) -> int:
     """torch intra-op threads: ``requested``, else this process's share of ``cores``
     physical cores (hyper-threads only contend for the same FMA units)."""
@@ -172,11 +187,13 @@ def resolve_threads(requested: int | None, cores: int, local_world: int = 1) -> 
 
 
 def resolve_machine_defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """``cfg`` with the machine-bound defaults (``bf16``, ``threads``) resolved on this
-    machine; logs what was chosen and why, and warns when an explicit bf16 will be
-    emulated. The returned config is the one the run stores in its checkpoints."""
+    """``cfg`` with the machine-bound defaults (``bf16``, ``channels_last``, ``threads``)
+    resolved on this machine; logs what was chosen and why, and warns when an explicit
+    bf16 will be emulated. The returned config is the one the run stores in its
+    checkpoints."""
     native = native_bf16(device)
     bf16, why = resolve_bf16(cfg.bf16, device.type, native)
+    channels_last, why_layout = resolve_channels_last(cfg.channels_last, device.type, bf16)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     threads = resolve_threads(cfg.threads, machine.physical_cores(), local_world)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine.cpu_model()
@@ -184,7 +201,7 @@ def resolve_machine_defaults(cfg: TrainConfig, device: torch.device) -> TrainCon
         "precision: %s (%s); torch threads: %d (%s); memory format: %s (%s)",
         "bfloat16 autocast" if bf16 else "float32", why,
         threads, "as configured" if cfg.threads is not None else f"physical cores / {local_world} process(es)",
-        "channels-last" if cfg.channels_last else "NCHW", where,
+        "channels-last" if channels_last else "NCHW", f"{why_layout}; {where}",
     )
     if bf16 and not native:
         log.warning(
@@ -192,7 +209,7 @@ def resolve_machine_defaults(cfg: TrainConfig, device: torch.device) -> TrainCon
             "leave bf16 unset (auto) or pass --no-bf16",
             device.type, where,
         )
-    return replace(cfg, bf16=bf16, threads=threads)
+    return replace(cfg, bf16=bf16, channels_last=channels_last, threads=threads)
 
 
 class _Sampler:
@@ -277,7 +294,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    cfg = resolve_machine_defaults(cfg, device)  # from here on bf16 and threads are bools/ints
+    cfg = resolve_machine_defaults(cfg, device)  # from here on bf16, channels_last and threads are set
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
 

@@ -1,15 +1,18 @@
 """``micronet bench``: speed (and accuracy) of models and engines on this machine.
 
-Prints one markdown row per model: format, status, size, P / R / F1 on ``--data`` (when
+Prints the machine (CPU model, ISA flags, physical cores, float32 matmul peak, GPUs),
+then one markdown row per model: format, status, size, P / R / F1 on ``--data`` (when
 given), ms per image, images/s, megapixels/s, p50/p99 latency of one batch and nuclei/s,
-measured end to end through ``Detector.detect_batch`` (see ``micronet.runtime.bench``).
+measured end to end through ``Detector.detect_batch`` (see ``micronet.runtime.bench``),
+and the ratios that transfer between machines: speed against the first model listed,
+and megapixels/s per 100 GFLOP/s of float32 matmul peak (CPU backends; the faster of
+NumPy's BLAS and ONNX Runtime's MatMul, measured before and after the models).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +46,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``micronet bench``; returns 0 when every model ran, 1 otherwise."""
-    from micronet.runtime.bench import benchmark, format_table
+    from micronet.runtime.bench import benchmark, compare, format_table, machine_record, matmul_yardsticks, run_line
+    from micronet.runtime.errors import InputError, MissingFileError
 
     if args.data is None and args.split != "test":
-        raise ValueError("--split applies with --data only")
+        raise InputError("--split applies with --data only")
     if args.data is not None and not args.data.is_dir():
-        raise FileNotFoundError(f"--data: no such folder {args.data}")
+        raise MissingFileError(f"--data: no such folder {args.data}")
     split = None if args.split == "all" else args.split
+    yardsticks = [matmul_yardsticks()]  # before and after the models; the highest counts
     results = benchmark(
         args.model,
         batch=args.batch,
@@ -62,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         split=split,
         radius=args.radius,
     )
+    yardsticks.append(matmul_yardsticks())
+    machine = machine_record(yardsticks)
+    compare(results, machine["matmul_peak_gflops"])
     settings = {
         "batch": args.batch,
         "size": args.size,
@@ -72,15 +80,13 @@ def run(args: argparse.Namespace) -> int:
         "data": None if args.data is None else str(args.data),
         "split": split if args.data is not None else None,
         "radius": args.radius if args.data is not None else None,
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "python": platform.python_version(),
     }
+    print(f"machine: {run_line(machine)}")
     print(f"batch {args.batch} × {args.size}×{args.size} px, device {args.device}, {args.repeat} timed calls")
     print(format_table(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"settings": settings, "results": [r.to_dict() for r in results]}
+        payload = {"machine": machine, "settings": settings, "results": [r.to_dict() for r in results]}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0 if all(r.status == "ok" for r in results) else 1

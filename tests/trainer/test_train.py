@@ -133,7 +133,7 @@ def test_bad_configs_are_refused(small_set, tmp_path, kw, text):
 # --- machine-bound defaults: bf16 and threads are chosen from the hardware -------------
 
 from micronet.runtime import machine  # noqa: E402
-from micronet.trainer.train import resolve_bf16, resolve_machine_defaults, resolve_threads  # noqa: E402
+from micronet.trainer.train import resolve_bf16, resolve_channels_last, resolve_machine_defaults, resolve_threads  # noqa: E402
 
 AVX2_EPYC = frozenset({"avx", "avx2", "fma", "f16c"})  # e.g. AMD EPYC 7003: bf16 is emulated
 SAPPHIRE_RAPIDS = AVX2_EPYC | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -177,6 +177,29 @@ def test_explicit_bf16_on_a_cpu_without_it_runs_but_warns(monkeypatch, caplog):
     assert len(warnings) == 1 and "emulates" in warnings[0] and "--no-bf16" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    "requested, device, bf16, expected",
+    [
+        (None, "cpu", False, True),  # measured faster in fp32 on the CPU (bench_train.py)
+        (None, "cpu", True, False),  # no measured gain under bf16
+        (None, "cuda", False, False),  # not measured on a GPU
+        (False, "cpu", False, False),
+        (True, "cuda", True, True),
+    ],
+)
+def test_channels_last_auto_follows_the_precision_and_an_explicit_value_wins(requested, device, bf16, expected):
+    assert resolve_channels_last(requested, device, bf16)[0] is expected
+
+
+def test_on_a_cpu_without_bf16_auto_trains_fp32_channels_last(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_flags", lambda: AVX2_EPYC)
+    cfg = resolve_machine_defaults(TrainConfig(), torch.device("cpu"))
+    assert (cfg.bf16, cfg.channels_last) == (False, True)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: SAPPHIRE_RAPIDS)
+    cfg = resolve_machine_defaults(TrainConfig(), torch.device("cpu"))
+    assert (cfg.bf16, cfg.channels_last) == (True, False)
+
+
 def test_threads_default_to_this_process_share_of_the_physical_cores(monkeypatch):
     assert resolve_threads(None, cores=8) == 8
     assert resolve_threads(None, cores=8, local_world=4) == 2  # torchrun, 4 CPU processes
@@ -208,7 +231,8 @@ def test_cli_leaves_bf16_to_the_hardware_unless_a_flag_is_given(monkeypatch):
         assert args.bf16 is expected and args.threads is None
         assert train_command.run(args) == 0
         assert seen[-1].bf16 is expected and seen[-1].threads is None
-    assert TrainConfig().bf16 is None and TrainConfig().threads is None
+    assert TrainConfig().bf16 is None and TrainConfig().threads is None and TrainConfig().channels_last is None
+    assert parse("--channels-last").channels_last is True and parse().channels_last is None
 
 
 @pytest.mark.parametrize("flags, expected", [(AVX2_EPYC, False), (SAPPHIRE_RAPIDS, True)])
@@ -217,11 +241,12 @@ def test_the_resolved_precision_and_threads_land_in_the_checkpoint(small_set, tm
     cfg = quick_config(small_set, tmp_path / "run", iterations=1, val_every=100, bf16=None, threads=None)
     info = read_info(train(cfg, progress=False))
     assert info.provenance["config"]["bf16"] is expected
+    assert info.provenance["config"]["channels_last"] is (not expected)
     assert info.provenance["config"]["threads"] == machine.physical_cores()
     assert info.provenance["machine"]["cpu"] == machine.cpu_model()
     # The snapshot keeps the request, so a run resumed on another machine resolves there.
     from micronet.trainer.checkpoint import _metadata  # noqa: PLC2701
 
     snapshot = json.loads(_metadata(tmp_path / "run" / "last_snapshot.safetensors")["micronet_snapshot"])
-    assert snapshot["config"]["bf16"] is None and snapshot["config"]["threads"] is None
+    assert snapshot["config"]["bf16"] is None and snapshot["config"]["threads"] is None and snapshot["config"]["channels_last"] is None
     assert snapshot["info"]["provenance"]["config"]["bf16"] is expected

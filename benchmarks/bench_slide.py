@@ -276,16 +276,13 @@ def child(args: argparse.Namespace) -> None:
 
 def read_only(det: Any, path: Path) -> int:
     """Reads, decodes and resamples every tile detect_slide would run, and nothing else."""
-    from micronet.runtime import slide as s
+    from micronet.runtime.slide import open_slide, plan_slide
 
-    with s.open_slide(path) as slide:
-        region = (0, 0, slide.shape[1], slide.shape[0])
-        level = s._choose_level(slide, None, slide.mpp, det.info.mpp)
-        grid = s._make_grid(slide, level, region, slide.mpp, det.info.mpp)
-        tiles = s._tiles_on_tissue(s._plan(det, grid), grid, slide.read_thumbnail(s.THUMBNAIL_SIZE, region), slide.mpp)
-        for tile in tiles:
-            grid.read_tile(slide, tile)
-    return len(tiles)
+    with open_slide(path) as slide:
+        plan = plan_slide(det, slide)  # what detect_slide itself runs: level, grid, tiles on tissue
+        for tile in plan.tiles:
+            plan.grid.read_tile(slide, tile)
+    return len(plan.tiles)
 
 
 def measure(args: argparse.Namespace, slide: Path, model: Path, threshold: float | None, mode: str, threads: int | None) -> dict[str, Any]:

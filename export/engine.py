@@ -33,14 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from micronet.runtime.backends.tensorrt import (
-    check_device_id,
-    cuda_device,
-    cuda_device_properties,
-    import_tensorrt,
-    sidecar_path,
-    trt_logger,
-)
+from micronet.runtime.backends.cuda_env import check_device_id, cuda_device, cuda_device_properties, import_tensorrt, trt_logger
+from micronet.runtime.backends.engine_sidecar import sidecar_path
 from micronet.runtime.check import REFERENCE_KEY
 from micronet.runtime.errors import InputError, MicronetError, MissingFileError
 from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo

@@ -242,7 +242,7 @@ def _device_description(detector: Any) -> str:
 
     if detector.device == "cuda" or detector.backend_name in ("tensorrt", "onnxruntime-cuda"):
         try:
-            from .backends.tensorrt import cuda_device_properties
+            from .backends.cuda_env import cuda_device_properties
 
             name, cc = cuda_device_properties(int(getattr(detector.backend, "device_id", 0) or 0))
             return f"{name} (sm_{cc.replace('.', '')})"

@@ -260,11 +260,7 @@ def cached_engine(
         ValueError: not a MicroNet export, an int8 export, or a bad profile.
         RuntimeError: no CUDA device ``device_id``, or TensorRT failed to build.
     """
-    from .backends.tensorrt import (
-        check_device_id,
-        cuda_device_properties,
-        import_tensorrt,
-    )
+    from .backends.cuda_env import check_device_id, cuda_device_properties, import_tensorrt
 
     onnx_path = Path(onnx_path)
     device_id = check_device_id(device_id)

@@ -18,27 +18,36 @@ runs). The slots live in a :class:`SlotPool`, which also makes ``close()`` safe 
 other threads wait for a slot or run a batch.
 
 TensorRT (>= 10) and CuPy are imported lazily; a missing one raises an ``ImportError``
-naming ``pip install 'micronet-sdk[gpu]'``. The helpers shared with the engine builder
-(``micronet.export.engine``) live here too, so the builder needs only this module,
-TensorRT and ONNX Runtime (no torch).
+naming ``pip install 'micronet-sdk[gpu]'``. What the engine builder shares with this
+backend lives beside it: ``cuda_env`` (TensorRT, the GPU, the logger), ``engine_sidecar``
+(the sidecar and the compatibility check), ``slot_pool`` (the contexts); the names are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
 from ..model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
+from .cuda_env import check_device_id, cuda_device, cuda_device_properties, import_tensorrt, trt_logger
+from .engine_sidecar import (
+    _rebuild_hint,
+    _sm,
+    check_engine_compatibility,
+    check_sidecar_fields,
+    read_sidecar,
+    sidecar_path,
+)
+from .slot_pool import SlotPool
 
 __all__ = [
     "TensorRTBackend",
@@ -55,376 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".json"  # model.engine -> model.engine.json
-REQUIRED_SIDECAR_FIELDS = ("micronet", "tensorrt_version", "gpu_name", "compute_capability")
-MIN_TENSORRT = (10, 0)  # strongly typed networks, named tensors and execute_async_v3
-
-
-# ---------------------------------------------------------------------------------------
-# Lazy imports and machine description (shared with micronet.export.engine)
-
-
-def import_tensorrt(purpose: str = "the TensorRT backend") -> Any:
-    """``import tensorrt`` (version 10 or later) or an ``ImportError`` naming the pip extra
-    (one line)."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise MissingPackageError(
-            f"{purpose} needs TensorRT: {GPU_EXTRA} (on a Jetson, TensorRT comes with JetPack)"
-        ) from exc
-    version = str(getattr(tensorrt, "__version__", "unknown"))
-    try:
-        too_old = _major_minor(version, "TensorRT version") < MIN_TENSORRT
-    except ValueError:
-        too_old = True
-    if too_old:
-        raise MissingPackageError(
-            f"{purpose} needs TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}, found {version}: "
-            f"{GPU_EXTRA} (on a Jetson, JetPack 6)"
-        )
-    return tensorrt
-
-
-def cuda_device_properties(device_id: int = 0) -> tuple[str, str]:
-    """``(gpu_name, compute_capability)`` of a CUDA device, e.g. ``("NVIDIA L4", "8.9")``.
-
-    Asks CuPy, else the ``cuda-python`` runtime bindings; ``ImportError`` (naming the pip
-    extra) when neither is installed, ``RuntimeError`` when there is no such device.
-    """
-    try:
-        import cupy
-    except ImportError:
-        cupy = None
-    if cupy is not None:
-        try:
-            props = cupy.cuda.runtime.getDeviceProperties(device_id)
-        except cupy.cuda.runtime.CUDARuntimeError as exc:
-            raise RuntimeError(f"no usable CUDA device {device_id}: {exc}") from exc
-        name = props["name"]
-        name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-        return name.strip("\x00 ").strip(), f"{props['major']}.{props['minor']}"
-    cudart = _cuda_python_runtime()
-    err, props = cudart.cudaGetDeviceProperties(device_id)
-    if int(err) != 0:  # cudaSuccess
-        raise RuntimeError(f"no usable CUDA device {device_id}: {err}")
-    name = props.name
-    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-    return name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}"
-
-
-def _cuda_python_runtime() -> Any:
-    try:  # cuda-python >= 12.6 / 13
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:  # older cuda-python 12.x
-            from cuda import cudart
-        except ImportError as exc:
-            raise MissingPackageError(f"reading the GPU's name and compute capability needs CuPy or cuda-python: {GPU_EXTRA}") from exc
-    return cudart
-
-
-def check_device_id(device_id: Any) -> int:
-    """``device_id`` as an ``int``; ``ValueError`` unless it is a GPU index ``>= 0``."""
-    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-        raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
-    return int(device_id)
-
-
-@contextlib.contextmanager
-def cuda_device(device_id: int) -> Iterator[None]:
-    """Makes ``device_id`` the current CUDA device inside the block (TensorRT builds
-    engines and creates execution contexts on the current device), then restores the
-    previous one. Uses CuPy, else the ``cuda-python`` runtime bindings."""
-    try:
-        import cupy
-    except ImportError:
-        cupy = None
-    if cupy is not None:
-        with cupy.cuda.Device(device_id):
-            yield
-        return
-    cudart = _cuda_python_runtime()
-    err, previous = cudart.cudaGetDevice()
-    if int(err) != 0:
-        raise RuntimeError(f"no usable CUDA device: {err}")
-    (err,) = cudart.cudaSetDevice(device_id)
-    if int(err) != 0:
-        raise RuntimeError(f"no usable CUDA device {device_id}: {err}")
-    try:
-        yield
-    finally:
-        cudart.cudaSetDevice(previous)
-
-
-_TRT_LOGGER: Any = None
-_TRT_LOGGER_LOCK = threading.Lock()
-
-
-def trt_logger(trt: Any) -> Any:
-    """One process-wide ``trt.ILogger`` that forwards TensorRT's messages to ``logging``.
-
-    TensorRT keeps a single global logger (a second, different one only draws a warning
-    and is ignored), so every Builder and Runtime here shares this one. TensorRT's INFO
-    messages are chatty and go to DEBUG; VERBOSE goes below DEBUG. The last errors are
-    kept in ``.errors`` so a failed build or deserialisation can quote them.
-    """
-    global _TRT_LOGGER
-    with _TRT_LOGGER_LOCK:
-        if _TRT_LOGGER is None:
-            trt_log = logging.getLogger("micronet.tensorrt")
-            sev = trt.ILogger.Severity
-            levels = {
-                sev.INTERNAL_ERROR: logging.CRITICAL,
-                sev.ERROR: logging.ERROR,
-                sev.WARNING: logging.WARNING,
-                sev.INFO: logging.DEBUG,
-                sev.VERBOSE: 5,
-            }
-
-            class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-                def __init__(self) -> None:
-                    trt.ILogger.__init__(self)
-                    self.errors: collections.deque[str] = collections.deque(maxlen=8)
-
-                def log(self, severity: Any, msg: str) -> None:
-                    level = levels.get(severity, logging.WARNING)
-                    if level >= logging.ERROR:
-                        self.errors.append(str(msg))
-                    if trt_log.isEnabledFor(level):
-                        trt_log.log(level, "%s", msg)
-
-            _TRT_LOGGER = _Logger()
-    return _TRT_LOGGER
-
-
-# ---------------------------------------------------------------------------------------
-# The sidecar and the compatibility check
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """``model.engine`` → ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
-
-
-def _rebuild_hint(engine_path: str | Path) -> str:
-    return f"rebuild: export-engine model.onnx -o {engine_path}"
-
-
-def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
-    """The parsed ``<engine>.json`` written by ``export-engine``; ``ValueError`` when it is
-    missing or not a JSON object."""
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        raise InputError(
-            f"{path} not found: a MicroNet engine needs the metadata sidecar export-engine writes "
-            f"next to it; {_rebuild_hint(engine_path)}"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc}); {_rebuild_hint(engine_path)}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}; {_rebuild_hint(engine_path)}")
-    return data
-
-
-def _major_minor(version: str, what: str) -> tuple[int, int]:
-    parts = str(version).strip().split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        raise InputError(f"{what}: expected a version like '10.3.0', got {version!r}") from None
-
-
-def _sm(compute_capability: str) -> str:
-    return "sm_" + str(compute_capability).replace(".", "")
-
-
-def check_sidecar_fields(sidecar: Any, *, engine_path: str | Path = "model.engine") -> None:
-    """``ValueError`` unless the sidecar is a JSON object with every field the runtime
-    needs (``micronet``, ``tensorrt_version``, ``gpu_name``, ``compute_capability``)."""
-    hint = _rebuild_hint(engine_path)
-    if not isinstance(sidecar, dict):
-        raise InputError(f"engine sidecar: expected a JSON object, got {type(sidecar).__name__}; {hint}")
-    missing = [k for k in REQUIRED_SIDECAR_FIELDS if sidecar.get(k) in (None, "")]
-    if missing:
-        raise InputError(f"engine sidecar lacks {', '.join(missing)} (not written by export-engine, or damaged); {hint}")
-
-
-def check_engine_compatibility(
-    sidecar: dict[str, Any],
-    trt_version: str,
-    gpu_name: str,
-    compute_capability: str,
-    *,
-    engine_path: str | Path = "model.engine",
-) -> None:
-    """Refuses an engine that this machine cannot (or should not) run.
-
-    A TensorRT engine holds kernels chosen for one GPU model and one TensorRT release.
-    The rules, applied to the engine's sidecar:
-
-    - the compute capability must equal this GPU's (``"8.9"`` ≠ ``"8.6"``);
-    - the GPU name must equal this GPU's: same-architecture GPUs with other memory or
-      clocks run an engine tuned for another card, which TensorRT warns may be slow or
-      fail;
-    - TensorRT ``major.minor`` must equal the installed one, unless the engine was built
-      with ``--version-compatible``; then the installed TensorRT may also be newer
-      (never older), as TensorRT's version compatibility allows.
-
-    Args:
-        sidecar: the parsed ``model.engine.json``.
-        trt_version: the installed ``tensorrt.__version__``, e.g. ``"10.3.0"``.
-        gpu_name, compute_capability: this GPU, e.g. ``"NVIDIA L4"``, ``"8.9"``.
-        engine_path: only for the rebuild command in the message.
-
-    Raises:
-        ValueError: naming what the engine was built for, what this machine has, and
-            the ``export-engine`` command that rebuilds it.
-    """
-    hint = _rebuild_hint(engine_path)
-    check_sidecar_fields(sidecar, engine_path=engine_path)
-    built_trt = str(sidecar["tensorrt_version"])
-    built_gpu = str(sidecar["gpu_name"]).strip()
-    built_cc = str(sidecar["compute_capability"]).strip()
-    version_compatible = sidecar.get("version_compatible", False)
-    if not isinstance(version_compatible, bool):
-        raise InputError(f"engine sidecar: version_compatible must be true or false, got {version_compatible!r}; {hint}")
-
-    built_v = _major_minor(built_trt, "engine sidecar tensorrt_version")
-    here_v = _major_minor(trt_version, "installed TensorRT version")
-    problems = []
-    if built_cc != str(compute_capability).strip():
-        problems.append("another GPU architecture")
-    elif built_gpu != str(gpu_name).strip():
-        problems.append("another GPU model")
-    if version_compatible:
-        if here_v < built_v:
-            problems.append("a newer TensorRT than the installed one (version-compatible engines run only on the same or later TensorRT)")
-    elif here_v != built_v:
-        problems.append("another TensorRT version (build with --version-compatible to allow later TensorRT releases)")
-    if problems:
-        raise InputError(
-            f"engine built for {built_gpu} ({_sm(built_cc)}) with TensorRT {built_v[0]}.{built_v[1]}"
-            f"{' (version-compatible)' if version_compatible else ''}; "
-            f"this machine has {str(gpu_name).strip()} ({_sm(compute_capability)}) with TensorRT {here_v[0]}.{here_v[1]} "
-            f"({'; '.join(problems)}); {hint}"
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# The pool of execution contexts
-
-SlotT = TypeVar("SlotT")
-
-
-class SlotPool(Generic[SlotT]):
-    """Up to ``limit`` slots, each made on first need by ``make()`` and lent to one
-    caller at a time; the thread-safety of :class:`TensorRTBackend`.
-
-    A lent slot is *busy* from :meth:`acquire` until :meth:`detach` (a thread works with
-    its execution context), then *in flight* until :meth:`release` (GPU work queued on its
-    streams may still run, but no thread touches it). :meth:`close` refuses new callers,
-    wakes those waiting for a slot (they raise ``RuntimeError("... closed")``), waits
-    until no slot is busy, and hands every slot made to the owner, who synchronises their
-    streams before freeing them: so running calls finish first, waiting ones never hang,
-    and in-flight work does not hold up a close.
-
-    Args:
-        make: creates a slot (may be slow; runs outside the pool's lock).
-        limit: the most slots there will ever be.
-        owner: names the closed object in errors, e.g. ``"TensorRTBackend"``.
-    """
-
-    def __init__(self, make: Callable[[], SlotT], limit: int, owner: str = "TensorRTBackend") -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InputError(f"limit: expected an integer >= 1, got {limit!r}")
-        self._make = make
-        self._limit = limit
-        self._owner = owner
-        self._cond = threading.Condition()
-        self._slots: list[SlotT] = []  # every slot made and not yet handed to close()
-        self._idle: list[SlotT] = []
-        self._busy: set[int] = set()  # id() of busy slots
-        self._making = 0  # slots being made right now (count as busy for close)
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def size(self) -> int:
-        """How many slots exist (idle, busy or in flight)."""
-        with self._cond:
-            return len(self._slots) + self._making
-
-    def _closed_error(self) -> RuntimeError:
-        return RuntimeError(f"{self._owner} is closed")
-
-    def acquire(self, block: bool = True) -> SlotT | None:
-        """A busy slot: an idle one, a new one while fewer than ``limit`` exist, else the
-        next one released (``block``) or ``None`` at once (not ``block``).
-
-        Raises:
-            RuntimeError: the pool is closed, or was closed while waiting.
-        """
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise self._closed_error()
-                if self._idle:
-                    slot = self._idle.pop()
-                    self._busy.add(id(slot))
-                    return slot
-                if len(self._slots) + self._making < self._limit:
-                    self._making += 1
-                    break
-                if not block:
-                    return None
-                self._cond.wait()
-        try:
-            slot = self._make()
-        except BaseException:
-            with self._cond:
-                self._making -= 1
-                self._cond.notify_all()
-            raise
-        with self._cond:
-            self._making -= 1
-            self._slots.append(slot)  # close() frees it even if it closed meanwhile
-            self._cond.notify_all()
-            if self._closed:
-                raise self._closed_error()
-            self._busy.add(id(slot))
-            return slot
-
-    def detach(self, slot: SlotT) -> None:
-        """Busy → in flight: the calling thread is done with the slot's context."""
-        with self._cond:
-            self._busy.discard(id(slot))
-            self._cond.notify_all()
-
-    def release(self, slot: SlotT) -> None:
-        """Returns a slot whose work is complete; after :meth:`close` it is dropped."""
-        with self._cond:
-            self._busy.discard(id(slot))
-            if not self._closed and any(s is slot for s in self._slots):
-                self._idle.append(slot)
-            self._cond.notify_all()
-
-    def close(self) -> list[SlotT]:
-        """Closes the pool (idempotent) and returns the slots made, for the owner to
-        free; waits for busy slots first. A later caller gets an empty list."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            while self._busy or self._making:
-                self._cond.wait()
-            slots, self._slots, self._idle = self._slots, [], []
-            return slots
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from micronet.export import engine as engine_mod
 from micronet.export.engine import build_engine, check_profile, main, parse_shape, read_onnx_info
+from micronet.runtime.backends import cuda_env
 from micronet.runtime.backends import tensorrt as trt_backend
 from micronet.runtime.backends.tensorrt import read_sidecar
 from micronet.runtime.model_info import METADATA_KEY, ModelInfo
@@ -320,7 +321,7 @@ def fake_builder(monkeypatch):
         trt = _fake_tensorrt(cupy=cupy, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         monkeypatch.setitem(sys.modules, "cupy", cupy)
-        monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)  # its class derives from trt.ILogger
+        monkeypatch.setattr(cuda_env, "_TRT_LOGGER", None)  # its class derives from trt.ILogger
         return trt
 
     return install

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from micronet.runtime import engine_cache
-from micronet.runtime.backends import tensorrt as trt_backend
+from micronet.runtime.backends import cuda_env
 from micronet.runtime.backends.tensorrt import read_sidecar
 from micronet.runtime.detector import Detector
 from micronet.runtime.engine_cache import (
@@ -267,7 +267,7 @@ def fake_gpu(monkeypatch, tmp_path):
         trt = _fake_tensorrt(version)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(devices))
-        monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)  # its class derives from trt.ILogger
+        monkeypatch.setattr(cuda_env, "_TRT_LOGGER", None)  # its class derives from trt.ILogger
         return trt
 
     monkeypatch.setenv("MICRONET_CACHE_DIR", str(tmp_path / "cache"))

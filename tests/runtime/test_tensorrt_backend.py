@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from micronet.runtime.backends import Backend
+from micronet.runtime.backends import cuda_env
 from micronet.runtime.backends import tensorrt as trt_backend
 from micronet.runtime.backends.tensorrt import (
     SlotPool,
@@ -507,7 +508,7 @@ MICRONET_IO = {"image": ("in", "uint8", (-1, -1, -1, 3)), "proximity": ("out", "
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
     """Installs the stand-ins; returns a factory (io, sidecar overrides, version) -> engine path, trt."""
-    monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)  # the logger class derives from trt.ILogger
+    monkeypatch.setattr(cuda_env, "_TRT_LOGGER", None)  # the logger class derives from trt.ILogger
 
     def make(io=MICRONET_IO, version="10.3.0", data=b"ENGINE", **overrides):
         engine = _FakeEngine(io, PROFILE)
@@ -515,7 +516,7 @@ def fake_gpu(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
         monkeypatch.setitem(sys.modules, "cupyx", _fake_cupyx())
-        monkeypatch.setattr(trt_backend, "_TRT_LOGGER", None)
+        monkeypatch.setattr(cuda_env, "_TRT_LOGGER", None)
         path = tmp_path / "model.engine"
         path.write_bytes(data)
         sidecar_path(path).write_text(json.dumps(sidecar(**overrides)))

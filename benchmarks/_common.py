@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from micronet.runtime.bench import machine_record, matmul_yardsticks, run_line
 
 __all__ = ["RESULTS", "best_time", "matmul_peaks", "peak_text", "per_peak", "run_line", "run_machine", "write_results"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"  # ../shared/data (its README)
 
 def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     """Best wall time in seconds over `repeat` runs (after `warmup` runs)."""
@@ -75,3 +79,17 @@ def write_results(name: str, payload: dict[str, Any], table: str, folder: Path =
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (folder / f"{name}.md").write_text(text + "\n")
     print(text)
+
+
+def tissue_batch(size: int, batch: int) -> np.ndarray:
+    """``batch`` images of ``size²`` tiled from real CRCHisto test images."""
+    from micronet.runtime.datasets import load_point_folder
+
+    data = load_point_folder(DATA / "crchisto", "test")
+    out = []
+    for k in range(batch):
+        reps = -(-size // 500)
+        tiles = [data.images[(k * reps * reps + i) % len(data)] for i in range(reps * reps)]
+        rows = [np.concatenate(tiles[r * reps : (r + 1) * reps], axis=1) for r in range(reps)]
+        out.append(np.concatenate(rows, axis=0)[:size, :size])
+    return np.ascontiguousarray(np.stack(out))

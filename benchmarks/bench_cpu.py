@@ -37,29 +37,13 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import matmul_peaks, peak_text, per_peak, run_machine, write_results  # noqa: E402
+from _common import DATA, REPO, matmul_peaks, peak_text, per_peak, run_machine, tissue_batch, write_results  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
 TORCH = "torch eager fp32 (ELU)"
 DEFAULT = "onnxruntime fp32 (ELU)"  # = the bundled default model
 FAST = "onnxruntime int8 (ReLU)"  # = the bundled fast-cpu model
 ALIAS = {DEFAULT: "default", FAST: "fast-cpu"}
-
-
-def tissue_batch(size: int, batch: int) -> np.ndarray:
-    """``batch`` images of ``size²`` tiled from real CRCHisto test images."""
-    from micronet.runtime.datasets import load_point_folder
-
-    data = load_point_folder(DATA / "crchisto", "test")
-    out = []
-    for k in range(batch):
-        reps = -(-size // 500)
-        tiles = [data.images[(k * reps * reps + i) % len(data)] for i in range(reps * reps)]
-        rows = [np.concatenate(tiles[r * reps : (r + 1) * reps], axis=1) for r in range(reps)]
-        out.append(np.concatenate(rows, axis=0)[:size, :size])
-    return np.ascontiguousarray(np.stack(out))
 
 
 def interleaved_best(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -> dict[str, float]:

@@ -24,8 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import matmul_peaks, peak_text, run_machine, write_results  # noqa: E402
-from bench_cpu import DATA, REPO, tissue_batch  # noqa: E402
+from _common import DATA, REPO, matmul_peaks, peak_text, run_machine, tissue_batch, write_results  # noqa: E402
 
 # Operator types that are layout changes ONNX Runtime inserts itself.
 LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Transpose"}
@@ -69,7 +68,7 @@ def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
     import onnxruntime as ort
     import torch
 
-    from micronet.export.onnx import _export_fp32
+    from micronet.export.onnx import export_model
     from micronet.runtime.model_info import ModelInfo
     from micronet.trainer.models import count_flops, create_model
 
@@ -81,7 +80,7 @@ def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
             info = ModelInfo(architecture=model.config_dict(), mean=[200.0] * 3, std=[40.0] * 3, mpp=0.55, threshold=1.0)
             path = tmp / f"{name}_{act}.onnx"
             with torch.no_grad():
-                _export_fp32(model, info, path)
+                export_model(model, info, path)  # fp32
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMATS",
     "ExportFormat",
+    "export_model",
     "export_onnx",
     "fold_batchnorm",
     "int8_weight_range",
@@ -478,16 +479,49 @@ def export_onnx(
         raise InputError(f"precision {precision!r} is not supported; valid: {', '.join(FORMATS)}")
     if precision != "int8" and calibration_data is not None:
         raise InputError(f"calibration_data applies to int8 only, not {precision}")
+    model, info = load_checkpoint(checkpoint)
+    calibration = calibration_crops(calibration_data, calibration_count) if calibration_data is not None else None
+    return export_model(model, info, output, precision, calibration=calibration)
+
+
+def export_model(
+    model: nn.Module,
+    info: ModelInfo,
+    output: str | Path,
+    precision: str = "fp32",
+    calibration: Sequence[np.ndarray] | None = None,
+) -> Path:
+    """Exports a model in memory (what :func:`export_onnx` does after loading the
+    checkpoint): the graph of ``precision``, reference results, metadata. The file is
+    written under a temporary name and renamed when complete, so a crash never leaves
+    a model that looks whole.
+
+    Args:
+        model: a MicroNet ``nn.Module`` (eval mode is set on a copy).
+        info: its metadata; ``precision`` (and for int8 the quantisation scheme) is
+            recorded in a copy.
+        output: the ``.onnx`` file to write.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        calibration: for int8, ``(H, W, 3)`` uint8 training crops
+            (:func:`calibration_crops`).
+    """
+    if precision not in FORMATS:
+        raise InputError(f"precision {precision!r} is not supported; valid: {', '.join(FORMATS)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    model, info = load_checkpoint(checkpoint)
+    info = ModelInfo.from_json(info.to_json())
     info.precision = precision
-    calibration = calibration_crops(calibration_data, calibration_count) if calibration_data is not None else None
     if precision == "int8":
         info.provenance = {**info.provenance, "quantization": INT8_SCHEME}
-    with torch.no_grad():
-        _EXPORTERS[precision](model, info, output, calibration=calibration)
-        reference = reference_results(model, info)
-    _set_metadata(output, info, reference)
+    model = copy.deepcopy(model).eval()
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with torch.no_grad():
+            _EXPORTERS[precision](model, info, partial, calibration=calibration)
+            reference = reference_results(model, info)
+        _set_metadata(partial, info, reference)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
     log.info("wrote %s (%s, %.1f MB)", output, precision, output.stat().st_size / 1e6)
     return output

@@ -226,3 +226,17 @@ def test_real_model_int8_loses_at_most_001_f1_on_the_test_split(shared_data, tmp
         f1[name] = evaluate_images([det.detect(im).xy for im in data.images], data.points, 6.0).pooled.f1
     assert f1["fp32"] > 0.79
     assert f1["int8"] >= f1["fp32"] - 0.01, f1
+
+
+def test_a_failed_export_leaves_no_file_and_a_good_one_no_partial(tiny_checkpoint, tmp_path):
+    from micronet.export.onnx import export_model
+    from micronet.trainer.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(tiny_checkpoint)
+    out = tmp_path / "m.int8.onnx"
+    with pytest.raises(ValueError, match="calibration"):
+        export_model(model, info, out, "int8", calibration=None)
+    assert list(tmp_path.iterdir()) == []  # neither the model nor a partial file
+    good = export_model(model, info, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"] and good.stat().st_size > 0
+    assert info.precision == "fp32" and "quantization" not in info.provenance  # the caller's info is untouched

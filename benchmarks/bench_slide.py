@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import matmul_peaks, peak_text, per_peak, run_machine, write_results  # noqa: E402
+from _common import RESULTS, matmul_peaks, peak_text, per_peak, run_machine, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MICRONET_DATA", REPO.parent / "shared" / "data"))
@@ -306,6 +306,81 @@ def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _rows_table(rows: list[dict[str, Any]], several: bool) -> list[str]:
+    out = [
+        "| slide | run |" + (" model |" if several else "") + " ORT threads | Mpx | tiles run / planned | s | Mpx/s | Mpx/s per 100 GFLOP/s "
+        "| nuclei | nuclei/s | peak RSS MB (detector warmed up alone) |",
+        "|---|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        planned = f"{r['tiles_run']} / {r['tiles_planned']}" if "tiles_planned" in r else f"{r['tiles_run']}"
+        detected = (f"{r['nuclei']} | {r['nuclei_per_s']:.0f}") if "nuclei" in r else "– | –"
+        rss = f"{r['peak_rss_mb']:.0f}" + (f" ({r['detector_rss_mb']:.0f})" if "detector_rss_mb" in r else "")
+        model_cell = (f" `{r['model']}` |" if MODES[r["mode"]][3] not in ("none", "standin") else " – |") if several else ""
+        out.append(
+            f"| {r['slide']} | {MODES[r['mode']][0]} |{model_cell} {r['threads'] or 'default'} | {r['megapixels']:.0f} | {planned} | "
+            f"{r['seconds']:.1f} | {r['megapixels_per_s']:.2f} | {_cell(r.get('megapixels_per_s_per_100_gflops'))} | {detected} | {rss} |"
+        )
+    return out
+
+
+def render(
+    machine: dict[str, Any],
+    model_names: list[str],
+    rows: list[dict[str, Any]],
+    versus: list[dict[str, Any]],
+    gains: dict[str, float],
+    accelerator_ms: float,
+    repeat: int,
+) -> str:
+    """The markdown of one run: real runs first; the stand-in accelerator's rows (a sleep,
+    not a device) in their own section, so they are never read as throughput."""
+    real = [r for r in rows if MODES[r["mode"]][3] != "standin"]
+    standin = [r for r in rows if MODES[r["mode"]][3] == "standin"]
+    first = next((r for r in rows if r["mode"] != "read"), rows[0])
+    several = len(model_names) > 1
+    names = ", ".join(f"`{m}`" for m in model_names)
+    table = [
+        f"Model{'s' if several else ''}: {names} ({first['backend']}), tiles {first['tile_size']}² in batches of {first['batch_size']}; "
+        "outputs (CSV, GeoJSON, overlay PNG) written during the run. Mpx = level-0 slide pixels, glass included. "
+        f"Best of {repeat} run(s). "
+        + (f"Per 100 GFLOP/s: Mpx/s divided by this run's float32 matmul peak: {peak_text(machine)}." if "matmul_measurements_gflops" in machine
+           else "(A record from before the matmul peak was measured: no per-peak column.)"),
+        "",
+    ]
+    if versus:
+        reference = versus[0]["reference"]
+        table += [
+            f"Against `{reference}` in the same run (speed = its time / this model's time; memory = peak RSS ratio):",
+            "",
+            "| slide | run | model | × speed | × peak memory | nuclei (vs first) |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        table += [
+            f"| {v['slide']} | {MODES[v['mode']][0]} | `{v['model']}` | **{v['speed_ratio']:.2f}×** | {v['peak_rss_ratio']:.2f}× | "
+            f"{v['nuclei']:,} ({v['reference_nuclei']:,}) |"
+            for v in versus
+        ]
+        table += [""]
+    real_gains = {k: v for k, v in gains.items() if "stand-in" not in k}
+    if real_gains:
+        table += ["Pipelining gain (serial time / overlapped time, same run):", ""] + [f"- {k}: {v:.2f}×" for k, v in real_gains.items()] + [""]
+    table += _rows_table(real, several)
+    if standin:
+        table += [
+            "",
+            f"**Stand-in accelerator, not a device.** The model's work replaced by a sleep of {accelerator_ms:g} ms per megapixel "
+            "of tiles and no CPU: how far reading, decoding and resampling overlap an accelerator that fast. These rows say "
+            "nothing about any real GPU; its numbers are in the GPU section.",
+            "",
+        ]
+        standin_gains = {k: v for k, v in gains.items() if "stand-in" in k}
+        if standin_gains:
+            table += ["Overlap gain (serial time / overlapped time, same run):", ""] + [f"- {k}: {v:.2f}×" for k, v in standin_gains.items()] + [""]
+        table += _rows_table(standin, several)
+    return "\n".join(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=40000, help="side of the synthetic slide in level-0 pixels (default 40000)")
@@ -318,6 +393,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, any of: {', '.join(MODES)} (default: all)")
     parser.add_argument("--threads", default="", help="ONNX Runtime CPU threads, a comma-separated list to compare (default: physical cores)")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite results/NAME.md (NAME: --results-name) from its JSON without measuring"
+    )
     parser.add_argument("--accelerator-ms", type=float, default=50.0, help="stand-in accelerator latency, ms per megapixel of tiles (default 50)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per setting, interleaved; the table shows the fastest (default 1)")
     parser.add_argument("--rewrite", action="store_true", help="write the synthetic slide again even if /tmp has it")
@@ -334,6 +412,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.render_only:
+        # The markdown again from a run's JSON (e.g. after the layout of the page changed).
+        payload = json.loads((RESULTS / f"{args.results_name}.json").read_text())
+        rows = payload["rows"]
+        repeat = payload.get("repeat") or max(len(r.get("runs_s", [1])) for r in rows)
+        if "models" in payload:
+            names = [Path(m["model"]).name for m in payload["models"]]
+        else:  # a record from before several models per run: one model, named once
+            names = [Path(payload["model"]).name]
+            rows = [{"model": names[0], **r} for r in rows]
+        table = render(payload["machine"], names, rows, payload.get("versus_first_model", []), payload.get("pipelining_speedup", {}),
+                       payload["accelerator_ms_per_mpx"], repeat)  # fmt: skip
+        write_results(args.results_name, {**payload, "repeat": repeat}, table)
         return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
@@ -428,45 +520,7 @@ def main() -> None:
             }
         )  # fmt: skip
 
-    first = next(r for r in rows if r["mode"] != "read") if any(r["mode"] != "read" for r in rows) else rows[0]
-    several = len(models) > 1
-    names = ", ".join(f"`{m.name}`" for m, _ in models)
-    table = [
-        f"Model{'s' if several else ''}: {names} ({first['backend']}), tiles {first['tile_size']}² in batches of {first['batch_size']}; "
-        "outputs (CSV, GeoJSON, overlay PNG) written during the run. Mpx = level-0 slide pixels, glass included. "
-        f"Stand-in accelerator: {args.accelerator_ms:g} ms per megapixel of tiles, no CPU. Best of {args.repeat} run(s). "
-        f"Per 100 GFLOP/s: Mpx/s divided by this run's float32 matmul peak: {peak_text(machine)}.",
-        "",
-    ]
-    if versus:
-        table += [
-            f"Against `{reference}` in the same run (speed = its time / this model's time; memory = peak RSS ratio):",
-            "",
-            "| slide | run | model | × speed | × peak memory | nuclei (vs first) |",
-            "|---|---|---|---:|---:|---|",
-        ]
-        table += [
-            f"| {v['slide']} | {MODES[v['mode']][0]} | `{v['model']}` | **{v['speed_ratio']:.2f}×** | {v['peak_rss_ratio']:.2f}× | "
-            f"{v['nuclei']:,} ({v['reference_nuclei']:,}) |"
-            for v in versus
-        ]
-        table += [""]
-    if gains:
-        table += ["Pipelining gain (serial time / overlapped time, same run):", ""] + [f"- {k}: {v:.2f}×" for k, v in gains.items()] + [""]
-    table += [
-        "| slide | run |" + (" model |" if several else "") + " ORT threads | Mpx | tiles run / planned | s | Mpx/s | Mpx/s per 100 GFLOP/s "
-        "| nuclei | nuclei/s | peak RSS MB (detector warmed up alone) |",
-        "|---|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        planned = f"{r['tiles_run']} / {r['tiles_planned']}" if "tiles_planned" in r else f"{r['tiles_run']}"
-        detected = (f"{r['nuclei']} | {r['nuclei_per_s']:.0f}") if "nuclei" in r else "– | –"
-        rss = f"{r['peak_rss_mb']:.0f}" + (f" ({r['detector_rss_mb']:.0f})" if "detector_rss_mb" in r else "")
-        model_cell = (f" `{r['model']}` |" if MODES[r["mode"]][3] not in ("none", "standin") else " – |") if several else ""
-        table.append(
-            f"| {r['slide']} | {MODES[r['mode']][0]} |{model_cell} {r['threads'] or 'default'} | {r['megapixels']:.0f} | {planned} | "
-            f"{r['seconds']:.1f} | {r['megapixels_per_s']:.2f} | {_cell(r['megapixels_per_s_per_100_gflops'])} | {detected} | {rss} |"
-        )
+    table = render(machine, [m.name for m, _ in models], rows, versus, gains, args.accelerator_ms, args.repeat)
     write_results(
         args.results_name,
         {
@@ -474,11 +528,12 @@ def main() -> None:
             "models": [{"model": str(m), "threshold": t} for m, t in models],
             "size": args.size,
             "accelerator_ms_per_mpx": args.accelerator_ms,
+            "repeat": args.repeat,
             "rows": rows,
             "versus_first_model": versus,
             "pipelining_speedup": gains,
         },
-        "\n".join(table),
+        table,
     )
 
 

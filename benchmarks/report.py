@@ -54,8 +54,9 @@ float island between a DequantizeLinear and a QuantizeLinear (the profile sectio
 the time per operator). The `fast-cpu` model is the same network fine-tuned with ReLU and
 distilled from the default (docs/results.md); its int8 export is the model to deploy on
 a CPU. int8 gains less than the 4× of its arithmetic: ONNX Runtime's CPU provider has no
-int8 ConvTranspose (microsoft/onnxruntime#8988), so the four transposed convolutions of
-the upsampling path run in float with layout changes around them. 500² is not a multiple
+int8 ConvTranspose (microsoft/onnxruntime#8988), so the six transposed convolutions of
+each branch of the export (three in the upsampling path, three in the multi-context
+aggregation) run in float with layout changes around them. 500² is not a multiple
 of 8, so its rows run the export's general branch; 1024², the Detector's CPU tile, runs
 the aligned branch without the per-level crops. The network's FLOPs per megapixel (GFLOP
 column of the width table below) make "% of fp32 matmul peak" and "MP/s per 100 GFLOP/s"

@@ -186,7 +186,9 @@ def describe_machine(measure_peak: bool = True) -> dict[str, Any]:
 
 def machine_line(machine: dict[str, Any]) -> str:
     """One line for a report header: ``AMD EPYC 9R14, 2 cores, avx2 avx512f …, 75 GFLOP/s``."""
-    parts = [str(machine.get("cpu", "?")), f"{machine.get('physical_cores', '?')} cores", " ".join(machine.get("isa", [])) or "no ISA flags read"]
+    cores = machine.get("physical_cores", machine.get("cores", "?"))  # "cores": records from before this module
+    isa = " ".join(machine["isa"]) if "isa" in machine else "ISA flags not recorded"
+    parts = [str(machine.get("cpu", "?")), f"{cores} cores", isa or "no ISA flags read"]
     if machine.get("numpy_matmul_gflops") is not None:
         parts.append(f"fp32 matmul peak {machine['numpy_matmul_gflops']:g} GFLOP/s")
     for gpu in machine.get("gpus", []):

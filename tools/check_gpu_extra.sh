@@ -42,6 +42,10 @@ else
 fi
 
 "$venv/bin/export-engine" --help >/dev/null
+# From outside the checkout: its micronet/ folder would shadow the installed package.
+venv_abs="$(cd "$venv" && pwd)"
+py="$venv_abs/bin/python"
+cd /tmp
 "$py" - <<EOF
 import importlib, sys
 # What export-engine and the GPU runtime import, TensorRT aside when it was skipped.

@@ -111,26 +111,19 @@ def timing_images(batch: int, size: int, source: np.ndarray | None = None) -> li
             nuclei.
     """
     if source is None:
-        from .detector import as_rgb_image, bundled_sample
+        from .bundled import bundled_sample
+        from .images import as_rgb_image
 
         try:
             source = as_rgb_image(bundled_sample())
         except FileNotFoundError:
             log.warning("no bundled sample image: timing on synthetic nuclei")
-            source = _synthetic(512)
+            from .synthetic import nuclei_image
+
+            source = nuclei_image(512, 512, 512 * 512 // 900, spacing=8)[0]
     base = _fill(source, size + batch)
     # Shifted crops: equal work, but no image identical to another.
     return [np.ascontiguousarray(base[k : k + size, k : k + size]) for k in range(batch)]
-
-
-def _synthetic(size: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    ink = np.zeros((size, size))
-    for x, y in rng.integers(0, size, (size * size // 900, 2)):
-        ink = np.maximum(ink, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 18.0))
-    pink, purple = np.array([235.0, 200.0, 225.0]), np.array([80.0, 40.0, 120.0])
-    return np.round(pink + ink[..., None] * (purple - pink)).astype(np.uint8)
 
 
 def _short(exc: BaseException) -> str:

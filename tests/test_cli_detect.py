@@ -50,12 +50,9 @@ def _blur_model(path: Path) -> Path:
 def _blobs(path: Path, centres: list[tuple[int, int]], shape: tuple[int, int] = (120, 160)) -> Path:
     from PIL import Image
 
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    ink = np.zeros(shape)
-    for x, y in centres:
-        ink = np.maximum(ink, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 18.0))
-    pink, purple = np.array([235.0, 200.0, 225.0]), np.array([80.0, 40.0, 120.0])
-    Image.fromarray(np.round(pink + ink[..., None] * (purple - pink)).astype(np.uint8)).save(path)
+    from micronet.runtime.synthetic import blob_image
+
+    Image.fromarray(blob_image(*shape, centres)).save(path)
     return path
 
 

@@ -118,28 +118,7 @@ def make_blur_model():
 
 @pytest.fixture(scope="session")
 def make_nuclei():
-    """:func:`synthetic_nuclei`."""
-    return synthetic_nuclei
+    """:func:`micronet.runtime.synthetic.nuclei_image`: blobs at known centres."""
+    from micronet.runtime.synthetic import nuclei_image
 
-
-def synthetic_nuclei(height: int, width: int, count: int, seed: int = 0, sigma: float = 3.0, spacing: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """An ``(height, width, 3)`` uint8 image of dark purple Gaussian blobs on pink, and
-    the ``(count, 2)`` float32 ``(x, y)`` whole-pixel blob centres (at least ``spacing``
-    apart and from the border)."""
-    rng = np.random.default_rng(seed)
-    centres: list[tuple[int, int]] = []
-    for _ in range(100 * count):
-        x, y = int(rng.integers(spacing, width - spacing)), int(rng.integers(spacing, height - spacing))
-        if all(max(abs(x - a), abs(y - b)) >= spacing for a, b in centres):
-            centres.append((x, y))
-            if len(centres) == count:
-                break
-    else:
-        raise ValueError(f"cannot place {count} blobs {spacing} px apart in {height}×{width}")
-    yy, xx = np.mgrid[0:height, 0:width]
-    ink = np.zeros((height, width))
-    for x, y in centres:
-        ink = np.maximum(ink, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)))
-    background, nucleus = np.array([235.0, 200.0, 225.0]), np.array([80.0, 40.0, 120.0])
-    image = background + ink[..., None] * (nucleus - background)
-    return np.round(image).astype(np.uint8), np.array(centres, dtype=np.float32).reshape(-1, 2)
+    return nuclei_image

@@ -811,18 +811,10 @@ def _require_gpu():
 
 def he_like_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
     """(n, h, w, 3) uint8: pink stroma with dark purple nucleus-sized blobs."""
-    from scipy import ndimage as ndi
+    from micronet.runtime.synthetic import nuclei_image
 
-    out = np.empty((n, h, w, 3), np.uint8)
-    for k in range(n):
-        mask = np.zeros((h, w), np.float32)
-        count = h * w // 300
-        mask[rng.integers(0, h, count), rng.integers(0, w, count)] = 1.0
-        mask = np.clip(ndi.gaussian_filter(mask, 3.0) * 60.0, 0.0, 1.0)[..., None]
-        pink, purple = np.array([230.0, 170.0, 205.0]), np.array([95.0, 55.0, 140.0])
-        img = pink * (1 - mask) + purple * mask + rng.normal(0, 6, (h, w, 3))
-        out[k] = np.clip(img, 0, 255).astype(np.uint8)
-    return out
+    seeds = rng.integers(0, 2**31, n)
+    return np.stack([nuclei_image(h, w, max(1, h * w // 900), seed=int(s), spacing=6)[0] for s in seeds])
 
 
 @pytest.fixture(scope="module")

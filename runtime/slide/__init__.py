@@ -8,10 +8,13 @@ The parts, in the order a run uses them:
 ============  ===========================================================================
 module        holds
 ============  ===========================================================================
-``reader``    :func:`open_slide` and :class:`Slide`: Aperio SVS, OME-TIFF and tiled
+``reader``    :func:`open_slide` and :class:`Slide`: Aperio SVS, OME-TIFF, NDPI and tiled
               pyramidal TIFF read with tifffile; the pyramid's :class:`Level` s, the
               pixel size from the file's own metadata, windows
               (:meth:`Slide.read_region`) and :class:`Thumbnail` s, in bounded memory.
+``openslide_reader``  :class:`OpenSlideSlide`: the same interface over OpenSlide, for
+              the vendor formats tifffile does not read (``reader="openslide"``, or
+              ``"auto"`` by suffix).
 ``tissue``    :func:`tissue_mask` (Otsu on HSV saturation) and the choice of the tiles
               whose core touches tissue.
 ``plan``      :func:`plan_slide`: the level read, the region at the model's pixel size
@@ -33,12 +36,14 @@ from __future__ import annotations
 from .outputs import FORMATS, SlideOutputs
 from .pipeline import detect_slide
 from .plan import ModelGrid, SlidePlan, plan_slide
-from .reader import SLIDE_SUFFIXES, THUMBNAIL_SIZE, Level, Slide, Thumbnail, open_slide
+from .reader import READERS, SLIDE_SUFFIXES, THUMBNAIL_SIZE, Level, Slide, SlideBase, Thumbnail, open_slide
 from .tissue import tissue_mask
 
 __all__ = [
     "open_slide",
+    "READERS",
     "Slide",
+    "SlideBase",
     "Level",
     "Thumbnail",
     "tissue_mask",

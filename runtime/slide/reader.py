@@ -11,7 +11,8 @@ all) and generic tiled pyramidal TIFF — and it exposes each level's tile offse
 decoder, so :meth:`Slide.read_region` reads and decodes only the tiles (or strips) a
 window touches, with libjpeg-turbo from imagecodecs doing the JPEG. Memory is bounded
 by the window, never the level. Formats that need OpenSlide's vendor drivers (MIRAX,
-NDPI, VMS, …) raise a ``ValueError`` saying how to convert them.
+SCN, VMS, BIF, DICOM-WSI …) are read by :mod:`.openslide_reader` (``open_slide``'s
+``reader``).
 
 The pixel size comes from the file's own metadata: the Aperio ImageDescription
 ``MPP``, OME-XML ``PhysicalSizeX/Y`` (with their units), or the TIFF resolution tags.
@@ -32,25 +33,25 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, InputTypeError, MissingFileError
+from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
 
-__all__ = ["Slide", "Level", "Thumbnail", "open_slide", "level_box", "slide_suffix", "SLIDE_SUFFIXES", "OME_SUFFIXES", "THUMBNAIL_SIZE"]
+__all__ = [
+    "Slide",
+    "SlideBase",
+    "Level",
+    "Thumbnail",
+    "open_slide",
+    "file_signature",
+    "level_box",
+    "slide_suffix",
+    "READERS",
+    "SLIDE_SUFFIXES",
+    "OME_SUFFIXES",
+    "THUMBNAIL_SIZE",
+]
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")  # .ome.tif / .ome.tiff included
 OME_SUFFIXES = (".ome.tif", ".ome.tiff")
-# Formats that need OpenSlide's (or a vendor's) drivers: suffix → what it is.
-_FOREIGN = {
-    ".ndpi": "Hamamatsu NDPI",
-    ".vms": "Hamamatsu VMS",
-    ".vmu": "Hamamatsu VMU",
-    ".mrxs": "3DHISTECH MIRAX",
-    ".scn": "Leica SCN",
-    ".bif": "Ventana BIF",
-    ".czi": "Zeiss CZI",
-    ".isyntax": "Philips iSyntax",
-    ".dcm": "DICOM",
-    ".svslide": "Sakura SVSlide",
-}
 _CONVERT = "convert it to a tiled pyramidal TIFF, e.g. `vips tiffsave in out.tif --tile --pyramid --compression jpeg` or QuPath's OME-TIFF export"
 
 # A recorded pixel size outside this range (µm/px) is not a microscope's: 72 dpi, say.
@@ -83,7 +84,89 @@ class Level:
     tile: tuple[int, int]
 
 
-class Slide:
+class UnparsableSlideError(InputError):
+    """tifffile could not parse the file at all (as opposed to parsing it and finding it
+    is no RGB slide): ``open_slide(reader="auto")`` then tries OpenSlide."""
+
+
+class SlideBase:
+    """What every slide reader shares: levels, pixel size, the level lookup, thumbnails
+    built from :meth:`read_region`, and the context-manager protocol. A reader sets
+    ``path``, ``format``, ``reader``, ``levels``, ``mpp``, ``mpp_xy``, ``mpp_source`` and
+    implements ``read_region`` and ``close``."""
+
+    path: Path
+    format: str
+    reader: str
+    levels: tuple[Level, ...]
+    mpp: float | None
+    mpp_xy: tuple[float, float] | None
+    mpp_source: str
+
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- description ------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of level 0."""
+        return self.levels[0].shape
+
+    def level(self, index: Any) -> Level:
+        """The level ``index``; a ``ValueError`` lists the levels when there is none."""
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(self.levels):
+            have = ", ".join(f"{lv.index}: {lv.shape[1]}×{lv.shape[0]} (downsample {lv.downsample:.4g})" for lv in self.levels)
+            raise InputError(f"level: {self.path.name} has no level {index!r}; its levels (W×H) are {have}")
+        return self.levels[int(index)]
+
+    def __repr__(self) -> str:
+        mpp = f"{self.mpp:.4g}" if self.mpp is not None else "unknown"
+        return (
+            f"{type(self).__name__}({self.path.name!r}, format={self.format!r}, shape={self.shape}, levels={len(self.levels)}, "
+            f"mpp={mpp})"
+        )
+
+    def __enter__(self) -> "SlideBase":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def read_thumbnail(self, max_size: int = THUMBNAIL_SIZE, region: tuple[int, int, int, int] | None = None) -> "Thumbnail":
+        """A downsampled image of the slide (or of a level-0 region) whose longest side
+        is at most ``max_size``, read in bounded blocks from the coarsest level that is
+        fine enough and block-averaged by an integer factor.
+
+        Args:
+            max_size: the longest side in pixels.
+            region: ``(x, y, width, height)`` in level-0 pixels; default the whole slide.
+        """
+        x, y, w, h = region if region is not None else (0, 0, self.shape[1], self.shape[0])
+        wanted = max(w, h) / max_size  # level-0 pixels per thumbnail pixel
+        lv = max((lv for lv in self.levels if lv.downsample <= wanted), key=lambda lv: lv.downsample, default=self.levels[0])
+        factor = max(1, math.ceil(max(w / lv.downsample_xy[0], h / lv.downsample_xy[1]) / max_size - 1e-9))
+        x0, y0, x1, y1 = level_box(lv, x, y, w, h)
+        out_h, out_w = -(-(y1 - y0) // factor), -(-(x1 - x0) // factor)
+        from PIL import Image
+
+        canvas = np.empty((out_h, out_w, 3), np.uint8)
+        block = factor * max(1, 1024 // factor)  # a multiple of the factor: no seams
+        for by in range(y0, y1, block):
+            for bx in range(x0, x1, block):
+                pixels = self.read_region(lv.index, bx, by, min(block, x1 - bx), min(block, y1 - by))
+                if factor > 1:
+                    pixels = np.asarray(Image.fromarray(pixels).reduce(factor))  # box average
+                oy, ox = (by - y0) // factor, (bx - x0) // factor
+                canvas[oy : oy + pixels.shape[0], ox : ox + pixels.shape[1]] = pixels
+        return Thumbnail(canvas, lv.index, factor, x0, y0, lv.downsample_xy)
+
+
+
+class Slide(SlideBase):
     """An RGB pyramidal TIFF slide (Aperio SVS, OME-TIFF, generic tiled TIFF), read one
     window at a time. Open with :func:`open_slide`; close (or use ``with``) when done.
 
@@ -103,10 +186,11 @@ class Slide:
         import tifffile
 
         self.path = path
+        self.reader = "tifffile"
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises several types for damaged files
-            raise InputError(f"{path.name}: not a readable TIFF slide ({type(exc).__name__}: {exc})") from exc
+            raise UnparsableSlideError(f"{path.name}: not a readable TIFF slide ({type(exc).__name__}: {exc})") from exc
         try:
             self._init_levels()
             self.format = "svs" if self._tif.is_svs else "ome-tiff" if self._tif.is_ome else "tiff"
@@ -124,7 +208,7 @@ class Slide:
         try:
             series = self._tif.series
         except Exception as exc:
-            raise InputError(f"{self.path.name}: cannot parse the TIFF structure ({type(exc).__name__}: {exc})") from exc
+            raise UnparsableSlideError(f"{self.path.name}: cannot parse the TIFF structure ({type(exc).__name__}: {exc})") from exc
         if not series:
             raise InputError(f"{self.path.name}: a TIFF without images")
         main = series[0]
@@ -213,35 +297,11 @@ class Slide:
             return None, f"its {source} give {mpp_xy[0]:.4g} µm/px, not a microscope's pixel size"
         return mpp_xy, source
 
-    # --- description ------------------------------------------------------------------
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(H, W)`` of level 0."""
-        return self.levels[0].shape
-
-    def level(self, index: Any) -> Level:
-        """The level ``index``; a ``ValueError`` lists the levels when there is none."""
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(self.levels):
-            have = ", ".join(f"{lv.index}: {lv.shape[1]}×{lv.shape[0]} (downsample {lv.downsample:.4g})" for lv in self.levels)
-            raise InputError(f"level: {self.path.name} has no level {index!r}; its levels (W×H) are {have}")
-        return self.levels[int(index)]
-
-    def __repr__(self) -> str:
-        mpp = f"{self.mpp:.4g}" if self.mpp is not None else "unknown"
-        return f"Slide({self.path.name!r}, format={self.format!r}, shape={self.shape}, levels={len(self.levels)}, mpp={mpp})"
-
     def close(self) -> None:
         self._tif.close()
         with self._cache_lock:
             self._cache.clear()
             self._cache_bytes = 0
-
-    def __enter__(self) -> "Slide":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # --- pixels -----------------------------------------------------------------------
 
@@ -324,35 +384,6 @@ class Slide:
                 self._cache_bytes -= 0 if old is None else old.nbytes
         return seg
 
-    def read_thumbnail(self, max_size: int = THUMBNAIL_SIZE, region: tuple[int, int, int, int] | None = None) -> "Thumbnail":
-        """A downsampled image of the slide (or of a level-0 region) whose longest side
-        is at most ``max_size``, read in bounded blocks from the coarsest level that is
-        fine enough and block-averaged by an integer factor.
-
-        Args:
-            max_size: the longest side in pixels.
-            region: ``(x, y, width, height)`` in level-0 pixels; default the whole slide.
-        """
-        x, y, w, h = region if region is not None else (0, 0, self.shape[1], self.shape[0])
-        wanted = max(w, h) / max_size  # level-0 pixels per thumbnail pixel
-        lv = max((lv for lv in self.levels if lv.downsample <= wanted), key=lambda lv: lv.downsample, default=self.levels[0])
-        factor = max(1, math.ceil(max(w / lv.downsample_xy[0], h / lv.downsample_xy[1]) / max_size - 1e-9))
-        x0, y0, x1, y1 = level_box(lv, x, y, w, h)
-        out_h, out_w = -(-(y1 - y0) // factor), -(-(x1 - x0) // factor)
-        from PIL import Image
-
-        canvas = np.empty((out_h, out_w, 3), np.uint8)
-        block = factor * max(1, 1024 // factor)  # a multiple of the factor: no seams
-        for by in range(y0, y1, block):
-            for bx in range(x0, x1, block):
-                pixels = self.read_region(lv.index, bx, by, min(block, x1 - bx), min(block, y1 - by))
-                if factor > 1:
-                    pixels = np.asarray(Image.fromarray(pixels).reduce(factor))  # box average
-                oy, ox = (by - y0) // factor, (bx - x0) // factor
-                canvas[oy : oy + pixels.shape[0], ox : ox + pixels.shape[1]] = pixels
-        return Thumbnail(canvas, lv.index, factor, x0, y0, lv.downsample_xy)
-
-
 @dataclass(frozen=True)
 class Thumbnail:
     """A block-averaged image of a slide region.
@@ -416,30 +447,97 @@ def slide_suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def open_slide(path: str | PathLike[str]) -> Slide:
-    """Opens a pyramidal TIFF slide: Aperio ``.svs``, OME-TIFF (``.ome.tif``) or a tiled
-    (or stripped) ``.tif``/``.tiff``, BigTIFF included.
+READERS = ("auto", "tifffile", "openslide")
+# Suffixes tifffile reads (an NDPI is a TIFF variant tifffile knows); the rest of the
+# vendor formats go to OpenSlide.
+TIFFFILE_SUFFIXES = SLIDE_SUFFIXES + OME_SUFFIXES + (".ndpi",)
+OPENSLIDE_SUFFIXES = (".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".svslide", ".ndpi", ".svs", ".tif", ".tiff")
 
-    Reads the level structure and the pixel size from the file's own metadata: the
-    Aperio ImageDescription ``MPP``, OME-XML ``PhysicalSizeX/Y`` (with their units), or
-    the TIFF resolution tags (inch or centimetre units).
+
+def file_signature(path: Path) -> str:
+    """What a file's first bytes say it is, for error messages."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(132)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    known = [
+        (b"II*\x00", "a little-endian TIFF"), (b"MM\x00*", "a big-endian TIFF"), (b"II+\x00", "a BigTIFF"),
+        (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"PK\x03\x04", "a ZIP archive"),
+        (b"BM", "a BMP image"), (b"%PDF", "a PDF"),
+    ]  # fmt: skip
+    for magic, what in known:
+        if head.startswith(magic):
+            return what
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    if not head:
+        return "an empty file"
+    return f"unknown, first bytes {head[:8].hex(' ')}"
+
+
+def open_slide(path: str | PathLike[str], reader: str = "auto") -> SlideBase:
+    """Opens a whole-slide image for reading one window at a time.
+
+    Args:
+        path: the slide file.
+        reader: ``"tifffile"`` (Aperio ``.svs``, OME-TIFF, NDPI, tiled or stripped
+            ``.tif``/``.tiff``, BigTIFF included), ``"openslide"`` (every format
+            OpenSlide reads: MIRAX, SCN, VMS/VMU, BIF, DICOM-WSI, SVSlide, and the TIFF
+            family too; ``pip install 'micronet-sdk[slides]'``), or ``"auto"``: tifffile
+            for what it reads (falling back to OpenSlide when tifffile cannot parse the
+            file and OpenSlide is installed), OpenSlide for the rest.
+
+    The pixel size comes from the file's own metadata (tifffile: the Aperio
+    ImageDescription ``MPP``, OME-XML ``PhysicalSizeX/Y``, the TIFF resolution tags;
+    OpenSlide: ``openslide.mpp-x/-y``).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: another slide format (the message says how to convert it), a file
-            that is not a readable TIFF, or not an RGB 8-bit image.
+        MissingFileError: no such file.
+        MissingPackageError: a format only OpenSlide reads, and OpenSlide is missing.
+        InputError: an unknown reader, or a file neither reader can read (the message
+            names both and what the file's first bytes say it is).
     """
     if not isinstance(path, (str, PathLike)):
         raise InputTypeError(f"path: expected a slide file path, got {type(path).__name__}")
+    if reader not in READERS:
+        raise InputError(f"reader: expected one of {', '.join(READERS)}, got {reader!r}")
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"slide not found: {path}")
     suffix = slide_suffix(path)
-    if suffix in _FOREIGN:
-        raise InputError(f"{path.name}: {_FOREIGN[suffix]} slides are not supported; expected Aperio .svs, OME-TIFF or tiled .tif; {_CONVERT}")
-    if suffix not in SLIDE_SUFFIXES + OME_SUFFIXES:
+    known = TIFFFILE_SUFFIXES + OPENSLIDE_SUFFIXES
+    if reader == "auto" and suffix not in known:
         raise InputError(
-            f"{path.name}: expected a slide file ending in .svs, .ome.tif, .tif or .tiff, got {suffix or 'no suffix'!r}"
+            f"{path.name}: expected a slide file ({', '.join(sorted(set(known)))}), got {suffix or 'no suffix'!r} "
+            f"({file_signature(path)})"
         )
-    return Slide(path)
+    if reader == "tifffile" or (reader == "auto" and suffix in TIFFFILE_SUFFIXES):
+        try:
+            return Slide(path)
+        except UnparsableSlideError as tiff_error:
+            # Only a file tifffile cannot parse goes on to OpenSlide; one it parsed and
+            # refused (greyscale, planar, huge strips) keeps tifffile's reason.
+            if reader == "tifffile" or suffix not in OPENSLIDE_SUFFIXES:
+                raise
+            try:
+                return _openslide(path)
+            except MissingPackageError:
+                raise tiff_error from None
+            except InputError as os_error:
+                raise InputError(
+                    f"{path.name}: neither tifffile ({tiff_error}) nor OpenSlide ({os_error}) reads it; the file is "
+                    f"{file_signature(path)}"
+                ) from None
+    try:
+        return _openslide(path)
+    except InputError as os_error:
+        if reader == "openslide":
+            raise
+        raise InputError(f"{path.name}: OpenSlide cannot read it and tifffile does not read {suffix} files ({os_error}); the file is {file_signature(path)}") from None
 
+
+def _openslide(path: Path) -> SlideBase:
+    from .openslide_reader import OpenSlideSlide
+
+    return OpenSlideSlide(path)

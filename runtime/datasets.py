@@ -22,7 +22,7 @@ import numpy as np
 from .errors import InputError, MissingFileError
 from .points import read_points_csv
 
-__all__ = ["PointDataset", "load_point_folder", "KNOWN_MPP"]
+__all__ = ["PointDataset", "load_point_folder", "read_split", "KNOWN_MPP"]
 
 # Pixel sizes of the data sets in ../shared/data (its README), used when a folder has no
 # dataset.json. Keyed by folder name.
@@ -75,6 +75,28 @@ def _folder_mpp(root: Path, mpp: float | None) -> float:
     )
 
 
+def read_split(root: str | Path, split: str) -> list[str]:
+    """The image names that ``<root>/split.csv`` (columns ``name,split``) puts in
+    ``split``, in the file's order.
+
+    Raises:
+        ValueError: no split.csv, no such split (the valid ones are listed), or a file
+            without the ``name`` and ``split`` columns.
+    """
+    split_file = Path(root) / "split.csv"
+    if not split_file.is_file():
+        raise InputError(f"{root}: split {split!r} requested but there is no split.csv")
+    with split_file.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"name", "split"} <= set(reader.fieldnames or ()):
+            raise InputError(f"{split_file}: expected the columns 'name,split', got {','.join(reader.fieldnames or ())!r}")
+        split_of = {row["name"]: row["split"] for row in reader}
+    valid = sorted(set(split_of.values()))
+    if split not in valid:
+        raise InputError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
+    return [name for name, s in split_of.items() if s == split]
+
+
 def load_point_folder(root: str | Path, split: str | None = None, mpp: float | None = None) -> PointDataset:
     """Loads a point-annotated folder (all images, or those of one split)."""
     root = Path(root)
@@ -82,15 +104,8 @@ def load_point_folder(root: str | Path, split: str | None = None, mpp: float | N
         raise MissingFileError(f"{root}: expected images/ and points/ folders inside")
     names = sorted(p.stem for p in (root / "points").glob("*.csv"))
     if split is not None:
-        split_file = root / "split.csv"
-        if not split_file.is_file():
-            raise InputError(f"{root}: split {split!r} requested but there is no split.csv")
-        with split_file.open() as f:
-            split_of = {row["name"]: row["split"] for row in csv.DictReader(f)}
-        valid = sorted(set(split_of.values()))
-        if split not in valid:
-            raise InputError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
-        names = [n for n in names if split_of.get(n) == split]
+        chosen = set(read_split(root, split))
+        names = [n for n in names if n in chosen]
     meta: dict[str, dict[str, str]] = {}
     if (root / "meta.csv").is_file():
         with (root / "meta.csv").open() as f:

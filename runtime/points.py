@@ -1,13 +1,23 @@
 """Point CSV files: annotated nucleus centres and detections, one point per row.
 
-The format of ``shared/data/<set>/points/<name>.csv`` and of ``micronet detect``'s CSV
-output: the header ``x,y`` (or ``x,y,score`` for detections), then one point per row in
-0-based pixel coordinates, ``x`` = column, ``y`` = row. A header-only file holds no
-points; a UTF-8 byte-order mark and blank lines are accepted.
+What this module reads: a header naming the columns, then one point per row in 0-based
+pixel coordinates, ``x`` = column, ``y`` = row. The header must name an ``x`` and a ``y``
+column, in any order; a ``score`` column is read when present; other columns (such as
+the ``x_um,y_um`` of ``micronet detect``'s slide CSVs) are passed over. So all of these
+read:
+
+- ``shared/data/<set>/points/<name>.csv``: ``x,y``;
+- ``micronet detect``'s image CSV: ``x,y,score``;
+- ``micronet detect``'s slide CSV: ``x,y,x_um,y_um,score`` (``x, y`` in level-0 pixels).
+
+A header-only file holds no points; a UTF-8 byte-order mark, spaces around names and
+values, and blank lines are accepted. What this module writes: ``x,y`` or
+``x,y,score``.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from os import PathLike
 from pathlib import Path
@@ -18,48 +28,68 @@ import numpy as np
 from .errors import InputError
 from .matching import as_points
 
-__all__ = ["read_points_csv", "write_points_csv"]
+__all__ = ["read_points_csv", "read_scored_points_csv", "write_points_csv"]
 
-_CSV_HEADERS = (("x", "y"), ("x", "y", "score"))
+_REQUIRED = ("x", "y")
+_SCORE = "score"
+_EXPECTED = "a header naming an 'x' and a 'y' column (e.g. 'x,y', 'x,y,score' or 'x,y,x_um,y_um,score')"
 
 
 def read_points_csv(path: str | PathLike[str]) -> np.ndarray:
-    """Reads a point CSV: header ``x,y`` (or ``x,y,score``), one point per row.
+    """Reads the positions of a point CSV (format: this module's docstring).
 
     Returns:
         ``(N, 2)`` float64 ``(x, y)`` = (column, row) in pixels; a header-only file
-        gives ``(0, 2)``. A score column is read past (see :func:`write_points_csv`).
+        gives ``(0, 2)``. A score column, when present, is checked and passed over (see
+        :func:`read_scored_points_csv`).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: no or another header, a row with the wrong number of fields, a
-            non-numeric or non-finite value; the message names the file and line.
+        ValueError: no header with ``x`` and ``y``, a repeated column name, a row with
+            another number of fields than the header, or a non-numeric or non-finite
+            ``x``, ``y`` or ``score``; the message names the file and line.
+    """
+    return read_scored_points_csv(path)[0]
+
+
+def read_scored_points_csv(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads a point CSV with its scores (format: this module's docstring).
+
+    Returns:
+        ``(xy, scores)``: ``(N, 2)`` float64 ``(x, y)`` = (column, row) in pixels, and
+        ``(N,)`` float64 scores, or ``None`` when the header has no ``score`` column.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_points_csv`.
     """
     path = Path(path)
     with open(path, encoding="utf-8-sig", newline="") as f:
         lines = f.read().splitlines()
-    if not lines:
-        raise InputError(f"{path}: empty file; expected the header 'x,y' and one point per row")
-    header = tuple(h.strip() for h in lines[0].split(","))
-    if header not in _CSV_HEADERS:
-        valid = " or ".join(repr(",".join(h)) for h in _CSV_HEADERS)
-        raise InputError(f"{path}: expected the header {valid}, got {lines[0]!r}")
+    if not lines or not lines[0].strip():
+        raise InputError(f"{path}: {'empty file' if not lines else 'empty first line'}; expected {_EXPECTED}, then one point per row")
+    header = [name.strip() for name in next(csv.reader([lines[0]]))]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated or not all(name in header for name in _REQUIRED):
+        problem = f"repeated column {', '.join(map(repr, repeated))} in" if repeated else "got"
+        raise InputError(f"{path}: expected {_EXPECTED}, {problem} {lines[0]!r}")
+    wanted = [header.index(name) for name in (*_REQUIRED, _SCORE) if name in header]  # x, y[, score]
     width = len(header)
-    rows: list[tuple[float, float]] = []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
+    rows: list[list[float]] = []
+    for lineno, fields in enumerate(csv.reader(lines[1:]), start=2):
+        if not fields or not "".join(fields).strip():
             continue  # blank lines (a trailing one, typically) hold no point
-        fields = line.split(",")
+        line = lines[lineno - 1]
         if len(fields) != width:
             raise InputError(f"{path}, line {lineno}: expected {width} comma-separated values, got {len(fields)}: {line!r}")
         try:
-            values = [float(v) for v in fields]
+            values = [float(fields[i]) for i in wanted]
         except ValueError:
             raise InputError(f"{path}, line {lineno}: expected numbers, got {line!r}") from None
         if not all(math.isfinite(v) for v in values):
             raise InputError(f"{path}, line {lineno}: expected finite numbers, got {line!r}")
-        rows.append((values[0], values[1]))
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+        rows.append(values)
+    table = np.array(rows, dtype=np.float64).reshape(-1, len(wanted))
+    return table[:, :2].copy(), (table[:, 2].copy() if len(wanted) == 3 else None)
 
 
 def write_points_csv(path: str | PathLike[str], xy: Any, scores: Any = None) -> None:

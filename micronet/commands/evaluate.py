@@ -1,17 +1,36 @@
 """``micronet evaluate``: precision, recall, F1 and mean distance (ED) of detections.
 
-Two ways in, one of them per call:
+Two ways in, one of them per call.
 
-- ``--pred DIR --truth DIR --radius R``: score a folder of detection CSVs against a
-  folder of annotation CSVs (files pair up by name; format in ``runtime/points.py``):
-  :func:`micronet.runtime.evaluation.score_csv_dirs`;
-- ``--model FILE --data DIR [--split NAME] [--threshold T]``: run a model on a data set
-  and score it: :func:`micronet.runtime.evaluation.evaluate_model_file`.
+**Score detection CSVs** (``--pred``, with ``--radius R``): any CSV with ``x`` and ``y``
+columns, e.g. what ``micronet detect`` writes for images (``x,y,score``) and slides
+(``x,y,x_um,y_um,score``); :func:`micronet.runtime.evaluation.score_predictions`.
+
+==================================================  ====================================
+``--pred DIR --truth DIR``                          files pair up by image name
+``--pred DIR --truth SET|--data SET [--split S]``   a data set, or one split of it
+``--pred DIR --truth DIR|SET [--image NAME]``       one image of a folder
+``--pred FILE --truth FILE``                        one image against its annotations
+``--pred FILE --truth DIR|SET --image NAME``        one image of a folder or data set
+==================================================  ====================================
+
+``DIR`` is a folder of ``<image name>.csv`` files, ``SET`` a data set folder
+(``points/`` inside, ``split.csv`` for ``--split``; ``--truth SET/points`` also finds
+its ``split.csv``). ``--split`` and ``--image`` exclude each other. An annotated image
+without a prediction file counts as one the tool detected nothing in (its nuclei are
+misses); prediction files without annotations are not scored; both are listed. With a
+``score`` column in every file, ``--threshold T`` keeps the detections scoring above T,
+and the output adds the best-F1 score threshold.
+
+**Evaluate a model** (``--model FILE|NAME --data SET [--split S] [--threshold T]``): a
+checkpoint, ONNX model, TensorRT engine or bundled model (``default``, ``fast-cpu``) run
+on a data set: :func:`micronet.runtime.evaluation.evaluate_model_file`.
 
 Prints the pooled P / R / F1 / ED and a per-image table; ``--json FILE`` also writes
-them (pooled values at the top level, ``per_image`` below), and with ``--model`` the
-precision-recall curve next to it (``FILE.pr.png``). The work is the library's; this
-module parses, calls, prints and writes.
+them (pooled values at the top level, ``per_image`` below), and, where there is a
+threshold sweep, the precision-recall curve next to it (``FILE.pr.png``). The work is
+the library's; this module parses, checks the combination of options, calls, prints
+and writes.
 """
 
 from __future__ import annotations
@@ -21,13 +40,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from micronet.runtime.errors import InputError, MissingFileError
+from micronet.runtime.errors import InputError, MissingFileError, MissingPackageError
 
 __all__ = ["add_parser", "run"]
 
 _SOURCES = (
-    "either --pred DIR --truth DIR (score detection CSVs) "
-    "or --model FILE --data DIR (evaluate a model on a data set)"
+    "either --pred DIR|FILE with --truth or --data (score detection CSVs) "
+    "or --model FILE|NAME --data DIR (evaluate a model on a data set)"
+)
+_PRED_FORMS = (
+    "--pred DIR --truth DIR|SET [--split S | --image NAME]; --pred DIR --data SET [--split S | --image NAME]; "
+    "--pred FILE --truth FILE; --pred FILE --truth DIR|SET (or --data SET) --image NAME (SET: a data set folder with points/ "
+    "and split.csv)"
 )
 
 
@@ -37,15 +61,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "evaluate",
         help="P / R / F1 / ED of detections or of a model on a data set",
         description=f"Precision, recall, F1 and mean distance (ED) of detections. Give {_SOURCES}.",
+        epilog=f"Valid with --pred: {_PRED_FORMS}. An annotated image without a prediction file is scored as "
+        "detecting nothing (its nuclei count as misses), and listed.",
     )
     csvs = parser.add_argument_group("score detection CSVs")
-    csvs.add_argument("--pred", type=Path, metavar="DIR", help="folder of detection CSVs <name>.csv (header x,y or x,y,score)")
-    csvs.add_argument("--truth", type=Path, metavar="DIR", help="folder of annotation CSVs, e.g. ../shared/data/crchisto/points")
+    csvs.add_argument(
+        "--pred",
+        type=Path,
+        metavar="DIR|FILE",
+        help="folder of detection CSVs <image name>.csv, or one CSV: any header with x and y columns "
+        "(micronet detect's x,y,score and x,y,x_um,y_um,score included)",
+    )
+    csvs.add_argument(
+        "--truth",
+        type=Path,
+        metavar="DIR|SET|FILE",
+        help="annotations: a folder of CSVs (e.g. ../shared/data/crchisto/points), a data set folder, or one CSV",
+    )
+    csvs.add_argument("--image", metavar="NAME", help="score this one image of the annotations (e.g. img5)")
     model = parser.add_argument_group("evaluate a model")
-    model.add_argument("--model", type=Path, metavar="FILE", help="checkpoint, ONNX model or TensorRT engine")
-    model.add_argument("--data", type=Path, metavar="DIR", help="data set folder with images/ and points/")
-    model.add_argument("--split", metavar="NAME", help="subset of the data set to evaluate (e.g. test)")
-    model.add_argument("--threshold", type=float, metavar="T", help="detection threshold (default: the model's own)")
+    model.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE|NAME",
+        help="checkpoint, ONNX model or TensorRT engine, or a bundled model: default or fast-cpu",
+    )
+    model.add_argument("--data", type=Path, metavar="SET", help="data set folder with images/ and points/ (with --pred: points/)")
+    parser.add_argument("--split", metavar="NAME", help="subset of the data set (split.csv) to evaluate (e.g. test)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="detection threshold (with --model default: the model's own; with --pred: keep score > T, default all)",
+    )
     parser.add_argument(
         "--radius",
         type=float,
@@ -59,22 +107,60 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _check_sources(args: argparse.Namespace) -> None:
     csv_mode = args.pred is not None or args.truth is not None
-    model_mode = args.model is not None or args.data is not None
+    model_mode = args.model is not None
     if csv_mode and model_mode:
-        given = [f"--{k}" for k in ("pred", "truth", "model", "data") if getattr(args, k) is not None]
+        given = [f"--{k}" for k in ("pred", "truth", "model") if getattr(args, k) is not None]
         raise InputError(f"expected {_SOURCES}, not both; got {' '.join(given)}")
     if not csv_mode and not model_mode:
-        raise InputError(f"expected {_SOURCES}")
+        raise InputError(f"expected {_SOURCES}" if args.data is None else "--data goes with --model FILE|NAME or --pred DIR|FILE")
     if csv_mode:
-        if args.pred is None or args.truth is None:
-            raise InputError("--pred and --truth go together: give both folders")
+        if args.pred is None:
+            raise InputError(f"--pred and --truth go together: give both (valid: {_PRED_FORMS})")
+        if args.truth is None and args.data is None:
+            raise InputError(f"--pred needs the annotations: --truth or --data (valid: {_PRED_FORMS})")
+        if args.truth is not None and args.data is not None:
+            raise InputError(f"--truth and --data both give the annotations: give one (valid: {_PRED_FORMS})")
         if args.radius is None:
             raise InputError("--radius is required with --pred (e.g. 6 for CRCHistoPhenotypes at 20x)")
-        extra = [f"--{k}" for k in ("split", "threshold") if getattr(args, k) is not None]
-        if extra:
-            raise InputError(f"{' and '.join(extra)} apply to --model evaluation only, not to --pred CSVs")
-    elif args.model is None or args.data is None:
-        raise InputError("--model and --data go together: give the model file and the data set folder")
+        if args.split is not None and args.image is not None:
+            raise InputError(f"--split and --image: give one of them, not both (valid: {_PRED_FORMS})")
+        _check_pred_paths(args)
+    else:
+        if args.data is None:
+            raise InputError("--model and --data go together: give the model and the data set folder")
+        if args.image is not None:
+            raise InputError("--image applies to --pred CSVs only; --model evaluates a data set, or a --split of it")
+
+
+def _check_pred_paths(args: argparse.Namespace) -> None:
+    """Refuses the combinations of file and folder that do not pair up, naming the
+    valid ones; the library checks the rest (split.csv, names)."""
+    truth_flag = "--truth" if args.truth is not None else "--data"
+    truth: Path = args.truth if args.truth is not None else args.data
+    for flag, path in (("--pred", args.pred), (truth_flag, truth)):
+        if not path.exists():
+            raise MissingFileError(f"{flag}: no such file or folder: {path}")
+    if truth_flag == "--data" and not (truth / "points").is_dir():
+        raise InputError(f"--data {truth}: expected a data set folder with points/ inside (a folder of CSVs goes to --truth)")
+    if truth.is_file():
+        if args.pred.is_dir():
+            raise InputError(
+                f"--truth {truth} is one image's annotations but --pred {args.pred} is a folder: give that image's "
+                f"CSV file as --pred, or a folder of annotations as --truth (valid: {_PRED_FORMS})"
+            )
+        for flag in ("split", "image"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag} selects from a folder of annotations, but --truth {truth} is one file (valid: {_PRED_FORMS})")
+    elif args.pred.is_file():
+        if args.split is not None:
+            raise InputError(f"--split selects images for a folder of predictions, but --pred {args.pred} is one file (valid: {_PRED_FORMS})")
+        if args.image is None:
+            points = truth / "points" if (truth / "points").is_dir() else truth
+            hint = f", here --image {args.pred.stem}" if (points / f"{args.pred.stem}.csv").is_file() else ""
+            raise InputError(
+                f"--pred {args.pred} is one image's CSV but {truth_flag} {truth} is a folder: name its image "
+                f"with --image NAME{hint}, or give its annotation CSV as --truth"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,35 +169,50 @@ def run(args: argparse.Namespace) -> int:
     _check_sources(args)
     if args.model is not None:
         return _run_model(args)
-    from micronet.runtime.evaluation import score_csv_dirs
+    from micronet.runtime.evaluation import plot_pr_curve, score_predictions
 
-    report = score_csv_dirs(args.pred, args.truth, args.radius)
-    print(report.format())
+    truth = args.truth if args.truth is not None else args.data
+    result = score_predictions(args.pred, truth, args.radius, split=args.split, image=args.image, threshold=args.threshold)
+    print(result.format())
     if args.json is not None:
-        out = {**report.to_dict(), "pred_dir": str(args.pred), "truth_dir": str(args.truth)}
+        out = {**result.to_dict(), "pred": str(args.pred), "truth": str(truth), "split": args.split, "image": args.image}
         _write_json(args.json, out, allow_nan=False)
-        print(f"wrote {args.json}")
+        if result.sweep is None:
+            print(f"wrote {args.json} (no PR curve: the detections carry no scores)")
+            return 0
+        try:
+            png = plot_pr_curve(result, args.json.with_suffix(".pr.png"), title=f"{args.pred.name} on {truth.name} {args.split or ''}")
+        except MissingPackageError as exc:
+            # The plot is a by-product here (the JSON holds the curve): say why it is absent.
+            print(f"wrote {args.json} (no PR plot: {exc})")
+            return 0
+        print(f"wrote {args.json} and {png}")
     return 0
 
 
 def _run_model(args: argparse.Namespace) -> int:
     # Loads the model stack only when asked (torch only for a checkpoint).
+    from micronet.runtime.bundled import BUNDLED_MODELS, resolve_model
     from micronet.runtime.evaluation import (
         MODEL_SUFFIXES,
         evaluate_model_file,
         plot_pr_curve,
     )
 
-    if not args.model.exists():
-        raise MissingFileError(f"--model: no such file {args.model}")
-    if args.model.suffix.lower() not in MODEL_SUFFIXES:
-        raise InputError(f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file")
-    result = evaluate_model_file(args.model, args.data, split=args.split, radius=args.radius, threshold=args.threshold)
+    model = resolve_model(args.model)
+    if not model.exists():
+        raise MissingFileError(f"--model: no such file {args.model}; expected a model file or a bundled model: {', '.join(BUNDLED_MODELS)}")
+    if model.suffix.lower() not in MODEL_SUFFIXES:
+        raise InputError(
+            f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file, "
+            f"or a bundled model: {', '.join(BUNDLED_MODELS)}"
+        )
+    result = evaluate_model_file(model, args.data, split=args.split, radius=args.radius, threshold=args.threshold)
     print(result.format())
     if args.json is not None:
-        out = {**result.to_dict(), "model": str(args.model), "data": str(args.data), "split": args.split}
+        out = {**result.to_dict(), "model": str(args.model), "model_file": str(model), "data": str(args.data), "split": args.split}
         _write_json(args.json, out, default=lambda v: None)
-        title = f"{args.model.name} on {Path(args.data).name} {args.split or ''}"
+        title = f"{model.name} on {Path(args.data).name} {args.split or ''}"
         png = plot_pr_curve(result, args.json.with_suffix(".pr.png"), title=title)
         print(f"wrote {args.json} and {png}")
     return 0

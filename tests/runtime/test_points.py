@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from micronet.runtime.points import read_points_csv, write_points_csv
+from micronet.runtime.points import read_points_csv, read_scored_points_csv, write_points_csv
 
 
 def test_csv_round_trip_is_exact(tmp_path):
@@ -35,19 +35,57 @@ def test_csv_tolerates_a_bom_and_blank_lines(tmp_path):
     path = tmp_path / "p.csv"
     path.write_bytes(b"\xef\xbb\xbfx,y\r\n1.5,2\r\n\r\n3,4.25\r\n\r\n")
     assert read_points_csv(path).tolist() == [[1.5, 2.0], [3.0, 4.25]]
+    header_only = tmp_path / "h.csv"
+    header_only.write_bytes(b"\xef\xbb\xbfx,y,score\r\n")
+    xy, scores = read_scored_points_csv(header_only)
+    assert xy.shape == (0, 2) and scores is not None and scores.shape == (0,)
+
+
+def test_slide_csv_of_micronet_detect_reads_its_pixel_columns_and_scores(tmp_path):
+    # Written by the slide pipeline's own CSV writer: x,y,x_um,y_um,score
+    from micronet.runtime.slide.outputs import append_csv, start_csv
+
+    xy = np.array([[972.2656, 855.323], [10.0, 20.5]], dtype=np.float32)
+    scores = np.array([3.8235383, 0.5], dtype=np.float32)
+    path = tmp_path / "slide.csv"
+    with open(path, "wb") as f:
+        start_csv(f)
+        append_csv(f, xy, scores, (0.499, 0.499))
+    assert path.read_text().startswith("x,y,x_um,y_um,score\n")
+    got_xy, got_scores = read_scored_points_csv(path)
+    np.testing.assert_array_equal(got_xy.astype(np.float32), xy)  # pixels, not µm
+    np.testing.assert_array_equal(got_scores.astype(np.float32), scores)
+    assert np.array_equal(read_points_csv(path), got_xy)
+
+
+def test_columns_in_any_order_with_extra_columns_passed_over(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("label, score ,y,x\nnucleus,0.9,2,1\n\"a, b\",0.25,4,3\n")
+    xy, scores = read_scored_points_csv(path)
+    assert xy.tolist() == [[1.0, 2.0], [3.0, 4.0]] and scores.tolist() == [0.9, 0.25]
+    no_scores = tmp_path / "q.csv"
+    no_scores.write_text("id,y,x\n7,2,1\n")
+    xy, scores = read_scored_points_csv(no_scores)
+    assert xy.tolist() == [[1.0, 2.0]] and scores is None
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "empty file"),
-        ("a,b\n1,2\n", r"expected the header 'x,y' or 'x,y,score', got 'a,b'"),
-        ("1.0,2.0\n", r"expected the header"),
+        ("a,b\n1,2\n", r"expected a header naming an 'x' and a 'y' column .*, got 'a,b'"),
+        ("1.0,2.0\n", r"expected a header naming an 'x' and a 'y' column"),
+        ("x,score\n1,2\n", r"expected a header naming an 'x' and a 'y' column"),
+        ("x,y,x\n1,2,3\n", r"repeated column 'x' in 'x,y,x'"),
+        ("\n1,2\n", r"empty first line"),
         ("x,y\n1,2\n3\n", r"line 3: expected 2 comma-separated values, got 1"),
         ("x,y\n1,2,3\n", r"line 2: expected 2 comma-separated values, got 3"),
         ("x,y\n1,two\n", r"line 2: expected numbers, got '1,two'"),
         ("x,y\n1,nan\n", r"line 2: expected finite numbers"),
         ("x,y,score\n1,2\n", r"line 2: expected 3 comma-separated values"),
+        ("x,y,score\n1,2,high\n", r"line 2: expected numbers, got '1,2,high'"),
+        ("x,y,x_um,y_um,score\n1,2,0.5,1,0.9\n3,4,1.5\n", r"line 3: expected 5 comma-separated values, got 3"),
+        ("x,y,x_um,y_um,score\n1,2,0.5,1,0.9\n3,inf,1.5,2,0.8\n", r"line 3: expected finite numbers"),
     ],
 )
 def test_malformed_csv_names_file_and_line(tmp_path, text, message):

@@ -42,20 +42,13 @@ def test_csv_tolerates_a_bom_and_blank_lines(tmp_path):
 
 
 def test_slide_csv_of_micronet_detect_reads_its_pixel_columns_and_scores(tmp_path):
-    # Written by the slide pipeline's own CSV writer: x,y,x_um,y_um,score
-    from micronet.runtime.slide.outputs import append_csv, start_csv
-
-    xy = np.array([[972.2656, 855.323], [10.0, 20.5]], dtype=np.float32)
-    scores = np.array([3.8235383, 0.5], dtype=np.float32)
-    path = tmp_path / "slide.csv"
-    with open(path, "wb") as f:
-        start_csv(f)
-        append_csv(f, xy, scores, (0.499, 0.499))
-    assert path.read_text().startswith("x,y,x_um,y_um,score\n")
-    got_xy, got_scores = read_scored_points_csv(path)
-    np.testing.assert_array_equal(got_xy.astype(np.float32), xy)  # pixels, not µm
-    np.testing.assert_array_equal(got_scores.astype(np.float32), scores)
-    assert np.array_equal(read_points_csv(path), got_xy)
+    # The first rows of `micronet detect CMU-1-Small-Region.svs`: x,y in level-0 pixels
+    path = tmp_path / "CMU-1-Small-Region.csv"
+    path.write_text("x,y,x_um,y_um,score\n972.2656,855.323,485.41,427.056,3.8235383\n1026.2776,978.7643,512.362,488.653,3.7978678\n")
+    xy, scores = read_scored_points_csv(path)
+    assert xy.tolist() == [[972.2656, 855.323], [1026.2776, 978.7643]]  # pixels, not µm
+    assert scores.tolist() == [3.8235383, 3.7978678]
+    assert np.array_equal(read_points_csv(path), xy)
 
 
 def test_columns_in_any_order_with_extra_columns_passed_over(tmp_path):

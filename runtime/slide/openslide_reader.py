@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingPackageError
-from .reader import PLAUSIBLE_MPP, Level, SlideBase
+from .levels import PLAUSIBLE_MPP, Level, SlideBase
 
 __all__ = ["OpenSlideSlide", "SLIDES_EXTRA", "import_openslide"]
 

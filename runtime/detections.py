@@ -150,7 +150,7 @@ class Detections:
 
     def to_csv(self, path: str | PathLike[str]) -> Path:
         """Writes ``x,y,score`` CSV (one detection per row, 0-based pixels); returns the
-        path. :func:`micronet.runtime.metrics.read_points_csv` reads it back (positions),
+        path. :func:`micronet.runtime.points.read_points_csv` reads it back (positions),
         :meth:`from_csv` with the scores."""
         from .points import write_points_csv
 
@@ -160,16 +160,13 @@ class Detections:
 
     @classmethod
     def from_csv(cls, path: str | PathLike[str], image_shape: tuple[int, int] | None = None, mpp: float | None = None) -> "Detections":
-        """Reads a point CSV (``x,y`` or ``x,y,score``; scores default to 1)."""
-        from .points import read_points_csv
+        """Reads a point CSV with ``x`` and ``y`` columns, in any order, other columns
+        ignored (what ``micronet detect`` writes: ``x,y,score`` for images,
+        ``x,y,x_um,y_um,score`` for slides); scores default to 1 without a ``score``."""
+        from .points import read_scored_points_csv
 
-        path = Path(path)
-        xy = read_points_csv(path)  # validates header, fields and values
-        with open(path, encoding="utf-8-sig") as f:
-            has_score = f.readline().strip().replace(" ", "") == "x,y,score"
-        if has_score and len(xy):
-            scores = np.loadtxt(path, delimiter=",", skiprows=1, usecols=2, ndmin=1, dtype=np.float64, encoding="utf-8-sig")
-        else:
+        xy, scores = read_scored_points_csv(path)  # validates header, fields and values
+        if scores is None:
             scores = np.ones(len(xy))
         return cls(xy, scores, image_shape, mpp)
 

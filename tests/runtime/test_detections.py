@@ -118,3 +118,12 @@ def test_offset_and_concat_assemble_regions(found):
 def test_detections_are_frozen(found):
     with pytest.raises(AttributeError):
         found.mpp = 1.0
+
+
+def test_from_csv_reads_the_slide_layout_with_its_scores(tmp_path):
+    # What detect_slide writes: level-0 pixels, micrometres, score.
+    path = tmp_path / "slide.csv"
+    path.write_text("x,y,x_um,y_um,score\n10.5,20.25,5.24,10.1,3.5\n1,2,0.5,1,2.25\n", encoding="utf-8")
+    found = Detections.from_csv(path)
+    np.testing.assert_array_equal(found.xy, np.array([[10.5, 20.25], [1, 2]], np.float32))
+    np.testing.assert_array_equal(found.scores, np.array([3.5, 2.25], np.float32))

@@ -91,7 +91,10 @@ def test_detect_folder_with_chosen_formats_and_mpp(model, tmp_path):
     out = tmp_path / "out"
     argv = ["detect", str(folder), "--model", str(model), "--out", str(out), "--format", "csv", "--mpp", "0.55", "--no-progress"]
     assert main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
+    # The outputs asked for, each input's record (settings, checksums, detections) and
+    # the run's summary; no lock or partial file is left.
+    records = ["a.progress.bin", "a.progress.json", "b.progress.bin", "b.progress.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.csv", "b.csv", *records, "run_summary.csv"])
 
 
 @pytest.mark.parametrize(
@@ -150,7 +153,8 @@ def test_demo_runs_the_bundled_model_and_finds_the_sample_nuclei(tmp_path):
 
     code = main(["detect", "--demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"])
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["sample.csv", "sample.geojson", "sample.overlay.png"]
+    outputs = ["sample.csv", "sample.geojson", "sample.overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted([*outputs, "run_summary.csv", "sample.progress.bin", "sample.progress.json"])
     truth = read_points_csv(Path(__file__).resolve().parents[1] / "runtime" / "models" / "sample.csv")
     found = read_points_csv(tmp_path / "demo" / "sample.csv")
     assert evaluate_points(found, truth, radius=6).f1 >= 0.95

@@ -9,24 +9,39 @@ For each image ``NAME.ext`` the output folder receives, by ``--format``:
 Whole-slide inputs (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, ``.ome.tif``, and TIFFs
 larger than 10,000 px on a side) go to ``micronet.runtime.slide.detect_slide``, which
 streams them tile by tile. ``--demo`` runs the bundled model on the bundled sample.
+
+Each input is one call of :func:`micronet.runtime.batch.process_input` (run by
+:func:`micronet.runtime.cohort.run_cohort` in this process): its outputs appear under
+their final names only when it is finished, ``NAME.progress.json`` records the settings
+and checksums (a rerun verifies, resumes, or refuses other settings unless
+``--overwrite``), and ``NAME.lock`` keeps a second run off them. A failed input is
+reported and recorded in ``run_summary.csv`` and the others go on (exit status 1);
+``--fail-fast`` stops at the first. Ctrl-C stops with status 130; the same command
+resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from micronet.commands import device_arg
+from micronet.runtime.batch import MPP_ASSUMED, SLIDE_SUFFIXES, RunSettings, check_out_dir, images_without_mpp, is_slide, process_input
 from micronet.runtime.errors import InputError, MissingFileError
 from micronet.runtime.images import IMAGE_SUFFIXES
 
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
 
+log = logging.getLogger("micronet.detect")
+
 FORMATS = ("csv", "geojson", "png")
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".svslide", ".vms")
-SLIDE_MIN_SIDE = 10_000  # a plain TIFF larger than this (px) on a side is read as a slide
 DEMO_OUT = Path("micronet-demo")
+SUMMARY = "run_summary.csv"
+INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -35,7 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "detect",
         help="images or slides -> CSV, GeoJSON, overlay PNG",
         description="Detect nucleus centres in H&E images (PNG, JPEG, TIFF) or whole slides and write "
-        "CSV (x,y,score), QuPath GeoJSON and overlay PNG files.",
+        "CSV (x,y,score), QuPath GeoJSON and overlay PNG files, and run_summary.csv (one row per input).",
     )
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image or slide files, or folders of images")
     parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (created; with --demo default {DEMO_OUT}/)")
@@ -58,12 +73,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--mpp",
         type=float,
         metavar="UM",
-        help="pixel size of the inputs in µm/px; resampled to the model's when different (default: the model's for "
-        "images, the slide's own for slides)",
+        help="pixel size of the inputs in µm/px; resampled to the model's when different (default: the file's own "
+        "(slide metadata, TIFF resolution tags, PNG pHYs, OME-XML), else the model's)",
     )
     parser.add_argument("--threshold", type=float, metavar="T", help="detection threshold ξ (default: the model's own)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace every output of each input, also those of a finished run or of other settings (default: "
+        "resume an unfinished run, verify a finished one, refuse outputs of other settings)",
+    )
+    parser.add_argument("--wait", action="store_true", help="when another run is writing an input's outputs, wait for it (default: fail that input)")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first input that fails (default: report it and go on)")
     parser.add_argument("--demo", action="store_true", help="run the bundled model on the bundled sample image")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (without a terminal there are none: a line per input instead)")
     return parser
 
 
@@ -74,23 +97,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise InputError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
     return names
-
-
-def is_slide(path: Path) -> bool:
-    """Whether a file is read as a whole slide rather than as one image."""
-    name = path.name.lower()
-    if name.endswith((".ome.tif", ".ome.tiff")) or path.suffix.lower() in SLIDE_SUFFIXES:
-        return True
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return max(int(page.imagelength), int(page.imagewidth)) > SLIDE_MIN_SIDE
-        except (tifffile.TiffFileError, OSError, IndexError) as exc:
-            raise InputError(f"{path}: not a readable TIFF ({exc})") from exc
-    return False
 
 
 def _expand(inputs: list[Path]) -> list[Path]:
@@ -112,32 +118,13 @@ def _expand(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def _stem(path: Path) -> str:
-    """The output name of an input: ``a.png`` → ``a``, ``b.ome.tif`` → ``b``."""
-    for double in (".ome.tiff", ".ome.tif"):
-        if path.name.lower().endswith(double):
-            return path.name[: -len(double)]
-    return path.stem
-
-
-def _write(found: Any, image: Any, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
-    written = []
-    if "csv" in formats:
-        written.append(found.to_csv(out / f"{stem}.csv"))
-    if "geojson" in formats:
-        found.to_geojson(out / f"{stem}.geojson")
-        written.append(out / f"{stem}.geojson")
-    if "png" in formats:
-        found.to_overlay(image, out / f"{stem}.overlay.png")
-        written.append(out / f"{stem}.overlay.png")
-    return written
-
-
 def run(args: argparse.Namespace) -> int:
-    """Runs ``micronet detect``; returns the exit status. User errors raise ValueError or
-    FileNotFoundError with a one-line message."""
+    """Runs ``micronet detect``; returns the exit status: 0, 1 when an input of several
+    failed, 130 when interrupted. Errors before any input runs (and the failure of a
+    single input) raise SDK errors with a one-line message."""
     from micronet.runtime.bundled import bundled_sample
-    from micronet.runtime.images import as_rgb_image
+    from micronet.runtime.cohort import DetectorSpec, run_cohort, write_summary
+    from micronet.runtime.slide.outputs import output_stem
 
     formats = parse_formats(args.format)
     if args.demo:
@@ -152,34 +139,98 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--out DIR is required: the folder to write the results to")
         files = _expand(args.inputs)
         out = args.out
-    stems = [_stem(f) for f in files]
+    stems = [output_stem(f) for f in files]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise InputError(f"inputs with the same name would write the same outputs: {', '.join(duplicates)}")
-    slides = [f for f in files if is_slide(f)]
+    check_out_dir(out)  # before the model loads: a folder we cannot write fails now, not after inference
 
-    from tqdm.auto import tqdm
+    # Bars only on a terminal: in a redirected log they are carriage-return noise.
+    bars = not args.no_progress and _stderr_is_terminal()
+    settings = RunSettings(formats=tuple(formats), mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=bars)
+    # The bundled sample is at the model's pixel size by construction: no warning for --demo.
+    unknown_mpp = images_without_mpp(files) if args.mpp is None and not args.demo else []
+    rows: list[dict[str, Any]] = []
 
-    from micronet.runtime.detector import Detector
-    from micronet.runtime.slide import detect_slide
+    def on_row(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if unknown_mpp and row.get("mpp_source") == MPP_ASSUMED and not any(r.get("mpp_source") == MPP_ASSUMED for r in rows[:-1]):
+            count = f"{len(unknown_mpp)} of {len(files)} images record" if len(files) > 1 else "the image records"
+            log.warning(
+                "%s no pixel size: assumed the model's %.4g µm/px; pass --mpp UM (µm per pixel: about 0.25 at 40×, "
+                "0.5 at 20×) for another", count, row["mpp"],
+            )  # fmt: skip
+        _report(row, len(rows), len(files), bars)
 
-    detector = Detector(args.model, device=args.device, threshold=args.threshold)
-    out.mkdir(parents=True, exist_ok=True)
-    total, images = 0, 0
-    bar = tqdm(files, desc="detect", unit="file", disable=args.no_progress)
-    for path, stem in zip(bar, stems):
-        if path in slides:
-            # Streams tile by tile with its own progress bar; writes the same three files.
-            found = detect_slide(detector, path, mpp=args.mpp, out_dir=out, formats=formats, progress=not args.no_progress)
-            total += len(found)
-            continue
-        image = as_rgb_image(path)
-        found = detector.detect(image, mpp=args.mpp)
-        _write(found, image, out, stem, formats)
-        total += len(found)
-        images += 1
-        bar.set_postfix(nuclei=len(found))
-    bar.close()
-    what = f"{images} image{'s' * (images != 1)}" + (f" and {len(slides)} slide{'s' * (len(slides) != 1)}" if slides else "")
-    print(f"{total} nuclei in {what} ({detector.backend_name}); wrote {', '.join(formats)} to {out}/")
-    return 0
+    process = partial(process_input, out_dir=out, settings=settings)
+    fail_fast = args.fail_fast or len(files) == 1
+    try:
+        run_cohort(files, process, DetectorSpec(args.model, args.device, args.threshold), fail_fast=fail_fast, progress=bars and len(files) > 1, on_row=on_row)
+    except KeyboardInterrupt:
+        if len(rows) < len(files):
+            rows.append({"input": str(files[len(rows)]), "status": "failed", "error": "interrupted"})
+        _write_summary_quietly(write_summary, out / SUMMARY, rows)
+        print("micronet detect: interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+    write_summary(out / SUMMARY, rows)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if len(files) == 1 and failed and failed[0].get("exception") is not None:
+        raise failed[0]["exception"]  # one input: its error is the command's (one line, status 2)
+    done = [r for r in rows if r["status"] != "failed"]
+    images = sum(r.get("kind") == "image" for r in done)
+    slides = sum(r.get("kind") == "slide" for r in done)
+    total = sum(int(r.get("nuclei") or 0) for r in done)
+    what = f"{images} image{'s' * (images != 1)}" + (f" and {slides} slide{'s' * (slides != 1)}" if slides else "")
+    backend = next((r.get("backend") for r in rows if r.get("backend")), "")
+    notes = []
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    if skipped:
+        notes.append(f"{skipped} finished already")
+    if failed:
+        notes.append(f"{len(failed)} failed")
+    if len(rows) < len(files):
+        notes.append(f"{len(files) - len(rows)} not run (--fail-fast)")
+    note = f" ({', '.join(notes)}; see {out / SUMMARY})" if notes else ""
+    print(f"{total} nuclei in {what} ({backend}); wrote {', '.join(formats)} to {out}/{note}")
+    return 1 if failed else 0
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _report(row: dict[str, Any], index: int, total: int, bars: bool) -> None:
+    """One line per input on stderr: failures always (unless the command fails with
+    it), the rest when there are no progress bars to show them."""
+    name = Path(row["input"]).name
+    if row["status"] == "failed":
+        if total > 1:
+            _say(f"micronet detect: {name}: {row['error']}", bars)
+        return
+    if bars:
+        return
+    counter = f"[{index}/{total}] " if total > 1 else ""
+    if row["status"] == "skipped":
+        rewritten = row.get("rewritten") or []
+        fixed = f"; rewrote {', '.join(rewritten)}" if rewritten else ""
+        _say(f"{counter}{name}: finished already, {row['nuclei']} nuclei{fixed}", bars)
+    else:
+        resumed = " (resumed)" if row.get("outcome") == "resumed" else ""
+        _say(f"{counter}{name}: {row['nuclei']} nuclei in {row['seconds']:.1f} s{resumed}", bars)
+
+
+def _say(line: str, bars: bool) -> None:
+    if bars:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _write_summary_quietly(write_summary: Any, path: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        write_summary(path, rows)
+    except OSError as exc:
+        log.debug("%s not written: %s", path, exc)

@@ -20,7 +20,10 @@ module        holds
 ``plan``      :func:`plan_slide`: the level read, the region at the model's pixel size
               (:class:`ModelGrid`) and the tiles to run (:class:`SlidePlan`).
 ``outputs``   :class:`SlideOutputs`: the CSV, GeoJSON and overlay PNG of one slide,
-              written batch by batch, and the resume record (``.progress.json``).
+              written batch by batch under ``.partial`` names and renamed when the
+              slide is finished, and its record (``.progress.json``: settings,
+              progress, checksums); the lock and the rules are
+              :mod:`micronet.runtime.outputs`'s.
 ``pipeline``  :func:`detect_slide`: plans, reads tiles ahead in threads, runs them in
               batches, keeps each tile's core peaks, writes the outputs.
 ============  ===========================================================================

@@ -13,18 +13,20 @@ mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from ..tiling import Tile
-from .reader import Thumbnail
+from .levels import SlideBase, Thumbnail
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import ModelGrid
 
-__all__ = ["tissue_mask", "tiles_on_tissue", "SATURATION_BOUNDS", "TISSUE_MARGIN_UM"]
+__all__ = ["tissue_mask", "tiles_on_tissue", "scan_progress", "SATURATION_BOUNDS", "TISSUE_MARGIN_UM"]
 
 SATURATION_BOUNDS = (0.04, 0.10)  # Otsu's threshold on saturation is clipped to these
 TISSUE_MARGIN_UM = 50.0  # the tissue mask grows by this before tiles are selected
@@ -90,3 +92,39 @@ def tiles_on_tissue(tiles: list[Tile], grid: ModelGrid, thumbnail: Thumbnail, mp
         if table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0] > 0:
             kept.append(tile)
     return kept
+
+
+SCAN_BAR_DELAY_S = 2.0  # the tissue scan's bar appears only when the scan takes longer
+
+
+@contextmanager
+def scan_progress(slide: SlideBase, region: tuple[int, int, int, int] | None, enabled: bool, name: str) -> Iterator[None]:
+    """A progress bar over the tissue scan of ``region`` (default the whole slide): the
+    thumbnail read that :func:`~micronet.runtime.slide.plan.plan_slide` does, which on a
+    large slide without a coarse pyramid level decodes the whole image.
+
+    Counts the level-0 pixels that ``slide.read_region`` covers while the block is open
+    (its planning reads nothing else) and shows a bar once the scan has taken
+    :data:`SCAN_BAR_DELAY_S`; a quick scan shows nothing.
+    """
+    if not enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    x, y, w, h = region if region is not None else (0, 0, slide.shape[1], slide.shape[0])
+    bar = tqdm(total=round(w * h / 1e6, 1), unit="Mpx", desc=f"{name}: tissue scan", delay=SCAN_BAR_DELAY_S, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} Mpx [{elapsed}<{remaining}]")
+    read_region = slide.read_region
+
+    def counting(level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        pixels = read_region(level, x, y, width, height)
+        dx, dy = slide.levels[level].downsample_xy
+        bar.update(min(width * height * dx * dy / 1e6, bar.total - bar.n))
+        return pixels
+
+    slide.read_region = counting  # type: ignore[method-assign]  # this instance, for this block only
+    try:
+        yield
+    finally:
+        del slide.read_region  # back to the class's method
+        bar.close()

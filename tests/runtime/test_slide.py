@@ -255,17 +255,19 @@ def test_resume_after_interruption_gives_identical_files(slide_detector, synthet
     part = tmp_path / "part"
     with pytest.raises(Interrupted):  # serial reading here, prefetching above: same files
         slide_detector.detect_slide(path, region=region, out_dir=part, progress=False, queue_size=0, on_batch=stop_after_two_batches)
-    # The interrupted run left valid files ...
+    # The interrupted run left valid files, under partial names only (issue 11: no file
+    # with a final name looks complete before it is) ...
     state = json.loads((part / "synthetic.progress.json").read_text())
     assert state["tiles_done"] == 4 and not state["complete"] and state["tiles_total"] > 4
-    json.loads((part / "synthetic.geojson").read_text())
-    with open(part / "synthetic.csv") as f:
+    assert not any((part / name).exists() for name in ("synthetic.csv", "synthetic.geojson", "synthetic.overlay.png"))
+    json.loads((part / "synthetic.geojson.partial").read_text())
+    with open(part / "synthetic.csv.partial") as f:
         assert len(f.readlines()) == state["detections"] + 1
-    Image.open(part / "synthetic.overlay.png").verify()
+    Image.open(part / "synthetic.overlay.png.partial").verify()
     # ... and a batch torn by a kill (bytes past the recorded lengths) is dropped.
-    with open(part / "synthetic.csv", "a") as f:
+    with open(part / "synthetic.csv.partial", "a") as f:
         f.write("12.5,3")
-    with open(part / "synthetic.geojson", "ab") as f:
+    with open(part / "synthetic.geojson.partial", "ab") as f:
         f.write(b',{"type":"Feat')
 
     calls = []
@@ -274,6 +276,7 @@ def test_resume_after_interruption_gives_identical_files(slide_detector, synthet
     same_detections(resumed, whole)
     for name in ("synthetic.csv", "synthetic.geojson", "synthetic.overlay.png"):
         assert (part / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert not list(part.glob("*.partial")) and not list(part.glob("*.tmp")) and not list(part.glob("*.lock"))
     check_outputs(part, "synthetic", resumed, (SYNTH_MPP, SYNTH_MPP))
 
     # A finished run is not redone.
@@ -338,10 +341,12 @@ def test_truncated_slide_fails_cleanly_and_leaves_valid_files(slide_detector, sy
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"cut.tif: level 0 tile \d+ is cut off .* the file is truncated"):
         slide_detector.detect_slide(cut, out_dir=out, formats="csv,geojson", tissue_only=False, progress=False)
-    # The reader thread failed mid-run; the batches before it are in valid files.
+    # The reader thread failed mid-run; the batches before it are in valid partial files,
+    # and nothing has a final name.
     state = json.loads((out / "cut.progress.json").read_text())
     assert 0 < state["tiles_done"] < state["tiles_total"] and not state["complete"]
-    assert len(json.loads((out / "cut.geojson").read_text())["features"]) == state["detections"]
+    assert len(json.loads((out / "cut.geojson.partial").read_text())["features"]) == state["detections"]
+    assert not (out / "cut.csv").exists() and not (out / "cut.geojson").exists()
 
 
 def test_slide_module_imports_no_torch() -> None:

@@ -5,6 +5,9 @@ learning rate 0.01, weight decay 1e-6, batch 4 of random 200×200 crops (four pe
 per pass), the learning rate divided by 10 when validation F1 stops improving, training
 stopped once it falls below 1e-4. Fine-tuning freezes the first k blocks; auxiliary data
 is mixed into each batch and weighted by the two-source loss γ·L_target + L_auxiliary.
+
+Under ``torchrun --nproc_per_node N`` the same loop runs data-parallel (trainer/distributed.py,
+docs/training.md): N processes with ``batch`` b each train like one process with batch N·b.
 """
 
 from __future__ import annotations
@@ -29,6 +32,17 @@ from micronet.runtime.model_info import ModelInfo
 from micronet.runtime.resample import resample
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
+from .distributed import (
+    DistContext,
+    broadcast_values,
+    gather_rng_states,
+    hashes_file,
+    mean_over_ranks,
+    restore_rng_state,
+    setup,
+    sync_batch_norm,
+    weights_digest,
+)
 from .data import (
     AugmentConfig,
     PointDataset,
@@ -48,7 +62,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; stored in every snapshot and in the checkpoint provenance."""
+    """Everything a run needs; stored in every snapshot and in the checkpoint provenance.
+
+    Distributed training (``torchrun --nproc_per_node N -m micronet train ...``, see
+    docs/training.md): ``batch`` is per process, so the global batch is N·``batch``;
+    ``device="cuda"`` puts process r on ``cuda:LOCAL_RANK`` with NCCL, ``"cpu"`` uses
+    gloo. Every process takes its slice of one global crop stream, gradients are
+    averaged and batch norm uses the global batch's statistics, so the run matches one
+    process with batch N·``batch`` (dropout masks aside: set ``dropout=0`` to compare
+    bit for bit). Only rank 0 writes to ``out``; resume with the same N.
+    """
 
     data: str = "../shared/data/crchisto"  # point-annotated folder (see trainer/data.py)
     train_split: str | None = "train"
@@ -68,8 +91,9 @@ class TrainConfig:
     teacher: str | None = None  # checkpoint whose proximity maps are a second target (distillation)
     teacher_weight: float = 0.5  # β: loss = (1 − β)·Eq. 2 against annotations + β·Eq. 2 against the teacher
     freeze_blocks: int = 0  # freeze blocks 1..k (fine-tuning)
+    dropout: float | None = None  # override the variant's dropout (blocks 4-5); 0 turns it off
     iterations: int = 100_000  # the paper's budget
-    batch: int = 4
+    batch: int = 4  # crops per step and process: under torchrun the global batch is WORLD_SIZE × batch
     crop: int = 200
     crops_per_image: int = 4  # per pass over the images
     lr: float = 0.01
@@ -129,6 +153,8 @@ class TrainConfig:
             raise InputError("batch must be >= 1 and iterations >= 0")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads: expected >= 1 or None (physical cores), got {self.threads}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"dropout: expected a probability in [0, 1) or None (the variant's), got {self.dropout}")
 
 
 def resolve_bf16(requested: bool | None, device_type: str, native: bool) -> tuple[bool, str]:
@@ -215,7 +241,14 @@ def resolve_machine_defaults(cfg: TrainConfig, device: torch.device) -> TrainCon
 class _Sampler:
     """Crops in passes: each pass visits every image `crops_per_image` times in random
     order. The order and RNG state are part of the snapshot, so a resumed run draws the
-    same crops it would have drawn."""
+    same crops it would have drawn.
+
+    A crop is planned, then rendered: :meth:`plan` takes the next image and a seed for
+    its augmentation from the run's stream; :meth:`render` makes the crop from that seed
+    alone. Every process of a distributed run plans the whole global batch (cheap) and
+    renders only its own slice, so N processes see exactly the crops one process with
+    batch N·b sees, without rendering the others' crops.
+    """
 
     def __init__(self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator) -> None:
         self.data = data
@@ -234,14 +267,29 @@ class _Sampler:
         self.order: list[int] = []
         self.pos = 0
 
-    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+    def plan(self) -> tuple[int, int]:
+        """The next crop's ``(image index, augmentation seed)``."""
         if self.pos >= len(self.order):
             self.order = self.rng.permutation(np.repeat(np.arange(len(self.data)), self.cfg.crops_per_image)).tolist()
             self.pos = 0
         i = self.order[self.pos]
         self.pos += 1
-        crop, pts = sample_crop(self.images[i], self.points[i], self.rng, self.aug, scale=self.scale)
+        return i, int(self.rng.integers(2**63))
+
+    def render(self, plan: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(crop, target)``: ``(crop, crop, 3)`` uint8 and its ``(crop, crop)`` float32 map."""
+        i, seed = plan
+        crop, pts = sample_crop(self.images[i], self.points[i], np.random.default_rng(seed), self.aug, scale=self.scale)
         return crop, proximity_map(pts, crop.shape[:2], self.target)
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.render(self.plan())
+
+    def draw_slice(self, per_rank: int, ctx: DistContext) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This process's ``per_rank`` crops of the global batch (``ctx.world × per_rank``
+        planned, identically on every process)."""
+        plans = [self.plan() for _ in range(per_rank * ctx.world)]
+        return [self.render(p) for p in plans[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]]
 
     def state(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "order": self.order, "pos": self.pos}
@@ -249,15 +297,6 @@ class _Sampler:
     def restore(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.order, self.pos = list(state["order"]), int(state["pos"])
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun, else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return int(os.environ.get("RANK", "0")), world
 
 
 def _load_teacher(cfg: TrainConfig, model_mpp: float, device: torch.device) -> tuple[torch.nn.Module, Any, Any] | None:
@@ -283,19 +322,34 @@ def _load_teacher(cfg: TrainConfig, model_mpp: float, device: torch.device) -> t
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
     """Trains and returns the path of the best checkpoint (``<out>/best.safetensors``).
 
+    Under torchrun every process calls this; they train one model data-parallel and
+    only rank 0 writes (checkpoints, snapshot, ``log.csv``, ``curves.png``). Each returns
+    once the checkpoint is written.
+
     Args:
         cfg: the run's configuration.
         resume: a snapshot to continue from (``<out>/last_snapshot.safetensors``); the
             config stored in it wins over ``cfg`` except for ``iterations`` and ``out``.
+            Under torchrun every process reads it (shared storage across nodes).
     """
     cfg.check()
     requested = cfg  # as given: snapshots keep it, so a resumed run resolves on its own machine
-    rank, world = _distributed()
+    ctx = setup(cfg.device)  # rank and world from torchrun's environment; (0, 1) otherwise
+    try:
+        return _train(cfg, requested, ctx, resume, progress)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: str | Path | None, progress: bool) -> Path:
+    rank, world, device = ctx.rank, ctx.world, ctx.device
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     cfg = resolve_machine_defaults(cfg, device)  # from here on bf16, channels_last and threads are set
     torch.set_num_threads(cfg.threads)
+    # Per process: dropout masks must differ between the processes' slices of the batch.
+    # The initial weights differ too, until DDP broadcasts rank 0's.
     torch.manual_seed(cfg.seed + rank)
 
     # Data: the target set (train split, optionally a fraction), validation, auxiliary.
@@ -314,26 +368,31 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         model_mpp = cfg.model_mpp or init_info.mpp
         if cfg.activation and cfg.activation != model.config.activation:
             model = with_activation(model, cfg.activation)
+        if cfg.dropout is not None and cfg.dropout != model.config.dropout:
+            model = _with_dropout(model, cfg.dropout)
     else:
-        model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation)
+        model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation, dropout=cfg.dropout)
         mean, std = channel_stats(train_set.images + (aux_set.images if aux_set else []))
     frozen = [p for blk in model.blocks()[: cfg.freeze_blocks] for m in blk for p in m.parameters()]
     for p in frozen:
         p.requires_grad_(False)
+    model = sync_batch_norm(model, ctx)  # N processes: batch statistics of the global batch
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: torch.nn.Module = model
     if world > 1:
+        # Broadcasts rank 0's weights and buffers now and averages the gradients in backward.
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     teacher = _load_teacher(cfg, model_mpp, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
-    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    # One crop stream for the whole run, the same on every process (each renders its slice).
+    rng = np.random.default_rng(cfg.seed)
     sampler = _Sampler(train_set, cfg, model_mpp, rng)
     aux_sampler = _Sampler(aux_set, cfg, model_mpp, rng) if aux_set else None
-    n_aux = round(cfg.batch * cfg.aux_fraction) if aux_set else 0
+    n_aux = round(cfg.batch * cfg.aux_fraction) if aux_set else 0  # per process
 
     info = ModelInfo(
         architecture=model.config_dict(),
@@ -344,45 +403,36 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         min_distance=cfg.min_distance,
         target={"alpha": cfg.target_alpha, "radius": cfg.target_radius, "scale": cfg.target_scale},
         eval_radius=cfg.eval_radius,
-        provenance=_provenance(cfg),
+        provenance=_provenance(cfg, world),
     )
     state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "last_change": 0, "lr": cfg.lr, "elapsed": 0.0}
     if resume:
-        saved = load_snapshot(resume, model, optimizer)
+        saved = load_snapshot(resume, model, optimizer)  # every process: weights, optimiser, rank 0's torch RNG
         state.update(saved["state"])
         sampler.restore(saved["sampler"])
         if aux_sampler and "aux_sampler" in saved:
             aux_sampler.restore(saved["aux_sampler"])
+        _restore_process_rng(saved, cfg, ctx)
         info = ModelInfo.from_json(json.dumps(saved["info"]))
-        info.provenance.update(_provenance(cfg))  # this run's machine and resolved settings
+        info.provenance.update(_provenance(cfg, world))  # this run's machine and resolved settings
         log.info("resumed from %s at iteration %d", resume, state["iteration"])
 
-    log_path = out / "log.csv"
-    new_log = not (resume and log_path.exists())
-    if not new_log:
-        # Rows written after the snapshot belong to the interrupted run: drop them.
-        with log_path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        rows = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= state["iteration"]]
-        with log_path.open("w", newline="") as f:
-            csv.writer(f).writerows(rows)
-    log_file = log_path.open("w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["iteration", "loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "elapsed_s"])
+    log_file, writer = _open_log(out / "log.csv", resume, state["iteration"]) if ctx.is_main else (None, None)
+    hash_path = hashes_file(ctx)
 
     val_images, val_points, val_scales = _validation_inputs(val_set, model_mpp)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress or rank != 0, desc="train", unit="it")
+    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress or not ctx.is_main, desc="train", unit="it")
     t_start = time.perf_counter() - state["elapsed"]
     model.train()
     running = None
     stop = False
     while state["iteration"] < cfg.iterations and not stop:
-        # Batch: target crops, then auxiliary crops (domain flag for the two-source loss).
-        items = [sampler.draw() for _ in range(cfg.batch - n_aux)]
-        items += [aux_sampler.draw() for _ in range(n_aux)] if aux_sampler else []
+        # Batch: this process's slice of the global target crops, then of the auxiliary
+        # crops (domain flag for the two-source loss).
+        items = sampler.draw_slice(cfg.batch - n_aux, ctx)
+        items += aux_sampler.draw_slice(n_aux, ctx) if aux_sampler else []
         crops = np.stack([c for c, _ in items])  # (B, 200, 200, 3) uint8
         x = normalize(crops, mean, std).to(device)  # (B, 3, 200, 200)
         y = torch.from_numpy(np.stack([t for _, t in items]))[:, None].to(device)  # (B, 1, 200, 200)
@@ -404,18 +454,25 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             soft = soft.clamp(0.0, cfg.target_scale)
             loss = (1.0 - cfg.teacher_weight) * loss + cfg.teacher_weight * weighted_mse(pred, soft, cfg.lam)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: gradients averaged over the processes here
         optimizer.step()
         state["iteration"] += 1
         it = state["iteration"]
-        value = loss.item()  # syncs the device once per step; cheap next to the step
+        # The global batch's loss (mean over processes); syncs the device once per step,
+        # cheap next to the step, and every process sees the same value (and raises together).
+        value = mean_over_ranks(loss, ctx)
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at iteration {it}; lower lr or check the data")
+        if hash_path is not None:
+            with hash_path.open("a") as f:
+                f.write(f"{it} {weights_digest(model)}\n")
         running = value if running is None else 0.98 * running + 0.02 * value
         row: list[Any] = [it, f"{value:.5f}", optimizer.param_groups[0]["lr"], "", "", "", "", ""]
 
         # Validate: choose ξ by best F1; keep the best checkpoint; decay lr on a plateau.
-        if rank == 0 and val_images and (it % cfg.val_every == 0 or it == cfg.iterations):
+        # Rank 0 validates and decides; the others take the schedule from it.
+        validating = bool(val_images) and (it % cfg.val_every == 0 or it == cfg.iterations)
+        if validating and ctx.is_main:
             maps = [predict_map(model, im, mean, std, device) for im in val_images]
             sweep = choose_threshold(maps, val_points, cfg.eval_radius, cfg.min_distance, cfg.target_scale, scales=val_scales)
             best = sweep.metrics_at(sweep.best_index)
@@ -428,34 +485,89 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             elif it - state["last_change"] >= cfg.patience:
                 state["lr"] /= 10.0
                 state["last_change"] = it
-                for group in optimizer.param_groups:
-                    group["lr"] = state["lr"]
                 log.info("iteration %d: validation F1 flat for %d iterations, lr -> %g", it, cfg.patience, state["lr"])
                 stop = state["lr"] < cfg.min_lr
             bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{state['best_f1']:.3f}", lr=f"{state['lr']:.0e}")
-        elif rank == 0 and it % 10 == 0:
+        elif ctx.is_main and it % 10 == 0:
             bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{state['best_f1']:.3f}", lr=f"{state['lr']:.0e}")
+        if validating:
+            lr, last_change, flag = broadcast_values([state["lr"], state["last_change"], float(stop)], ctx)
+            state.update(lr=lr, last_change=int(last_change))
+            stop = bool(flag)
+            for group in optimizer.param_groups:
+                group["lr"] = state["lr"]
         state["elapsed"] = time.perf_counter() - t_start
         row[7] = f"{state['elapsed']:.1f}"
-        if rank == 0:
+        if writer is not None:
             writer.writerow(row)
         bar.update(1)
 
-        if rank == 0 and (it % cfg.snapshot_every == 0 or it == cfg.iterations or stop):
-            log_file.flush()
-            extra = {"state": state, "sampler": sampler.state(), "info": json.loads(info.to_json()), "config": _jsonable(asdict(requested))}
-            if aux_sampler:
-                extra["aux_sampler"] = aux_sampler.state()
-            save_snapshot(out / "last_snapshot.safetensors", model, optimizer, info, extra)
+        if it % cfg.snapshot_every == 0 or it == cfg.iterations or stop:
+            rng_states = gather_rng_states(ctx)  # every process's dropout stream (a collective)
+            if ctx.is_main:
+                log_file.flush()
+                extra = {
+                    "state": state, "sampler": sampler.state(), "info": json.loads(info.to_json()),
+                    "config": _jsonable(asdict(requested)), "world": world, "torch_rng": rng_states,
+                }
+                if aux_sampler:
+                    extra["aux_sampler"] = aux_sampler.state()
+                save_snapshot(out / "last_snapshot.safetensors", model, optimizer, info, extra)
     bar.close()
-    log_file.close()
-    if rank == 0 and not (out / "best.safetensors").exists():
-        save_checkpoint(out / "best.safetensors", model, info)  # no validation set: last weights
-    if rank == 0:
-        _plot_log(log_path, out / "curves.png")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    if ctx.is_main:
+        log_file.close()
+        if not (out / "best.safetensors").exists():
+            save_checkpoint(out / "best.safetensors", model, info)  # no validation set: last weights
+        _plot_log(out / "log.csv", out / "curves.png")
+    ctx.barrier()  # every process returns once the checkpoint exists
     return out / "best.safetensors"
+
+
+def _with_dropout(model: torch.nn.Module, dropout: float) -> torch.nn.Module:
+    """A copy of a checkpoint's MicroNet with another dropout rate (dropout has no weights)."""
+    swapped = type(model)(replace(model.config, dropout=dropout))
+    swapped.load_state_dict(model.state_dict())
+    return swapped.train(model.training)
+
+
+def _restore_process_rng(saved: dict[str, Any], cfg: TrainConfig, ctx: DistContext) -> None:
+    """This process's torch RNG (its dropout stream) as the snapshot recorded it.
+
+    ``load_snapshot`` gave every process rank 0's state. A snapshot from another process
+    count (or from before per-process states) cannot give the others theirs: they get a
+    fresh stream of their own, never a copy of rank 0's (same masks on two slices).
+    """
+    states = saved.get("torch_rng") or []
+    saved_world = int(saved.get("world", 1))
+    if saved_world == ctx.world and ctx.rank < len(states):
+        restore_rng_state(states[ctx.rank], ctx)
+        return
+    if saved_world != ctx.world and ctx.is_main:
+        log.warning(
+            "the snapshot was written by %d process(es), this run has %d: the global batch is now %d crops",
+            saved_world, ctx.world, ctx.world * cfg.batch,
+        )
+    if ctx.rank > 0:
+        seed = np.random.SeedSequence([cfg.seed, ctx.rank, int(saved["state"]["iteration"])]).generate_state(1)[0]
+        torch.manual_seed(int(seed))
+
+
+def _open_log(log_path: Path, resume: str | Path | None, iteration: int) -> tuple[Any, Any]:
+    """``log.csv`` for appending (rank 0 only): new with its header, or, when resuming,
+    cut back to the snapshot's iteration."""
+    new_log = not (resume and log_path.exists())
+    if not new_log:
+        # Rows written after the snapshot belong to the interrupted run: drop them.
+        with log_path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        rows = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
+        with log_path.open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    log_file = log_path.open("w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["iteration", "loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "elapsed_s"])
+    return log_file, writer
 
 
 def _validation_inputs(
@@ -471,10 +583,12 @@ def _validation_inputs(
     return [t[0] for t in triples], list(val_set.points), [t[2] for t in triples]
 
 
-def _provenance(cfg: TrainConfig) -> dict[str, Any]:
-    """What made a checkpoint: the resolved config, the software and the machine."""
+def _provenance(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:
+    """What made a checkpoint: the resolved config, the process count, the software and
+    the machine (rank 0's)."""
     return {
         "config": _jsonable(asdict(cfg)),
+        "processes": world,
         "torch": torch.__version__,
         "host": platform.node(),
         "machine": machine.describe_machine(measure_peak=False),

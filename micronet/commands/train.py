@@ -1,4 +1,9 @@
-"""``micronet train``: a config file (JSON) plus flags; flags win over the file."""
+"""``micronet train``: a config file (JSON) plus flags; flags win over the file.
+
+Data-parallel on N processes (CPU with gloo, or one GPU each with NCCL):
+``torchrun --nproc_per_node N -m micronet train --batch B ...`` trains like one process
+with batch N·B; only rank 0 writes to --out. See docs/training.md.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def add_parser(subparsers: Any) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_BOOL_HELP.get(f.name))
         else:
             kind = {int: int, float: float}.get(type(f.default), str)
-            if f.name in ("data_mpp", "model_mpp", "aux_mpp"):
+            if f.name in ("data_mpp", "model_mpp", "aux_mpp", "dropout"):
                 kind = float
             if f.name == "threads":
                 kind = int

@@ -13,7 +13,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+# The installed distribution's version; a source tree that is not installed falls back
+# to the version in pyproject.toml (keep the two in step).
+_SOURCE_VERSION = "0.1.0"
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("micronet-sdk")
+    except PackageNotFoundError:
+        return _SOURCE_VERSION
+
+
+__version__ = _installed_version()
 
 # The runtime's public names, re-exported from micronet.runtime, which resolves them lazily
 # (one lazy-export table: micronet/runtime/__init__.py).

@@ -24,23 +24,27 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from micronet import __version__
+
     parser = argparse.ArgumentParser(prog="micronet", description="MicroNet nucleus detection SDK")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"micronet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     # Find the command name first, then let the chosen module build its own parser.
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
-        if command is None and not any(a in ("-h", "--help") for a in argv):
+        if command is None and not any(a in ("-h", "--help", "--version") for a in argv):
             parser.print_help()
             return 0 if not argv else 2
-        parser.parse_args(argv)  # prints help, or the list of valid commands, and exits
+        parser.parse_args(argv)  # prints help, the version or the list of valid commands, and exits
         return 2
     head = argparse.Namespace(command=command)
     module = importlib.import_module(COMMANDS[head.command][0])
     full = argparse.ArgumentParser(prog="micronet")
     full.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    full.add_argument("--version", action="version", version=f"micronet {__version__}")
     subs = full.add_subparsers(dest="command", required=True)
     module.add_parser(subs)
     args = full.parse_args(argv)

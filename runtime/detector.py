@@ -25,10 +25,12 @@ Whole slides: ``det.detect_slide(path, ...)`` runs
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.resources
 import logging
 import numbers
+import threading
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -46,10 +48,10 @@ from .bundled import (
 )
 from .detections import Detections
 from .errors import InputError, InputTypeError, MissingPackageError
-from .images import as_rgb_image, check_mpp, read_image
+from .images import DEFAULT_MAX_MEGAPIXELS, as_rgb_image, check_mpp, image_pixel_size, read_image
 from .model_info import ModelInfo
-from .peaks import _check_params, find_peaks, find_peaks_cuda
-from .resample import from_resampled, resample
+from .peaks import _check_params, check_threshold, find_peaks, find_peaks_cuda
+from .resample import check_ratio, check_work, default_memory_limit, from_resampled, needs_resampling, resample, resampled_size
 from .tiling import (
     Tile,
     alignment,
@@ -93,6 +95,12 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _check_positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < float("inf")):
+        raise InputError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)
 
 
 # --- backends ------------------------------------------------------------------------
@@ -145,7 +153,12 @@ def _create_backend(path: Path, kind: str | None, device: str, device_id: int, t
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         valid = ", ".join(f"{s} ({b})" for s, b in MODEL_SUFFIXES.items())
-        raise InputError(f"model: expected a file ending in {valid}, got {path.name!r}")
+        close = difflib.get_close_matches(str(path), list(BUNDLED_MODELS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(
+            f"model: expected a model file ending in {valid} or one of the bundled models: {', '.join(BUNDLED_MODELS)}; "
+            f"got {path.name!r}{hint}"
+        )
     expected = MODEL_SUFFIXES[suffix]
     if kind == "tensorrt" and expected == "onnxruntime":
         # A bundled model on TensorRT: an fp16 engine built for this GPU on first use and
@@ -208,6 +221,14 @@ class Detector:
             Default: 4 on the GPU (or the engine profile's largest batch when that is
             smaller), 1 on the CPU, where batching adds memory but not speed.
         threads: CPU threads of ONNX Runtime's CPU provider (default: physical cores).
+        max_megapixels: the largest image the detector makes or decodes whole: an image
+            resampled to the model's pixel size, or an image file read by path (the
+            decompression-bomb guard). Default 256 MP (16 000² pixels, 768 MB as RGB);
+            larger images are slides (:meth:`detect_slide` reads a window at a time).
+        max_memory_gb: the working memory (GiB) one ``detect`` / ``detect_batch`` call may
+            plan for: resampled images plus the tiles in flight at about 1 KiB per model
+            pixel (:func:`micronet.runtime.resample.working_memory`); default ¾ of this
+            machine's memory. Both limits are checked before anything is allocated.
         verify: run the model's known-answer test (``micronet check``,
             :mod:`micronet.runtime.check`) on this backend once at load, and refuse to
             work where it disagrees with the reference results the model carries.
@@ -233,9 +254,17 @@ class Detector:
         tile_margin: int | None = None,
         batch_size: int | None = None,
         threads: int | None = None,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_memory_gb: float | None = None,
         verify: bool = False,
     ) -> None:
         device, device_id = parse_device(device)
+        self.max_megapixels = _check_positive(max_megapixels, "max_megapixels")
+        self.max_memory = default_memory_limit() if max_memory_gb is None else int(_check_positive(max_memory_gb, "max_memory_gb") * 2**30)
+        # Whether this detector has said which pixel size it assumed for an image without
+        # one (once per Detector; threads share it).
+        self._assumed_mpp_said = False
+        self._said_lock = threading.Lock()
         backend_names = sorted(set(MODEL_SUFFIXES.values()))
         if backend is None or isinstance(backend, str):
             if isinstance(backend, str) and backend not in backend_names:
@@ -261,7 +290,7 @@ class Detector:
 
         info: ModelInfo = self.backend.info
         self.threshold, self.min_distance = _check_params(
-            info.threshold if threshold is None else threshold,
+            info.threshold if threshold is None else check_threshold(threshold),
             info.min_distance if min_distance is None else min_distance,
         )
         self._align = alignment(info.architecture)
@@ -358,8 +387,13 @@ class Detector:
                 tiles), or the path of a PNG, JPEG or TIFF file holding one.
             mpp: the image's pixel size in µm/px. When it differs from the model's
                 (``info.mpp``) by more than 1%, the image is resampled to the model's
-                pixel size first; positions come back in the image's own pixels.
-                ``None``: the image is taken to be at the model's pixel size.
+                pixel size first; positions come back in the image's own pixels. It
+                must lie within 1/8 to 8 times the model's (0.069–4.4 µm/px for the
+                bundled models; :func:`~micronet.runtime.resample.check_ratio`).
+                ``None``: for a path, the pixel size the file records
+                (:func:`~micronet.runtime.images.image_pixel_size`: TIFF resolution
+                tags, PNG pHYs, OME-XML, JFIF) when it records a plausible one; else the
+                model's own, which the detector then logs once (a warning).
 
         Returns:
             :class:`Detections`: ``xy`` ``(N, 2)`` float32 ``(x, y)`` = (column, row) in
@@ -368,10 +402,28 @@ class Detector:
         Raises:
             TypeError: ``image`` is neither an array nor a path.
             ValueError: not ``(H, W, 3)`` uint8 (grayscale, RGBA, 16-bit and float
-                images are named as such), empty, or a bad ``mpp``.
+                images are named as such), empty, a damaged or truncated file, a bad
+                ``mpp`` or one outside the range, or work beyond ``max_megapixels`` /
+                ``max_memory_gb`` (refused before anything is allocated).
             FileNotFoundError: no such image file.
         """
-        return self._detect_prepared([as_rgb_image(image)], [check_mpp(mpp)])[0]
+        array, mpp, label, mpp_name = self._input(image, mpp, "image", "mpp")
+        return self._detect_prepared([array], [mpp], [label], [mpp_name])[0]
+
+    def _input(self, image: Any, mpp: Any, name: str, mpp_name: str) -> tuple[np.ndarray, float | None, str, tuple[str, bool]]:
+        """``(array, mpp, label, (mpp_name, typed))`` for one image, checked and
+        converted. Its pixel size is the caller's (``typed``), else for a path the one
+        the file records, else ``None``; ``mpp_name`` names it in errors."""
+        mpp = check_mpp(mpp, mpp_name)
+        label, typed = name, True
+        if isinstance(image, (str, PathLike)):
+            label = Path(image).name
+            recorded = image_pixel_size(image) if mpp is None else None
+            if recorded is not None:
+                mpp, source = recorded
+                mpp_name, typed = f"{label} (pixel size from its {source}; pass mpp= to override)", False
+                log.debug("%s: %.4g µm/px from its %s", label, mpp, source)
+        return as_rgb_image(image, name, self.max_megapixels), mpp, label, (mpp_name, typed)
 
     def detect_batch(self, images: Sequence[Any] | np.ndarray, mpp: float | Sequence[float | None] | None = None) -> list[Detections]:
         """Nucleus centres in several images; images (or tiles) of one shape share
@@ -380,7 +432,8 @@ class Detector:
         Args:
             images: a sequence of what :meth:`detect` accepts, or an ``(N, H, W, 3)``
                 uint8 array.
-            mpp: one pixel size (µm/px) for all images, one per image, or ``None``.
+            mpp: one pixel size (µm/px) for all images, one per image, or ``None``
+                (per image: a path's own, else the model's; as for :meth:`detect`).
 
         Returns:
             One :class:`Detections` per image, in order.
@@ -389,16 +442,19 @@ class Detector:
             images = list(images)
         elif isinstance(images, (str, PathLike, np.ndarray)) or not isinstance(images, Sequence):
             raise InputTypeError(f"images: expected a sequence of images or an (N, H, W, 3) array, got {type(images).__name__}")
-        arrays = [as_rgb_image(im, f"images[{i}]") for i, im in enumerate(images)]
         if mpp is None or isinstance(mpp, numbers.Real):
-            mpps = [check_mpp(mpp)] * len(arrays)
+            given = [(check_mpp(mpp), "mpp")] * len(images)
         elif isinstance(mpp, Sequence) and not isinstance(mpp, str):
-            if len(mpp) != len(arrays):
-                raise InputError(f"mpp: expected one pixel size per image ({len(arrays)}), got {len(mpp)}")
-            mpps = [check_mpp(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
+            if len(mpp) != len(images):
+                raise InputError(f"mpp: expected one pixel size per image ({len(images)}), got {len(mpp)}")
+            given = [(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
         else:
             raise InputTypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
-        return self._detect_prepared(arrays, mpps)
+        prepared = [self._input(im, m, f"images[{i}]", name) for i, (im, (m, name)) in enumerate(zip(images, given))]
+        if not prepared:
+            return []
+        arrays, mpps, labels, mpp_names = (list(column) for column in zip(*prepared))
+        return self._detect_prepared(arrays, mpps, labels, mpp_names)
 
     def detect_slide(self, path: str | PathLike[str], **kwargs: Any) -> Detections:
         """Nucleus centres in a whole slide (or a region of it), tile by tile in bounded
@@ -412,8 +468,51 @@ class Detector:
 
         return detect_slide(self, path, **kwargs)
 
-    def _detect_prepared(self, images: list[np.ndarray], mpps: list[float | None]) -> list[Detections]:
-        """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays."""
+    def _check_work(
+        self,
+        images: list[np.ndarray],
+        mpps: list[float | None],
+        labels: list[str] | None,
+        mpp_names: list[tuple[str, bool]] | None,
+    ) -> None:
+        """Refuses, before anything is allocated, a pixel size out of range or work beyond
+        ``max_megapixels`` / ``max_memory_gb`` (:mod:`micronet.runtime.resample`'s rules),
+        and says once which pixel size an image without one is taken to have."""
+        model_mpp = self.info.mpp
+        sizes = []
+        for k, (image, mpp) in enumerate(zip(images, mpps)):
+            h, w = image.shape[:2]
+            out = (h, w)
+            if mpp is not None:
+                name, typed = mpp_names[k] if mpp_names else ("mpp", True)
+                ratio = check_ratio(mpp / model_mpp, mpp, model_mpp, name, typed=typed)
+                if needs_resampling(ratio):
+                    out = resampled_size(h, w, ratio)
+            sizes.append(((h, w), out))
+        pipelined = self.backend.device == "cuda" and getattr(self.backend, "infer_async", None) is not None
+        in_flight = self.batch_size * (2 if pipelined else 1)  # two batches in flight when pipelined
+        check_work(sizes, self.tile_size, in_flight, self.max_megapixels, self.max_memory, labels)
+        if any(m is None for m in mpps):
+            with self._said_lock:
+                say, self._assumed_mpp_said = not self._assumed_mpp_said, True
+            if say:
+                log.warning(
+                    "an image without a pixel size (no mpp given, none recorded in the file): taken to be at the model's "
+                    "%g µm/px; pass mpp= (µm/px: about 0.25 at 40×, 0.5 at 20×) for images at another (said once per Detector)",
+                    model_mpp,
+                )
+
+    def _detect_prepared(
+        self,
+        images: list[np.ndarray],
+        mpps: list[float | None],
+        labels: list[str] | None = None,
+        mpp_names: list[tuple[str, bool]] | None = None,
+    ) -> list[Detections]:
+        """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays;
+        ``labels`` and ``mpp_names`` (name, whether the caller typed it) name them and
+        their pixel sizes in errors."""
+        self._check_work(images, mpps, labels, mpp_names)
         model_images: list[np.ndarray] = []
         scales: list[tuple[float, float] | None] = []
         # (image index, tile) per backend input, grouped by tile shape so one call runs

@@ -1,57 +1,329 @@
 """Images in: reading image files and checking arrays against the Detector's contract
-(``(H, W, 3)`` uint8 RGB), with errors that name the problem."""
+(``(H, W, 3)`` uint8 RGB), with errors that name the problem, and the pixel size a file
+records about itself.
+
+**Decoding is bounded.** A plain image file is decoded whole, so :func:`read_image`
+refuses, from its header and before decoding, a file of more than ``max_megapixels``
+pixels (:data:`DEFAULT_MAX_MEGAPIXELS`, 256 MP: a 16 384² image, 768 MB decoded). That
+is this SDK's decompression-bomb limit, in place of Pillow's global
+``PIL.Image.MAX_IMAGE_PIXELS`` (which warns at 89 MP and refuses at 179 MP); raise it
+with ``read_image(path, max_megapixels=...)`` or ``Detector(max_megapixels=...)``, or run
+large images as slides (``detect_slide``), which read a window at a time.
+
+**Pixel size.** :func:`image_pixel_size` reads µm/px from what the file records: OME-XML
+``PhysicalSizeX/Y`` (with units), ImageJ's TIFF calibration, the TIFF resolution tags
+(``XResolution``/``YResolution`` per centimetre or inch), PNG ``pHYs`` (pixels per metre)
+or the JPEG JFIF density. Only values within :data:`PLAUSIBLE_MPP` count: every
+screenshot and export carries a screen or print resolution (72, 96, 300 dpi are 353, 265,
+85 µm/px), which says nothing about the tissue.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import xml.etree.ElementTree as ET
+import zlib
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, InputTypeError, MissingFileError
+from .errors import InputError, InputTypeError, MicronetError, MissingFileError
 
-__all__ = ["IMAGE_SUFFIXES", "as_rgb_image", "check_mpp", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_MEGAPIXELS",
+    "IMAGE_SUFFIXES",
+    "PLAUSIBLE_MPP",
+    "as_rgb_image",
+    "check_mpp",
+    "image_pixel_size",
+    "read_image",
+    "tiff_pixel_size",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# The largest image (in megapixels) decoded whole from a plain file, and the largest the
+# Detector resamples an image to (micronet.runtime.resample.check_work): 256 MP is a
+# 16 384² image, 768 MB as RGB; larger images are slides (detect_slide).
+DEFAULT_MAX_MEGAPIXELS = 256.0
+# µm/px a file may record and be believed: a 100× oil objective images at about 0.06,
+# a 1.25× overview at about 8; 72–1200 dpi (screens, printers) are 21–353.
+PLAUSIBLE_MPP = (0.05, 20.0)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+# What decoders raise for damaged data (Pillow: OSError "image file is truncated",
+# SyntaxError for broken chunks; zlib and the codecs their own errors).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, zlib.error)
 
 
-def read_image(path: str | PathLike[str]) -> np.ndarray:
-    """Reads an image file as an array, unconverted beyond decoding.
-
-    PNG and JPEG are read with Pillow (palette and YCbCr images decode to RGB), TIFF with
-    tifffile (the full-resolution level of the first series).
-
-    Returns:
-        The pixel array, e.g. ``(H, W, 3)`` uint8 for an RGB file; :meth:`Detector.detect`
-        checks it.
-    """
+def _image_file(path: str | PathLike[str]) -> Path:
+    """``path`` as an existing, non-empty file with an image suffix, or a one-line error."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: expected an image file ending in {', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder; expected an image file")
     if not path.is_file():
         raise MissingFileError(f"image not found: {path}")
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise InputError(f"{path}: an empty file (0 bytes); expected a {suffix.lstrip('.').upper()} image")
+    return path
 
-        return tifffile.imread(path, key=0)
-    from PIL import Image, UnidentifiedImageError
+
+def _check_pixels(path: Path, height: int, width: int, max_megapixels: float) -> None:
+    megapixels = height * width / 1e6
+    if megapixels > max_megapixels:
+        raise InputError(
+            f"{path}: {width}×{height} pixels ({megapixels:,.0f} MP), more than the {max_megapixels:g} MP an image file is "
+            "decoded to at most (a guard against decompression bombs); if the file is trusted, raise the limit "
+            "(Detector(max_megapixels=...), read_image(path, max_megapixels=...)), or run it as a slide "
+            "(Detector.detect_slide, or micronet detect on a tiled pyramidal TIFF), which reads a window at a time"
+        )
+
+
+def _check_limit(max_megapixels: Any) -> float:
+    if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, numbers.Real) or not max_megapixels > 0:
+        raise InputError(f"max_megapixels: expected a positive number, got {max_megapixels!r}")
+    return float(max_megapixels)
+
+
+def _open_pillow(path: Path) -> Any:
+    """The file opened lazily by Pillow (the header only).
+
+    PNG and JPEG are opened by their plugins directly, without ``Image.open``'s
+    decompression-bomb check against the process-wide ``PIL.Image.MAX_IMAGE_PIXELS``:
+    the callers apply this SDK's own limit (``max_megapixels``) to the header's size
+    instead, one limit that a caller can set per call. Anything else in a ``.png`` or
+    ``.jpg`` goes through ``Image.open`` and keeps Pillow's check.
+    """
+    from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "YCbCr"):
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode == "CMYK":
-                raise InputError(f"{path}: a CMYK image; expected RGB")
-            return np.asarray(im)
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(_PNG_SIGNATURE):
+            return PngImagePlugin.PngImageFile(str(path))
+        if head.startswith(_JPEG_SIGNATURE):
+            return JpegImagePlugin.JpegImageFile(str(path))
+        return Image.open(path)
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"{path}: {exc} (Pillow's limit for this format); if the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from exc
+    except _DECODE_ERRORS as exc:
+        raise InputError(f"{path}: not a readable image; the header is damaged ({type(exc).__name__}: {exc})") from exc
 
 
-def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
+def read_image(path: str | PathLike[str], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
+    """Reads an image file as an array, unconverted beyond decoding.
+
+    PNG and JPEG are read with Pillow (palette and YCbCr images decode to RGB), TIFF with
+    tifffile (the first page: the full-resolution level of a pyramid). The whole image is
+    decoded here, so a file cut short or otherwise damaged fails here, with its name.
+
+    Args:
+        path: a ``.png``, ``.jpg``/``.jpeg`` or ``.tif``/``.tiff`` file.
+        max_megapixels: the largest image decoded, checked on the header before
+            decoding (:data:`DEFAULT_MAX_MEGAPIXELS`; the decompression-bomb guard).
+
+    Returns:
+        The pixel array, e.g. ``(H, W, 3)`` uint8 for an RGB file; :meth:`Detector.detect`
+        checks it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another suffix, an empty, unreadable, damaged or truncated file, a
+            CMYK image, or one of more than ``max_megapixels``; the message names the
+            file and the problem.
+    """
+    limit = _check_limit(max_megapixels)
+    path = _image_file(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                _check_pixels(path, int(page.imagelength), int(page.imagewidth), limit)
+                return tif.asarray(key=0)
+        except MicronetError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # tifffile and its codecs raise many types for damaged files
+            raise InputError(f"{path}: not a readable TIFF image, or its data is damaged or cut short ({type(exc).__name__}: {exc})") from exc
+
+    im = _open_pillow(path)
+    try:
+        with im:
+            _check_pixels(path, im.height, im.width, limit)
+            if im.mode == "CMYK":
+                raise InputError(f"{path}: a CMYK image; expected RGB")
+            # Pillow decodes lazily: converting and copying out here makes a truncated
+            # file fail inside this try, not later in whoever touches the pixels.
+            if im.mode in ("P", "YCbCr"):
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            return np.asarray(im)
+    except MicronetError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise InputError(f"{path}: the image data is damaged or cut short ({type(exc).__name__}: {exc}); re-export or copy the file again") from exc
+
+
+def image_pixel_size(path: str | PathLike[str]) -> tuple[float, str] | None:
+    """The pixel size an image file records about itself, in µm/px, and where it came from.
+
+    Read, in this order, from OME-XML ``PhysicalSizeX/Y`` (with their units), an Aperio
+    ``MPP``, ImageJ's calibration (``unit=micron``), the TIFF ``XResolution``/
+    ``YResolution`` tags per centimetre or inch (inch when ``ResolutionUnit`` is absent,
+    as the TIFF standard says), PNG ``pHYs`` (pixels per metre), or the JPEG JFIF
+    density (per inch or centimetre). The header only is read.
+
+    Returns:
+        ``(mpp, source)``, e.g. ``(0.25, "PNG pHYs")``; ``mpp`` is the mean of x and y
+        (the source says when they differ by more than 1%). ``None`` when the file
+        records no physical resolution, or one outside :data:`PLAUSIBLE_MPP` (the
+        72/96/300 dpi of screenshots and exports).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an image file, or an unreadable one.
+
+    >>> image_pixel_size("tile_40x.png")      # doctest: +SKIP
+    (0.25, 'PNG pHYs')
+    """
+    path = _image_file(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                mpp_xy, source = tiff_pixel_size(tif)
+        except MicronetError:
+            raise
+        except Exception as exc:  # tifffile raises many types for damaged files
+            raise InputError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {exc})") from exc
+    else:
+        with _open_pillow(path) as im:
+            mpp_xy, source = _pillow_pixel_size(im)
+    if mpp_xy is None:
+        return None
+    return _plausible(mpp_xy, source)
+
+
+def _plausible(mpp_xy: tuple[float, float], source: str) -> tuple[float, str] | None:
+    lo, hi = PLAUSIBLE_MPP
+    if not all(math.isfinite(v) and lo <= v <= hi for v in mpp_xy):
+        return None  # 72 dpi and the like: a screen's resolution, not the tissue's
+    mx, my = (float(f"{v:.9g}") for v in mpp_xy)  # 25400 / 101600.00000000001 dpi is 0.25
+    mean = float(f"{(mx + my) / 2:.9g}")
+    if abs(mx - my) > 0.01 * mean:
+        source = f"{source} (x {mx:g}, y {my:g} µm/px: their mean)"
+    return mean, source
+
+
+def _pillow_pixel_size(im: Any) -> tuple[tuple[float, float] | None, str]:
+    """``((x, y) µm/px, source)`` from a Pillow image's header, or ``(None, why)``."""
+    if im.format == "PNG":
+        dpi = im.info.get("dpi")  # Pillow's reading of pHYs in pixels per metre
+        if not dpi:
+            return None, "no PNG pHYs chunk in metres"
+        return _per_unit(25400.0, dpi), "PNG pHYs"
+    if im.format == "JPEG":
+        unit, density = im.info.get("jfif_unit"), im.info.get("jfif_density")
+        if unit not in (1, 2) or not density:
+            return None, "no JFIF density in inches or centimetres"
+        return _per_unit(25400.0 if unit == 1 else 10000.0, density), "JPEG JFIF density"
+    return None, f"{im.format} files carry no pixel size this SDK reads"
+
+
+def _per_unit(um_per_unit: float, per_unit: Any) -> tuple[float, float] | None:
+    """µm/px from pixels per unit ``(x, y)``; ``None`` for zero or unreadable values."""
+    try:
+        rx, ry = (float(v[0]) / float(v[1]) if isinstance(v, tuple) else float(v) for v in per_unit)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (rx > 0 and ry > 0):
+        return None
+    return um_per_unit / rx, um_per_unit / ry
+
+
+# OME-XML length units, in µm.
+_OME_UNITS = {"µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def tiff_pixel_size(tif: Any) -> tuple[tuple[float, float] | None, str]:
+    """``((x, y) µm/px, source)`` recorded in an open ``tifffile.TiffFile`` (its first
+    page), or ``(None, why not)``; not yet checked for plausibility.
+
+    Sources in order: OME-XML ``PhysicalSizeX/Y``, an Aperio ImageDescription ``MPP``,
+    ImageJ's calibration in microns, the resolution tags per centimetre or inch.
+    """
+    page = tif.pages[0]
+    if tif.is_ome:
+        mpp_xy, why = _ome_pixel_size(tif.ome_metadata or "")
+        if mpp_xy is not None:
+            return mpp_xy, "OME-XML PhysicalSizeX/Y"
+    if tif.is_svs:
+        for field in (page.description or "").split("|"):
+            key, _, value = field.partition("=")
+            if key.strip() == "MPP":
+                try:
+                    mpp = float(value)
+                except ValueError:
+                    break
+                return (mpp, mpp), "Aperio ImageDescription MPP"
+    xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if xres is None or yres is None:
+        return None, "no TIFF resolution tags"
+    unit = page.tags.get("ResolutionUnit")
+    unit_value = int(unit.value) if unit is not None else 2  # the TIFF standard's default: inch
+    per = (xres.value, yres.value)
+    if unit_value == 1 and tif.is_imagej:
+        # ImageJ stores pixels per calibration unit with no TIFF unit.
+        calibration = str((tif.imagej_metadata or {}).get("unit", "")).replace("\\u00B5", "µ")
+        if calibration in ("micron", "µm", "μm", "um"):
+            return _per_unit(1.0, per), "ImageJ calibration (micron)"
+        return None, f"ImageJ calibration in {calibration or 'pixels'!r}, not microns"
+    if unit_value not in (2, 3):
+        return None, "TIFF resolution tags without a physical unit"
+    return _per_unit(25400.0 if unit_value == 2 else 10000.0, per), "TIFF resolution tags"
+
+
+def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        return None, f"OME-XML not well-formed ({exc})"
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+        return None, "OME-XML without PhysicalSizeX"
+    sizes = []
+    for axis in ("X", "Y"):
+        value = pixels.get(f"PhysicalSize{axis}", pixels.get("PhysicalSizeX"))
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")  # the OME schema's default
+        if unit not in _OME_UNITS:
+            return None, f"OME-XML PhysicalSize{axis} in an unknown unit {unit!r}"
+        try:
+            sizes.append(float(value) * _OME_UNITS[unit])
+        except (TypeError, ValueError):
+            return None, f"OME-XML PhysicalSize{axis} unreadable: {value!r}"
+    return (sizes[0], sizes[1]), "OME-XML PhysicalSizeX/Y"
+
+
+def as_rgb_image(image: Any, name: str = "image", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
     """Checks an image as :meth:`Detector.detect` does and returns it as a C-contiguous
     ``(H, W, 3)`` uint8 RGB array (a path is read with :func:`read_image`).
 
@@ -62,7 +334,7 @@ def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
         FileNotFoundError: no such file.
     """
     if isinstance(image, (str, PathLike)):
-        arr = read_image(image)
+        arr = read_image(image, max_megapixels)
         name = f"{name} ({Path(image).name})"
     elif isinstance(image, np.ndarray):
         arr = image

@@ -151,6 +151,59 @@ def test_mpp_within_one_percent_is_not_resampled(blur_onnx, make_nuclei):
     assert b.mpp == pytest.approx(MODEL_MPP * 1.009)
 
 
+@pytest.mark.parametrize(
+    ("mpp", "says"),
+    [
+        (100, "100 µm/px is 182× the model's 0.55 µm/px; expected 0.069 to 4.4 µm/px"),  # was OOM-killed at 24 GB
+        (20, "20 looks like a magnification: 20× is about 0.5 µm/px"),  # ran for minutes at 0%
+        (1e-6, "1e-06 looks like metres"),  # returned 0 nuclei without a word
+    ],
+)
+def test_an_out_of_range_mpp_is_refused_before_any_work(blur_onnx, monkeypatch, mpp, says):
+    import micronet.runtime.detector as detector_module
+
+    det = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN)
+    monkeypatch.setattr(detector_module, "resample", lambda *a, **k: pytest.fail("resampled before refusing"))
+    with pytest.raises(ValueError, match=says) as info:
+        det.detect(np.zeros((500, 500, 3), np.uint8), mpp=mpp)
+    assert str(info.value).startswith("mpp: ") and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"mpp\[1\]: "):
+        det.detect_batch([np.zeros((50, 50, 3), np.uint8)] * 2, mpp=[0.55, mpp])
+
+
+def test_work_beyond_the_limits_is_refused_before_allocating(blur_onnx, monkeypatch, make_nuclei):
+    import micronet.runtime.detector as detector_module
+
+    image, _ = make_nuclei(500, 500, 10)
+    small = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, max_megapixels=1)
+    tight = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, tile_size=256, max_memory_gb=0.15)
+    monkeypatch.setattr(detector_module, "resample", lambda *a, **k: pytest.fail("resampled before refusing"))
+    with pytest.raises(ValueError, match=r"image: 500×500 px resampled .* 2000×2000 px \(4 MP\), more than max_megapixels=1; run it as a slide"):
+        small.detect(image, mpp=MODEL_MPP * 4)
+    # Alone each image fits (0.1 GiB with its tiles); ten resampled copies do not.
+    with pytest.raises(ValueError, match=r"10 images: needs an estimated 0\.2 GiB .* pass a smaller tile_size or batch_size, fewer images"):
+        tight.detect_batch([image] * 10, mpp=MODEL_MPP * 4)
+    monkeypatch.undo()
+    assert len(tight.detect(image, mpp=MODEL_MPP * 4)) == 10
+    for bad in ({"max_megapixels": 0}, {"max_memory_gb": -1}, {"max_megapixels": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, **bad)
+
+
+@pytest.mark.parametrize(("threshold", "error"), [(-5, ValueError), (-0.01, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), ("0.5", TypeError)])
+def test_invalid_thresholds_are_refused(blur_onnx, threshold, error):
+    # The maps of the bundled models dip to about -0.2 in the background (a linear head
+    # over targets in [0, 5]): a negative threshold only admits that ripple.
+    with pytest.raises(error, match="threshold: expected a"):
+        Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, threshold=threshold)
+    assert Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, threshold=0).threshold == 0.0
+
+
+def test_a_misspelt_model_name_lists_the_bundled_models():
+    with pytest.raises(ValueError, match=r"or one of the bundled models: default, fast-cpu; got 'fast_cpu'; did you mean 'fast-cpu'\?"):
+        Detector("fast_cpu")
+
+
 # --- inputs ---------------------------------------------------------------------------
 
 
@@ -422,3 +475,39 @@ def test_fast_cpu_model_is_as_accurate_as_the_default_on_the_test_split(shared_d
     assert f1["default"] == pytest.approx(0.8022, abs=0.003)
     assert f1["fast-cpu"] == pytest.approx(0.8009, abs=0.003)
     assert f1["fast-cpu"] >= f1["default"] - 0.01
+
+
+# --- the command line's small things --------------------------------------------------
+
+
+def test_version_comes_from_the_installed_distribution(capsys):
+    import importlib.metadata
+    import re
+
+    import micronet
+    from micronet.cli import main
+
+    assert micronet.__version__ == importlib.metadata.version("micronet-sdk")
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert micronet._SOURCE_VERSION == re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"micronet {micronet.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--threshold", "-5"], "threshold: expected a finite number >= 0"),
+        (["--model", "fast_cpu"], "one of the bundled models: default, fast-cpu"),
+    ],
+)
+def test_cli_refuses_bad_thresholds_and_model_names_in_one_line(tmp_path, capsys, args, says):
+    from PIL import Image
+
+    from micronet.cli import main
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["detect", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("micronet detect: error: ") and says in err and err.count("\n") == 1

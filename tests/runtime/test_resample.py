@@ -106,3 +106,86 @@ def test_training_validation_and_evaluate_agree_on_monuseg_at_025_mpp(shared_dat
     np.testing.assert_allclose([row["threshold"] for row in evaluated["curve"]], sweep.thresholds, rtol=1e-12)
     np.testing.assert_array_equal([row["f1"] for row in evaluated["curve"]], sweep.f1)
     assert evaluated["best_f1"] == sweep.best_f1 > 0.75
+
+
+# --- bounded work ---------------------------------------------------------------------
+
+
+def test_ratios_from_one_eighth_to_eight_pass_and_beyond_is_refused():
+    from micronet.runtime.resample import MAX_RATIO, MIN_RATIO, check_ratio
+
+    assert (MIN_RATIO, MAX_RATIO) == (1 / 8, 8.0)
+    for ratio in (1 / 8, 0.4545, 1.0, 8.0):
+        assert check_ratio(ratio) == ratio
+    for ratio in (0.12, 8.1, float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="ratio"):
+            check_ratio(ratio)
+
+
+@pytest.mark.parametrize(
+    ("mpp", "says"),
+    [
+        (20, "20 looks like a magnification: 20× is about 0.5 µm/px"),
+        (100, "coarser than that, a nucleus spans one to three image pixels"),
+        (1e-6, "1e-06 looks like metres: that is 1 µm/px"),
+        (2.5e-4, "looks like millimetres: that is 0.25 µm/px"),
+        (0.01, "finer than that, a nucleus would be hundreds of image pixels wide"),
+    ],
+)
+def test_an_out_of_range_pixel_size_states_the_range_the_reason_and_the_likely_mistake(mpp, says):
+    from micronet.runtime.resample import check_ratio
+
+    with pytest.raises(ValueError) as info:
+        check_ratio(mpp / 0.55, mpp, 0.55)
+    message = str(info.value)
+    assert message.startswith(f"mpp: {mpp:g} µm/px is ") and "expected 0.069 to 4.4 µm/px (1/8 to 8 times the model's)" in message
+    assert says in message and "\n" not in message
+
+
+def test_a_recorded_pixel_size_gets_no_typing_hint():
+    from micronet.runtime.resample import check_ratio
+
+    with pytest.raises(ValueError) as info:
+        check_ratio(20 / 0.55, 20, 0.55, "a.tif (pixel size from its TIFF resolution tags)", typed=False)
+    assert str(info.value).startswith("a.tif (pixel size from its TIFF resolution tags): 20 µm/px") and "magnification" not in str(info.value)
+
+
+def test_check_work_refuses_large_resamplings_and_memory_before_allocating():
+    from micronet.runtime.resample import check_work, working_memory
+
+    sizes = [((500, 500), (4000, 4000))]
+    check_work(sizes, 1024, 1, max_megapixels=16, max_bytes=1 << 40)  # 16 MP: at the limit
+    with pytest.raises(ValueError, match=r"a\.png: 500×500 px .* 4000×4000 px \(16 MP\), more than max_megapixels=15; run it as a slide"):
+        check_work(sizes, 1024, 1, max_megapixels=15, max_bytes=1 << 40, names=["a.png"])
+    images, tiles = working_memory(sizes, 1024, 4)
+    assert images == 3 * 16_000_000 + 4 * 250_000 + 4 * 2_000_000 + 7 * 16_000_000
+    assert tiles == 4 * 1024 * 1024 * (1024 + 7)
+    with pytest.raises(ValueError, match=r"more than the 0\.5 GiB limit \(max_memory_gb\); pass a smaller tile_size or batch_size"):
+        check_work(sizes, 1024, 4, max_megapixels=256, max_bytes=1 << 29)
+    # Images that are not resampled cost only their tiles, however large.
+    assert working_memory([((50_000, 50_000), (50_000, 50_000))], 1024, 1) == (0, 1024 * 1024 * (1024 + 7))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from Linux's /proc")
+def test_the_memory_estimate_covers_a_real_resize():
+    """Peak resident memory (VmHWM) of a 3000² → 6000² resize in a fresh process stays
+    under the estimate's image part (Pillow allocates in C, out of tracemalloc's sight;
+    ru_maxrss would carry over the parent's peak across exec)."""
+    import subprocess
+    import sys
+
+    from micronet.runtime.resample import working_memory
+
+    code = (
+        "import re, numpy as np\n"
+        "from micronet.runtime.resample import resize_image\n"
+        "peak = lambda: int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "img = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)\n"
+        "before = peak()\n"
+        "out = resize_image(img, 6000, 6000)\n"
+        "print(peak() - before)\n"
+    )
+    grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    images, _ = working_memory([((3000, 3000), (6000, 6000))], 1024, 1)
+    assert 0.5 * images < grown <= images

@@ -173,11 +173,11 @@ def benchmark_model(
             result.precision, result.recall, result.f1 = pooled.precision, pooled.recall, pooled.f1
         timed = list(images) if images is not None else timing_images(batch, size)
         for _ in range(warmup):
-            detector.detect_batch(timed)
+            detector.detect_batch(timed, mpp=detector.info.mpp)
         seconds, nuclei = [], 0
         for _ in range(repeat):
             start = time.perf_counter()
-            found_batch = detector.detect_batch(timed)
+            found_batch = detector.detect_batch(timed, mpp=detector.info.mpp)
             seconds.append(time.perf_counter() - start)
             nuclei += sum(len(d) for d in found_batch)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..images import PLAUSIBLE_MPP  # a recorded pixel size outside it is not a microscope's (72 dpi, say)
 
 __all__ = ["Level", "SlideBase", "Thumbnail", "level_box", "PLAUSIBLE_MPP", "THUMBNAIL_SIZE"]
 
-# A recorded pixel size outside this range (µm/px) is not a microscope's: 72 dpi, say.
-PLAUSIBLE_MPP = (0.01, 100.0)
 THUMBNAIL_SIZE = 2048  # longest side of the tissue thumbnail and the overlay PNG
 
 

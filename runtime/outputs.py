@@ -441,7 +441,7 @@ class InputOutputs:
             return "missing"
         size = path.stat().st_size
         if size < expected["bytes"]:
-            return f"truncated ({size} of {expected['bytes']} bytes)"
+            return f"truncated or replaced ({size} of {expected['bytes']} bytes)"
         if size != expected["bytes"] or file_digest(path)["sha256"] != expected["sha256"]:
             return "changed since it was written (checksum differs)"
         return None

@@ -97,6 +97,50 @@ def test_detect_folder_with_chosen_formats_and_mpp(model, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(["a.csv", "b.csv", *records, "run_summary.csv"])
 
 
+def test_batch_without_a_terminal_prints_a_line_per_input_and_no_bars(model, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _blobs(folder / "a.png", CENTRES)
+    _blobs(folder / "b.png", CENTRES[:2])
+    assert main(["detect", str(folder), "--model", str(model), "--out", str(tmp_path / "out"), "--mpp", "0.55"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "[1/2] a.png: 4 nuclei in " in err and "[2/2] b.png: 2 nuclei in " in err
+
+
+def test_the_assumed_pixel_size_is_said_once_per_run(model, tmp_path, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        _blobs(folder / name, CENTRES)
+    with caplog.at_level("WARNING"):
+        assert main(["detect", str(folder), "--model", str(model), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    said = [r.getMessage() for r in caplog.records if "pixel size" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("3 of 3 images record no pixel size: assumed the model's 0.55 µm/px; pass --mpp UM")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["detect", str(folder), "--model", str(model), "--out", str(tmp_path / "o2"), "--no-progress", "--mpp", "0.55"]) == 0
+    assert not [r for r in caplog.records if "pixel size" in r.getMessage()]
+
+
+def test_an_image_is_run_at_the_pixel_size_its_file_records(model, tmp_path):
+    from micronet.runtime import images
+
+    if not hasattr(images, "image_pixel_size"):
+        pytest.skip("micronet.runtime.images.image_pixel_size not there yet")
+    from PIL import Image
+
+    from micronet.runtime.synthetic import blob_image
+
+    # Blobs drawn at 0.275 µm/px (twice the model's resolution), pHYs saying so.
+    Image.fromarray(blob_image(240, 320, [(2 * x, 2 * y) for x, y in CENTRES])).save(tmp_path / "fine.png", dpi=(0.0254e6 / 0.275,) * 2)
+    out = tmp_path / "out"
+    assert main(["detect", str(tmp_path / "fine.png"), "--model", str(model), "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "fine.progress.json").read_text())["settings"]
+    assert settings["mpp"] == pytest.approx(0.275, rel=1e-3)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -216,7 +216,8 @@ def run_slide(
         elapsed_before = float(outputs.state.get("seconds", 0.0)) if outputs is not None else 0.0
         try:
             for batch in _batches(reads, detector.batch_size):
-                results = detector.detect_batch([pixels for _, pixels in batch])  # each tile ≤ tile_size: one pass
+                # Tiles are at the model's pixel size already (and each ≤ tile_size: one pass).
+                results = detector.detect_batch([pixels for _, pixels in batch], mpp=detector.info.mpp)
                 kept = [keep_in_core(tile, d.xy, d.scores) for (tile, _), d in zip(batch, results)]
                 xy = grid.to_level0(np.concatenate([k[0] for k in kept]))
                 scores = np.concatenate([k[1] for k in kept]).astype(np.float32)

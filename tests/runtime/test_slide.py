@@ -352,3 +352,44 @@ def test_truncated_slide_fails_cleanly_and_leaves_valid_files(slide_detector, sy
 def test_slide_module_imports_no_torch() -> None:
     code = "import sys, micronet.runtime.slide; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def test_progress_bars_end_at_the_final_count_and_show_the_tissue_scan(slide_detector, synthetic, capsys, monkeypatch) -> None:
+    import re
+    import time
+
+    from tqdm.auto import tqdm
+
+    from micronet.runtime.slide import tissue
+
+    monkeypatch.setattr(tissue, "SCAN_BAR_DELAY_S", 0.0)  # a slow scan's bar, on a small slide
+    path, _ = synthetic
+    capsys.readouterr()
+    # Nested under another bar, as micronet detect runs it: the inner bar is cleared at
+    # the end, so its last drawing is what the user saw last.
+    with tqdm(total=1, desc="files") as outer:
+        # (Batches slower than tqdm's 0.1 s between drawings, so every step is drawn.)
+        found = slide_detector.detect_slide(path, region=(0, 0, 1300, 1100), progress=True, on_batch=lambda d, t: time.sleep(0.12))
+        outer.update(1)
+    err = capsys.readouterr().err
+    # Every drawing of the finished bar shows the final count (it used to show the count
+    # before the last batch: the count was set after the step that drew the bar).
+    finished = [line for line in re.split(r"[\r\n]", err) if "tile/s" in line and "100%|" in line]
+    assert finished and all(f"nuclei={len(found)}]" in line for line in finished), finished
+    assert not re.search(r"nuclei=[\d.]+e\+", err)  # a plain integer, not tqdm's "2e+5"
+    assert "synthetic.tif: tissue scan" in err and re.search(r"tissue scan: 100%.*\b1/1 Mpx", err)
+    with open_slide(path) as slide:
+        with tissue.scan_progress(slide, None, True, "x"):
+            assert "read_region" in vars(slide)
+        assert "read_region" not in vars(slide)  # the slide's own method again
+
+
+def test_no_progress_bars_without_a_terminal(slide_detector, synthetic, capsys) -> None:
+    path, _ = synthetic
+    capsys.readouterr()
+    slide_detector.detect_slide(path, region=(0, 0, 600, 600), tissue_only=False)  # progress=None: stderr is captured here
+    err = capsys.readouterr().err
+    assert "\r" not in err and "tile/s" not in err

@@ -252,7 +252,7 @@ class OutputLock:
                 os.close(fd)
                 raise
             os.close(fd)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()[:300], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
             with writing(self.path):
                 os.ftruncate(fd, 0)
@@ -269,6 +269,15 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
         os.close(self._fd)  # releases the lock
         self._fd = None
+
+
+def _command() -> str:
+    """This process's command line as typed: ``micronet detect a.svs --out o`` (also for
+    ``python -m micronet``, whose ``argv[0]`` is ``…/micronet/__main__.py``)."""
+    argv = list(sys.argv) or ["python"]
+    program = Path(argv[0])
+    argv[0] = program.parent.name if program.name == "__main__.py" else program.name
+    return " ".join(argv)
 
 
 _WINDOWS_LOCK_OFFSET = 1 << 20  # Windows locks byte ranges that others then cannot read: lock one past the holder's note

@@ -339,7 +339,7 @@ def test_a_second_run_on_the_same_slide_refuses_or_waits(work: dict, tmp_path: P
         assert second.returncode == 2 and "Traceback" not in second.stderr
         line = second.stderr.strip().splitlines()[-1]
         assert line.startswith(f"micronet detect: error: {STEM}: its outputs in {out} are being written by another run"), line
-        assert f"PID {first.pid}: " in line and str(work["driver"]) in line and "--wait" in line, line
+        assert f"PID {first.pid}: driver.py {work['model']} " in line and "--wait" in line, line
         assert not any((out / name).exists() for name in OUTPUTS)
         # One that waits starts only when the first is done, and finds it finished.
         waiter = drive(work, out, "--wait", wait=False)

@@ -145,9 +145,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"inputs with the same name would write the same outputs: {', '.join(duplicates)}")
     check_out_dir(out)  # before the model loads: a folder we cannot write fails now, not after inference
 
-    # Bars only on a terminal: in a redirected log they are carriage-return noise.
+    # Bars only on a terminal: in a redirected log they are carriage-return noise (a
+    # slide then logs a line a minute instead: progress=None).
     bars = not args.no_progress and _stderr_is_terminal()
-    settings = RunSettings(formats=tuple(formats), mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=bars)
+    progress = False if args.no_progress else None
+    settings = RunSettings(formats=tuple(formats), mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=progress)
     # The bundled sample is at the model's pixel size by construction: no warning for --demo.
     unknown_mpp = images_without_mpp(files) if args.mpp is None and not args.demo else []
     rows: list[dict[str, Any]] = []

@@ -56,6 +56,7 @@ class RunSettings:
         overwrite: replace every output of an input, whatever an earlier run left.
         wait: wait for another run writing an input's outputs instead of failing it.
         progress: progress bars for slides (``None``: when stderr is a terminal).
+        reader: the slide reader, ``"auto"``, ``"tifffile"`` or ``"openslide"``.
     """
 
     formats: tuple[str, ...] = FORMATS
@@ -63,6 +64,7 @@ class RunSettings:
     overwrite: bool = False
     wait: bool = False
     progress: bool | None = False
+    reader: str = "auto"
 
 
 @dataclass
@@ -137,7 +139,7 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
 
             run = run_slide(
                 detector, path, mpp=settings.mpp, out_dir=out_dir, formats=settings.formats, resume=not settings.overwrite,
-                wait=settings.wait, progress=settings.progress,
+                wait=settings.wait, progress=settings.progress, reader=settings.reader,
             )  # fmt: skip
         else:
             run = run_image(detector, path, out_dir, formats=settings.formats, mpp=settings.mpp, overwrite=settings.overwrite, wait=settings.wait)

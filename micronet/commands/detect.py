@@ -86,6 +86,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true", help="when another run is writing an input's outputs, wait for it (default: fail that input)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first input that fails (default: report it and go on)")
     parser.add_argument("--demo", action="store_true", help="run the bundled model on the bundled sample image")
+    parser.add_argument(
+        "--inputs", dest="manifest", type=Path, metavar="MANIFEST",
+        help="also run the inputs listed in a text file (one path per line) or a CSV (--inputs-column, default path/input/slide/file)",
+    )  # fmt: skip
+    parser.add_argument("--inputs-column", metavar="COL", help="the manifest CSV's column of input paths")
+    parser.add_argument(
+        "--reader", choices=("auto", "tifffile", "openslide"), default="auto",
+        help="slide reader (default auto: tifffile for SVS, OME-TIFF, NDPI, TIFF; OpenSlide for MIRAX, SCN, VMS, BIF, DICOM)",
+    )  # fmt: skip
+    cluster = parser.add_argument_group("cohorts on Ray (pip install 'micronet-sdk[cluster]')")
+    cluster.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="one Ray task per input: without ADDRESS a local Ray runtime on this machine; 'auto' or HOST:PORT joins a cluster",
+    )  # fmt: skip
+    cluster.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: as many as the cluster's CPUs, or GPUs, allow)")
+    cluster.add_argument("--threads", type=int, metavar="T", help="ONNX Runtime CPU threads per worker (default: 1 on Ray, the physical cores here)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (without a terminal there are none: a line per input instead)")
     return parser
 
@@ -128,16 +144,23 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     if args.demo:
-        if args.inputs:
+        if args.inputs or args.manifest is not None:
             raise InputError("--demo runs on the bundled sample image; give either --demo or INPUT files, not both")
         files = [bundled_sample()]
         out = args.out if args.out is not None else DEMO_OUT
     else:
-        if not args.inputs:
-            raise InputError("expected INPUT images or slides (or --demo)")
+        listed = list(args.inputs)
+        if args.inputs_column and args.manifest is None:
+            raise InputError("--inputs-column applies with --inputs MANIFEST only")
+        if args.manifest is not None:
+            from micronet.runtime.cohort import read_manifest
+
+            listed += read_manifest(args.manifest, args.inputs_column)
+        if not listed:
+            raise InputError("expected INPUT images or slides, --inputs MANIFEST, or --demo")
         if args.out is None:
             raise InputError("--out DIR is required: the folder to write the results to")
-        files = _expand(args.inputs)
+        files = _expand(listed)
         out = args.out
     stems = [output_stem(f) for f in files]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
@@ -148,8 +171,17 @@ def run(args: argparse.Namespace) -> int:
     # Bars only on a terminal: in a redirected log they are carriage-return noise (a
     # slide then logs a line a minute instead: progress=None).
     bars = not args.no_progress and _stderr_is_terminal()
-    progress = False if args.no_progress else None
-    settings = RunSettings(formats=tuple(formats), mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=progress)
+    on_ray = args.ray is not None
+    for name, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise InputError(f"{name}: expected an integer >= 1, got {value}")
+    if args.workers is not None and not on_ray:
+        raise InputError("--workers applies with --ray only")
+    # On Ray each worker's slide bars would interleave in the driver's log: the cohort bar only.
+    progress = False if (args.no_progress or on_ray) else None
+    settings = RunSettings(
+        formats=tuple(formats), mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=progress, reader=args.reader
+    )
     # The bundled sample is at the model's pixel size by construction: no warning for --demo.
     unknown_mpp = images_without_mpp(files) if args.mpp is None and not args.demo else []
     rows: list[dict[str, Any]] = []
@@ -167,7 +199,10 @@ def run(args: argparse.Namespace) -> int:
     process = partial(process_input, out_dir=out, settings=settings)
     fail_fast = args.fail_fast or len(files) == 1
     try:
-        run_cohort(files, process, DetectorSpec(args.model, args.device, args.threshold), fail_fast=fail_fast, progress=bars and len(files) > 1, on_row=on_row)
+        run_cohort(
+            files, process, DetectorSpec(args.model, args.device, args.threshold, args.threads), ray_address=args.ray,
+            workers=args.workers, fail_fast=fail_fast, progress=bars and (len(files) > 1 or on_ray), on_row=on_row,
+        )  # fmt: skip
     except KeyboardInterrupt:
         if len(rows) < len(files):
             rows.append({"input": str(files[len(rows)]), "status": "failed", "error": "interrupted"})
@@ -208,7 +243,8 @@ def _report(row: dict[str, Any], index: int, total: int, bars: bool) -> None:
     name = Path(row["input"]).name
     if row["status"] == "failed":
         if total > 1:
-            _say(f"micronet detect: {name}: {row['error']}", bars)
+            error = str(row["error"])
+            _say(f"micronet detect: {error}" if error.startswith(f"{name}:") else f"micronet detect: {name}: {error}", bars)
         return
     if bars:
         return

@@ -69,6 +69,7 @@ def detect_slide(
     wait: bool = False,
     queue_size: int | None = None,
     readers: int | None = None,
+    reader: str = "auto",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Detections:
     """Nucleus centres in a whole slide (or a region of it), in bounded memory.
@@ -108,6 +109,8 @@ def detect_slide(
         queue_size: tiles read ahead of the batch being run (bounds the memory they
             take); ``None``: two batches; ``0``: no reader threads, tiles are read
             between batches (to measure what prefetching gains).
+        reader: ``"auto"``, ``"tifffile"`` or ``"openslide"``
+            (:func:`~micronet.runtime.slide.reader.open_slide`).
         readers: threads reading and decoding tiles ahead; ``None``: one when the
             detector runs on the CPU (inference wants the cores), up to four when it
             runs on a GPU (then reading is the bottleneck).
@@ -131,7 +134,7 @@ def detect_slide(
     """
     return run_slide(
         detector, path, level=level, region=region, mpp=mpp, tissue_only=tissue_only, progress=progress, out_dir=out_dir,
-        formats=formats, resume=resume, wait=wait, queue_size=queue_size, readers=readers, on_batch=on_batch,
+        formats=formats, resume=resume, wait=wait, queue_size=queue_size, readers=readers, on_batch=on_batch, reader=reader,
     ).detections  # fmt: skip
 
 
@@ -149,6 +152,7 @@ def run_slide(
     wait: bool = False,
     queue_size: int | None = None,
     readers: int | None = None,
+    reader: str = "auto",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> InputRun:
     """:func:`detect_slide` (same arguments), returning what a batch records of the run:
@@ -167,7 +171,7 @@ def run_slide(
     show = progress_enabled(progress)
     # The lock comes before anything else: a second run on this slide refuses at once.
     lock = OutputLock(Path(out_dir), output_stem(Path(path)), wait=wait) if out_dir is not None else nullcontext()
-    with lock, open_slide(path) as slide:
+    with lock, open_slide(path, reader=reader) as slide:
         fault_point("locked")
         with scan_progress(slide, region, show, slide.path.name):
             plan = plan_slide(detector, slide, region=region, level=level, mpp=mpp, tissue_only=tissue_only)

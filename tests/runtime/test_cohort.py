@@ -1,0 +1,110 @@
+"""Cohorts (micronet.runtime.cohort): manifests, and a local Ray runtime running a cohort
+of real slide files with the same outputs as a serial run, a broken slide recorded as
+failed, and a worker killed mid-run losing and doubling nothing."""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from micronet.runtime.batch import RunSettings, process_input
+from micronet.runtime.cohort import DetectorSpec, read_manifest, run_cohort, write_summary
+from micronet.runtime.errors import InputError, MissingFileError
+
+FORMATS = ("csv", "geojson")
+
+
+def test_manifests_list_inputs_as_text_or_csv(tmp_path):
+    (tmp_path / "list.txt").write_text("# cohort\na.svs\n\n/abs/b.svs\n")
+    assert read_manifest(tmp_path / "list.txt") == [tmp_path / "a.svs", Path("/abs/b.svs")]
+    (tmp_path / "list.csv").write_text("\ufeffpatient,slide\np1,x.svs\np2,sub/y.svs\n")
+    assert read_manifest(tmp_path / "list.csv") == [tmp_path / "x.svs", tmp_path / "sub" / "y.svs"]
+    assert read_manifest(tmp_path / "list.csv", "patient") == [tmp_path / "p1", tmp_path / "p2"]
+    with pytest.raises(InputError, match="expected a column 'file_path'; the CSV has patient, slide"):
+        read_manifest(tmp_path / "list.csv", "file_path")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="lists no inputs"):
+        read_manifest(tmp_path / "empty.txt")
+    with pytest.raises(MissingFileError):
+        read_manifest(tmp_path / "missing.txt")
+
+
+def test_run_summary_is_written_whole(tmp_path):
+    rows = [{"input": "a.svs", "status": "ok", "nuclei": 3, "megapixels": 1.5, "seconds": 0.2, "worker": "h:1", "error": "", "extra": 1}]
+    path = write_summary(tmp_path / "run_summary.csv", rows)
+    assert path.read_text().splitlines() == ["input,status,nuclei,megapixels,seconds,worker,error", "a.svs,ok,3,1.5,0.2,h:1,"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, shared_data: Path) -> tuple[list[Path], Path]:
+    """Four copies of CMU-1 under other names and a broken slide; the serial run's outputs."""
+    folder = tmp_path_factory.mktemp("cohort")
+    source = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    slides = []
+    for name in ("a", "b", "c", "d"):
+        shutil.copy(source, folder / f"{name}.svs")
+        slides.append(folder / f"{name}.svs")
+    broken = folder / "broken.svs"
+    broken.write_bytes(source.read_bytes()[:5000])  # a truncated TIFF
+    slides.insert(2, broken)
+    serial = folder / "serial"
+    rows = run_cohort(slides, partial(process_input, out_dir=serial, settings=RunSettings(formats=FORMATS)), DetectorSpec("fast-cpu", "cpu"), progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "ok", "ok"]
+    return slides, serial
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".csv", ".geojson") and p.name != "run_summary.csv"}
+
+
+@pytest.mark.slow
+def test_a_cohort_on_local_ray_writes_what_the_serial_run_writes_and_survives_a_killed_worker(cohort, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'micronet-sdk[cluster]')")
+    slides, serial = cohort
+    out = tmp_path / "ray"
+    process = partial(process_input, out_dir=out, settings=RunSettings(formats=FORMATS))
+    actors: list = []
+    pids: dict[int, object] = {}
+    killed: list[int] = []
+
+    def remember(handles: list) -> None:
+        actors.extend(handles)
+        pids.update(zip(ray.get([a.pid.remote() for a in handles]), handles))
+
+    def kill_one_worker(row: dict) -> None:
+        # When the first slide comes back, kill the *other* worker, which is still in the
+        # middle of its slide: Ray restarts it and retries that slide, which resumes
+        # from its partial outputs (the lock died with the process).
+        if not killed:
+            done_pid = int(str(row["worker"]).rsplit(":", 1)[1])
+            busy_pid = next(pid for pid in pids if pid != done_pid)
+            killed.append(busy_pid)
+            ray.kill(pids[busy_pid], no_restart=False)
+
+    rows = run_cohort(
+        slides, process, DetectorSpec("fast-cpu", "cpu", threads=1), ray_address="local", workers=2, progress=False,
+        on_row=kill_one_worker, on_workers=remember,
+    )  # fmt: skip
+    assert killed and len(actors) == 2
+    # One row per slide, in input order: nothing lost, nothing doubled.
+    assert [Path(r["input"]).name for r in rows] == [p.name for p in slides]
+    status = {Path(r["input"]).name: r["status"] for r in rows}
+    assert status == {"a.svs": "ok", "b.svs": "ok", "broken.svs": "failed", "c.svs": "ok", "d.svs": "ok"}
+    assert "broken.svs" in next(r["error"] for r in rows if r["status"] == "failed")
+    # The killed worker's slide was retried on its restarted actor (a new process).
+    workers = {int(str(r["worker"]).rsplit(":", 1)[1]) for r in rows if r["status"] == "ok"}
+    assert workers - set(pids), (workers, pids, killed)
+    # Byte for byte the serial run's outputs; no partial file or lock left.
+    assert _outputs(out) == _outputs(serial) and len(_outputs(out)) == 8
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.lock"))
+
+    # A rerun of the cohort: the finished slides are verified and skipped, the broken
+    # one fails again, and no output changes.
+    before = _outputs(out)
+    again = run_cohort(slides, process, DetectorSpec("fast-cpu", "cpu", threads=1), ray_address="local", workers=2, progress=False)
+    assert [r["status"] for r in again] == ["skipped", "skipped", "failed", "skipped", "skipped"]
+    assert _outputs(out) == before

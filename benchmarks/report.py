@@ -38,6 +38,7 @@ SECTIONS = [
         '--model runtime/models/micronet_crchisto_relu.int8.onnx --label "fast-cpu (ReLU, int8)"',
     ),
     ("train_step", "Training step: precision and memory layout", "python benchmarks/bench_train.py"),
+    ("cohort", "Cohorts: serial against a local Ray runtime", "python benchmarks/bench_cohort.py"),
     ("gpu", "GPU: TensorRT FP16 vs ONNX Runtime CUDA vs torch CUDA", "python benchmarks/bench_gpu.py"),
 ]
 
@@ -61,6 +62,12 @@ of 8, so its rows run the export's general branch; 1024², the Detector's CPU ti
 the aligned branch without the per-level crops. The network's FLOPs per megapixel (GFLOP
 column of the width table below) make "% of fp32 matmul peak" and "MP/s per 100 GFLOP/s"
 nearly the same number.
+""",
+    "cohort": """\
+Two workers of one thread each beat one worker of two threads on two cores: reading,
+decoding and peak finding are single-threaded per slide, so two slides at once keep
+both cores busy. Ray's own cost per slide is within the noise here; its start-up is paid
+once per run. docs/deployment.md says how to run the same command on a cluster.
 """,
     "ort_profile": """\
 Width sets the ceiling (last table): more channels per pixel give the convolutions more

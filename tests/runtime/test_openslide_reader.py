@@ -79,3 +79,16 @@ def test_without_openslide_a_vendor_format_names_the_extra(tmp_path, monkeypatch
     scan.write_bytes(b"II*\x00" + b"\0" * 64)
     with pytest.raises(MissingPackageError, match=r"needs OpenSlide: pip install 'micronet-sdk\[slides\]'"):
         open_slide(scan)
+
+
+@pytest.mark.slow
+def test_detect_slide_through_either_reader_gives_the_same_detections(cmu1, tmp_path):
+    from micronet.runtime.detector import Detector
+    from micronet.runtime.matching import match_points
+
+    det = Detector("fast-cpu", device="cpu")
+    found = {r: det.detect_slide(cmu1, reader=r, progress=False) for r in ("tifffile", "openslide")}
+    a, b = found["tifffile"].xy, found["openslide"].xy
+    assert len(a) > 1000 and abs(len(a) - len(b)) <= 0.005 * len(a)
+    pred_idx, _ = match_points(b, a, 1.0)
+    assert len(pred_idx) >= 0.995 * len(a)

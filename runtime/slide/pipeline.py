@@ -55,23 +55,7 @@ LOG_INTERVAL_S = 60.0  # without a progress bar, a log line this often
 # --- detection --------------------------------------------------------------------------------
 
 
-def detect_slide(
-    detector: Any,
-    path: str | PathLike[str],
-    level: int | None = None,
-    region: tuple[int, int, int, int] | None = None,
-    mpp: float | None = None,
-    tissue_only: bool = True,
-    progress: bool | None = None,
-    out_dir: str | PathLike[str] | None = None,
-    formats: Sequence[str] = FORMATS,
-    resume: bool = True,
-    wait: bool = False,
-    queue_size: int | None = None,
-    readers: int | None = None,
-    reader: str = "auto",
-    on_batch: Callable[[int, int], None] | None = None,
-) -> Detections:
+def detect_slide(detector: Any, path: str | PathLike[str], **options: Any) -> Detections:
     """Nucleus centres in a whole slide (or a region of it), in bounded memory.
 
     Called as ``detector.detect_slide(path, ...)``. Reads the slide tile by tile at the
@@ -79,6 +63,8 @@ def detect_slide(
     while reader threads prefetch the next ones, keeps each tile's core peaks, and
     streams the detections to ``out_dir`` (see :mod:`micronet.runtime.slide.outputs`
     for the files).
+
+    Takes the arguments of :func:`run_slide` (the options are keyword-only there).
 
     Args:
         detector: the :class:`~micronet.runtime.detector.Detector` to run.
@@ -132,15 +118,13 @@ def detect_slide(
         OSError: an output that cannot be written (full disk, read-only folder), as
             :class:`~micronet.runtime.outputs.OutputWriteError` naming the file.
     """
-    return run_slide(
-        detector, path, level=level, region=region, mpp=mpp, tissue_only=tissue_only, progress=progress, out_dir=out_dir,
-        formats=formats, resume=resume, wait=wait, queue_size=queue_size, readers=readers, on_batch=on_batch, reader=reader,
-    ).detections  # fmt: skip
+    return run_slide(detector, path, **options).detections
 
 
 def run_slide(
     detector: Any,
     path: str | PathLike[str],
+    *,
     level: int | None = None,
     region: tuple[int, int, int, int] | None = None,
     mpp: float | None = None,
@@ -155,10 +139,10 @@ def run_slide(
     reader: str = "auto",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> InputRun:
-    """:func:`detect_slide` (same arguments), returning what a batch records of the run:
-    an :class:`~micronet.runtime.outputs.InputRun` with the detections, whether the
-    slide ran, resumed or was finished already, the outputs rewritten, its megapixels
-    and seconds."""
+    """:func:`detect_slide` (whose docstring describes every argument), returning what
+    a batch records of the run: an :class:`~micronet.runtime.outputs.InputRun` with the
+    detections, whether the slide ran, resumed or was finished already, the outputs
+    rewritten, its megapixels and seconds."""
     started = time.perf_counter()
     if isinstance(queue_size, bool) or (queue_size is not None and (not isinstance(queue_size, numbers.Integral) or queue_size < 0)):
         raise InputError(f"queue_size: expected an integer >= 0 or None, got {queue_size!r}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import numbers
 import threading
-import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from os import PathLike
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
+from ..images import tiff_pixel_size
 from .levels import PLAUSIBLE_MPP, THUMBNAIL_SIZE, Level, SlideBase, Thumbnail, level_box
 
 __all__ = [
@@ -142,53 +142,12 @@ class Slide(SlideBase):
         self._grids = [(math.ceil(h / sh), math.ceil(w / sw)) for h, w, sh, sw in levels]
 
     def _read_mpp(self) -> tuple[tuple[float, float] | None, str]:
-        tif, page = self._tif, self._pages[0]
-        if tif.is_svs:
-            for field in page.description.split("|"):
-                key, _, value = field.partition("=")
-                if key.strip() == "MPP":
-                    try:
-                        mpp = float(value)
-                    except ValueError:
-                        return None, f"the Aperio ImageDescription has an unreadable MPP {value.strip()!r}"
-                    return self._plausible((mpp, mpp), "Aperio ImageDescription MPP")
-            return None, "the Aperio ImageDescription has no MPP field"
-        if tif.is_ome:
-            return self._ome_mpp(tif.ome_metadata or "")
-        unit = page.tags.get("ResolutionUnit")
-        xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
-        unit_value = int(unit.value) if unit is not None else 2  # TIFF's default unit is the inch
-        if xres is None or yres is None or unit_value not in (2, 3):
-            return None, "the TIFF has no resolution tags with a physical unit"
-        per_unit = 25400.0 if unit_value == 2 else 10000.0  # µm per inch or per cm
-        try:
-            rx, ry = (v[0] / v[1] if isinstance(v, tuple) else float(v) for v in (xres.value, yres.value))
-        except (TypeError, ZeroDivisionError):
-            return None, "the TIFF's resolution tags are unreadable"
-        if rx <= 0 or ry <= 0:
-            return None, "the TIFF's resolution tags are not positive"
-        return self._plausible((per_unit / rx, per_unit / ry), "TIFF resolution tags")
-
-    def _ome_mpp(self, xml: str) -> tuple[tuple[float, float] | None, str]:
-        units = {"µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
-        try:
-            root = ET.fromstring(xml)
-        except ET.ParseError as exc:
-            return None, f"its OME-XML is not well-formed ({exc})"
-        pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-        if pixels is None or "PhysicalSizeX" not in pixels.attrib:
-            return None, "its OME-XML has no PhysicalSizeX"
-        sizes = []
-        for axis in ("X", "Y"):
-            value = pixels.get(f"PhysicalSize{axis}", pixels.get("PhysicalSizeX"))
-            unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
-            if unit not in units:
-                return None, f"its OME-XML gives PhysicalSize{axis} in an unknown unit {unit!r}"
-            try:
-                sizes.append(float(value) * units[unit])
-            except ValueError:
-                return None, f"its OME-XML has an unreadable PhysicalSize{axis} {value!r}"
-        return self._plausible((sizes[0], sizes[1]), "OME-XML PhysicalSizeX/Y")
+        # One parser for every TIFF, slide or plain image (OME-XML, Aperio MPP, ImageJ,
+        # resolution tags): micronet.runtime.images.
+        mpp_xy, source = tiff_pixel_size(self._tif)
+        if mpp_xy is None:
+            return None, source
+        return self._plausible(mpp_xy, source)
 
     @staticmethod
     def _plausible(mpp_xy: tuple[float, float], source: str) -> tuple[tuple[float, float] | None, str]:

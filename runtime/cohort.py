@@ -103,9 +103,23 @@ def read_manifest(path: str | Path, column: str | None = None) -> list[Path]:
     return [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
 
 
-def write_summary(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Writes ``run_summary.csv`` (the columns of :data:`SUMMARY_FIELDS`), atomically."""
+def write_summary(path: str | Path, rows: Iterable[dict[str, Any]], merge: bool = False) -> Path:
+    """Writes ``run_summary.csv`` (the columns of :data:`SUMMARY_FIELDS`), atomically.
+
+    With ``merge``, the rows of an existing summary whose inputs this run did not touch
+    are kept (in their order, this run's rows replacing theirs in place, new inputs
+    after), so several batches into one folder leave one summary of every input."""
     path = Path(path)
+    rows = [dict(r) for r in rows]
+    if merge and path.is_file():
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                old = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            old = []  # an unreadable summary is replaced, not merged
+        fresh = {str(r.get("input")): r for r in rows}
+        merged = [fresh.pop(r.get("input", ""), r) for r in old]
+        rows = merged + [r for r in rows if str(r.get("input")) in fresh]
     tmp = path.with_name(path.name + ".partial")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         _write_summary_quietly(write_summary, out / SUMMARY, rows)
         print("micronet detect: interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
-    write_summary(out / SUMMARY, rows)
+    write_summary(out / SUMMARY, rows, merge=True)
     failed = [r for r in rows if r["status"] == "failed"]
     if len(files) == 1 and failed and failed[0].get("exception") is not None:
         raise failed[0]["exception"]  # one input: its error is the command's (one line, status 2)
@@ -269,6 +269,6 @@ def _say(line: str, bars: bool) -> None:
 
 def _write_summary_quietly(write_summary: Any, path: Path, rows: list[dict[str, Any]]) -> None:
     try:
-        write_summary(path, rows)
+        write_summary(path, rows, merge=True)
     except OSError as exc:
         log.debug("%s not written: %s", path, exc)

@@ -108,3 +108,13 @@ def test_a_cohort_on_local_ray_writes_what_the_serial_run_writes_and_survives_a_
     again = run_cohort(slides, process, DetectorSpec("fast-cpu", "cpu", threads=1), ray_address="local", workers=2, progress=False)
     assert [r["status"] for r in again] == ["skipped", "skipped", "failed", "skipped", "skipped"]
     assert _outputs(out) == before
+
+
+def test_a_summary_merges_the_inputs_of_earlier_batches(tmp_path):
+    path = tmp_path / "run_summary.csv"
+    write_summary(path, [{"input": "a.png", "status": "ok", "nuclei": 1}, {"input": "b.png", "status": "failed", "error": "grey"}])
+    write_summary(path, [{"input": "b.png", "status": "ok", "nuclei": 2}, {"input": "c.png", "status": "ok", "nuclei": 3}], merge=True)
+    lines = path.read_text().splitlines()
+    assert [ln.split(",")[:3] for ln in lines[1:]] == [["a.png", "ok", "1"], ["b.png", "ok", "2"], ["c.png", "ok", "3"]]
+    write_summary(path, [{"input": "d.png", "status": "ok", "nuclei": 4}])  # without merge: this run only
+    assert len(path.read_text().splitlines()) == 2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gpu_support import fake_cupy
 from micronet.export import engine as engine_mod
 from micronet.export.engine import build_engine, check_profile, main, parse_shape, read_onnx_info
 from micronet.runtime.backends import cuda_env
@@ -179,37 +180,6 @@ class _Error:
         return self._v[3]
 
 
-def _fake_cupy(devices=(("NVIDIA L4", 8, 9),)) -> types.ModuleType:
-    """CuPy's device selection and properties, for machines without a GPU; `.cuda.state.current`
-    is the current device."""
-    cupy = types.ModuleType("cupy")
-    state = types.SimpleNamespace(current=0)
-
-    class Device:
-        def __init__(self, device_id=None):
-            self.id = state.current if device_id is None else device_id
-
-        def __enter__(self):
-            self._previous, state.current = state.current, self.id
-            return self
-
-        def __exit__(self, *exc):
-            state.current = self._previous
-
-    class CUDARuntimeError(RuntimeError):
-        pass
-
-    def properties(device_id):
-        if not 0 <= device_id < len(devices):
-            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
-        name, major, minor = devices[device_id]
-        return {"name": name.encode(), "major": major, "minor": minor}
-
-    runtime = types.SimpleNamespace(CUDARuntimeError=CUDARuntimeError, getDeviceProperties=properties, getDeviceCount=lambda: len(devices))
-    cupy.cuda = types.SimpleNamespace(Device=Device, runtime=runtime, state=state)
-    return cupy
-
-
 def _fake_tensorrt(*, parse_ok=True, build_ok=True, version="10.3.0", cupy=None):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -317,7 +287,7 @@ def _fake_tensorrt(*, parse_ok=True, build_ok=True, version="10.3.0", cupy=None)
 @pytest.fixture
 def fake_builder(monkeypatch):
     def install(devices=(("NVIDIA L4", 8, 9),), **kwargs):
-        cupy = _fake_cupy(devices)
+        cupy = fake_cupy(devices)
         trt = _fake_tensorrt(cupy=cupy, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         monkeypatch.setitem(sys.modules, "cupy", cupy)

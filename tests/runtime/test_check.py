@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpu_support import require_ort_cuda, require_tensorrt
 from micronet.cli import main
 from micronet.runtime.check import (
     REFERENCE_FORMAT,
@@ -152,25 +153,9 @@ def test_bundled_int8_weights_fit_in_7_bits():
 # --- on the GPU (skip without one) ------------------------------------------------------
 
 
-def _gpu_or_skip(need: str) -> None:
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        count = 0
-    if count < 1:
-        pytest.skip("no CUDA device")
-    if need == "tensorrt":
-        pytest.importorskip("tensorrt", reason="TensorRT not installed (pip install 'micronet-sdk[gpu]')")
-    else:
-        ort = pytest.importorskip("onnxruntime")
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            pytest.skip("this ONNX Runtime has no CUDA provider (pip install 'micronet-sdk[gpu]')")
-
-
 @pytest.mark.gpu
 def test_bundled_default_agrees_with_its_reference_on_onnxruntime_cuda():
-    _gpu_or_skip("onnxruntime")
+    require_ort_cuda()
     det = Detector("default", device="cuda")
     assert det.backend_name == "onnxruntime-cuda"
     result = check_detector(det, repeats=1)
@@ -182,7 +167,7 @@ def test_bundled_default_agrees_with_its_reference_on_onnxruntime_cuda():
 def test_bundled_default_agrees_with_its_reference_on_tensorrt_fp16():
     # The engine is built from the bundled fp16 export on first use (engine cache), and
     # its sidecar carries the reference results of the ONNX model.
-    _gpu_or_skip("tensorrt")
+    require_tensorrt()
     det = Detector("default", backend="tensorrt", verify=True)
     result = check_detector(det, repeats=1)
     assert result.status == "agrees" and result.precision == "fp16", result

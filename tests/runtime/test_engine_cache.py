@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpu_support import fake_cupy, require_tensorrt
 from micronet.runtime import engine_cache
 from micronet.runtime.backends import cuda_env
 from micronet.runtime.backends.tensorrt import read_sidecar
@@ -115,34 +116,6 @@ def test_other_onnx_files_on_tensorrt_point_to_export_engine(blur_onnx):
 
 
 # --- builds against stand-ins for TensorRT's builder and CuPy ----------------------------
-
-
-def _fake_cupy(devices):
-    cupy = types.ModuleType("cupy")
-    state = types.SimpleNamespace(current=0)
-
-    class Device:
-        def __init__(self, device_id=None):
-            self.id = state.current if device_id is None else device_id
-
-        def __enter__(self):
-            self._previous, state.current = state.current, self.id
-            return self
-
-        def __exit__(self, *exc):
-            state.current = self._previous
-
-    class CUDARuntimeError(RuntimeError):
-        pass
-
-    def properties(device_id):
-        if not 0 <= device_id < len(devices):
-            raise CUDARuntimeError("invalid device ordinal")
-        name, major, minor = devices[device_id]
-        return {"name": name.encode(), "major": major, "minor": minor}
-
-    cupy.cuda = types.SimpleNamespace(Device=Device, runtime=types.SimpleNamespace(CUDARuntimeError=CUDARuntimeError, getDeviceProperties=properties))
-    return cupy
 
 
 def _fake_tensorrt(version="10.3.0"):
@@ -266,7 +239,7 @@ def fake_gpu(monkeypatch, tmp_path):
     def install(devices=(("NVIDIA L4", 8, 9),), version="10.3.0"):
         trt = _fake_tensorrt(version)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(devices))
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy(devices))
         monkeypatch.setattr(cuda_env, "_TRT_LOGGER", None)  # its class derives from trt.ILogger
         return trt
 
@@ -428,25 +401,13 @@ def test_the_engine_cache_imports_no_torch_and_no_gpu_packages():
 # --- real builds on a GPU ---------------------------------------------------------------
 
 
-def _require_gpu():
-    pytest.importorskip("tensorrt", reason="TensorRT not installed (pip install 'micronet-sdk[gpu]')")
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        count = 0
-    if count < 1:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
 @pytest.mark.gpu
 def test_bundled_model_on_tensorrt_builds_once_and_matches_onnxruntime(tmp_path_factory, monkeypatch, caplog):
     # The real first use: the bundled fp16 export → an fp16 engine in the cache, then
     # loaded from there; detections agree with the fp32 model on ONNX Runtime's CPU
     # provider up to fp16 rounding. The cache is $MICRONET_CACHE_DIR when set (so a GPU
     # session's benchmark reuses the engine built here), else a fresh folder.
-    _require_gpu()
+    require_tensorrt()
     _bundled_fp16()
     from micronet.runtime.detector import bundled_sample, read_image
     from micronet.runtime.matching import evaluate_points

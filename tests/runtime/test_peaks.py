@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage as ndi
 
+from gpu_support import require_cupy
 from micronet.runtime.peaks import find_peaks, refine_subpixel
 
 peak_local_max = pytest.importorskip("skimage.feature").peak_local_max
@@ -128,16 +129,6 @@ def test_subpixel_recovers_offset_of_a_sampled_gaussian():
 # --- on the GPU (skip without CuPy and a CUDA device) -----------------------------------
 
 
-def _cupy():
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
 def _assert_cuda_equals_cpu(cupy, m, threshold, min_distance, **kwargs):
     from micronet.runtime.peaks import find_peaks_cuda
 
@@ -151,7 +142,7 @@ def _assert_cuda_equals_cpu(cupy, m, threshold, min_distance, **kwargs):
 
 @pytest.mark.gpu
 def test_cuda_peaks_equal_cpu_peaks():
-    cupy = _cupy()
+    cupy = require_cupy()
     from micronet.runtime.peaks import find_peaks_cuda
 
     rng = np.random.default_rng(3)
@@ -172,12 +163,12 @@ def test_cuda_peaks_equal_cpu_peaks():
 def test_cuda_peaks_equal_cpu_peaks_on_plateaus_ties_and_constant_maps(prob_map, threshold, min_distance):
     # Few distinct values: plateaus, ties, constant maps and 1-pixel maps, where the
     # constant-map rule and the tie order matter.
-    _assert_cuda_equals_cpu(_cupy(), prob_map, threshold, min_distance)
+    _assert_cuda_equals_cpu(require_cupy(), prob_map, threshold, min_distance)
 
 
 @pytest.mark.gpu
 def test_cuda_constant_map_rule():
-    cupy = _cupy()
+    cupy = require_cupy()
     from micronet.runtime.peaks import find_peaks_cuda
 
     for shape in [(5, 5), (1, 7), (300, 257)]:  # one block and several
@@ -193,7 +184,7 @@ def test_cuda_constant_map_rule():
 def test_cuda_peaks_with_more_candidates_than_the_first_buffer_holds():
     # A plateau above the threshold: every plateau pixel is a candidate (65k > the 1024
     # the first pass holds), so the exact second pass runs; select_peaks thins them.
-    cupy = _cupy()
+    cupy = require_cupy()
     m = np.zeros((256, 256), np.float32)
     m[:, 1:] = 1.0
     xy = _assert_cuda_equals_cpu(cupy, m, 0.5, 3)
@@ -203,7 +194,7 @@ def test_cuda_peaks_with_more_candidates_than_the_first_buffer_holds():
 @pytest.mark.gpu
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_cuda_non_finite_maps_raise_like_the_cpu(bad):
-    cupy = _cupy()
+    cupy = require_cupy()
     from micronet.runtime.peaks import find_peaks_cuda
 
     for dtype in (np.float32, np.float64):
@@ -217,7 +208,7 @@ def test_cuda_non_finite_maps_raise_like_the_cpu(bad):
 
 @pytest.mark.gpu
 def test_cuda_peaks_inputs_dtypes_streams_and_shapes():
-    cupy = _cupy()
+    cupy = require_cupy()
     from micronet.runtime.peaks import find_peaks_cuda
 
     rng = np.random.default_rng(8)

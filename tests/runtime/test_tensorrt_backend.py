@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpu_support import require_tensorrt
 from micronet.runtime.backends import Backend
 from micronet.runtime.backends import cuda_env
 from micronet.runtime.backends import tensorrt as trt_backend
@@ -200,22 +201,29 @@ def test_pool_blocks_callers_until_a_slot_comes_back():
     assert got == [slot]
 
 
-def test_close_wakes_waiting_callers_with_a_clear_error():
-    pool, _ = _pool(limit=1)
-    pool.detach(pool.acquire())  # the one slot is in flight
-    errors = []
+def _blocked_callers(call, count: int, settle: float = 0.05) -> tuple[list[threading.Thread], list[str]]:
+    """``count`` threads running ``call``, started and given ``settle`` seconds to block;
+    the messages of the RuntimeErrors they end with are collected in the list."""
+    errors: list[str] = []
 
-    def wait_for_a_slot():
+    def run():
         try:
-            pool.acquire()
+            call()
         except RuntimeError as exc:
             errors.append(str(exc))
 
-    waiters = [threading.Thread(target=wait_for_a_slot) for _ in range(3)]
-    for t in waiters:
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
         t.start()
-    time.sleep(0.05)
-    assert all(t.is_alive() for t in waiters)
+    time.sleep(settle)
+    assert all(t.is_alive() for t in threads)
+    return threads, errors
+
+
+def test_close_wakes_waiting_callers_with_a_clear_error():
+    pool, _ = _pool(limit=1)
+    pool.detach(pool.acquire())  # the one slot is in flight
+    waiters, errors = _blocked_callers(pool.acquire, 3)
     closer = threading.Thread(target=pool.close)
     closer.start()
     closer.join(5)
@@ -685,19 +693,7 @@ def test_close_wakes_callers_waiting_for_a_context(fake_gpu):
     backend = TensorRTBackend(path, max_contexts=1)
     batch = np.full((1, 8, 8, 3), 102, np.uint8)
     pending = backend.infer_async(batch)  # the only context, in flight
-    errors = []
-
-    def infer():
-        try:
-            backend.infer(batch)
-        except RuntimeError as exc:
-            errors.append(str(exc))
-
-    waiters = [threading.Thread(target=infer) for _ in range(2)]
-    for t in waiters:
-        t.start()
-    time.sleep(0.05)
-    assert all(t.is_alive() for t in waiters)
+    waiters, errors = _blocked_callers(lambda: backend.infer(batch), 2)
     backend.close()
     for t in waiters:
         t.join(5)
@@ -797,18 +793,6 @@ def test_gpu_index_reaches_the_tensorrt_backend(fake_gpu):
 # --- real engines on a GPU -------------------------------------------------------------
 
 
-def _require_gpu():
-    pytest.importorskip("tensorrt", reason="TensorRT not installed (pip install 'micronet-sdk[gpu]')")
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'micronet-sdk[gpu]')")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        count = 0
-    if count < 1:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
 def he_like_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
     """(n, h, w, 3) uint8: pink stroma with dark purple nucleus-sized blobs."""
     from micronet.runtime.synthetic import nuclei_image
@@ -821,7 +805,7 @@ def he_like_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarr
 def tiny_engine(tmp_path_factory):
     """A tiny random-weight MicroNet exported to fp32 and fp16 ONNX, and an engine built
     from the fp16 one on this GPU."""
-    _require_gpu()
+    require_tensorrt()
     pytest.importorskip("torch", reason="torch is needed to export the test model")
     from micronet.export.engine import build_engine
     from micronet.export.onnx import export_onnx
@@ -850,7 +834,7 @@ def _ort_maps(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
 
 @pytest.mark.gpu
 def test_engine_matches_onnxruntime_fp32(tiny_engine):
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     from micronet.runtime.matching import evaluate_points
     from micronet.runtime.peaks import find_peaks
 
@@ -878,7 +862,7 @@ def test_engine_matches_onnxruntime_fp32(tiny_engine):
 
 @pytest.mark.gpu
 def test_cuda_peaks_on_engine_output_equal_cpu_peaks(tiny_engine):
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     from micronet.runtime.peaks import find_peaks, find_peaks_cuda
 
     batch = he_like_images(np.random.default_rng(1), 1, 512, 512)
@@ -895,7 +879,7 @@ def test_cuda_peaks_on_engine_output_equal_cpu_peaks(tiny_engine):
 
 @pytest.mark.gpu
 def test_engine_is_thread_safe_and_checks_the_profile(tiny_engine):
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     batches = [he_like_images(np.random.default_rng(k), 2, 128, 128) for k in range(6)]
     with TensorRTBackend(tiny_engine.engine, max_contexts=3) as backend:
         expected = [cupy.asnumpy(backend.infer(b)) for b in batches]
@@ -919,7 +903,7 @@ def test_engine_is_thread_safe_and_checks_the_profile(tiny_engine):
 
 @pytest.mark.gpu
 def test_built_sidecar_describes_this_machine(tiny_engine):
-    _require_gpu()
+    require_tensorrt()
     import tensorrt as trt
 
     data = read_sidecar(tiny_engine.engine)
@@ -935,7 +919,7 @@ def test_built_sidecar_describes_this_machine(tiny_engine):
 
 @pytest.mark.gpu
 def test_two_batches_in_flight_equal_one_at_a_time(tiny_engine):
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     batches = [he_like_images(np.random.default_rng(10 + k), 2, 256, 256) for k in range(3)]
     with TensorRTBackend(tiny_engine.engine, max_contexts=2) as backend:
         expected = [cupy.asnumpy(backend.infer(b)) for b in batches]
@@ -953,23 +937,12 @@ def test_two_batches_in_flight_equal_one_at_a_time(tiny_engine):
 
 @pytest.mark.gpu
 def test_close_wakes_waiting_callers_on_a_real_engine(tiny_engine):
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     batch = he_like_images(np.random.default_rng(3), 1, 128, 128)
     backend = TensorRTBackend(tiny_engine.engine, max_contexts=1)
     expected = cupy.asnumpy(backend.infer(batch))
     pending = backend.infer_async(batch)  # the only context, in flight
-    errors = []
-
-    def infer():
-        try:
-            backend.infer(batch)
-        except RuntimeError as exc:
-            errors.append(str(exc))
-
-    waiter = threading.Thread(target=infer)
-    waiter.start()
-    time.sleep(0.2)
-    assert waiter.is_alive()
+    (waiter,), errors = _blocked_callers(lambda: backend.infer(batch), 1, settle=0.2)
     backend.close()
     waiter.join(10)
     assert not waiter.is_alive() and errors == ["TensorRTBackend is closed"]
@@ -980,7 +953,7 @@ def test_close_wakes_waiting_callers_on_a_real_engine(tiny_engine):
 def test_detector_on_an_engine_pipelines_and_finds_the_cpu_peaks(tiny_engine):
     # The pipelined GPU path (two batches in flight, CuPy peaks, one copy per tile) against
     # the same engine's maps copied to the host and scanned by the native CPU finder.
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     from micronet.runtime.matching import match_points
 
     images = list(he_like_images(np.random.default_rng(4), 5, 300, 420))
@@ -1012,7 +985,7 @@ def test_detector_on_an_engine_pipelines_and_finds_the_cpu_peaks(tiny_engine):
 
 @pytest.mark.gpu
 def test_gpu_index_is_checked_and_used(tiny_engine):
-    cupy = _require_gpu()
+    cupy = require_tensorrt()
     count = cupy.cuda.runtime.getDeviceCount()
     det = Detector(tiny_engine.engine, device=f"cuda:{count - 1}")
     assert det.backend.device_id == count - 1

@@ -21,11 +21,8 @@ name the GPU); never torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import threading
@@ -33,11 +30,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from micronet.runtime.backends.cuda_env import check_device_id, cuda_device, cuda_device_properties, import_tensorrt, trt_logger
+from micronet.runtime.backends.cuda_env import (
+    check_device_id,
+    cuda_device,
+    cuda_device_properties,
+    import_tensorrt,
+    trt_logger,
+)
 from micronet.runtime.backends.engine_sidecar import sidecar_path
 from micronet.runtime.check import REFERENCE_KEY
 from micronet.runtime.errors import InputError, MicronetError, MissingFileError
 from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from micronet.runtime.outputs import file_sha256, replace_atomically
 
 __all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph", "main"]
 
@@ -154,14 +158,6 @@ def general_graph(onnx_path: str | Path, output: str | Path) -> Path:
     return output
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _parser_errors(parser: Any, onnx_path: Path) -> str:
     """One line per ONNX parser error, naming the failing node where TensorRT says which."""
     lines = []
@@ -240,20 +236,6 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A unique temporary name in the same directory, then one rename: an interrupted
-    # build never leaves a half-written file, and two builds never share a temp file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def build_engine(
     onnx_path: str | Path,
     output: str | Path,
@@ -314,11 +296,11 @@ def build_engine(
         )
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output, serialized)
+    replace_atomically(output, lambda tmp: tmp.write_bytes(serialized))
     if timing_cache is not None and timings is not None:
         cache_path = Path(timing_cache)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cache_path, timings)
+        replace_atomically(cache_path, lambda tmp: tmp.write_bytes(timings))
     info.precision = precision
     sidecar = {
         "micronet": json.loads(info.to_json()),
@@ -330,13 +312,13 @@ def build_engine(
         "profiles": [{"input": INPUT_NAME, "min": [*lo, 3], "opt": [*opt, 3], "max": [*hi, 3]}],
         "version_compatible": bool(version_compatible),
         "onnx": onnx_path.name,
-        "onnx_sha256": _sha256(onnx_path),
+        "onnx_sha256": file_sha256(onnx_path),
     }
     reference = _onnx_reference(onnx_path)
     if reference is not None:
         # The known answers travel with the engine, so `micronet check` can test it.
         sidecar["reference"] = reference
-    _write_atomic(sidecar_path(output), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    replace_atomically(sidecar_path(output), lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n"))
     log.info("wrote %s (%.1f MB) and %s in %.0f s", output, output.stat().st_size / 1e6, sidecar_path(output).name, seconds)
     return output
 

@@ -120,13 +120,16 @@ def write_summary(path: str | Path, rows: Iterable[dict[str, Any]], merge: bool 
         fresh = {str(r.get("input")): r for r in rows}
         merged = [fresh.pop(r.get("input", ""), r) for r in old]
         rows = merged + [r for r in rows if str(r.get("input")) in fresh]
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
-    tmp.replace(path)
+    from .outputs import replace_atomically
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
+
+    replace_atomically(path, write)
     return path
 
 

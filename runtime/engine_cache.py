@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import InputError, MissingFileError
+from .outputs import file_sha256  # re-exported: the engine key hashes the ONNX file
 
 __all__ = [
     "CACHE_ENV",
@@ -78,15 +79,6 @@ def cache_dir() -> Path:
     if xdg:
         return Path(xdg).expanduser() / "micronet"
     return Path.home() / ".cache" / "micronet"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def engine_key(
@@ -260,7 +252,11 @@ def cached_engine(
         ValueError: not a MicroNet export, an int8 export, or a bad profile.
         RuntimeError: no CUDA device ``device_id``, or TensorRT failed to build.
     """
-    from .backends.cuda_env import check_device_id, cuda_device_properties, import_tensorrt
+    from .backends.cuda_env import (
+        check_device_id,
+        cuda_device_properties,
+        import_tensorrt,
+    )
 
     onnx_path = Path(onnx_path)
     device_id = check_device_id(device_id)

@@ -38,6 +38,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ __all__ = [
     "check_formats",
     "fingerprint",
     "file_digest",
+    "file_sha256",
     "model_digest",
     "replace_atomically",
     "writing",
@@ -123,13 +125,18 @@ def fingerprint(path: Path) -> dict[str, Any]:
     return {"name": path.name, "bytes": path.stat().st_size, "sha256_1mib": digest.hexdigest()}
 
 
-def file_digest(path: Path) -> dict[str, Any]:
-    """``{"bytes": size, "sha256": hex}`` of a file."""
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of a file."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 _MODEL_DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -152,7 +159,11 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Calls ``write`` on a temporary name next to ``path``, then renames it over
     ``path``: readers see the old file or the new one, never half of one. A failed
     write leaves no temporary file behind."""
-    tmp = path.with_name(path.name + ".tmp")
+    # A unique name in the same folder (one rename away, and never shared by two
+    # writers of the same file: two engine builds, two processes).
+    fd, name = tempfile.mkstemp(prefix=".", suffix=f".{path.name}.tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         with writing(path):
             write(tmp)

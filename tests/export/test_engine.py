@@ -361,13 +361,15 @@ def test_build_runs_on_the_chosen_gpu_and_describes_it(fake_builder, tmp_path):
 
 
 def test_concurrent_writes_of_one_file_never_mix(tmp_path):
+    from micronet.runtime.outputs import replace_atomically
+
     # Two builds writing the same timing cache: each write is whole, no temp file remains.
     target = tmp_path / "timing.cache"
     payloads = [bytes([k]) * 1_000_000 for k in (1, 2)]
 
     def write(data):
         for _ in range(20):
-            engine_mod._write_atomic(target, data)
+            replace_atomically(target, lambda tmp: tmp.write_bytes(data))  # what export-engine writes with
 
     threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
     for t in threads:

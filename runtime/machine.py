@@ -29,6 +29,7 @@ __all__ = [
     "ISA_FLAGS",
     "cpu_flags",
     "cpu_model",
+    "cuda_device_count",
     "describe_machine",
     "has_native_bf16",
     "has_vnni",
@@ -142,22 +143,33 @@ def matmul_peak_gflops(size: int = 1024, repeat: int = 5) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the driver reports (0 without a driver), asked through libcuda itself
+    so that no GPU package is needed to tell a CPU machine."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def _gpus() -> list[dict[str, str]]:
-    """Name and compute capability of each CUDA device, when CuPy can see one."""
-    try:
-        import cupy
-    except ImportError:
-        return []
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # no driver, no device: a CPU machine
-        return []
+    """Name and compute capability of each CUDA device (none without a driver, or
+    without CuPy or cuda-python to ask)."""
+    from .backends.cuda_env import cuda_device_properties
+
     out = []
-    for i in range(count):
-        props = cupy.cuda.runtime.getDeviceProperties(i)
-        name = props["name"]
-        name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-        out.append({"index": str(i), "name": name.strip("\x00 ").strip(), "compute_capability": f"{props['major']}.{props['minor']}"})
+    for i in range(cuda_device_count()):
+        try:
+            name, cc = cuda_device_properties(i)
+        except (ImportError, RuntimeError):  # no package to ask: the GPUs go unnamed
+            return out
+        out.append({"index": str(i), "name": name, "compute_capability": cc})
     return out
 
 

@@ -55,35 +55,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _gpu_count() -> int:
-    """CUDA devices the driver reports (0 without a driver), asked through libcuda itself
-    so that no GPU package is needed to tell a CPU machine."""
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
-
-
 def _cuda_available() -> tuple[bool, str]:
+    from micronet.runtime.machine import cuda_device_count
+
     try:
         import onnxruntime as ort
     except ImportError:
         return False, "onnxruntime is not installed"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, "this ONNX Runtime has no CUDA provider (pip install 'micronet-sdk[gpu]')"
-    if _gpu_count() < 1:
+    if cuda_device_count() < 1:
         return False, "no CUDA GPU (no NVIDIA driver or device)"
     return True, ""
 
 
 def _tensorrt_available() -> tuple[bool, str]:
-    if _gpu_count() < 1:
+    from micronet.runtime.machine import cuda_device_count
+
+    if cuda_device_count() < 1:
         return False, "no CUDA GPU (no NVIDIA driver or device)"
     try:
         import tensorrt  # noqa: F401

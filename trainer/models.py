@@ -32,12 +32,13 @@ from micronet.runtime.errors import InputError
 
 __all__ = [
     "ACTIVATIONS",
-    "MicroNetConfig",
     "MicroNet",
+    "MicroNetConfig",
     "create_model",
     "list_models",
-    "register_model",
+    "map_output",
     "model_from_config",
+    "register_model",
     "with_activation",
 ]
 
@@ -68,16 +69,32 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:
-    """Rebuilds a model from the ``{"name": ..., **config}`` dict a checkpoint stores."""
+    """Rebuilds a model from the ``{"name": ..., **config}`` dict a checkpoint stores:
+    MicroNet (``"micronet"``) or a baseline (``"fcn"``, ``"unet"``, ...; see
+    :mod:`micronet.trainer.baselines`)."""
+    from .baselines import BASELINES  # loaded by the import at the end of this module
+
     config = dict(config)
     name = config.pop("name", None)
+    if name in BASELINES:
+        return BASELINES[name].from_config_dict(config)
     if name != "micronet":
-        raise InputError(f"checkpoint architecture {name!r} is not supported; valid: 'micronet'")
+        valid = ", ".join(repr(n) for n in ["micronet", *sorted(BASELINES)])
+        raise InputError(f"checkpoint architecture {name!r} is not supported; valid: {valid}")
     if "widths" in config:
         config["widths"] = tuple(config["widths"])
     if "context_depths" in config:
         config["context_depths"] = tuple(config["context_depths"])
     return MicroNet(MicroNetConfig(**config))
+
+
+def map_output(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The map a model's raw output stands for: probabilities (``sigmoid``) for pixel
+    classifiers that return logits (``output_activation == "sigmoid"``: FCN, U-Net),
+    the output itself for regressors (MicroNet, FCRN, FRCN)."""
+    if getattr(model, "output_activation", "linear") == "sigmoid":
+        return torch.sigmoid(y)
+    return y
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,9 @@ class MicroNet(nn.Module):
     """MicroNet: a U-Net-like FCN with residual blocks and multi-context aggregation that
     regresses the proximity map (Eq. 1). Input ``(B, 3, H, W)`` normalised float, any H, W;
     output ``(B, 1, H, W)``, linear (no sigmoid): targets are in [0, scale]."""
+
+    target_kind = "proximity"  # what it regresses (trainer/targets.py)
+    output_activation = "linear"  # see map_output
 
     def __init__(self, config: MicroNetConfig | None = None) -> None:
         super().__init__()
@@ -311,3 +331,11 @@ def count_flops(model: nn.Module, height: int = 500, width: int = 500) -> float:
         model(torch.zeros(1, 3, height, width))
     model.train(was_training)
     return float(counter.get_total_flops())
+
+
+# The baselines of the seed paper's Table 1 join the registry: fcn, unet, fcrn_a, fcrn_b,
+# frcn. baselines.py imports nothing from this module (no import cycle).
+from . import baselines
+
+for _factory in baselines.FACTORIES:
+    register_model(_factory)

@@ -56,6 +56,7 @@ from torch import nn
 from micronet.runtime.check import REFERENCE_KEY, build_reference
 from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from micronet.trainer.models import map_output
 
 if TYPE_CHECKING:
     import onnx
@@ -110,7 +111,8 @@ class DeployableModel(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image.float() - self.mean) * self.inv_std  # (N, H, W, 3)
         x = x.permute(0, 3, 1, 2).to(self.dtype)  # (N, 3, H, W)
-        return self.model(x).float()  # (N, 1, H, W)
+        # A pixel classifier's logits become probabilities here (the map is thresholded).
+        return map_output(self.model, self.model(x)).float()  # (N, 1, H, W)
 
 
 def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:

@@ -76,25 +76,30 @@ def _folder_mpp(root: Path, mpp: float | None) -> float:
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
-    """The image names that ``<root>/split.csv`` (columns ``name,split``) puts in
-    ``split``, in the file's order.
+    """The image names that a split file (columns ``name,split``) puts in ``split``, in
+    the file's order.
+
+    ``split`` is either a split's name, read from ``<root>/split.csv``, or
+    ``"<name>@<file.csv>"``, read from that file: a split of a data set that ships none
+    (MoNuSeg), kept beside the code that uses it instead of inside the shared data.
 
     Raises:
-        ValueError: no split.csv, no such split (the valid ones are listed), or a file
+        InputError: no split file, no such split (the valid ones are listed), or a file
             without the ``name`` and ``split`` columns.
     """
-    split_file = Path(root) / "split.csv"
+    name, sep, file = split.partition("@")
+    split_file = Path(file) if sep else Path(root) / "split.csv"
     if not split_file.is_file():
-        raise InputError(f"{root}: split {split!r} requested but there is no split.csv")
+        raise InputError(f"{root}: split {split!r} requested but there is no {split_file}")
     with split_file.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not {"name", "split"} <= set(reader.fieldnames or ()):
             raise InputError(f"{split_file}: expected the columns 'name,split', got {','.join(reader.fieldnames or ())!r}")
         split_of = {row["name"]: row["split"] for row in reader}
     valid = sorted(set(split_of.values()))
-    if split not in valid:
-        raise InputError(f"split {split!r} not in {split_file}; valid: {', '.join(valid)}")
-    return [name for name, s in split_of.items() if s == split]
+    if name not in valid:
+        raise InputError(f"split {name!r} not in {split_file}; valid: {', '.join(valid)}")
+    return [n for n, s in split_of.items() if s == name]
 
 
 def load_point_folder(root: str | Path, split: str | None = None, mpp: float | None = None) -> PointDataset:

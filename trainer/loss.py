@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from micronet.runtime.errors import InputError
 
-__all__ = ["weighted_mse", "two_source_loss"]
+__all__ = ["loss_for", "weighted_mse", "two_source_loss"]
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, lam: float = 5.0) -> torch.Tensor:
@@ -27,18 +29,43 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, lam: float = 5.0) -> 
 
 
 def two_source_loss(
-    pred: torch.Tensor, target: torch.Tensor, is_target_domain: torch.Tensor, gamma: float, lam: float = 5.0
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    is_target_domain: torch.Tensor,
+    gamma: float,
+    lam: float = 5.0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``γ · L_target + L_auxiliary`` (paper, training with auxiliary data).
 
     Args:
         is_target_domain: ``(B,)`` bool, True for images from the target data set.
         gamma: weight γ of the target-domain term.
+        loss_fn: the per-source loss; default Eq. 2 with ``lam``.
     """
+    if loss_fn is None:
+        loss_fn = lambda p, t: weighted_mse(p, t, lam)  # noqa: E731
     loss = pred.new_zeros(())
     mask = is_target_domain.bool()
     if mask.any():
-        loss = loss + gamma * weighted_mse(pred[mask], target[mask], lam)
+        loss = loss + gamma * loss_fn(pred[mask], target[mask])
     if (~mask).any():
-        loss = loss + weighted_mse(pred[~mask], target[~mask], lam)
+        loss = loss + loss_fn(pred[~mask], target[~mask])
     return loss
+
+
+def loss_for(kind: str, lam: float = 5.0):
+    """The per-batch loss ``f(pred, target)`` of a target kind, each as its paper trains it.
+
+    - ``"proximity"``: Eq. 2 (MicroNet; FRCN's structured regression weights pixels the
+      same way, by target plus a share of the mean).
+    - ``"disk"``: pixel-wise binary cross-entropy on logits (FCN, U-Net as classifiers).
+    - ``"density"``: plain mean squared error (FCRN-A/B).
+    """
+    if kind == "proximity":
+        return lambda pred, target: weighted_mse(pred, target, lam)
+    if kind == "disk":
+        return lambda pred, target: torch.nn.functional.binary_cross_entropy_with_logits(pred.float(), target.float())
+    if kind == "density":
+        return lambda pred, target: torch.nn.functional.mse_loss(pred.float(), target.float())
+    raise InputError(f"unknown target kind {kind!r}; valid: proximity, disk, density")

@@ -15,16 +15,93 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["TargetConfig", "proximity_map"]
+__all__ = ["TARGET_KINDS", "TargetConfig", "density_map", "disk_map", "make_target", "proximity_map"]
+
+TARGET_KINDS = ("proximity", "disk", "density")
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """Eq. 1 parameters: α (decay), d (radius in model pixels), scale (peak value)."""
+    """What a network regresses, in model pixels.
+
+    kind: ``"proximity"`` (Eq. 1: MicroNet, FRCN), ``"disk"`` (a nucleus disk of radius
+        ``disk_radius`` against background: the pixel classifiers FCN and U-Net, as the
+        seed paper trains them) or ``"density"`` (a sum of Gaussians of σ ``sigma`` times
+        ``density_scale``: FCRN-A/B, Xie, Noble and Zisserman 2016, who scale the density
+        by 100 so that the regression is not dominated by the zero background).
+    alpha, radius, scale: Eq. 1's α, d and peak value.
+    """
 
     alpha: float = 3.0
     radius: float = 15.0
     scale: float = 5.0
+    kind: str = "proximity"
+    disk_radius: float = 6.0
+    sigma: float = 3.0
+    density_scale: float = 100.0
+
+    def peak(self) -> float:
+        """The height of an isolated nucleus's peak: what thresholds are swept against."""
+        if self.kind == "disk":
+            return 1.0
+        if self.kind == "density":
+            return self.density_scale / (2.0 * np.pi * self.sigma**2)
+        return self.scale
+
+    def as_metadata(self) -> dict[str, float | str]:
+        """The ``ModelInfo.target`` dict: ``scale`` is always the peak height (evaluation
+        sweeps ξ against it); the rest says how the map was made."""
+        if self.kind == "disk":
+            return {"kind": "disk", "radius": self.disk_radius, "scale": self.peak()}
+        if self.kind == "density":
+            return {"kind": "density", "sigma": self.sigma, "density_scale": self.density_scale, "scale": self.peak()}
+        return {"kind": "proximity", "alpha": self.alpha, "radius": self.radius, "scale": self.scale}
+
+
+def make_target(points_xy: np.ndarray, shape: tuple[int, int], config: TargetConfig = TargetConfig()) -> np.ndarray:
+    """The ``(H, W)`` float32 training target of ``config.kind`` for centres ``points_xy``."""
+    if config.kind == "disk":
+        return disk_map(points_xy, shape, config.disk_radius)
+    if config.kind == "density":
+        return density_map(points_xy, shape, config.sigma, config.density_scale)
+    return proximity_map(points_xy, shape, config)
+
+
+def disk_map(points_xy: np.ndarray, shape: tuple[int, int], radius: float) -> np.ndarray:
+    """``(H, W)`` float32: 1 within ``radius`` of a centre, 0 elsewhere (the pixel
+    classifiers' label)."""
+    h, w = int(shape[0]), int(shape[1])
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros((h, w), dtype=np.float32)
+    if len(pts) == 0 or h == 0 or w == 0:
+        return out
+    rows, cols = np.mgrid[0:h, 0:w]
+    grid = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
+    dist, _ = cKDTree(pts).query(grid, k=1, distance_upper_bound=radius)
+    out.reshape(-1)[dist < radius] = 1.0
+    return out
+
+
+def density_map(points_xy: np.ndarray, shape: tuple[int, int], sigma: float, scale: float = 100.0) -> np.ndarray:
+    """``(H, W)`` float32: ``scale`` times a sum of normalised 2-D Gaussians of σ
+    ``sigma`` at the centres (each integrates to ``scale`` away from the border), cut at
+    4σ."""
+    h, w = int(shape[0]), int(shape[1])
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros((h, w), dtype=np.float64)
+    if len(pts) == 0 or h == 0 or w == 0:
+        return out.astype(np.float32)
+    reach = int(np.ceil(4 * sigma))
+    norm = scale / (2.0 * np.pi * sigma**2)
+    for x, y in pts:
+        c0, c1 = max(0, int(np.floor(x)) - reach), min(w, int(np.floor(x)) + reach + 2)
+        r0, r1 = max(0, int(np.floor(y)) - reach), min(h, int(np.floor(y)) + reach + 2)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        gx = np.exp(-((np.arange(c0, c1) - x) ** 2) / (2 * sigma**2))
+        gy = np.exp(-((np.arange(r0, r1) - y) ** 2) / (2 * sigma**2))
+        out[r0:r1, c0:c1] += norm * gy[:, None] * gx[None, :]
+    return out.astype(np.float32)
 
 
 def proximity_map(points_xy: np.ndarray, shape: tuple[int, int], config: TargetConfig = TargetConfig()) -> np.ndarray:

@@ -50,9 +50,9 @@ from .data import (
     load_point_folder,
     sample_crop,
 )
-from .loss import two_source_loss, weighted_mse
+from .loss import loss_for, two_source_loss, weighted_mse
 from .models import ACTIVATIONS, create_model, with_activation
-from .targets import TargetConfig, proximity_map
+from .targets import TARGET_KINDS, TargetConfig, make_target
 from .validate import choose_threshold, normalize, predict_map
 
 __all__ = ["TrainConfig", "resolve_bf16", "resolve_channels_last", "resolve_machine_defaults", "resolve_threads", "train"]
@@ -86,6 +86,7 @@ class TrainConfig:
     gamma: float = 1.0  # weight of the target-domain loss when aux data is mixed in
     model: str = "micronet"  # registry name (micronet.trainer.models.list_models())
     widths: tuple[int, int, int, int] | None = None  # override the variant's widths
+    model_options: dict[str, Any] = field(default_factory=dict)  # the model's own options (baselines: {"base": 16})
     activation: str | None = None  # override the variant's (or, with init, the checkpoint's) activation
     init: str | None = None  # checkpoint to fine-tune from
     teacher: str | None = None  # checkpoint whose proximity maps are a second target (distillation)
@@ -100,6 +101,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-6
     patience: int = 2_000  # iterations without a better validation F1 before lr ÷ 10
+    # A fixed schedule instead: lr ÷ 10 at each of these fractions of `iterations` (an
+    # equal-budget study gives every model the same schedule); plateaus then decay nothing.
+    lr_milestones: list[float] | None = None
     min_lr: float = 1e-4  # stop once the learning rate falls below this
     val_every: int = 250
     snapshot_every: int = 250
@@ -109,6 +113,13 @@ class TrainConfig:
     target_alpha: float = 3.0  # α of Eq. 1
     target_radius: float = 15.0  # d of Eq. 1 (model pixels)
     target_scale: float = 5.0
+    # What the network regresses: None, the model's own (MicroNet and FRCN: Eq. 1's
+    # proximity map; FCN and U-Net: a nucleus disk, as pixel classifiers; FCRN-A/B: a
+    # Gaussian density map). See trainer/targets.py.
+    target_kind: str | None = None
+    disk_radius: float = 6.0  # model pixels, for "disk"
+    density_sigma: float = 3.0  # model pixels, for "density"
+    density_scale: float = 100.0  # FCRN's density multiplier
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
     seed: int = 0
     device: str = "cpu"
@@ -149,10 +160,14 @@ class TrainConfig:
             raise InputError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not 0.0 <= self.teacher_weight <= 1.0:
             raise InputError(f"teacher_weight: expected [0, 1], got {self.teacher_weight}")
+        if self.lr_milestones is not None and not all(0.0 < m < 1.0 for m in self.lr_milestones):
+            raise InputError(f"lr_milestones: expected fractions of the run in (0, 1), got {self.lr_milestones}")
         if self.batch < 1 or self.iterations < 0:
             raise InputError("batch must be >= 1 and iterations >= 0")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads: expected >= 1 or None (physical cores), got {self.threads}")
+        if self.target_kind is not None and self.target_kind not in TARGET_KINDS:
+            raise InputError(f"target_kind: expected one of {', '.join(TARGET_KINDS)} or None (the model's), got {self.target_kind!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout: expected a probability in [0, 1) or None (the variant's), got {self.dropout}")
 
@@ -250,7 +265,9 @@ class _Sampler:
     batch N·b sees, without rendering the others' crops.
     """
 
-    def __init__(self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator) -> None:
+    def __init__(
+        self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator, target: TargetConfig
+    ) -> None:
         self.data = data
         self.cfg = cfg
         # Images at another pixel size are brought to the model's once, by the resampler
@@ -262,7 +279,7 @@ class _Sampler:
         self.points = [r[1] for r in resampled]
         self.scale = 1.0 / ratio if resampled and resampled[0][2] is None else 1.0  # source pixels per model pixel
         self.aug = AugmentConfig(crop=cfg.crop, **cfg.augment)
-        self.target = TargetConfig(cfg.target_alpha, cfg.target_radius, cfg.target_scale)
+        self.target = target
         self.rng = rng
         self.order: list[int] = []
         self.pos = 0
@@ -280,7 +297,7 @@ class _Sampler:
         """``(crop, target)``: ``(crop, crop, 3)`` uint8 and its ``(crop, crop)`` float32 map."""
         i, seed = plan
         crop, pts = sample_crop(self.images[i], self.points[i], np.random.default_rng(seed), self.aug, scale=self.scale)
-        return crop, proximity_map(pts, crop.shape[:2], self.target)
+        return crop, make_target(pts, crop.shape[:2], self.target)
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
         return self.render(self.plan())
@@ -357,7 +374,12 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
     if cfg.target_fraction < 1.0:
         keep = np.random.default_rng(cfg.seed).permutation(len(train_set))[: max(1, round(cfg.target_fraction * len(train_set)))]
         train_set = train_set.subset(sorted(keep))
-    val_set = load_point_folder(cfg.data, cfg.val_split, cfg.data_mpp) if cfg.val_split else None
+    if cfg.val_split and cfg.val_split == cfg.train_split:
+        # Validating on the training split (a target set too small to hold images out)
+        # means on the images trained on: a fraction's own, never the ones it left out.
+        val_set = train_set
+    else:
+        val_set = load_point_folder(cfg.data, cfg.val_split, cfg.data_mpp) if cfg.val_split else None
     aux_set = load_point_folder(cfg.aux_data, cfg.aux_split, cfg.aux_mpp) if cfg.aux_fraction > 0 else None
     model_mpp = cfg.model_mpp or train_set.mpp
 
@@ -371,7 +393,7 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
         if cfg.dropout is not None and cfg.dropout != model.config.dropout:
             model = _with_dropout(model, cfg.dropout)
     else:
-        model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation, dropout=cfg.dropout)
+        model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation, dropout=cfg.dropout, **cfg.model_options)
         mean, std = channel_stats(train_set.images + (aux_set.images if aux_set else []))
     frozen = [p for blk in model.blocks()[: cfg.freeze_blocks] for m in blk for p in m.parameters()]
     for p in frozen:
@@ -384,14 +406,22 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
     if world > 1:
         # Broadcasts rank 0's weights and buffers now and averages the gradients in backward.
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    kind = cfg.target_kind or getattr(model, "target_kind", "proximity")
+    target = TargetConfig(
+        cfg.target_alpha, cfg.target_radius, cfg.target_scale, kind=kind,
+        disk_radius=cfg.disk_radius, sigma=cfg.density_sigma, density_scale=cfg.density_scale,
+    )
+    if cfg.teacher and kind != "proximity":
+        raise InputError(f"teacher: distillation regresses proximity maps; this run's target is {kind!r}")
+    loss_fn = loss_for(kind, cfg.lam)
     teacher = _load_teacher(cfg, model_mpp, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
     # One crop stream for the whole run, the same on every process (each renders its slice).
     rng = np.random.default_rng(cfg.seed)
-    sampler = _Sampler(train_set, cfg, model_mpp, rng)
-    aux_sampler = _Sampler(aux_set, cfg, model_mpp, rng) if aux_set else None
+    sampler = _Sampler(train_set, cfg, model_mpp, rng, target)
+    aux_sampler = _Sampler(aux_set, cfg, model_mpp, rng, target) if aux_set else None
     n_aux = round(cfg.batch * cfg.aux_fraction) if aux_set else 0  # per process
 
     info = ModelInfo(
@@ -399,9 +429,9 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
         mean=[float(v) for v in mean],
         std=[float(v) for v in std],
         mpp=float(model_mpp),
-        threshold=0.5 * cfg.target_scale,
+        threshold=0.5 * target.peak(),
         min_distance=cfg.min_distance,
-        target={"alpha": cfg.target_alpha, "radius": cfg.target_radius, "scale": cfg.target_scale},
+        target=target.as_metadata(),
         eval_radius=cfg.eval_radius,
         provenance=_provenance(cfg, world),
     )
@@ -442,9 +472,9 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
             pred = net(x)
         if n_aux:
             domain = torch.tensor([True] * (cfg.batch - n_aux) + [False] * n_aux, device=device)
-            loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam)
+            loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam, loss_fn)
         else:
-            loss = weighted_mse(pred, y, cfg.lam)  # Eq. 2
+            loss = loss_fn(pred, y)  # Eq. 2 for proximity maps
         if teacher is not None:
             teacher_net, t_mean, t_std = teacher
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -453,6 +483,11 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
             # head can go below 0 (a weak teacher far below, making weights negative).
             soft = soft.clamp(0.0, cfg.target_scale)
             loss = (1.0 - cfg.teacher_weight) * loss + cfg.teacher_weight * weighted_mse(pred, soft, cfg.lam)
+        if cfg.lr_milestones:
+            done = state["iteration"] / max(1, cfg.iterations)
+            state["lr"] = cfg.lr * 0.1 ** sum(done >= m for m in cfg.lr_milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = state["lr"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: gradients averaged over the processes here
         optimizer.step()
@@ -474,7 +509,9 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
         validating = bool(val_images) and (it % cfg.val_every == 0 or it == cfg.iterations)
         if validating and ctx.is_main:
             maps = [predict_map(model, im, mean, std, device) for im in val_images]
-            sweep = choose_threshold(maps, val_points, cfg.eval_radius, cfg.min_distance, cfg.target_scale, scales=val_scales)
+            if not all(np.isfinite(m).all() for m in maps):
+                raise FloatingPointError(f"the network's map became non-finite at iteration {it} (diverged); lower lr or check the data")
+            sweep = choose_threshold(maps, val_points, cfg.eval_radius, cfg.min_distance, target.peak(), scales=val_scales)
             best = sweep.metrics_at(sweep.best_index)
             row[3:7] = [f"{best.f1:.4f}", f"{best.precision:.4f}", f"{best.recall:.4f}", f"{sweep.best_threshold:.4f}"]
             if best.f1 > state["best_f1"]:
@@ -482,7 +519,7 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
                 info.threshold = sweep.best_threshold
                 info.provenance.update(iterations=it, val_f1=best.f1, val_precision=best.precision, val_recall=best.recall)
                 save_checkpoint(out / "best.safetensors", model, info)
-            elif it - state["last_change"] >= cfg.patience:
+            elif not cfg.lr_milestones and it - state["last_change"] >= cfg.patience:
                 state["lr"] /= 10.0
                 state["last_change"] = it
                 log.info("iteration %d: validation F1 flat for %d iterations, lr -> %g", it, cfg.patience, state["lr"])

@@ -11,6 +11,8 @@ from micronet.runtime.peaks import find_peaks
 from micronet.runtime.resample import from_resampled, resample
 from micronet.runtime.sweep import SweepResult, sweep_thresholds, threshold_sweep
 
+from .models import map_output
+
 __all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold", "CheckpointCandidates"]
 
 
@@ -28,7 +30,7 @@ def predict_map(model: torch.nn.Module, image: np.ndarray, mean: Sequence[float]
     was_training = model.training
     model.eval()
     x = normalize(image[None], mean, std).to(device)
-    out = model(x)[0, 0].float().cpu().numpy()  # (H, W)
+    out = map_output(model, model(x))[0, 0].float().cpu().numpy()  # (H, W); a classifier's probabilities
     model.train(was_training)
     return out
 
@@ -94,3 +96,41 @@ class CheckpointCandidates:
         if scale is not None:
             xy = from_resampled(xy, *scale).astype(np.float32)
         return xy, scores
+
+
+def tune_detection(
+    checkpoint: str,
+    data: str,
+    split: str | None,
+    radius: float,
+    min_distances: Sequence[int] = (2, 3, 4, 5, 6),
+    device: str = "cpu",
+) -> tuple[int, float, list[dict[str, float]]]:
+    """Chooses the peak finder's minimum distance and ξ together, by pooled F1 on
+    ``data``/``split`` (validation images), for a checkpoint's own maps.
+
+    The maps are computed once (the network does not depend on either parameter); for
+    each minimum distance, ξ is swept as in training (:func:`choose_threshold`).
+
+    Returns:
+        ``(min_distance, threshold, rows)`` with ``rows`` one dict per minimum distance:
+        ``min_distance``, ``threshold`` (its best ξ), ``f1``, ``precision``, ``recall``.
+    """
+    from micronet.runtime.datasets import load_point_folder
+
+    from .checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(checkpoint, device)
+    dataset = load_point_folder(data, split)
+    triples = [resample(im, None, dataset.mpp / info.mpp) for im in dataset.images]
+    maps = [predict_map(model, t[0], info.mean, info.std, device) for t in triples]
+    scales = [t[2] for t in triples]
+    peak = float(info.target.get("scale", 5.0))
+    rows = []
+    for md in min_distances:
+        sweep = choose_threshold(maps, list(dataset.points), radius, int(md), peak, scales=scales)
+        best = sweep.metrics_at(sweep.best_index)
+        rows.append({"min_distance": int(md), "threshold": float(sweep.best_threshold), "f1": best.f1,
+                     "precision": best.precision, "recall": best.recall})
+    chosen = max(rows, key=lambda r: r["f1"])
+    return chosen["min_distance"], chosen["threshold"], rows

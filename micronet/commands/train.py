@@ -35,6 +35,10 @@ def add_parser(subparsers: Any) -> None:
             p.add_argument(flag, type=int, nargs=4, default=None, metavar="C", help="channels of the 4 down blocks")
         elif f.name == "augment":
             p.add_argument(flag, type=json.loads, default=None, help="JSON dict of AugmentConfig overrides")
+        elif f.name == "model_options":
+            p.add_argument(flag, type=json.loads, default=None, help='JSON dict of the model\'s own options, e.g. \'{"base": 16}\'')
+        elif f.name == "lr_milestones":
+            p.add_argument(flag, type=float, nargs="+", default=None, metavar="F", help="fixed schedule: lr ÷10 at these fractions of --iterations (no plateau decay)")
         elif f.type in ("bool", "bool | None") or isinstance(f.default, bool):
             # --bf16 / --no-bf16; neither given: None, the config file's or the default
             # (for bf16: chosen from the hardware when training starts).

@@ -48,7 +48,7 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="widths"):
         MicroNetConfig(widths=(8, 16, 32))
     with pytest.raises(ValueError, match="not supported"):
-        model_from_config({"name": "unet"})
+        model_from_config({"name": "segnet"})
 
 
 def test_default_model_is_lean():

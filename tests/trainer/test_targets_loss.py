@@ -58,3 +58,50 @@ def test_two_source_loss_weights_target_domain_by_gamma():
     assert float(two_source_loss(p, y, domain, gamma)) == pytest.approx(float(expected), rel=1e-6)
     with pytest.raises(ValueError, match="shapes differ"):
         weighted_mse(p, y[:, :, :5])
+
+
+def test_disk_map_equals_a_per_pixel_distance_test():
+    from micronet.trainer.targets import disk_map
+
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(-3, 33, (9, 2))
+    got = disk_map(pts, (30, 27), 6.0)
+    rows, cols = np.mgrid[0:30, 0:27]
+    dist = np.min(np.hypot(cols[..., None] - pts[:, 0], rows[..., None] - pts[:, 1]), axis=-1)
+    np.testing.assert_array_equal(got, (dist < 6.0).astype(np.float32))
+
+
+def test_density_map_integrates_to_scale_per_nucleus_and_peaks_where_the_config_says():
+    from micronet.trainer.targets import density_map
+
+    cfg = TargetConfig(kind="density", sigma=3.0, density_scale=100.0)
+    pts = np.array([[20.0, 20.0], [60.0, 45.0]])
+    got = density_map(pts, (80, 90), cfg.sigma, cfg.density_scale)
+    assert got.sum() == pytest.approx(200.0, rel=1e-3)  # two Gaussians, far from the border
+    assert got[20, 20] == pytest.approx(cfg.peak(), rel=1e-6)  # an isolated nucleus's peak
+    assert np.unravel_index(np.argmax(got), got.shape) in {(20, 20), (45, 60)}
+
+
+def test_make_target_dispatches_on_kind_and_metadata_gives_the_sweep_scale():
+    from micronet.trainer.targets import make_target
+
+    pts = np.array([[10.0, 12.0]])
+    for kind, peak in (("proximity", 5.0), ("disk", 1.0), ("density", 100.0 / (2 * np.pi * 9.0))):
+        cfg = TargetConfig(kind=kind)
+        m = make_target(pts, (30, 30), cfg)
+        assert m.max() == pytest.approx(peak, rel=1e-5)
+        assert cfg.as_metadata()["scale"] == pytest.approx(peak) and cfg.as_metadata()["kind"] == kind
+
+
+def test_loss_for_each_kind_matches_its_definition():
+    from micronet.trainer.loss import loss_for
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(2, 1, 8, 8, generator=g)
+    target = (torch.rand(2, 1, 8, 8, generator=g) > 0.7).float()
+    assert torch.allclose(loss_for("proximity", 5.0)(pred, target), weighted_mse(pred, target, 5.0))
+    bce = -(target * torch.log(torch.sigmoid(pred)) + (1 - target) * torch.log(1 - torch.sigmoid(pred))).mean()
+    assert torch.allclose(loss_for("disk")(pred, target), bce, atol=1e-6)
+    assert torch.allclose(loss_for("density")(pred, target), ((pred - target) ** 2).mean())
+    with pytest.raises(ValueError, match="unknown target kind"):
+        loss_for("mask")

@@ -250,3 +250,48 @@ def test_the_resolved_precision_and_threads_land_in_the_checkpoint(small_set, tm
     snapshot = json.loads(_metadata(tmp_path / "run" / "last_snapshot.safetensors")["micronet_snapshot"])
     assert snapshot["config"]["bf16"] is None and snapshot["config"]["threads"] is None and snapshot["config"]["channels_last"] is None
     assert snapshot["info"]["provenance"]["config"]["bf16"] is expected
+
+
+def test_fixed_milestones_divide_the_learning_rate_and_a_baseline_trains_on_its_own_target(small_set, tmp_path):
+    cfg = quick_config(small_set, tmp_path / "fcn", model="fcn", model_options={"base": 4}, iterations=8, val_every=4,
+                       snapshot_every=4, lr_milestones=[0.5, 0.75])
+    info = read_info(train(cfg, progress=False))
+    rows = list(csv.DictReader((tmp_path / "fcn" / "log.csv").open()))
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == pytest.approx([0.01] * 4 + [0.001] * 2 + [0.0001] * 2)
+    assert info.architecture["name"] == "fcn" and info.target["kind"] == "disk" and info.target["scale"] == 1.0
+    assert 0 < info.threshold < 1  # ξ on probabilities
+
+
+def test_validating_on_the_training_split_uses_the_fraction_trained_on(small_set, tmp_path, monkeypatch):
+    import micronet.trainer.train as train_module
+
+    seen = []
+    real = train_module.predict_map
+    monkeypatch.setattr(train_module, "predict_map", lambda model, im, *a, **k: seen.append(im.shape) or real(model, im, *a, **k))
+    train(quick_config(small_set, tmp_path / "r", val_split="train", target_fraction=0.5, iterations=3), progress=False)
+    assert len(seen) == 2  # 2 of the 4 training images, not all 4 and not the validation split
+
+
+def test_a_diverged_network_stops_with_a_clear_error(small_set, tmp_path):
+    with pytest.raises(FloatingPointError, match="diverged|non-finite|loss became"):
+        train(quick_config(small_set, tmp_path / "nan", lr=1e6, iterations=6), progress=False)
+
+
+def test_tune_detection_chooses_min_distance_and_threshold_together(small_set, tmp_path):
+    import subprocess
+    import sys
+
+    best = train(quick_config(small_set, tmp_path / "t", iterations=3), progress=False)
+    from micronet.trainer.validate import tune_detection
+
+    md, threshold, rows = tune_detection(str(best), str(small_set), "val", 6.0, (2, 4))
+    assert [r["min_distance"] for r in rows] == [2, 4]
+    top = max(rows, key=lambda r: r["f1"])
+    assert (md, threshold) == (top["min_distance"], top["threshold"])
+    out = tmp_path / "tuned.safetensors"
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(repo / "tools" / "tune_detection.py"), str(best), "--data", str(small_set),
+                    "--split", "val", "--min-distance", "2", "4", "-o", str(out)], check=True, capture_output=True)
+    info = read_info(out)
+    assert (info.min_distance, info.threshold) == (md, pytest.approx(threshold))

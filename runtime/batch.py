@@ -219,6 +219,7 @@ def run_image(
             "min_distance": detector.min_distance,
             "tile_size": detector.tile_size,
             "tile_margin": detector.tile_margin,
+            "tta": detector.tta,
             "formats": list(formats),
         }
         verdict = outputs.check(settings, overwrite=overwrite)

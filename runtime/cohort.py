@@ -54,18 +54,20 @@ class DetectorSpec:
         threshold: detection threshold ξ, or ``None`` for the model's.
         threads: ONNX Runtime CPU threads per worker (``None``: the Detector's default in
             this process; on Ray, 1 unless given, so workers do not oversubscribe cores).
+        tta: flip test-time augmentation (``Detector(tta=True)``: 4 passes, averaged).
     """
 
     model: str | None = None
     device: str = "auto"
     threshold: float | None = None
     threads: int | None = None
+    tta: bool = False
 
     def build(self) -> Any:
         from .detector import Detector
 
         threads = None if self.device not in ("cpu", "auto") else self.threads
-        return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads)
+        return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads, tta=self.tta)
 
     @property
     def wants_gpu(self) -> bool:

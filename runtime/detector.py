@@ -12,9 +12,11 @@ does the work on prepared arrays:
 1. resample each image to the model's pixel size when the caller's differs (bilinear);
 2. cut images larger than a tile into overlapping tiles (:mod:`micronet.runtime.tiling`)
    and batch tiles (or whole images) of one shape through the backend;
-3. find the peaks of each proximity map where it lies: with CuPy on the GPU, so only
+3. with ``tta=True``, run the network on each batch and its three flips and average
+   the maps, flipped back, where they lie (:meth:`Detector._infer`);
+4. find the peaks of each proximity map where it lies: with CuPy on the GPU, so only
    coordinates leave the device, with the native scan on the CPU;
-4. keep each tile's core peaks, merge, and map positions back to the caller's pixels.
+5. keep each tile's core peaks, merge, and map positions back to the caller's pixels.
 
 One ``Detector`` may be called from several threads at once: it holds no scratch
 state, and the backends are thread-safe.
@@ -25,6 +27,7 @@ Whole slides: ``det.detect_slide(path, ...)`` runs
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.resources
@@ -85,7 +88,9 @@ DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
 # CPU backends: a batch does not raise convolution throughput on the CPU, but multiplies
 # the activation memory (≈ 0.6 GB per 1024² tile for the default model), so one at a time.
 DEFAULT_CPU_BATCH_SIZE = 1
-
+# Test-time augmentation: the network runs on the image and on these flips of it, each
+# its own inverse, as ``(flip rows, flip columns)``: none, left-right, up-down, both.
+TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
 
 
 # --- input ---------------------------------------------------------------------------
@@ -101,6 +106,45 @@ def _check_positive(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < float("inf")):
         raise InputError(f"{name}: expected a positive number, got {value!r}")
     return float(value)
+
+
+def _flip(array: Any, rows: bool, columns: bool, row_axis: int) -> Any:
+    """A view of ``array`` reversed along ``row_axis`` (``rows``) and the axis after it
+    (``columns``): NumPy on the host, CuPy on the GPU alike (basic slicing, no copy)."""
+    index: list[slice] = [slice(None)] * array.ndim
+    if rows:
+        index[row_axis] = slice(None, None, -1)
+    if columns:
+        index[row_axis + 1] = slice(None, None, -1)
+    return array[tuple(index)]
+
+
+def _flips_per_call(batch_size: int) -> int:
+    """How many of the four flip passes of a tile share one backend call of at most
+    ``batch_size`` images: all four when they fit, else two, else one."""
+    return next(f for f in (4, 2, 1) if f <= batch_size)
+
+
+def _average_flips(maps: list[Any]) -> Any:
+    """The mean of the ``(n, 1, h, w)`` maps of the :data:`TTA_FLIPS` passes, each
+    flipped back first, computed where the maps lie (CuPy arithmetic stays on the GPU).
+
+    Summed in pairs, (none + left-right) + (up-down + both): flipping the image only
+    swaps terms within a pair or swaps the pairs, and float addition is commutative
+    though not associative, so the average of a flipped image is exactly the flipped
+    average of the image."""
+    back = [_flip(m, rows, columns, 2) for m, (rows, columns) in zip(maps, TTA_FLIPS)]
+    total = back[0] + back[1]  # a new array: the backend's maps stay untouched
+    total += back[2] + back[3]
+    total *= 0.25  # a power of two: exact
+    return total
+
+
+def _on_device(array: Any) -> Any:
+    """A context that makes ``array``'s GPU the current one for CuPy (whose ``device``
+    is a ``cupy.cuda.Device``); nothing for a NumPy array."""
+    device = getattr(array, "device", None)
+    return device if hasattr(device, "__enter__") else contextlib.nullcontext()
 
 
 # --- backends ------------------------------------------------------------------------
@@ -232,6 +276,22 @@ class Detector:
         verify: run the model's known-answer test (``micronet check``,
             :mod:`micronet.runtime.check`) on this backend once at load, and refuse to
             work where it disagrees with the reference results the model carries.
+        tta: test-time augmentation by flips. The network runs 4 passes per image or
+            tile: as it is, flipped left-right, flipped up-down and flipped both ways
+            (:data:`TTA_FLIPS`); each map is flipped back and the 4 are averaged
+            before the peaks are found, with the same ``threshold`` and
+            ``min_distance``. It applies wherever the detector runs a network
+            (``detect``, ``detect_batch``, tiles, ``detect_slide``; CPU and GPU, where
+            the flips and the mean stay on the GPU). The averaged map of a flipped
+            image is the flipped averaged map. Tiles equal a whole-image pass when the
+            image's sides (in model pixels) are multiples of 8; at other sizes a
+            flipped interior tile meets the network's 8-pixel grid from its own far
+            edge, and a few peaks move by up to a pixel. Cost: 4× the network's work
+            (``benchmarks/bench_tta.py``); the passes share backend calls of up to
+            ``batch_size`` images (all 4 in one call when ``batch_size >= 4``, as on
+            the GPU by default; one at a time on the CPU by default, to bound memory),
+            so ``batch_size`` still bounds the images per call and the memory.
+            Default ``False``: one pass.
 
     Raises:
         FileNotFoundError: the model file (or the bundled model) is missing.
@@ -257,8 +317,12 @@ class Detector:
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_memory_gb: float | None = None,
         verify: bool = False,
+        tta: bool = False,
     ) -> None:
         device, device_id = parse_device(device)
+        if not isinstance(tta, (bool, np.bool_)):
+            raise InputTypeError(f"tta: expected True or False, got {tta!r}")
+        self.tta = bool(tta)
         self.max_megapixels = _check_positive(max_megapixels, "max_megapixels")
         self.max_memory = default_memory_limit() if max_memory_gb is None else int(_check_positive(max_memory_gb, "max_memory_gb") * 2**30)
         # Whether this detector has said which pixel size it assumed for an image without
@@ -374,7 +438,7 @@ class Detector:
         model = self.model_path.name if self.model_path is not None else type(self.backend).__name__
         return (
             f"Detector({model!r}, backend={self.backend_name!r}, device={self.device!r}, threshold={self.threshold:g}, "
-            f"min_distance={self.min_distance}, mpp={self.info.mpp:g})"
+            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta})"
         )
 
     # --- detection --------------------------------------------------------------------
@@ -527,7 +591,11 @@ class Detector:
                 groups.setdefault(self._input_shape(tile), []).append((i, tile))
 
         found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
-        chunks = [jobs[start : start + self.batch_size] for jobs in groups.values() for start in range(0, len(jobs), self.batch_size)]
+        # With tta a tile is 4 network passes, and a backend call holds at most
+        # batch_size images: fewer tiles per chunk when the flips share a call.
+        flips = _flips_per_call(self.batch_size) if self.tta else 1
+        per_chunk = self.batch_size // flips
+        chunks = [jobs[start : start + per_chunk] for jobs in groups.values() for start in range(0, len(jobs), per_chunk)]
 
         def collect(chunk: list[tuple[int, Tile]], maps: Any) -> None:
             for k, (i, tile) in enumerate(chunk):
@@ -535,10 +603,12 @@ class Detector:
                 found[i].append(keep_in_core(tile, xy, scores))
 
         submit = getattr(self.backend, "infer_async", None) if self.backend.device == "cuda" else None
+        if flips not in (1, len(TTA_FLIPS)):
+            submit = None  # a chunk takes several calls: run them one after another
         if submit is None:
             for chunk in chunks:
                 batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
-                maps = self.backend.infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
+                maps = self._infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
                 collect(chunk, maps)
                 del maps  # releases a GPU map before the next batch is allocated
         else:
@@ -548,20 +618,22 @@ class Detector:
             try:
                 for chunk in chunks:
                     batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
+                    if self.tta:
+                        batch = self._flipped(batch, TTA_FLIPS)  # (4B, h, w, 3): one call
                     # Never wait for a context while holding an unwaited job: two threads
                     # doing so would each wait for the other's.
                     job = submit(batch, block=pending is None)
                     if job is None:  # all contexts busy (other threads): finish ours first
                         done, pending = pending, None
-                        collect(done[0], done[1].wait())
+                        collect(done[0], self._merge(done[1].wait()))
                         job = submit(batch, block=True)
                     if pending is not None:
                         done, pending = pending, None
-                        collect(done[0], done[1].wait())
+                        collect(done[0], self._merge(done[1].wait()))
                     pending = (chunk, job)
                 if pending is not None:
                     done, pending = pending, None
-                    collect(done[0], done[1].wait())
+                    collect(done[0], self._merge(done[1].wait()))
             finally:
                 if pending is not None:
                     pending[1].wait()  # hands its context back even when collecting failed
@@ -575,6 +647,36 @@ class Detector:
                 xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
             results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp))
         return results
+
+    def _infer(self, batch: np.ndarray) -> Any:
+        """``(B, h, w, 3)`` uint8 → ``(B, 1, h, w)`` float32 maps, NumPy or CuPy (where
+        the backend leaves them): one backend call; with ``tta`` the mean of the
+        :data:`TTA_FLIPS` passes, in calls of at most ``batch_size`` images."""
+        if not self.tta:
+            return self.backend.infer(batch)
+        n = len(batch)
+        flips = _flips_per_call(max(1, self.batch_size // n))  # passes per call
+        maps: list[Any] = []
+        for start in range(0, len(TTA_FLIPS), flips):
+            out = self.backend.infer(self._flipped(batch, TTA_FLIPS[start : start + flips]))  # (flips·B, 1, h, w)
+            maps += [out[k * n : (k + 1) * n] for k in range(len(out) // n)]
+        with _on_device(maps[0]):
+            return _average_flips(maps)
+
+    def _merge(self, maps: Any) -> Any:
+        """The maps of one chunk from its one backend call: as they are, or with
+        ``tta`` the ``(4B, 1, h, w)`` flip passes averaged to ``(B, 1, h, w)``."""
+        if not self.tta:
+            return maps
+        n = len(maps) // len(TTA_FLIPS)
+        with _on_device(maps):
+            return _average_flips([maps[k * n : (k + 1) * n] for k in range(len(TTA_FLIPS))])
+
+    @staticmethod
+    def _flipped(batch: np.ndarray, flips: Sequence[tuple[bool, bool]]) -> np.ndarray:
+        """``(B, h, w, 3)`` → ``(len(flips)·B, h, w, 3)``, C-contiguous: the batch
+        under each flip in turn (flip-major, so each flip's maps are one slice)."""
+        return np.concatenate([_flip(batch, rows, columns, 1) for rows, columns in flips])
 
     def _input_shape(self, tile: Tile) -> tuple[int, int]:
         """The tile's ``(h, w)``, grown to the backend's minimum input size."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from .bundled import BUNDLED_MODELS, resolve_model
 from .datasets import PointDataset, load_point_folder, read_split
-from .errors import InputError, MissingFileError, MissingPackageError
+from .errors import InputError, InputTypeError, MissingFileError, MissingPackageError
 from .metrics import EvaluationReport, evaluate_images
 from .model_info import ModelInfo
 from .points import read_points_csv, read_scored_points_csv
@@ -372,12 +372,14 @@ class ModelEvaluation:
         report: per-image and pooled metrics at ``threshold``.
         sweep: pooled metrics at every threshold of the sweep (PR curve, best-F1 ξ).
         threshold_source: ``"given"`` by the caller or the ``"model"``'s own ξ.
+        tta: whether the maps were the mean of 4 flip passes (``Detector(tta=True)``).
     """
 
     threshold: float
     report: EvaluationReport
     sweep: SweepResult
     threshold_source: str = "given"
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold_source not in _THRESHOLD_SOURCES:
@@ -386,10 +388,12 @@ class ModelEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """``precision, recall, f1, mean_distance`` (pooled) at the top level, then the
-        threshold, ``per_image``, the best-F1 threshold and the curve."""
+        threshold, whether test-time augmentation ran, ``per_image``, the best-F1
+        threshold and the curve."""
         return {
             **self.report.to_dict(),
             "threshold": self.threshold,
+            "tta": self.tta,
             "best_threshold": self.sweep.best_threshold,
             "best_f1": self.sweep.best_f1,
             "curve": self.sweep.to_dict()["curve"],
@@ -397,13 +401,15 @@ class ModelEvaluation:
 
     def format(self) -> str:
         """The report's table (:meth:`EvaluationReport.format`), then the operating ξ,
-        where it came from, and the best-F1 ξ of this data set, as text."""
+        where it came from, and the best-F1 ξ of this data set, as text; with ``tta`` a
+        last line says so."""
         best = self.sweep.metrics_at(self.sweep.best_index)
-        return (
+        text = (
             f"{self.report.format()}\n"
             f"threshold ξ = {self.threshold:.4g} ({_THRESHOLD_SOURCES[self.threshold_source]}); "
             f"best on this set: ξ = {self.sweep.best_threshold:.4g}, F1 {best.f1:.4f}"
         )
+        return text + "\ntest-time augmentation: mean of 4 flip passes" if self.tta else text
 
 
 def evaluate_candidates(
@@ -432,7 +438,7 @@ def evaluate_candidates(
     return ModelEvaluation(threshold=float(threshold), report=report, sweep=sweep)
 
 
-def model_candidates(model: str | PathLike[str], floor: float) -> tuple[Candidates, ModelInfo]:
+def model_candidates(model: str | PathLike[str], floor: float, tta: bool = False) -> tuple[Candidates, ModelInfo]:
     """The :data:`Candidates` callable of a model file, and the model's metadata.
 
     Args:
@@ -442,12 +448,16 @@ def model_candidates(model: str | PathLike[str], floor: float) -> tuple[Candidat
             the best backend available), or the name of a bundled model
             (:data:`~micronet.runtime.bundled.BUNDLED_MODELS`: ``default``, ``fast-cpu``).
         floor: the threshold the candidates are found at.
+        tta: flip test-time augmentation (``Detector(tta=True)``); for ``.onnx`` and
+            ``.engine`` models and bundled names only.
 
     Raises:
-        ValueError: another kind of file (the valid suffixes are listed).
+        ValueError: another kind of file (the valid suffixes are listed), or ``tta``
+            with a checkpoint.
     """
     path = resolve_model(model)
     suffix = path.suffix.lower()
+    _check_tta(path, tta)
     if suffix == ".safetensors":
         try:
             from micronet.trainer.validate import CheckpointCandidates
@@ -461,7 +471,7 @@ def model_candidates(model: str | PathLike[str], floor: float) -> tuple[Candidat
     if suffix in (".onnx", ".engine"):
         from .detector import Detector
 
-        det = Detector(str(path), threshold=floor)
+        det = Detector(str(path), threshold=floor, tta=bool(tta))
 
         def run(image: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
             found = det.detect(image, mpp=mpp)
@@ -475,6 +485,19 @@ def _bundled_names() -> str:
     return ", ".join(BUNDLED_MODELS)
 
 
+def _check_tta(path: Path, tta: Any) -> None:
+    """Refuses a ``tta`` that is no bool, and ``tta`` with a checkpoint: its maps come
+    from the trainer's torch code, which has no flip passes."""
+    if not isinstance(tta, (bool, np.bool_)):
+        raise InputTypeError(f"tta: expected True or False, got {tta!r}")
+    if tta and path.suffix.lower() == ".safetensors":
+        raise InputError(
+            f"model {path.name}: test-time augmentation runs in the Detector (an .onnx or .engine model, or a bundled "
+            f"model: {_bundled_names()}), not on a .safetensors checkpoint; export it (micronet export) and evaluate "
+            "the .onnx, or evaluate the checkpoint without tta"
+        )
+
+
 def _target_scale(info: ModelInfo) -> float:
     return float(info.target.get("scale", _DEFAULT_TARGET_SCALE))
 
@@ -486,6 +509,7 @@ def evaluate_model_file(
     radius: float | None = None,
     threshold: float | None = None,
     progress: bool = True,
+    tta: bool = False,
 ) -> ModelEvaluation:
     """A checkpoint, ONNX model or TensorRT engine on a point-annotated data set, as
     ``micronet evaluate --model`` runs it.
@@ -505,15 +529,19 @@ def evaluate_model_file(
             at 20x).
         threshold: the operating ξ; default: the model's own (``ModelInfo.threshold``).
         progress: show a progress bar.
+        tta: flip test-time augmentation (``Detector(tta=True)``: 4 passes, maps
+            averaged before the peaks), for ``.onnx`` and ``.engine`` models and
+            bundled names; a checkpoint refuses it.
 
     Raises:
         FileNotFoundError: no model file, or no data set there.
-        ValueError: a file that is no model, a ``split`` with a loaded data set, or a
-            ``threshold`` below the sweep's floor.
+        ValueError: a file that is no model, a ``split`` with a loaded data set, a
+            ``threshold`` below the sweep's floor, or ``tta`` with a checkpoint.
     """
     path = resolve_model(model)
     if not path.exists():
         raise MissingFileError(f"model: no such file {path} (and no bundled model of that name: {_bundled_names()})")
+    _check_tta(path, tta)  # before the data set loads
     if isinstance(data, PointDataset):
         if split is not None:
             raise InputError(f"split: applies to a data set folder, not to a loaded PointDataset (got split={split!r}; use PointDataset.subset)")
@@ -521,19 +549,19 @@ def evaluate_model_file(
     else:
         dataset = load_point_folder(data, split)
     thresholds = sweep_thresholds(_DEFAULT_TARGET_SCALE)
-    runner, info = model_candidates(path, float(thresholds[0]))
+    runner, info = model_candidates(path, float(thresholds[0]), tta=tta)
     if _target_scale(info) != _DEFAULT_TARGET_SCALE:
         # The floor depends on the model's target scale, which its metadata (read with the
         # model) gives: open it again at its own floor.
         thresholds = sweep_thresholds(_target_scale(info))
-        runner, info = model_candidates(path, float(thresholds[0]))
+        runner, info = model_candidates(path, float(thresholds[0]), tta=tta)
     source = "model" if threshold is None else "given"
     threshold = info.threshold if threshold is None else float(threshold)
     if threshold < thresholds[0]:
         raise InputError(f"threshold {threshold} is below the sweep floor {thresholds[0]:.3f}")
     radius = _DEFAULT_RADIUS if radius is None else radius
     result = evaluate_candidates(runner, dataset, radius, threshold, thresholds, progress=progress)
-    return dataclasses.replace(result, threshold_source=source)
+    return dataclasses.replace(result, threshold_source=source, tta=bool(tta))
 
 
 # --- plots --------------------------------------------------------------------------

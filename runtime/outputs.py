@@ -17,11 +17,12 @@ Three rules keep a folder honest:
   unfinished record, never a final name on an unfinished file.
 - **Reruns verify, resume or refuse.** :meth:`InputOutputs.check` compares the record's
   settings (the parameters that shape the result: model file hash, threshold, pixel
-  size, formats, tile plan …) with this run's. The same and finished: every output is
-  checked against its checksum, and a missing, truncated, overwritten or swapped one
-  is rewritten from the stored detections. The same and unfinished: resumed (slides).
-  Other settings: refused, naming them, unless overwriting, which first removes every
-  output of the input in every format, so nothing stale stays looking current.
+  size, test-time augmentation, formats, tile plan …) with this run's. The same and
+  finished: every output is checked against its checksum, and a missing, truncated,
+  overwritten or swapped one is rewritten from the stored detections. The same and
+  unfinished: resumed (slides). Other settings: refused, naming them, unless
+  overwriting, which first removes every output of the input in every format, so
+  nothing stale stays looking current.
 
 ``MICRONET_FAULT_AT`` (a point name) with ``MICRONET_FAULT_AFTER_TILES`` (a tile count,
 default 0) and ``MICRONET_FAULT_SIGNAL`` (``KILL``, default; ``INT``; ``STOP``) make a
@@ -80,6 +81,10 @@ SUFFIXES = {"csv": ".csv", "geojson": ".geojson", "png": ".overlay.png"}
 PARTIAL = ".partial"  # what an output is called until its input is finished
 RECORD_FORMAT = "micronet-outputs/1"
 OVERWRITE_HINT = "pass --overwrite (resume=False in Python) to replace all outputs of"
+# Settings added after records were first written, with the value every run before them
+# had: a record without one was made at that value (no test-time augmentation before
+# ``tta``), so its outputs stay current for a rerun at it, and other values are refused.
+SETTINGS_SINCE = {"tta": False}
 
 
 class OutputWriteError(MicronetError, OSError):
@@ -435,8 +440,9 @@ class InputOutputs:
                     f"{'it' if len(there) == 1 else 'them'} ({self.state_path.name}); {OVERWRITE_HINT} {self.stem}"
                 )
             return Verdict("new")
-        if state["settings"] != settings:
-            changes = describe_changes(state["settings"], settings)
+        recorded, wanted = ({**SETTINGS_SINCE, **s} for s in (state["settings"], settings))
+        if recorded != wanted:
+            changes = describe_changes(recorded, wanted)
             what = "were made" if state.get("complete") else "are an unfinished run"
             raise InputError(f"{self.stem}: the outputs in {self.dir} {what} with other settings ({changes}); {OVERWRITE_HINT} {self.stem}")
         self.state = state

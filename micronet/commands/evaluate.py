@@ -22,9 +22,11 @@ misses); prediction files without annotations are not scored; both are listed. W
 ``score`` column in every file, ``--threshold T`` keeps the detections scoring above T,
 and the output adds the best-F1 score threshold.
 
-**Evaluate a model** (``--model FILE|NAME --data SET [--split S] [--threshold T]``): a
-checkpoint, ONNX model, TensorRT engine or bundled model (``default``, ``fast-cpu``) run
-on a data set: :func:`micronet.runtime.evaluation.evaluate_model_file`.
+**Evaluate a model** (``--model FILE|NAME --data SET [--split S] [--threshold T] [--tta]``):
+a checkpoint, ONNX model, TensorRT engine or bundled model (``default``, ``fast-cpu``)
+run on a data set: :func:`micronet.runtime.evaluation.evaluate_model_file`. ``--tta``
+averages each image's maps over its flips (``Detector(tta=True)``); a checkpoint, run by
+the trainer's torch code, refuses it.
 
 Prints the pooled P / R / F1 / ED and a per-image table; ``--json FILE`` also writes
 them (pooled values at the top level, ``per_image`` below), and, where there is a
@@ -87,6 +89,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="checkpoint, ONNX model or TensorRT engine, or a bundled model: default or fast-cpu",
     )
     model.add_argument("--data", type=Path, metavar="SET", help="data set folder with images/ and points/ (with --pred: points/)")
+    model.add_argument(
+        "--tta", action="store_true",
+        help="test-time augmentation: run the model on each image and its 3 flips and average the maps before finding "
+        "peaks (an .onnx or .engine model or a bundled name; not a .safetensors checkpoint)",
+    )  # fmt: skip
     parser.add_argument("--split", metavar="NAME", help="subset of the data set (split.csv) to evaluate (e.g. test)")
     parser.add_argument(
         "--threshold",
@@ -124,6 +131,8 @@ def _check_sources(args: argparse.Namespace) -> None:
             raise InputError("--radius is required with --pred (e.g. 6 for CRCHistoPhenotypes at 20x)")
         if args.split is not None and args.image is not None:
             raise InputError(f"--split and --image: give one of them, not both (valid: {_PRED_FORMS})")
+        if args.tta:
+            raise InputError("--tta applies to --model (it changes how the model runs); --pred CSVs are scored as they are")
         _check_pred_paths(args)
     else:
         if args.data is None:
@@ -207,7 +216,13 @@ def _run_model(args: argparse.Namespace) -> int:
             f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file, "
             f"or a bundled model: {', '.join(BUNDLED_MODELS)}"
         )
-    result = evaluate_model_file(model, args.data, split=args.split, radius=args.radius, threshold=args.threshold)
+    if args.tta and model.suffix.lower() == ".safetensors":
+        raise InputError(
+            f"--tta runs the flips in the Detector (an .onnx or .engine model, or a bundled model: {', '.join(BUNDLED_MODELS)}), "
+            f"not on the checkpoint {args.model}: export it (micronet export) and evaluate the .onnx, or leave out --tta"
+        )
+    options = {"tta": True} if args.tta else {}  # without --tta, the library's default
+    result = evaluate_model_file(model, args.data, split=args.split, radius=args.radius, threshold=args.threshold, **options)
     print(result.format())
     if args.json is not None:
         out = {**result.to_dict(), "model": str(args.model), "model_file": str(model), "data": str(args.data), "split": args.split}

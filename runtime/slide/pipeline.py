@@ -260,6 +260,7 @@ def _settings(detector: Any, slide: Slide, plan: SlidePlan, tissue_only: bool, f
         "min_distance": detector.min_distance,
         "tile_size": detector.tile_size,
         "tile_margin": detector.tile_margin,
+        "tta": detector.tta,
         "tile_plan": f"{len(tiles)} tiles, sha256 {hashlib.sha256(tiles.tobytes()).hexdigest()[:16]}",
         "tissue_only": bool(tissue_only),
         "formats": list(formats),

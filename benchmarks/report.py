@@ -37,6 +37,7 @@ SECTIONS = [
         'python benchmarks/eval_cross_organ.py --model runtime/models/micronet_crchisto.onnx --label "default (ELU, fp32)" '
         '--model runtime/models/micronet_crchisto_relu.int8.onnx --label "fast-cpu (ReLU, int8)"',
     ),
+    ("tta", "Test-time augmentation (flips): cost and accuracy", "python benchmarks/bench_tta.py"),
     ("train_step", "Training step: precision and memory layout", "python benchmarks/bench_train.py"),
     ("cohort", "Cohorts: serial against a local Ray runtime", "python benchmarks/bench_cohort.py"),
     ("gpu", "GPU: TensorRT FP16 vs ONNX Runtime CUDA vs torch CUDA", "python benchmarks/bench_gpu.py"),

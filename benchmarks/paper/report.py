@@ -183,7 +183,8 @@ def write_report(data: dict[str, Any]) -> Path:
             f"{_ms(s['precision'], 100)} | {_ms(s['recall'], 100)} | {_ms(s['f1'], 100)} | {_ms(s['mean_distance'], 1, '.2f')} | "
             f"{_pooled(ev)} | {mon * 100:.1f} | {seed_text} |"
         )
-    lines += ["", "Training time per run (same machine, two runs at a time with one thread each): " + ", ".join(
+    lines += ["", "Training wall time per run (one torch thread; the CPU was shared with other jobs, so read these as rough "
+        "proportions, and the GFLOP column as the cost): " + ", ".join(
         f"{MODEL_LABEL.get(m, m)} {runs[f'table1_{m}']['train_seconds'] / 60:.0f} min"
         for m in data["study_options"] if f"table1_{m}" in runs and runs[f"table1_{m}"].get("train_seconds")
     ) + ".", ""]

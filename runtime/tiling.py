@@ -41,11 +41,17 @@ from .errors import InputError
 __all__ = ["Tile", "plan_tiles", "receptive_radius", "default_margin", "keep_in_core", "sort_peaks", "alignment", "RECEPTIVE_RADIUS", "ALIGNMENT"]
 
 # Architecture name (ModelInfo.architecture["name"]) → receptive radius in input pixels
-# (the larger of the two sides), measured by tools/measure_receptive_field.py.
-RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76}
+# (the largest of the four sides). Measured on the exported ONNX of each (MicroNet: the
+# bundled model and a tiny one; the baselines of micronet.trainer.baselines: tiny random
+# exports, the radius being the depth structure's) by
+#   python tools/measure_receptive_field.py --architecture all --json benchmarks/results/receptive_field.json
+RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76, "fcn": 245, "unet": 107, "fcrn_a": 36, "fcrn_b": 22, "frcn": 52}
 
-# Architecture name → total downsampling factor; tile origins are multiples of it.
-ALIGNMENT: dict[str, int] = {"micronet": 8}
+# Architecture name → total downsampling factor (stride): tile origins are multiples of
+# it, so a tile samples the whole image's grid at every depth. Measured by the same
+# command (the smallest input shift that shifts the map alike); it is 2 to the number of
+# 2×2 max pools (baselines) or stride-2 convolutions (MicroNet) on the deepest path.
+ALIGNMENT: dict[str, int] = {"micronet": 8, "fcn": 32, "unet": 16, "fcrn_a": 8, "fcrn_b": 4, "frcn": 8}
 
 
 @dataclass(frozen=True)

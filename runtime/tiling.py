@@ -23,6 +23,12 @@ model of another width. With the default ``min_distance = 3`` the margin is ther
 ``ceil8(76 + 3) = 80`` px. A 1024 px tile then has an 864 px core: 1.4× the pixels of
 a whole-image pass, in exchange for bounded memory and batchable tiles.
 
+The baselines of the seed paper's Table 1 (trainer/baselines.py) run through the same
+tiling with their own measured radius and stride (``RECEPTIVE_RADIUS``, ``ALIGNMENT``:
+``python tools/measure_receptive_field.py --architecture all``). FCN-8s sees 245 px
+around a pixel at a stride of 32, so its margin is 256 px and a 1024 px tile keeps only
+a 512 px core: pass a larger ``tile_size`` to ``Detector`` for it.
+
 Near-ties are the one caveat: floating-point kernels may pick other algorithms for
 other tile shapes, so a map value can differ in the last bits. The tests check that
 ONNX Runtime's CPU provider gives identical peaks.

@@ -141,7 +141,8 @@ def write_report(data: dict[str, Any]) -> Path:
         f"- **Budget.** Every run here has {budget} iterations (fine-tuning runs {max(1, budget // 2)}), batch 4 of 200² crops; the paper "
         "trains for 10⁵ iterations. Everything is trained on a 2-core CPU, so these are short-schedule results: they rank "
         "methods at an equal, small budget and say nothing about where each would converge.",
-        "- **Schedule.** One schedule for all: SGD with Nesterov momentum 0.9, lr 0.01, ÷10 at 60 % and 85 % of the budget, "
+        "- **Schedule.** One schedule for all: SGD with Nesterov momentum 0.9, lr 0.01 (a run whose loss or map diverges "
+        "starts again at lr 0.001, and its row says so), ÷10 at 60 % and 85 % of the budget, "
         "weight decay 1e-6; the checkpoint with the best validation F1 is kept with its threshold ξ (validation: CRCHisto's "
         "10 validation images; for fine-tuning, the target training images used). Same seed, so every run of a data set "
         "draws the same crops and augmentation.",
@@ -178,8 +179,9 @@ def write_report(data: dict[str, Any]) -> Path:
         ev = r["evals"]["crchisto_test"]
         s = ev["per_image_mean_std"]
         mon = r["evals"]["monuseg_all"]["pooled"]["f1"]
+        label = MODEL_LABEL.get(model, model) + (f" (lr {r['config']['lr']:g}, diverged at {r['diverged_at_lr'][0]:g})" if r.get("diverged_at_lr") else "")
         lines.append(
-            f"| {MODEL_LABEL.get(model, model)} | {r['parameters'] / 1e6:.2f} M | {r['gflop_500']:.1f} | "
+            f"| {label} | {r['parameters'] / 1e6:.2f} M | {r['gflop_500']:.1f} | "
             f"{_ms(s['precision'], 100)} | {_ms(s['recall'], 100)} | {_ms(s['f1'], 100)} | {_ms(s['mean_distance'], 1, '.2f')} | "
             f"{_pooled(ev)} | {mon * 100:.1f} | {seed_text} |"
         )
@@ -196,7 +198,8 @@ def write_report(data: dict[str, Any]) -> Path:
         r = runs.get("table1_micronet" if lam == 5.0 else f"lambda_{lam:g}")
         if r:
             ev = r["evals"]["crchisto_test"]
-            lines.append(f"| {lam:g} | {_pooled(ev)} | {ev['best_f1'] * 100:.1f} |")
+            note = f" (lr {r['config']['lr']:g}: diverged at {r['diverged_at_lr'][0]:g})" if r.get("diverged_at_lr") else ""
+            lines.append(f"| {lam:g}{note} | {_pooled(ev)} | {ev['best_f1'] * 100:.1f} |")
         else:
             lines.append(f"| {lam:g} | – | – | – | – | – |")
     if _plot_lambda(runs, data["lambdas"], PLOTS / "lambda_pr.png"):

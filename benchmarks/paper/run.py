@@ -73,6 +73,7 @@ FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)  # Fig. 5
 FREEZE = 5  # fine-tuning with blocks 1-5 (input transition and the downsampling path) frozen
 GAMMAS = (0.5, 1.0, 3.0, 10.0)  # Figs. 6-8: weight of the target-domain loss
 AUX_FRACTION = 0.25  # one auxiliary crop in each batch of four
+MIN_LR = 1e-3  # a diverging run is retried with lr ÷ 10 down to this
 GROUPS = ("table1", "lambda", "aux", "finetune")
 
 
@@ -177,15 +178,34 @@ def run_one(run: Run, out: Path, threads: int) -> dict[str, Any]:
     result_path = folder / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    cfg = TrainConfig.from_dict({**run.config, "out": str(folder), "threads": threads})
-    snapshot = folder / "last_snapshot.safetensors"
-    resume = snapshot if snapshot.exists() else None
-    train(cfg, resume=resume, progress=False)
+    # A run that diverges (non-finite loss or map) at the study's lr is started again
+    # with lr ÷ 10, down to MIN_LR; the result records every lr that diverged, and the
+    # report shows the lr a row was trained with.
+    config = dict(run.config)
+    diverged: list[float] = json.loads((folder / "diverged.json").read_text()) if (folder / "diverged.json").exists() else []
+    if diverged:
+        config["lr"] = min(diverged) / 10
+    while True:
+        cfg = TrainConfig.from_dict({**config, "out": str(folder), "threads": threads})
+        snapshot = folder / "last_snapshot.safetensors"
+        resume = snapshot if snapshot.exists() else None
+        try:
+            train(cfg, resume=resume, progress=False)
+            break
+        except FloatingPointError as exc:
+            if config["lr"] / 10 < MIN_LR:
+                raise
+            print(f"{run.name}: diverged at lr {config['lr']:g} ({exc}); again at lr {config['lr'] / 10:g}", flush=True)
+            diverged.append(config["lr"])
+            for f in folder.iterdir():
+                f.unlink()
+            (folder / "diverged.json").write_text(json.dumps(diverged))
+            config["lr"] /= 10
     best = folder / "best.safetensors"
     model, info = load_checkpoint(best)
     torch.set_num_threads(threads)
     result: dict[str, Any] = {
-        "name": run.name, "group": run.group, "config": run.config,
+        "name": run.name, "group": run.group, "config": config, "diverged_at_lr": diverged,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "gflop_500": count_flops(model, 500, 500) / 1e9,
         "best_iteration": info.provenance.get("iterations"), "val_f1": info.provenance.get("val_f1"),

@@ -112,7 +112,7 @@ def plan(budget: int, out: Path) -> list[Run]:
     runs: list[Run] = []
     for model, options in STUDY_OPTIONS.items():
         runs.append(Run(f"table1_{model}", "table1", {**common, "model": model, "model_options": options},
-                        {"crchisto_test": crchisto_test(), "monuseg_all": monuseg_all()}))
+                        {"crchisto_test": crchisto_test(), "monuseg_all": monuseg_all(), "monuseg_test": monuseg_test()}))
     for lam in LAMBDAS:
         if lam == 5.0:
             continue  # Table 1's MicroNet (λ = 5 is the trainer's default)
@@ -168,7 +168,6 @@ def run_one(run: Run, out: Path, threads: int) -> dict[str, Any]:
     """Trains (or resumes) one run, evaluates its best checkpoint, writes result.json."""
     import torch
 
-    from micronet.runtime.evaluation import evaluate_model_file
     from micronet.runtime.outputs import replace_atomically
     from micronet.trainer.checkpoint import load_checkpoint
     from micronet.trainer.models import count_flops
@@ -177,7 +176,15 @@ def run_one(run: Run, out: Path, threads: int) -> dict[str, Any]:
     folder = out / run.name
     result_path = folder / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        # Finished: only test sets added to the study since are evaluated now.
+        result = json.loads(result_path.read_text())
+        missing = {k: v for k, v in run.evals.items() if k not in result["evals"]}
+        if missing:
+            for label, (data, split, radius) in missing.items():
+                result["evals"][label] = _evaluate(folder / "best.safetensors", data, split, radius)
+            text = json.dumps(result, indent=1) + "\n"
+            replace_atomically(result_path, lambda tmp: tmp.write_text(text))
+        return result
     # A run that diverges (non-finite loss or map) at the study's lr is started again
     # with lr ÷ 10, down to MIN_LR; the result records every lr that diverged, and the
     # report shows the lr a row was trained with.
@@ -213,13 +220,19 @@ def run_one(run: Run, out: Path, threads: int) -> dict[str, Any]:
         "machine": info.provenance.get("machine"), "evals": {},
     }
     for label, (data, split, radius) in run.evals.items():
-        ev = evaluate_model_file(best, data, split=split, radius=radius, progress=False)
-        curve = ev.sweep.to_dict()["curve"]
-        result["evals"][label] = {**_summary(ev.report), "threshold": ev.threshold, "best_f1": ev.sweep.best_f1,
-                                  "best_threshold": ev.sweep.best_threshold, "curve": curve}
+        result["evals"][label] = _evaluate(best, data, split, radius)
     text = json.dumps(result, indent=1) + "\n"
     replace_atomically(result_path, lambda tmp: tmp.write_text(text))
     return result
+
+
+def _evaluate(checkpoint: Path, data: str, split: str | None, radius: float) -> dict[str, Any]:
+    """One test set's pooled and per-image metrics at the checkpoint's ξ, and its PR curve."""
+    from micronet.runtime.evaluation import evaluate_model_file
+
+    ev = evaluate_model_file(checkpoint, data, split=split, radius=radius, progress=False)
+    return {**_summary(ev.report), "threshold": ev.threshold, "best_f1": ev.sweep.best_f1,
+            "best_threshold": ev.sweep.best_threshold, "curve": ev.sweep.to_dict()["curve"]}
 
 
 def _train_seconds(log_csv: Path) -> float | None:
@@ -233,6 +246,13 @@ def _train_seconds(log_csv: Path) -> float | None:
 # --- the study (parent) ------------------------------------------------------------------
 
 
+def _complete(result_path: Path, run: Run) -> bool:
+    """Trained, and evaluated on every test set the study now names."""
+    if not result_path.exists():
+        return False
+    return set(run.evals) <= set(json.loads(result_path.read_text())["evals"])
+
+
 def run_study(runs: list[Run], out: Path, jobs: int, budget: int, threads: int | None = None) -> None:
     """Runs every run not yet done, ``jobs`` at a time (each a child process with
     ``threads = cores // jobs``), in dependency order, with a progress bar."""
@@ -241,7 +261,7 @@ def run_study(runs: list[Run], out: Path, jobs: int, budget: int, threads: int |
     from micronet.runtime.machine import physical_cores
 
     threads = threads or max(1, physical_cores() // jobs)
-    pending = [r for r in runs if not (out / r.name / "result.json").exists()]
+    pending = [r for r in runs if not _complete(out / r.name / "result.json", r)]
     done = {r.name for r in runs if r not in pending}
     failed: dict[str, str] = {}
     bar = tqdm(total=len(runs), initial=len(done), desc=f"paper study (budget {budget})", unit="run")
@@ -272,7 +292,7 @@ def run_study(runs: list[Run], out: Path, jobs: int, budget: int, threads: int |
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
                 r = running.pop(fut)
-                if fut.result() == 0 and (out / r.name / "result.json").exists():
+                if fut.result() == 0 and _complete(out / r.name / "result.json", r):
                     done.add(r.name)
                 else:
                     failed[r.name] = f"exit {fut.result()}, see {out / (r.name + '.log')}"
@@ -293,6 +313,7 @@ def collect(runs: list[Run], out: Path, budget: int) -> dict[str, Any]:
         "budget": budget, "seed_table1": SEED_TABLE1, "study_options": STUDY_OPTIONS, "lambdas": LAMBDAS,
         "fractions": FRACTIONS, "freeze_blocks": FREEZE, "gammas": GAMMAS, "aux_fraction": AUX_FRACTION,
         "monuseg_split": MONUSEG_SPLIT.relative_to(REPO).as_posix(), "complete": len(results) == len(runs),
+        "monuseg_train_images": sum(1 for line in MONUSEG_SPLIT.read_text().splitlines()[1:] if line.endswith(",train")),
         "runs": results, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -31,13 +31,15 @@ def main() -> None:
     parser.add_argument("--label", action="append", help="row label per model (default: file name)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "monuseg")
     parser.add_argument("--radius", type=float, default=16.0)
+    parser.add_argument("--split", help="only these images, e.g. test@benchmarks/paper/monuseg_split.csv (the 6 MoNuSeg images no bundled model trained on)")
+    parser.add_argument("--results-name", default="cross_organ", help="benchmarks/results/<name>.json/.md/.png")
     args = parser.parse_args()
 
     from micronet.runtime.evaluation import model_candidates as _candidates
     from micronet.runtime.datasets import load_point_folder
     from micronet.runtime.metrics import evaluate_images
 
-    data = load_point_folder(args.data)
+    data = load_point_folder(args.data, args.split)
     organs = sorted({data.meta[n]["organ"] for n in data.names})
     labels = args.label or [m.name for m in args.model]
     if len(labels) != len(args.model):
@@ -60,13 +62,13 @@ def main() -> None:
         print(label, {k: round(v["f1"], 4) for k, v in row.items()})
 
     cols = organs + ["all"]
-    lines = [f"MoNuSeg 2018 (13 images, 40×), radius {args.radius:g} px, each model at its own ξ; F1 (P / R)", "",
+    lines = [f"MoNuSeg 2018 ({len(data)} images{', split ' + args.split if args.split else ''}, 40×), radius {args.radius:g} px, each model at its own ξ; F1 (P / R)", "",
              "| model | " + " | ".join(f"{c} ({table[labels[0]][c]['images']})" for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for label in labels:
         cells = [f"{table[label][c]['f1']:.3f} ({table[label][c]['precision']:.2f} / {table[label][c]['recall']:.2f})" for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    write_results("cross_organ", {"radius": args.radius, "models": {l: str(m) for l, m in zip(labels, args.model)}, "f1": table}, "\n".join(lines))
+    write_results(args.results_name, {"radius": args.radius, "split": args.split, "models": {l: str(m) for l, m in zip(labels, args.model)}, "f1": table}, "\n".join(lines))
 
     import matplotlib
 
@@ -83,8 +85,8 @@ def main() -> None:
     ax.set_title(f"F1 on MoNuSeg organs (radius {args.radius:g} px at 40×)")
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(RESULTS / "cross_organ.png", dpi=120)
-    print(f"wrote {RESULTS / 'cross_organ.png'}")
+    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
+    print(f"wrote {RESULTS / (args.results_name + '.png')}")
 
 
 if __name__ == "__main__":

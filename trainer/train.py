@@ -266,7 +266,7 @@ class _Sampler:
     """
 
     def __init__(
-        self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator, target: TargetConfig
+        self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator, target: TargetConfig | None = None
     ) -> None:
         self.data = data
         self.cfg = cfg
@@ -279,7 +279,8 @@ class _Sampler:
         self.points = [r[1] for r in resampled]
         self.scale = 1.0 / ratio if resampled and resampled[0][2] is None else 1.0  # source pixels per model pixel
         self.aug = AugmentConfig(crop=cfg.crop, **cfg.augment)
-        self.target = target
+        # What each crop's map is; default Eq. 1 with the config's α, d and scale.
+        self.target = target or TargetConfig(cfg.target_alpha, cfg.target_radius, cfg.target_scale)
         self.rng = rng
         self.order: list[int] = []
         self.pos = 0

@@ -17,11 +17,26 @@ import numpy as np
 
 from micronet.runtime.bench import machine_record, matmul_yardsticks, run_line
 
-__all__ = ["RESULTS", "best_time", "matmul_peaks", "peak_text", "per_peak", "run_line", "run_machine", "write_results"]
+__all__ = ["RESULTS", "best_time", "interleaved_best", "matmul_peaks", "peak_text", "per_peak", "run_line", "run_machine", "write_results"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # ../shared/data (its README)
+
+def interleaved_best(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -> dict[str, float]:
+    """Best wall time (s) of each function over ``repeat`` rounds of one call each: the
+    functions take turns, so a change in a shared machine's load hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
 
 def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     """Best wall time in seconds over `repeat` runs (after `warmup` runs)."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,27 +36,13 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, REPO, matmul_peaks, peak_text, per_peak, run_machine, tissue_batch, write_results  # noqa: E402
+from _common import DATA, REPO, interleaved_best, matmul_peaks, peak_text, per_peak, run_machine, tissue_batch, write_results  # noqa: E402
 
 
 TORCH = "torch eager fp32 (ELU)"
 DEFAULT = "onnxruntime fp32 (ELU)"  # = the bundled default model
 FAST = "onnxruntime int8 (ReLU)"  # = the bundled fast-cpu model
 ALIAS = {DEFAULT: "default", FAST: "fast-cpu"}
-
-
-def interleaved_best(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -> dict[str, float]:
-    """Best wall time (s) of each function over ``repeat`` rounds of one call each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DATA,
+    interleaved_best,
     matmul_peaks,
     peak_text,
     run_machine,
@@ -48,20 +48,6 @@ CONFIGS = {
 }
 REFERENCE = "one pass"
 COMMAND = "micronet evaluate --model default --data ../shared/data/crchisto --split test --radius 6"
-
-
-def interleaved_best(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1) -> dict[str, float]:
-    """Best wall time (s) of each function over ``repeat`` rounds of one call each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

@@ -48,12 +48,30 @@ def _machine_line(runs: dict[str, Any]) -> str:
     return "unknown"
 
 
-def _plot_lambda(runs: dict[str, Any], lambdas: list[float], path: Path) -> bool:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _finish(fig: Any, ax: Any, path: Path, drawn: bool, legend_size: float | None = None) -> bool:
+    """Grid, legend and layout; saves the figure when something was drawn, closes it."""
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    fig.clf()
+    _pyplot().close(fig)
+    return drawn
+
+
+def _plot_lambda(runs: dict[str, Any], lambdas: list[float], path: Path) -> bool:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     drawn = False
     for lam in lambdas:
@@ -64,21 +82,11 @@ def _plot_lambda(runs: dict[str, Any], lambdas: list[float], path: Path) -> bool
         ax.plot([c["recall"] for c in curve], [c["precision"] for c in curve], label=f"λ = {lam:g}")
         drawn = True
     ax.set(xlabel="recall", ylabel="precision", title="MicroNet on CRCHisto test (r = 6 px), by λ of Eq. 2", xlim=(0, 1), ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    if drawn:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return drawn
+    return _finish(fig, ax, path, drawn)
 
 
 def _plot_finetune(runs: dict[str, Any], fractions: list[float], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     drawn = False
     for kind, label in (("scratch", "from scratch"), ("init", "fine-tuned"), ("frozen", "fine-tuned, blocks 1-5 frozen")):
@@ -92,21 +100,11 @@ def _plot_finetune(runs: dict[str, Any], fractions: list[float], path: Path) -> 
             ax.plot(xs, ys, marker="o", label=label)
             drawn = True
     ax.set(xlabel="% of the MoNuSeg training images", ylabel="F1 on the MoNuSeg test images (r = 16 px)", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    if drawn:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return drawn
+    return _finish(fig, ax, path, drawn)
 
 
 def _plot_aux(runs: dict[str, Any], gammas: list[float], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     base = runs.get("table1_micronet")
     xs, crc, mon = [], [], []
@@ -124,12 +122,7 @@ def _plot_aux(runs: dict[str, Any], gammas: list[float], path: Path) -> bool:
     if base:
         ax.axhline(base["evals"]["crchisto_test"]["pooled"]["f1"], ls="--", color="C0", alpha=0.6, label="CRCHisto, no auxiliary data")
     ax.set(xscale="log", xlabel="γ (weight of the target-domain loss)", ylabel="F1")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(fig, ax, path, True, legend_size=8)
 
 
 def write_report(data: dict[str, Any]) -> Path:

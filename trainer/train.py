@@ -389,6 +389,8 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
         model, init_info = load_checkpoint(cfg.init)
         mean, std = init_info.mean, init_info.std
         model_mpp = cfg.model_mpp or init_info.mpp
+        if cfg.activation and not hasattr(model.config, "activation"):
+            raise InputError(f"activation: {cfg.init} is a {model.config_dict()['name']!r} network, which has no activation option")
         if cfg.activation and cfg.activation != model.config.activation:
             model = with_activation(model, cfg.activation)
         if cfg.dropout is not None and cfg.dropout != model.config.dropout:

@@ -295,3 +295,11 @@ def test_tune_detection_chooses_min_distance_and_threshold_together(small_set, t
                     "--split", "val", "--min-distance", "2", "4", "-o", str(out)], check=True, capture_output=True)
     info = read_info(out)
     assert (info.min_distance, info.threshold) == (md, pytest.approx(threshold))
+
+
+def test_a_baseline_checkpoint_fine_tunes_and_refuses_an_activation_swap(small_set, tmp_path):
+    first = train(quick_config(small_set, tmp_path / "u", model="unet", model_options={"base": 4}, iterations=2), progress=False)
+    tuned = train(quick_config(small_set, tmp_path / "u2", init=str(first), freeze_blocks=2, dropout=0.1, iterations=2), progress=False)
+    assert read_info(tuned).architecture == {**read_info(first).architecture, "dropout": 0.1}
+    with pytest.raises(ValueError, match="'unet' network, which has no activation option"):
+        train(quick_config(small_set, tmp_path / "u3", init=str(first), activation="relu", iterations=1), progress=False)

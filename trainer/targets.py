@@ -70,16 +70,7 @@ def make_target(points_xy: np.ndarray, shape: tuple[int, int], config: TargetCon
 def disk_map(points_xy: np.ndarray, shape: tuple[int, int], radius: float) -> np.ndarray:
     """``(H, W)`` float32: 1 within ``radius`` of a centre, 0 elsewhere (the pixel
     classifiers' label)."""
-    h, w = int(shape[0]), int(shape[1])
-    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-    out = np.zeros((h, w), dtype=np.float32)
-    if len(pts) == 0 or h == 0 or w == 0:
-        return out
-    rows, cols = np.mgrid[0:h, 0:w]
-    grid = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
-    dist, _ = cKDTree(pts).query(grid, k=1, distance_upper_bound=radius)
-    out.reshape(-1)[dist < radius] = 1.0
-    return out
+    return (_nearest_centre_distance(points_xy, shape, radius) < radius).astype(np.float32)
 
 
 def density_map(points_xy: np.ndarray, shape: tuple[int, int], sigma: float, scale: float = 100.0) -> np.ndarray:
@@ -114,15 +105,22 @@ def proximity_map(points_xy: np.ndarray, shape: tuple[int, int], config: TargetC
 
     Vectorised: one KD-tree query for all pixels (no per-pixel Python loop).
     """
+    dist = _nearest_centre_distance(points_xy, shape, config.radius)
+    out = np.zeros(dist.shape, dtype=np.float32)
+    near = dist < config.radius
+    values = np.expm1(config.alpha * (1.0 - dist[near] / config.radius)) / np.expm1(config.alpha)
+    out[near] = (config.scale * values).astype(np.float32)
+    return out
+
+
+def _nearest_centre_distance(points_xy: np.ndarray, shape: tuple[int, int], upper: float) -> np.ndarray:
+    """``(H, W)`` float64: each pixel's distance to the nearest centre, ``inf`` beyond
+    ``upper`` (and everywhere without centres). One KD-tree query for all pixels."""
     h, w = int(shape[0]), int(shape[1])
     pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-    out = np.zeros((h, w), dtype=np.float32)
     if len(pts) == 0 or h == 0 or w == 0:
-        return out
+        return np.full((h, w), np.inf)
     rows, cols = np.mgrid[0:h, 0:w]
     grid = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)  # (H*W, 2) x, y
-    dist, _ = cKDTree(pts).query(grid, k=1, distance_upper_bound=config.radius)
-    near = np.isfinite(dist) & (dist < config.radius)
-    values = np.expm1(config.alpha * (1.0 - dist[near] / config.radius)) / np.expm1(config.alpha)
-    out.reshape(-1)[near] = (config.scale * values).astype(np.float32)
-    return out
+    dist, _ = cKDTree(pts).query(grid, k=1, distance_upper_bound=upper)
+    return dist.reshape(h, w)

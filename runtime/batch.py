@@ -34,7 +34,7 @@ from . import images
 from .detections import Detections
 from .errors import InputError, MicronetError, MissingFileError
 from .images import as_rgb_image, check_mpp
-from .outputs import FORMATS, ImageOutputs, InputRun, OutputLock, OutputWriteError, check_formats, fault_point, fingerprint, model_digest
+from .outputs import FORMATS, ImageOutputs, InputRun, OutputLock, OutputWriteError, check_formats, fault_point, detector_settings, fingerprint
 
 __all__ = ["RunSettings", "SummaryRow", "process_input", "run_image", "check_out_dir", "is_slide", "image_mpp", "SLIDE_SUFFIXES", "MPP_ASSUMED"]
 
@@ -214,12 +214,7 @@ def run_image(
             "input": fingerprint(path),
             "reader": "tifffile" if path.suffix.lower() in (".tif", ".tiff") else "pillow",
             "mpp": used_mpp,
-            "model": model_digest(detector),
-            "threshold": detector.threshold,
-            "min_distance": detector.min_distance,
-            "tile_size": detector.tile_size,
-            "tile_margin": detector.tile_margin,
-            "tta": detector.tta,
+            **detector_settings(detector),
             "formats": list(formats),
         }
         verdict = outputs.check(settings, overwrite=overwrite)

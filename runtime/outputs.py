@@ -66,6 +66,7 @@ __all__ = [
     "fingerprint",
     "file_digest",
     "file_sha256",
+    "detector_settings",
     "model_digest",
     "replace_atomically",
     "writing",
@@ -145,6 +146,21 @@ def file_digest(path: Path) -> dict[str, Any]:
 
 
 _MODEL_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def detector_settings(detector: Any) -> dict[str, Any]:
+    """What of a detector decides its detections, for an output's recorded settings:
+    the model (its digest), ξ, the minimum distance, the tiling and test-time
+    augmentation. Images and slides record the same keys, so a setting added here is
+    checked on both."""
+    return {
+        "model": model_digest(detector),
+        "threshold": detector.threshold,
+        "min_distance": detector.min_distance,
+        "tile_size": detector.tile_size,
+        "tile_margin": detector.tile_margin,
+        "tta": detector.tta,
+    }
 
 
 def model_digest(detector: Any) -> str:

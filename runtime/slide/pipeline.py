@@ -39,7 +39,7 @@ import numpy as np
 from ..detections import Detections
 from ..errors import InputError
 from ..tiling import keep_in_core, sort_peaks
-from ..outputs import FORMATS, InputRun, OutputLock, check_formats, fault_point, fingerprint, model_digest
+from ..outputs import FORMATS, InputRun, OutputLock, check_formats, fault_point, detector_settings, fingerprint
 from .outputs import SlideOutputs, output_stem
 from .plan import SlidePlan, plan_slide
 from .reader import THUMBNAIL_SIZE, Slide, open_slide
@@ -255,12 +255,7 @@ def _settings(detector: Any, slide: Slide, plan: SlidePlan, tissue_only: bool, f
         "level": plan.level.index,
         "region": list(plan.region),
         "mpp": list(plan.mpp_xy),
-        "model": model_digest(detector),
-        "threshold": detector.threshold,
-        "min_distance": detector.min_distance,
-        "tile_size": detector.tile_size,
-        "tile_margin": detector.tile_margin,
-        "tta": detector.tta,
+        **detector_settings(detector),
         "tile_plan": f"{len(tiles)} tiles, sha256 {hashlib.sha256(tiles.tobytes()).hexdigest()[:16]}",
         "tissue_only": bool(tissue_only),
         "formats": list(formats),

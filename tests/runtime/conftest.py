@@ -1,12 +1,15 @@
 """Shared fixtures of the runtime tests: models, images and the real data.
 
+- ``sample_set``: the bundled sample image and its points as a one-image data set folder.
 - ``tiny_model``: ``micronet_tiny`` with random weights and randomised batch-norm
   statistics (so folding them into the convolutions is exercised), exported to ONNX by
   ``micronet.export``; its threshold is set from its own output on a real image.
   Needs torch (tests using it skip without).
+- ``sample_set``: the bundled sample image and its points as a one-image data set folder.
 - ``blur_onnx``: a hand-built ONNX model with the MicroNet signature whose "proximity"
   is the blurred darkness of the image, so dark round blobs give peaks at their
   centres: a detector with known answers. Needs only onnx.
+- ``sample_set``: the bundled sample image and its points as a one-image data set folder.
 - ``make_nuclei``: dark Gaussian blobs on a pink background at known centres.
 
 ``shared_data`` (the real data folder, skipping when absent) and ``make_tiny_model``
@@ -122,3 +125,19 @@ def make_nuclei():
     from micronet.runtime.synthetic import nuclei_image
 
     return nuclei_image
+
+
+@pytest.fixture()
+def sample_set(tmp_path: Path) -> Path:
+    """The bundled sample image (CRCHisto, 0.55 µm/px) and its points as a one-image
+    data set folder."""
+    import shutil
+
+    models = Path(__file__).resolve().parents[2] / "runtime" / "models"
+    root = tmp_path / "sample_set"
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    shutil.copy(models / "sample.png", root / "images" / "sample.png")
+    shutil.copy(models / "sample.csv", root / "points" / "sample.csv")
+    (root / "dataset.json").write_text('{"mpp": 0.55}')
+    return root

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -190,18 +189,6 @@ def test_crchisto_truth_against_itself_moved_gives_the_known_answer(tmp_path, sh
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "runtime" / "models" / "micronet_crchisto.onnx"
-
-
-@pytest.fixture()
-def sample_set(tmp_path: Path) -> Path:
-    """The bundled sample image (CRCHisto, 0.55 µm/px) as a one-image data set folder."""
-    root = tmp_path / "sample_set"
-    (root / "images").mkdir(parents=True)
-    (root / "points").mkdir()
-    shutil.copy(REPO / "runtime" / "models" / "sample.png", root / "images" / "sample.png")
-    shutil.copy(REPO / "runtime" / "models" / "sample.csv", root / "points" / "sample.csv")
-    (root / "dataset.json").write_text('{"mpp": 0.55}')
-    return root
 
 
 def test_model_file_on_a_data_set_equals_its_candidates_swept(sample_set):

@@ -5,7 +5,6 @@ the peaks, in every path that runs the network (whole images, tiles, batches, sl
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -289,18 +288,6 @@ def test_detector_spec_carries_tta_to_workers():
 
 
 # --- evaluation -----------------------------------------------------------------------
-
-
-@pytest.fixture()
-def sample_set(tmp_path: Path) -> Path:
-    """The bundled sample image as a one-image data set folder."""
-    root = tmp_path / "sample_set"
-    (root / "images").mkdir(parents=True)
-    (root / "points").mkdir()
-    shutil.copy(REPO / "runtime" / "models" / "sample.png", root / "images" / "sample.png")
-    shutil.copy(REPO / "runtime" / "models" / "sample.csv", root / "points" / "sample.csv")
-    (root / "dataset.json").write_text('{"mpp": 0.55}')
-    return root
 
 
 def test_evaluate_a_model_with_tta(sample_set, tmp_path, capsys):

@@ -53,7 +53,7 @@ from .data import (
 from .loss import loss_for, two_source_loss, weighted_mse
 from .models import ACTIVATIONS, create_model, with_activation
 from .targets import TARGET_KINDS, TargetConfig, make_target
-from .validate import choose_threshold, normalize, predict_map
+from .validate import choose_threshold, normalize, predict_map, validation_inputs
 
 __all__ = ["TrainConfig", "resolve_bf16", "resolve_channels_last", "resolve_machine_defaults", "resolve_threads", "train"]
 
@@ -453,7 +453,7 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
     log_file, writer = _open_log(out / "log.csv", resume, state["iteration"]) if ctx.is_main else (None, None)
     hash_path = hashes_file(ctx)
 
-    val_images, val_points, val_scales = _validation_inputs(val_set, model_mpp)
+    val_images, val_points, val_scales = validation_inputs(val_set, model_mpp)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress or not ctx.is_main, desc="train", unit="it")
@@ -608,19 +608,6 @@ def _open_log(log_path: Path, resume: str | Path | None, iteration: int) -> tupl
     if new_log:
         writer.writerow(["iteration", "loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "elapsed_s"])
     return log_file, writer
-
-
-def _validation_inputs(
-    val_set: PointDataset | None, model_mpp: float
-) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, float] | None]]:
-    """Validation images at the model's pixel size, their points in their own pixels,
-    and the scale of each resampling: detections are mapped back and matched where the
-    annotations are, with the radius in the data's pixels (as ``micronet evaluate``)."""
-    if val_set is None:
-        return [], [], []
-    factor = val_set.mpp / model_mpp
-    triples = [resample(im, None, factor) for im in val_set.images]  # micronet.runtime.resample
-    return [t[0] for t in triples], list(val_set.points), [t[2] for t in triples]
 
 
 def _provenance(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:

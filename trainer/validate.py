@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,10 @@ from micronet.runtime.sweep import SweepResult, sweep_thresholds, threshold_swee
 
 from .models import map_output
 
-__all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold", "CheckpointCandidates"]
+if TYPE_CHECKING:
+    from micronet.runtime.datasets import PointDataset
+
+__all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold", "validation_inputs", "tune_detection", "CheckpointCandidates"]
 
 
 def normalize(images_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -98,6 +101,19 @@ class CheckpointCandidates:
         return xy, scores
 
 
+def validation_inputs(
+    val_set: "PointDataset | None", model_mpp: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, float] | None]]:
+    """Validation images at the model's pixel size, their points in their own pixels,
+    and the scale of each resampling: detections are mapped back and matched where the
+    annotations are, with the radius in the data's pixels (as ``micronet evaluate``)."""
+    if val_set is None:
+        return [], [], []
+    factor = val_set.mpp / model_mpp
+    triples = [resample(im, None, factor) for im in val_set.images]  # micronet.runtime.resample
+    return [t[0] for t in triples], list(val_set.points), [t[2] for t in triples]
+
+
 def tune_detection(
     checkpoint: str,
     data: str,
@@ -122,13 +138,12 @@ def tune_detection(
 
     model, info = load_checkpoint(checkpoint, device)
     dataset = load_point_folder(data, split)
-    triples = [resample(im, None, dataset.mpp / info.mpp) for im in dataset.images]
-    maps = [predict_map(model, t[0], info.mean, info.std, device) for t in triples]
-    scales = [t[2] for t in triples]
+    images, truths, scales = validation_inputs(dataset, info.mpp)
+    maps = [predict_map(model, im, info.mean, info.std, device) for im in images]
     peak = float(info.target.get("scale", 5.0))
     rows = []
     for md in min_distances:
-        sweep = choose_threshold(maps, list(dataset.points), radius, int(md), peak, scales=scales)
+        sweep = choose_threshold(maps, truths, radius, int(md), peak, scales=scales)
         best = sweep.metrics_at(sweep.best_index)
         rows.append({"min_distance": int(md), "threshold": float(sweep.best_threshold), "f1": best.f1,
                      "precision": best.precision, "recall": best.recall})

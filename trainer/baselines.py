@@ -59,17 +59,27 @@ __all__ = [
 ]
 
 
-def _check(name: str, base: int, dropout: float, in_channels: int) -> None:
-    if isinstance(base, bool) or not isinstance(base, int) or base < 1:
-        raise InputError(f"{name}: base: expected a positive channel count, got {base!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise InputError(f"{name}: dropout: expected a probability in [0, 1), got {dropout}")
-    if in_channels < 1:
-        raise InputError(f"{name}: in_channels: expected a positive count, got {in_channels}")
+@dataclass(frozen=True)
+class _BaselineConfig:
+    """What every baseline's config has: a width, a dropout rate and input channels,
+    checked on construction; each model sets its name and its paper's defaults."""
+
+    model: ClassVar[str] = "baseline"
+    base: int = 64
+    dropout: float = 0.0
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base, bool) or not isinstance(self.base, int) or self.base < 1:
+            raise InputError(f"{self.model}: base: expected a positive channel count, got {self.base!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"{self.model}: dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.in_channels < 1:
+            raise InputError(f"{self.model}: in_channels: expected a positive count, got {self.in_channels}")
 
 
 @dataclass(frozen=True)
-class FCNConfig:
+class FCNConfig(_BaselineConfig):
     """FCN-8s on VGG-16.
 
     base: channels of the first VGG stage (64 in the paper); the five stages have
@@ -78,16 +88,13 @@ class FCNConfig:
     in_channels: 3 for RGB.
     """
 
+    model: ClassVar[str] = "fcn"
     base: int = 64
     dropout: float = 0.5
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        _check("fcn", self.base, self.dropout, self.in_channels)
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(_BaselineConfig):
     """U-Net.
 
     base: channels of the first level (64 in the paper); the five levels have
@@ -96,16 +103,13 @@ class UNetConfig:
     in_channels: 3 for RGB.
     """
 
+    model: ClassVar[str] = "unet"
     base: int = 64
     dropout: float = 0.5
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        _check("unet", self.base, self.dropout, self.in_channels)
 
 
 @dataclass(frozen=True)
-class FCRNAConfig:
+class FCRNAConfig(_BaselineConfig):
     """FCRN-A.
 
     base: channels of the first convolution (32 in the paper); the network has
@@ -114,16 +118,13 @@ class FCRNAConfig:
     in_channels: 3 for RGB.
     """
 
+    model: ClassVar[str] = "fcrn_a"
     base: int = 32
     dropout: float = 0.0
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        _check("fcrn_a", self.base, self.dropout, self.in_channels)
 
 
 @dataclass(frozen=True)
-class FCRNBConfig:
+class FCRNBConfig(_BaselineConfig):
     """FCRN-B.
 
     base: channels of the first convolution (32 in the paper); the network has
@@ -132,16 +133,13 @@ class FCRNBConfig:
     in_channels: 3 for RGB.
     """
 
+    model: ClassVar[str] = "fcrn_b"
     base: int = 32
     dropout: float = 0.0
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        _check("fcrn_b", self.base, self.dropout, self.in_channels)
 
 
 @dataclass(frozen=True)
-class FRCNConfig:
+class FRCNConfig(_BaselineConfig):
     """FRCN.
 
     base: channels at full resolution; the four levels have base·(1, 2, 4, 8).
@@ -149,12 +147,9 @@ class FRCNConfig:
     in_channels: 3 for RGB.
     """
 
+    model: ClassVar[str] = "frcn"
     base: int = 32
     dropout: float = 0.0
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        _check("frcn", self.base, self.dropout, self.in_channels)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:

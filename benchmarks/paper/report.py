@@ -30,6 +30,13 @@ def _pooled(ev: dict[str, Any]) -> str:
     return f"{p['precision'] * 100:.1f} | {p['recall'] * 100:.1f} | **{p['f1'] * 100:.1f}** | {_f(p['mean_distance'], '.2f')}"
 
 
+def _lr_note(run: dict[str, Any]) -> str:
+    """``" (lr 0.001, diverged at 0.01)"`` for a run restarted at a lower lr, else ``""``."""
+    if not run.get("diverged_at_lr"):
+        return ""
+    return f" (lr {run['config']['lr']:g}, diverged at {run['diverged_at_lr'][0]:g})"
+
+
 def _fraction_label(fraction: float, n_images: int | None) -> str:
     """``"10 % (1 image)"``: the trainer keeps max(1, round(f·n)) images, so small
     fractions of a small set can round to the same images (and the same run)."""
@@ -181,7 +188,7 @@ def write_report(data: dict[str, Any]) -> Path:
         ev = r["evals"]["crchisto_test"]
         s = ev["per_image_mean_std"]
         mon = r["evals"]["monuseg_all"]["pooled"]["f1"]
-        label = MODEL_LABEL.get(model, model) + (f" (lr {r['config']['lr']:g}, diverged at {r['diverged_at_lr'][0]:g})" if r.get("diverged_at_lr") else "")
+        label = MODEL_LABEL.get(model, model) + _lr_note(r)
         lines.append(
             f"| {label} | {r['parameters'] / 1e6:.2f} M | {r['gflop_500']:.1f} | "
             f"{_ms(s['precision'], 100)} | {_ms(s['recall'], 100)} | {_ms(s['f1'], 100)} | {_ms(s['mean_distance'], 1, '.2f')} | "
@@ -200,7 +207,7 @@ def write_report(data: dict[str, Any]) -> Path:
         r = runs.get("table1_micronet" if lam == 5.0 else f"lambda_{lam:g}")
         if r:
             ev = r["evals"]["crchisto_test"]
-            note = f" (lr {r['config']['lr']:g}: diverged at {r['diverged_at_lr'][0]:g})" if r.get("diverged_at_lr") else ""
+            note = _lr_note(r)
             lines.append(f"| {lam:g}{note} | {_pooled(ev)} | {ev['best_f1'] * 100:.1f} |")
         else:
             lines.append(f"| {lam:g} | – | – | – | – | – |")
@@ -235,7 +242,7 @@ def write_report(data: dict[str, Any]) -> Path:
     for g in data["gammas"]:
         r = runs.get(f"aux_gamma_{g:g}")
         if r:
-            note = f" (lr {r['config']['lr']:g}: diverged at {r['diverged_at_lr'][0]:g})" if r.get("diverged_at_lr") else ""
+            note = _lr_note(r)
             lines.append(f"| {g:g}{note} | {_pooled(r['evals']['crchisto_test'])} | {r['evals']['monuseg_test']['pooled']['f1'] * 100:.1f} |")
         else:
             lines.append(f"| {g:g} | – | – | – | – | – |")

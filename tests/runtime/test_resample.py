@@ -87,7 +87,7 @@ def test_training_validation_and_evaluate_agree_on_monuseg_at_025_mpp(shared_dat
     from micronet.cli import main
     from micronet.runtime.datasets import load_point_folder
     from micronet.trainer.checkpoint import load_checkpoint
-    from micronet.trainer.train import _validation_inputs
+    from micronet.trainer.validate import validation_inputs
     from micronet.trainer.validate import choose_threshold, predict_map
 
     checkpoint = Path(__file__).resolve().parents[2] / "trainer" / "pretrained" / "micronet_crchisto.safetensors"
@@ -96,7 +96,7 @@ def test_training_validation_and_evaluate_agree_on_monuseg_at_025_mpp(shared_dat
     data = load_point_folder(shared_data / "monuseg")
     assert data.mpp == pytest.approx(0.25, abs=0.01)
     model, info = load_checkpoint(checkpoint)
-    images, points, scales = _validation_inputs(data, info.mpp)
+    images, points, scales = validation_inputs(data, info.mpp)
     maps = [predict_map(model, im, info.mean, info.std) for im in images]
     sweep = choose_threshold(maps, points, 16.0, info.min_distance, float(info.target["scale"]), scales=scales)
     report = tmp_path / "eval.json"

@@ -39,6 +39,7 @@ __all__ = [
     "map_output",
     "model_from_config",
     "register_model",
+    "widen",
     "with_activation",
 ]
 
@@ -286,6 +287,66 @@ def with_activation(model: MicroNet, activation: str) -> MicroNet:
     swapped = MicroNet(config)
     swapped.load_state_dict(model.state_dict())
     return swapped.train(model.training)
+
+
+def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None = None, seed: int = 0) -> MicroNet:
+    """A wider MicroNet that computes the same function as ``model``: the start of a
+    fine-tune that adds capacity without losing what ``model`` learnt (zero-init
+    widening, in the spirit of Net2Net, Chen et al. 2016).
+
+    Every old channel keeps its weights; a new channel gets the fresh network's random
+    incoming weights and **zero** weights into every old channel, so the old channels,
+    and the output, are unchanged (exactly, in eval mode). Training then moves the zero
+    weights first, since their gradients are the new channels' activations.
+    Concatenated inputs (blocks 7-9 and the aggregation in block 10) are remapped part
+    by part. Raises ``InputError`` when a width would shrink.
+    """
+    old = model.config
+    cc = old.context_channels if context_channels is None else int(context_channels)
+    new_widths = tuple(int(w) for w in widths)
+    if len(new_widths) != 4 or any(n < o for n, o in zip(new_widths, old.widths)) or cc < old.context_channels:
+        raise InputError(
+            f"widen: every width must stay or grow: {old.widths} (context {old.context_channels}) "
+            f"-> {new_widths} (context {cc})"
+        )
+    torch.manual_seed(seed)
+    wide = MicroNet(replace(old, widths=new_widths, context_channels=cc))
+    wo, wn = old.widths, new_widths
+    n_ctx = len(old.context_depths)
+
+    def parts(old_sizes: list[int], new_sizes: list[int]) -> torch.Tensor:
+        """Where each old channel of a concatenation sits in the wide concatenation."""
+        starts = [sum(new_sizes[:i]) for i in range(len(new_sizes))]
+        return torch.cat([s + torch.arange(o) for s, o in zip(starts, old_sizes)])
+
+    concat_inputs = {}
+    for block, level in (("block7", 2), ("block8", 1), ("block9", 0)):
+        idx = parts([wo[level]] * 2, [wn[level]] * 2)
+        concat_inputs[f"{block}.conv1.0"] = idx
+        concat_inputs[f"{block}.skip.0"] = idx
+    concat_inputs["block10.0.0"] = parts([wo[0]] + [old.context_channels] * n_ctx, [wn[0]] + [cc] * n_ctx)
+
+    modules = dict(wide.named_modules())
+    state = wide.state_dict()
+    with torch.no_grad():
+        for name, t_old in model.state_dict().items():
+            t_new = state[name]
+            if t_old.shape == t_new.shape:
+                t_new.copy_(t_old)
+                continue
+            module_name, leaf = name.rsplit(".", 1)
+            if t_old.dim() == 4:  # convolution weights: (out, in, k, k), transposed (in, out, k, k)
+                transposed = isinstance(modules[module_name], nn.ConvTranspose2d)
+                out_dim, in_dim = (1, 0) if transposed else (0, 1)
+                in_idx = concat_inputs.get(module_name, torch.arange(t_old.shape[in_dim]))
+                out_idx = torch.arange(t_old.shape[out_dim])
+                w = t_new.movedim((out_dim, in_dim), (0, 1))  # a view: (out, in, k, k)
+                w[out_idx] = 0.0  # old outputs read nothing from new inputs...
+                w[out_idx[:, None], in_idx[None, :]] = t_old.movedim((out_dim, in_dim), (0, 1))  # ...and the old weights
+            else:  # batch norm statistics and affine parameters, biases: per output channel
+                t_new[: t_old.shape[0]] = t_old
+    wide.load_state_dict(state)
+    return wide.train(model.training)
 
 
 def _micronet(defaults: dict[str, Any], overrides: dict[str, Any]) -> MicroNet:

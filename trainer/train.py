@@ -51,7 +51,7 @@ from .data import (
     sample_crop,
 )
 from .loss import loss_for, two_source_loss, weighted_mse
-from .models import ACTIVATIONS, create_model, with_activation
+from .models import ACTIVATIONS, MicroNet, create_model, widen, with_activation
 from .targets import TARGET_KINDS, TargetConfig, make_target
 from .validate import choose_threshold, normalize, predict_map, validation_inputs
 
@@ -395,6 +395,8 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
             model = with_activation(model, cfg.activation)
         if cfg.dropout is not None and cfg.dropout != model.config.dropout:
             model = _with_dropout(model, cfg.dropout)
+        if cfg.widths and tuple(cfg.widths) != tuple(getattr(model.config, "widths", ())):
+            model = _widened(model, cfg)
     else:
         model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation, dropout=cfg.dropout, **cfg.model_options)
         mean, std = channel_stats(train_set.images + (aux_set.images if aux_set else []))
@@ -561,6 +563,19 @@ def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: s
         _plot_log(out / "log.csv", out / "curves.png")
     ctx.barrier()  # every process returns once the checkpoint exists
     return out / "best.safetensors"
+
+
+def _widened(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """``--init`` with ``--widths``: the initial network widened to those widths, computing
+    the same function (``models.widen``). Context channels grow with the first width
+    unless ``--model-options '{"context_channels": N}'`` says otherwise."""
+    if not isinstance(model, MicroNet):
+        raise InputError(f"widths: {cfg.init} is a {model.config_dict()['name']!r} network; only a MicroNet can be widened")
+    old = model.config
+    cc = cfg.model_options.get("context_channels", round(old.context_channels * cfg.widths[0] / old.widths[0]))
+    wide = widen(model, tuple(cfg.widths), cc, seed=cfg.seed)
+    log.info("widened %s: widths %s -> %s, context channels %d -> %d", cfg.init, old.widths, wide.config.widths, old.context_channels, cc)
+    return wide
 
 
 def _with_dropout(model: torch.nn.Module, dropout: float) -> torch.nn.Module:

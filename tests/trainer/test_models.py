@@ -12,6 +12,7 @@ from micronet.trainer.models import (  # noqa: E402
     create_model,
     list_models,
     model_from_config,
+    widen,
     with_activation,
 )
 
@@ -79,3 +80,32 @@ def test_activation_option_relu_and_swap_keeps_every_weight():
     assert model_from_config(old).config.activation == "elu"
     with pytest.raises(ValueError, match="activation"):
         create_model("micronet_tiny", activation="gelu")
+
+
+@pytest.mark.parametrize("size", [(40, 40), (37, 53)])
+def test_widen_keeps_the_function_and_every_old_weight(size):
+    torch.manual_seed(0)
+    narrow = create_model("micronet_tiny")
+    narrow.train()
+    for _ in range(2):  # non-trivial batch-norm statistics
+        narrow(torch.randn(2, 3, 32, 32))
+    narrow.eval()
+    wide = widen(narrow, (16, 24, 48, 40), 6).eval()
+    assert wide.config.widths == (16, 24, 48, 40) and wide.config.context_channels == 6
+    assert sum(p.numel() for p in wide.parameters()) > 2 * sum(p.numel() for p in narrow.parameters())
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), narrow(x), rtol=1e-5, atol=1e-5)
+    # The concatenated input of block 7 keeps its two parts apart: d3's old channels first,
+    # the upsampled map's old channels from the new width of d3 on.
+    w_old, w_new = narrow.block7.conv1[0].weight, wide.block7.conv1[0].weight
+    torch.testing.assert_close(w_new[:32, :32], w_old[:, :32])
+    torch.testing.assert_close(w_new[:32, 48:80], w_old[:, 32:])
+    assert torch.count_nonzero(w_new[:32, 32:48]) == 0 and torch.count_nonzero(w_new[:32, 80:]) == 0
+    # Training moves it away from the narrow network (the new channels are live).
+    wide.train()
+    loss = wide(x).square().mean()
+    loss.backward()
+    assert wide.block10[2].weight.grad[:, 8:].abs().sum() > 0
+    with pytest.raises(ValueError, match="stay or grow"):
+        widen(narrow, (4, 16, 32, 32))

@@ -303,3 +303,16 @@ def test_a_baseline_checkpoint_fine_tunes_and_refuses_an_activation_swap(small_s
     assert read_info(tuned).architecture == {**read_info(first).architecture, "dropout": 0.1}
     with pytest.raises(ValueError, match="'unet' network, which has no activation option"):
         train(quick_config(small_set, tmp_path / "u3", init=str(first), activation="relu", iterations=1), progress=False)
+
+
+def test_init_with_wider_widths_widens_the_checkpoint(small_set, tmp_path):
+    first = train(quick_config(small_set, tmp_path / "n", iterations=2), progress=False)
+    narrow = read_info(first).architecture
+    wide_widths = [2 * w for w in narrow["widths"]]
+    wider = train(quick_config(small_set, tmp_path / "w", init=str(first), widths=tuple(wide_widths), iterations=2), progress=False)
+    arch = read_info(wider).architecture
+    assert arch["widths"] == wide_widths and arch["context_channels"] == 2 * narrow["context_channels"]
+    # Resuming rebuilds the same widened network under the snapshot's weights.
+    again = train(quick_config(small_set, tmp_path / "w", init=str(first), widths=tuple(wide_widths), iterations=3),
+                  resume=tmp_path / "w" / "last_snapshot.safetensors", progress=False)
+    assert read_info(again).architecture == arch

@@ -4,12 +4,16 @@
 #   1. the default checkpoint with ξ and the minimum peak distance chosen together on
 #      CRCHisto validation (tools/tune_detection.py),
 #   2. its fp32 ONNX (Detector "default") and fp16 ONNX (the TensorRT source),
-#   3. the fast-cpu model: the default with ReLU, distilled from it on the same data
-#      (CRCHisto + MoNuSeg's training split as auxiliary data), exported to int8,
+#   3. the fast-cpu model: a lean ReLU network distilled from the default on the same data
+#      (CRCHisto + MoNuSeg's training split as auxiliary data), exported to int8. It
+#      starts from FAST_INIT: by default the candidate itself (with ReLU swapped in); a
+#      default wider than fast-cpu should be needs a lean start, e.g. the previous
+#      fast-cpu checkpoint (docs/results.md names the one used),
 #   4. the reference results checked (micronet check) and the test split evaluated.
 #
 #   tools/make_bundled_models.sh CANDIDATE.safetensors [WORK_DIR]
 #   THREADS=1 tools/make_bundled_models.sh ...   # torch threads for the training step
+#   FAST_INIT=lean.safetensors tools/make_bundled_models.sh ...   # the fast-cpu student's start
 #
 # Long: step 3 trains 2,000 iterations (about 10 minutes on a 2-core CPU with native
 # bf16, 3-4 times that in float32). Writes trainer/pretrained/ and runtime/models/ only
@@ -29,7 +33,7 @@ python -m micronet export "$work/default.safetensors" --precision fp16 -o "$work
 if [ ! -f "$work/relu/best.safetensors" ] || [ -f "$work/relu/last_snapshot.safetensors" -a ! -f "$work/relu/done" ]; then
     resume=()
     [ -f "$work/relu/last_snapshot.safetensors" ] && resume=(--resume "$work/relu/last_snapshot.safetensors")
-    python -m micronet train --init "$work/default.safetensors" --activation relu \
+    python -m micronet train --init "${FAST_INIT:-$work/default.safetensors}" --activation relu \
         --teacher "$work/default.safetensors" --teacher-weight 0.5 \
         --data "$data/crchisto" --aux-data "$data/monuseg" --aux-split "train@$split" --aux-fraction 0.25 --gamma 3 \
         --lr 0.002 --iterations 2000 --patience 1000 --val-every 250 --snapshot-every 250 \

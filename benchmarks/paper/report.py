@@ -165,7 +165,7 @@ def write_report(data: dict[str, Any]) -> Path:
         "Gaussian density maps (σ = 3 px, ×100, MSE), FRCN and MicroNet regress Eq. 1's proximity map with Eq. 2. Every "
         "model's detections are the local maxima of its map above its own validation ξ (min distance 3 px).",
         "- **Widths.** " + ", ".join(
-            f"{MODEL_LABEL.get(k, k)} {('base ' + str(v['base'])) if 'base' in v else ('lean 16-32-64-64 (the paper's and, since issue 13, the bundled default's: 32-64-128-128)' if k == 'micronet' else 'paper widths')}"
+            f"{MODEL_LABEL.get(k, k)} {('base ' + str(v['base'])) if 'base' in v else ('lean 16-32-64-64 (the paper’s and, since issue 13, the bundled default’s: 32-64-128-128)' if k == 'micronet' else 'paper widths')}"
             for k, v in data["study_options"].items()
         ) + ". GFLOP per 500² and parameters are in the table, because widths differ.",
         "",

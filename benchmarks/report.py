@@ -34,14 +34,26 @@ SECTIONS = [
     (
         "cross_organ",
         "Cross-organ accuracy (MoNuSeg)",
-        'python benchmarks/eval_cross_organ.py --model runtime/models/micronet_crchisto.onnx --label "default (ELU, fp32)" '
-        '--model runtime/models/micronet_crchisto_relu.int8.onnx --label "fast-cpu (ReLU, int8)"',
+        'python benchmarks/eval_cross_organ.py --model runs/old_models_v2/micronet_crchisto.onnx --label "previous default" '
+        '--model runs/old_models_v2/micronet_crchisto_relu.int8.onnx --label "previous fast-cpu" '
+        '--model runtime/models/micronet_crchisto.onnx --label default --model runtime/models/micronet_crchisto_relu.int8.onnx '
+        '--label fast-cpu',
     ),
     ("tta", "Test-time augmentation (flips): cost and accuracy", "python benchmarks/bench_tta.py"),
     ("train_step", "Training step: precision and memory layout", "python benchmarks/bench_train.py"),
     ("cohort", "Cohorts: serial against a local Ray runtime", "python benchmarks/bench_cohort.py"),
     ("gpu", "GPU: TensorRT FP16 vs ONNX Runtime CUDA vs torch CUDA", "python benchmarks/bench_gpu.py"),
 ]
+
+# Sections whose results were measured with the previous, lean bundled default (before the
+# paper-width default of issue 13) and not rerun since: the page says so under the title.
+PREVIOUS_DEFAULT = {"ort_profile", "slide", "slide_40000", "cohort"}
+PREVIOUS_DEFAULT_NOTE = (
+    "**Measured with the previous bundled default** (the lean 16-32-64-64 network, commit 4a42e66), "
+    "not the paper-width default of today: what these rows compare (reading modes, memory, workers, "
+    "operators) does not depend on the network's width, but the network's share of the time is about "
+    "2.5× larger now (the CPU section above). Rerun the command to measure the current model."
+)
 
 # Reading notes under a section's tables: what the numbers mean and what limits them.
 # No figures here: every number on the page comes from a results file.
@@ -53,16 +65,16 @@ ONNX Runtime's CPU provider runs convolutions in a blocked layout (NCHWc) with R
 Sigmoid or Tanh fused in, but ELU is none of these, so each of the network's 27 ELUs runs
 as its own pass with a layout change before and after it, and in int8 each ELU is a
 float island between a DequantizeLinear and a QuantizeLinear (the profile section shows
-the time per operator). The `fast-cpu` model is the same network fine-tuned with ReLU and
-distilled from the default (docs/results.md); its int8 export is the model to deploy on
-a CPU. int8 gains less than the 4× of its arithmetic: ONNX Runtime's CPU provider has no
+the time per operator). The `fast-cpu` model is the lean network (16-32-64-64, a quarter
+of the paper-width default's FLOPs) with ReLU, distilled from the default
+(docs/results.md); its int8 export is the model to deploy on a CPU. int8 gains less than the 4× of its arithmetic: ONNX Runtime's CPU provider has no
 int8 ConvTranspose (microsoft/onnxruntime#8988), so the six transposed convolutions of
 each branch of the export (three in the upsampling path, three in the multi-context
 aggregation) run in float with layout changes around them. 500² is not a multiple
 of 8, so its rows run the export's general branch; 1024², the Detector's CPU tile, runs
-the aligned branch without the per-level crops. The network's FLOPs per megapixel (GFLOP
-column of the width table below) make "% of fp32 matmul peak" and "MP/s per 100 GFLOP/s"
-nearly the same number.
+the aligned branch without the per-level crops. "% of fp32 matmul peak" counts each
+engine's own network: the ELU rows the default's FLOPs, the ReLU rows fast-cpu's (GFLOP
+column of the width table below); an int8 row can pass 100%.
 """,
     "cohort": """\
 Two workers of one thread each beat one worker of two threads on two cores: reading,
@@ -72,8 +84,9 @@ once per run. docs/deployment.md says how to run the same command on a cluster.
 """,
     "ort_profile": """\
 Width sets the ceiling (last table): more channels per pixel give the convolutions more
-work per byte moved. The default keeps the lean widths because absolute speed is what a
-scanner PC needs (a quarter of the FLOPs of the wide variant; docs/architecture.md).
+work per byte moved. That is why the paper-width default (since issue 13: 4× the FLOPs of
+the lean network) runs only about 2.4× slower than a lean one would. For a scanner PC the
+bundled `fast-cpu` model keeps the lean widths, with ReLU and int8 (docs/architecture.md).
 """,
 }
 
@@ -187,6 +200,8 @@ def main() -> None:
     out += _summary()
     for name, title, command in SECTIONS:
         out += [f"## {title}", "", f"`{command}`", ""]
+        if name in PREVIOUS_DEFAULT:
+            out += [PREVIOUS_DEFAULT_NOTE, ""]
         md, payload = RESULTS / f"{name}.md", _load(name)
         if md.exists():
             text = md.read_text().strip()

@@ -187,7 +187,13 @@ def test_ctrl_c_says_rerun_resumes_and_exits_130(work: dict, tmp_path: Path) -> 
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "micronet", "detect", str(work["slide"]), "--out", str(out), "--model", str(work["model"])]
     argv += ["--threshold", repr(work["threshold"]), "--device", "cpu", "--format", "csv,geojson"]
-    stopped = subprocess.run(argv, env={**os.environ, **fault("commit:records", 0, "INT")}, capture_output=True, text=True, timeout=300)
+    # As from a terminal: SIGINT at its default disposition in the child. A suite started
+    # in the background by a shell without job control inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler.
+    stopped = subprocess.run(
+        argv, env={**os.environ, **fault("commit:records", 0, "INT")}, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert stopped.returncode == 130, stopped.stderr
     assert stopped.stderr.rstrip().splitlines()[-1] == "micronet detect: interrupted; rerun the same command to resume"
     assert "Traceback" not in stopped.stderr and "\r" not in stopped.stderr

@@ -299,18 +299,24 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
     and the output, are unchanged (exactly, in eval mode). Training then moves the zero
     weights first, since their gradients are the new channels' activations.
     Concatenated inputs (blocks 7-9 and the aggregation in block 10) are remapped part
-    by part. Raises ``InputError`` when a width would shrink.
+    by part. ``context_channels`` defaults to the old count scaled like the first width.
+    ``seed`` draws the new channels' weights without touching the global torch RNG (a
+    training run's dropout masks, each process's own, stay as they were). Raises
+    ``InputError`` when a width would shrink.
     """
     old = model.config
-    cc = old.context_channels if context_channels is None else int(context_channels)
     new_widths = tuple(int(w) for w in widths)
-    if len(new_widths) != 4 or any(n < o for n, o in zip(new_widths, old.widths)) or cc < old.context_channels:
+    if len(new_widths) != 4:
+        raise InputError(f"widen: expected four widths, got {new_widths}")
+    cc = round(old.context_channels * new_widths[0] / old.widths[0]) if context_channels is None else int(context_channels)
+    if any(n < o for n, o in zip(new_widths, old.widths)) or cc < old.context_channels:
         raise InputError(
             f"widen: every width must stay or grow: {old.widths} (context {old.context_channels}) "
             f"-> {new_widths} (context {cc})"
         )
-    torch.manual_seed(seed)
-    wide = MicroNet(replace(old, widths=new_widths, context_channels=cc))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wide = MicroNet(replace(old, widths=new_widths, context_channels=cc))
     wo, wn = old.widths, new_widths
     n_ctx = len(old.context_depths)
 
@@ -327,7 +333,7 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
     concat_inputs["block10.0.0"] = parts([wo[0]] + [old.context_channels] * n_ctx, [wn[0]] + [cc] * n_ctx)
 
     modules = dict(wide.named_modules())
-    state = wide.state_dict()
+    state = wide.state_dict()  # views of the wide network's tensors: writing them writes it
     with torch.no_grad():
         for name, t_old in model.state_dict().items():
             t_new = state[name]
@@ -345,7 +351,6 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
                 w[out_idx[:, None], in_idx[None, :]] = t_old.movedim((out_dim, in_dim), (0, 1))  # ...and the old weights
             else:  # batch norm statistics and affine parameters, biases: per output channel
                 t_new[: t_old.shape[0]] = t_old
-    wide.load_state_dict(state)
     return wide.train(model.training)
 
 

@@ -571,10 +571,9 @@ def _widened(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     unless ``--model-options '{"context_channels": N}'`` says otherwise."""
     if not isinstance(model, MicroNet):
         raise InputError(f"widths: {cfg.init} is a {model.config_dict()['name']!r} network; only a MicroNet can be widened")
-    old = model.config
-    cc = cfg.model_options.get("context_channels", round(old.context_channels * cfg.widths[0] / old.widths[0]))
-    wide = widen(model, tuple(cfg.widths), cc, seed=cfg.seed)
-    log.info("widened %s: widths %s -> %s, context channels %d -> %d", cfg.init, old.widths, wide.config.widths, old.context_channels, cc)
+    wide = widen(model, tuple(cfg.widths), cfg.model_options.get("context_channels"), seed=cfg.seed)
+    old, new = model.config, wide.config
+    log.info("widened %s: widths %s -> %s, context channels %d -> %d", cfg.init, old.widths, new.widths, old.context_channels, new.context_channels)
     return wide
 
 

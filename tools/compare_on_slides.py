@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from micronet.runtime.detector import Detector
+    from micronet.runtime.outputs import replace_atomically
 
     detectors = [Detector(m, device="cpu") for m in args.model]
     counts: dict[str, dict[str, int]] = {}
@@ -65,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             ax.axis("off")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
+    # Complete or absent: each file is written under a temporary name, then renamed.
+    replace_atomically(args.out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     record = {"models": dict(zip(args.label, args.model)), "counts": counts}
     json_path = REPO / "benchmarks" / "results" / "slides_compare.json"
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    replace_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     print(json.dumps(record, indent=2))
     print(f"wrote {args.out} and {json_path}")
     return 0

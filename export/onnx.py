@@ -55,7 +55,7 @@ from torch import nn
 
 from micronet.runtime.check import REFERENCE_KEY, build_reference
 from micronet.runtime.errors import InputError
-from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from micronet.runtime.model_info import CLASS_OUTPUT_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from micronet.trainer.models import map_output
 
 if TYPE_CHECKING:
@@ -99,7 +99,9 @@ FORMATS: dict[str, ExportFormat] = {
 
 
 class DeployableModel(nn.Module):
-    """uint8 ``(N, H, W, 3)`` → float32 ``(N, 1, H, W)``: normalisation inside the graph."""
+    """uint8 ``(N, H, W, 3)`` → float32 ``(N, 1, H, W)``: normalisation inside the graph.
+    A network with a class head also returns its logits, float32 ``(N, K, H, W)`` (the
+    runtime reads them at the peaks only, so no softmax runs over every pixel)."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -111,8 +113,20 @@ class DeployableModel(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image.float() - self.mean) * self.inv_std  # (N, H, W, 3)
         x = x.permute(0, 3, 1, 2).to(self.dtype)  # (N, 3, H, W)
+        if has_class_head(self.model):
+            proximity, logits = self.model.forward_all(x)
+            return proximity.float(), logits.float()  # (N, 1, H, W), (N, K, H, W)
         # A pixel classifier's logits become probabilities here (the map is thresholded).
         return map_output(self.model, self.model(x)).float()  # (N, 1, H, W)
+
+
+def has_class_head(model: nn.Module) -> bool:
+    """Whether ``model`` (a MicroNet) carries a class head."""
+    return getattr(model, "class_head", None) is not None
+
+
+def _output_names(wrapper: nn.Module) -> list[str]:
+    return [OUTPUT_NAME, CLASS_OUTPUT_NAME] if has_class_head(wrapper.model) else [OUTPUT_NAME]
 
 
 def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
@@ -177,8 +191,8 @@ def _torch_export(wrapper: nn.Module, path: Path, example_hw: tuple[int, int] = 
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "N", 1: "H", 2: "W"}, OUTPUT_NAME: {0: "N", 2: "H", 3: "W"}},
+            output_names=_output_names(wrapper),
+            dynamic_axes={INPUT_NAME: {0: "N", 1: "H", 2: "W"}, **{o: {0: "N", 2: "H", 3: "W"} for o in _output_names(wrapper)}},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,  # the TorchScript exporter: clean graph, dynamic H/W without guards
@@ -253,7 +267,8 @@ def combine_aligned_fast_path(general: Path, aligned: Path, output: Path, multip
         helper.make_node("Cast", ["fast_path/max_rest"], ["fast_path/unaligned"], to=TensorProto.BOOL),
         helper.make_node("Not", ["fast_path/unaligned"], ["fast_path/aligned"]),
         helper.make_node(
-            "If", ["fast_path/aligned"], [OUTPUT_NAME], then_branch=then_branch, else_branch=else_branch, name="fast_path"
+            "If", ["fast_path/aligned"], [o.name for o in g.graph.output], then_branch=then_branch, else_branch=else_branch,
+            name="fast_path",
         ),
     ]
     graph = helper.make_graph(nodes, g.graph.name, list(g.graph.input), list(g.graph.output))
@@ -369,13 +384,18 @@ def _head_nodes(path: Path) -> list[str]:
 
     graph = onnx.load(str(path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    name = graph.output[0].name
-    while name in producer:
-        node = producer[name]
-        if node.op_type in ("Conv", "ConvTranspose"):
-            return [node.name]
-        name = node.input[0]
-    raise InputError(f"{path}: no convolution produces the output {graph.output[0].name!r}")
+    heads = []
+    for output in graph.output:  # the proximity map, and the class logits where present
+        name = output.name
+        while name in producer:
+            node = producer[name]
+            if node.op_type in ("Conv", "ConvTranspose"):
+                heads.append(node.name)
+                break
+            name = node.input[0]
+        else:
+            raise InputError(f"{path}: no convolution produces the output {output.name!r}")
+    return heads
 
 
 # Recorded in an int8 model's provenance; the runtime warns about int8 models without it
@@ -391,7 +411,8 @@ def reference_results(model: nn.Module, info: ModelInfo) -> dict:
 
     def map_fn(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return wrapper(torch.from_numpy(np.array(batch))).numpy()  # (1, 1, H, W)
+            out = wrapper(torch.from_numpy(np.array(batch)))
+            return (out[0] if isinstance(out, tuple) else out).numpy()  # (1, 1, H, W)
 
     return build_reference(map_fn, info.threshold, info.min_distance)
 

@@ -13,13 +13,16 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["ModelInfo", "METADATA_KEY", "FORMAT", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["ModelInfo", "METADATA_KEY", "FORMAT", "INPUT_NAME", "OUTPUT_NAME", "CLASS_OUTPUT_NAME"]
 
 METADATA_KEY = "micronet"  # key in safetensors metadata and ONNX metadata_props
 FORMAT = "micronet-model/1"
 # The tensor names of every exported model and engine: uint8 N×H×W×3 in, float N×1×H×W out.
 INPUT_NAME = "image"
 OUTPUT_NAME = "proximity"
+# A model with a class head has a second output: per-class logits N×K×H×W, the class
+# names in ModelInfo.architecture["classes"].
+CLASS_OUTPUT_NAME = "class_logits"
 
 
 @dataclass
@@ -35,6 +38,11 @@ class ModelInfo:
     eval_radius: matching radius (model pixels) used to choose ξ.
     provenance: data, command, iterations, validation F1, versions.
     precision: numeric precision of the artifact carrying this metadata.
+    colour: the colour statistics of the training tissue
+        (:func:`micronet.runtime.stain.training_colour_stats`), which the detector
+        normalises images to and measures how far they lie from; ``None`` for models
+        exported without them (the detector then uses
+        :data:`micronet.runtime.stain.DEFAULT_TARGET`, CRCHisto's).
     """
 
     architecture: dict[str, Any]
@@ -47,10 +55,14 @@ class ModelInfo:
     eval_radius: float = 6.0
     provenance: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # of the artifact carrying it: fp32, fp16, int8
+    colour: dict[str, Any] | None = None
     format: str = FORMAT
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if data["colour"] is None:
+            del data["colour"]  # a model without colour statistics reads as it did before they existed
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "ModelInfo":
@@ -66,4 +78,9 @@ class ModelInfo:
         missing = {"architecture", "mean", "std", "mpp", "threshold"} - set(data)
         if missing:
             raise InputError(f"{source}: MicroNet metadata lacks {', '.join(sorted(missing))}")
+        colour = data.get("colour")
+        if colour is not None:
+            from .stain import StainStats  # checks the dict; NumPy only
+
+            StainStats.from_dict(colour, f"{source}: colour")
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -14,7 +14,10 @@ from scipy import ndimage as ndi
 
 from micronet.runtime.datasets import KNOWN_MPP, PointDataset, load_point_folder
 
-__all__ = ["PointDataset", "load_point_folder", "AugmentConfig", "sample_crop", "channel_stats", "KNOWN_MPP"]
+from .augment import PhotometricConfig
+from .augment import photometric as augment_pixels
+
+__all__ = ["PointDataset", "load_point_folder", "AugmentConfig", "Crop", "sample_crop", "sample_crop_with", "channel_stats", "KNOWN_MPP"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,22 @@ class AugmentConfig:
     elastic_px: float = 3.0  # std of the displacement at the control points (model px)
     elastic_grid: int = 5  # control points per side
     color_jitter: float = 0.08  # brightness/contrast/per-channel gain, relative
+
+
+@dataclass
+class Crop:
+    """One augmented sample (:func:`sample_crop_with`).
+
+    image: ``(crop, crop, 3)`` uint8.
+    points: per point set given, ``(M, 2)`` float64 ``(x, y)`` in crop pixels.
+    kept: per point set, the ``(M,)`` indices of those points in the set given.
+    maps: per map given, ``(crop, crop)`` float32, warped like the image (bilinear).
+    """
+
+    image: np.ndarray
+    points: list[np.ndarray]
+    kept: list[np.ndarray]
+    maps: list[np.ndarray]
 
 
 def sample_crop(
@@ -51,6 +70,24 @@ def sample_crop(
         ``(crop, points)``: ``(crop, crop, 3)`` uint8 and ``(M, 2)`` float64 ``(x, y)``
         in crop pixels.
     """
+    crop = sample_crop_with(image, [points], rng, aug, scale, margin)
+    return crop.image, crop.points[0]
+
+
+def sample_crop_with(
+    image: np.ndarray,
+    point_sets: list[np.ndarray],
+    rng: np.random.Generator,
+    aug: AugmentConfig,
+    scale: float = 1.0,
+    margin: float = 15.0,
+    maps: tuple[np.ndarray, ...] = (),
+    photometric: PhotometricConfig | None = None,
+) -> Crop:
+    """:func:`sample_crop` for several point sets (all centres, the labelled ones) and
+    float maps (a teacher's proximity map) warped together with the image, then, with
+    ``photometric``, the image's pixels perturbed (:mod:`trainer.augment`): the maps and
+    points stay those of the clean image."""
     size = aug.crop
     h, w = image.shape[:2]
     s = scale * (1.0 + rng.uniform(-aug.scale_jitter, aug.scale_jitter))
@@ -82,6 +119,7 @@ def sample_crop(
     crop = np.empty((size, size, 3), dtype=np.float32)
     for ch in range(3):
         ndi.map_coordinates(image[..., ch], [src_y, src_x], output=crop[..., ch], order=1, mode="reflect")
+    warped_maps = [ndi.map_coordinates(m, [src_y, src_x], order=1, mode="reflect").astype(np.float32) for m in maps]
 
     if aug.color_jitter > 0:
         j = aug.color_jitter
@@ -91,20 +129,27 @@ def sample_crop(
         crop = (crop - mean) * contrast + mean
         crop = crop * gain + 255.0 * rng.uniform(-j, j) / 2
     crop_u8 = np.clip(crop + 0.5, 0, 255).astype(np.uint8)
+    if photometric is not None:
+        crop_u8 = augment_pixels(crop_u8, rng, photometric)
 
-    # Points: invert the affine exactly, then the elastic part by fixed-point iteration
-    # (dst + disp(dst) = A⁻¹(p − centre_src) + centre_dst).
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    base = (np.linalg.inv(a) @ (pts - centre_src).T).T + centre_dst  # (N, 2)
-    dst = base.copy()
-    if aug.elastic_px > 0 and len(dst):
-        for _ in range(4):
-            coords = [np.clip(dst[:, 1], 0, size - 1), np.clip(dst[:, 0], 0, size - 1)]
-            ux = ndi.map_coordinates(disp[0], coords, order=1, mode="nearest")
-            uy = ndi.map_coordinates(disp[1], coords, order=1, mode="nearest")
-            dst = base - np.stack([ux, uy], axis=1)
-    keep = (dst[:, 0] > -margin) & (dst[:, 0] < size - 1 + margin) & (dst[:, 1] > -margin) & (dst[:, 1] < size - 1 + margin)
-    return crop_u8, dst[keep]
+    inv = np.linalg.inv(a)
+    moved, kept = [], []
+    for points in point_sets:
+        # Points: invert the affine exactly, then the elastic part by fixed-point
+        # iteration (dst + disp(dst) = A⁻¹(p − centre_src) + centre_dst).
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        base = (inv @ (pts - centre_src).T).T + centre_dst  # (N, 2)
+        dst = base.copy()
+        if aug.elastic_px > 0 and len(dst):
+            for _ in range(4):
+                coords = [np.clip(dst[:, 1], 0, size - 1), np.clip(dst[:, 0], 0, size - 1)]
+                ux = ndi.map_coordinates(disp[0], coords, order=1, mode="nearest")
+                uy = ndi.map_coordinates(disp[1], coords, order=1, mode="nearest")
+                dst = base - np.stack([ux, uy], axis=1)
+        keep = (dst[:, 0] > -margin) & (dst[:, 0] < size - 1 + margin) & (dst[:, 1] > -margin) & (dst[:, 1] < size - 1 + margin)
+        moved.append(dst[keep])
+        kept.append(np.flatnonzero(keep))
+    return Crop(crop_u8, moved, kept, warped_maps)
 
 
 def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:

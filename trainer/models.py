@@ -84,8 +84,9 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
         raise InputError(f"checkpoint architecture {name!r} is not supported; valid: {valid}")
     if "widths" in config:
         config["widths"] = tuple(config["widths"])
-    if "context_depths" in config:
-        config["context_depths"] = tuple(config["context_depths"])
+    for key in ("context_depths", "classes"):
+        if key in config:
+            config[key] = tuple(config[key])
     return MicroNet(MicroNetConfig(**config))
 
 
@@ -110,6 +111,9 @@ class MicroNetConfig:
         aggregation through transposed convolutions.
     dropout: after the convolutions of the last two downsampling blocks.
     in_channels: 3 for RGB.
+    classes: nucleus phenotype names; when given, a class head (two 1×1 convolutions
+        on the aggregated features of block 10, about 1 % of the FLOPs) gives one logit
+        per class and pixel, read at each detected peak. Empty: detection only.
     activation: ``"elu"``, the paper's (the default), or ``"relu"``. ONNX Runtime's CPU
         provider fuses ReLU into its blocked (NCHWc) convolutions and quantises it away
         in int8; ELU runs as a separate pass with layout changes around it (see
@@ -122,6 +126,7 @@ class MicroNetConfig:
     dropout: float = 0.5
     in_channels: int = 3
     activation: str = "elu"
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
@@ -132,6 +137,8 @@ class MicroNetConfig:
             raise InputError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if len(set(self.classes)) != len(self.classes) or any(not str(c) for c in self.classes):
+            raise InputError(f"classes: expected distinct non-empty names, got {list(self.classes)}")
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
@@ -236,6 +243,12 @@ class MicroNet(nn.Module):
         )
         agg = w[0] + c * len(self.config.context_depths)
         self.block10 = nn.Sequential(_conv_bn(agg, w[0]), act(), nn.Conv2d(w[0], 1, kernel_size=1))
+        # The class head reads the same aggregated features as the proximity head: the
+        # multi-context branches carry the tissue context a phenotype depends on.
+        k = len(self.config.classes)
+        self.class_head = (
+            nn.Sequential(_conv_bn(agg, w[0], kernel=1), act(), nn.Conv2d(w[0], k, kernel_size=1)) if k else None
+        )
 
     @staticmethod
     def _up(cin: int, cout: int, act: Callable[[], nn.Module]) -> nn.Sequential:
@@ -253,10 +266,20 @@ class MicroNet(nn.Module):
             [self.up7, self.block7],
             [self.up8, self.block8],
             [self.up9, self.block9],
-            [self.context, self.block10],
+            [self.context, self.block10] + ([self.class_head] if self.class_head is not None else []),
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The proximity map ``(B, 1, H, W)`` (the class head, if any, is not run)."""
+        return self.block10(self._aggregate(x))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(proximity map (B, 1, H, W), class logits (B, K, H, W) or None)``."""
+        agg = self._aggregate(x)
+        return self.block10(agg), (self.class_head(agg) if self.class_head is not None else None)
+
+    def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
+        """Block 10's input: full-resolution features and the multi-context branches."""
         size = x.shape[-2:]
         d1 = self.block2(self.block1(x))  # (B, w0, H, W)
         d2 = self.block3(self.down2(d1))  # (B, w1, H/2, W/2)
@@ -269,13 +292,14 @@ class MicroNet(nn.Module):
         u = self.block9(torch.cat([d1, fit(self.up9(u), d1.shape[-2:])], dim=1))  # (B, w0, H, W)
         depth_out = {2: d2, 3: d3, 4: d4}
         ctx = [fit(self.context[str(d)](depth_out[d]), size) for d in self.config.context_depths]
-        return self.block10(torch.cat([u, *ctx], dim=1))  # (B, 1, H, W)
+        return torch.cat([u, *ctx], dim=1)  # (B, w0 + c·len(context_depths), H, W)
 
     def config_dict(self) -> dict[str, Any]:
         """``{"name": "micronet", **config}``, JSON-able, as checkpoints store it."""
         d = asdict(self.config)
         d["widths"] = list(d["widths"])
         d["context_depths"] = list(d["context_depths"])
+        d["classes"] = list(d["classes"])
         return {"name": "micronet", **d}
 
 
@@ -305,6 +329,8 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
     ``InputError`` when a width would shrink.
     """
     old = model.config
+    if old.classes:
+        raise InputError("widen: a network with a class head cannot be widened (widen the detector, then train the head)")
     new_widths = tuple(int(w) for w in widths)
     if len(new_widths) != 4:
         raise InputError(f"widen: expected four widths, got {new_widths}")
@@ -358,8 +384,9 @@ def _micronet(defaults: dict[str, Any], overrides: dict[str, Any]) -> MicroNet:
     """A MicroNet from a variant's defaults, updated by the caller's overrides."""
     merged = {**defaults, **overrides}
     merged["widths"] = tuple(merged["widths"])
-    if "context_depths" in merged:
-        merged["context_depths"] = tuple(merged["context_depths"])
+    for key in ("context_depths", "classes"):
+        if key in merged:
+            merged[key] = tuple(merged[key])
     return MicroNet(MicroNetConfig(**merged))
 
 

@@ -1,0 +1,546 @@
+"""Distillation: a small MicroNet learns a large one's proximity maps on many images.
+
+A teacher (the wide network, with flip test-time augmentation) labels any H&E pixel, so
+the student trains on far more tissue than the 70 annotated CRCHisto images: those
+images (annotations and teacher together, and the phenotype labels for the class head),
+the training half of MoNuSeg, and unannotated images (whole-slide regions). The teacher's
+maps are computed **once**, on the clean images at the teacher's pixel size
+(:func:`teacher_maps`, cached on disk), then warped with every crop like the image, while
+the crop's pixels are perturbed (stain, brightness, blur, JPEG: :mod:`trainer.augment`):
+the student learns to give the clean answer from a perturbed input, at no teacher cost
+per step.
+
+The loop reads top to bottom like :mod:`trainer.train`'s (schedule → validate/checkpoint
+→ step → log), single process; per crop the loss is
+
+    annotated:    (1 − β) · Eq. 2(pred, annotations) + β · Eq. 2(pred, teacher)
+    unannotated:  Eq. 2(pred, teacher)
+
+plus ``class_weight`` × the cross-entropy of the class head at the pixels within
+``class_radius_um`` of a labelled nucleus (unlabelled nuclei and background add nothing).
+
+The student may work at another pixel size than the teacher (``model_mpp``): images,
+points and teacher maps are brought to it by the runtime's resampler (Pillow's bilinear,
+anti-aliased when shrinking), the one the detector uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from micronet.runtime.datasets import load_point_folder
+from micronet.runtime.errors import InputError
+from micronet.runtime.model_info import ModelInfo
+from micronet.runtime.points import read_points_csv
+from micronet.runtime.resample import resample, to_resampled
+
+from .augment import PhotometricConfig
+from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
+from .data import AugmentConfig, sample_crop_with
+from .loss import weighted_mse
+from .models import MicroNet, MicroNetConfig
+from .targets import TargetConfig, make_target
+from .train import resolve_machine_defaults
+from .validate import choose_threshold, normalize, validation_inputs
+
+__all__ = ["DistillConfig", "Source", "distill", "teacher_maps", "student_from"]
+
+log = logging.getLogger(__name__)
+
+CRCHISTO_CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run; stored in its snapshots and the checkpoint's provenance."""
+
+    teacher: str  # checkpoint of the teacher (its pixel size is the maps')
+    init: str | None = None  # checkpoint the student starts from (weights that fit are copied)
+    out: str = "runs/distill"
+    teacher_cache: str = "runs/teacher_maps"  # maps per image, computed once
+    tta: bool = True  # teacher maps averaged over the four flips
+    # The student.
+    widths: tuple[int, int, int, int] = (16, 32, 64, 64)
+    context_channels: int = 6
+    activation: str = "relu"
+    classes: tuple[str, ...] = CRCHISTO_CLASSES
+    model_mpp: float | None = None  # None: the teacher's
+    min_distance_um: float = 2.2  # peak spacing (4 px at 0.55 µm/px)
+    # Data. `data` is annotated (train split) with phenotype labels in <data>/classes/;
+    # `aux_data` annotated without labels; `unlabelled` images "PATH@MPP".
+    data: str = "../shared/data/crchisto"
+    train_split: str = "train"
+    val_split: str = "val"
+    aux_data: str | None = None
+    aux_split: str | None = None
+    unlabelled: list[str] = field(default_factory=list)
+    chunk: int = 1000  # unlabelled images are cut into chunks of this side (teacher pixels)
+    mix: tuple[float, float, float] = (0.5, 0.2, 0.3)  # share of crops: data, aux, unlabelled
+    # Optimisation.
+    iterations: int = 6000
+    batch: int = 8
+    crop: int = 200
+    lr: float = 0.005
+    lr_milestones: tuple[float, ...] = (0.6, 0.85)
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    beta: float = 0.5  # teacher's share of the loss on annotated crops
+    lam: float = 5.0  # λ of Eq. 2
+    class_weight: float = 0.5
+    class_radius_um: float = 2.5
+    photometric: float = 1.0  # strength of trainer.augment (0: off)
+    photometric_p: float = 0.3  # probability of each perturbation (about 6 % of crops stay clean)
+    val_every: int = 250
+    snapshot_every: int = 250
+    eval_radius: float = 6.0  # matching radius in pixels of `data`
+    seed: int = 0
+    threads: int | None = None
+    bf16: bool | None = None
+    channels_last: bool | None = None
+    device: str = "cpu"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
+        data = dict(data)
+        for key in ("widths", "classes", "mix", "lr_milestones"):
+            if key in data and data[key] is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass
+class Source:
+    """One training image at the student's pixel size."""
+
+    name: str
+    group: int  # 0 data, 1 aux, 2 unlabelled
+    image: np.ndarray  # (H, W, 3) uint8
+    teacher: np.ndarray  # (H, W) float32, the teacher's map resampled
+    points: np.ndarray | None  # (N, 2) (x, y) all annotated centres, None when unannotated
+    labelled: np.ndarray | None = None  # (M, 2) (x, y) centres with a phenotype
+    labels: np.ndarray | None = None  # (M,) int class index
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+@torch.no_grad()
+def _teacher_map(net: torch.nn.Module, info: ModelInfo, image: np.ndarray, tta: bool, tile: int = 1024) -> np.ndarray:
+    """The teacher's ``(H, W)`` map of an image at its pixel size: the mean over the four
+    flips with ``tta``; run in overlapping tiles so memory stays bounded."""
+    h, w = image.shape[:2]
+    out = np.zeros((h, w), np.float32)
+    halo = 64
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+            yb, xb = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
+            x = normalize(image[None, ya:yb, xa:xb], info.mean, info.std)  # (1, 3, h, w)
+            flips = [(), (3,), (2,), (2, 3)] if tta else [()]
+            acc = torch.zeros(x.shape[-2:])
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                yi = net(xi)[0, 0].float()
+                acc += torch.flip(yi, [d - 2 for d in dims]) if dims else yi
+            m = (acc / len(flips)).numpy()
+            out[y0 : min(h, y0 + tile), x0 : min(w, x0 + tile)] = m[y0 - ya : y0 - ya + min(tile, h - y0), x0 - xa : x0 - xa + min(tile, w - x0)]
+    return out
+
+
+def teacher_maps(cfg: DistillConfig, images: dict[str, tuple[np.ndarray, float]]) -> dict[str, np.ndarray]:
+    """The teacher's map of each image, at the teacher's pixel size, from the cache or
+    computed (and cached, one ``.npy`` per image, written whole then renamed).
+
+    Args:
+        images: name → ``(image (H, W, 3) uint8, its µm/px)``.
+    """
+    from tqdm.auto import tqdm
+
+    net, info = load_checkpoint(cfg.teacher)
+    digest = hashlib.sha256(Path(cfg.teacher).read_bytes()).hexdigest()[:12]
+    cache = Path(cfg.teacher_cache) / f"{digest}{'_tta' if cfg.tta else ''}"
+    cache.mkdir(parents=True, exist_ok=True)
+    maps = {}
+    for name, (image, mpp) in tqdm(images.items(), desc="teacher maps", unit="image"):
+        path = cache / f"{name}.npy"
+        if path.is_file():
+            maps[name] = np.load(path)
+            continue
+        at_teacher = resample(image, None, mpp / info.mpp)[0]
+        m = _teacher_map(net, info, at_teacher, cfg.tta)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, m)
+        tmp.replace(path)
+        maps[name] = m
+    return maps
+
+
+def _resize_map(m: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float map to ``(height, width)`` with Pillow's bilinear filter (the image
+    resampler's, anti-aliased when shrinking; pixel centres correspond)."""
+    if m.shape == (height, width):
+        return m
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _read_classes(root: Path, name: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, 2)`` labelled centres and ``(M,)`` class indices of ``<root>/classes/<name>.csv``."""
+    path = root / "classes" / f"{name}.csv"
+    if not path.is_file():
+        return np.zeros((0, 2)), np.zeros(0, np.int64)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    unknown = {r["class"] for r in rows} - set(classes)
+    if unknown:
+        raise InputError(f"{path}: classes {sorted(unknown)} are not among {list(classes)}")
+    xy = np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
+    return xy, np.array([classes.index(r["class"]) for r in rows], np.int64)
+
+
+def _read_unlabelled(spec: str, chunk: int) -> dict[str, tuple[np.ndarray, float]]:
+    """``PATH@MPP`` → chunks of the image's first level, name → (chunk, mpp)."""
+    path, sep, mpp = spec.rpartition("@")
+    if not sep:
+        raise InputError(f"unlabelled image {spec!r}: expected PATH@MPP (µm/px)")
+    import tifffile
+
+    if path.lower().endswith((".svs", ".tif", ".tiff")):
+        image = tifffile.imread(path, level=0) if path.lower().endswith(".svs") else tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+    image = np.ascontiguousarray(image[..., :3])
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise InputError(f"{path}: expected an RGB uint8 image, got {image.shape} {image.dtype}")
+    stem = Path(path).name.split(".")[0]
+    h, w = image.shape[:2]
+    out = {}
+    for y in range(0, h, chunk):
+        for x in range(0, w, chunk):
+            piece = image[y : y + chunk, x : x + chunk]
+            if min(piece.shape[:2]) >= chunk // 2:
+                out[f"{stem}_{y}_{x}"] = (np.ascontiguousarray(piece), float(mpp))
+    return out
+
+
+def load_sources(cfg: DistillConfig, teacher_mpp: float, model_mpp: float) -> list[Source]:
+    """Every training image at the student's pixel size, with its teacher map."""
+    data = load_point_folder(cfg.data, cfg.train_split)
+    aux = load_point_folder(cfg.aux_data, cfg.aux_split) if cfg.aux_data else None
+    raw: dict[str, tuple[np.ndarray, float]] = {}
+    annotated: dict[str, tuple[int, np.ndarray, Path | None, str]] = {}
+    for group, ds in ((0, data), (1, aux)):
+        if ds is None:
+            continue
+        for name, im, pts in zip(ds.names, ds.images, ds.points):
+            raw[f"{ds.root.name}_{name}"] = (im, ds.mpp)
+            annotated[f"{ds.root.name}_{name}"] = (group, pts, ds.root / "classes" if group == 0 else None, name)
+    for spec in cfg.unlabelled:
+        raw.update(_read_unlabelled(spec, cfg.chunk))
+    maps = teacher_maps(cfg, raw)
+    sources = []
+    for key, (image, mpp) in raw.items():
+        ratio = mpp / model_mpp
+        img, _, scale = resample(image, None, ratio)
+        h, w = img.shape[:2]
+        teacher = _resize_map(maps[key], h, w)
+        if key not in annotated:
+            sources.append(Source(key, 2, img, teacher, None))
+            continue
+        group, pts, class_root, name = annotated[key]
+        move = (lambda p: to_resampled(p, *scale)) if scale is not None else (lambda p: p)  # noqa: E731
+        src = Source(key, group, img, teacher, move(pts))
+        if class_root is not None:
+            xy, labels = _read_classes(class_root.parent, name, cfg.classes)
+            src.labelled, src.labels = move(xy), labels
+        sources.append(src)
+    return sources
+
+
+def _class_target(labelled: np.ndarray, labels: np.ndarray, size: int, radius: float) -> np.ndarray:
+    """``(size, size)`` int64: the class of the labelled centre within ``radius``, −1
+    elsewhere (ignored by the loss)."""
+    out = np.full((size, size), -1, np.int64)
+    if len(labelled) == 0:
+        return out
+    rows, cols = np.mgrid[0:size, 0:size]
+    grid = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
+    dist, idx = cKDTree(labelled).query(grid, k=1, distance_upper_bound=radius)
+    near = np.isfinite(dist)
+    out.ravel()[near] = labels[idx[near]]
+    return out
+
+
+class _CropStream:
+    """Crops drawn from the sources by group share; its RNG state is part of the snapshot."""
+
+    def __init__(self, sources: list[Source], cfg: DistillConfig, target: TargetConfig, class_radius: float) -> None:
+        self.groups = [[s for s in sources if s.group == g] for g in range(3)]
+        mix = np.array([m if self.groups[g] else 0.0 for g, m in enumerate(cfg.mix)])
+        if mix.sum() <= 0:
+            raise InputError("no training images")
+        self.mix = mix / mix.sum()
+        self.aug = AugmentConfig(crop=cfg.crop, color_jitter=0.0)
+        self.photo = PhotometricConfig(strength=cfg.photometric, p=cfg.photometric_p) if cfg.photometric > 0 else None
+        self.target = target
+        self.scale = target.scale
+        self.class_radius = class_radius
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """``(crop (c, c, 3) uint8, annotation map or None, teacher map, class target)``."""
+        g = int(self.rng.choice(3, p=self.mix))
+        group = self.groups[g]
+        # Unannotated chunks by area (a slide weighs what it holds); annotated images alike.
+        area = np.array([s.image.shape[0] * s.image.shape[1] for s in group], float) if g == 2 else np.ones(len(group))
+        src = group[int(self.rng.choice(len(group), p=area / area.sum()))]
+        sets = [src.points if src.points is not None else np.zeros((0, 2))]
+        sets.append(src.labelled if src.labelled is not None else np.zeros((0, 2)))
+        crop = sample_crop_with(src.image, sets, self.rng, self.aug, maps=(src.teacher,), photometric=self.photo)
+        size = crop.image.shape[0]
+        gt = make_target(crop.points[0], (size, size), self.target) if src.points is not None else None
+        labels = src.labels[crop.kept[1]] if src.labels is not None else np.zeros(0, np.int64)
+        cls = _class_target(crop.points[1], labels, size, self.class_radius)
+        return crop.image, gt, np.clip(crop.maps[0], 0.0, self.scale), cls
+
+
+# --------------------------------------------------------------------------- student
+
+
+def student_from(cfg: DistillConfig, init: torch.nn.Module | None) -> MicroNet:
+    """The student network; with ``init``, every weight that fits is copied, and a
+    context branch narrower than the init's keeps the channels of largest batch-norm
+    scale (and block 10 reads those)."""
+    config = MicroNetConfig(widths=tuple(cfg.widths), context_channels=cfg.context_channels, activation=cfg.activation,
+                            classes=tuple(cfg.classes))
+    student = MicroNet(config)
+    if init is None:
+        return student
+    if not isinstance(init, MicroNet) or tuple(init.config.widths) != tuple(cfg.widths):
+        raise InputError(f"init: expected a MicroNet with widths {cfg.widths}")
+    old_c, new_c = init.config.context_channels, cfg.context_channels
+    if new_c > old_c:
+        raise InputError(f"init: the student's context channels ({new_c}) exceed the init's ({old_c})")
+    src = init.state_dict()
+    keep = {}
+    for d in init.config.context_depths:
+        gamma = src[f"context.{d}.1.weight"].abs()
+        keep[d] = torch.sort(torch.argsort(gamma, descending=True)[:new_c]).values
+    agg_idx = torch.cat([torch.arange(cfg.widths[0])] + [cfg.widths[0] + i * old_c + keep[d] for i, d in enumerate(init.config.context_depths)])
+    state = student.state_dict()
+    with torch.no_grad():
+        for name, t in state.items():
+            if name not in src:
+                continue  # the class head: fresh
+            s = src[name]
+            if name.startswith("context."):
+                d = int(name.split(".")[1])
+                if name.endswith(".0.weight"):  # transposed conv (in, out, k, k)
+                    s = s[:, keep[d]]
+                elif s.dim() == 1 and s.shape[0] == old_c:
+                    s = s[keep[d]]
+            elif name == "block10.0.0.weight":
+                s = s[:, agg_idx]
+            if s.shape != t.shape:
+                raise InputError(f"init: {name} has shape {tuple(s.shape)}, the student {tuple(t.shape)}")
+            t.copy_(s)
+    return student
+
+
+def _per_image_mse(pred: torch.Tensor, target: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 2 per image: ``(B,)``."""
+    mean_target = target.mean(dim=(1, 2, 3), keepdim=True)
+    return ((target + lam * mean_target) * (pred - target).pow(2)).mean(dim=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True) -> Path:
+    """Runs (or resumes from ``<out>/last_snapshot.safetensors``) and returns the best
+    checkpoint by CRCHisto validation F1 (``<out>/best.safetensors``)."""
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    cfg = resolve_machine_defaults(cfg, device)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    t_info = load_checkpoint(cfg.teacher)[1]
+    init_net, init_info = load_checkpoint(cfg.init) if cfg.init else (None, t_info)
+    model_mpp = float(cfg.model_mpp or t_info.mpp)
+    px = lambda um: um / model_mpp  # noqa: E731  µm → student pixels
+    # Eq. 1's radius d in µm is the teacher's, so the maps it regresses are the teacher's.
+    target = TargetConfig(float(t_info.target.get("alpha", 3.0)), float(t_info.target["radius"]) * t_info.mpp / model_mpp,
+                          float(t_info.target.get("scale", 5.0)))
+    min_distance = max(1, int(round(px(cfg.min_distance_um))))
+    model = student_from(cfg, init_net).to(device)
+    sources = load_sources(cfg, t_info.mpp, model_mpp)
+    stream = _CropStream(sources, cfg, target, px(cfg.class_radius_um))
+    log.info("%d sources: %s", len(sources), {g: sum(s.group == g for s in sources) for g in range(3)})
+    val_set = load_point_folder(cfg.data, cfg.val_split)
+    val_images, val_points, val_scales = validation_inputs(val_set, model_mpp)
+
+    info = ModelInfo(
+        architecture=model.config_dict(), mean=list(init_info.mean), std=list(init_info.std), mpp=model_mpp,
+        threshold=0.5 * target.scale, min_distance=min_distance, target=target.as_metadata(),
+        eval_radius=cfg.eval_radius, provenance={"distillation": _jsonable(asdict(cfg))},
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "elapsed": 0.0}
+    snap = out / "last_snapshot.safetensors"
+    if resume and snap.is_file():
+        saved = load_snapshot(snap, model, optimizer)
+        state.update(saved["state"])
+        stream.rng.bit_generator.state = saved["rng"]
+        info = ModelInfo.from_json(json.dumps(saved["info"]))
+        log.info("resumed from %s at iteration %d", snap, state["iteration"])
+    log_file, writer = _open_log(out / "log.csv", state["iteration"])
+
+    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress, desc="distill", unit="it")
+    t0 = time.perf_counter() - state["elapsed"]
+    model.train()
+    while state["iteration"] < cfg.iterations:
+        it = state["iteration"] + 1
+        lr = cfg.lr * 0.1 ** sum((it - 1) / cfg.iterations >= m for m in cfg.lr_milestones)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, class_loss = _step(model, optimizer, stream, cfg, info, device)
+        state["iteration"] = it
+        state["elapsed"] = time.perf_counter() - t0
+        row: list[Any] = [it, f"{loss:.5f}", f"{class_loss:.5f}", lr, "", "", "", "", "", f"{state['elapsed']:.1f}"]
+        if it % cfg.val_every == 0 or it == cfg.iterations:
+            f1, p, r, xi, acc = _validate(model, info, val_images, val_points, val_scales, val_set, cfg, device)
+            row[4:9] = [f"{f1:.4f}", f"{p:.4f}", f"{r:.4f}", f"{xi:.4f}", f"{acc:.4f}"]
+            if f1 > state["best_f1"]:
+                state.update(best_f1=f1, best_iteration=it)
+                info.threshold = xi
+                info.provenance.update(iterations=it, val_f1=f1, val_precision=p, val_recall=r, val_class_accuracy=acc)
+                save_checkpoint(out / "best.safetensors", model, info)
+            bar.set_postfix(loss=f"{loss:.3f}", val_f1=f"{f1:.4f}", best=f"{state['best_f1']:.4f}", acc=f"{acc:.3f}")
+        writer.writerow(row)
+        bar.update(1)
+        if it % cfg.snapshot_every == 0 or it == cfg.iterations:
+            log_file.flush()
+            save_snapshot(snap, model, optimizer, info, {"state": state, "rng": stream.rng.bit_generator.state,
+                                                         "info": json.loads(info.to_json())})
+    bar.close()
+    log_file.close()
+    return out / "best.safetensors"
+
+
+def _step(model: MicroNet, optimizer: torch.optim.Optimizer, stream: _CropStream, cfg: DistillConfig, info: ModelInfo,
+          device: torch.device) -> tuple[float, float]:
+    """One optimiser step on a fresh batch; returns (total loss, class loss)."""
+    items = [stream.draw() for _ in range(cfg.batch)]
+    crops = np.stack([c for c, _, _, _ in items])  # (B, c, c, 3) uint8
+    x = normalize(crops, info.mean, info.std).to(device)  # (B, 3, c, c)
+    soft = torch.from_numpy(np.stack([t for _, _, t, _ in items]))[:, None].to(device)  # (B, 1, c, c)
+    annotated = torch.tensor([g is not None for _, g, _, _ in items], device=device)
+    gt = torch.from_numpy(np.stack([g if g is not None else t for _, g, t, _ in items]))[:, None].to(device)
+    cls = torch.from_numpy(np.stack([c for _, _, _, c in items])).to(device)  # (B, c, c)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
+        pred, logits = model.forward_all(x)
+    pred = pred.float()
+    to_teacher = _per_image_mse(pred, soft, cfg.lam)
+    to_truth = _per_image_mse(pred, gt, cfg.lam)
+    per_image = torch.where(annotated, (1 - cfg.beta) * to_truth + cfg.beta * to_teacher, to_teacher)
+    loss = per_image.mean()
+    class_loss = torch.zeros(())
+    if logits is not None and bool((cls >= 0).any()):
+        class_loss = F.cross_entropy(logits.float(), cls, ignore_index=-1)
+        loss = loss + cfg.class_weight * class_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value}; lower lr")
+    return value, float(class_loss.detach())
+
+
+@torch.no_grad()
+def _validate(model: MicroNet, info: ModelInfo, images, points, scales, val_set, cfg: DistillConfig, device) -> tuple[float, float, float, float, float]:
+    """Detection F1 at the best ξ on the validation images, and the class head's accuracy
+    at the labelled validation nuclei (read at the annotated centres)."""
+    model.eval()
+    maps, correct, total = [], 0, 0
+    for im, name, scale in zip(images, val_set.names, scales):
+        x = normalize(im[None], info.mean, info.std).to(device)
+        m, logits = model.forward_all(x)
+        maps.append(m[0, 0].float().cpu().numpy())
+        if logits is not None:
+            xy, labels = _read_classes(Path(cfg.data), name, tuple(cfg.classes))
+            if len(xy):
+                if scale is not None:
+                    xy = to_resampled(xy, *scale)
+                c = np.clip(np.round(xy).astype(int), 0, [im.shape[1] - 1, im.shape[0] - 1])
+                pred = logits[0].argmax(0).cpu().numpy()[c[:, 1], c[:, 0]]
+                correct += int((pred == labels).sum())
+                total += len(labels)
+    model.train()
+    sweep = choose_threshold(maps, points, cfg.eval_radius, info.min_distance, float(info.target.get("scale", 5.0)), scales=scales)
+    best = sweep.metrics_at(sweep.best_index)
+    return best.f1, best.precision, best.recall, float(sweep.best_threshold), correct / max(1, total)
+
+
+def _open_log(path: Path, iteration: int) -> tuple[Any, Any]:
+    """``log.csv`` for appending: new with its header, or, when resuming, cut back to the
+    snapshot's iteration (rows written after it belong to the interrupted run)."""
+    header = ["iteration", "loss", "class_loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "val_class_acc", "elapsed_s"]
+    rows = [header]
+    if iteration > 0 and path.exists():
+        with path.open(newline="") as f:
+            rows += [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= iteration]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    log_file = path.open("a", newline="")
+    return log_file, csv.writer(log_file)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m micronet.trainer.distill --config run.json [--set key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m micronet.trainer.distill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="JSON file of DistillConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override one field")
+    parser.add_argument("--no-resume", action="store_true")
+    args = parser.parse_args(argv)
+    data = json.loads(Path(args.config).read_text())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        data[key] = json.loads(value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(distill(DistillConfig.from_dict(data), resume=not args.no_resume))
+
+
+if __name__ == "__main__":
+    main()

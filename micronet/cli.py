@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "train": ("micronet.commands.train", "train MicroNet on point-annotated images"),
+    "distill": ("micronet.commands.distill", "train a small MicroNet on a large one's proximity maps"),
     "evaluate": ("micronet.commands.evaluate", "P / R / F1 / ED of detections or of a model on a data set"),
     "export": ("micronet.commands.export", "checkpoint -> ONNX (fp32, fp16, int8)"),
     "detect": ("micronet.commands.detect", "images or slides -> CSV, GeoJSON, overlay PNG"),

@@ -26,7 +26,6 @@ anti-aliased when shrinking), the one the detector uses.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -115,6 +114,11 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
+        from dataclasses import fields
+
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown distillation option(s) {sorted(unknown)}; valid: {', '.join(f.name for f in fields(cls))}")
         data = dict(data)
         for key in ("widths", "classes", "mix", "lr_milestones"):
             if key in data and data[key] is not None:
@@ -528,18 +532,10 @@ def _jsonable(obj: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m micronet.trainer.distill --config run.json [--set key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m micronet.trainer.distill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="JSON file of DistillConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override one field")
-    parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
-    data = json.loads(Path(args.config).read_text())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        data[key] = json.loads(value)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(distill(DistillConfig.from_dict(data), resume=not args.no_resume))
+    """``python -m micronet.trainer.distill CONFIG.json``: the same as ``micronet distill``."""
+    from micronet.cli import main as cli
+
+    raise SystemExit(cli(["distill", *(argv if argv is not None else __import__("sys").argv[1:])]))
 
 
 if __name__ == "__main__":

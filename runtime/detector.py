@@ -60,6 +60,7 @@ from .tiling import (
     alignment,
     default_margin,
     keep_in_core,
+    memory_tile_size,
     plan_tiles,
     receptive_radius,
     sort_peaks,
@@ -256,8 +257,11 @@ class Detector:
             model's own.
         tile_size: images larger than this (in model pixels, along either axis) run as
             overlapping tiles of at most ``tile_size²``; a multiple of the network's
-            downsampling factor (8 for MicroNet). Default: 1024, or less when a
-            TensorRT engine's optimisation profile allows less.
+            downsampling factor (8 for MicroNet). Default on the CPU: the largest tile
+            whose activations fit 600 MiB (:func:`micronet.runtime.tiling.memory_tile_size`,
+            from the model's widths and precision: 632 for the wide fp32 model, 1336 for
+            the lean int8 one); on the GPU 1024, or less when a TensorRT engine's
+            optimisation profile allows less.
         tile_margin: context around each tile's core; default: the smallest margin that
             makes tiled results equal a whole-image pass (80 px for MicroNet with
             ``min_distance = 3``; see :mod:`micronet.runtime.tiling`).
@@ -392,9 +396,11 @@ class Detector:
     def _fit_profile(self, tile_size: int | None, batch_size: int | None) -> tuple[int, int]:
         """Tile and batch sizes within what the backend accepts (a TensorRT engine's
         optimisation profile bounds N, H and W; ONNX Runtime has no bound)."""
-        tile = DEFAULT_TILE_SIZE if tile_size is None else _check_int(tile_size, "tile_size", 1)
         default_batch = DEFAULT_BATCH_SIZE if self.backend.device == "cuda" else DEFAULT_CPU_BATCH_SIZE
         batch = default_batch if batch_size is None else _check_int(batch_size, "batch_size", 1)
+        # On the CPU the largest tile whose activations fit the memory budget (tiling.memory_tile_size).
+        fitted = memory_tile_size(self.info.architecture, self.info.precision, batch) if self.backend.device == "cpu" else None
+        tile = (fitted or DEFAULT_TILE_SIZE) if tile_size is None else _check_int(tile_size, "tile_size", 1)
         profile = getattr(self.backend, "profile", None)
         self._min_hw = (1, 1)
         if profile is None:

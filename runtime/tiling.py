@@ -29,6 +29,12 @@ tiling with their own measured radius and stride (``RECEPTIVE_RADIUS``, ``ALIGNM
 around a pixel at a stride of 32, so its margin is 256 px and a 1024 px tile keeps only
 a 512 px core: pass a larger ``tile_size`` to ``Detector`` for it.
 
+**Tile size from activation memory.** On the CPU the tile's side is what bounds memory:
+ONNX Runtime's arena grows to the activations of the largest tile it has run and keeps
+them. :func:`memory_tile_size` picks the largest tile whose estimated arena working set
+(:func:`tile_bytes_per_pixel`) fits :data:`TILE_MEMORY_BUDGET`, from the model's
+metadata alone, so a new model family needs no table entry.
+
 Near-ties are the one caveat: floating-point kernels may pick other algorithms for
 other tile shapes, so a map value can differ in the last bits. The tests check that
 ONNX Runtime's CPU provider gives identical peaks.
@@ -36,6 +42,7 @@ ONNX Runtime's CPU provider gives identical peaks.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +51,22 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Tile", "plan_tiles", "receptive_radius", "default_margin", "keep_in_core", "sort_peaks", "alignment", "RECEPTIVE_RADIUS", "ALIGNMENT"]
+__all__ = [
+    "Tile",
+    "plan_tiles",
+    "receptive_radius",
+    "default_margin",
+    "keep_in_core",
+    "sort_peaks",
+    "alignment",
+    "memory_tile_size",
+    "tile_bytes_per_pixel",
+    "RECEPTIVE_RADIUS",
+    "ALIGNMENT",
+    "TILE_MEMORY_BUDGET",
+]
+
+log = logging.getLogger(__name__)
 
 # Architecture name (ModelInfo.architecture["name"]) → receptive radius in input pixels
 # (the largest of the four sides). Measured on the exported ONNX of each (MicroNet: the
@@ -58,6 +80,22 @@ RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76, "fcn": 245, "unet": 107, "fc
 # command (the smallest input shift that shifts the map alike); it is 2 to the number of
 # 2×2 max pools (baselines) or stride-2 convolutions (MicroNet) on the deepest path.
 ALIGNMENT: dict[str, int] = {"micronet": 8, "fcn": 32, "unet": 16, "fcrn_a": 8, "fcrn_b": 4, "frcn": 8}
+
+# The arena working set a default tile may take on the CPU (batch included). The rest of
+# a slide run (interpreter, ONNX Runtime and weights ~0.15 GB, slide reader, tissue mask,
+# outputs ~0.2 GB) comes on top, so a run stays under 1 GB with any bundled model.
+TILE_MEMORY_BUDGET = 600 * 2**20
+# The default tile's bounds: more than this gains < 10 % in overlap and coarsens progress.
+LARGEST_MEMORY_TILE = 2048
+# Peak bytes per tile pixel in ONNX Runtime's CPU arena (memory pattern off, see
+# backends/onnxruntime.py): a fixed part (the uint8 input, its float copy in blocked
+# layout, the map) and a part per activation value (_activation_values). Measured by
+# ``python benchmarks/bench_tile_memory.py`` (results/tile_memory.md) on MicroNet
+# 8-16-32-32, 16-32-64-64 and 32-64-128-128, ReLU and ELU, fp32, fp16 and int8, at tiles
+# of 384² to 1024², and set at or above the largest measurement: the arena grows by
+# powers of two, so one model's bytes per pixel range ±12 % with the tile size. fp16
+# runs as fp32 on the CPU.
+_ARENA_BYTES = {"fp32": (128, 13.5), "fp16": (128, 13.5), "int8": (32, 6.0)}
 
 
 @dataclass(frozen=True)
@@ -211,3 +249,73 @@ def sort_peaks(xy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     order = np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
     return xy[order], scores[order]
 
+
+
+# --- tile size from activation memory --------------------------------------------------------
+
+
+def _activation_values(architecture: dict[str, Any]) -> float | None:
+    """Activation values per input pixel in one feature map per depth of a MicroNet: depth
+    d (0-3) runs at 1/2^d of the resolution, so ``widths[d] / 4**d``; the context branches
+    and the class head's hidden map are at full resolution. ``None`` for architectures
+    without MicroNet's widths (the baselines)."""
+    if not isinstance(architecture, dict) or architecture.get("name") != "micronet":
+        return None
+    try:
+        widths = [float(w) for w in architecture["widths"]]
+        context = float(architecture.get("context_channels", 0)) * len(architecture.get("context_depths", ()))
+        head = widths[0] + len(architecture.get("classes", ())) if architecture.get("classes") else 0.0
+    except (KeyError, TypeError, ValueError):
+        return None
+    return sum(w / 4**d for d, w in enumerate(widths)) + context + head
+
+
+def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float | None:
+    """Estimated peak bytes ONNX Runtime's CPU provider holds per pixel of a tile:
+    ``fixed + per_value · values``, with ``values`` the activation values per pixel of
+    one feature map per depth (``Σ widths[d] / 4**d`` plus the full-resolution context
+    and class-head channels) and ``fixed``, ``per_value`` measured for the precision
+    (fp32 and fp16: 128 B + 13.5 B per value; int8: 32 B + 6 B). The wide fp32 MicroNet
+    (32-64-128-128, 16 context channels) gives 1559 B/px, the lean int8 one 350 B/px.
+
+    Returns:
+        Bytes per pixel, or ``None`` for an architecture or precision it cannot estimate.
+    """
+    values = _activation_values(architecture)
+    if values is None or precision not in _ARENA_BYTES:
+        return None
+    fixed, per_value = _ARENA_BYTES[precision]
+    return fixed + per_value * values
+
+
+def memory_tile_size(
+    architecture: dict[str, Any], precision: str, batch_size: int = 1, budget: int = TILE_MEMORY_BUDGET
+) -> int | None:
+    """The largest tile side whose ``batch_size`` tiles fit ``budget`` bytes of
+    activations (:func:`tile_bytes_per_pixel`): ``floor(sqrt(budget / (batch_size ·
+    bytes per pixel)))``, down to a multiple of the architecture's alignment, at most
+    :data:`LARGEST_MEMORY_TILE` and at least four margins (a smaller tile would be
+    mostly overlap; a warning says the budget is exceeded then).
+
+    >>> wide = {"name": "micronet", "widths": [32, 64, 128, 128], "context_channels": 16, "context_depths": [2, 3, 4]}
+    >>> memory_tile_size(wide, "fp32"), memory_tile_size({**wide, "widths": [16, 32, 64, 64], "context_channels": 8}, "int8")
+    (632, 1336)
+
+    Returns:
+        The tile side in pixels, or ``None`` when the memory of this architecture or
+        precision is not known (then the caller's default applies).
+    """
+    per_pixel = tile_bytes_per_pixel(architecture, precision)
+    if per_pixel is None:
+        return None
+    align = alignment(architecture)
+    side = int(math.sqrt(budget / (max(1, int(batch_size)) * per_pixel))) // align * align
+    smallest = 4 * default_margin(architecture, 3)
+    if side < smallest:
+        log.warning(
+            "this model needs an estimated %.0f MB of activations per %d² tile (batch %d), more than the %.0f MB budget; "
+            "using tiles of %d² anyway (pass tile_size= to choose)",
+            batch_size * per_pixel * smallest**2 / 2**20, smallest, batch_size, budget / 2**20, smallest,
+        )
+        return smallest
+    return min(side, LARGEST_MEMORY_TILE)

@@ -10,6 +10,16 @@ thread per physical core (hyper-threads share the vector units a convolution
 saturates), all graph optimisations, sequential execution (a MicroNet graph is a chain;
 parallel branches would only add scheduling).
 
+Its memory stays at one tile's activations however many tiles run: the CPU arena is on
+and the memory pattern is off. With the pattern on (ONNX Runtime's default), the
+second run of each input shape asks the arena for one block holding every planned
+tensor; the arena cannot carve it from the chunks the first run freed and grows by as
+much again: 2.3 GB for the wide fp32 model on 1024² tiles, where 1.6 GB is the first
+run's. Without the arena, the allocator's fragmentation grows the peak with every new
+tile shape (1.0 → 1.6 GB) and costs 15 % more CPU time; the arena without the pattern
+is as fast as with it (``benchmarks/results/tile_memory.md``). The arena's own growth
+by powers of two is what :func:`micronet.runtime.tiling.tile_bytes_per_pixel` measures.
+
 ``InferenceSession.run`` is thread-safe, and each call builds its own ``IOBinding``,
 so one backend serves concurrent callers.
 """
@@ -145,6 +155,8 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads if threads is not None else physical_cores()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; load failures surface as exceptions
+        if not want_cuda:
+            options.enable_mem_pattern = False  # bounded memory on the CPU: see the module's docstring
         if want_cuda and (device == "cuda" or device_id > 0):
             _check_cuda_device(device_id)
         providers: list[Any] = [(_CUDA_EP, {"device_id": device_id}), _CPU_EP] if want_cuda else [_CPU_EP]

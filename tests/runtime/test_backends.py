@@ -139,7 +139,41 @@ def test_cpu_session_is_tuned_for_throughput(blur_onnx):
     assert options.intra_op_num_threads == physical_cores() >= 1
     assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    assert options.enable_cpu_mem_arena and not options.enable_mem_pattern  # memory bounded by one tile
     assert OnnxRuntimeBackend(blur_onnx, device="cpu", threads=1)._session.get_session_options().intra_op_num_threads == 1
+
+
+# Runs tiles of two shapes, each three times, and prints the growth of the peak resident
+# memory over the loaded session's, in bytes.
+_ARENA_CHILD = """
+import re, sys
+import numpy as np
+from micronet.runtime.backends.onnxruntime import OnnxRuntimeBackend
+peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+backend = OnnxRuntimeBackend(sys.argv[1], device="cpu", threads=2)
+loaded = peak()
+side = int(sys.argv[2])
+for shape in [(side, side), (side - 120, side)] * 3:
+    backend.infer(np.full((1, *shape, 3), 128, np.uint8))
+print(peak() - loaded)
+"""
+
+
+def test_cpu_memory_stays_at_one_tile_of_activations(tiny_onnx):
+    """The arena holds what one tile needs, whatever the number of tiles and shapes, and
+    no more than the estimate the default tile size is chosen from (the memory pattern,
+    ONNX Runtime's default, would add as much again from the second run on)."""
+    import subprocess
+    import sys
+
+    from micronet.runtime.tiling import tile_bytes_per_pixel
+
+    info = OnnxRuntimeBackend(tiny_onnx, device="cpu", threads=1).info
+    side = 512
+    out = subprocess.run([sys.executable, "-c", _ARENA_CHILD, str(tiny_onnx), str(side)], capture_output=True, text=True, check=True)
+    grown = int(out.stdout.strip().splitlines()[-1])
+    estimate = tile_bytes_per_pixel(info.architecture, info.precision) * side**2
+    assert 0.4 * estimate < grown <= 1.1 * estimate  # ±12 % between tile sizes: the arena grows by powers of two
 
 
 def test_auto_device_runs_where_it_can(blur_onnx):

@@ -372,6 +372,26 @@ def test_plan_tiles_partitions_the_image_on_the_grid(detector, shape):
     assert (covered == 1).all()
 
 
+def test_default_tile_fits_the_models_activation_memory_on_the_cpu(detector, tiny_onnx):
+    from micronet.runtime.tiling import memory_tile_size
+
+    arch, precision = detector.info.architecture, detector.info.precision
+    assert detector.tile_size == memory_tile_size(arch, precision) != 1024  # 1136 for the tiny fp32 model
+    assert Detector(tiny_onnx, device="cpu", threads=1, batch_size=2).tile_size == memory_tile_size(arch, precision, 2)
+    assert Detector(tiny_onnx, device="cpu", threads=1, tile_size=256).tile_size == 256  # the caller's wins
+
+    class OnGpu:
+        name, device = "stand-in gpu", "cuda"
+
+        def __init__(self, info):
+            self.info = info
+
+        def infer(self, batch):  # pragma: no cover - never called
+            raise AssertionError
+
+    assert Detector(backend=OnGpu(detector.info)).tile_size == 1024  # host memory is not what bounds it there
+
+
 def test_a_backend_object_can_be_given(detector):
     class Recording:
         name, device = "recording", "cpu"

@@ -200,7 +200,8 @@ def test_real_slides_run_end_to_end(slide_detector, shared_data: Path, tmp_path:
     from micronet.runtime.detector import Detector
 
     path = real_slide(shared_data, name)
-    # 1024 px tiles: less overlap to pay for on the larger slide.
+    # The default tile (from the model's activation memory: 800 px for the tiny model in batches of 2): less overlap
+    # to pay for on the larger slide than the fixture's 512 px.
     det = Detector(slide_detector.model_path, device="cpu", threads=2, threshold=slide_detector.threshold, batch_size=2)
     found = det.detect_slide(path, out_dir=tmp_path, progress=False)
     with open_slide(path) as slide:

@@ -57,6 +57,11 @@ class Detections:
         image_shape: ``(H, W)`` of the image the positions refer to, or ``None`` when
             not known (e.g. after :meth:`offset`).
         mpp: pixel size of the positions in µm/px, when the caller gave it.
+        colour_distance: how far the colours of the image (of a slide's tissue) lie
+            from the model's training data's, in stops
+            (:func:`micronet.runtime.stain.colour_distance`); above
+            :data:`~micronet.runtime.stain.OOD_THRESHOLD` detections may be missed.
+            ``None`` when not measured.
 
     Arrays are converted to float32 on construction; ``len(d)`` is ``N``.
     """
@@ -65,6 +70,7 @@ class Detections:
     scores: np.ndarray
     image_shape: tuple[int, int] | None = None
     mpp: float | None = None
+    colour_distance: float | None = None
 
     def __post_init__(self) -> None:
         xy = np.asarray(self.xy)
@@ -84,6 +90,11 @@ class Detections:
         object.__setattr__(self, "scores", np.ascontiguousarray(scores, dtype=np.float32))
         object.__setattr__(self, "image_shape", _check_shape(self.image_shape))
         object.__setattr__(self, "mpp", mpp)
+        distance = self.colour_distance
+        if distance is not None:
+            if isinstance(distance, bool) or not isinstance(distance, numbers.Real) or not (0 <= distance < math.inf):
+                raise InputError(f"colour_distance: expected a finite number >= 0 or None, got {distance!r}")
+            object.__setattr__(self, "colour_distance", float(distance))
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -111,7 +122,7 @@ class Detections:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise InputTypeError(f"{name}: expected a finite number, got {value!r}")
         moved = self.xy + np.asarray([dx, dy], dtype=np.float64)
-        return Detections(moved.astype(np.float32), self.scores.copy(), image_shape, self.mpp)
+        return Detections(moved.astype(np.float32), self.scores.copy(), image_shape, self.mpp, self.colour_distance)
 
     @staticmethod
     def concat(items: Sequence["Detections"], image_shape: tuple[int, int] | None = None) -> "Detections":
@@ -121,6 +132,8 @@ class Detections:
             items: the detections to join, in order.
             image_shape: ``(H, W)`` of the joined frame; default: the shared
                 ``image_shape`` of the items when they all have the same, else ``None``.
+
+        The joined ``colour_distance`` is the items' shared one, else ``None``.
 
         Raises:
             TypeError: an item is not ``Detections``.
@@ -139,11 +152,13 @@ class Detections:
             image_shape = shapes.pop() if len(shapes) == 1 else None
         if not items:
             return Detections.empty(image_shape)
+        distances = {d.colour_distance for d in items}
         return Detections(
             np.concatenate([d.xy for d in items]),
             np.concatenate([d.scores for d in items]),
             image_shape,
             mpps.pop(),
+            distances.pop() if len(distances) == 1 else None,
         )
 
     # --- writers ----------------------------------------------------------------------

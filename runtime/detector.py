@@ -10,6 +10,8 @@ As in segment-anything's predictor, :meth:`Detector.detect` (and
 does the work on prepared arrays:
 
 1. resample each image to the model's pixel size when the caller's differs (bilinear);
+   measure its colours against the training data's and, with ``normalize``, map them
+   onto them (:mod:`micronet.runtime.stain`, per tile with the image's statistics);
 2. cut images larger than a tile into overlapping tiles (:mod:`micronet.runtime.tiling`)
    and batch tiles (or whole images) of one shape through the backend;
 3. with ``tta=True``, run the network on each batch and its three flips and average
@@ -54,6 +56,7 @@ from .errors import InputError, InputTypeError, MissingPackageError
 from .images import DEFAULT_MAX_MEGAPIXELS, as_rgb_image, check_mpp, image_pixel_size, read_image
 from .model_info import ModelInfo
 from .peaks import _check_params, check_threshold, find_peaks, find_peaks_cuda
+from . import stain
 from .resample import check_ratio, check_work, default_memory_limit, from_resampled, needs_resampling, resample, resampled_size
 from .tiling import (
     Tile,
@@ -92,6 +95,9 @@ DEFAULT_CPU_BATCH_SIZE = 1
 # Test-time augmentation: the network runs on the image and on these flips of it, each
 # its own inverse, as ``(flip rows, flip columns)``: none, left-right, up-down, both.
 TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
+# Detector(normalize=...): none, one of the stain module's methods, or "auto" (Reinhard
+# where the image lies outside the training data's colours).
+NORMALIZE = (None, *stain.METHODS, "auto")
 
 
 # --- input ---------------------------------------------------------------------------
@@ -146,6 +152,12 @@ def _on_device(array: Any) -> Any:
     is a ``cupy.cuda.Device``); nothing for a NumPy array."""
     device = getattr(array, "device", None)
     return device if hasattr(device, "__enter__") else contextlib.nullcontext()
+
+
+def _check_colour_stats(stats: Any) -> stain.StainStats | None:
+    if stats is not None and not isinstance(stats, stain.StainStats):
+        raise InputTypeError(f"colour_stats: expected StainStats (micronet.runtime.stain.measure) or None, got {type(stats).__name__}")
+    return stats
 
 
 # --- backends ------------------------------------------------------------------------
@@ -296,6 +308,21 @@ class Detector:
             the GPU by default; one at a time on the CPU by default, to bound memory),
             so ``batch_size`` still bounds the images per call and the memory.
             Default ``False``: one pass.
+        normalize: colour normalisation before the network
+            (:mod:`micronet.runtime.stain`): ``None`` (default: none), ``"reinhard"``
+            or ``"macenko"`` (every image), or ``"auto"`` (Reinhard, only for images
+            whose :func:`~micronet.runtime.stain.colour_distance` from the model's
+            training colours, ``info.colour``, exceeds
+            :data:`~micronet.runtime.stain.OOD_THRESHOLD`). Each image's statistics are
+            measured once, at the model's pixel size, and every tile uses them (a
+            slide's are its tissue's: :func:`micronet.runtime.slide.detect_slide`), so
+            tiles equal a whole-image pass. The distance is measured whatever this
+            option and carried on :attr:`Detections.colour_distance`; with ``None`` an
+            image beyond the threshold is warned of once per Detector (``logging``).
+            On a GPU too the normalisation runs in NumPy on the host batch, in place,
+            before the backend's one upload: the backends take host ``uint8`` batches
+            and copy them to the device themselves, so there is no device-side input
+            to transform and no extra copy is made.
 
     Raises:
         FileNotFoundError: the model file (or the bundled model) is missing.
@@ -322,8 +349,13 @@ class Detector:
         max_memory_gb: float | None = None,
         verify: bool = False,
         tta: bool = False,
+        normalize: str | None = None,
     ) -> None:
         device, device_id = parse_device(device)
+        if normalize not in NORMALIZE:
+            raise InputError(f"normalize: expected one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
+        self.normalize = normalize
+        self._colour_said = False  # whether the colour warning was logged (once per Detector)
         if not isinstance(tta, (bool, np.bool_)):
             raise InputTypeError(f"tta: expected True or False, got {tta!r}")
         self.tta = bool(tta)
@@ -357,6 +389,9 @@ class Detector:
             )
 
         info: ModelInfo = self.backend.info
+        self._colour_target = stain.target_stats(info.colour)  # CRCHisto's for models without
+        if normalize == "macenko" and self._colour_target.stains is None:
+            raise InputError("normalize='macenko': the model's colour statistics have no stain vectors; use normalize='reinhard'")
         self.threshold, self.min_distance = _check_params(
             info.threshold if threshold is None else check_threshold(threshold),
             info.min_distance if min_distance is None else min_distance,
@@ -431,6 +466,13 @@ class Detector:
         return self.backend.info
 
     @property
+    def colour_target(self) -> stain.StainStats:
+        """The training data's colour statistics that ``normalize`` maps images onto
+        and :attr:`Detections.colour_distance` measures from: the model's
+        (``info.colour``), else :data:`~micronet.runtime.stain.DEFAULT_TARGET`."""
+        return self._colour_target
+
+    @property
     def backend_name(self) -> str:
         """``"tensorrt"``, ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``."""
         return self.backend.name
@@ -444,12 +486,12 @@ class Detector:
         model = self.model_path.name if self.model_path is not None else type(self.backend).__name__
         return (
             f"Detector({model!r}, backend={self.backend_name!r}, device={self.device!r}, threshold={self.threshold:g}, "
-            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta})"
+            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta}, normalize={self.normalize!r})"
         )
 
     # --- detection --------------------------------------------------------------------
 
-    def detect(self, image: Any, mpp: float | None = None) -> Detections:
+    def detect(self, image: Any, mpp: float | None = None, *, colour_stats: stain.StainStats | None = None) -> Detections:
         """Nucleus centres in one image.
 
         Args:
@@ -464,10 +506,16 @@ class Detector:
                 (:func:`~micronet.runtime.images.image_pixel_size`: TIFF resolution
                 tags, PNG pHYs, OME-XML, JFIF) when it records a plausible one; else the
                 model's own, which the detector then logs once (a warning).
+            colour_stats: colour statistics measured elsewhere
+                (:func:`micronet.runtime.stain.measure`), e.g. over the tissue of the
+                slide this image is a field of view of, to normalise with and measure
+                by instead of the image's own (``normalize``).
 
         Returns:
             :class:`Detections`: ``xy`` ``(N, 2)`` float32 ``(x, y)`` = (column, row) in
-            the image's pixels, ``scores`` ``(N,)`` float32, highest first.
+            the image's pixels, ``scores`` ``(N,)`` float32, highest first;
+            ``colour_distance`` how far the image's colours lie from the training
+            data's.
 
         Raises:
             TypeError: ``image`` is neither an array nor a path.
@@ -478,7 +526,7 @@ class Detector:
             FileNotFoundError: no such image file.
         """
         array, mpp, label, mpp_name = self._input(image, mpp, "image", "mpp")
-        return self._detect_prepared([array], [mpp], [label], [mpp_name])[0]
+        return self._detect_prepared([array], [mpp], [label], [mpp_name], _check_colour_stats(colour_stats))[0]
 
     def _input(self, image: Any, mpp: Any, name: str, mpp_name: str) -> tuple[np.ndarray, float | None, str, tuple[str, bool]]:
         """``(array, mpp, label, (mpp_name, typed))`` for one image, checked and
@@ -495,7 +543,13 @@ class Detector:
                 log.debug("%s: %.4g µm/px from its %s", label, mpp, source)
         return as_rgb_image(image, name, self.max_megapixels), mpp, label, (mpp_name, typed)
 
-    def detect_batch(self, images: Sequence[Any] | np.ndarray, mpp: float | Sequence[float | None] | None = None) -> list[Detections]:
+    def detect_batch(
+        self,
+        images: Sequence[Any] | np.ndarray,
+        mpp: float | Sequence[float | None] | None = None,
+        *,
+        colour_stats: stain.StainStats | None = None,
+    ) -> list[Detections]:
         """Nucleus centres in several images; images (or tiles) of one shape share
         backend calls of up to ``batch_size``.
 
@@ -504,6 +558,8 @@ class Detector:
                 uint8 array.
             mpp: one pixel size (µm/px) for all images, one per image, or ``None``
                 (per image: a path's own, else the model's; as for :meth:`detect`).
+            colour_stats: one set of colour statistics for all the images (e.g. the
+                tiles of one slide), instead of each image's own (as for :meth:`detect`).
 
         Returns:
             One :class:`Detections` per image, in order.
@@ -524,7 +580,7 @@ class Detector:
         if not prepared:
             return []
         arrays, mpps, labels, mpp_names = (list(column) for column in zip(*prepared))
-        return self._detect_prepared(arrays, mpps, labels, mpp_names)
+        return self._detect_prepared(arrays, mpps, labels, mpp_names, _check_colour_stats(colour_stats))
 
     def detect_slide(self, path: str | PathLike[str], **kwargs: Any) -> Detections:
         """Nucleus centres in a whole slide (or a region of it), tile by tile in bounded
@@ -578,13 +634,15 @@ class Detector:
         mpps: list[float | None],
         labels: list[str] | None = None,
         mpp_names: list[tuple[str, bool]] | None = None,
+        colour_stats: stain.StainStats | None = None,
     ) -> list[Detections]:
         """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays;
         ``labels`` and ``mpp_names`` (name, whether the caller typed it) name them and
-        their pixel sizes in errors."""
+        their pixel sizes in errors; ``colour_stats`` replaces each image's own."""
         self._check_work(images, mpps, labels, mpp_names)
         model_images: list[np.ndarray] = []
         scales: list[tuple[float, float] | None] = []
+        colours: list[tuple[float | None, str | None, stain.StainStats | None]] = []  # (distance, method, stats)
         # (image index, tile) per backend input, grouped by tile shape so one call runs
         # one shape; insertion order keeps the work roughly in image order.
         groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
@@ -592,6 +650,7 @@ class Detector:
             resized, scale = self._to_model_pixels(image, mpp)
             model_images.append(resized)
             scales.append(scale)
+            colours.append(self._colour(resized, colour_stats))
             h, w = resized.shape[:2]
             for tile in self.plan_tiles(h, w):
                 groups.setdefault(self._input_shape(tile), []).append((i, tile))
@@ -613,7 +672,7 @@ class Detector:
             submit = None  # a chunk takes several calls: run them one after another
         if submit is None:
             for chunk in chunks:
-                batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
+                batch = self._batch(chunk, model_images, colours)  # (B, h, w, 3) uint8
                 maps = self._infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
                 collect(chunk, maps)
                 del maps  # releases a GPU map before the next batch is allocated
@@ -623,7 +682,7 @@ class Detector:
             pending: tuple[list[tuple[int, Tile]], Any] | None = None  # (chunk, job)
             try:
                 for chunk in chunks:
-                    batch = np.stack([self._crop(model_images[i], tile) for i, tile in chunk])  # (B, h, w, 3) uint8
+                    batch = self._batch(chunk, model_images, colours)  # (B, h, w, 3) uint8
                     if self.tta:
                         batch = self._flipped(batch, TTA_FLIPS)  # (4B, h, w, 3): one call
                     # Never wait for a context while holding an unwaited job: two threads
@@ -645,14 +704,50 @@ class Detector:
                     pending[1].wait()  # hands its context back even when collecting failed
 
         results = []
-        for image, mpp, scale, parts in zip(images, mpps, scales, found):
+        for image, mpp, scale, parts, (distance, _, _) in zip(images, mpps, scales, found, colours):
             xy = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
             scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.float32)
             xy, scores = sort_peaks(xy, scores)
             if scale is not None:
                 xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
-            results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp))
+            results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, distance))
         return results
+
+    def _colour(self, image: np.ndarray, given: stain.StainStats | None) -> tuple[float | None, str | None, stain.StainStats | None]:
+        """``(colour distance, normalisation method or None, statistics)`` of one image
+        at the model's pixel size: its own statistics unless ``given``. Logs, once per
+        Detector, an image outside the training data's colours."""
+        stats = given
+        if stats is None:
+            if image.shape[0] * image.shape[1] < stain.MIN_PIXELS:
+                return None, None, None  # too few pixels to measure or normalise
+            stats = stain.measure(image)
+        distance = stain.colour_distance(stats, self._colour_target)
+        outside = distance > stain.OOD_THRESHOLD
+        method = ("reinhard" if outside else None) if self.normalize == "auto" else self.normalize
+        if method == "macenko" and stats.stains is None:
+            log.debug("no stained pixels to find stain vectors in: the image is not normalised")
+            method = None
+        if outside and self.normalize in (None, "auto"):
+            with self._said_lock:
+                say, self._colour_said = not self._colour_said, True
+            if say:
+                if self.normalize is None:
+                    log.warning("%s (said once per Detector)", stain.colour_message(stats, self._colour_target))
+                else:
+                    described = stain.colour_message(stats, self._colour_target, suggest=None)
+                    log.info("%s; normalised with 'reinhard' (normalize='auto'; said once per Detector)", described)
+        return distance, method, stats
+
+    def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[tuple[Any, Any, Any]]) -> np.ndarray:
+        """The ``(B, h, w, 3)`` uint8 backend input of a chunk of ``(image index, tile)``:
+        the tiles' pixels, each normalised in place with its image's statistics."""
+        batch = np.stack([self._crop(images[i], tile) for i, tile in chunk])  # a new array: normalised in place
+        for k, (i, _) in enumerate(chunk):
+            _, method, stats = colours[i]
+            if method is not None:
+                stain.apply(batch[k], stats, self._colour_target, method, out=batch[k])
+        return batch
 
     def _infer(self, batch: np.ndarray) -> Any:
         """``(B, h, w, 3)`` uint8 → ``(B, 1, h, w)`` float32 maps, NumPy or CuPy (where

@@ -150,9 +150,9 @@ _MODEL_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 def detector_settings(detector: Any) -> dict[str, Any]:
     """What of a detector decides its detections, for an output's recorded settings:
-    the model (its digest), ξ, the minimum distance, the tiling and test-time
-    augmentation. Images and slides record the same keys, so a setting added here is
-    checked on both."""
+    the model (its digest), ξ, the minimum distance, the tiling, test-time
+    augmentation and colour normalisation. Images and slides record the same keys,
+    so a setting added here is checked on both."""
     return {
         "model": model_digest(detector),
         "threshold": detector.threshold,
@@ -160,6 +160,8 @@ def detector_settings(detector: Any) -> dict[str, Any]:
         "tile_size": detector.tile_size,
         "tile_margin": detector.tile_margin,
         "tta": detector.tta,
+        # Recorded only when set, so outputs made before the option existed still match.
+        **({"normalize": detector.normalize} if getattr(detector, "normalize", None) else {}),
     }
 
 

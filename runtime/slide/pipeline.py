@@ -40,6 +40,8 @@ from ..detections import Detections
 from ..errors import InputError
 from ..tiling import keep_in_core, sort_peaks
 from ..outputs import FORMATS, InputRun, OutputLock, check_formats, fault_point, detector_settings, fingerprint
+from ..stain import colour_distance
+from .colour import slide_colour_stats
 from .outputs import SlideOutputs, output_stem
 from .plan import SlidePlan, plan_slide
 from .reader import THUMBNAIL_SIZE, Slide, open_slide
@@ -167,12 +169,16 @@ def run_slide(
             grid.model_height, detector.info.mpp, len(tiles), plan.tiles_planned,
             "on tissue" if tissue_only else "(tissue_only=False)",
         )  # fmt: skip
+        # One set of colour statistics, from the slide's tissue, for every tile: tiles are
+        # normalised alike and the slide is measured (and warned of) as a whole.
+        colour = slide_colour_stats(slide, plan)
+        distance = None if colour is None else colour_distance(colour, detector.colour_target)
         fault_point("planned")
 
         def result(xy: np.ndarray, scores: np.ndarray, outcome: str, rewritten: list[str] | None = None) -> InputRun:
             mpp_source = "mpp= / --mpp" if mpp is not None else slide.mpp_source
             seconds = time.perf_counter() - started
-            return InputRun(Detections(xy, scores, slide.shape, mpp0), outcome, rewritten or [], megapixels, seconds, mpp0, mpp_source)
+            return InputRun(Detections(xy, scores, slide.shape, mpp0, distance), outcome, rewritten or [], megapixels, seconds, mpp0, mpp_source)
 
         outputs = None
         outcome = "ran"
@@ -205,7 +211,7 @@ def run_slide(
         try:
             for batch in _batches(reads, detector.batch_size):
                 # Tiles are at the model's pixel size already (and each ≤ tile_size: one pass).
-                results = detector.detect_batch([pixels for _, pixels in batch], mpp=detector.info.mpp)
+                results = detector.detect_batch([pixels for _, pixels in batch], mpp=detector.info.mpp, colour_stats=colour)
                 kept = [keep_in_core(tile, d.xy, d.scores) for (tile, _), d in zip(batch, results)]
                 xy = grid.to_level0(np.concatenate([k[0] for k in kept]))
                 scores = np.concatenate([k[1] for k in kept]).astype(np.float32)

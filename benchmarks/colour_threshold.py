@@ -1,0 +1,59 @@
+"""The colour target and the out-of-distribution threshold of ``micronet.runtime.stain``.
+
+    python benchmarks/colour_threshold.py
+
+Measures :func:`~micronet.runtime.stain.training_colour_stats` on CRCHisto's 70 training
+images (what :data:`~micronet.runtime.stain.DEFAULT_TARGET` records), then
+:func:`~micronet.runtime.stain.colour_distance` from it of every CRCHisto (100) and
+MoNuSeg (13) image, clean and darkened to half (RGB × 0.5, floored to uint8), as the
+Detector measures an image (every pixel). :data:`~micronet.runtime.stain.OOD_THRESHOLD`
+must lie above every clean distance and below every darkened one (issue 19: no warning
+on a clean image, a warning on every darkened one); the margins are recorded beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA  # noqa: E402
+
+from micronet.runtime import stain  # noqa: E402
+from micronet.runtime.images import read_image  # noqa: E402
+
+
+def main() -> None:
+    split = {row["name"]: row["split"] for row in csv.DictReader(open(DATA / "crchisto" / "split.csv"))}
+    crc = sorted((DATA / "crchisto" / "images").glob("*.png"))
+    monuseg = sorted((DATA / "monuseg" / "images").glob("*.png"))
+    target = stain.training_colour_stats(read_image(p) for p in crc if split[p.stem] == "train")
+    print("DEFAULT_TARGET =", json.dumps(target))
+    rows = []
+    for path in crc + monuseg:
+        image = read_image(path)
+        clean = stain.colour_distance(stain.measure(image), target)
+        dark = stain.colour_distance(stain.measure((image * 0.5).astype(np.uint8)), target)
+        rows.append((split.get(path.stem, "monuseg"), path.stem, clean, dark))
+    for group in ("train", "val", "test", "monuseg"):
+        clean = [r[2] for r in rows if r[0] == group]
+        dark = [r[3] for r in rows if r[0] == group]
+        print(f"{group}: {len(clean)} images, clean largest {max(clean):.3f}, darkened smallest {min(dark):.3f}")
+    worst_clean = max(rows, key=lambda r: r[2])
+    worst_dark = min(rows, key=lambda r: r[3])
+    threshold = stain.OOD_THRESHOLD
+    print(f"clean largest {worst_clean[2]:.3f} ({worst_clean[1]}), darkened smallest {worst_dark[3]:.3f} ({worst_dark[1]})")
+    print(
+        f"OOD_THRESHOLD {threshold:g}: {threshold - worst_clean[2]:.3f} above every clean image "
+        f"({threshold / worst_clean[2]:.2f}×), {worst_dark[3] - threshold:.3f} below every darkened one ({worst_dark[3] / threshold:.2f}×)"
+    )
+    quiet = all(r[2] <= threshold for r in rows) and all(r[3] > threshold for r in rows)
+    print("quiet on every clean image and fires on every darkened one:", quiet)
+
+
+if __name__ == "__main__":
+    main()

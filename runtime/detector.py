@@ -271,7 +271,7 @@ class Detector:
             overlapping tiles of at most ``tile_size²``; a multiple of the network's
             downsampling factor (8 for MicroNet). Default on the CPU: the largest tile
             whose activations fit 600 MiB (:func:`micronet.runtime.tiling.memory_tile_size`,
-            from the model's widths and precision: 632 for the wide fp32 model, 1336 for
+            from the model's widths and precision: 632 for the wide fp32 model, 1304 for
             the lean int8 one); on the GPU 1024, or less when a TensorRT engine's
             optimisation profile allows less.
         tile_margin: context around each tile's core; default: the smallest margin that

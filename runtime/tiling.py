@@ -95,7 +95,7 @@ LARGEST_MEMORY_TILE = 2048
 # of 384² to 1024², and set at or above the largest measurement: the arena grows by
 # powers of two, so one model's bytes per pixel range ±12 % with the tile size. fp16
 # runs as fp32 on the CPU.
-_ARENA_BYTES = {"fp32": (128, 13.5), "fp16": (128, 13.5), "int8": (32, 6.0)}
+_ARENA_BYTES = {"fp32": (128, 13.5), "fp16": (128, 13.5), "int8": (48, 6.0)}
 
 
 @dataclass(frozen=True)
@@ -275,8 +275,8 @@ def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float 
     ``fixed + per_value · values``, with ``values`` the activation values per pixel of
     one feature map per depth (``Σ widths[d] / 4**d`` plus the full-resolution context
     and class-head channels) and ``fixed``, ``per_value`` measured for the precision
-    (fp32 and fp16: 128 B + 13.5 B per value; int8: 32 B + 6 B). The wide fp32 MicroNet
-    (32-64-128-128, 16 context channels) gives 1559 B/px, the lean int8 one 350 B/px.
+    (fp32 and fp16: 128 B + 13.5 B per value; int8: 48 B + 6 B). The wide fp32 MicroNet
+    (32-64-128-128, 16 context channels) gives 1559 B/px, the lean int8 one 366 B/px.
 
     Returns:
         Bytes per pixel, or ``None`` for an architecture or precision it cannot estimate.
@@ -299,7 +299,7 @@ def memory_tile_size(
 
     >>> wide = {"name": "micronet", "widths": [32, 64, 128, 128], "context_channels": 16, "context_depths": [2, 3, 4]}
     >>> memory_tile_size(wide, "fp32"), memory_tile_size({**wide, "widths": [16, 32, 64, 64], "context_channels": 8}, "int8")
-    (632, 1336)
+    (632, 1304)
 
     Returns:
         The tile side in pixels, or ``None`` when the memory of this architecture or

@@ -57,6 +57,9 @@ class Detections:
         image_shape: ``(H, W)`` of the image the positions refer to, or ``None`` when
             not known (e.g. after :meth:`offset`).
         mpp: pixel size of the positions in µm/px, when the caller gave it.
+        class_probabilities: ``(N, K)`` float32 phenotype probabilities (rows sum to 1)
+            when the model has a class head, else ``None``.
+        class_names: the ``K`` class names (empty without a class head).
         colour_distance: how far the colours of the image (of a slide's tissue) lie
             from the model's training data's, in stops
             (:func:`micronet.runtime.stain.colour_distance`); above
@@ -71,6 +74,8 @@ class Detections:
     image_shape: tuple[int, int] | None = None
     mpp: float | None = None
     colour_distance: float | None = None
+    class_probabilities: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         xy = np.asarray(self.xy)
@@ -95,6 +100,37 @@ class Detections:
             if isinstance(distance, bool) or not isinstance(distance, numbers.Real) or not (0 <= distance < math.inf):
                 raise InputError(f"colour_distance: expected a finite number >= 0 or None, got {distance!r}")
             object.__setattr__(self, "colour_distance", float(distance))
+        names = tuple(str(n) for n in self.class_names)
+        probs = self.class_probabilities
+        if probs is not None:
+            probs = np.asarray(probs, dtype=np.float32)
+            if probs.ndim != 2 or probs.shape != (len(xy), len(names)) or not names:
+                raise InputError(
+                    f"class_probabilities: expected a ({len(xy)}, {len(names)}) array for classes {list(names)}, got shape {probs.shape}"
+                )
+            probs = np.ascontiguousarray(probs)
+        elif names:
+            raise InputError("class_names given without class_probabilities")
+        object.__setattr__(self, "class_probabilities", probs)
+        object.__setattr__(self, "class_names", names)
+
+    @property
+    def classes(self) -> np.ndarray:
+        """``(N,)`` int64 index into :attr:`class_names` of each detection's most probable
+        class; all ``-1`` when the model has no class head."""
+        if self.class_probabilities is None:
+            return np.full(len(self.xy), -1, np.int64)
+        return self.class_probabilities.argmax(axis=1).astype(np.int64) if len(self.xy) else np.zeros(0, np.int64)
+
+    def class_counts(self) -> dict[str, int]:
+        """Detections per class name (empty without a class head)."""
+        if not self.class_names:
+            return {}
+        counts = np.bincount(self.classes, minlength=len(self.class_names))
+        return {n: int(c) for n, c in zip(self.class_names, counts)}
+
+    def _with(self, xy: np.ndarray, scores: np.ndarray, image_shape: tuple[int, int] | None, probs: np.ndarray | None) -> "Detections":
+        return Detections(xy, scores, image_shape, self.mpp, self.colour_distance, probs, self.class_names)
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -122,7 +158,8 @@ class Detections:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise InputTypeError(f"{name}: expected a finite number, got {value!r}")
         moved = self.xy + np.asarray([dx, dy], dtype=np.float64)
-        return Detections(moved.astype(np.float32), self.scores.copy(), image_shape, self.mpp, self.colour_distance)
+        probs = None if self.class_probabilities is None else self.class_probabilities.copy()
+        return self._with(moved.astype(np.float32), self.scores.copy(), image_shape, probs)
 
     @staticmethod
     def concat(items: Sequence["Detections"], image_shape: tuple[int, int] | None = None) -> "Detections":
@@ -153,25 +190,43 @@ class Detections:
         if not items:
             return Detections.empty(image_shape)
         distances = {d.colour_distance for d in items}
+        names = {d.class_names for d in items}
+        if len(names) > 1:
+            raise InputError(f"cannot concatenate detections with different classes: {sorted(names)}")
+        class_names = names.pop()
+        probs = np.concatenate([d.class_probabilities for d in items]) if class_names else None
         return Detections(
             np.concatenate([d.xy for d in items]),
             np.concatenate([d.scores for d in items]),
             image_shape,
             mpps.pop(),
             distances.pop() if len(distances) == 1 else None,
+            probs,
+            class_names,
         )
 
     # --- writers ----------------------------------------------------------------------
 
     def to_csv(self, path: str | PathLike[str]) -> Path:
-        """Writes ``x,y,score`` CSV (one detection per row, 0-based pixels); returns the
-        path. :func:`micronet.runtime.points.read_points_csv` reads it back (positions),
-        :meth:`from_csv` with the scores."""
+        """Writes ``x,y,score`` CSV (one detection per row, 0-based pixels), and with a
+        class head ``class`` (the name) and one ``p_<name>`` probability column per class;
+        returns the path. :func:`micronet.runtime.points.read_points_csv` reads it back
+        (positions), :meth:`from_csv` with the scores."""
         from .points import write_points_csv
 
         path = Path(path)
-        write_points_csv(path, self.xy, self.scores)
+        write_points_csv(path, self.xy, self.scores, self.class_columns())
         return path
+
+    def class_columns(self) -> dict[str, list[str]]:
+        """The CSV columns of the classes: ``class`` and ``p_<name>`` (empty without a
+        class head)."""
+        if not self.class_names:
+            return {}
+        columns = {"class": [self.class_names[c] for c in self.classes]}
+        for k, name in enumerate(self.class_names):
+            columns[f"p_{name}"] = [f"{v:.4f}" for v in self.class_probabilities[:, k].tolist()]
+        return columns
 
     @classmethod
     def from_csv(cls, path: str | PathLike[str], image_shape: tuple[int, int] | None = None, mpp: float | None = None) -> "Detections":
@@ -201,18 +256,29 @@ class Detections:
         Returns:
             The ``FeatureCollection`` as a dict.
         """
+        from .classes import class_colour
+
         centres = self.xy.astype(np.float64) + 0.5
+        if self.class_names:
+            # QuPath colours and counts each class on import; the probabilities become
+            # measurements a user can threshold on.
+            palette = [{"name": n, "color": list(class_colour(n, k))} for k, n in enumerate(self.class_names)]
+            kinds = [palette[c] for c in self.classes]
+            extra = [{f"p_{n}": float(v) for n, v in zip(self.class_names, row)} for row in self.class_probabilities.tolist()]
+        else:
+            kinds = [{"name": QUPATH_CLASS, "color": list(QUPATH_COLOR)}] * len(self.xy)
+            extra = [{}] * len(self.xy)
         features = [
             {
                 "type": "Feature",
                 "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
                 "properties": {
                     "objectType": "detection",
-                    "classification": {"name": QUPATH_CLASS, "color": list(QUPATH_COLOR)},
-                    "measurements": {"score": float(s)},
+                    "classification": dict(kind),
+                    "measurements": {"score": float(s), **more},
                 },
             }
-            for (x, y), s in zip(centres.tolist(), self.scores.tolist())
+            for (x, y), s, kind, more in zip(centres.tolist(), self.scores.tolist(), kinds, extra)
         ]
         collection = {"type": "FeatureCollection", "features": features}
         if path is not None:
@@ -244,8 +310,19 @@ class Detections:
         draw = ImageDraw.Draw(canvas)
         r = int(radius)
         width = max(1, r // 3)
-        for x, y in self.xy.tolist():
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=tuple(color), width=width)
+        if self.class_names:  # one colour per class, and a legend in the top-left corner
+            from .classes import class_colour
+
+            colours = [class_colour(n, k) for k, n in enumerate(self.class_names)]
+            for (x, y), c in zip(self.xy.tolist(), self.classes.tolist()):
+                draw.ellipse((x - r, y - r, x + r, y + r), outline=colours[c], width=width)
+            for k, (name, count) in enumerate(self.class_counts().items()):
+                top = 4 + 14 * k
+                draw.rectangle((4, top, 14, top + 10), fill=colours[k])
+                draw.text((18, top - 1), f"{name} ({count})", fill=(0, 0, 0))
+        else:
+            for x, y in self.xy.tolist():
+                draw.ellipse((x - r, y - r, x + r, y + r), outline=tuple(color), width=width)
         if path is not None:
             canvas.save(Path(path), format="PNG")
         return np.asarray(canvas)

@@ -51,6 +51,7 @@ from .bundled import (
     bundled_sample,
     resolve_model,
 )
+from .classes import class_names, class_probabilities
 from .detections import Detections
 from .errors import InputError, InputTypeError, MissingPackageError
 from .images import DEFAULT_MAX_MEGAPIXELS, as_rgb_image, check_mpp, image_pixel_size, read_image
@@ -389,6 +390,7 @@ class Detector:
             )
 
         info: ModelInfo = self.backend.info
+        self.class_names: tuple[str, ...] = class_names(info)  # phenotypes, when the model classifies
         self._colour_target = stain.target_stats(info.colour)  # CRCHisto's for models without
         if normalize == "macenko" and self._colour_target.stains is None:
             raise InputError("normalize='macenko': the model's colour statistics have no stain vectors; use normalize='reinhard'")
@@ -665,6 +667,11 @@ class Detector:
         def collect(chunk: list[tuple[int, Tile]], maps: Any) -> None:
             for k, (i, tile) in enumerate(chunk):
                 xy, scores = self._peaks(maps[k, 0])
+                if self.class_names:
+                    # The class logits at the peaks (where the map lies: N×K values come
+                    # back), carried with the scores through the core filter.
+                    probs = class_probabilities(maps[k, 1:], xy)  # (N, K)
+                    scores = np.concatenate([scores[:, None], probs], axis=1)
                 found[i].append(keep_in_core(tile, xy, scores))
 
         submit = getattr(self.backend, "infer_async", None) if self.backend.device == "cuda" else None
@@ -704,13 +711,18 @@ class Detector:
                     pending[1].wait()  # hands its context back even when collecting failed
 
         results = []
+        width = 1 + len(self.class_names)  # the score, then the class probabilities
         for image, mpp, scale, parts, (distance, _, _) in zip(images, mpps, scales, found, colours):
             xy = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
-            scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.float32)
-            xy, scores = sort_peaks(xy, scores)
+            values = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, width) if width > 1 else (0,), np.float32)
+            scores = values[:, 0] if width > 1 else values
+            order = sort_peaks(xy, scores, order=True)
+            xy, values = xy[order], values[order]
             if scale is not None:
                 xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
-            results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, distance))
+            probs = values[:, 1:] if width > 1 else None
+            scores = values[:, 0] if width > 1 else values
+            results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, distance, probs, self.class_names))
         return results
 
     def _colour(self, image: np.ndarray, given: stain.StainStats | None) -> tuple[float | None, str | None, stain.StainStats | None]:

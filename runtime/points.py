@@ -92,8 +92,9 @@ def read_scored_points_csv(path: str | PathLike[str]) -> tuple[np.ndarray, np.nd
     return table[:, :2].copy(), (table[:, 2].copy() if len(wanted) == 3 else None)
 
 
-def write_points_csv(path: str | PathLike[str], xy: Any, scores: Any = None) -> None:
-    """Writes points as CSV: header ``x,y``, or ``x,y,score`` when scores are given.
+def write_points_csv(path: str | PathLike[str], xy: Any, scores: Any = None, extra: dict[str, list[str]] | None = None) -> None:
+    """Writes points as CSV: header ``x,y``, or ``x,y,score`` when scores are given,
+    then the ``extra`` columns (name → one string per point, e.g. a class name).
 
     Args:
         path: file to (over)write.
@@ -115,6 +116,11 @@ def write_points_csv(path: str | PathLike[str], xy: Any, scores: Any = None) -> 
             raise InputError("scores: expected finite numbers, got NaN or infinity")
         columns.append(s.astype(str)[:, None])
         header = "x,y,score"
+    for name, values in (extra or {}).items():
+        if len(values) != len(points):
+            raise InputError(f"column {name!r}: expected {len(points)} values, got {len(values)}")
+        columns.append(np.asarray(values, dtype=str).reshape(-1, 1))
+        header += f",{name}"
     text = np.concatenate(columns, axis=1) if len(points) else np.empty((0, len(header.split(","))), dtype=str)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(header + "\n")

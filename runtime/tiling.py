@@ -93,8 +93,8 @@ LARGEST_MEMORY_TILE = 2048
 # ``python benchmarks/bench_tile_memory.py`` (results/tile_memory.md) on MicroNet
 # 8-16-32-32, 16-32-64-64 and 32-64-128-128, ReLU and ELU, fp32, fp16 and int8, at tiles
 # of 384² to 1024², and set at or above the largest measurement: the arena grows by
-# powers of two, so one model's bytes per pixel range ±12 % with the tile size. fp16
-# runs as fp32 on the CPU.
+# powers of two, so one model's bytes per pixel vary by up to a quarter with the tile
+# size. fp16 runs as fp32 on the CPU.
 _ARENA_BYTES = {"fp32": (128, 13.5), "fp16": (128, 13.5), "int8": (48, 6.0)}
 
 
@@ -242,13 +242,14 @@ def keep_in_core(tile: Tile, xy: np.ndarray, scores: np.ndarray) -> tuple[np.nda
     return out, scores[keep]
 
 
-def sort_peaks(xy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Peaks in ``find_peaks`` order: highest score first, ties in row-major order."""
+def sort_peaks(xy: np.ndarray, scores: np.ndarray, order: bool = False) -> Any:
+    """Peaks in ``find_peaks`` order: highest score first, ties in row-major order.
+    Returns ``(xy, scores)`` sorted, or with ``order`` the permutation itself (to sort
+    values that travel with the peaks, such as class probabilities)."""
     if len(scores) < 2:
-        return xy, scores
-    order = np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
-    return xy[order], scores[order]
-
+        return np.arange(len(scores)) if order else (xy, scores)
+    perm = np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
+    return perm if order else (xy[perm], scores[perm])
 
 
 # --- tile size from activation memory --------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import InputError, MissingFileError, MissingPackageError
 from ..machine import has_vnni, physical_cores
-from ..model_info import METADATA_KEY, ModelInfo
+from ..model_info import CLASS_OUTPUT_NAME, METADATA_KEY, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
 
 __all__ = ["OnnxRuntimeBackend", "physical_cores"]
@@ -191,7 +191,7 @@ class OnnxRuntimeBackend:
         if cuda and self.info.precision == "int8":
             log.warning("%s is an int8 model, made for the CPU; use the fp32 or fp16 export on the GPU", self.path.name)
         self._input = self._session.get_inputs()[0].name
-        self._output = self._session.get_outputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]  # the map, then the class logits if any
 
     def _load(self, ort: Any, options: Any, providers: list[Any]) -> Any:
         from onnxruntime.capi import onnxruntime_pybind11_state as state
@@ -223,9 +223,13 @@ class OnnxRuntimeBackend:
         )
         if not ok_in:
             problems.append("expected one input uint8 N×H×W×3")
-        ok_out = len(outputs) == 1 and outputs[0].type == "tensor(float)" and len(outputs[0].shape) == 4
+        ok_out = (
+            len(outputs) in (1, 2)
+            and all(o.type == "tensor(float)" and len(o.shape) == 4 for o in outputs)
+            and (len(outputs) == 1 or outputs[1].name == CLASS_OUTPUT_NAME)
+        )
         if not ok_out:
-            problems.append("expected one output float32 N×1×H×W")
+            problems.append(f"expected one output float32 N×1×H×W (and optionally {CLASS_OUTPUT_NAME!r} N×K×H×W)")
         if problems:
             raise InputError(
                 f"{self.path}: not a MicroNet model: {'; '.join(problems)}. Found metadata keys: "
@@ -246,26 +250,31 @@ class OnnxRuntimeBackend:
         Returns:
             ``(N, 1, H, W)`` float32 maps: NumPy when ``device == "cpu"``; a CuPy array
             in ONNX Runtime's GPU memory when ``device == "cuda"`` (valid while
-            referenced; ONNX Runtime reuses the memory once it is released).
+            referenced; ONNX Runtime reuses the memory once it is released). A model
+            with a class head gives ``(N, 1 + K, H, W)``: the map, then the K class
+            logits (one array, so tiling, flips and TTA treat them alike).
         """
         if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             got = f"{type(batch).__name__} {getattr(batch, 'dtype', '')} shape {getattr(batch, 'shape', '?')}"
             raise InputError(f"batch: expected an (N, H, W, 3) uint8 array, got {got}")
         batch = np.ascontiguousarray(batch)
         if self._cupy is None:
-            (maps,) = self._session.run([self._output], {self._input: batch})
-            return maps
+            outs = self._session.run(self._outputs, {self._input: batch})
+            return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
         binding = self._session.io_binding()  # one per call: run() is thread-safe, a binding is not
         binding.bind_cpu_input(self._input, batch)
         # No buffer given: ONNX Runtime allocates the (N, 1, H, W) output on the GPU.
-        binding.bind_output(self._output, "cuda", self._device_id)
+        for name in self._outputs:
+            binding.bind_output(name, "cuda", self._device_id)
         # run() ends by synchronising the CUDA provider's stream (ONNX Runtime's default
         # run option), so the map is complete when other streams (CuPy's) read it;
         # synchronize_outputs() makes that explicit and costs nothing once synchronised.
         self._session.run_with_iobinding(binding)
         binding.synchronize_outputs()
-        (value,) = binding.get_outputs()  # an OrtValue sharing ownership of the GPU buffer
-        return self._wrap_cupy(value)
+        values = binding.get_outputs()  # OrtValues sharing ownership of the GPU buffers
+        if len(values) == 1:
+            return self._wrap_cupy(values[0])
+        return self._cupy.concatenate([self._wrap_cupy(v) for v in values], axis=1)  # on the device
 
     def _wrap_cupy(self, value: Any) -> Any:
         cupy = self._cupy

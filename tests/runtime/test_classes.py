@@ -44,3 +44,55 @@ def test_scores_refuse_out_of_range_classes():
 def test_known_classes_have_conventional_colours():
     assert class_colour("epithelial") == (200, 0, 0)
     assert len(class_colour("something else", 3)) == 3
+
+
+@pytest.fixture(scope="module")
+def class_model(tmp_path_factory):
+    """A random micronet_tiny with a class head, exported to fp32 ONNX."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from micronet.export.onnx import export_model
+    from micronet.runtime.model_info import ModelInfo
+    from micronet.trainer.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("micronet_tiny", classes=("epithelial", "fibroblast", "inflammatory", "others")).eval()
+    image = np.random.default_rng(0).integers(0, 256, (1, 200, 200, 3), dtype=np.uint8)
+    x = (torch.from_numpy(image).float() - 150.0) / 40.0
+    with torch.no_grad():
+        threshold = float(np.quantile(model(x.permute(0, 3, 1, 2)).numpy(), 0.95))
+    info = ModelInfo(architecture=model.config_dict(), mean=[150.0] * 3, std=[40.0] * 3, mpp=0.55, threshold=threshold)
+    return export_model(model, info, tmp_path_factory.mktemp("classes") / "cls.onnx", "fp32")
+
+
+def test_detector_classifies_the_same_whole_and_tiled(class_model, tmp_path):
+    from micronet import Detector
+
+    image = np.random.default_rng(1).integers(0, 256, (300, 340, 3), dtype=np.uint8)
+    whole = Detector(class_model, device="cpu", tile_size=512).detect(image, mpp=0.55)
+    tiled = Detector(class_model, device="cpu", tile_size=192).detect(image, mpp=0.55)
+    assert len(whole) > 10 and whole.class_names == ("epithelial", "fibroblast", "inflammatory", "others")
+    np.testing.assert_array_equal(tiled.xy, whole.xy)
+    np.testing.assert_allclose(tiled.class_probabilities, whole.class_probabilities, atol=1e-5)
+    np.testing.assert_allclose(whole.class_probabilities.sum(1), 1.0, rtol=1e-5)
+    # Outputs: CSV columns, QuPath classifications, a coloured overlay.
+    whole.to_csv(tmp_path / "d.csv")
+    header = (tmp_path / "d.csv").read_text().splitlines()[0]
+    assert header == "x,y,score,class,p_epithelial,p_fibroblast,p_inflammatory,p_others"
+    feature = whole.to_geojson()["features"][0]
+    name = whole.class_names[whole.classes[0]]
+    assert feature["properties"]["classification"]["name"] == name
+    assert len(feature["properties"]["classification"]["color"]) == 3
+    assert sum(whole.class_counts().values()) == len(whole)
+    assert whole.to_overlay(image).shape == image.shape
+
+
+def test_offset_and_concat_keep_the_classes(class_model):
+    from micronet import Detector
+    from micronet.runtime.detections import Detections
+
+    image = np.random.default_rng(2).integers(0, 256, (120, 130, 3), dtype=np.uint8)
+    found = Detector(class_model, device="cpu").detect(image, mpp=0.55)
+    both = Detections.concat([found, found.offset(500, 0)])
+    assert both.class_names == found.class_names
+    np.testing.assert_array_equal(both.classes, np.concatenate([found.classes, found.classes]))

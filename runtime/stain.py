@@ -193,38 +193,46 @@ def _pixels(rgb: Any, mask: Any, max_pixels: int) -> np.ndarray:
     return pixels[::step] if step > 1 else pixels
 
 
-def _optical_density(pixels: np.ndarray, white: Any) -> np.ndarray:
-    """``(..., 3)`` uint8 → float32 natural-log optical density ``ln(I0 / I)``
+def _planar(pixels: np.ndarray) -> np.ndarray:
+    """``(P, 3)`` → ``(3, P)``, C-contiguous: NumPy multiplies a 3×3 matrix into
+    ``(3, P)`` rows with BLAS, ten times faster than into ``(P, 3)`` columns."""
+    return np.ascontiguousarray(pixels.T)
+
+
+def _optical_density(planar: np.ndarray, white: Any) -> np.ndarray:
+    """``(3, P)`` uint8 → float32 natural-log optical density ``ln(I0 / I)``
     (Beer–Lambert), with ``I0 = white``; ``I = 0`` is taken as 1 so that black stays
     finite. Pixels brighter than ``white`` have a (small) negative OD."""
-    od = _LN_TABLE[pixels]  # ln I
-    np.subtract(np.log(np.asarray(white, np.float32)), od, out=od)
+    od = _LN_TABLE[planar]  # ln I
+    np.subtract(np.log(np.asarray(white, np.float32))[:, None], od, out=od)
     return od
 
 
 _LN_TABLE = np.log(np.maximum(np.arange(256), 1)).astype(np.float32)
 
 
-def _lab(pixels: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` uint8 RGB → lαβ float64 (Reinhard et al. 2001, Eqs. 4–6); ``I = 0``
-    is taken as 1 so that the logarithm stays finite."""
-    rgb = np.maximum(pixels, 1).astype(np.float64) / 255.0
-    return np.log10(rgb @ RGB_TO_LMS.T) @ LOG_LMS_TO_LAB.T
+def _lab(planar: np.ndarray) -> np.ndarray:
+    """``(3, P)`` uint8 RGB → ``(3, P)`` float32 lαβ (Reinhard et al. 2001, Eqs. 4–6);
+    ``I = 0`` is taken as 1 so that the logarithm stays finite."""
+    lms = (RGB_TO_LMS / 255.0).astype(np.float32) @ np.maximum(planar, 1).astype(np.float32)
+    np.log10(lms, out=lms)
+    return LOG_LMS_TO_LAB.astype(np.float32) @ lms
 
 
 def _stats_of(pixels: np.ndarray) -> StainStats:
     """The statistics of ``(P, 3)`` uint8 pixels."""
     if len(pixels) < MIN_PIXELS:
         raise InputError(f"colour statistics need at least {MIN_PIXELS} pixels (of tissue, with a mask), got {len(pixels)}")
-    lab = _lab(pixels)
-    white = np.clip(np.percentile(pixels, WHITE_PERCENTILE, axis=0), 1.0, 255.0)
-    stains, maxima = _macenko(pixels, white)
+    planar = _planar(pixels)  # (3, P) uint8
+    lab = _lab(planar)
+    white = np.clip(np.percentile(planar, WHITE_PERCENTILE, axis=1), 1.0, 255.0)
+    stains, maxima = _macenko(planar, white)
     return StainStats(
-        rgb_mean=tuple(float(v) for v in pixels.mean(axis=0, dtype=np.float64)),
-        lab_mean=tuple(float(v) for v in lab.mean(axis=0)),
+        rgb_mean=tuple(float(v) for v in planar.mean(axis=1, dtype=np.float64)),
+        lab_mean=tuple(float(v) for v in lab.mean(axis=1, dtype=np.float64)),
         # A floor keeps a flat (one-colour) channel from dividing by zero in apply().
-        lab_std=tuple(float(max(v, 1e-4)) for v in lab.std(axis=0)),
-        lab_bright=float(np.percentile(lab[:, 0], BRIGHT_PERCENTILE)),
+        lab_std=tuple(float(max(v, 1e-4)) for v in lab.std(axis=1, dtype=np.float64)),
+        lab_bright=float(np.percentile(lab[0], BRIGHT_PERCENTILE)),
         white=tuple(float(v) for v in white),
         stains=stains,
         max_concentrations=maxima,
@@ -232,28 +240,29 @@ def _stats_of(pixels: np.ndarray) -> StainStats:
     )
 
 
-def _macenko(pixels: np.ndarray, white: np.ndarray) -> tuple[Any, Any]:
+def _macenko(planar: np.ndarray, white: np.ndarray) -> tuple[Any, Any]:
     """Macenko et al. 2009: the H and E unit OD vectors and the 99th percentiles of
-    their concentrations, or ``(None, None)`` without enough stained pixels."""
-    od = _optical_density(pixels, white).astype(np.float64)
-    od = od[(od >= MACENKO_BETA).all(axis=1)]  # drop transparent pixels
-    if len(od) < MIN_PIXELS:
+    their concentrations in ``(3, P)`` uint8 pixels, or ``(None, None)`` without
+    enough stained pixels."""
+    od = _optical_density(planar, white)
+    od = od[:, (od >= MACENKO_BETA).all(axis=0)]  # (3, P'): transparent pixels dropped
+    if od.shape[1] < MIN_PIXELS:
         return None, None
     # The plane of the two largest principal directions of OD (the paper's SVD step:
     # eigenvectors of the covariance), each pointing into positive OD.
-    _, vectors = np.linalg.eigh(np.cov(od, rowvar=False))
+    _, vectors = np.linalg.eigh(np.cov(od))
     plane = vectors[:, [2, 1]]  # (3, 2)
     plane *= np.where(plane[0] < 0, -1.0, 1.0)
-    projected = od @ plane  # (P, 2)
-    angle = np.arctan2(projected[:, 1], projected[:, 0])
+    projected = plane.T.astype(np.float32) @ od  # (2, P')
+    angle = np.arctan2(projected[1], projected[0])
     lo, hi = np.percentile(angle, [MACENKO_ALPHA, 100 - MACENKO_ALPHA])
     v1 = plane @ np.array([math.cos(lo), math.sin(lo)])
     v2 = plane @ np.array([math.cos(hi), math.sin(hi)])
     # Hematoxylin absorbs red more than eosin does: it is the vector with the larger R.
-    he = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1])
+    he = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1])  # (2, 3)
     he /= np.linalg.norm(he, axis=1, keepdims=True)
-    concentrations = od @ np.linalg.pinv(he)  # (P, 2): least squares, od ≈ C · HE
-    maxima = np.percentile(concentrations, MAX_PERCENTILE, axis=0)
+    concentrations = np.linalg.pinv(he.T).astype(np.float32) @ od  # (2, P'): least squares, OD ≈ HEᵀ · C
+    maxima = np.percentile(concentrations, MAX_PERCENTILE, axis=1)
     if not np.all(maxima > 0):
         return None, None
     stains = (tuple(float(v) for v in he[0]), tuple(float(v) for v in he[1]))
@@ -341,7 +350,7 @@ def _reinhard_map(stats: StainStats, target: StainStats) -> tuple[np.ndarray, np
 
 
 def _macenko_map(stats: StainStats, target: StainStats) -> np.ndarray:
-    """``M`` (3×3) with OD' = OD · M: concentrations C = OD · HE⁺ (least squares),
+    """``A`` (3×3) with OD' = A · OD: concentrations C = (HEᵀ)⁺ · OD (least squares),
     scaled by the ratio of the robust maxima, re-composed with the target's stains
     (Macenko et al. 2009, Sec. 2.2); OD against each one's own ``white``."""
     if stats.stains is None or target.stains is None:
@@ -349,7 +358,7 @@ def _macenko_map(stats: StainStats, target: StainStats) -> np.ndarray:
         raise InputError(f"macenko: {which} has too few stained pixels for stain vectors; use method='reinhard'")
     he, he_target = np.asarray(stats.stains), np.asarray(target.stains)  # (2, 3) each
     ratio = np.asarray(target.max_concentrations) / np.asarray(stats.max_concentrations)
-    return np.linalg.pinv(he) @ np.diag(ratio) @ he_target
+    return he_target.T @ np.diag(ratio) @ np.linalg.pinv(he.T)
 
 
 def apply(
@@ -390,37 +399,38 @@ def apply(
     target = target_stats(target)
     if out is None:
         out = np.empty_like(arr)
-    elif out.shape != arr.shape or out.dtype != np.uint8:
-        raise InputError(f"out: expected a uint8 array of shape {arr.shape}, got shape {out.shape} dtype {out.dtype}")
+    elif out.shape != arr.shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        got = f"shape {out.shape} dtype {out.dtype}{'' if out.flags.c_contiguous else ', not C-contiguous'}"
+        raise InputError(f"out: expected a C-contiguous uint8 array of shape {arr.shape}, got {got}")
     if method == "reinhard":
-        # RGB → LMS → log10 → (K, c) → 10^ → RGB: three 3×3 products per pixel, on
-        # row vectors (hence the transposes), with the 0–255 scaling folded in.
+        # RGB → LMS → log10 → (K, c) → 10^ → RGB: three 3×3 products per pixel, with the
+        # 0–255 scaling folded in.
         k, c = _reinhard_map(stats, target)
-        to_lms = (RGB_TO_LMS.T / 255.0).astype(np.float32)
-        k, c = k.T.astype(np.float32), c.astype(np.float32)
-        to_rgb = (LMS_TO_RGB.T * 255.0).astype(np.float32)
+        to_lms = (RGB_TO_LMS / 255.0).astype(np.float32)
+        k, c = (k * math.log(10)).astype(np.float32), (c * math.log(10)).astype(np.float32)[:, None]  # 10^y = e^(y ln 10)
+        to_rgb = (LMS_TO_RGB * 255.0).astype(np.float32)
     else:
-        m = _macenko_map(stats, target).astype(np.float32)
-        white_target = np.asarray(target.white, np.float32)
+        a = _macenko_map(stats, target).astype(np.float32)
+        white_target = np.asarray(target.white, np.float32)[:, None]
     flat_in, flat_out = arr.reshape(-1, 3), out.reshape(-1, 3)
-    chunk = 1 << 18  # pixels per step: bounds the float32 temporaries to a few MB
+    chunk = 1 << 16  # pixels per step: the float32 temporaries stay in the cache
     for start in range(0, len(flat_in), chunk):
-        block = flat_in[start : start + chunk]
+        block = _planar(flat_in[start : start + chunk])  # (3, n) uint8
         if method == "reinhard":
-            x = np.maximum(block, 1).astype(np.float32) @ to_lms  # LMS
+            x = to_lms @ np.maximum(block, 1).astype(np.float32)  # LMS
             np.log10(x, out=x)
-            x = x @ k
+            x = k @ x  # ln 10 · log-LMS'
             x += c
-            np.power(np.float32(10.0), x, out=x)
-            x = x @ to_rgb  # RGB in 0–255
+            np.exp(x, out=x)
+            x = to_rgb @ x  # RGB in 0–255
         else:
-            x = _optical_density(block, stats.white) @ m  # OD'
+            x = a @ _optical_density(block, stats.white)  # OD'
             np.negative(x, out=x)
             np.exp(x, out=x)
             x *= white_target  # I0' · exp(−OD')
         np.clip(x, 0.0, 255.0, out=x)
         np.rint(x, out=x)
-        flat_out[start : start + chunk] = x
+        flat_out[start : start + chunk] = x.T
     return out
 
 

@@ -11,10 +11,11 @@ detection metrics already count them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ClassScores", "classification_scores"]
+__all__ = ["ClassScores", "classification_scores", "evaluate_classes", "plot_confusion", "read_class_labels"]
 
 
 @dataclass
@@ -84,3 +85,80 @@ def classification_scores(true: np.ndarray, predicted: np.ndarray, names: list[s
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
     return ClassScores(list(names), precision.tolist(), recall.tolist(), f1.tolist(), true_n.astype(int).tolist(),
                        confusion.tolist())
+
+
+def read_class_labels(root: Any, name: str, points: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """``(M,)`` class index of each annotated centre of image ``name``: from
+    ``<root>/classes/<name>.csv`` (header ``x,y,class``; the same points as ``points/``,
+    matched by position), ``-1`` for a centre without a label.
+
+    Raises:
+        ValueError: a class name not among ``names``.
+    """
+    import csv
+    from pathlib import Path
+
+    labels = np.full(len(points), -1, np.int64)
+    path = Path(root) / "classes" / f"{name}.csv"
+    if not path.is_file() or not len(points):
+        return labels
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    unknown = {r["class"] for r in rows} - set(names)
+    if unknown:
+        raise ValueError(f"{path}: classes {sorted(unknown)} are not the model's {list(names)}")
+    if rows:
+        from scipy.spatial import cKDTree
+
+        xy = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+        dist, idx = cKDTree(points).query(xy, distance_upper_bound=1e-3)
+        found = np.isfinite(dist)
+        labels[idx[found]] = [list(names).index(r["class"]) for r, ok in zip(rows, found) if ok]
+    return labels
+
+
+def evaluate_classes(detector: Any, dataset: Any, radius: float, progress: bool = True) -> ClassScores | None:
+    """Classification scores of a classifying :class:`~micronet.runtime.detector.Detector`
+    on a point data set whose folder has ``classes/`` (CRCHisto): detections matched to
+    annotations within ``radius`` (the Hungarian matcher), then scored among the matched
+    pairs with a label. ``None`` when the model has no class head."""
+    from tqdm.auto import tqdm
+
+    from .matching import match_points
+
+    names = tuple(detector.class_names)
+    if not names:
+        return None
+    true_all, pred_all = [], []
+    for name, image, points in tqdm(list(zip(dataset.names, dataset.images, dataset.points)), desc="classes", disable=not progress):
+        found = detector.detect(image, mpp=dataset.mpp)
+        labels = read_class_labels(dataset.root, name, np.asarray(points, np.float64).reshape(-1, 2), names)
+        pred_idx, true_idx = match_points(found.xy, points, radius)
+        true_all.append(labels[true_idx])
+        pred_all.append(found.classes[pred_idx])
+    return classification_scores(np.concatenate(true_all), np.concatenate(pred_all), names)
+
+
+def plot_confusion(scores: ClassScores, path: Any, title: str = "") -> Any:
+    """The confusion matrix (rows: true class, columns: predicted; each row normalised)
+    as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = np.asarray(scores.confusion, np.float64)
+    norm = c / np.maximum(c.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(c)):
+        for j in range(len(c)):
+            ax.text(j, i, f"{int(c[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(c)), scores.names, rotation=30, ha="right")
+    ax.set_yticks(range(len(c)), scores.names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"weighted F1 {scores.weighted_f1:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

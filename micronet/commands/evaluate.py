@@ -224,13 +224,41 @@ def _run_model(args: argparse.Namespace) -> int:
     options = {"tta": True} if args.tta else {}  # without --tta, the library's default
     result = evaluate_model_file(model, args.data, split=args.split, radius=args.radius, threshold=args.threshold, **options)
     print(result.format())
+    classes = _classes(model, args, options)
     if args.json is not None:
         out = {**result.to_dict(), "model": str(args.model), "model_file": str(model), "data": str(args.data), "split": args.split}
+        if classes is not None:
+            out["classification"] = classes.as_dict()
         _write_json(args.json, out, default=lambda v: None)
         title = f"{model.name} on {Path(args.data).name} {args.split or ''}"
         png = plot_pr_curve(result, args.json.with_suffix(".pr.png"), title=title)
         print(f"wrote {args.json} and {png}")
     return 0
+
+
+def _classes(model: Path, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """With a classifying model (an ``.onnx``/``.engine`` or bundled one) and a data set
+    with ``classes/``: the SC-CNN classification table (and the confusion matrix beside
+    ``--json``); else None."""
+    if model.suffix.lower() == ".safetensors" or not (Path(args.data) / "classes").is_dir():
+        return None
+    from micronet.runtime.class_metrics import evaluate_classes, plot_confusion
+    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.detector import Detector
+
+    det = Detector(str(model), threshold=args.threshold, **options)
+    if not det.class_names:
+        return None
+    scores = evaluate_classes(det, load_point_folder(args.data, args.split), 6.0 if args.radius is None else args.radius)
+    print(f"\nclassification among matched, labelled nuclei (SC-CNN protocol): weighted F1 {scores.weighted_f1:.4f}, "
+          f"accuracy {scores.accuracy:.4f}")
+    print(scores.table())
+    if args.json is not None:
+        try:
+            print(f"wrote {plot_confusion(scores, args.json.with_suffix('.confusion.png'))}")
+        except ImportError:
+            pass
+    return scores
 
 
 def _write_json(path: Path, data: dict[str, Any], **options: Any) -> None:

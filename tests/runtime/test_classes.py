@@ -96,3 +96,15 @@ def test_offset_and_concat_keep_the_classes(class_model):
     both = Detections.concat([found, found.offset(500, 0)])
     assert both.class_names == found.class_names
     np.testing.assert_array_equal(both.classes, np.concatenate([found.classes, found.classes]))
+
+
+def test_class_labels_are_read_by_position_and_unlabelled_centres_stay_minus_one(tmp_path):
+    from micronet.runtime.class_metrics import read_class_labels
+
+    (tmp_path / "classes").mkdir()
+    (tmp_path / "classes" / "a.csv").write_text("x,y,class\n10.5,20,inflammatory\n3,4,epithelial\n")
+    points = np.array([[3.0, 4.0], [7.0, 7.0], [10.5, 20.0]])
+    labels = read_class_labels(tmp_path, "a", points, ("epithelial", "fibroblast", "inflammatory", "others"))
+    assert labels.tolist() == [0, -1, 2]
+    with pytest.raises(ValueError, match="not the model's"):
+        read_class_labels(tmp_path, "a", points, ("epithelial",))

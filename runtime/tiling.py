@@ -96,6 +96,14 @@ LARGEST_MEMORY_TILE = 2048
 # powers of two, so one model's bytes per pixel vary by up to a quarter with the tile
 # size. fp16 runs as fp32 on the CPU.
 _ARENA_BYTES = {"fp32": (128, 13.5), "fp16": (128, 13.5), "int8": (48, 6.0)}
+# A class head costs more per value than the trunk at any precision: it runs in float
+# (the int8 export keeps both heads float), and its logits leave the session beside the
+# map and are joined to it (runtime/backends/onnxruntime.py). Measured on CMU-1 with the
+# bundled int8 `phenotypes` model (16-32-64-64, 6 context channels, 4 classes): peak RSS
+# 533 MB at 768² tiles, 872 MB at 1024², 1225 MB at 1176² (`micronet detect` /
+# Detector.detect_slide, /usr/bin/time -v): about 740 B per pixel, of which the head's 20
+# values take about 410; 22 B per head value keeps the estimate above the measurement.
+_CLASS_HEAD_BYTES = 22.0
 
 
 @dataclass(frozen=True)
@@ -265,10 +273,16 @@ def _activation_values(architecture: dict[str, Any]) -> float | None:
     try:
         widths = [float(w) for w in architecture["widths"]]
         context = float(architecture.get("context_channels", 0)) * len(architecture.get("context_depths", ()))
-        head = widths[0] + len(architecture.get("classes", ())) if architecture.get("classes") else 0.0
     except (KeyError, TypeError, ValueError):
         return None
-    return sum(w / 4**d for d, w in enumerate(widths)) + context + head
+    return sum(w / 4**d for d, w in enumerate(widths)) + context
+
+
+def _class_head_values(architecture: dict[str, Any]) -> float:
+    """Full-resolution values per pixel of the class head: its hidden map and the K logits
+    (0 without a head)."""
+    classes = architecture.get("classes") if isinstance(architecture, dict) else None
+    return float(architecture["widths"][0]) + len(classes) if classes else 0.0
 
 
 def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float | None:
@@ -286,7 +300,7 @@ def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float 
     if values is None or precision not in _ARENA_BYTES:
         return None
     fixed, per_value = _ARENA_BYTES[precision]
-    return fixed + per_value * values
+    return fixed + per_value * values + _CLASS_HEAD_BYTES * _class_head_values(architecture)
 
 
 def memory_tile_size(

@@ -22,7 +22,9 @@ def test_bytes_per_pixel_follow_the_widths_and_the_precision():
     assert tile_bytes_per_pixel(LEAN, "int8") == 48 + 6.0 * 53
     assert tile_bytes_per_pixel(WIDE, "fp16") == tile_bytes_per_pixel(WIDE, "fp32")  # fp16 runs as fp32 on the CPU
     # A class head adds its hidden map and one logit per class at full resolution.
-    assert tile_bytes_per_pixel({**LEAN, "classes": ["a", "b"]}, "fp32") == 128 + 13.5 * (53 + 16 + 2)
+    # A class head (hidden map and logits, in float at every precision) costs 22 B per value.
+    assert tile_bytes_per_pixel({**LEAN, "classes": ["a", "b"]}, "fp32") == 128 + 13.5 * 53 + 22.0 * (16 + 2)
+    assert tile_bytes_per_pixel({**LEAN, "classes": ["a", "b"]}, "int8") == 48 + 6.0 * 53 + 22.0 * (16 + 2)
 
 
 @pytest.mark.parametrize("architecture", [WIDE, LEAN, TINY])

@@ -8,8 +8,16 @@ section with glass around it and a few glass holes. Then runs
 child process per run, writing all outputs (CSV, GeoJSON, overlay PNG), with the
 reader thread (``queue_size`` default) and without it (``queue_size=0``). Each child
 reports wall time and its peak resident memory (``VmHWM``), also after a warm-up batch
-so that what the slide machinery adds on top of the detector is visible.
+so that what the slide machinery adds on top of the detector is visible. The real
+``OS-1-detail.ome.tif`` (40×, resampled) runs too.
 
+The first table is the memory claim: each model's peak resident memory on each slide
+with the default settings (reader thread, the default tile, which on the CPU is chosen
+from the model's activation memory: ``micronet.runtime.tiling.memory_tile_size``),
+against ``--memory-limit-mb`` (1 GB).
+
+    python benchmarks/bench_slide.py --size 0 --model all --modes prefetch --results-name slide_memory
+                                                           # the real slides, every bundled model: minutes
     python benchmarks/bench_slide.py --size 12000          # ~10 min on 2 cores, the bundled model
     python benchmarks/bench_slide.py                       # 40,000², the bundled model: hours on a CPU
     python benchmarks/bench_slide.py --size 12000 --model default --model fast-cpu --modes prefetch
@@ -46,6 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MICRONET_DATA", REPO.parent / "shared" / "data"))
 SLIDE_MPP = 0.5  # a 20× scanner; the model's pixel size differs, so tiles are resampled
 CELL = 500  # CRCHisto image size
+# Issue 18: every bundled model under 1 GB (10⁹ bytes) of peak resident memory on any slide.
+MEMORY_LIMIT_MB = 1e9 / 2**20  # 953.7 MiB; the tables' "MB" are MiB (VmHWM kB / 1024)
 
 
 # --- the synthetic slide ---------------------------------------------------------------------
@@ -324,6 +334,31 @@ def _rows_table(rows: list[dict[str, Any]], several: bool) -> list[str]:
     return out
 
 
+def _memory_table(rows: list[dict[str, Any]], limit_mb: float) -> list[str]:
+    """Peak resident memory per model (rows) and slide (columns) of the runs at default
+    settings (the reader thread): what issue 18 asks to stay under ``limit_mb``."""
+    runs = [r for r in rows if r["mode"] == "prefetch"]
+    if not runs:
+        return []
+    slides = list(dict.fromkeys(r["slide"] for r in runs))
+    out = [
+        f"Peak resident memory (VmHWM of the child process, MB) at default settings (reader thread, default tile) against "
+        f"the limit of {limit_mb:.0f} MB; over it: **bold**.",
+        "",
+        "| model | tile | " + " | ".join(slides) + " |",
+        "|---|---:|" + "---:|" * len(slides),
+    ]
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = {r["slide"]: r for r in runs if r["model"] == model}
+        cells = [
+            "–" if s not in mine else (f"**{mine[s]['peak_rss_mb']:.0f}**" if mine[s]["peak_rss_mb"] > limit_mb else f"{mine[s]['peak_rss_mb']:.0f}")
+            for s in slides
+        ]
+        tiles = ", ".join(dict.fromkeys(f"{r['tile_size']}²" for r in mine.values()))
+        out.append(f"| `{model}` | {tiles} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def render(
     machine: dict[str, Any],
     model_names: list[str],
@@ -332,6 +367,7 @@ def render(
     gains: dict[str, float],
     accelerator_ms: float,
     repeat: int,
+    limit_mb: float = MEMORY_LIMIT_MB,
 ) -> str:
     """The markdown of one run: real runs first; the stand-in accelerator's rows (a sleep,
     not a device) in their own section, so they are never read as throughput."""
@@ -340,7 +376,7 @@ def render(
     first = next((r for r in rows if r["mode"] != "read"), rows[0])
     several = len(model_names) > 1
     names = ", ".join(f"`{m}`" for m in model_names)
-    table = [
+    table = _memory_table(rows, limit_mb) + [
         f"Model{'s' if several else ''}: {names} ({first['backend']}), tiles {first['tile_size']}² in batches of {first['batch_size']}; "
         "outputs (CSV, GeoJSON, overlay PNG) written during the run. Mpx = level-0 slide pixels, glass included. "
         f"Best of {repeat} run(s). "
@@ -383,12 +419,17 @@ def render(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=40000, help="side of the synthetic slide in level-0 pixels (default 40000)")
+    parser.add_argument(
+        "--size", type=int, default=40000, help="side of the synthetic slide in level-0 pixels (default 40000; 0: the real slides only)"
+    )
     parser.add_argument(
         "--model",
         action="append",
-        help="an .onnx or .engine model or a bundled name (default, fast-cpu); repeatable: the models take turns and are "
-        "compared to the first (default: the bundled default model, else a tiny random one)",
+        help="an .onnx or .engine model, a bundled name (default, fast-cpu) or 'all' (every bundled model); repeatable: the "
+        "models take turns and are compared to the first (default: the bundled default model, else a tiny random one)",
+    )
+    parser.add_argument(
+        "--memory-limit-mb", type=float, default=MEMORY_LIMIT_MB, help="the peak memory the first table holds runs to (default 1 GB = 954 MiB)"
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, any of: {', '.join(MODES)} (default: all)")
@@ -424,7 +465,7 @@ def main() -> None:
             names = [Path(payload["model"]).name]
             rows = [{"model": names[0], **r} for r in rows]
         table = render(payload["machine"], names, rows, payload.get("versus_first_model", []), payload.get("pipelining_speedup", {}),
-                       payload["accelerator_ms_per_mpx"], repeat)  # fmt: skip
+                       payload["accelerator_ms_per_mpx"], repeat, args.memory_limit_mb)  # fmt: skip
         write_results(args.results_name, {**payload, "repeat": repeat}, table)
         return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -435,11 +476,12 @@ def main() -> None:
     except ValueError:
         sys.exit(f"--threads: expected comma-separated integers, got {args.threads!r}")
 
-    from micronet.runtime.detector import resolve_model
+    from micronet.runtime.detector import BUNDLED_MODELS, resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="micronet-bench-slide-"))
     if args.model:
-        models: list[tuple[Path, float | None]] = [(resolve_model(m), None) for m in args.model]
+        names = [name for m in args.model for name in (BUNDLED_MODELS if m == "all" else [m])]
+        models: list[tuple[Path, float | None]] = [(resolve_model(m), None) for m in dict.fromkeys(names)]
         if missing := [str(m) for m, _ in models if not m.is_file()]:
             sys.exit(f"--model: no such file {', '.join(missing)}")
     else:
@@ -448,15 +490,18 @@ def main() -> None:
         modes.remove("prefetch-noarena")  # an ONNX Runtime setting
 
     slides: list[tuple[str, Path]] = []
-    cmu = DATA / "slides" / "CMU-1-Small-Region.svs"
-    if cmu.is_file():
-        slides.append(("CMU-1-Small-Region.svs (real, 20×)", cmu))
+    for file, label in (("CMU-1-Small-Region.svs", "real, 20×"), ("OS-1-detail.ome.tif", "real, 40×")):
+        if (DATA / "slides" / file).is_file():
+            slides.append((f"{file} ({label})", DATA / "slides" / file))
     synthetic = Path(tempfile.gettempdir()) / f"micronet-synthetic-{args.size}.tif"
-    if args.rewrite or not synthetic.is_file():
-        t0 = time.perf_counter()
-        write_slide(synthetic, crchisto_images(), args.size)
-        print(f"wrote {synthetic} ({synthetic.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    slides.append((f"synthetic {args.size}² (JPEG tiles, 0.5 µm/px)", synthetic))
+    if args.size > 0:
+        if args.rewrite or not synthetic.is_file():
+            t0 = time.perf_counter()
+            write_slide(synthetic, crchisto_images(), args.size)
+            print(f"wrote {synthetic} ({synthetic.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        slides.append((f"synthetic {args.size}² (JPEG tiles, 0.5 µm/px)", synthetic))
+    if not slides:
+        sys.exit(f"no slide to run: the real slides are not under {DATA / 'slides'} and --size is 0")
 
     runs: list[dict[str, Any]] = []
     peaks = [matmul_peaks()]
@@ -520,13 +565,14 @@ def main() -> None:
             }
         )  # fmt: skip
 
-    table = render(machine, [m.name for m, _ in models], rows, versus, gains, args.accelerator_ms, args.repeat)
+    table = render(machine, [m.name for m, _ in models], rows, versus, gains, args.accelerator_ms, args.repeat, args.memory_limit_mb)
     write_results(
         args.results_name,
         {
             "machine": machine,
             "models": [{"model": str(m), "threshold": t} for m, t in models],
             "size": args.size,
+            "memory_limit_mb": args.memory_limit_mb,
             "accelerator_ms_per_mpx": args.accelerator_ms,
             "repeat": args.repeat,
             "rows": rows,

@@ -173,7 +173,7 @@ def test_cpu_memory_stays_at_one_tile_of_activations(tiny_onnx):
     out = subprocess.run([sys.executable, "-c", _ARENA_CHILD, str(tiny_onnx), str(side)], capture_output=True, text=True, check=True)
     grown = int(out.stdout.strip().splitlines()[-1])
     estimate = tile_bytes_per_pixel(info.architecture, info.precision) * side**2
-    assert 0.4 * estimate < grown <= 1.1 * estimate  # ±12 % between tile sizes: the arena grows by powers of two
+    assert 0.4 * estimate < grown <= 1.1 * estimate  # the arena grows by powers of two: some tiles use less
 
 
 def test_auto_device_runs_where_it_can(blur_onnx):

@@ -44,13 +44,11 @@ from scipy.spatial import cKDTree
 from micronet.runtime.datasets import load_point_folder
 from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import ModelInfo
-from micronet.runtime.points import read_points_csv
 from micronet.runtime.resample import resample, to_resampled
 
 from .augment import PhotometricConfig
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
 from .data import AugmentConfig, sample_crop_with
-from .loss import weighted_mse
 from .models import MicroNet, MicroNetConfig
 from .targets import TargetConfig, make_target
 from .train import resolve_machine_defaults

@@ -15,6 +15,8 @@ over the thumbnail, and their tissue pixels pooled.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..stain import MAX_PIXELS, MIN_PIXELS, StainStats, measure_pooled
@@ -29,6 +31,8 @@ __all__ = ["slide_colour_stats", "WINDOWS", "WINDOW"]
 WINDOWS = 16  # windows read for the statistics
 WINDOW = 256  # their side in model pixels: 16 × 256² ≈ 1 Mpx read
 
+
+log = logging.getLogger(__name__)
 
 def _thumbnail_to_model(grid: ModelGrid, thumbnail: Thumbnail, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Thumbnail pixel centres → model-grid pixel positions (through level 0)."""
@@ -69,7 +73,13 @@ def slide_colour_stats(slide: SlideBase, plan: SlidePlan, windows: int = WINDOWS
         region too small to measure.
     """
     grid = plan.grid
-    thumbnail = plan.thumbnail if plan.thumbnail is not None else slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
+    try:
+        thumbnail = plan.thumbnail if plan.thumbnail is not None else slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
+    except ValueError as exc:
+        # An unreadable slide (a truncated file) is reported by the detection pass, at the
+        # tile it breaks, after the tiles before it are saved.
+        log.debug("colour statistics: no thumbnail (%s)", exc)
+        return None
     mask = tissue_mask(thumbnail.image)
     rows, cols = np.nonzero(mask if mask.any() else np.ones_like(mask))
     pick = np.unique(np.linspace(0, len(rows) - 1, min(windows, len(rows))).round().astype(np.intp))
@@ -79,11 +89,20 @@ def slide_colour_stats(slide: SlideBase, plan: SlidePlan, windows: int = WINDOWS
         w, h = min(size, grid.model_width), min(size, grid.model_height)
         x0 = int(np.clip(round(x - w / 2), 0, grid.model_width - w))
         y0 = int(np.clip(round(y - h / 2), 0, grid.model_height - h))
-        pixels = grid.read_tile(slide, Tile(y0, y0 + h, x0, x0 + w, y0, y0 + h, x0, x0 + w))  # (h, w, 3) uint8
+        try:
+            pixels = grid.read_tile(slide, Tile(y0, y0 + h, x0, x0 + w, y0, y0 + h, x0, x0 + w))  # (h, w, 3) uint8
+        except ValueError as exc:
+            # An unreadable part (a truncated file) is reported by the detection pass, at
+            # the tile it breaks, after the tiles before it are saved; the statistics use
+            # the windows that read.
+            log.debug("colour statistics: skipped a window at (%d, %d): %s", x0, y0, exc)
+            continue
         xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
         tc, tr = _model_to_thumbnail(grid, thumbnail, xs, ys)
         images.append(pixels)
         masks.append(mask[tr, tc])
+    if not images:
+        return None
     if sum(int(m.sum()) for m in masks) < MIN_PIXELS:
         masks = [np.ones_like(m) for m in masks]  # no tissue under the windows: all their pixels
     if sum(int(m.sum()) for m in masks) < MIN_PIXELS:

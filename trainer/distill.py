@@ -49,6 +49,7 @@ from micronet.runtime.resample import resample, to_resampled
 from .augment import PhotometricConfig
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
 from .data import AugmentConfig, sample_crop_with
+from .loss import weighted_mse_per_image
 from .models import MicroNet, MicroNetConfig
 from .targets import TargetConfig, make_target
 from .train import resolve_machine_defaults
@@ -370,12 +371,6 @@ def student_from(cfg: DistillConfig, init: torch.nn.Module | None) -> MicroNet:
     return student
 
 
-def _per_image_mse(pred: torch.Tensor, target: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. 2 per image: ``(B,)``."""
-    mean_target = target.mean(dim=(1, 2, 3), keepdim=True)
-    return ((target + lam * mean_target) * (pred - target).pow(2)).mean(dim=(1, 2, 3))
-
-
 # --------------------------------------------------------------------------- loop
 
 
@@ -469,8 +464,8 @@ def _step(model: MicroNet, optimizer: torch.optim.Optimizer, stream: _CropStream
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
         pred, logits = model.forward_all(x)
     pred = pred.float()
-    to_teacher = _per_image_mse(pred, soft, cfg.lam)
-    to_truth = _per_image_mse(pred, gt, cfg.lam)
+    to_teacher = weighted_mse_per_image(pred, soft, cfg.lam)
+    to_truth = weighted_mse_per_image(pred, gt, cfg.lam)
     per_image = torch.where(annotated, (1 - cfg.beta) * to_truth + cfg.beta * to_teacher, to_teacher)
     loss = per_image.mean()
     class_loss = torch.zeros(())

@@ -8,7 +8,7 @@ import torch
 
 from micronet.runtime.errors import InputError
 
-__all__ = ["loss_for", "weighted_mse", "two_source_loss"]
+__all__ = ["loss_for", "weighted_mse", "weighted_mse_per_image", "two_source_loss"]
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, lam: float = 5.0) -> torch.Tensor:
@@ -19,13 +19,18 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, lam: float = 5.0) -> 
     Args:
         pred, target: ``(B, 1, H, W)`` float tensors.
     """
+    return weighted_mse_per_image(pred, target, lam).mean()
+
+
+def weighted_mse_per_image(pred: torch.Tensor, target: torch.Tensor, lam: float = 5.0) -> torch.Tensor:
+    """Eq. 2 of each image, ``(B,)``: what :func:`weighted_mse` averages (distillation
+    weighs each image's terms by its source)."""
     if pred.shape != target.shape:
         raise InputError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     pred = pred.float()
     target = target.float()
     mean_target = target.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    per_image = ((target + lam * mean_target) * (pred - target).pow(2)).mean(dim=(1, 2, 3))  # (B,)
-    return per_image.mean()
+    return ((target + lam * mean_target) * (pred - target).pow(2)).mean(dim=(1, 2, 3))  # (B,)
 
 
 def two_source_loss(

@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -55,6 +55,8 @@ class DetectorSpec:
         threads: ONNX Runtime CPU threads per worker (``None``: the Detector's default in
             this process; on Ray, 1 unless given, so workers do not oversubscribe cores).
         tta: flip test-time augmentation (``Detector(tta=True)``: 4 passes, averaged).
+        normalize: colour normalisation (``Detector(normalize=...)``: ``"reinhard"``,
+            ``"macenko"``, ``"auto"`` or ``None``).
     """
 
     model: str | None = None
@@ -62,12 +64,13 @@ class DetectorSpec:
     threshold: float | None = None
     threads: int | None = None
     tta: bool = False
+    normalize: str | None = None
 
     def build(self) -> Any:
         from .detector import Detector
 
         threads = None if self.device not in ("cpu", "auto") else self.threads
-        return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads, tta=self.tta)
+        return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads, tta=self.tta, normalize=self.normalize)
 
     @property
     def wants_gpu(self) -> bool:
@@ -275,7 +278,8 @@ def _run_on_ray(
             threads = spec.threads or 1
             per_task = {"num_cpus": threads, "num_gpus": 0}
             capacity = max(1, int(resources.get("CPU", 1)) // threads)
-            spec = DetectorSpec(spec.model, "cpu" if spec.device == "auto" else spec.device, spec.threshold, threads)
+            # Every other setting (tta, normalize) travels unchanged.
+            spec = replace(spec, device="cpu" if spec.device == "auto" else spec.device, threads=threads)
         count = max(1, min(workers or capacity, len(paths)))
         actor_class = ray.remote(max_restarts=-1, max_task_retries=TASK_RETRIES, **per_task)(_Worker)
         actors = [actor_class.remote(spec, process) for _ in range(count)]

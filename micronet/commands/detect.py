@@ -85,6 +85,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "maps before finding peaks; recorded with each input's settings (default: one pass)",
     )  # fmt: skip
     parser.add_argument(
+        "--normalize", choices=("reinhard", "macenko", "auto"), default=None,
+        help="stain/intensity normalisation to the model's training colours before the network: every image "
+        "(reinhard, macenko) or only those whose colours lie outside the training data's (auto); a slide's "
+        "statistics come from its tissue; recorded with each input's settings (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace every output of each input, also those of a finished run or of other settings (default: "
@@ -207,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     fail_fast = args.fail_fast or len(files) == 1
     try:
         run_cohort(
-            files, process, DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=args.tta), ray_address=args.ray,
+            files, process, DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=args.tta, normalize=args.normalize), ray_address=args.ray,
             workers=args.workers, fail_fast=fail_fast, progress=bars and (len(files) > 1 or on_ray), on_row=on_row,
         )  # fmt: skip
     except KeyboardInterrupt:

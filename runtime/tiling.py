@@ -82,8 +82,9 @@ RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76, "fcn": 245, "unet": 107, "fc
 ALIGNMENT: dict[str, int] = {"micronet": 8, "fcn": 32, "unet": 16, "fcrn_a": 8, "fcrn_b": 4, "frcn": 8}
 
 # The arena working set a default tile may take on the CPU (batch included). The rest of
-# a slide run (interpreter, ONNX Runtime and weights ~0.15 GB, slide reader, tissue mask,
-# outputs ~0.2 GB) comes on top, so a run stays under 1 GB with any bundled model.
+# a slide run comes on top: the interpreter, ONNX Runtime and the weights (90-160 MB), the
+# slide reader, tissue mask and outputs (90-160 MB on CMU-1, 220 MB on a 40,000² slide;
+# benchmarks/results/slide_memory*.md), so a run stays under 1 GB with any bundled model.
 TILE_MEMORY_BUDGET = 600 * 2**20
 # The default tile's bounds: more than this gains < 10 % in overlap and coarsens progress.
 LARGEST_MEMORY_TILE = 2048

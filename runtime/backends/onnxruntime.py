@@ -16,7 +16,7 @@ second run of each input shape asks the arena for one block holding every planne
 tensor; the arena cannot carve it from the chunks the first run freed and grows by as
 much again: 2.3 GB for the wide fp32 model on 1024² tiles, where 1.6 GB is the first
 run's. Without the arena, the allocator's fragmentation grows the peak with every new
-tile shape (1.0 → 1.6 GB) and costs 15 % more CPU time; the arena without the pattern
+tile shape (1.0 → 1.6 GB) and costs 20-45 % more CPU time; the arena without the pattern
 is as fast as with it (``benchmarks/results/tile_memory.md``). The arena's own growth
 by powers of two is what :func:`micronet.runtime.tiling.tile_bytes_per_pixel` measures.
 

@@ -91,7 +91,8 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
 # CPU backends: a batch does not raise convolution throughput on the CPU, but multiplies
-# the activation memory (≈ 0.6 GB per 1024² tile for the default model), so one at a time.
+# the activation memory (tiling.tile_bytes_per_pixel: ≈ 1.5 kB per pixel for the wide fp32
+# default), so one at a time.
 DEFAULT_CPU_BATCH_SIZE = 1
 # Test-time augmentation: the network runs on the image and on these flips of it, each
 # its own inverse, as ``(flip rows, flip columns)``: none, left-right, up-down, both.

@@ -107,13 +107,16 @@ def read_class_labels(root: Any, name: str, points: np.ndarray, names: Sequence[
     unknown = {r["class"] for r in rows} - set(names)
     if unknown:
         raise ValueError(f"{path}: classes {sorted(unknown)} are not the model's {list(names)}")
-    if rows:
-        from scipy.spatial import cKDTree
-
-        xy = np.array([[float(r["x"]), float(r["y"])] for r in rows])
-        dist, idx = cKDTree(points).query(xy, distance_upper_bound=1e-3)
-        found = np.isfinite(dist)
-        labels[idx[found]] = [list(names).index(r["class"]) for r, ok in zip(rows, found) if ok]
+    # One label per row, to one point at the same position (a position annotated twice
+    # carries two rows and two points).
+    free: dict[tuple[float, float], list[int]] = {}
+    for i, (x, y) in enumerate(np.round(np.asarray(points, np.float64), 3).tolist()):
+        free.setdefault((x, y), []).append(i)
+    index = {n: k for k, n in enumerate(names)}
+    for r in rows:
+        slots = free.get((round(float(r["x"]), 3), round(float(r["y"]), 3)))
+        if slots:
+            labels[slots.pop(0)] = index[r["class"]]
     return labels
 
 

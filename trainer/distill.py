@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from micronet.runtime.class_metrics import read_class_labels
+from micronet.runtime.classes import class_probabilities
 from micronet.runtime.datasets import load_point_folder
 from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import ModelInfo
@@ -205,20 +207,6 @@ def _resize_map(m: np.ndarray, height: int, width: int) -> np.ndarray:
 # --------------------------------------------------------------------------- data
 
 
-def _read_classes(root: Path, name: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(M, 2)`` labelled centres and ``(M,)`` class indices of ``<root>/classes/<name>.csv``."""
-    path = root / "classes" / f"{name}.csv"
-    if not path.is_file():
-        return np.zeros((0, 2)), np.zeros(0, np.int64)
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    unknown = {r["class"] for r in rows} - set(classes)
-    if unknown:
-        raise InputError(f"{path}: classes {sorted(unknown)} are not among {list(classes)}")
-    xy = np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
-    return xy, np.array([classes.index(r["class"]) for r in rows], np.int64)
-
-
 def _read_unlabelled(spec: str, chunk: int) -> dict[str, tuple[np.ndarray, float]]:
     """``PATH@MPP`` → chunks of the image's first level, name → (chunk, mpp)."""
     path, sep, mpp = spec.rpartition("@")
@@ -275,8 +263,8 @@ def load_sources(cfg: DistillConfig, teacher_mpp: float, model_mpp: float) -> li
         move = (lambda p: to_resampled(p, *scale)) if scale is not None else (lambda p: p)  # noqa: E731
         src = Source(key, group, img, teacher, move(pts))
         if class_root is not None:
-            xy, labels = _read_classes(class_root.parent, name, cfg.classes)
-            src.labelled, src.labels = move(xy), labels
+            labels = read_class_labels(class_root.parent, name, pts, cfg.classes)  # the same points as points/
+            src.labelled, src.labels = move(pts[labels >= 0]), labels[labels >= 0]
         sources.append(src)
     return sources
 
@@ -487,19 +475,18 @@ def _validate(model: MicroNet, info: ModelInfo, images, points, scales, val_set,
     at the labelled validation nuclei (read at the annotated centres)."""
     model.eval()
     maps, correct, total = [], 0, 0
-    for im, name, scale in zip(images, val_set.names, scales):
+    for im, name, truth, scale in zip(images, val_set.names, points, scales):
         x = normalize(im[None], info.mean, info.std).to(device)
         m, logits = model.forward_all(x)
         maps.append(m[0, 0].float().cpu().numpy())
         if logits is not None:
-            xy, labels = _read_classes(Path(cfg.data), name, tuple(cfg.classes))
+            labels = read_class_labels(val_set.root, name, truth, tuple(cfg.classes))
+            xy = truth[labels >= 0]
             if len(xy):
-                if scale is not None:
-                    xy = to_resampled(xy, *scale)
-                c = np.clip(np.round(xy).astype(int), 0, [im.shape[1] - 1, im.shape[0] - 1])
-                pred = logits[0].argmax(0).cpu().numpy()[c[:, 1], c[:, 0]]
-                correct += int((pred == labels).sum())
-                total += len(labels)
+                xy = to_resampled(xy, *scale) if scale is not None else xy
+                pred = class_probabilities(logits[0].float().cpu().numpy(), xy).argmax(1)  # the runtime's gather
+                correct += int((pred == labels[labels >= 0]).sum())
+                total += len(xy)
     model.train()
     sweep = choose_threshold(maps, points, cfg.eval_radius, info.min_distance, float(info.target.get("scale", 5.0)), scales=scales)
     best = sweep.metrics_at(sweep.best_index)

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-from micronet.runtime.bench import machine_record, matmul_yardsticks, run_line
+from micronet.runtime.diagnostics.bench import (
+    machine_record,
+    matmul_yardsticks,
+    run_line,
+)
 
 __all__ = ["RESULTS", "best_time", "interleaved_best", "matmul_peaks", "peak_text", "per_peak", "run_line", "run_machine", "write_results"]
 
@@ -59,7 +62,7 @@ def matmul_peaks() -> dict[str, float]:
 
 
 def run_machine(measurements: list[dict[str, float]] | None = None) -> dict[str, Any]:
-    """The machine record for a results JSON (``micronet.runtime.bench.machine_record``):
+    """The machine record for a results JSON (``micronet.runtime.diagnostics.bench.machine_record``):
     ``matmul_peak_gflops`` is the highest float32 matmul rate among ``measurements``
     (taken during the run by :func:`matmul_peaks`; one is taken now without)."""
     machine = machine_record(measurements or [matmul_peaks()])
@@ -98,7 +101,7 @@ def write_results(name: str, payload: dict[str, Any], table: str, folder: Path =
 
 def tissue_batch(size: int, batch: int) -> np.ndarray:
     """``batch`` images of ``size²`` tiled from real CRCHisto test images."""
-    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.evaluation.datasets import load_point_folder
 
     data = load_point_folder(DATA / "crchisto", "test")
     out = []

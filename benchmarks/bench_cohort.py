@@ -5,7 +5,7 @@ Ray runtime with 1 and 2 workers. Writes results/cohort.json and .md.
 
 The cohort is ``--slides`` copies of CMU-1-Small-Region.svs (a real Aperio slide,
 2220×2967 at 0.499 µm/px) under other names, each run through exactly what ``micronet
-detect`` runs per input (``micronet.runtime.batch.process_input``), into a fresh output
+detect`` runs per input (``micronet.runtime.runs.batch.process_input``), into a fresh output
 folder per configuration. Serially the Detector uses every core; on Ray each worker
 gets ``cores / workers`` ONNX Runtime threads, so the configurations use the same CPUs.
 Reported per configuration: wall time, slides/hour, megapixels/s (level-0 pixels),
@@ -30,8 +30,8 @@ from _common import DATA, run_machine, write_results  # noqa: E402
 
 
 def _run(slides: list[Path], out: Path, model: str, formats: tuple[str, ...], ray_address: str | None, workers: int | None, threads: int | None) -> dict:
-    from micronet.runtime.batch import RunSettings, process_input
-    from micronet.runtime.cohort import DetectorSpec, run_cohort
+    from micronet.runtime.runs.batch import RunSettings, process_input
+    from micronet.runtime.runs.cohort import DetectorSpec, run_cohort
 
     process = partial(process_input, out_dir=out, settings=RunSettings(formats=formats))
     startup = 0.0

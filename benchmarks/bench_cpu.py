@@ -36,8 +36,17 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, REPO, interleaved_best, matmul_peaks, peak_text, per_peak, run_machine, tissue_batch, write_results  # noqa: E402
-
+from _common import (  # noqa: E402
+    DATA,
+    REPO,
+    interleaved_best,
+    matmul_peaks,
+    peak_text,
+    per_peak,
+    run_machine,
+    tissue_batch,
+    write_results,
+)
 
 TORCH = "torch eager fp32 (ELU)"
 DEFAULT = "onnxruntime fp32 (ELU)"  # = the bundled default model
@@ -72,12 +81,11 @@ def main() -> None:
 
     import onnxruntime as ort
     import torch
-
     from micronet.export.onnx import export_onnx
-    from micronet.runtime.datasets import load_point_folder
     from micronet.runtime.detector import Detector, bundled_model, read_image
     from micronet.runtime.machine import physical_cores
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.datasets import load_point_folder
+    from micronet.runtime.evaluation.metrics import evaluate_images
     from micronet.trainer.checkpoint import load_checkpoint
     from micronet.trainer.models import count_flops
 

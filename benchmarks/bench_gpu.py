@@ -233,7 +233,7 @@ def time_model(det: Any, repeat: int) -> dict[str, float]:
 
 
 def agreement(found: list[Any], reference: list[Any]) -> dict[str, float]:
-    from micronet.runtime.matching import evaluate_points
+    from micronet.runtime.evaluation.matching import evaluate_points
 
     tp = fp = fn = 0
     for f, r in zip(found, reference):
@@ -266,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     import cupy
-
     from micronet.runtime.machine import describe_machine
 
     machine = describe_machine()

@@ -3,7 +3,7 @@
 Methods, all solving the same problem (maximum-cardinality, minimum-total-distance
 matching of detections to annotations within radius r):
 
-- ``micronet``: ``micronet.runtime.matching.match_points`` (public API, argument checks
+- ``micronet``: ``micronet.runtime.evaluation.matching.match_points`` (public API, argument checks
   included): grid gating, union-find components, an exact Hungarian per component, C++.
 - ``python``: the obvious Python route: ``cKDTree.sparse_distance_matrix`` for the
   within-r pairs (the two-set form of ``query_pairs``), ``scipy.sparse.csgraph.
@@ -81,7 +81,7 @@ def make_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_micronet(pred: np.ndarray, true: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
-    from micronet.runtime.matching import match_points
+    from micronet.runtime.evaluation.matching import match_points
 
     return match_points(pred, true, r)
 

@@ -65,7 +65,17 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import classical  # noqa: E402
-from _common import DATA, REPO, RESULTS, interleaved_best, matmul_peaks, peak_text, per_peak, run_line, run_machine  # noqa: E402
+from _common import (  # noqa: E402
+    DATA,
+    REPO,
+    RESULTS,
+    interleaved_best,
+    matmul_peaks,
+    peak_text,
+    per_peak,
+    run_line,
+    run_machine,
+)
 
 CRCHISTO_RADIUS = 6.0  # px at 0.55 µm/px, the published CRCHisto protocol
 MONUSEG_RADIUS = 16.0  # px at 0.25 µm/px, the seed paper's
@@ -298,7 +308,7 @@ def _timed_passes(runners: dict[str, Callable[..., np.ndarray]], files: list[Pat
 
 
 def _score(runners: dict[str, Callable[..., np.ndarray]], found: dict[str, list[np.ndarray]], crc: Any, monuseg: Any) -> dict[str, dict[str, float]]:
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.metrics import evaluate_images
 
     out = {}
     for label, run in tqdm(runners.items(), desc="MoNuSeg held-out"):
@@ -381,7 +391,7 @@ def plot(rows: list[dict[str, Any]], payload: dict[str, Any], path: Path) -> Non
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.25, y=0.12)
     fig.tight_layout()
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     replace_atomically(path, lambda tmp: (fig.savefig(tmp, format="png", dpi=120), tmp.chmod(0o644)))
     plt.close(fig)
@@ -390,7 +400,7 @@ def plot(rows: list[dict[str, Any]], payload: dict[str, Any], path: Path) -> Non
 def write_outputs(name: str, payload: dict[str, Any], text: str) -> None:
     """``<name>.json`` and ``<name>.md`` (the machine line first, as ``_common.write_results``)
     and ``<name>.png`` in ``benchmarks/results``, each written whole then renamed."""
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     classical.write_json_atomically(RESULTS / f"{name}.json", payload)
@@ -437,8 +447,8 @@ def _fill_speeds(rows: list[dict[str, Any]], seconds: dict[str, float], megapixe
 
 def main() -> None:
     args, specs, baseline = _parse_args()
-    from micronet.runtime.datasets import load_point_folder
     from micronet.runtime.machine import physical_cores
+    from micronet.runtime.evaluation.datasets import load_point_folder
 
     threads = args.threads or physical_cores()
     crc = load_point_folder(DATA / "crchisto", "test")

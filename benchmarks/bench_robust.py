@@ -316,7 +316,7 @@ def classical_row() -> Row:
 
 def load_sets(limit: int | None) -> dict[str, Any]:
     """``{"crchisto": PointDataset, "monuseg": PointDataset}``: CRCHisto test, MoNuSeg held-out."""
-    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.evaluation.datasets import load_point_folder
 
     sets = {"crchisto": load_point_folder(DATA / "crchisto", "test"), "monuseg": load_point_folder(DATA / "monuseg", MONUSEG_SPLIT)}
     if limit:
@@ -331,7 +331,7 @@ SET_NAMES = {"crchisto": "CRCHisto test", "monuseg": "MoNuSeg held-out"}
 def run(rows: list[Row], sets: dict[str, Any], levels: list[Perturbation], seed: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
     """Every row on every set under every level (and clean): flat score records, and each
     perturbed set's mean RGB. Each image is perturbed once per level, for all rows."""
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.metrics import evaluate_images
 
     scores, mean_rgb = [], {name: {} for name in sets}
     bar = tqdm(total=(len(levels) + 1) * len(rows) * len(sets), desc="levels × rows × sets")
@@ -476,7 +476,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     note = f" — check on {payload['limit']} image(s) per set" if payload["limit"] else ""
     fig.suptitle(f"F1 under perturbation, {payload['machine']['cpu']}{note}", fontsize=9)
     fig.tight_layout()
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     replace_atomically(path, lambda tmp: (fig.savefig(tmp, format="png", dpi=110), tmp.chmod(0o644)))
     plt.close(fig)
@@ -485,7 +485,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 def write_outputs(name: str, payload: dict[str, Any]) -> None:
     """``<name>.json``, ``<name>.md`` (machine line first) and ``<name>.png`` in
     ``benchmarks/results``, each written whole then renamed."""
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     classical.write_json_atomically(RESULTS / f"{name}.json", payload)

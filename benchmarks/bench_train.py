@@ -24,7 +24,6 @@ from _common import write_results  # noqa: E402
 
 def _step_time(variant: str, bf16: bool, channels_last: bool, batch: int, crop: int, steps: int) -> float:
     import torch
-
     from micronet.trainer.loss import weighted_mse
     from micronet.trainer.models import create_model
 

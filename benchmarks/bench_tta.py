@@ -14,7 +14,7 @@ CPU's default batch size 1 (the 4 passes one after another); tta with ``batch_si
 (the 4 passes in one ONNX Runtime call).
 
 **Accuracy.** ``micronet evaluate --model default --data ../shared/data/crchisto
---split test --radius 6 [--tta]`` (:func:`micronet.runtime.evaluation.evaluate_model_file`):
+--split test --radius 6 [--tta]`` (:func:`micronet.runtime.evaluation.evaluate.evaluate_model_file`):
 pooled P / R / F1 at the model's ξ (chosen on validation data without tta), and the best
 F1 over the threshold sweep on the test set itself (an upper bound, not an operating
 point).
@@ -65,7 +65,7 @@ def main() -> None:
         read_image,
     )
     from micronet.runtime.machine import physical_cores
-    from micronet.runtime.matching import evaluate_points
+    from micronet.runtime.evaluation.matching import evaluate_points
 
     threads = args.threads or physical_cores()
     detectors = {name: Detector("default", device="cpu", threads=threads, **options) for name, options in CONFIGS.items()}
@@ -101,7 +101,7 @@ def main() -> None:
 
     f1: dict[str, dict[str, Any]] = {}
     if not (args.no_f1 or args.quick):
-        from micronet.runtime.evaluation import evaluate_model_file
+        from micronet.runtime.evaluation.evaluate import evaluate_model_file
 
         for tta in (False, True):
             started = time.perf_counter()

@@ -21,7 +21,7 @@ CRCHisto at 0.55 µm/px and MoNuSeg at 0.25 µm/px):
 
 :func:`tune` grid-searches σ and the minimum distance on the CRCHisto **train and val**
 splits (never test); each (σ, distance) pair's candidates are found once at the lowest
-threshold and :func:`micronet.runtime.sweep.threshold_sweep` scores every threshold of
+threshold and :func:`micronet.runtime.evaluation.sweep.threshold_sweep` scores every threshold of
 the grid from them (raising the threshold only removes peaks), maximising pooled F1 at a
 6 px radius (the CRCHisto convention; ``matching``'s gated Hungarian assignment). The
 result is cached in ``benchmarks/results/classical_params.json`` with its grid, the F1 of
@@ -196,8 +196,8 @@ def detect(rgb: np.ndarray, mpp: float, params: ClassicalParams) -> np.ndarray:
 def _pair_sweep(blurred: Sequence[np.ndarray], points: Sequence[np.ndarray], mpp: float, sigma_um: float, grid: Grid, radius: float) -> list[dict[str, Any]]:
     """One blur (``blurred``: each image's blurred hematoxylin), every distance of the
     grid: the best threshold of each and its pooled F1."""
+    from micronet.runtime.evaluation.sweep import threshold_sweep
     from micronet.runtime.peaks import find_peaks
-    from micronet.runtime.sweep import threshold_sweep
 
     thresholds = np.asarray(grid.thresholds, dtype=np.float64)
     rows = []
@@ -211,7 +211,7 @@ def _pair_sweep(blurred: Sequence[np.ndarray], points: Sequence[np.ndarray], mpp
 
 
 def _f1(data: Any, params: ClassicalParams, radius: float) -> float:
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.metrics import evaluate_images
 
     return evaluate_images([detect(im, data.mpp, params) for im in data.images], data.points, radius).pooled.f1
 
@@ -237,9 +237,8 @@ def tune(
         A JSON-ready record: ``params`` (:class:`ClassicalParams` fields), ``f1`` per
         split and pooled, the grid, the best F1 of every (σ, distance) pair, the data.
     """
+    from micronet.runtime.evaluation.datasets import load_point_folder
     from tqdm import tqdm
-
-    from micronet.runtime.datasets import load_point_folder
 
     if "test" in splits:
         raise ValueError(f"splits: the classical detector is tuned on train / val only, never on test; got {list(splits)}")
@@ -275,7 +274,7 @@ def tune(
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     """``payload`` as indented JSON at ``path``, complete or not at all (temporary file,
     then a rename)."""
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # chmod: the temporary file is created private (0600); a results file is for everyone.

@@ -35,9 +35,9 @@ def main() -> None:
     parser.add_argument("--results-name", default="cross_organ", help="benchmarks/results/<name>.json/.md/.png")
     args = parser.parse_args()
 
-    from micronet.runtime.evaluation import model_candidates as _candidates
-    from micronet.runtime.datasets import load_point_folder
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.datasets import load_point_folder
+    from micronet.runtime.evaluation.evaluate import model_candidates as _candidates
+    from micronet.runtime.evaluation.metrics import evaluate_images
 
     data = load_point_folder(args.data, args.split)
     organs = sorted({data.meta[n]["organ"] for n in data.names})
@@ -46,7 +46,10 @@ def main() -> None:
         raise SystemExit("--label: give one per --model")
     table: dict[str, dict[str, dict[str, float]]] = {}
     for label, model in zip(labels, args.model):
-        runner, info = _candidates(model, floor=0.0)
+        checkpoint = None
+        if model.suffix == ".safetensors":  # the trainer runs checkpoints (torch)
+            from micronet.trainer.validate import checkpoint_candidates as checkpoint
+        runner, info = _candidates(model, floor=0.0, checkpoint=checkpoint)
         by_organ: dict[str, list[int]] = defaultdict(list)
         preds = []
         for i, (name, image) in enumerate(zip(data.names, data.images)):

@@ -24,7 +24,15 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, REPO, matmul_peaks, peak_text, run_machine, tissue_batch, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    DATA,
+    REPO,
+    matmul_peaks,
+    peak_text,
+    run_machine,
+    tissue_batch,
+    write_results,
+)
 
 # Operator types that are layout changes ONNX Runtime inserts itself.
 LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Transpose"}
@@ -67,7 +75,6 @@ def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
 
     import onnxruntime as ort
     import torch
-
     from micronet.export.onnx import export_model
     from micronet.runtime.model_info import ModelInfo
     from micronet.trainer.models import count_flops, create_model

@@ -38,10 +38,10 @@ from micronet.runtime.backends.cuda_env import (
     trt_logger,
 )
 from micronet.runtime.backends.engine_sidecar import sidecar_path
-from micronet.runtime.check import REFERENCE_KEY
+from micronet.runtime.diagnostics.check import REFERENCE_KEY
 from micronet.runtime.errors import InputError, MicronetError, MissingFileError
 from micronet.runtime.model_info import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
-from micronet.runtime.outputs import file_sha256, replace_atomically
+from micronet.runtime.files import file_sha256, replace_atomically
 
 __all__ = ["build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph", "main"]
 

@@ -26,7 +26,7 @@ arithmetic with saturation; with full 8-bit weights ``2 · 255 · 127 = 64770`` 
 ``|w| ≤ 64``, ``2 · 255 · 64 = 32640`` always fits, so every instruction path (AVX2,
 AVX-512, VNNI, AMX, ARM ``sdot``) computes the same integers.
 
-Every export also carries reference results (:mod:`micronet.runtime.check`): the fp32
+Every export also carries reference results (:mod:`micronet.runtime.diagnostics.check`): the fp32
 model's proximity map and detections on fixed images, computed here from the
 checkpoint, that ``micronet check`` compares each backend against on the user's machine.
 
@@ -51,12 +51,17 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
-from micronet.runtime.check import REFERENCE_KEY, build_reference
+from micronet.runtime.diagnostics.check import REFERENCE_KEY, build_reference
 from micronet.runtime.errors import InputError
-from micronet.runtime.model_info import CLASS_OUTPUT_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from micronet.runtime.model_info import (
+    CLASS_OUTPUT_NAME,
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    ModelInfo,
+)
 from micronet.trainer.models import map_output
+from torch import nn
 
 if TYPE_CHECKING:
     import onnx
@@ -405,7 +410,7 @@ INT8_SCHEME = "qdq u8 activations, s8 per-channel 7-bit weights [-64, 64], float
 
 def reference_results(model: nn.Module, info: ModelInfo) -> dict:
     """The fp32 model's map and detections on the reference images
-    (:func:`micronet.runtime.check.build_reference`), whatever the export precision: the
+    (:func:`micronet.runtime.diagnostics.check.build_reference`), whatever the export precision: the
     known answers ``micronet check`` holds every backend to."""
     wrapper = DeployableModel(fold_batchnorm(model), info.mean, info.std).eval()
 

@@ -13,9 +13,9 @@ _EXPORTS = {
     "Detector": "micronet.runtime.detector",
     "Detections": "micronet.runtime.detections",
     "find_peaks": "micronet.runtime.peaks",
-    "match_points": "micronet.runtime.matching",
-    "evaluate_points": "micronet.runtime.matching",
-    "PointMetrics": "micronet.runtime.matching",
+    "match_points": "micronet.runtime.evaluation.matching",
+    "evaluate_points": "micronet.runtime.evaluation.matching",
+    "PointMetrics": "micronet.runtime.evaluation.matching",
     "open_slide": "micronet.runtime.slide",
 }
 
@@ -25,9 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     # For type checkers and IDEs; `X as X` marks a re-export.
     from .detections import Detections as Detections
     from .detector import Detector as Detector
-    from .matching import PointMetrics as PointMetrics
-    from .matching import evaluate_points as evaluate_points
-    from .matching import match_points as match_points
+    from .evaluation.matching import PointMetrics as PointMetrics
+    from .evaluation.matching import evaluate_points as evaluate_points
+    from .evaluation.matching import match_points as match_points
     from .peaks import find_peaks as find_peaks
     from .slide import open_slide as open_slide
 

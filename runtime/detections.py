@@ -4,7 +4,7 @@ Positions are ``(x, y)`` = (column, row) in the pixels of the image the caller p
 0-based, as in the point CSVs of ``shared/data``. Writers:
 
 - :meth:`Detections.to_csv`: header ``x,y,score``, one detection per row (the point CSV
-  format of :mod:`micronet.runtime.metrics` plus a score column);
+  format of :mod:`micronet.runtime.evaluation.metrics` plus a score column);
 - :meth:`Detections.to_geojson`: a GeoJSON ``FeatureCollection`` that QuPath imports
   as detection objects classified ``Nucleus`` with a ``score`` measurement;
 - :meth:`Detections.to_overlay`: the image with a circle drawn around each detection,

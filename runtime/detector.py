@@ -24,7 +24,7 @@ One ``Detector`` may be called from several threads at once: it holds no scratch
 state, and the backends are thread-safe.
 
 Whole slides: ``det.detect_slide(path, ...)`` runs
-:func:`micronet.runtime.slide.detect_slide`, imported on first use.
+:func:`micronet.runtime.runs.slide_run.detect_slide`, imported on first use.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ class Detector:
             pixel (:func:`micronet.runtime.resample.working_memory`); default ¾ of this
             machine's memory. Both limits are checked before anything is allocated.
         verify: run the model's known-answer test (``micronet check``,
-            :mod:`micronet.runtime.check`) on this backend once at load, and refuse to
+            :mod:`micronet.runtime.diagnostics.check`) on this backend once at load, and refuse to
             work where it disagrees with the reference results the model carries.
         tta: test-time augmentation by flips. The network runs 4 passes per image or
             tile: as it is, flipped left-right, flipped up-down and flipped both ways
@@ -317,7 +317,7 @@ class Detector:
             training colours, ``info.colour``, exceeds
             :data:`~micronet.runtime.stain.OOD_THRESHOLD`). Each image's statistics are
             measured once, at the model's pixel size, and every tile uses them (a
-            slide's are its tissue's: :func:`micronet.runtime.slide.detect_slide`), so
+            slide's are its tissue's: :func:`micronet.runtime.runs.slide_run.detect_slide`), so
             tiles equal a whole-image pass. The distance is measured whatever this
             option and carried on :attr:`Detections.colour_distance`; with ``None`` an
             image beyond the threshold is warned of once per Detector (``logging``).
@@ -332,7 +332,7 @@ class Detector:
             an invalid or incompatible option.
         ImportError: a ``.engine`` or ``backend="tensorrt"`` without TensorRT (names
             the ``micronet-sdk[gpu]`` extra).
-        micronet.runtime.check.VerificationError: ``verify=True`` and this backend's
+        micronet.runtime.diagnostics.check.VerificationError: ``verify=True`` and this backend's
             results differ from the model's reference results beyond tolerance.
     """
 
@@ -420,7 +420,7 @@ class Detector:
         log.debug("Detector: %s on %s, tiles %d/%d", self.backend_name, self.device, self.tile_size, self.tile_margin)
         if verify:
             # The known-answer test of micronet check, on this backend, before first use.
-            from .check import verify_detector
+            from .diagnostics.check import verify_detector
 
             verify_detector(self)
 
@@ -589,13 +589,24 @@ class Detector:
         """Nucleus centres in a whole slide (or a region of it), tile by tile in bounded
         memory, optionally streamed to CSV / GeoJSON / overlay files.
 
-        :func:`micronet.runtime.slide.detect_slide` with this detector: see there for
+        :func:`micronet.runtime.runs.slide_run.detect_slide` with this detector: see there for
         the options (``level``, ``region``, ``mpp``, ``tissue_only``, ``out_dir``, ...),
         the files written, what comes back (positions in level-0 pixels) and the errors.
         """
-        from .slide import detect_slide  # the slide reader's imports only when used
+        from .runs.slide_run import detect_slide  # the slide reader's imports only when used
 
         return detect_slide(self, path, **kwargs)
+
+    def stream(self, width: int, height: int, *, mpp: float | None = None, **kwargs: Any) -> Any:
+        """Detection while a slide is being scanned: a session that takes fields of view
+        in any order (``add(rgb, x, y)``) and hands out detections, in slide pixels, as
+        soon as they are final (``ready()``, ``finish()``); they equal :meth:`detect` on
+        the stitched slide. :class:`micronet.runtime.stream.StreamSession` with this
+        detector: see there for the options (``colour_stats``, ``backlog``) and errors.
+        """
+        from .stream import StreamSession
+
+        return StreamSession(self, width, height, mpp=mpp, **kwargs)
 
     def _check_work(
         self,

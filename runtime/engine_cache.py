@@ -33,12 +33,11 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import InputError, MissingFileError
-from .outputs import file_sha256  # re-exported: the engine key hashes the ONNX file
+from .files import FileLock, file_sha256  # file_sha256 re-exported: the engine key hashes the ONNX file
 
 __all__ = [
     "CACHE_ENV",
@@ -144,73 +143,6 @@ def _entry_is_valid(entry: Path, expected: dict[str, str]) -> bool:
     return isinstance(data, dict) and all(str(data.get(k, "")).strip() == v for k, v in expected.items())
 
 
-class _FileLock:
-    """An exclusive lock on a file, held across processes (``fcntl.flock`` on POSIX,
-    ``msvcrt.locking`` on Windows); the file stays, the lock goes with the process."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self._what = what
-        self._fd: int | None = None
-
-    def __enter__(self) -> "_FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if not self._try_lock(fd):
-                log.info("waiting for another process that is building %s (lock %s)", self._what, self.path)
-                self._lock(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        return self
-
-    @staticmethod
-    def _try_lock(fd: int) -> bool:
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            import msvcrt
-
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            except OSError:
-                return False
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    @classmethod
-    def _lock(cls, fd: int) -> None:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no blocking lock without a retry limit
-            while not cls._try_lock(fd):
-                time.sleep(0.5)
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            try:
-                import fcntl
-            except ImportError:
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _staging(entry: Path) -> Iterator[Path]:
     """A fresh temporary directory next to ``entry`` (same file system, so the final
@@ -282,7 +214,7 @@ def cached_engine(
         return engine
 
     what = f"the TensorRT engine for {onnx_path.name}"
-    with _FileLock(engines / f"{entry.name}.lock", what):
+    with FileLock(engines / f"{entry.name}.lock", wait=True, what=what, remove=False):
         if _entry_is_valid(entry, expected):  # another process built it while we waited
             return engine
         for stale in engines.glob(f".{entry.name}.*.tmp"):  # left by a killed build; we hold the lock

@@ -25,14 +25,37 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .matching import as_points
+from .errors import InputError, InputTypeError
 
 __all__ = ["read_points_csv", "read_scored_points_csv", "write_points_csv"]
 
 _REQUIRED = ("x", "y")
 _SCORE = "score"
 _EXPECTED = "a header naming an 'x' and a 'y' column (e.g. 'x,y', 'x,y,score' or 'x,y,x_um,y_um,score')"
+
+
+def as_points(value: Any, name: str) -> np.ndarray:
+    """``value`` as a C-contiguous ``(N, 2)`` float64 array of finite points.
+
+    Raises TypeError for non-numeric data and ValueError, naming ``name``, for a wrong
+    shape or a NaN/infinite coordinate. An empty list is taken as no points.
+    """
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise InputError(f"{name}: expected an (N, 2) array of points: {exc}") from None
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputTypeError(f"{name}: expected real (x, y) coordinates, got dtype {arr.dtype}")
+    if arr.ndim == 1 and arr.size == 0:  # [] or np.array([])
+        arr = arr.reshape(0, 2)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise InputError(f"{name}: expected an (N, 2) array of points, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise InputError(f"{name}: expected finite coordinates, got point {i} = ({arr[i, 0]}, {arr[i, 1]})")
+    return arr
 
 
 def read_points_csv(path: str | PathLike[str]) -> np.ndarray:

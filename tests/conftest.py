@@ -76,7 +76,7 @@ def assert_same_detections(got_xy: np.ndarray, want_xy: np.ndarray, *, radius: f
     left over. Kernels on other instruction sets (AVX2, AVX-512, VNNI) round differently,
     and a peak on a near-tie of two pixels may then move by a pixel or two; exact
     equality would make the test depend on the CPU."""
-    from micronet.runtime.matching import match_points
+    from micronet.runtime.evaluation.matching import match_points
 
     got_xy, want_xy = np.asarray(got_xy, np.float64).reshape(-1, 2), np.asarray(want_xy, np.float64).reshape(-1, 2)
     pred_idx, _ = match_points(got_xy, want_xy, radius)

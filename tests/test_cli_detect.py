@@ -7,18 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from micronet.runtime.points import read_points_csv
 
 from micronet.cli import main
-from micronet.runtime.points import read_points_csv
 
 
 def _blur_model(path: Path) -> Path:
     """A MicroNet-signature ONNX model (uint8 N×H×W×3 → float32 N×1×H×W) whose map is
     the image's darkness, box-blurred twice: dark round blobs peak at their centres."""
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
     from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+    from onnx import TensorProto, helper
 
     pool = {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2], "count_include_pad": 0}
     graph = helper.make_graph(
@@ -48,9 +47,8 @@ def _blur_model(path: Path) -> Path:
 
 
 def _blobs(path: Path, centres: list[tuple[int, int]], shape: tuple[int, int] = (120, 160)) -> Path:
+    from micronet.runtime.diagnostics.synthetic import blob_image
     from PIL import Image
-
-    from micronet.runtime.synthetic import blob_image
 
     Image.fromarray(blob_image(*shape, centres)).save(path)
     return path
@@ -129,9 +127,8 @@ def test_an_image_is_run_at_the_pixel_size_its_file_records(model, tmp_path):
 
     if not hasattr(images, "image_pixel_size"):
         pytest.skip("micronet.runtime.images.image_pixel_size not there yet")
+    from micronet.runtime.diagnostics.synthetic import blob_image
     from PIL import Image
-
-    from micronet.runtime.synthetic import blob_image
 
     # Blobs drawn at 0.275 µm/px (twice the model's resolution), pHYs saying so.
     Image.fromarray(blob_image(240, 320, [(2 * x, 2 * y) for x, y in CENTRES])).save(tmp_path / "fine.png", dpi=(0.0254e6 / 0.275,) * 2)
@@ -192,7 +189,7 @@ def test_a_real_slide_is_detected_tile_by_tile(model, tmp_path, capsys, shared_d
 
 
 def test_demo_runs_the_bundled_model_and_finds_the_sample_nuclei(tmp_path):
-    from micronet.runtime.matching import evaluate_points
+    from micronet.runtime.evaluation.matching import evaluate_points
     from micronet.runtime.points import read_points_csv
 
     code = main(["detect", "--demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"])
@@ -289,7 +286,7 @@ def test_bench_prints_a_row_per_model_and_writes_json(model, tmp_path, capsys):
 def test_the_onnx_runtime_matmul_yardstick_multiplies_matrices():
     # The runtime encodes the one-node MatMul model itself (no onnx package needed).
     ort = pytest.importorskip("onnxruntime")
-    from micronet.runtime.bench import _matmul_onnx, ort_matmul_gflops
+    from micronet.runtime.diagnostics.bench import _matmul_onnx, ort_matmul_gflops
 
     session = ort.InferenceSession(_matmul_onnx(3), providers=["CPUExecutionProvider"])
     a = np.arange(9, dtype=np.float32).reshape(3, 3)
@@ -299,7 +296,7 @@ def test_the_onnx_runtime_matmul_yardstick_multiplies_matrices():
 
 
 def test_bench_speed_ratios_are_against_the_first_model_that_ran():
-    from micronet.runtime.bench import BenchResult, compare
+    from micronet.runtime.diagnostics.bench import BenchResult, compare
 
     rows = [
         BenchResult("broken.onnx", "onnx", status="ValueError: not a model"),

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from micronet.runtime.points import write_points_csv
 
 from micronet.commands import evaluate
-from micronet.runtime.points import write_points_csv
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def test_bad_radius_is_a_value_error(folders):
 
 
 def test_model_evaluation_is_handed_to_the_library(monkeypatch, tmp_path, capsys):
-    from micronet.runtime import evaluation
+    from micronet.runtime.evaluation import evaluate as evaluation
 
     calls = []
 
@@ -162,8 +162,8 @@ def test_image_without_matches_shows_no_distance(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["default", "fast-cpu"])
 def test_bundled_model_names_are_accepted_as_detect_accepts_them(monkeypatch, name):
-    from micronet.runtime import evaluation
     from micronet.runtime.bundled import resolve_model
+    from micronet.runtime.evaluation import evaluate as evaluation
 
     calls = []
 
@@ -206,7 +206,7 @@ def test_detect_demo_output_scores_as_a_folder_and_as_one_file(tmp_path, capsys)
 
 def test_slide_csv_of_detect_scores_in_pixels(tmp_path, capsys):
     # The slide pipeline's own writer: header x,y,x_um,y_um,score
-    from micronet.runtime.slide.outputs import append_csv, start_csv
+    from micronet.runtime.runs.slide_outputs import append_csv, start_csv
 
     truth_xy = np.array([[100.0, 200.0], [400.0, 50.0], [900.0, 900.0]])
     found = np.array([[101.0, 200.0], [400.0, 52.0], [10.0, 10.0]], dtype=np.float32)
@@ -227,8 +227,9 @@ def test_slide_csv_of_detect_scores_in_pixels(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_real_slide_run_of_detect_scores_against_itself(tmp_path, capsys, shared_data):
     pytest.importorskip("onnxruntime")
-    from micronet.cli import main
     from micronet.runtime.points import read_points_csv
+
+    from micronet.cli import main
 
     slide = shared_data / "slides" / "CMU-1-Small-Region.svs"
     if not slide.is_file():

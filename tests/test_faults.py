@@ -6,7 +6,7 @@ The slide is a 1100² crop of the real CMU-1 slide written as a small OME-TIFF (
 µm/px); the model is the tiny random MicroNet of ``conftest.py`` with its threshold
 raised to ~300 peaks per CRCHisto image, run in 512 px tiles in batches of 2: eight
 tiles, four batches, ~1,100 detections. Kills come from the ``MICRONET_FAULT_AT`` hook
-(:func:`micronet.runtime.outputs.fault_point`): a subprocess signals itself at a named
+(:func:`micronet.runtime.runs.outputs.fault_point`): a subprocess signals itself at a named
 point, so every kill lands at an exact place, cheaply and deterministically.
 """
 
@@ -38,7 +38,7 @@ MPP = 0.499
 DRIVER = """
 import sys
 from micronet.runtime.detector import Detector
-from micronet.runtime.slide import detect_slide
+from micronet.runtime.runs.slide_run import detect_slide
 model, threshold, slide, out = sys.argv[1:5]
 det = Detector(model, device="cpu", threads=2, threshold=float(threshold), tile_size=512, batch_size=2)
 found = detect_slide(det, slide, out_dir=out, progress=False, wait="--wait" in sys.argv)
@@ -216,7 +216,7 @@ def test_ctrl_c_says_rerun_resumes_and_exits_130(work: dict, tmp_path: Path) -> 
 
 def test_full_disk_mid_slide_is_one_line_and_leaves_nothing_final(work: dict, detector, tmp_path: Path, monkeypatch) -> None:
     from micronet.runtime.errors import MicronetError
-    from micronet.runtime.slide import outputs as slide_outputs
+    from micronet.runtime.runs import slide_outputs
 
     real = slide_outputs.append_csv
     calls = []
@@ -244,7 +244,7 @@ def test_full_disk_mid_slide_is_one_line_and_leaves_nothing_final(work: dict, de
 
 
 def test_full_disk_while_saving_the_record_leaves_no_temporary_file(work: dict, detector, tmp_path: Path, monkeypatch) -> None:
-    from micronet.runtime.outputs import OutputWriteError
+    from micronet.runtime.runs.outputs import OutputWriteError
 
     real = Path.write_text
 
@@ -286,7 +286,7 @@ def test_full_disk_writing_an_image_overlay(work: dict, tmp_path: Path, monkeypa
 
 
 def test_read_only_output_folder_fails_before_the_model_loads(work: dict, tmp_path: Path, monkeypatch, capsys) -> None:
-    from micronet.runtime import cohort
+    from micronet.runtime.runs import cohort
 
     out = tmp_path / "ro"
     out.mkdir()
@@ -308,7 +308,7 @@ def test_read_only_output_folder_fails_before_the_model_loads(work: dict, tmp_pa
     assert capsys.readouterr().err.strip() == f"micronet detect: error: the output folder {out} is not writable: Read-only file system"
     assert list(out.iterdir()) == []
     # The library says the same, naming the first file it could not make (the lock).
-    from micronet.runtime.outputs import OutputWriteError
+    from micronet.runtime.runs.outputs import OutputWriteError
 
     monkeypatch.undo()
     monkeypatch.setattr(os, "open", read_only)

@@ -46,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from micronet.runtime.detector import Detector
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     detectors = [Detector(m, device="cpu") for m in args.model]
     counts: dict[str, dict[str, int]] = {}

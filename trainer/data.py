@@ -1,4 +1,4 @@
-"""On-the-fly augmented crops of point-annotated images (folders: runtime/datasets.py).
+"""On-the-fly augmented crops of point-annotated images (folders: runtime/evaluation/datasets.py).
 
 Crops are sampled by one inverse map (scale × rotation × mirror + shift + elastic
 displacement) applied to image and points together, so targets stay exact. Resampling
@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from micronet.runtime.evaluation.datasets import (
+    KNOWN_MPP,
+    PointDataset,
+    load_point_folder,
+)
 from scipy import ndimage as ndi
-
-from micronet.runtime.datasets import KNOWN_MPP, PointDataset, load_point_folder
 
 from .augment import PhotometricConfig
 from .augment import photometric as augment_pixels

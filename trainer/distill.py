@@ -39,14 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial import cKDTree
-
-from micronet.runtime.class_metrics import read_class_labels
 from micronet.runtime.classes import class_probabilities
-from micronet.runtime.datasets import load_point_folder
 from micronet.runtime.errors import InputError
+from micronet.runtime.evaluation.class_metrics import read_class_labels
+from micronet.runtime.evaluation.datasets import load_point_folder
 from micronet.runtime.model_info import ModelInfo
 from micronet.runtime.resample import resample, to_resampled
+from scipy.spatial import cKDTree
 
 from .augment import PhotometricConfig
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot

@@ -25,13 +25,19 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from micronet.runtime import machine
 from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import ModelInfo
 from micronet.runtime.resample import resample
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
+from .data import (
+    AugmentConfig,
+    PointDataset,
+    channel_stats,
+    load_point_folder,
+    sample_crop,
+)
 from .distributed import (
     DistContext,
     broadcast_values,
@@ -42,13 +48,6 @@ from .distributed import (
     setup,
     sync_batch_norm,
     weights_digest,
-)
-from .data import (
-    AugmentConfig,
-    PointDataset,
-    channel_stats,
-    load_point_folder,
-    sample_crop,
 )
 from .loss import loss_for, two_source_loss, weighted_mse
 from .models import ACTIVATIONS, MicroNet, create_model, widen, with_activation

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
-
+from micronet.runtime.evaluation.sweep import (
+    SweepResult,
+    sweep_thresholds,
+    threshold_sweep,
+)
 from micronet.runtime.peaks import find_peaks
 from micronet.runtime.resample import from_resampled, resample
-from micronet.runtime.sweep import SweepResult, sweep_thresholds, threshold_sweep
 
 from .models import map_output
 
 if TYPE_CHECKING:
-    from micronet.runtime.datasets import PointDataset
+    from micronet.runtime.evaluation.datasets import PointDataset
 
 __all__ = ["normalize", "predict_map", "detect_candidates", "choose_threshold", "validation_inputs", "tune_detection", "CheckpointCandidates"]
 
@@ -61,8 +64,8 @@ def choose_threshold(
     n_thresholds: int = 60,
     scales: Sequence[tuple[float, float] | None] | None = None,
 ) -> "SweepResult":
-    """Sweeps ξ over :func:`~micronet.runtime.sweep.sweep_thresholds` of ``scale`` and
-    returns the pooled sweep (:func:`~micronet.runtime.sweep.threshold_sweep`), whose
+    """Sweeps ξ over :func:`~micronet.runtime.evaluation.sweep.sweep_thresholds` of ``scale`` and
+    returns the pooled sweep (:func:`~micronet.runtime.evaluation.sweep.threshold_sweep`), whose
     ``best_threshold`` is the best-F1 ξ.
 
     Candidates are found once at the lowest threshold: because a peak is a maximum of
@@ -101,6 +104,14 @@ class CheckpointCandidates:
         return xy, scores
 
 
+def checkpoint_candidates(path: str, floor: float) -> "tuple[CheckpointCandidates, Any]":
+    """A checkpoint's candidates callable and metadata, for the runtime's evaluation
+    (``model_candidates(..., checkpoint=checkpoint_candidates)``): the trainer hands the
+    runtime what runs torch, so that the runtime imports no trainer."""
+    runner = CheckpointCandidates(path, floor)
+    return runner, runner.info
+
+
 def validation_inputs(
     val_set: "PointDataset | None", model_mpp: float
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, float] | None]]:
@@ -132,7 +143,7 @@ def tune_detection(
         ``(min_distance, threshold, rows)`` with ``rows`` one dict per minimum distance:
         ``min_distance``, ``threshold`` (its best ξ), ``f1``, ``precision``, ``recall``.
     """
-    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.evaluation.datasets import load_point_folder
 
     from .checkpoint import load_checkpoint
 

@@ -167,8 +167,7 @@ def _summary(report: Any) -> dict[str, Any]:
 def run_one(run: Run, out: Path, threads: int) -> dict[str, Any]:
     """Trains (or resumes) one run, evaluates its best checkpoint, writes result.json."""
     import torch
-
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
     from micronet.trainer.checkpoint import load_checkpoint
     from micronet.trainer.models import count_flops
     from micronet.trainer.train import TrainConfig, train
@@ -228,9 +227,10 @@ def run_one(run: Run, out: Path, threads: int) -> dict[str, Any]:
 
 def _evaluate(checkpoint: Path, data: str, split: str | None, radius: float) -> dict[str, Any]:
     """One test set's pooled and per-image metrics at the checkpoint's ξ, and its PR curve."""
-    from micronet.runtime.evaluation import evaluate_model_file
+    from micronet.runtime.evaluation.evaluate import evaluate_model_file
+    from micronet.trainer.validate import checkpoint_candidates
 
-    ev = evaluate_model_file(checkpoint, data, split=split, radius=radius, progress=False)
+    ev = evaluate_model_file(checkpoint, data, split=split, radius=radius, progress=False, checkpoint=checkpoint_candidates)
     return {**_summary(ev.report), "threshold": ev.threshold, "best_f1": ev.sweep.best_f1,
             "best_threshold": ev.sweep.best_threshold, "curve": ev.sweep.to_dict()["curve"]}
 
@@ -256,9 +256,8 @@ def _complete(result_path: Path, run: Run) -> bool:
 def run_study(runs: list[Run], out: Path, jobs: int, budget: int, threads: int | None = None) -> None:
     """Runs every run not yet done, ``jobs`` at a time (each a child process with
     ``threads = cores // jobs``), in dependency order, with a progress bar."""
-    from tqdm.auto import tqdm
-
     from micronet.runtime.machine import physical_cores
+    from tqdm.auto import tqdm
 
     threads = threads or max(1, physical_cores() // jobs)
     pending = [r for r in runs if not _complete(out / r.name / "result.json", r)]
@@ -349,7 +348,7 @@ def main() -> None:
     chosen = [r for r in runs if r.name in names or any(r2.name in names and r.name in r2.needs for r2 in chosen)]
     run_study(chosen, out, args.jobs, args.budget, args.threads)
     data = collect(runs, out, args.budget)
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1) + "\n"

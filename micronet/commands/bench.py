@@ -3,7 +3,7 @@
 Prints the machine (CPU model, ISA flags, physical cores, float32 matmul peak, GPUs),
 then one markdown row per model: format, status, size, P / R / F1 on ``--data`` (when
 given), ms per image, images/s, megapixels/s, p50/p99 latency of one batch and nuclei/s,
-measured end to end through ``Detector.detect_batch`` (see ``micronet.runtime.bench``),
+measured end to end through ``Detector.detect_batch`` (see ``micronet.runtime.diagnostics.bench``),
 and the ratios that transfer between machines: speed against the first model listed,
 and megapixels/s per 100 GFLOP/s of float32 matmul peak (CPU backends; the faster of
 NumPy's BLAS and ONNX Runtime's MatMul, measured before and after the models).
@@ -46,7 +46,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``micronet bench``; returns 0 when every model ran, 1 otherwise."""
-    from micronet.runtime.bench import benchmark, compare, format_table, machine_record, matmul_yardsticks, run_line
+    from micronet.runtime.diagnostics.bench import (
+        benchmark,
+        compare,
+        format_table,
+        machine_record,
+        matmul_yardsticks,
+        run_line,
+    )
     from micronet.runtime.errors import InputError, MissingFileError
 
     if args.data is None and args.split != "test":

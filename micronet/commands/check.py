@@ -3,7 +3,7 @@
 Runs each model (the bundled ones by default) on every backend this machine has — ONNX
 Runtime on the CPU for fp32 and int8 models, ONNX Runtime's CUDA provider and TensorRT
 when a GPU is there — against the reference results the model carries
-(:mod:`micronet.runtime.check`), and prints one row per backend: the device (CPU model
+(:mod:`micronet.runtime.diagnostics.check`), and prints one row per backend: the device (CPU model
 and ISA flags, or GPU name and compute capability), max |Δ map|, the share of
 reference detections found within 1 px, the F1 against the reference detections, and
 MP/s. Exits 1 when any backend disagrees beyond its precision's tolerance or fails to
@@ -126,8 +126,12 @@ def _onnx_precision(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``micronet check``; returns 0 when every backend agrees, 1 otherwise."""
-    from micronet.runtime.check import CheckResult, check_detector, format_check_table
     from micronet.runtime.detector import Detector
+    from micronet.runtime.diagnostics.check import (
+        CheckResult,
+        check_detector,
+        format_check_table,
+    )
     from micronet.runtime.machine import describe_machine, machine_line
 
     if args.repeat < 1:

@@ -7,13 +7,13 @@ For each image ``NAME.ext`` the output folder receives, by ``--format``:
 - ``png``: ``NAME.overlay.png``, the image with a circle around each detection.
 
 Whole-slide inputs (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, ``.ome.tif``, and TIFFs
-larger than 10,000 px on a side) go to ``micronet.runtime.slide.detect_slide``, which
+larger than 10,000 px on a side) go to ``micronet.runtime.runs.slide_run.detect_slide``, which
 streams them tile by tile. ``--demo`` runs the bundled model on the bundled sample.
 ``--tta`` runs the network on each image (or tile) and its three flips and averages the
 maps before the peaks (``Detector(tta=True)``: 4× the work).
 
-Each input is one call of :func:`micronet.runtime.batch.process_input` (run by
-:func:`micronet.runtime.cohort.run_cohort` in this process): its outputs appear under
+Each input is one call of :func:`micronet.runtime.runs.batch.process_input` (run by
+:func:`micronet.runtime.runs.cohort.run_cohort` in this process): its outputs appear under
 their final names only when it is finished, ``NAME.progress.json`` records the settings
 and checksums (a rerun verifies, resumes, or refuses other settings unless
 ``--overwrite``), and ``NAME.lock`` keeps a second run off them. A failed input is
@@ -32,9 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from micronet.commands import device_arg
-from micronet.runtime.batch import MPP_ASSUMED, SLIDE_SUFFIXES, RunSettings, check_out_dir, images_without_mpp, is_slide, process_input
 from micronet.runtime.errors import InputError, MissingFileError
 from micronet.runtime.images import IMAGE_SUFFIXES
+from micronet.runtime.runs.batch import (
+    MPP_ASSUMED,
+    SLIDE_SUFFIXES,
+    RunSettings,
+    check_out_dir,
+    images_without_mpp,
+    is_slide,
+    process_input,
+)
 
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
 
@@ -152,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     failed, 130 when interrupted. Errors before any input runs (and the failure of a
     single input) raise SDK errors with a one-line message."""
     from micronet.runtime.bundled import bundled_sample
-    from micronet.runtime.cohort import DetectorSpec, run_cohort, write_summary
-    from micronet.runtime.slide.outputs import output_stem
+    from micronet.runtime.runs.cohort import DetectorSpec, run_cohort, write_summary
+    from micronet.runtime.runs.slide_outputs import output_stem
 
     formats = parse_formats(args.format)
     if args.demo:
@@ -166,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         if args.inputs_column and args.manifest is None:
             raise InputError("--inputs-column applies with --inputs MANIFEST only")
         if args.manifest is not None:
-            from micronet.runtime.cohort import read_manifest
+            from micronet.runtime.runs.cohort import read_manifest
 
             listed += read_manifest(args.manifest, args.inputs_column)
         if not listed:

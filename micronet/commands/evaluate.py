@@ -4,7 +4,7 @@ Two ways in, one of them per call.
 
 **Score detection CSVs** (``--pred``, with ``--radius R``): any CSV with ``x`` and ``y``
 columns, e.g. what ``micronet detect`` writes for images (``x,y,score``) and slides
-(``x,y,x_um,y_um,score``); :func:`micronet.runtime.evaluation.score_predictions`.
+(``x,y,x_um,y_um,score``); :func:`micronet.runtime.evaluation.evaluate.score_predictions`.
 
 ==================================================  ====================================
 ``--pred DIR --truth DIR``                          files pair up by image name
@@ -24,7 +24,7 @@ and the output adds the best-F1 score threshold.
 
 **Evaluate a model** (``--model FILE|NAME --data SET [--split S] [--threshold T] [--tta]``):
 a checkpoint, ONNX model, TensorRT engine or bundled model (``default``, ``fast-cpu``)
-run on a data set: :func:`micronet.runtime.evaluation.evaluate_model_file`. ``--tta``
+run on a data set: :func:`micronet.runtime.evaluation.evaluate.evaluate_model_file`. ``--tta``
 averages each image's maps over its flips (``Detector(tta=True)``); a checkpoint, run by
 the trainer's torch code, refuses it.
 
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     _check_sources(args)
     if args.model is not None:
         return _run_model(args)
-    from micronet.runtime.evaluation import plot_pr_curve, score_predictions
+    from micronet.runtime.evaluation.evaluate import plot_pr_curve, score_predictions
 
     truth = args.truth if args.truth is not None else args.data
     result = score_predictions(args.pred, truth, args.radius, split=args.split, image=args.image, threshold=args.threshold)
@@ -199,10 +199,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_runner() -> Any:
+    """The trainer's checkpoint runner (torch): imported only for a checkpoint."""
+    try:
+        from micronet.trainer.validate import checkpoint_candidates
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "safetensors"):
+            raise
+        raise MissingPackageError(f"evaluating a checkpoint needs {exc.name}: pip install 'micronet-sdk[train]'") from exc
+    return checkpoint_candidates
+
+
 def _run_model(args: argparse.Namespace) -> int:
     # Loads the model stack only when asked (torch only for a checkpoint).
     from micronet.runtime.bundled import BUNDLED_MODELS, resolve_model
-    from micronet.runtime.evaluation import (
+    from micronet.runtime.evaluation.evaluate import (
         MODEL_SUFFIXES,
         evaluate_model_file,
         plot_pr_curve,
@@ -221,7 +232,9 @@ def _run_model(args: argparse.Namespace) -> int:
             f"--tta runs the flips in the Detector (an .onnx or .engine model, or a bundled model: {', '.join(BUNDLED_MODELS)}), "
             f"not on the checkpoint {args.model}: export it (micronet export) and evaluate the .onnx, or leave out --tta"
         )
-    options = {"tta": True} if args.tta else {}  # without --tta, the library's default
+    options: dict[str, Any] = {"tta": True} if args.tta else {}  # without --tta, the library's default
+    if model.suffix.lower() == ".safetensors":
+        options["checkpoint"] = _checkpoint_runner()
     result = evaluate_model_file(model, args.data, split=args.split, radius=args.radius, threshold=args.threshold, **options)
     print(result.format())
     classes = _classes(model, args, options)
@@ -242,9 +255,12 @@ def _classes(model: Path, args: argparse.Namespace, options: dict[str, Any]) -> 
     ``--json``); else None."""
     if model.suffix.lower() == ".safetensors" or not (Path(args.data) / "classes").is_dir():
         return None
-    from micronet.runtime.class_metrics import evaluate_classes, plot_confusion
-    from micronet.runtime.datasets import load_point_folder
     from micronet.runtime.detector import Detector
+    from micronet.runtime.evaluation.class_metrics import (
+        evaluate_classes,
+        plot_confusion,
+    )
+    from micronet.runtime.evaluation.datasets import load_point_folder
 
     det = Detector(str(model), threshold=args.threshold, **options)
     if not det.class_names:

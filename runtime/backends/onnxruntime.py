@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingFileError, MissingPackageError
 from ..machine import has_vnni, physical_cores
+from ..errors import InputError, MissingFileError, MissingPackageError
 from ..model_info import CLASS_OUTPUT_NAME, METADATA_KEY, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
 

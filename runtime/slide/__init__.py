@@ -1,4 +1,5 @@
-"""Whole slides: pyramidal TIFF reading, tissue detection, and tiled, streamed detection.
+"""Whole slides: pyramidal TIFF reading, tissue detection and the plan of a slide's tiles.
+Running a slide into an output folder is :mod:`micronet.runtime.runs.slide_run`'s.
 
 >>> from micronet import Detector                                    # doctest: +SKIP
 >>> found = Detector().detect_slide("slide.svs", out_dir="results")  # doctest: +SKIP
@@ -19,13 +20,6 @@ module        holds
               whose core touches tissue.
 ``plan``      :func:`plan_slide`: the level read, the region at the model's pixel size
               (:class:`ModelGrid`) and the tiles to run (:class:`SlidePlan`).
-``outputs``   :class:`SlideOutputs`: the CSV, GeoJSON and overlay PNG of one slide,
-              written batch by batch under ``.partial`` names and renamed when the
-              slide is finished, and its record (``.progress.json``: settings,
-              progress, checksums); the lock and the rules are
-              :mod:`micronet.runtime.outputs`'s.
-``pipeline``  :func:`detect_slide`: plans, reads tiles ahead in threads, runs them in
-              batches, keeps each tile's core peaks, writes the outputs.
 ============  ===========================================================================
 
 Resampling to the model's pixel size is :mod:`micronet.runtime.resample`'s, tiling
@@ -36,10 +30,17 @@ Resampling to the model's pixel size is :mod:`micronet.runtime.resample`'s, tili
 
 from __future__ import annotations
 
-from .outputs import FORMATS, SlideOutputs
-from .pipeline import detect_slide
 from .plan import ModelGrid, SlidePlan, plan_slide
-from .reader import READERS, SLIDE_SUFFIXES, THUMBNAIL_SIZE, Level, Slide, SlideBase, Thumbnail, open_slide
+from .reader import (
+    READERS,
+    SLIDE_SUFFIXES,
+    THUMBNAIL_SIZE,
+    Level,
+    Slide,
+    SlideBase,
+    Thumbnail,
+    open_slide,
+)
 from .tissue import tissue_mask
 
 __all__ = [
@@ -53,9 +54,6 @@ __all__ = [
     "plan_slide",
     "SlidePlan",
     "ModelGrid",
-    "detect_slide",
-    "SlideOutputs",
     "SLIDE_SUFFIXES",
-    "FORMATS",
     "THUMBNAIL_SIZE",
 ]

@@ -12,7 +12,7 @@ Positions come back in **level-0 pixels**, ``(x, y)`` = (column, row).
 
 :func:`plan_slide` makes the grid and keeps the tiles on tissue
 (:mod:`~micronet.runtime.slide.tissue`) without running the detector; it is what
-:func:`~micronet.runtime.slide.detect_slide` runs, and what a benchmark reads.
+:func:`~micronet.runtime.runs.slide_run.detect_slide` runs, and what a benchmark reads.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class ModelGrid:
 
 @dataclass(frozen=True)
 class SlidePlan:
-    """What :func:`~micronet.runtime.slide.detect_slide` runs on a slide, decided
+    """What :func:`~micronet.runtime.runs.slide_run.detect_slide` runs on a slide, decided
     before any tile is read.
 
     Attributes:
@@ -161,7 +161,7 @@ def plan_slide(
     tissue_only: bool = True,
 ) -> SlidePlan:
     """The level, model-pixel grid and tiles
-    :func:`~micronet.runtime.slide.detect_slide` runs with these arguments (see
+    :func:`~micronet.runtime.runs.slide_run.detect_slide` runs with these arguments (see
     there), without running the detector.
 
     >>> with open_slide("slide.svs") as slide:                       # doctest: +SKIP
@@ -172,7 +172,7 @@ def plan_slide(
         detector: the :class:`~micronet.runtime.detector.Detector` whose pixel size
             (``info.mpp``) and tile plan (``plan_tiles``) to use.
         slide: an open :class:`Slide`.
-        region, level, mpp, tissue_only: as for :func:`~micronet.runtime.slide.detect_slide`.
+        region, level, mpp, tissue_only: as for :func:`~micronet.runtime.runs.slide_run.detect_slide`.
 
     Raises:
         ValueError: a level that does not exist, a region outside the slide, or no

@@ -14,10 +14,15 @@ import types
 from pathlib import Path
 
 import pytest
-
 from gpu_support import fake_cupy
 from micronet.export import engine as engine_mod
-from micronet.export.engine import build_engine, check_profile, main, parse_shape, read_onnx_info
+from micronet.export.engine import (
+    build_engine,
+    check_profile,
+    main,
+    parse_shape,
+    read_onnx_info,
+)
 from micronet.runtime.backends import cuda_env
 from micronet.runtime.backends import tensorrt as trt_backend
 from micronet.runtime.backends.tensorrt import read_sidecar
@@ -361,7 +366,7 @@ def test_build_runs_on_the_chosen_gpu_and_describes_it(fake_builder, tmp_path):
 
 
 def test_concurrent_writes_of_one_file_never_mix(tmp_path):
-    from micronet.runtime.outputs import replace_atomically
+    from micronet.runtime.files import replace_atomically
 
     # Two builds writing the same timing cache: each write is whole, no temp file remains.
     target = tmp_path / "timing.cache"
@@ -446,7 +451,7 @@ def test_tensorrt_parses_the_general_copy_of_a_fast_path_export(tiny_checkpoint,
 
 def test_the_sidecar_carries_the_models_reference_results(fake_builder, tmp_path):
     """`micronet check` tests an engine against the known answers of the ONNX it came from."""
-    from micronet.runtime.check import REFERENCE_FORMAT, reference_of
+    from micronet.runtime.diagnostics.check import REFERENCE_FORMAT, reference_of
 
     fake_builder()
     reference = {"format": REFERENCE_FORMAT, "threshold": 0.7, "min_distance": 3, "images": []}

@@ -12,7 +12,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from micronet.export.onnx import export_onnx, fold_batchnorm, int8_weight_range  # noqa: E402
-from micronet.runtime.matching import evaluate_points  # noqa: E402
+from micronet.runtime.evaluation.matching import evaluate_points  # noqa: E402
 from micronet.runtime.model_info import ModelInfo  # noqa: E402
 from micronet.runtime.peaks import find_peaks  # noqa: E402
 from micronet.trainer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -193,7 +193,7 @@ def _pooled_f1(preds: list[np.ndarray], refs: list[np.ndarray], radius: float) -
 
 @needs_pretrained
 def test_real_model_fp32_matches_torch_and_fp16_matches_fp32(shared_data, tmp_path, detections_agree):
-    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.evaluation.datasets import load_point_folder
 
     data = load_point_folder(shared_data / "crchisto", "test")
     images = np.stack(data.images[:4])
@@ -213,9 +213,9 @@ def test_real_model_fp32_matches_torch_and_fp16_matches_fp32(shared_data, tmp_pa
 
 @needs_pretrained
 def test_real_model_int8_loses_at_most_001_f1_on_the_test_split(shared_data, tmp_path):
-    from micronet.runtime.datasets import load_point_folder
     from micronet.runtime.detector import Detector
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.datasets import load_point_folder
+    from micronet.runtime.evaluation.metrics import evaluate_images
 
     data = load_point_folder(shared_data / "crchisto", "test")
     fp32 = export_onnx(PRETRAINED, tmp_path / "m.onnx")

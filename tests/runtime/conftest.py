@@ -63,9 +63,8 @@ def build_blur_model(path: Path, *, threshold: float = 0.2, mpp: float = MODEL_M
     map is the image's darkness ``1 − mean(RGB)/255`` blurred twice by a ``kernel²``
     box filter. ``metadata=False`` leaves out the ``"micronet"`` entry."""
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
     from micronet.runtime.model_info import METADATA_KEY, ModelInfo
+    from onnx import TensorProto, helper
 
     pads = [kernel // 2] * 4
     nodes = [
@@ -121,8 +120,8 @@ def make_blur_model():
 
 @pytest.fixture(scope="session")
 def make_nuclei():
-    """:func:`micronet.runtime.synthetic.nuclei_image`: blobs at known centres."""
-    from micronet.runtime.synthetic import nuclei_image
+    """:func:`micronet.runtime.diagnostics.synthetic.nuclei_image`: blobs at known centres."""
+    from micronet.runtime.diagnostics.synthetic import nuclei_image
 
     return nuclei_image
 

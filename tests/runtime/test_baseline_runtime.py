@@ -20,9 +20,9 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from micronet.runtime.bundled import bundled_sample  # noqa: E402
-from micronet.runtime.datasets import load_point_folder  # noqa: E402
 from micronet.runtime.detector import Detector  # noqa: E402
-from micronet.runtime.evaluation import evaluate_model_file  # noqa: E402
+from micronet.runtime.evaluation.datasets import load_point_folder  # noqa: E402
+from micronet.runtime.evaluation.evaluate import evaluate_model_file  # noqa: E402
 from micronet.runtime.images import as_rgb_image  # noqa: E402
 from micronet.runtime.tiling import ALIGNMENT, RECEPTIVE_RADIUS  # noqa: E402
 

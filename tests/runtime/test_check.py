@@ -1,4 +1,4 @@
-"""Known-answer self-test (micronet.runtime.check, ``micronet check``, ``verify=True``):
+"""Known-answer self-test (micronet.runtime.diagnostics.check, ``micronet check``, ``verify=True``):
 exports carry reference results, every backend here agrees with them, and a perturbed
 model is caught."""
 
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gpu_support import require_ort_cuda, require_tensorrt
-from micronet.cli import main
-from micronet.runtime.check import (
+from micronet.runtime.detector import BUNDLED_MODELS, Detector, bundled_model
+from micronet.runtime.diagnostics.check import (
     REFERENCE_FORMAT,
     REFERENCE_KEY,
     TOLERANCES,
@@ -21,7 +20,8 @@ from micronet.runtime.check import (
     reference_images,
     reference_of,
 )
-from micronet.runtime.detector import BUNDLED_MODELS, Detector, bundled_model
+
+from micronet.cli import main
 
 
 @pytest.fixture(scope="module")

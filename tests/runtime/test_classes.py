@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from micronet.runtime.class_metrics import classification_scores
 from micronet.runtime.classes import class_colour, class_probabilities
+from micronet.runtime.evaluation.class_metrics import classification_scores
 
 
 def test_probabilities_are_the_softmax_at_each_peak():
@@ -88,8 +87,9 @@ def test_detector_classifies_the_same_whole_and_tiled(class_model, tmp_path):
 
 
 def test_offset_and_concat_keep_the_classes(class_model):
-    from micronet import Detector
     from micronet.runtime.detections import Detections
+
+    from micronet import Detector
 
     image = np.random.default_rng(2).integers(0, 256, (120, 130, 3), dtype=np.uint8)
     found = Detector(class_model, device="cpu").detect(image, mpp=0.55)
@@ -99,7 +99,7 @@ def test_offset_and_concat_keep_the_classes(class_model):
 
 
 def test_class_labels_are_read_by_position_and_unlabelled_centres_stay_minus_one(tmp_path):
-    from micronet.runtime.class_metrics import read_class_labels
+    from micronet.runtime.evaluation.class_metrics import read_class_labels
 
     (tmp_path / "classes").mkdir()
     (tmp_path / "classes" / "a.csv").write_text("x,y,class\n10.5,20,inflammatory\n3,4,epithelial\n")

@@ -1,4 +1,4 @@
-"""Cohorts (micronet.runtime.cohort): manifests, and a local Ray runtime running a cohort
+"""Cohorts (micronet.runtime.runs.cohort): manifests, and a local Ray runtime running a cohort
 of real slide files with the same outputs as a serial run, a broken slide recorded as
 failed, and a worker killed mid-run losing and doubling nothing."""
 
@@ -9,10 +9,14 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-
-from micronet.runtime.batch import RunSettings, process_input
-from micronet.runtime.cohort import DetectorSpec, read_manifest, run_cohort, write_summary
 from micronet.runtime.errors import InputError, MissingFileError
+from micronet.runtime.runs.batch import RunSettings, process_input
+from micronet.runtime.runs.cohort import (
+    DetectorSpec,
+    read_manifest,
+    run_cohort,
+    write_summary,
+)
 
 FORMATS = ("csv", "geojson")
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from micronet.runtime.datasets import load_point_folder, read_split
 from micronet.runtime.errors import InputError
+from micronet.runtime.evaluation.datasets import load_point_folder, read_split
 
 
 def test_a_split_file_outside_the_data_set_selects_its_images(shared_data, tmp_path):

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from micronet.runtime.detections import Detections
 from micronet.runtime.points import read_points_csv
 

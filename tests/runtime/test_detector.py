@@ -13,7 +13,7 @@ import pytest
 
 from micronet.runtime.detections import Detections
 from micronet.runtime.detector import BUNDLED_MODELS, Detector, bundled_model, resolve_model
-from micronet.runtime.matching import evaluate_points, match_points
+from micronet.runtime.evaluation.matching import evaluate_points, match_points
 from micronet.runtime.peaks import find_peaks
 
 BLUR_MARGIN = 8  # the blur model's receptive radius (4) + min_distance (3), rounded up
@@ -483,8 +483,8 @@ def test_bundled_models_known_answers_on_the_test_split(shared_data):
     # fast-cpu (lean, ReLU, int8) 0.8103, which trades at most 0.02 F1 for its ~5x speed.
     # fast-cpu's 7-bit weights cannot saturate, so its int8 integers are the same on every
     # x86 CPU; the tolerance covers float near-ties only.
-    from micronet.runtime.datasets import load_point_folder
-    from micronet.runtime.metrics import evaluate_images
+    from micronet.runtime.evaluation.datasets import load_point_folder
+    from micronet.runtime.evaluation.metrics import evaluate_images
 
     data = load_point_folder(shared_data / "crchisto", "test")
     f1 = {}

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gpu_support import fake_cupy, require_tensorrt
 from micronet.runtime import engine_cache
 from micronet.runtime.backends import cuda_env
@@ -410,7 +409,7 @@ def test_bundled_model_on_tensorrt_builds_once_and_matches_onnxruntime(tmp_path_
     require_tensorrt()
     _bundled_fp16()
     from micronet.runtime.detector import bundled_sample, read_image
-    from micronet.runtime.matching import evaluate_points
+    from micronet.runtime.evaluation.matching import evaluate_points
 
     root = os.environ.get("MICRONET_CACHE_DIR") or str(tmp_path_factory.mktemp("engine-cache"))
     monkeypatch.setenv("MICRONET_CACHE_DIR", root)

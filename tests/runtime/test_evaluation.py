@@ -1,4 +1,4 @@
-"""Scoring folders of point CSVs, and models over data sets (micronet.runtime.evaluation)."""
+"""Scoring folders of point CSVs, and models over data sets (micronet.runtime.evaluation.evaluate)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from micronet.runtime.datasets import load_point_folder
-from micronet.runtime.evaluation import (
+from micronet.runtime.evaluation.datasets import load_point_folder
+from micronet.runtime.evaluation.evaluate import (
     ModelEvaluation,
     evaluate_candidates,
     evaluate_model_file,
@@ -16,9 +15,9 @@ from micronet.runtime.evaluation import (
     model_candidates,
     score_predictions,
 )
-from micronet.runtime.metrics import evaluate_images
+from micronet.runtime.evaluation.metrics import evaluate_images
 from micronet.runtime.points import read_points_csv, write_points_csv
-from micronet.runtime.sweep import sweep_thresholds, threshold_sweep
+from micronet.runtime.evaluation.sweep import sweep_thresholds, threshold_sweep
 
 
 def _write_set(folder: Path, images: dict[str, list]) -> Path:

@@ -1,5 +1,5 @@
 """The gated matcher against scipy's Hungarian method on the dense matrix, known answers,
-and the argument checks of micronet.runtime.matching."""
+and the argument checks of micronet.runtime.evaluation.matching."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from micronet.runtime import _native
+from micronet.runtime.evaluation import matching
+from micronet.runtime.evaluation.matching import (
+    PointMetrics,
+    evaluate_points,
+    match_points,
+)
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
-
-from micronet.runtime import _native, matching
-from micronet.runtime.matching import PointMetrics, evaluate_points, match_points
 
 
 def _distances(pred: np.ndarray, true: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Pooling over images, the report and its text table, and summaries across data sets
-(micronet.runtime.metrics)."""
+(micronet.runtime.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import math
 
 import numpy as np
 import pytest
-
-from micronet.runtime import metrics
-from micronet.runtime.matching import PointMetrics, evaluate_points
-from micronet.runtime.metrics import evaluate_images, pool_metrics, summarize_across_sets
-
+from micronet.runtime.evaluation import metrics
+from micronet.runtime.evaluation.matching import PointMetrics, evaluate_points
+from micronet.runtime.evaluation.metrics import (
+    evaluate_images,
+    pool_metrics,
+    summarize_across_sets,
+)
 
 # --- pooling -------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from micronet.runtime.errors import InputError, MissingPackageError
 from micronet.runtime.slide import open_slide
 
@@ -38,7 +37,7 @@ def test_both_readers_see_the_same_slide(cmu1):
 @pytest.mark.slow
 def test_both_readers_give_the_same_detections_on_cmu1(cmu1):
     from micronet.runtime.detector import Detector
-    from micronet.runtime.matching import match_points
+    from micronet.runtime.evaluation.matching import match_points
 
     det = Detector("fast-cpu", device="cpu")
     found = {}
@@ -84,7 +83,7 @@ def test_without_openslide_a_vendor_format_names_the_extra(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_detect_slide_through_either_reader_gives_the_same_detections(cmu1, tmp_path):
     from micronet.runtime.detector import Detector
-    from micronet.runtime.matching import match_points
+    from micronet.runtime.evaluation.matching import match_points
 
     det = Detector("fast-cpu", device="cpu")
     found = {r: det.detect_slide(cmu1, reader=r, progress=False) for r in ("tifffile", "openslide")}

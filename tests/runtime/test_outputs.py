@@ -1,4 +1,4 @@
-"""The outputs of one input (``micronet.runtime.outputs``): the lock, complete-or-absent
+"""The outputs of one input (``micronet.runtime.runs.outputs``): the lock, complete-or-absent
 writing, and what a rerun does with what it finds. Whole runs killed, interrupted and
 starved of disk space are in ``tests/test_faults.py``."""
 
@@ -9,10 +9,9 @@ import os
 
 import numpy as np
 import pytest
-
 from micronet.runtime.detections import Detections
 from micronet.runtime.errors import InputError
-from micronet.runtime.outputs import ImageOutputs, OutputLock, describe_changes
+from micronet.runtime.runs.outputs import ImageOutputs, OutputLock, describe_changes
 
 SETTINGS = {"model": "abc", "threshold": 0.5, "mpp": 0.55, "formats": ["csv", "geojson", "png"]}
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from micronet.runtime.points import read_points_csv, read_scored_points_csv, write_points_csv
+from micronet.runtime.points import (
+    read_points_csv,
+    read_scored_points_csv,
+    write_points_csv,
+)
 
 
 def test_csv_round_trip_is_exact(tmp_path):

@@ -9,9 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from micronet.runtime.resample import (
+    BilinearAxis,
+    from_resampled,
+    resample,
+    resampled_size,
+    to_resampled,
+)
 from PIL import Image
-
-from micronet.runtime.resample import BilinearAxis, from_resampled, resample, resampled_size, to_resampled
 
 
 def _dots(height: int, width: int, centres: np.ndarray, sigma: float) -> np.ndarray:
@@ -84,11 +89,15 @@ def test_training_validation_and_evaluate_agree_on_monuseg_at_025_mpp(shared_dat
     """The same checkpoint, the same data at another pixel size: the F1 the trainer's
     validation computes equals what `micronet evaluate` reports."""
     pytest.importorskip("torch")
-    from micronet.cli import main
-    from micronet.runtime.datasets import load_point_folder
+    from micronet.runtime.evaluation.datasets import load_point_folder
     from micronet.trainer.checkpoint import load_checkpoint
-    from micronet.trainer.validate import validation_inputs
-    from micronet.trainer.validate import choose_threshold, predict_map
+    from micronet.trainer.validate import (
+        choose_threshold,
+        predict_map,
+        validation_inputs,
+    )
+
+    from micronet.cli import main
 
     checkpoint = Path(__file__).resolve().parents[2] / "trainer" / "pretrained" / "micronet_crchisto.safetensors"
     if not checkpoint.exists():

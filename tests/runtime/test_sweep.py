@@ -1,4 +1,4 @@
-"""The detection-threshold sweep (micronet.runtime.sweep)."""
+"""The detection-threshold sweep (micronet.runtime.evaluation.sweep)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from micronet.runtime import sweep as sweep_module
-from micronet.runtime.matching import evaluate_points
-from micronet.runtime.metrics import evaluate_images
-from micronet.runtime.sweep import sweep_thresholds, threshold_sweep
+from micronet.runtime.evaluation import sweep as sweep_module
+from micronet.runtime.evaluation.matching import evaluate_points
+from micronet.runtime.evaluation.metrics import evaluate_images
+from micronet.runtime.evaluation.sweep import sweep_thresholds, threshold_sweep
 
 
 @st.composite

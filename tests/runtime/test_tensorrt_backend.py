@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gpu_support import require_tensorrt
-from micronet.runtime.backends import Backend
-from micronet.runtime.backends import cuda_env
+from micronet.runtime.backends import Backend, cuda_env
 from micronet.runtime.backends import tensorrt as trt_backend
 from micronet.runtime.backends.tensorrt import (
     SlotPool,
@@ -795,7 +793,7 @@ def test_gpu_index_reaches_the_tensorrt_backend(fake_gpu):
 
 def he_like_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
     """(n, h, w, 3) uint8: pink stroma with dark purple nucleus-sized blobs."""
-    from micronet.runtime.synthetic import nuclei_image
+    from micronet.runtime.diagnostics.synthetic import nuclei_image
 
     seeds = rng.integers(0, 2**31, n)
     return np.stack([nuclei_image(h, w, max(1, h * w // 900), seed=int(s), spacing=6)[0] for s in seeds])
@@ -835,7 +833,7 @@ def _ort_maps(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
 @pytest.mark.gpu
 def test_engine_matches_onnxruntime_fp32(tiny_engine):
     cupy = require_tensorrt()
-    from micronet.runtime.matching import evaluate_points
+    from micronet.runtime.evaluation.matching import evaluate_points
     from micronet.runtime.peaks import find_peaks
 
     batch = he_like_images(np.random.default_rng(0), 3, 256, 320)
@@ -954,7 +952,7 @@ def test_detector_on_an_engine_pipelines_and_finds_the_cpu_peaks(tiny_engine):
     # The pipelined GPU path (two batches in flight, CuPy peaks, one copy per tile) against
     # the same engine's maps copied to the host and scanned by the native CPU finder.
     cupy = require_tensorrt()
-    from micronet.runtime.matching import match_points
+    from micronet.runtime.evaluation.matching import match_points
 
     images = list(he_like_images(np.random.default_rng(4), 5, 300, 420))
     backend = TensorRTBackend(tiny_engine.engine)

@@ -18,7 +18,7 @@ from micronet.runtime.detector import (
     read_image,
 )
 from micronet.runtime.errors import InputError
-from micronet.runtime.matching import evaluate_points
+from micronet.runtime.evaluation.matching import evaluate_points
 from micronet.runtime.peaks import find_peaks
 
 pytest.importorskip("onnxruntime")
@@ -281,7 +281,7 @@ def test_records_from_before_tta_count_as_made_without_it(tmp_path, capsys):
 
 
 def test_detector_spec_carries_tta_to_workers():
-    from micronet.runtime.cohort import DetectorSpec
+    from micronet.runtime.runs.cohort import DetectorSpec
 
     assert DetectorSpec("default", "cpu", threads=1, tta=True).build().tta is True
     assert DetectorSpec("default", "cpu", threads=1).build().tta is False
@@ -292,7 +292,7 @@ def test_detector_spec_carries_tta_to_workers():
 
 def test_evaluate_a_model_with_tta(sample_set, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from micronet.runtime.evaluation import evaluate_model_file
+    from micronet.runtime.evaluation.evaluate import evaluate_model_file
 
     from micronet.cli import main
 
@@ -307,7 +307,10 @@ def test_evaluate_a_model_with_tta(sample_set, tmp_path, capsys):
 
 
 def test_evaluate_refuses_tta_where_it_cannot_apply(sample_set, tmp_path, capsys):
-    from micronet.runtime.evaluation import evaluate_model_file, model_candidates
+    from micronet.runtime.evaluation.evaluate import (
+        evaluate_model_file,
+        model_candidates,
+    )
 
     from micronet.cli import main
 

@@ -30,14 +30,13 @@ torch = pytest.importorskip("torch")
 if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-from PIL import Image  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
+from micronet.runtime.diagnostics.synthetic import nuclei_image  # noqa: E402
 from micronet.runtime.errors import InputError  # noqa: E402
-from micronet.runtime.synthetic import nuclei_image  # noqa: E402
 from micronet.trainer.checkpoint import load_checkpoint  # noqa: E402
 from micronet.trainer.distributed import HASHES_ENV, DistContext, setup, weights_digest  # noqa: E402
 from micronet.trainer.train import TrainConfig, _Sampler, train  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 ITERATIONS = 4  # the resume test stops at half of it
 COMMON = [

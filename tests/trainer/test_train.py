@@ -133,7 +133,12 @@ def test_bad_configs_are_refused(small_set, tmp_path, kw, text):
 # --- machine-bound defaults: bf16 and threads are chosen from the hardware -------------
 
 from micronet.runtime import machine  # noqa: E402
-from micronet.trainer.train import resolve_bf16, resolve_channels_last, resolve_machine_defaults, resolve_threads  # noqa: E402
+from micronet.trainer.train import (  # noqa: E402
+    resolve_bf16,
+    resolve_channels_last,
+    resolve_machine_defaults,
+    resolve_threads,
+)
 
 AVX2_EPYC = frozenset({"avx", "avx2", "fma", "f16c"})  # e.g. AMD EPYC 7003: bf16 is emulated
 SAPPHIRE_RAPIDS = AVX2_EPYC | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -217,6 +222,7 @@ def test_cli_leaves_bf16_to_the_hardware_unless_a_flag_is_given(monkeypatch):
     import argparse
 
     import micronet.trainer.train as train_module
+
     from micronet.commands import train as train_command
 
     def parse(*argv: str) -> argparse.Namespace:

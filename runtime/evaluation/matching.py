@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-
 from micronet.runtime import _native
 
-from .errors import InputError, InputTypeError
+from ..errors import InputError, InputTypeError
+from ..points import as_points  # re-exported: the checks on point arrays are the core's
 
 __all__ = ["PointMetrics", "evaluate_points", "match_points"]
 
@@ -81,30 +81,6 @@ class PointMetrics:
         if math.isnan(out["mean_distance"]):
             out["mean_distance"] = None
         return out
-
-
-def as_points(value: Any, name: str) -> np.ndarray:
-    """``value`` as a C-contiguous ``(N, 2)`` float64 array of finite points.
-
-    Raises TypeError for non-numeric data and ValueError, naming ``name``, for a wrong
-    shape or a NaN/infinite coordinate. An empty list is taken as no points.
-    """
-    try:
-        arr = np.asarray(value)
-    except ValueError as exc:  # ragged nested lists
-        raise InputError(f"{name}: expected an (N, 2) array of points: {exc}") from None
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise InputTypeError(f"{name}: expected real (x, y) coordinates, got dtype {arr.dtype}")
-    if arr.ndim == 1 and arr.size == 0:  # [] or np.array([])
-        arr = arr.reshape(0, 2)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise InputError(f"{name}: expected an (N, 2) array of points, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise InputError(f"{name}: expected finite coordinates, got point {i} = ({arr[i, 0]}, {arr[i, 1]})")
-    return arr
 
 
 def check_radius(radius: Any) -> float:

@@ -4,7 +4,7 @@
   it, a folder, one image), as ``micronet evaluate --pred`` scores them:
   :func:`score_predictions`, with :func:`find_annotations` selecting the annotations;
 - a model, as any callable that returns one image's candidate detections
-  (:data:`Candidates`), over a :class:`~micronet.runtime.datasets.PointDataset`:
+  (:data:`Candidates`), over a :class:`~micronet.runtime.evaluation.datasets.PointDataset`:
   :func:`evaluate_candidates`;
 - a model file (checkpoint, ONNX model, TensorRT engine or bundled model name) on a data
   set folder, as ``micronet evaluate --model`` runs it: :func:`evaluate_model_file`,
@@ -31,12 +31,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bundled import BUNDLED_MODELS, resolve_model
+from ..bundled import BUNDLED_MODELS, resolve_model
+from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
+from ..model_info import ModelInfo
 from .datasets import PointDataset, load_point_folder, read_split
-from .errors import InputError, InputTypeError, MissingFileError, MissingPackageError
 from .metrics import EvaluationReport, evaluate_images
-from .model_info import ModelInfo
-from .points import read_points_csv, read_scored_points_csv
+from ..points import read_points_csv, read_scored_points_csv
 from .sweep import SweepResult, sweep_thresholds, threshold_sweep
 
 __all__ = [
@@ -59,6 +59,10 @@ Candidates = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]
 """``(image, mpp) -> (xy, scores)``: an ``(H, W, 3)`` uint8 RGB image and its pixel size in
 µm/px to its candidate detections, ``(N, 2)`` ``(x, y)`` in that image's pixels and their
 ``(N,)`` scores, found at a threshold at or below the sweep's lowest."""
+
+CheckpointRunner = Callable[[str, float], "tuple[Candidates, ModelInfo]"]
+"""Runs a checkpoint: (path, floor) → its :data:`Candidates` and metadata. The trainer
+provides one (``micronet.trainer.validate.checkpoint_candidates``); the runtime imports no trainer."""
 
 MODEL_SUFFIXES = (".safetensors", ".onnx", ".engine")
 """The model files :func:`model_candidates` runs: checkpoint, ONNX model, TensorRT engine."""
@@ -126,7 +130,7 @@ def find_annotations(truth: str | PathLike[str], split: str | None = None, image
     Args:
         truth: one of
             - a data set folder: ``points/`` inside, and ``split.csv`` for ``split``
-              (the layout of :mod:`micronet.runtime.datasets`; images are not read);
+              (the layout of :mod:`micronet.runtime.evaluation.datasets`; images are not read);
             - a data set's ``points/`` folder (its ``split.csv`` is the parent's);
             - any folder of ``<image name>.csv`` annotation files (no ``split``);
             - one annotation CSV (neither ``split`` nor ``image``): that image alone.
@@ -438,18 +442,22 @@ def evaluate_candidates(
     return ModelEvaluation(threshold=float(threshold), report=report, sweep=sweep)
 
 
-def model_candidates(model: str | PathLike[str], floor: float, tta: bool = False) -> tuple[Candidates, ModelInfo]:
+def model_candidates(
+    model: str | PathLike[str], floor: float, tta: bool = False, checkpoint: CheckpointRunner | None = None
+) -> tuple[Candidates, ModelInfo]:
     """The :data:`Candidates` callable of a model file, and the model's metadata.
 
     Args:
-        model: a ``.safetensors`` checkpoint (run with torch on the CPU, which only this
-            case imports: ``pip install 'micronet-sdk[train]'``), an ``.onnx`` model or a
+        model: a ``.safetensors`` checkpoint (run by ``checkpoint``), an ``.onnx`` model or a
             TensorRT ``.engine`` (run by a :class:`~micronet.runtime.detector.Detector` on
             the best backend available), or the name of a bundled model
             (:data:`~micronet.runtime.bundled.BUNDLED_MODELS`: ``default``, ``fast-cpu``).
         floor: the threshold the candidates are found at.
         tta: flip test-time augmentation (``Detector(tta=True)``); for ``.onnx`` and
             ``.engine`` models and bundled names only.
+        checkpoint: what runs a checkpoint: the trainer's
+            ``micronet.trainer.validate.checkpoint_candidates`` (torch), passed by the
+            caller so that the runtime never imports the trainer.
 
     Raises:
         ValueError: another kind of file (the valid suffixes are listed), or ``tta``
@@ -459,17 +467,15 @@ def model_candidates(model: str | PathLike[str], floor: float, tta: bool = False
     suffix = path.suffix.lower()
     _check_tta(path, tta)
     if suffix == ".safetensors":
-        try:
-            from micronet.trainer.validate import CheckpointCandidates
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("torch", "safetensors"):
-                raise
-            raise MissingPackageError(f"evaluating a checkpoint needs {exc.name}: pip install 'micronet-sdk[train]'") from exc
-
-        runner = CheckpointCandidates(str(path), floor)
-        return runner, runner.info
+        if checkpoint is None:
+            raise InputError(
+                f"model {path.name}: a .safetensors checkpoint runs in the trainer's torch code; pass "
+                "checkpoint=micronet.trainer.validate.checkpoint_candidates (as `micronet evaluate` does), or export it "
+                "(micronet export) and evaluate the .onnx"
+            )
+        return checkpoint(str(path), floor)
     if suffix in (".onnx", ".engine"):
-        from .detector import Detector
+        from ..detector import Detector
 
         det = Detector(str(path), threshold=floor, tta=bool(tta))
 
@@ -510,20 +516,21 @@ def evaluate_model_file(
     threshold: float | None = None,
     progress: bool = True,
     tta: bool = False,
+    checkpoint: CheckpointRunner | None = None,
 ) -> ModelEvaluation:
     """A checkpoint, ONNX model or TensorRT engine on a point-annotated data set, as
     ``micronet evaluate --model`` runs it.
 
     The model finds candidates once per image, at the floor of
-    :func:`~micronet.runtime.sweep.sweep_thresholds` for its own target scale (the
+    :func:`~micronet.runtime.evaluation.sweep.sweep_thresholds` for its own target scale (the
     thresholds the trainer chose ξ over), and the sweep filters them; the metrics at the
     operating ξ are those of the candidates scoring above it.
 
     Args:
         model: a model file or bundled model name, see :func:`model_candidates`.
         data: a data set folder (images/ and points/, see
-            :func:`~micronet.runtime.datasets.load_point_folder`) or a loaded
-            :class:`~micronet.runtime.datasets.PointDataset`.
+            :func:`~micronet.runtime.evaluation.datasets.load_point_folder`) or a loaded
+            :class:`~micronet.runtime.evaluation.datasets.PointDataset`.
         split: of a folder, the split to evaluate (e.g. ``"test"``); default: all images.
         radius: matching radius in the data set's pixels; default 6 (CRCHistoPhenotypes
             at 20x).
@@ -532,6 +539,7 @@ def evaluate_model_file(
         tta: flip test-time augmentation (``Detector(tta=True)``: 4 passes, maps
             averaged before the peaks), for ``.onnx`` and ``.engine`` models and
             bundled names; a checkpoint refuses it.
+        checkpoint: what runs a ``.safetensors`` checkpoint, see :func:`model_candidates`.
 
     Raises:
         FileNotFoundError: no model file, or no data set there.
@@ -549,12 +557,12 @@ def evaluate_model_file(
     else:
         dataset = load_point_folder(data, split)
     thresholds = sweep_thresholds(_DEFAULT_TARGET_SCALE)
-    runner, info = model_candidates(path, float(thresholds[0]), tta=tta)
+    runner, info = model_candidates(path, float(thresholds[0]), tta=tta, checkpoint=checkpoint)
     if _target_scale(info) != _DEFAULT_TARGET_SCALE:
         # The floor depends on the model's target scale, which its metadata (read with the
         # model) gives: open it again at its own floor.
         thresholds = sweep_thresholds(_target_scale(info))
-        runner, info = model_candidates(path, float(thresholds[0]), tta=tta)
+        runner, info = model_candidates(path, float(thresholds[0]), tta=tta, checkpoint=checkpoint)
     source = "model" if threshold is None else "given"
     threshold = info.threshold if threshold is None else float(threshold)
     if threshold < thresholds[0]:

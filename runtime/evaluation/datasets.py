@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingFileError
-from .points import read_points_csv
+from ..errors import InputError, MissingFileError
+from ..points import read_points_csv
 
 __all__ = ["PointDataset", "load_point_folder", "read_split", "KNOWN_MPP"]
 

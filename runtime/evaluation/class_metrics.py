@@ -1,7 +1,7 @@
 """Classification scores among matched nuclei (the SC-CNN protocol).
 
 Detections are first matched to annotations within the radius (the Hungarian matcher,
-:mod:`micronet.runtime.matching`); among the matched pairs whose annotation carries a
+:mod:`micronet.runtime.evaluation.matching`); among the matched pairs whose annotation carries a
 class label, the predicted class is compared with the true one: per-class precision,
 recall and F1, their average weighted by each class's support, and the confusion matrix.
 Annotations without a label (unknown class) and unmatched detections take no part: the

@@ -1,12 +1,12 @@
 """Tiled, streamed detection on a whole slide: :func:`detect_slide`.
 
-It takes the lock on the slide's outputs (:class:`~micronet.runtime.outputs.OutputLock`),
+It takes the lock on the slide's outputs (:class:`~micronet.runtime.runs.outputs.OutputLock`),
 opens the slide (:mod:`~micronet.runtime.slide.reader`), plans the run
 (:func:`~micronet.runtime.slide.plan.plan_slide`: level, model-pixel grid, tiles on
 tissue), checks what an earlier run left (:meth:`SlideOutputs.check
-<micronet.runtime.outputs.InputOutputs.check>`: resume, verify, or refuse other
+<micronet.runtime.runs.outputs.InputOutputs.check>`: resume, verify, or refuse other
 settings), runs the tiles in batches through the detector, keeps each tile's core
-peaks, and hands each batch to the :class:`~micronet.runtime.slide.outputs.SlideOutputs`
+peaks, and hands each batch to the :class:`~micronet.runtime.runs.slide_outputs.SlideOutputs`
 as it completes, with tqdm progress bars over the tissue scan and the tiles.
 
 **Pipelining.** Reader threads read, decode and resample the next tiles while the
@@ -38,14 +38,22 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import InputError
-from ..tiling import keep_in_core, sort_peaks
-from ..outputs import FORMATS, InputRun, OutputLock, check_formats, fault_point, detector_settings, fingerprint
+from ..slide.colour import slide_colour_stats
+from ..slide.plan import SlidePlan, plan_slide
+from ..slide.reader import THUMBNAIL_SIZE, Slide, open_slide
+from ..slide.tissue import scan_progress
 from ..stain import colour_distance
-from .colour import slide_colour_stats
-from .outputs import SlideOutputs, output_stem
-from .plan import SlidePlan, plan_slide
-from .reader import THUMBNAIL_SIZE, Slide, open_slide
-from .tissue import scan_progress
+from ..tiling import keep_in_core, sort_peaks
+from .outputs import (
+    FORMATS,
+    InputRun,
+    OutputLock,
+    check_formats,
+    detector_settings,
+    fault_point,
+    fingerprint,
+)
+from .slide_outputs import SlideOutputs, output_stem
 
 __all__ = ["detect_slide", "run_slide", "progress_enabled"]
 
@@ -63,7 +71,7 @@ def detect_slide(detector: Any, path: str | PathLike[str], **options: Any) -> De
     Called as ``detector.detect_slide(path, ...)``. Reads the slide tile by tile at the
     model's pixel size, skips glass, runs tiles in batches of ``detector.batch_size``
     while reader threads prefetch the next ones, keeps each tile's core peaks, and
-    streams the detections to ``out_dir`` (see :mod:`micronet.runtime.slide.outputs`
+    streams the detections to ``out_dir`` (see :mod:`micronet.runtime.runs.slide_outputs`
     for the files).
 
     Takes the arguments of :func:`run_slide` (the options are keyword-only there).
@@ -118,7 +126,7 @@ def detect_slide(detector: Any, path: str | PathLike[str], **options: Any) -> De
             option, outputs in ``out_dir`` made with other settings (``resume=True``),
             or another run writing them (``wait=False``).
         OSError: an output that cannot be written (full disk, read-only folder), as
-            :class:`~micronet.runtime.outputs.OutputWriteError` naming the file.
+            :class:`~micronet.runtime.runs.outputs.OutputWriteError` naming the file.
     """
     return run_slide(detector, path, **options).detections
 
@@ -142,7 +150,7 @@ def run_slide(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> InputRun:
     """:func:`detect_slide` (whose docstring describes every argument), returning what
-    a batch records of the run: an :class:`~micronet.runtime.outputs.InputRun` with the
+    a batch records of the run: an :class:`~micronet.runtime.runs.outputs.InputRun` with the
     detections, whether the slide ran, resumed or was finished already, the outputs
     rewritten, its megapixels and seconds."""
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """The output files of one slide run, written tile batch by tile batch, and the record
 that lets a rerun resume, verify or refuse them.
 
-:class:`SlideOutputs` is the slide case of :class:`~micronet.runtime.outputs.InputOutputs`
+:class:`SlideOutputs` is the slide case of :class:`~micronet.runtime.runs.outputs.InputOutputs`
 (the lock, the complete-or-absent rule and the checks on a rerun are there). While the
 run goes on, every file has its ``.partial`` name; they get their final names only when
 the last tile is done and the record holds their checksums:
@@ -42,7 +42,8 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import InputError
-from ..outputs import (
+from ..slide.reader import Thumbnail, slide_suffix
+from .outputs import (
     FORMATS,
     InputOutputs,
     append_records,
@@ -53,7 +54,6 @@ from ..outputs import (
     replace_atomically,
     writing,
 )
-from .reader import Thumbnail, slide_suffix
 
 __all__ = [
     "SlideOutputs",
@@ -191,7 +191,7 @@ class _Overlay:
 class SlideOutputs(InputOutputs):
     """The streamed CSV / GeoJSON / overlay files of one slide run, and its record.
 
-    Take the input's :class:`~micronet.runtime.outputs.OutputLock` first. Then
+    Take the input's :class:`~micronet.runtime.runs.outputs.OutputLock` first. Then
     :meth:`check` says what to do: ``"finished"`` → :meth:`repair` what is damaged
     (with :meth:`write_whole`) and use :meth:`records`; else :meth:`open`, :meth:`commit`
     after each batch, :meth:`finish` at the end, and :meth:`close` in any case. Each

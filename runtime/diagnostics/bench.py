@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "BenchResult",
@@ -111,8 +111,8 @@ def timing_images(batch: int, size: int, source: np.ndarray | None = None) -> li
             nuclei.
     """
     if source is None:
-        from .bundled import bundled_sample
-        from .images import as_rgb_image
+        from ..bundled import bundled_sample
+        from ..images import as_rgb_image
 
         try:
             source = as_rgb_image(bundled_sample())
@@ -153,11 +153,11 @@ def benchmark_model(
         repeat, warmup: timed calls, and untimed calls before them (first-call set-up:
             memory arenas, kernel selection, TensorRT contexts).
         images: the timing images (default :func:`timing_images`).
-        data: a :class:`micronet.runtime.datasets.PointDataset` to measure P / R / F1 on.
+        data: a :class:`micronet.runtime.evaluation.datasets.PointDataset` to measure P / R / F1 on.
         radius: matching radius in the data set's pixels.
     """
-    from .detector import Detector, resolve_model
-    from .metrics import evaluate_images
+    from ..detector import Detector, resolve_model
+    from ..evaluation.metrics import evaluate_images
 
     path = resolve_model(model)
     result = BenchResult(model=str(path), format=_format_of(path))
@@ -231,7 +231,7 @@ def benchmark(
     dataset = None
     source = None
     if data is not None:
-        from .datasets import load_point_folder
+        from ..evaluation.datasets import load_point_folder
 
         dataset = load_point_folder(data, split)
         if not len(dataset):
@@ -288,7 +288,7 @@ def ort_matmul_gflops(size: int = 2048, repeat: int = 10, threads: int | None = 
         import onnxruntime as ort
     except ImportError:
         return None
-    from .machine import physical_cores
+    from ..machine import physical_cores
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or physical_cores()
@@ -308,7 +308,7 @@ def matmul_yardsticks(size: int = 2048, repeat: int = 10) -> dict[str, float]:
     """One measurement of this machine's float32 matrix-product rate (GFLOP/s), by NumPy's
     BLAS and by ONNX Runtime (when installed): ``{"numpy": ..., "onnxruntime": ...}``.
     About a second on a 2-core CPU; below 2048² ONNX Runtime's rate is far from its best."""
-    from .machine import matmul_peak_gflops
+    from ..machine import matmul_peak_gflops
 
     out = {"numpy": matmul_peak_gflops(size, repeat)}
     ort_rate = ort_matmul_gflops(size, repeat)
@@ -331,7 +331,7 @@ def machine_record(measurements: Sequence[dict[str, float]] = ()) -> dict[str, A
         ``ort_matmul_gflops`` (the highest of each) and ``matmul_peak_gflops``: the
         highest of both, the yardstick that throughput is divided by.
     """
-    from .machine import describe_machine
+    from ..machine import describe_machine
 
     measurements = list(measurements) or [matmul_yardsticks()]
     machine = describe_machine(measure_peak=False)
@@ -346,7 +346,7 @@ def machine_record(measurements: Sequence[dict[str, float]] = ()) -> dict[str, A
 
 def run_line(machine: dict[str, Any]) -> str:
     """:func:`~micronet.runtime.machine.machine_line` plus ONNX Runtime's matmul rate."""
-    from .machine import machine_line
+    from ..machine import machine_line
 
     line = machine_line(machine)
     if machine.get("ort_matmul_gflops") is not None:

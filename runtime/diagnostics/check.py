@@ -36,11 +36,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bundled import bundled_sample
-from .errors import InputError, MicronetError
-from .images import as_rgb_image
-from .matching import evaluate_points, match_points
-from .peaks import find_peaks
+from ..bundled import bundled_sample
+from ..errors import InputError, MicronetError
+from ..evaluation.matching import evaluate_points, match_points
+from ..images import as_rgb_image
+from ..peaks import find_peaks
 
 __all__ = [
     "REFERENCE_KEY",
@@ -238,11 +238,11 @@ def _to_host(maps: Any) -> np.ndarray:
 
 
 def _device_description(detector: Any) -> str:
-    from .machine import cpu_flags, cpu_model
+    from ..machine import cpu_flags, cpu_model
 
     if detector.device == "cuda" or detector.backend_name in ("tensorrt", "onnxruntime-cuda"):
         try:
-            from .backends.cuda_env import cuda_device_properties
+            from ..backends.cuda_env import cuda_device_properties
 
             name, cc = cuda_device_properties(int(getattr(detector.backend, "device_id", 0) or 0))
             return f"{name} (sm_{cc.replace('.', '')})"

@@ -1,6 +1,6 @@
 """Cohorts: many slides or images, one task each, on a Ray cluster or in this process.
 
->>> from micronet.runtime.cohort import DetectorSpec, run_cohort      # doctest: +SKIP
+>>> from micronet.runtime.runs.cohort import DetectorSpec, run_cohort      # doctest: +SKIP
 >>> rows = run_cohort(paths, process, DetectorSpec("fast-cpu"), ray_address="local")  # doctest: +SKIP
 
 ``process(detector, path) -> dict`` does one input (detect, write its outputs, return
@@ -15,7 +15,7 @@ one path to test, not two:
   keeping it for its next inputs; each task asks for the CPUs its ONNX Runtime threads
   use, or one GPU when the model runs on a GPU. An actor that dies (a killed worker, an
   out-of-memory node) is restarted and its task retried; the input's outputs resume
-  where they stopped, as a rerun does (:mod:`micronet.runtime.slide.outputs`). An input
+  where they stopped, as a rerun does (:mod:`micronet.runtime.runs.slide_outputs`). An input
   whose worker dies more often than that gets a ``failed`` row, and the cohort goes on.
 
 One progress bar counts inputs and megapixels. Ray is optional
@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import InputError, MissingFileError, MissingPackageError
+from ..errors import InputError, MissingFileError, MissingPackageError
 
 __all__ = ["CLUSTER_EXTRA", "SUMMARY_FIELDS", "DetectorSpec", "read_manifest", "run_cohort", "write_summary"]
 
@@ -67,7 +67,7 @@ class DetectorSpec:
     normalize: str | None = None
 
     def build(self) -> Any:
-        from .detector import Detector
+        from ..detector import Detector
 
         threads = None if self.device not in ("cpu", "auto") else self.threads
         return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads, tta=self.tta, normalize=self.normalize)

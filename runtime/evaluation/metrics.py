@@ -1,15 +1,15 @@
 """Detection metrics aggregated as the paper reports them.
 
-- per image: :func:`micronet.runtime.matching.evaluate_points`;
+- per image: :func:`micronet.runtime.evaluation.matching.evaluate_points`;
 - pooled over a data set: :func:`evaluate_images` / :func:`pool_metrics` sum TP, FP and
   FN over the images and average the distance over all matched pairs (ED), in an
   :class:`EvaluationReport` (as a dict, or as the text table ``micronet evaluate``
   prints);
 - across data sets (Table 1 style, mean ± std): :func:`summarize_across_sets`.
 
-The threshold sweep is :mod:`micronet.runtime.sweep`, point CSV files are
+The threshold sweep is :mod:`micronet.runtime.evaluation.sweep`, point CSV files are
 :mod:`micronet.runtime.points`, and a model or a folder of CSVs over a data set is
-:mod:`micronet.runtime.evaluation`.
+:mod:`micronet.runtime.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from micronet.runtime.matching import (
+from micronet.runtime.evaluation.matching import (
     PointMetrics,
     as_points,
     check_radius,
     evaluate_points,
 )
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "EvaluationReport",

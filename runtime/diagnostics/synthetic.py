@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["STROMA_RGB", "NUCLEUS_RGB", "blob_image", "nuclei_image"]
 

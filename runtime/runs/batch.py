@@ -1,7 +1,7 @@
 """Detecting inputs into an output folder, one at a time: :func:`process_input` takes one
 image or slide to its output files and returns its :class:`SummaryRow`.
 
->>> from micronet.runtime.batch import RunSettings, process_input   # doctest: +SKIP
+>>> from micronet.runtime.runs.batch import RunSettings, process_input   # doctest: +SKIP
 >>> row = process_input(detector, "a.png", "results", RunSettings(formats=("csv",)))  # doctest: +SKIP
 >>> row.status, row.nuclei                                          # doctest: +SKIP
 ('ok', 412)
@@ -9,11 +9,11 @@ image or slide to its output files and returns its :class:`SummaryRow`.
 It is a plain function of ``(detector, path, out_dir, settings)`` that turns its own
 failures into a ``failed`` row, so a batch goes on past a bad input and the same
 function runs per input in this process or on Ray workers
-(:func:`micronet.runtime.cohort.run_cohort` with
+(:func:`micronet.runtime.runs.cohort.run_cohort` with
 ``functools.partial(process_input, out_dir=..., settings=...)``). Slides go to
-:func:`~micronet.runtime.slide.pipeline.run_slide`, plain images to :func:`run_image`;
+:func:`~micronet.runtime.runs.slide_run.run_slide`, plain images to :func:`run_image`;
 both take the input's lock and keep its outputs complete or absent
-(:mod:`micronet.runtime.outputs`).
+(:mod:`micronet.runtime.runs.outputs`).
 
 Also here: :func:`check_out_dir` (is the folder usable, before any model loads),
 :func:`is_slide`, and :func:`image_mpp` (the pixel size of a plain image: the caller's,
@@ -30,11 +30,21 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from . import images
-from .detections import Detections
-from .errors import InputError, MicronetError, MissingFileError
-from .images import as_rgb_image, check_mpp
-from .outputs import FORMATS, ImageOutputs, InputRun, OutputLock, OutputWriteError, check_formats, fault_point, detector_settings, fingerprint
+from .. import images
+from ..detections import Detections
+from ..errors import InputError, MicronetError, MissingFileError
+from ..images import as_rgb_image, check_mpp
+from .outputs import (
+    FORMATS,
+    ImageOutputs,
+    InputRun,
+    OutputLock,
+    OutputWriteError,
+    check_formats,
+    detector_settings,
+    fault_point,
+    fingerprint,
+)
 
 __all__ = ["RunSettings", "SummaryRow", "process_input", "run_image", "check_out_dir", "is_slide", "image_mpp", "SLIDE_SUFFIXES", "MPP_ASSUMED"]
 
@@ -71,8 +81,8 @@ class RunSettings:
 class SummaryRow:
     """One input's line of ``run_summary.csv`` (the first six fields), and more.
 
-    ``dict(row)`` gives every field, as :func:`~micronet.runtime.cohort.run_cohort`
-    and :func:`~micronet.runtime.cohort.write_summary` take rows.
+    ``dict(row)`` gives every field, as :func:`~micronet.runtime.runs.cohort.run_cohort`
+    and :func:`~micronet.runtime.runs.cohort.write_summary` take rows.
 
     Attributes:
         input: the input's path.
@@ -135,7 +145,7 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
     try:
         kind = "slide" if is_slide(path) else "image"
         if kind == "slide":
-            from .slide.pipeline import run_slide
+            from .slide_run import run_slide
 
             run = run_slide(
                 detector, path, mpp=settings.mpp, out_dir=out_dir, formats=settings.formats, resume=not settings.overwrite,
@@ -183,7 +193,7 @@ def run_image(
 ) -> InputRun:
     """Detects nuclei in one plain image and writes ``NAME.csv`` (``x,y,score``),
     ``NAME.geojson`` and ``NAME.overlay.png`` (``formats`` chooses) to ``out_dir``,
-    complete or absent (:class:`~micronet.runtime.outputs.ImageOutputs`).
+    complete or absent (:class:`~micronet.runtime.runs.outputs.ImageOutputs`).
 
     A finished run with the same settings is not redone (its outputs are verified and
     any missing or damaged one is rewritten from the stored detections); outputs of
@@ -198,7 +208,7 @@ def run_image(
         overwrite: replace whatever an earlier run left.
         wait: wait for another run writing this image's outputs instead of refusing.
     """
-    from .slide.outputs import output_stem
+    from .slide_outputs import output_stem
 
     started = time.perf_counter()
     path = Path(path)

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from micronet.runtime import _native
-from micronet.runtime.matching import PointMetrics, as_points, check_radius
+from micronet.runtime.evaluation.matching import PointMetrics, as_points, check_radius
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["SweepResult", "sweep_thresholds", "threshold_sweep"]
 
@@ -45,7 +44,7 @@ class SweepResult:
             greater (the peak finder's convention).
         tp, fp, fn: int64 pooled counts.
         precision, recall, f1, mean_distance: float64 pooled metrics (see
-            :class:`~micronet.runtime.matching.PointMetrics` for the empty cases).
+            :class:`~micronet.runtime.evaluation.matching.PointMetrics` for the empty cases).
         best_index: index of the highest F1; among equal F1 the highest threshold
             (the fewest detections) wins.
     """
@@ -97,7 +96,7 @@ def threshold_sweep(
 ) -> SweepResult:
     """Pooled P / R / F1 / ED of a data set at each detection threshold.
 
-    Equals :func:`micronet.runtime.metrics.evaluate_images` on the detections with
+    Equals :func:`micronet.runtime.evaluation.metrics.evaluate_images` on the detections with
     ``score > threshold`` at every threshold, but builds each image's gating graph
     once: detections enter in descending score order and each group of nearby points
     is solved once, incrementally, so a sweep over any number of thresholds costs

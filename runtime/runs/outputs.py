@@ -37,20 +37,17 @@ import json
 import logging
 import os
 import signal
-import socket
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from .detections import Detections
-from .errors import InputError, InputTypeError, MicronetError
+from ..detections import Detections
+from ..errors import InputError, InputTypeError
+from ..files import FileLock, OutputWriteError, file_sha256, replace_atomically, writing  # re-exported
 
 __all__ = [
     "FORMATS",
@@ -88,25 +85,6 @@ OVERWRITE_HINT = "pass --overwrite (resume=False in Python) to replace all outpu
 SETTINGS_SINCE = {"tta": False}
 
 
-class OutputWriteError(MicronetError, OSError):
-    """An output file that cannot be written (full disk, read-only folder …): one line
-    naming the file."""
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Turns an ``OSError`` raised while writing ``path`` into an :class:`OutputWriteError`
-    that names the file (a write on a full disk says only "No space left on device")."""
-    try:
-        yield
-    except OutputWriteError:
-        raise
-    except OSError as exc:
-        error = OutputWriteError(f"cannot write {path}: {exc.strerror or exc}")
-        error.errno = exc.errno
-        raise error from exc
-
-
 def check_formats(formats: Any) -> tuple[str, ...]:
     """Output format names (a sequence, or one comma-separated string) as a tuple in
     :data:`FORMATS` order; a ``ValueError`` lists the valid names."""
@@ -129,15 +107,6 @@ def fingerprint(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         digest.update(f.read(1 << 20))
     return {"name": path.name, "bytes": path.stat().st_size, "sha256_1mib": digest.hexdigest()}
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -178,24 +147,6 @@ def model_digest(detector: Any) -> str:
     return _MODEL_DIGESTS[key]
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls ``write`` on a temporary name next to ``path``, then renames it over
-    ``path``: readers see the old file or the new one, never half of one. A failed
-    write leaves no temporary file behind."""
-    # A unique name in the same folder (one rename away, and never shared by two
-    # writers of the same file: two engine builds, two processes).
-    fd, name = tempfile.mkstemp(prefix=".", suffix=f".{path.name}.tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        with writing(path):
-            write(tmp)
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def append_records(f: IO[bytes], xy: np.ndarray, scores: np.ndarray) -> int:
     """Appends detections to the record as little-endian float32 ``(x, y, score)`` rows;
     returns the file's length."""
@@ -226,9 +177,9 @@ def fault_point(name: str, tiles_done: int = 0) -> None:
 # --- the lock ---------------------------------------------------------------------------------
 
 
-class OutputLock:
-    """An exclusive lock on the outputs of one input in a folder: ``fcntl.flock`` on
-    ``<stem>.lock`` (``msvcrt.locking`` on Windows), which dies with the process.
+class OutputLock(FileLock):
+    """An exclusive lock on the outputs of one input in a folder: a :class:`FileLock`
+    on ``<stem>.lock``.
 
     >>> with OutputLock(out_dir, "slide"):        # doctest: +SKIP
     ...     ...                                   # write slide.csv etc.
@@ -247,109 +198,14 @@ class OutputLock:
     def __init__(self, out_dir: str | os.PathLike[str], stem: str, wait: bool = False) -> None:
         self.dir = Path(out_dir)
         self.stem = stem
-        self.path = self.dir / f"{stem}.lock"
-        self.wait = wait
-        self._fd: int | None = None
+        busy = f"{stem}: its outputs in {self.dir} are being written by another run"
+        super().__init__(self.dir / f"{stem}.lock", busy=busy, wait=wait, what=f"the outputs of {stem}")
 
-    def __enter__(self) -> OutputLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        with writing(self.dir):
-            self.dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            with writing(self.path):
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if not _lock(fd, blocking=False):
-                    holder = _holder(fd)
-                    if not self.wait:
-                        raise InputError(
-                            f"{self.stem}: its outputs in {self.dir} are being written by another run ({holder}); "
-                            "wait for it to finish, or pass --wait (wait=True) to wait for it"
-                        )
-                    log.info("%s: waiting for the other run writing its outputs (%s)", self.stem, holder)
-                    _lock(fd, blocking=True)
-                # The holder before us deletes the file as it finishes: a lock on a file
-                # no longer at this path guards nothing, so take the one that is there.
-                try:
-                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    break
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()[:300], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    def _open_and_lock(self) -> int:
         try:
-            with writing(self.path):
-                os.ftruncate(fd, 0)
-                os.write(fd, json.dumps(holder).encode())
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        if sys.platform != "win32":  # Windows cannot delete an open file; the file stays
-            self.path.unlink(missing_ok=True)
-        os.close(self._fd)  # releases the lock
-        self._fd = None
-
-
-def _command() -> str:
-    """This process's command line as typed: ``micronet detect a.svs --out o`` (also for
-    ``python -m micronet``, whose ``argv[0]`` is ``…/micronet/__main__.py``)."""
-    argv = list(sys.argv) or ["python"]
-    program = Path(argv[0])
-    argv[0] = program.parent.name if program.name == "__main__.py" else program.name
-    return " ".join(argv)
-
-
-_WINDOWS_LOCK_OFFSET = 1 << 20  # Windows locks byte ranges that others then cannot read: lock one past the holder's note
-
-
-def _lock(fd: int, blocking: bool) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                os.lseek(fd, 0, os.SEEK_SET)
-                return True
-            except OSError:
-                if not blocking:
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    return False
-                time.sleep(0.5)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _holder(fd: int) -> str:
-    """Who holds the lock, from its note: ``PID 123: micronet detect …``."""
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        note = json.loads(os.read(fd, 4096).decode() or "{}")
-        where = "" if note.get("host") in (None, socket.gethostname()) else f" on {note['host']}"
-        return f"PID {note['pid']}{where}: {note.get('command', '?')}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+            return super()._open_and_lock()
+        except InputError as exc:
+            raise InputError(f"{exc}; wait for it to finish, or pass --wait (wait=True) to wait for it") from None
 
 
 # --- the outputs of one input ------------------------------------------------------------------
@@ -396,7 +252,7 @@ class InputOutputs:
     """The output files of one input and their record (see the module docstring).
 
     Subclasses write the formats (:class:`ImageOutputs` at once,
-    :class:`~micronet.runtime.slide.outputs.SlideOutputs` batch by batch); this class
+    :class:`~micronet.runtime.runs.slide_outputs.SlideOutputs` batch by batch); this class
     decides what a run does with what is already there, and finishes the files.
 
     Args:

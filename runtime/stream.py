@@ -1,0 +1,561 @@
+"""Detection while a slide is being scanned: :class:`StreamSession` (``Detector.stream``).
+
+A scanner captures fields of view one after another, with some overlap, at known stage
+positions. A session takes each field as it arrives (``add(rgb, x, y)``, slide pixels
+of its top-left corner, in any order) and hands out detections as soon as they are
+final, in slide coordinates, without ever holding the slide.
+
+**Blocks.** The session cuts the slide, at the model's pixel size, by the detector's own
+tile plan (:meth:`Detector.plan_tiles <micronet.runtime.detector.Detector.plan_tiles>`):
+cores that partition it, each grown by the margin that makes tiles equal a whole-image
+pass (receptive radius + ``min_distance``, :mod:`micronet.runtime.tiling`). A block's
+*window* is the rectangle of slide pixels its tile reads: the tile itself, or through
+resampling the input range of :class:`~micronet.runtime.resample.BilinearAxis`. A block
+is final once every pixel of its window has arrived or is known to be background; the
+session then resamples it, runs it through the detector, keeps the peaks in its core and
+frees every field no pending block reads. So results equal ``detector.detect(stitched,
+mpp=mpp)`` tile for tile, bit for bit: the same tiles of the same pixels.
+
+**The stitched image.** Where fields overlap, the pixel that arrived first is kept (a
+scanner's overlapping fields show the same tissue; in any order, such fields stitch to
+one image). Pixels no field covers are :data:`BACKGROUND`, white like glass: those
+declared with ``skip(x, y, width, height)``, and at ``finish()`` every pixel still
+missing. Pixels outside the slide are no pixels at all: tiles stop at its edge, as
+``detect`` stops at the image's.
+
+**Memory.** Only fields that a pending block still reads are kept, plus at most
+``backlog`` prepared blocks waiting for the network. For a row-by-row or serpentine scan
+that is about one row of blocks (a tile's height) and the row of fields being scanned:
+two strips, not the slide.
+
+**Threads.** ``add`` prepares blocks in the caller's thread and returns; one worker
+thread per session runs the network. Another thread may read results at the same time
+(``ready(wait=True)``), and ``cancel`` may come from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from .detections import Detections
+from .errors import InputError, InputTypeError
+from .images import as_rgb_image, check_mpp
+from .resample import MPP_TOLERANCE, BilinearAxis, check_ratio, from_resampled, needs_resampling, resampled_size
+from .stain import StainStats, colour_distance
+from .tiling import Tile, keep_in_core, sort_peaks
+
+__all__ = ["StreamSession", "FinalRegion", "StreamCounts", "BACKGROUND"]
+
+log = logging.getLogger(__name__)
+
+# The value of every channel of a pixel no field covers: glass is white to a brightfield
+# scanner, so a gap reads as empty glass, not as dark tissue the network would respond to.
+BACKGROUND = 255
+
+
+@dataclass(frozen=True)
+class FinalRegion:
+    """Detections that became final together: those in one block's core.
+
+    Attributes:
+        detections: positions ``(x, y)`` in slide pixels (``image_shape`` the slide's
+            ``(H, W)``), highest score first; possibly none.
+        box: ``(x0, y0, x1, y1)`` in slide pixels, ends exclusive: the area whose
+            detections are now all final (a block's core; the cores partition the slide).
+        latency_s: seconds from the arrival that completed the block's context (or from
+            ``finish()``) to its detections being final.
+    """
+
+    detections: Detections
+    box: tuple[float, float, float, float]
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class StreamCounts:
+    """Running totals of a session (:meth:`StreamSession.counts`).
+
+    Attributes:
+        nuclei: detections final so far.
+        classes: of those, per class name (most probable class) when the model
+            classifies; empty otherwise.
+        blocks_final, blocks_total: blocks whose detections are final, of all.
+        fields: fields of view added so far.
+    """
+
+    nuclei: int
+    classes: dict[str, int]
+    blocks_final: int
+    blocks_total: int
+    fields: int
+
+
+class _Piece:
+    """A field of view (``pixels``) or a declared gap (``pixels is None``), in slide
+    pixels ``[x0, x1) × [y0, y1)``; ``refs`` counts the pending blocks that read it."""
+
+    __slots__ = ("x0", "y0", "x1", "y1", "pixels", "seq", "refs")
+
+    def __init__(self, x0: int, y0: int, x1: int, y1: int, pixels: np.ndarray | None, seq: int) -> None:
+        self.x0, self.y0, self.x1, self.y1, self.pixels, self.seq, self.refs = x0, y0, x1, y1, pixels, seq, 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.pixels is None else self.pixels.nbytes
+
+
+@dataclass(eq=False)
+class _Block:
+    """One tile of the detector's plan: its ``window`` ``(x0, y0, x1, y1)`` of slide
+    pixels, the axes that resample the window to the tile (``None``: same size) and the
+    core's ``box`` in slide pixels; ``pieces`` that intersect the window until taken."""
+
+    tile: Tile
+    window: tuple[int, int, int, int]
+    cols: BilinearAxis | None
+    rows: BilinearAxis | None
+    box: tuple[float, float, float, float]
+    pieces: list[_Piece] = field(default_factory=list)
+    taken: bool = False
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> tuple[int, int]:
+    return max(a0, b0), min(a1, b1)
+
+
+def _covered(window: tuple[int, int, int, int], pieces: list[_Piece]) -> bool:
+    """Whether the union of ``pieces`` covers ``window``: painted on the grid of their
+    edges (a few dozen cells), not pixel by pixel."""
+    x0, y0, x1, y1 = window
+    boxes = [(*_overlap(p.x0, p.x1, x0, x1), *_overlap(p.y0, p.y1, y0, y1)) for p in pieces]
+    if sum((bx1 - bx0) * (by1 - by0) for bx0, bx1, by0, by1 in boxes) < (x1 - x0) * (y1 - y0):
+        return False  # too little area even without overlaps
+    xs = np.unique([x0, x1, *(b[0] for b in boxes), *(b[1] for b in boxes)])
+    ys = np.unique([y0, y1, *(b[2] for b in boxes), *(b[3] for b in boxes)])
+    grid = np.zeros((len(ys) - 1, len(xs) - 1), bool)
+    for bx0, bx1, by0, by1 in boxes:
+        grid[np.searchsorted(ys, by0) : np.searchsorted(ys, by1), np.searchsorted(xs, bx0) : np.searchsorted(xs, bx1)] = True
+    return bool(grid.all())
+
+
+def _model_pixels(block: _Block, pieces: list[_Piece]) -> np.ndarray:
+    """The block's tile at the model's pixel size, ``(h, w, 3)`` uint8: its window
+    stitched from ``pieces`` (the first arrival on top, :data:`BACKGROUND` where none
+    lies) and resampled as ``ModelGrid.read_tile`` does, bit for bit as Pillow resamples
+    the whole image."""
+    x0, y0, x1, y1 = block.window
+    out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND, np.uint8)
+    for p in sorted(pieces, key=lambda p: p.seq, reverse=True):  # the earliest painted last
+        (ix0, ix1), (iy0, iy1) = _overlap(p.x0, p.x1, x0, x1), _overlap(p.y0, p.y1, y0, y1)
+        if ix0 >= ix1 or iy0 >= iy1:
+            continue
+        target = out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+        target[...] = BACKGROUND if p.pixels is None else p.pixels[iy0 - p.y0 : iy1 - p.y0, ix0 - p.x0 : ix1 - p.x0]
+    if block.cols is not None:  # horizontal pass first, as Pillow does
+        out = block.cols.apply(np.ascontiguousarray(out.transpose(1, 0, 2))).transpose(1, 0, 2)
+    if block.rows is not None:
+        out = block.rows.apply(np.ascontiguousarray(out))
+    return np.ascontiguousarray(out)
+
+
+class StreamSession:
+    """Detections of a slide while its fields of view arrive; see the module docstring
+    for how results equal ``detect`` on the stitched slide. Made by
+    :meth:`Detector.stream <micronet.runtime.detector.Detector.stream>`.
+
+    >>> with detector.stream(46000, 32914, mpp=0.499) as session:   # doctest: +SKIP
+    ...     for rgb, x, y in scanner:                               # (H, W, 3) uint8 fields
+    ...         session.add(rgb, x, y)
+    ...         for found in session.ready():                       # FinalRegion
+    ...             overlay.mark(found.box, found.detections.xy)
+    ...     rest = session.finish()                                 # Detections
+
+    Args:
+        detector: the :class:`~micronet.runtime.detector.Detector` to run.
+        width, height: the slide's size in its own pixels (the scan area).
+        mpp: its pixel size in µm/px; resampled to the model's as ``detect`` does when
+            it differs by more than 1 %. ``None``: the model's own.
+        colour_stats: colour statistics to normalise by (``micronet.runtime.stain.measure``
+            on a representative field, or a slide's tissue): required when the detector
+            normalises (a stream never sees the whole image to measure); then results
+            equal ``detect(stitched, mpp, colour_stats=colour_stats)``.
+        backlog: prepared blocks waiting for the network at most; ``add`` waits while
+            more are queued, which bounds memory. Default: twice the batch size.
+
+    Raises:
+        ValueError: a bad size, pixel size or backlog, or ``normalize`` without
+            ``colour_stats``.
+        TypeError: ``colour_stats`` that is not ``StainStats``.
+    """
+
+    def __init__(
+        self,
+        detector: Any,
+        width: int,
+        height: int,
+        *,
+        mpp: float | None = None,
+        colour_stats: StainStats | None = None,
+        backlog: int | None = None,
+    ) -> None:
+        self._detector = detector
+        self.width, self.height = _check_int(width, "width", 1), _check_int(height, "height", 1)
+        self.mpp = check_mpp(mpp)
+        model_mpp = detector.info.mpp
+        ratio = 1.0 if self.mpp is None else check_ratio(self.mpp / model_mpp, self.mpp, model_mpp, "mpp")
+        mh, mw = resampled_size(self.height, self.width, ratio) if needs_resampling(ratio) else (self.height, self.width)
+        self._scale = (mw / self.width, mh / self.height) if (mh, mw) != (self.height, self.width) else None
+        self._backlog_limit = 2 * detector.batch_size if backlog is None else _check_int(backlog, "backlog", 1)
+        self._tile_stats, self._distance = self._colour(colour_stats)
+        self._names: tuple[str, ...] = tuple(detector.class_names)
+        self._blocks, self._row_windows, self._col_windows = self._plan(mh, mw)
+        self._cond = threading.Condition()
+        self._state = "open"  # open → finishing → finished; or cancelled, or failed
+        self._error: BaseException | None = None
+        self._seq = 0
+        self._backlog: deque[tuple[_Block, np.ndarray, float]] = deque()
+        self._busy = False
+        self._preparing = 0  # blocks taken but not yet queued (stitched outside the lock)
+        self._worker: threading.Thread | None = None
+        self._done: deque[FinalRegion] = deque()
+        self._nuclei, self._classes, self._final, self._fields = 0, dict.fromkeys(self._names, 0), 0, 0
+        self.held_bytes = self.peak_held_bytes = 0  # pixels held: fields kept and blocks queued
+        if self.mpp is None:
+            log.warning("stream: no mpp given; the slide is taken to be at the model's %g µm/px", model_mpp)
+
+    def _colour(self, given: Any) -> tuple[StainStats, float | None]:
+        """The statistics each block is run with, and the distance results carry."""
+        if given is not None and not isinstance(given, StainStats):
+            raise InputTypeError(f"colour_stats: expected StainStats (micronet.runtime.stain.measure) or None, got {type(given).__name__}")
+        if given is None and self._detector.normalize is not None:
+            raise InputError(
+                f"normalize={self._detector.normalize!r}: a stream never sees the whole slide to measure its colours; pass "
+                "colour_stats= (micronet.runtime.stain.measure on a representative field) or use a Detector without normalize"
+            )
+        if given is None:
+            # Without normalisation statistics only set a distance; the target's own
+            # spare each block a measurement that would describe the block, not the slide.
+            return self._detector.colour_target, None
+        return given, colour_distance(given, self._detector.colour_target)
+
+    def _plan(self, mh: int, mw: int) -> tuple[list[_Block], list[tuple[int, int]], list[tuple[int, int]]]:
+        """The blocks (the detector's tiles of the model-pixel slide, row-major) and the
+        slide-pixel window of each row and column of them."""
+        tiles = self._detector.plan_tiles(mh, mw)
+        rows = list(dict.fromkeys((t.y0, t.y1, t.core_y0, t.core_y1) for t in tiles))  # in plan order
+        cols = list(dict.fromkeys((t.x0, t.x1, t.core_x0, t.core_x1) for t in tiles))
+        sx, sy = self._scale or (1.0, 1.0)
+        row_axes = [BilinearAxis(self.height, mh, a, b) if mh != self.height else None for a, b, _, _ in rows]
+        col_axes = [BilinearAxis(self.width, mw, a, b) if mw != self.width else None for a, b, _, _ in cols]
+        row_windows = [(ax.start, ax.stop) if ax else (a, b) for ax, (a, b, _, _) in zip(row_axes, rows)]
+        col_windows = [(ax.start, ax.stop) if ax else (a, b) for ax, (a, b, _, _) in zip(col_axes, cols)]
+        blocks = []
+        for (_, _, cy0, cy1), rax, (wy0, wy1) in zip(rows, row_axes, row_windows):
+            for (_, _, cx0, cx1), cax, (wx0, wx1) in zip(cols, col_axes, col_windows):
+                tile = tiles[len(blocks)]
+                assert (tile.core_y0, tile.core_x0) == (cy0, cx0), "plan_tiles is row-major"
+                box = (cx0 / sx, cy0 / sy, cx1 / sx, cy1 / sy)  # pixel edges scale by the ratio
+                blocks.append(_Block(tile, (wx0, wy0, wx1, wy1), cax, rax, box))
+        return blocks, row_windows, col_windows
+
+    # --- arrivals ---------------------------------------------------------------------
+
+    def add(self, rgb: np.ndarray, x: int, y: int, *, mpp: float | None = None) -> None:
+        """A field of view, at slide pixels ``(x, y)`` (its top-left corner; column, row).
+
+        Args:
+            rgb: ``(h, w, 3)`` uint8 RGB, inside the slide; copied, so a scanner may
+                reuse its buffer.
+            x, y: integers >= 0.
+            mpp: the field's pixel size, when the caller wants it checked against the
+                session's (within 1 %).
+
+        Blocks whose context this completes are prepared here and queued for the
+        network; ``add`` waits while ``backlog`` blocks are queued already.
+
+        Raises:
+            ValueError: not ``(h, w, 3)`` uint8, a field reaching outside the slide, a
+                different pixel size, or a session finished or cancelled.
+            TypeError: not an array.
+        """
+        if isinstance(rgb, (str, PathLike)):
+            raise InputTypeError(f"rgb: expected an (H, W, 3) uint8 RGB array of the field, got a path {str(rgb)!r}")
+        pixels = as_rgb_image(rgb, "rgb")
+        given = check_mpp(mpp)
+        if given is not None and abs(given / (self.mpp or self._detector.info.mpp) - 1) > MPP_TOLERANCE:
+            raise InputError(
+                f"mpp: this field is at {given:g} µm/px, the stream at {self.mpp or self._detector.info.mpp:g} µm/px; "
+                "a stream takes one pixel size (start one per objective)"
+            )
+        h, w = pixels.shape[:2]
+        x0, y0 = self._check_box(x, y, w, h, "field")
+        self._arrive(x0, y0, x0 + w, y0 + h, pixels.copy())
+
+    def skip(self, x: int, y: int, width: int, height: int) -> None:
+        """Declares ``width × height`` slide pixels at ``(x, y)`` a gap that no field
+        will fill: :data:`BACKGROUND`, so blocks next to it need not wait for ``finish``.
+        Pixels that arrived before keep their values (the first arrival wins).
+
+        Raises:
+            ValueError: a rectangle outside the slide, or a session finished or cancelled.
+        """
+        x0, y0 = self._check_box(x, y, _check_int(width, "width", 1), _check_int(height, "height", 1), "gap")
+        self._arrive(x0, y0, x0 + int(width), y0 + int(height), None)
+
+    def _check_box(self, x: Any, y: Any, w: int, h: int, what: str) -> tuple[int, int]:
+        x0, y0 = _check_int(x, "x", 0), _check_int(y, "y", 0)
+        if x0 + w > self.width or y0 + h > self.height:
+            raise InputError(
+                f"{what} at (x, y) = ({x0}, {y0}) of W×H {w}×{h} reaches past the slide's W×H {self.width}×{self.height}; "
+                "expected it inside the slide: crop it there"
+            )
+        return x0, y0
+
+    def _arrive(self, x0: int, y0: int, x1: int, y1: int, pixels: np.ndarray | None) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._raise_unless_open()
+            piece = _Piece(x0, y0, x1, y1, pixels, self._seq)
+            self._seq += 1
+            self._fields += pixels is not None
+            ready = []
+            for block in self._blocks_reading(piece):
+                block.pieces.append(piece)
+                piece.refs += 1
+                if _covered(block.window, block.pieces):
+                    ready.append(block)
+            self._hold(piece.nbytes if piece.refs else 0)  # a field no pending block reads is dropped now
+            jobs = [self._take(block) for block in ready]
+            self._preparing += len(jobs)
+        self._prepare(jobs, now)
+
+    def _blocks_reading(self, piece: _Piece) -> Iterator[_Block]:
+        """The pending blocks whose windows intersect ``piece``."""
+        ncols = len(self._col_windows)
+        rows = [r for r, (a, b) in enumerate(self._row_windows) if a < piece.y1 and b > piece.y0]
+        cols = [c for c, (a, b) in enumerate(self._col_windows) if a < piece.x1 and b > piece.x0]
+        for r in rows:
+            for c in cols:
+                block = self._blocks[r * ncols + c]
+                if not block.taken:
+                    yield block
+
+    def _hold(self, nbytes: int) -> None:
+        self.held_bytes += nbytes
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+
+    def _take(self, block: _Block) -> tuple[_Block, list[_Piece]]:
+        """Marks a block as no longer pending and releases the fields only it still read
+        (the caller holds the lock); returns it with the pieces to stitch it from."""
+        block.taken = True
+        pieces, block.pieces = block.pieces, []
+        for p in pieces:
+            p.refs -= 1
+            if p.refs == 0:
+                self._hold(-p.nbytes)
+        return block, pieces
+
+    def _prepare(self, jobs: list[Any], since: float) -> None:
+        """Stitches and resamples each ``(block, pieces)`` job outside the lock, then
+        queues it for the worker, waiting while the backlog is full."""
+        left = len(jobs)
+        try:
+            for k in range(len(jobs)):
+                (block, pieces), jobs[k] = jobs[k], None  # the fields go as soon as stitched
+                pixels = _model_pixels(block, pieces)
+                del pieces
+                with self._cond:
+                    left -= 1
+                    self._preparing -= 1
+                    while len(self._backlog) >= self._backlog_limit and self._state in ("open", "finishing"):
+                        self._cond.wait()
+                    self._raise_unless_running()
+                    self._backlog.append((block, pixels, since))
+                    self._hold(pixels.nbytes)
+                    if self._worker is None:
+                        self._worker = threading.Thread(target=self._work, name="micronet-stream", daemon=True)
+                        self._worker.start()
+                    self._cond.notify_all()
+        finally:
+            if left:  # cancelled, failed, or a bug: finish() must not wait for these
+                with self._cond:
+                    self._preparing -= left
+                    self._cond.notify_all()
+
+    # --- the network ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """The worker thread: runs queued blocks in batches until finished or cancelled."""
+        batch_size = self._detector.batch_size
+        while True:
+            with self._cond:
+                while not self._backlog and self._state in ("open", "finishing"):
+                    self._cond.wait()
+                if not self._backlog or self._state not in ("open", "finishing"):
+                    return
+                batch = [self._backlog.popleft() for _ in range(min(batch_size, len(self._backlog)))]
+                self._busy = True
+                self._cond.notify_all()  # room in the backlog
+            try:
+                found = self._run(batch)
+            except BaseException as exc:  # handed to the caller's next call
+                with self._cond:
+                    self._error, self._state, self._busy = exc, "failed", False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._busy = False
+                for (_, pixels, _), region in zip(batch, found):
+                    self._hold(-pixels.nbytes)
+                    if self._state in ("open", "finishing"):
+                        self._record(region)
+                self._cond.notify_all()
+
+    def _run(self, batch: list[tuple[_Block, np.ndarray, float]]) -> list[FinalRegion]:
+        """One backend call: the tiles at the model's pixel size (so ``detect_batch``
+        neither resamples nor tiles them again), each tile's core peaks to slide pixels."""
+        det = self._detector
+        found = det.detect_batch([pixels for _, pixels, _ in batch], mpp=det.info.mpp, colour_stats=self._tile_stats)
+        regions = []
+        for (block, _, since), d in zip(batch, found):
+            values = np.concatenate([d.scores[:, None], d.class_probabilities], axis=1) if self._names else d.scores
+            xy, values = keep_in_core(block.tile, d.xy, values)  # (N, 2) in the model-pixel slide
+            scores = values[:, 0] if self._names else values
+            order = sort_peaks(xy, scores, order=True)
+            xy, values = xy[order], values[order]
+            if self._scale is not None:
+                xy = from_resampled(xy, *self._scale).astype(np.float32)  # back to the slide's pixels
+            probs = values[:, 1:] if self._names else None
+            scores = values[:, 0] if self._names else values
+            found_here = Detections(xy, scores, (self.height, self.width), self.mpp, self._distance, probs, self._names)
+            regions.append(FinalRegion(found_here, block.box, time.monotonic() - since))
+        return regions
+
+    def _record(self, region: FinalRegion) -> None:
+        self._done.append(region)
+        self._final += 1
+        self._nuclei += len(region.detections)
+        for name, n in region.detections.class_counts().items():
+            self._classes[name] += n
+
+    # --- results ----------------------------------------------------------------------
+
+    def ready(self, wait: bool = False) -> Iterator[FinalRegion]:
+        """The regions final since the last call, each handed out once (here or by
+        :meth:`finish`), as :class:`FinalRegion` with detections in slide pixels.
+
+        Args:
+            wait: ``False``: what is final now, then stop. ``True``: keep waiting for
+                more until the session is finished or cancelled (a reader thread's loop).
+
+        Raises:
+            Exception: what the worker raised running the network, if it failed.
+        """
+        while True:
+            with self._cond:
+                while wait and not self._done and self._state in ("open", "finishing") and self._error is None:
+                    self._cond.wait()
+                if self._error is not None:
+                    raise self._error
+                if not self._done:
+                    return
+                region = self._done.popleft()
+            yield region
+
+    def counts(self) -> StreamCounts:
+        """Running totals: nuclei final so far (per class when the model classifies),
+        blocks final of all, fields added."""
+        with self._cond:
+            return StreamCounts(self._nuclei, dict(self._classes), self._final, len(self._blocks), self._fields)
+
+    def finish(self) -> Detections:
+        """Ends the scan: every pixel not received is :data:`BACKGROUND`; runs the blocks
+        still pending and returns the detections not yet handed out by :meth:`ready`
+        (all of them when it was never called), in slide pixels, highest score first.
+
+        Raises:
+            ValueError: the session was finished or cancelled already.
+            Exception: what the worker raised running the network, if it failed.
+        """
+        now = time.monotonic()
+        with self._cond:
+            self._raise_unless_open()
+            self._state = "finishing"
+            jobs = [self._take(b) for b in self._blocks if not b.taken]
+            self._preparing += len(jobs)
+        self._prepare(jobs, now)
+        with self._cond:
+            while (self._backlog or self._busy or self._preparing) and self._state == "finishing":
+                self._cond.wait()
+            self._raise_unless_running()
+            self._state = "finished"
+            self._cond.notify_all()
+            rest = list(self._done)
+            self._done.clear()
+        return self._merge([r.detections for r in rest])
+
+    def _merge(self, parts: list[Detections]) -> Detections:
+        k = len(self._names)
+        if not parts:
+            probs = np.zeros((0, k), np.float32) if k else None
+            return Detections(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), (self.height, self.width), self.mpp, self._distance, probs, self._names)
+        joined = Detections.concat(parts, image_shape=(self.height, self.width))
+        order = sort_peaks(joined.xy, joined.scores, order=True)
+        probs = None if joined.class_probabilities is None else joined.class_probabilities[order]
+        return Detections(joined.xy[order], joined.scores[order], joined.image_shape, self.mpp, self._distance, probs, self._names)
+
+    def cancel(self) -> None:
+        """Stops the session from any thread: queued blocks and held fields are dropped,
+        the worker stops after the batch it is running, ``ready(wait=True)`` returns, and
+        later ``add`` / ``skip`` / ``finish`` raise. Nothing happens once finished."""
+        with self._cond:
+            if self._state in ("finished", "cancelled", "failed"):
+                return
+            self._state = "cancelled"
+            for block in self._blocks:
+                if not block.taken:
+                    self._take(block)
+            for _, pixels, _ in self._backlog:
+                self._hold(-pixels.nbytes)
+            self._backlog.clear()
+            self._cond.notify_all()
+
+    def _raise_unless_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._state != "open":
+            raise InputError(f"this stream is {self._state}; start another with Detector.stream")
+
+    def _raise_unless_running(self) -> None:
+        """Open, or finishing (``finish`` queueing the last blocks)."""
+        if self._state != "finishing":
+            self._raise_unless_open()
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()  # a session left without finish() (an error, a break) stops its worker
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (
+            f"StreamSession({self.width}×{self.height} px, mpp={self.mpp}, {self._state}: {c.blocks_final}/{c.blocks_total} "
+            f"blocks final, {c.nuclei} nuclei, {self.held_bytes / 2**20:.0f} MiB held)"
+        )

@@ -25,7 +25,9 @@ whole equals the same image run as tiles::
 The target is the colour statistics of a model's training tissue
 (:func:`training_colour_stats`), stored as a small dict in the model's metadata
 (:attr:`~micronet.runtime.model_info.ModelInfo.colour`); models without it use
-:data:`DEFAULT_TARGET`, measured on CRCHisto's training images. NumPy only.
+:data:`DEFAULT_TARGET`, measured on CRCHisto's training images. The colour spaces and
+the two methods' arithmetic are :mod:`micronet.runtime.stain_methods`'s; this module
+checks what comes in and holds the statistics. NumPy only.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, InputTypeError
+from .stain_methods import WHITE_PERCENTILE, lab, macenko_stains, macenko_step, planar, reinhard_step
 
 __all__ = [
     "StainStats",
@@ -58,30 +61,6 @@ METHODS = ("reinhard", "macenko")
 MAX_PIXELS = 1 << 18  # measure() samples at most this many pixels (a regular stride)
 BRIGHT_PERCENTILE = 95.0  # StainStats.lab_bright: this percentile of l
 MIN_PIXELS = 64  # fewer tissue pixels than this give no reliable statistics
-
-# Reinhard et al. 2001: RGB → LMS cone space (their Eq. 4, a product of the RGB → XYZ
-# and XYZ → LMS matrices), its inverse (Eq. 9), and log-LMS → lαβ (Eq. 6): the
-# achromatic, yellow–blue and red–green axes, nearly decorrelated for natural images.
-RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
-LMS_TO_RGB = np.array([[4.4679, -3.5873, 0.1193], [-1.2186, 2.3809, -0.1624], [0.0497, -0.2439, 1.2045]])
-LOG_LMS_TO_LAB = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
-    [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]]
-)
-
-# Macenko et al. 2009: pixels with an optical density below BETA in any channel are
-# (nearly) transparent and carry no stain direction; the extreme stain angles are
-# robust percentiles ALPHA and 100 − ALPHA; concentrations are matched at their
-# MAX_PERCENTILE-th percentile (the values of the paper and of its reference code).
-MACENKO_BETA = 0.15
-MACENKO_ALPHA = 1.0
-MAX_PERCENTILE = 99.0
-# The incident light I0 of OD = ln(I0 / I), per channel: this percentile of the image's
-# pixels, not the paper's fixed value. A darker camera or lamp then changes I0, not
-# every pixel's OD: with a fixed I0 = 255 an image darkened to half gains OD ln 2 in
-# every channel, a grey "stain" the two-stain model cannot hold, and the fast-cpu
-# model found 0 nuclei in CRCHisto img1 so darkened and Macenko-normalised, 75 with the
-# estimated I0 (74 in the clean image so normalised; 77 with Reinhard).
-WHITE_PERCENTILE = 99.0
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -193,80 +172,25 @@ def _pixels(rgb: Any, mask: Any, max_pixels: int) -> np.ndarray:
     return pixels[::step] if step > 1 else pixels
 
 
-def _planar(pixels: np.ndarray) -> np.ndarray:
-    """``(P, 3)`` → ``(3, P)``, C-contiguous: NumPy multiplies a 3×3 matrix into
-    ``(3, P)`` rows with BLAS, ten times faster than into ``(P, 3)`` columns."""
-    return np.ascontiguousarray(pixels.T)
-
-
-def _optical_density(planar: np.ndarray, white: Any) -> np.ndarray:
-    """``(3, P)`` uint8 → float32 natural-log optical density ``ln(I0 / I)``
-    (Beer–Lambert), with ``I0 = white``; ``I = 0`` is taken as 1 so that black stays
-    finite. Pixels brighter than ``white`` have a (small) negative OD."""
-    od = _LN_TABLE[planar]  # ln I
-    np.subtract(np.log(np.asarray(white, np.float32))[:, None], od, out=od)
-    return od
-
-
-_LN_TABLE = np.log(np.maximum(np.arange(256), 1)).astype(np.float32)
-
-
-def _lab(planar: np.ndarray) -> np.ndarray:
-    """``(3, P)`` uint8 RGB → ``(3, P)`` float32 lαβ (Reinhard et al. 2001, Eqs. 4–6);
-    ``I = 0`` is taken as 1 so that the logarithm stays finite."""
-    lms = (RGB_TO_LMS / 255.0).astype(np.float32) @ np.maximum(planar, 1).astype(np.float32)
-    np.log10(lms, out=lms)
-    return LOG_LMS_TO_LAB.astype(np.float32) @ lms
-
-
 def _stats_of(pixels: np.ndarray) -> StainStats:
     """The statistics of ``(P, 3)`` uint8 pixels."""
     if len(pixels) < MIN_PIXELS:
         raise InputError(f"colour statistics need at least {MIN_PIXELS} pixels (of tissue, with a mask), got {len(pixels)}")
-    planar = _planar(pixels)  # (3, P) uint8
-    lab = _lab(planar)
-    white = np.clip(np.percentile(planar, WHITE_PERCENTILE, axis=1), 1.0, 255.0)
-    stains, maxima = _macenko(planar, white)
+    channels = planar(pixels)  # (3, P) uint8
+    lab_values = lab(channels)  # (3, P) float32
+    white = np.clip(np.percentile(channels, WHITE_PERCENTILE, axis=1), 1.0, 255.0)
+    stains, maxima = macenko_stains(channels, white, MIN_PIXELS)
     return StainStats(
-        rgb_mean=tuple(float(v) for v in planar.mean(axis=1, dtype=np.float64)),
-        lab_mean=tuple(float(v) for v in lab.mean(axis=1, dtype=np.float64)),
+        rgb_mean=tuple(float(v) for v in channels.mean(axis=1, dtype=np.float64)),
+        lab_mean=tuple(float(v) for v in lab_values.mean(axis=1, dtype=np.float64)),
         # A floor keeps a flat (one-colour) channel from dividing by zero in apply().
-        lab_std=tuple(float(max(v, 1e-4)) for v in lab.std(axis=1, dtype=np.float64)),
-        lab_bright=float(np.percentile(lab[0], BRIGHT_PERCENTILE)),
+        lab_std=tuple(float(max(v, 1e-4)) for v in lab_values.std(axis=1, dtype=np.float64)),
+        lab_bright=float(np.percentile(lab_values[0], BRIGHT_PERCENTILE)),
         white=tuple(float(v) for v in white),
         stains=stains,
         max_concentrations=maxima,
         pixels=len(pixels),
     )
-
-
-def _macenko(planar: np.ndarray, white: np.ndarray) -> tuple[Any, Any]:
-    """Macenko et al. 2009: the H and E unit OD vectors and the 99th percentiles of
-    their concentrations in ``(3, P)`` uint8 pixels, or ``(None, None)`` without
-    enough stained pixels."""
-    od = _optical_density(planar, white)
-    od = od[:, (od >= MACENKO_BETA).all(axis=0)]  # (3, P'): transparent pixels dropped
-    if od.shape[1] < MIN_PIXELS:
-        return None, None
-    # The plane of the two largest principal directions of OD (the paper's SVD step:
-    # eigenvectors of the covariance), each pointing into positive OD.
-    _, vectors = np.linalg.eigh(np.cov(od))
-    plane = vectors[:, [2, 1]]  # (3, 2)
-    plane *= np.where(plane[0] < 0, -1.0, 1.0)
-    projected = plane.T.astype(np.float32) @ od  # (2, P')
-    angle = np.arctan2(projected[1], projected[0])
-    lo, hi = np.percentile(angle, [MACENKO_ALPHA, 100 - MACENKO_ALPHA])
-    v1 = plane @ np.array([math.cos(lo), math.sin(lo)])
-    v2 = plane @ np.array([math.cos(hi), math.sin(hi)])
-    # Hematoxylin absorbs red more than eosin does: it is the vector with the larger R.
-    he = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1])  # (2, 3)
-    he /= np.linalg.norm(he, axis=1, keepdims=True)
-    concentrations = np.linalg.pinv(he.T).astype(np.float32) @ od  # (2, P'): least squares, OD ≈ HEᵀ · C
-    maxima = np.percentile(concentrations, MAX_PERCENTILE, axis=1)
-    if not np.all(maxima > 0):
-        return None, None
-    stains = (tuple(float(v) for v in he[0]), tuple(float(v) for v in he[1]))
-    return stains, (float(maxima[0]), float(maxima[1]))
 
 
 def measure(rgb: Any, mask: Any = None, *, max_pixels: int = MAX_PIXELS) -> StainStats:
@@ -339,28 +263,6 @@ def target_stats(target: StainStats | Mapping[str, Any] | None) -> StainStats:
     return StainStats.from_dict(target, "target")
 
 
-def _reinhard_map(stats: StainStats, target: StainStats) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, c)`` with log-LMS' = K · log-LMS + c: lαβ standardised with ``stats`` and
-    rescaled to ``target`` (Reinhard et al. 2001, Eq. 7 between Eqs. 6 and 8), composed
-    with the linear maps on either side, so a pixel costs three 3×3 products."""
-    scale = np.asarray(target.lab_std) / np.asarray(stats.lab_std)
-    shift = np.asarray(target.lab_mean) - scale * np.asarray(stats.lab_mean)
-    to_lab, from_lab = LOG_LMS_TO_LAB, np.linalg.inv(LOG_LMS_TO_LAB)
-    return from_lab @ np.diag(scale) @ to_lab, from_lab @ shift
-
-
-def _macenko_map(stats: StainStats, target: StainStats) -> np.ndarray:
-    """``A`` (3×3) with OD' = A · OD: concentrations C = (HEᵀ)⁺ · OD (least squares),
-    scaled by the ratio of the robust maxima, re-composed with the target's stains
-    (Macenko et al. 2009, Sec. 2.2); OD against each one's own ``white``."""
-    if stats.stains is None or target.stains is None:
-        which = "the image" if stats.stains is None else "the target"
-        raise InputError(f"macenko: {which} has too few stained pixels for stain vectors; use method='reinhard'")
-    he, he_target = np.asarray(stats.stains), np.asarray(target.stains)  # (2, 3) each
-    ratio = np.asarray(target.max_concentrations) / np.asarray(stats.max_concentrations)
-    return he_target.T @ np.diag(ratio) @ np.linalg.pinv(he.T)
-
-
 def apply(
     rgb: Any,
     stats: StainStats,
@@ -397,40 +299,28 @@ def apply(
         raise InputTypeError(f"stats: expected StainStats (from measure()), got {type(stats).__name__}")
     arr = _check_rgb(rgb)
     target = target_stats(target)
-    if out is None:
-        out = np.empty_like(arr)
-    elif out.shape != arr.shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        got = f"shape {out.shape} dtype {out.dtype}{'' if out.flags.c_contiguous else ', not C-contiguous'}"
-        raise InputError(f"out: expected a C-contiguous uint8 array of shape {arr.shape}, got {got}")
-    if method == "reinhard":
-        # RGB → LMS → log10 → (K, c) → 10^ → RGB: three 3×3 products per pixel, with the
-        # 0–255 scaling folded in.
-        k, c = _reinhard_map(stats, target)
-        to_lms = (RGB_TO_LMS / 255.0).astype(np.float32)
-        k, c = (k * math.log(10)).astype(np.float32), (c * math.log(10)).astype(np.float32)[:, None]  # 10^y = e^(y ln 10)
-        to_rgb = (LMS_TO_RGB * 255.0).astype(np.float32)
-    else:
-        a = _macenko_map(stats, target).astype(np.float32)
-        white_target = np.asarray(target.white, np.float32)[:, None]
+    out = _check_out(out, arr)
+    step = _STEPS[method](stats, target)  # (3, n) uint8 RGB → (3, n) float32 RGB
     flat_in, flat_out = arr.reshape(-1, 3), out.reshape(-1, 3)
     chunk = 1 << 16  # pixels per step: the float32 temporaries stay in the cache
     for start in range(0, len(flat_in), chunk):
-        block = _planar(flat_in[start : start + chunk])  # (3, n) uint8
-        if method == "reinhard":
-            x = to_lms @ np.maximum(block, 1).astype(np.float32)  # LMS
-            np.log10(x, out=x)
-            x = k @ x  # ln 10 · log-LMS'
-            x += c
-            np.exp(x, out=x)
-            x = to_rgb @ x  # RGB in 0–255
-        else:
-            x = a @ _optical_density(block, stats.white)  # OD'
-            np.negative(x, out=x)
-            np.exp(x, out=x)
-            x *= white_target  # I0' · exp(−OD')
+        x = step(planar(flat_in[start : start + chunk]))
         np.clip(x, 0.0, 255.0, out=x)
         np.rint(x, out=x)
         flat_out[start : start + chunk] = x.T
+    return out
+
+
+_STEPS = {"reinhard": reinhard_step, "macenko": macenko_step}
+
+
+def _check_out(out: np.ndarray | None, arr: np.ndarray) -> np.ndarray:
+    """``out`` if it can hold the normalised ``arr``, a new array for ``None``."""
+    if out is None:
+        return np.empty_like(arr)
+    if out.shape != arr.shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        got = f"shape {out.shape} dtype {out.dtype}{'' if out.flags.c_contiguous else ', not C-contiguous'}"
+        raise InputError(f"out: expected a C-contiguous uint8 array of shape {arr.shape}, got {got}")
     return out
 
 

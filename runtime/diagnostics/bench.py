@@ -172,19 +172,31 @@ def benchmark_model(
             pooled = evaluate_images(found, data.points, radius).pooled
             result.precision, result.recall, result.f1 = pooled.precision, pooled.recall, pooled.f1
         timed = list(images) if images is not None else timing_images(batch, size)
-        for _ in range(warmup):
-            detector.detect_batch(timed, mpp=detector.info.mpp)
-        seconds, nuclei = [], 0
-        for _ in range(repeat):
-            start = time.perf_counter()
-            found_batch = detector.detect_batch(timed, mpp=detector.info.mpp)
-            seconds.append(time.perf_counter() - start)
-            nuclei += sum(len(d) for d in found_batch)
+        seconds, nuclei = _time_calls(detector, timed, repeat, warmup)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
         result.status = _short(exc)
         log.debug("benchmark of %s failed", path, exc_info=True)
         return result
-    per_call = np.asarray(seconds)
+    _fill_speed(result, np.asarray(seconds), nuclei, timed)
+    return result
+
+
+def _time_calls(detector: Any, timed: list[np.ndarray], repeat: int, warmup: int) -> tuple[list[float], int]:
+    """``warmup`` untimed then ``repeat`` timed :meth:`Detector.detect_batch` calls on
+    ``timed``: the seconds of each timed call, and the nuclei they found in all."""
+    for _ in range(warmup):
+        detector.detect_batch(timed, mpp=detector.info.mpp)
+    seconds, nuclei = [], 0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        found_batch = detector.detect_batch(timed, mpp=detector.info.mpp)
+        seconds.append(time.perf_counter() - start)
+        nuclei += sum(len(d) for d in found_batch)
+    return seconds, nuclei
+
+
+def _fill_speed(result: BenchResult, per_call: np.ndarray, nuclei: int, timed: list[np.ndarray]) -> None:
+    """``result``'s speed fields from the ``(repeat,)`` seconds of each call on ``timed``."""
     n = len(timed)
     mean = float(per_call.mean())
     pixels = sum(im.shape[0] * im.shape[1] for im in timed) / n
@@ -194,7 +206,6 @@ def benchmark_model(
     result.p50_ms = float(np.percentile(per_call, 50) * 1e3)
     result.p99_ms = float(np.percentile(per_call, 99) * 1e3)
     result.nuclei_per_s = nuclei / float(per_call.sum())
-    return result
 
 
 def benchmark(

@@ -121,11 +121,7 @@ def threshold_sweep(
             f"detections and true_xy: expected one entry per image each, got {len(detections)} and {len(true_xy)}"
         )
     radius = check_radius(radius)
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if thr.ndim != 1 or thr.size == 0:
-        raise InputError(f"thresholds: expected a non-empty 1-D array, got shape {thr.shape}")
-    if np.isnan(thr).any():
-        raise InputError("thresholds: expected numbers, got NaN")
+    thr = _check_thresholds(thresholds)
     # Queries in descending threshold order, i.e. nondecreasing numbers kept.
     order = np.argsort(-thr, kind="stable")
     thr_desc = thr[order]
@@ -134,14 +130,7 @@ def threshold_sweep(
     distance_sum = np.zeros(len(thr), dtype=np.float64)
     n_true = 0
     for i, (item, truth) in enumerate(zip(detections, true_xy)):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise InputError(f"detections[{i}]: expected an (xy, scores) pair")
-        xy = as_points(item[0], f"detections[{i}] xy")
-        scores = np.asarray(item[1], dtype=np.float64)
-        if scores.shape != (len(xy),):
-            raise InputError(f"detections[{i}] scores: expected shape ({len(xy)},), got {scores.shape}")
-        if np.isnan(scores).any():
-            raise InputError(f"detections[{i}] scores: expected numbers, got NaN")
+        xy, scores = _candidates(item, i)
         truth = as_points(truth, f"true_xy[{i}]")
         rank = np.argsort(-scores, kind="stable")  # admission order
         # Kept at threshold t: the scores > t, which are a prefix of `rank`.
@@ -151,11 +140,40 @@ def threshold_sweep(
         kept += n_kept
         distance_sum += image_dist
         n_true += len(truth)
-    fp, fn = kept - tp, n_true - tp
-    # Back to the caller's threshold order, with PointMetrics' conventions for empty cases.
+    # Back to the caller's threshold order.
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    tp, fp, fn, distance_sum = tp[inverse], fp[inverse], fn[inverse], distance_sum[inverse]
+    return _pooled(thr, tp[inverse], kept[inverse], n_true, distance_sum[inverse])
+
+
+def _check_thresholds(thresholds: Any) -> np.ndarray:
+    """``thresholds`` as a ``(T,)`` float64 array, or ``ValueError``."""
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if thr.ndim != 1 or thr.size == 0:
+        raise InputError(f"thresholds: expected a non-empty 1-D array, got shape {thr.shape}")
+    if np.isnan(thr).any():
+        raise InputError("thresholds: expected numbers, got NaN")
+    return thr
+
+
+def _candidates(item: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``i``'s ``(xy, scores)`` pair checked: ``(N, 2)`` points and ``(N,)``
+    float64 scores."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise InputError(f"detections[{i}]: expected an (xy, scores) pair")
+    xy = as_points(item[0], f"detections[{i}] xy")
+    scores = np.asarray(item[1], dtype=np.float64)
+    if scores.shape != (len(xy),):
+        raise InputError(f"detections[{i}] scores: expected shape ({len(xy)},), got {scores.shape}")
+    if np.isnan(scores).any():
+        raise InputError(f"detections[{i}] scores: expected numbers, got NaN")
+    return xy, scores
+
+
+def _pooled(thr: np.ndarray, tp: np.ndarray, kept: np.ndarray, n_true: int, distance_sum: np.ndarray) -> SweepResult:
+    """The :class:`SweepResult` of pooled counts at each of ``thr`` (all ``(T,)``), with
+    :class:`PointMetrics`' conventions for the empty cases."""
+    fp, fn = kept - tp, n_true - tp
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)
     f1 = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)

@@ -12,49 +12,57 @@ docs/training.md): N processes with ``batch`` b each train like one process with
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from micronet.runtime import machine
 from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import ModelInfo
-from micronet.runtime.resample import resample
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
-from .data import (
-    AugmentConfig,
-    PointDataset,
-    channel_stats,
-    load_point_folder,
-    sample_crop,
-)
+from .data import channel_stats, load_point_folder
 from .distributed import (
     DistContext,
     broadcast_values,
     gather_rng_states,
     hashes_file,
     mean_over_ranks,
-    restore_rng_state,
     setup,
     sync_batch_norm,
     weights_digest,
 )
 from .loss import loss_for, two_source_loss, weighted_mse
-from .models import ACTIVATIONS, MicroNet, create_model, widen, with_activation
-from .targets import TARGET_KINDS, TargetConfig, make_target
+from .models import ACTIVATIONS, create_model, with_activation
+from .resolve import (  # re-exported: the machine-bound defaults were defined here
+    native_bf16,
+    resolve_bf16,
+    resolve_channels_last,
+    resolve_machine_defaults,
+    resolve_threads,
+)
+from .targets import TARGET_KINDS, TargetConfig
+from .train_parts import (
+    Sampler,
+    jsonable,
+    load_teacher,
+    open_log,
+    plot_log,
+    provenance,
+    restore_process_rng,
+    widened,
+    with_dropout,
+)
 from .validate import choose_threshold, normalize, predict_map, validation_inputs
 
-__all__ = ["TrainConfig", "resolve_bf16", "resolve_channels_last", "resolve_machine_defaults", "resolve_threads", "train"]
+_Sampler = Sampler  # the name tests and older callers import
+
+__all__ = ["TrainConfig", "native_bf16", "resolve_bf16", "resolve_channels_last", "resolve_machine_defaults", "resolve_threads", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -171,171 +179,6 @@ class TrainConfig:
             raise InputError(f"dropout: expected a probability in [0, 1) or None (the variant's), got {self.dropout}")
 
 
-def resolve_bf16(requested: bool | None, device_type: str, native: bool) -> tuple[bool, str]:
-    """Whether to autocast to bfloat16, and why (for the log and the provenance).
-
-    Args:
-        requested: ``TrainConfig.bf16``: ``True``/``False`` wins; ``None`` chooses bf16
-            exactly where it is native.
-        device_type: ``"cpu"``, ``"cuda"``, ...
-        native: whether the device computes bfloat16 in hardware (see
-            :func:`native_bf16`).
-    """
-    if requested is not None:
-        slow = requested and not native
-        return requested, "as configured" + (f" although this {device_type} has no native bfloat16" if slow else "")
-    if native:
-        return True, f"auto: this {device_type} computes bfloat16 natively"
-    if device_type == "cpu":
-        return False, "auto: this CPU has no AVX512_BF16 / AMX-BF16 (emulated bfloat16 is slower than float32)"
-    return False, f"auto: no native bfloat16 on this {device_type}"
-
-
-def native_bf16(device: torch.device) -> bool:
-    """True where ``device`` computes bfloat16 in hardware: a CUDA device with bf16
-    (Ampere and later), or a CPU with AVX512_BF16, AMX-BF16 or aarch64's BF16."""
-    if device.type == "cuda":
-        try:  # torch >= 2.4 would otherwise count emulated bf16 (pre-Ampere GPUs) as supported
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:
-            return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return machine.has_native_bf16()
-    return False
-
-
-def resolve_channels_last(requested: bool | None, device_type: str, bf16: bool) -> tuple[bool, str]:
-    """Whether to run in channels-last (NHWC) layout, and why.
-
-    ``None`` chooses it where it was measured faster: float32 steps on the CPU
-    (``python benchmarks/bench_train.py``); under bf16 autocast it gained nothing
-    measurable, and on GPUs it has not been measured.
-    """
-    if requested is not None:
-        return requested, "as configured"
-    if device_type == "cpu" and not bf16:
-        return True, "auto: float32 on the CPU (measured faster than NCHW)"
-    return False, "auto: bf16 autocast (no measured gain)" if bf16 else f"auto: not measured on {device_type}"
-
-
-def resolve_threads(requested: int | None, cores: int, local_world: int = 1) -> int:
-    """torch intra-op threads: ``requested``, else this process's share of ``cores``
-    physical cores (hyper-threads only contend for the same FMA units)."""
-    if requested is not None:
-        return requested
-    return max(1, cores // max(1, local_world))
-
-
-def resolve_machine_defaults(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """``cfg`` with the machine-bound defaults (``bf16``, ``channels_last``, ``threads``)
-    resolved on this machine; logs what was chosen and why, and warns when an explicit
-    bf16 will be emulated. The returned config is the one the run stores in its
-    checkpoints."""
-    native = native_bf16(device)
-    bf16, why = resolve_bf16(cfg.bf16, device.type, native)
-    channels_last, why_layout = resolve_channels_last(cfg.channels_last, device.type, bf16)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    threads = resolve_threads(cfg.threads, machine.physical_cores(), local_world)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine.cpu_model()
-    log.info(
-        "precision: %s (%s); torch threads: %d (%s); memory format: %s (%s)",
-        "bfloat16 autocast" if bf16 else "float32", why,
-        threads, "as configured" if cfg.threads is not None else f"physical cores / {local_world} process(es)",
-        "channels-last" if channels_last else "NCHW", f"{why_layout}; {where}",
-    )
-    if bf16 and not native:
-        log.warning(
-            "bf16=True on %s without native bfloat16 (%s): torch emulates it, several times slower than float32; "
-            "leave bf16 unset (auto) or pass --no-bf16",
-            device.type, where,
-        )
-    return replace(cfg, bf16=bf16, channels_last=channels_last, threads=threads)
-
-
-class _Sampler:
-    """Crops in passes: each pass visits every image `crops_per_image` times in random
-    order. The order and RNG state are part of the snapshot, so a resumed run draws the
-    same crops it would have drawn.
-
-    A crop is planned, then rendered: :meth:`plan` takes the next image and a seed for
-    its augmentation from the run's stream; :meth:`render` makes the crop from that seed
-    alone. Every process of a distributed run plans the whole global batch (cheap) and
-    renders only its own slice, so N processes see exactly the crops one process with
-    batch N·b sees, without rendering the others' crops.
-    """
-
-    def __init__(
-        self, data: PointDataset, cfg: TrainConfig, model_mpp: float, rng: np.random.Generator, target: TargetConfig | None = None
-    ) -> None:
-        self.data = data
-        self.cfg = cfg
-        # Images at another pixel size are brought to the model's once, by the resampler
-        # the detector uses (anti-aliased, pixel centres corresponding), so the network
-        # trains on the pixels it will see; crops then only jitter the scale around 1.
-        ratio = data.mpp / model_mpp  # model pixels per source pixel
-        resampled = [resample(im, pts, ratio) for im, pts in zip(data.images, data.points)]
-        self.images = [r[0] for r in resampled]
-        self.points = [r[1] for r in resampled]
-        self.scale = 1.0 / ratio if resampled and resampled[0][2] is None else 1.0  # source pixels per model pixel
-        self.aug = AugmentConfig(crop=cfg.crop, **cfg.augment)
-        # What each crop's map is; default Eq. 1 with the config's α, d and scale.
-        self.target = target or TargetConfig(cfg.target_alpha, cfg.target_radius, cfg.target_scale)
-        self.rng = rng
-        self.order: list[int] = []
-        self.pos = 0
-
-    def plan(self) -> tuple[int, int]:
-        """The next crop's ``(image index, augmentation seed)``."""
-        if self.pos >= len(self.order):
-            self.order = self.rng.permutation(np.repeat(np.arange(len(self.data)), self.cfg.crops_per_image)).tolist()
-            self.pos = 0
-        i = self.order[self.pos]
-        self.pos += 1
-        return i, int(self.rng.integers(2**63))
-
-    def render(self, plan: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(crop, target)``: ``(crop, crop, 3)`` uint8 and its ``(crop, crop)`` float32 map."""
-        i, seed = plan
-        crop, pts = sample_crop(self.images[i], self.points[i], np.random.default_rng(seed), self.aug, scale=self.scale)
-        return crop, make_target(pts, crop.shape[:2], self.target)
-
-    def draw(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.render(self.plan())
-
-    def draw_slice(self, per_rank: int, ctx: DistContext) -> list[tuple[np.ndarray, np.ndarray]]:
-        """This process's ``per_rank`` crops of the global batch (``ctx.world × per_rank``
-        planned, identically on every process)."""
-        plans = [self.plan() for _ in range(per_rank * ctx.world)]
-        return [self.render(p) for p in plans[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]]
-
-    def state(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": self.order, "pos": self.pos}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self.order, self.pos = list(state["order"]), int(state["pos"])
-
-
-def _load_teacher(cfg: TrainConfig, model_mpp: float, device: torch.device) -> tuple[torch.nn.Module, Any, Any] | None:
-    """The frozen teacher network and its normalisation, or None without ``cfg.teacher``.
-
-    Distillation: the student also regresses the teacher's proximity map on every crop
-    (Eq. 2 with the teacher's map as the target), which carries the teacher's behaviour
-    over where annotations say nothing: used to fine-tune the ReLU variant towards the
-    paper's ELU network.
-    """
-    if not cfg.teacher:
-        return None
-    with torch.random.fork_rng(devices=[]):  # building the network draws initial weights:
-        net, t_info = load_checkpoint(cfg.teacher)  # keep the run's RNG (dropout masks) as it was
-    if abs(t_info.mpp - model_mpp) > 0.01 * model_mpp:
-        raise InputError(f"teacher {cfg.teacher} works at {t_info.mpp} µm/px, the model at {model_mpp}: they must match")
-    net.eval().to(device)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, t_info.mean, t_info.std
-
-
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> Path:
     """Trains and returns the path of the best checkpoint (``<out>/best.safetensors``).
 
@@ -358,315 +201,279 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         ctx.close()
 
 
-def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: str | Path | None, progress: bool) -> Path:
-    rank, world, device = ctx.rank, ctx.world, ctx.device
-    out = Path(cfg.out)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_machine_defaults(cfg, device)  # from here on bf16, channels_last and threads are set
-    torch.set_num_threads(cfg.threads)
-    # Per process: dropout masks must differ between the processes' slices of the batch.
-    # The initial weights differ too, until DDP broadcasts rank 0's.
-    torch.manual_seed(cfg.seed + rank)
+class _Run:
+    """One training run, built at set-up; the loop (:func:`_train`) calls its steps.
 
-    # Data: the target set (train split, optionally a fraction), validation, auxiliary.
-    train_set = load_point_folder(cfg.data, cfg.train_split, cfg.data_mpp)
-    if cfg.target_fraction < 1.0:
-        keep = np.random.default_rng(cfg.seed).permutation(len(train_set))[: max(1, round(cfg.target_fraction * len(train_set)))]
-        train_set = train_set.subset(sorted(keep))
-    if cfg.val_split and cfg.val_split == cfg.train_split:
-        # Validating on the training split (a target set too small to hold images out)
-        # means on the images trained on: a fraction's own, never the ones it left out.
-        val_set = train_set
-    else:
-        val_set = load_point_folder(cfg.data, cfg.val_split, cfg.data_mpp) if cfg.val_split else None
-    aux_set = load_point_folder(cfg.aux_data, cfg.aux_split, cfg.aux_mpp) if cfg.aux_fraction > 0 else None
-    model_mpp = cfg.model_mpp or train_set.mpp
+    Set-up resolves the machine's defaults, loads the data and the network (fresh, or a
+    checkpoint to fine-tune, reshaped as asked), builds the objective, the optimiser and
+    the crop streams, and restores a snapshot when resuming. Then, per iteration:
+    :meth:`schedule` → :meth:`step` → :meth:`validate` (every ``val_every``) →
+    :meth:`write` → :meth:`snapshot` (every ``snapshot_every``); :meth:`finish` at the end.
+    """
 
-    # Model: fresh, or from a checkpoint (fine-tuning keeps its normalisation).
-    if cfg.init:
-        model, init_info = load_checkpoint(cfg.init)
-        mean, std = init_info.mean, init_info.std
-        model_mpp = cfg.model_mpp or init_info.mpp
-        if cfg.activation and not hasattr(model.config, "activation"):
-            raise InputError(f"activation: {cfg.init} is a {model.config_dict()['name']!r} network, which has no activation option")
-        if cfg.activation and cfg.activation != model.config.activation:
-            model = with_activation(model, cfg.activation)
-        if cfg.dropout is not None and cfg.dropout != model.config.dropout:
-            model = _with_dropout(model, cfg.dropout)
-        if cfg.widths and tuple(cfg.widths) != tuple(getattr(model.config, "widths", ())):
-            model = _widened(model, cfg)
-    else:
-        model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation, dropout=cfg.dropout, **cfg.model_options)
-        mean, std = channel_stats(train_set.images + (aux_set.images if aux_set else []))
-    frozen = [p for blk in model.blocks()[: cfg.freeze_blocks] for m in blk for p in m.parameters()]
-    for p in frozen:
-        p.requires_grad_(False)
-    model = sync_batch_norm(model, ctx)  # N processes: batch statistics of the global batch
-    model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net: torch.nn.Module = model
-    if world > 1:
-        # Broadcasts rank 0's weights and buffers now and averages the gradients in backward.
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    kind = cfg.target_kind or getattr(model, "target_kind", "proximity")
-    target = TargetConfig(
-        cfg.target_alpha, cfg.target_radius, cfg.target_scale, kind=kind,
-        disk_radius=cfg.disk_radius, sigma=cfg.density_sigma, density_scale=cfg.density_scale,
-    )
-    if cfg.teacher and kind != "proximity":
-        raise InputError(f"teacher: distillation regresses proximity maps; this run's target is {kind!r}")
-    loss_fn = loss_for(kind, cfg.lam)
-    teacher = _load_teacher(cfg, model_mpp, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    def __init__(self, cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: str | Path | None) -> None:
+        self.requested, self.ctx, self.out = requested, ctx, Path(cfg.out)
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg = resolve_machine_defaults(cfg, ctx.device)  # from here on bf16, channels_last and threads are set
+        torch.set_num_threads(cfg.threads)
+        # Per process: dropout masks must differ between the processes' slices of the batch.
+        # The initial weights differ too, until DDP broadcasts rank 0's.
+        torch.manual_seed(cfg.seed + ctx.rank)
+        self._load_data()
+        self._build_model()
+        self._build_objective()
+        self.state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "last_change": 0, "lr": cfg.lr, "elapsed": 0.0}
+        if resume:
+            self._resume(resume)
+        self.log_file, self.writer = open_log(self.out / "log.csv", resume, self.state["iteration"]) if ctx.is_main else (None, None)
+        self.hash_path = hashes_file(ctx)
+        self.val_images, self.val_points, self.val_scales = validation_inputs(self.val_set, self.model_mpp)
+        self.stop = False
+        self.running: float | None = None
 
-    # One crop stream for the whole run, the same on every process (each renders its slice).
-    rng = np.random.default_rng(cfg.seed)
-    sampler = _Sampler(train_set, cfg, model_mpp, rng, target)
-    aux_sampler = _Sampler(aux_set, cfg, model_mpp, rng, target) if aux_set else None
-    n_aux = round(cfg.batch * cfg.aux_fraction) if aux_set else 0  # per process
+    def _load_data(self) -> None:
+        """The target set (train split, optionally a fraction), validation, auxiliary."""
+        cfg = self.cfg
+        train_set = load_point_folder(cfg.data, cfg.train_split, cfg.data_mpp)
+        if cfg.target_fraction < 1.0:
+            keep = np.random.default_rng(cfg.seed).permutation(len(train_set))[: max(1, round(cfg.target_fraction * len(train_set)))]
+            train_set = train_set.subset(sorted(keep))
+        if cfg.val_split and cfg.val_split == cfg.train_split:
+            # Validating on the training split (a target set too small to hold images out)
+            # means on the images trained on: a fraction's own, never the ones it left out.
+            val_set = train_set
+        else:
+            val_set = load_point_folder(cfg.data, cfg.val_split, cfg.data_mpp) if cfg.val_split else None
+        self.train_set, self.val_set = train_set, val_set
+        self.aux_set = load_point_folder(cfg.aux_data, cfg.aux_split, cfg.aux_mpp) if cfg.aux_fraction > 0 else None
+        self.model_mpp = cfg.model_mpp or train_set.mpp
 
-    info = ModelInfo(
-        architecture=model.config_dict(),
-        mean=[float(v) for v in mean],
-        std=[float(v) for v in std],
-        mpp=float(model_mpp),
-        threshold=0.5 * target.peak(),
-        min_distance=cfg.min_distance,
-        target=target.as_metadata(),
-        eval_radius=cfg.eval_radius,
-        provenance=_provenance(cfg, world),
-    )
-    state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "last_change": 0, "lr": cfg.lr, "elapsed": 0.0}
-    if resume:
-        saved = load_snapshot(resume, model, optimizer)  # every process: weights, optimiser, rank 0's torch RNG
-        state.update(saved["state"])
-        sampler.restore(saved["sampler"])
-        if aux_sampler and "aux_sampler" in saved:
-            aux_sampler.restore(saved["aux_sampler"])
-        _restore_process_rng(saved, cfg, ctx)
-        info = ModelInfo.from_json(json.dumps(saved["info"]))
-        info.provenance.update(_provenance(cfg, world))  # this run's machine and resolved settings
-        log.info("resumed from %s at iteration %d", resume, state["iteration"])
+    def _build_model(self) -> None:
+        """Fresh, or from a checkpoint (fine-tuning keeps its normalisation); frozen
+        blocks, synchronised batch norm, the device and layout, DDP over processes."""
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.init:
+            model, init_info = load_checkpoint(cfg.init)
+            self.mean, self.std = init_info.mean, init_info.std
+            self.model_mpp = cfg.model_mpp or init_info.mpp
+            model = _reshaped(model, cfg)
+        else:
+            model = create_model(cfg.model, widths=cfg.widths, activation=cfg.activation, dropout=cfg.dropout, **cfg.model_options)
+            self.mean, self.std = channel_stats(self.train_set.images + (self.aux_set.images if self.aux_set else []))
+        for p in [p for blk in model.blocks()[: cfg.freeze_blocks] for m in blk for p in m.parameters()]:
+            p.requires_grad_(False)
+        model = sync_batch_norm(model, ctx)  # N processes: batch statistics of the global batch
+        model.to(ctx.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.net = model, model
+        if ctx.world > 1:
+            # Broadcasts rank 0's weights and buffers now and averages the gradients in backward.
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    log_file, writer = _open_log(out / "log.csv", resume, state["iteration"]) if ctx.is_main else (None, None)
-    hash_path = hashes_file(ctx)
+    def _build_objective(self) -> None:
+        """Target, loss, teacher, optimiser, crop streams and the checkpoint's metadata."""
+        cfg, model = self.cfg, self.model
+        kind = cfg.target_kind or getattr(model, "target_kind", "proximity")
+        self.target = TargetConfig(
+            cfg.target_alpha, cfg.target_radius, cfg.target_scale, kind=kind,
+            disk_radius=cfg.disk_radius, sigma=cfg.density_sigma, density_scale=cfg.density_scale,
+        )
+        if cfg.teacher and kind != "proximity":
+            raise InputError(f"teacher: distillation regresses proximity maps; this run's target is {kind!r}")
+        self.loss_fn = loss_for(kind, cfg.lam)
+        self.teacher = load_teacher(cfg, self.model_mpp, self.ctx.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        # One crop stream for the whole run, the same on every process (each renders its slice).
+        rng = np.random.default_rng(cfg.seed)
+        self.sampler = Sampler(self.train_set, cfg, self.model_mpp, rng, self.target)
+        self.aux_sampler = Sampler(self.aux_set, cfg, self.model_mpp, rng, self.target) if self.aux_set else None
+        self.n_aux = round(cfg.batch * cfg.aux_fraction) if self.aux_set else 0  # per process
+        self.info = ModelInfo(
+            architecture=model.config_dict(), mean=[float(v) for v in self.mean], std=[float(v) for v in self.std],
+            mpp=float(self.model_mpp), threshold=0.5 * self.target.peak(), min_distance=cfg.min_distance,
+            target=self.target.as_metadata(), eval_radius=cfg.eval_radius, provenance=provenance(cfg, self.ctx.world),
+        )
 
-    val_images, val_points, val_scales = validation_inputs(val_set, model_mpp)
-    from tqdm.auto import tqdm
+    def _resume(self, resume: str | Path) -> None:
+        saved = load_snapshot(resume, self.model, self.optimizer)  # every process: weights, optimiser, rank 0's torch RNG
+        self.state.update(saved["state"])
+        self.sampler.restore(saved["sampler"])
+        if self.aux_sampler and "aux_sampler" in saved:
+            self.aux_sampler.restore(saved["aux_sampler"])
+        restore_process_rng(saved, self.cfg, self.ctx)
+        self.info = ModelInfo.from_json(json.dumps(saved["info"]))
+        self.info.provenance.update(provenance(self.cfg, self.ctx.world))  # this run's machine and resolved settings
+        log.info("resumed from %s at iteration %d", resume, self.state["iteration"])
 
-    bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress or not ctx.is_main, desc="train", unit="it")
-    t_start = time.perf_counter() - state["elapsed"]
-    model.train()
-    running = None
-    stop = False
-    while state["iteration"] < cfg.iterations and not stop:
-        # Batch: this process's slice of the global target crops, then of the auxiliary
-        # crops (domain flag for the two-source loss).
-        items = sampler.draw_slice(cfg.batch - n_aux, ctx)
-        items += aux_sampler.draw_slice(n_aux, ctx) if aux_sampler else []
+    @property
+    def done(self) -> bool:
+        return self.state["iteration"] >= self.cfg.iterations or self.stop
+
+    def _batch(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """This process's slice of the global target crops, then of the auxiliary crops."""
+        cfg, device = self.cfg, self.ctx.device
+        items = self.sampler.draw_slice(cfg.batch - self.n_aux, self.ctx)
+        items += self.aux_sampler.draw_slice(self.n_aux, self.ctx) if self.aux_sampler else []
         crops = np.stack([c for c, _ in items])  # (B, 200, 200, 3) uint8
-        x = normalize(crops, mean, std).to(device)  # (B, 3, 200, 200)
+        x = normalize(crops, self.mean, self.std).to(device)  # (B, 3, 200, 200)
         y = torch.from_numpy(np.stack([t for _, t in items]))[:, None].to(device)  # (B, 1, 200, 200)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return crops, x, y
+
+    def _loss(self, crops: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 (or the baseline's loss), two-source with auxiliary crops, and the
+        teacher's share when distilling."""
+        cfg, device = self.cfg, self.ctx.device
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            pred = net(x)
-        if n_aux:
-            domain = torch.tensor([True] * (cfg.batch - n_aux) + [False] * n_aux, device=device)
-            loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam, loss_fn)
+            pred = self.net(x)
+        if self.n_aux:
+            domain = torch.tensor([True] * (cfg.batch - self.n_aux) + [False] * self.n_aux, device=device)
+            loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam, self.loss_fn)
         else:
-            loss = loss_fn(pred, y)  # Eq. 2 for proximity maps
-        if teacher is not None:
-            teacher_net, t_mean, t_std = teacher
+            loss = self.loss_fn(pred, y)  # Eq. 2 for proximity maps
+        if self.teacher is not None:
+            teacher_net, t_mean, t_std = self.teacher
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 soft = teacher_net(normalize(crops, t_mean, t_std).to(device)).float()
             # Into the targets' range: Eq. 2 weights pixels by their target, and a linear
             # head can go below 0 (a weak teacher far below, making weights negative).
             soft = soft.clamp(0.0, cfg.target_scale)
             loss = (1.0 - cfg.teacher_weight) * loss + cfg.teacher_weight * weighted_mse(pred, soft, cfg.lam)
+        return loss
+
+    def step(self) -> list[Any]:
+        """One optimiser step on one global batch; its log row (validation columns empty)."""
+        cfg, state = self.cfg, self.state
+        loss = self._loss(*self._batch())
         if cfg.lr_milestones:
             done = state["iteration"] / max(1, cfg.iterations)
             state["lr"] = cfg.lr * 0.1 ** sum(done >= m for m in cfg.lr_milestones)
-            for group in optimizer.param_groups:
-                group["lr"] = state["lr"]
-        optimizer.zero_grad(set_to_none=True)
+            self._set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: gradients averaged over the processes here
-        optimizer.step()
+        self.optimizer.step()
         state["iteration"] += 1
         it = state["iteration"]
         # The global batch's loss (mean over processes); syncs the device once per step,
         # cheap next to the step, and every process sees the same value (and raises together).
-        value = mean_over_ranks(loss, ctx)
+        value = mean_over_ranks(loss, self.ctx)
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at iteration {it}; lower lr or check the data")
-        if hash_path is not None:
-            with hash_path.open("a") as f:
-                f.write(f"{it} {weights_digest(model)}\n")
-        running = value if running is None else 0.98 * running + 0.02 * value
-        row: list[Any] = [it, f"{value:.5f}", optimizer.param_groups[0]["lr"], "", "", "", "", ""]
+        if self.hash_path is not None:
+            with self.hash_path.open("a") as f:
+                f.write(f"{it} {weights_digest(self.model)}\n")
+        self.running = value if self.running is None else 0.98 * self.running + 0.02 * value
+        return [it, f"{value:.5f}", self.optimizer.param_groups[0]["lr"], "", "", "", "", ""]
 
-        # Validate: choose ξ by best F1; keep the best checkpoint; decay lr on a plateau.
-        # Rank 0 validates and decides; the others take the schedule from it.
-        validating = bool(val_images) and (it % cfg.val_every == 0 or it == cfg.iterations)
-        if validating and ctx.is_main:
-            maps = [predict_map(model, im, mean, std, device) for im in val_images]
+    def _set_lr(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.state["lr"]
+
+    def validating(self) -> bool:
+        it = self.state["iteration"]
+        return bool(self.val_images) and (it % self.cfg.val_every == 0 or it == self.cfg.iterations)
+
+    def validate(self, row: list[Any]) -> None:
+        """Chooses ξ by best F1, keeps the best checkpoint, decays lr on a plateau: rank 0
+        validates and decides, the others take the schedule from it."""
+        cfg, state, it = self.cfg, self.state, self.state["iteration"]
+        if self.ctx.is_main:
+            maps = [predict_map(self.model, im, self.mean, self.std, self.ctx.device) for im in self.val_images]
             if not all(np.isfinite(m).all() for m in maps):
                 raise FloatingPointError(f"the network's map became non-finite at iteration {it} (diverged); lower lr or check the data")
-            sweep = choose_threshold(maps, val_points, cfg.eval_radius, cfg.min_distance, target.peak(), scales=val_scales)
+            sweep = choose_threshold(maps, self.val_points, cfg.eval_radius, cfg.min_distance, self.target.peak(), scales=self.val_scales)
             best = sweep.metrics_at(sweep.best_index)
             row[3:7] = [f"{best.f1:.4f}", f"{best.precision:.4f}", f"{best.recall:.4f}", f"{sweep.best_threshold:.4f}"]
             if best.f1 > state["best_f1"]:
                 state.update(best_f1=best.f1, best_iteration=it, last_change=it)
-                info.threshold = sweep.best_threshold
-                info.provenance.update(iterations=it, val_f1=best.f1, val_precision=best.precision, val_recall=best.recall)
-                save_checkpoint(out / "best.safetensors", model, info)
+                self.info.threshold = sweep.best_threshold
+                self.info.provenance.update(iterations=it, val_f1=best.f1, val_precision=best.precision, val_recall=best.recall)
+                save_checkpoint(self.out / "best.safetensors", self.model, self.info)
             elif not cfg.lr_milestones and it - state["last_change"] >= cfg.patience:
                 state["lr"] /= 10.0
                 state["last_change"] = it
                 log.info("iteration %d: validation F1 flat for %d iterations, lr -> %g", it, cfg.patience, state["lr"])
-                stop = state["lr"] < cfg.min_lr
-            bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{state['best_f1']:.3f}", lr=f"{state['lr']:.0e}")
-        elif ctx.is_main and it % 10 == 0:
-            bar.set_postfix(loss=f"{running:.4f}", val_f1=f"{state['best_f1']:.3f}", lr=f"{state['lr']:.0e}")
-        if validating:
-            lr, last_change, flag = broadcast_values([state["lr"], state["last_change"], float(stop)], ctx)
-            state.update(lr=lr, last_change=int(last_change))
-            stop = bool(flag)
-            for group in optimizer.param_groups:
-                group["lr"] = state["lr"]
-        state["elapsed"] = time.perf_counter() - t_start
-        row[7] = f"{state['elapsed']:.1f}"
-        if writer is not None:
-            writer.writerow(row)
-        bar.update(1)
+                self.stop = state["lr"] < cfg.min_lr
+        lr, last_change, flag = broadcast_values([state["lr"], state["last_change"], float(self.stop)], self.ctx)
+        state.update(lr=lr, last_change=int(last_change))
+        self.stop = bool(flag)
+        self._set_lr()
 
-        if it % cfg.snapshot_every == 0 or it == cfg.iterations or stop:
-            rng_states = gather_rng_states(ctx)  # every process's dropout stream (a collective)
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{self.running:.4f}", "val_f1": f"{self.state['best_f1']:.3f}", "lr": f"{self.state['lr']:.0e}"}
+
+    def write(self, row: list[Any], elapsed: float) -> None:
+        self.state["elapsed"] = elapsed
+        row[7] = f"{elapsed:.1f}"
+        if self.writer is not None:
+            self.writer.writerow(row)
+
+    def snapshot_due(self) -> bool:
+        it = self.state["iteration"]
+        return it % self.cfg.snapshot_every == 0 or it == self.cfg.iterations or self.stop
+
+    def snapshot(self) -> None:
+        """Everything a resumed run needs: weights, optimiser, schedule, crop streams,
+        metadata, the request and every process's RNG (a collective)."""
+        rng_states = gather_rng_states(self.ctx)  # every process's dropout stream (a collective)
+        if not self.ctx.is_main:
+            return
+        self.log_file.flush()
+        extra = {
+            "state": self.state, "sampler": self.sampler.state(), "info": json.loads(self.info.to_json()),
+            "config": jsonable(asdict(self.requested)), "world": self.ctx.world, "torch_rng": rng_states,
+        }
+        if self.aux_sampler:
+            extra["aux_sampler"] = self.aux_sampler.state()
+        save_snapshot(self.out / "last_snapshot.safetensors", self.model, self.optimizer, self.info, extra)
+
+    def finish(self) -> Path:
+        if self.ctx.is_main:
+            self.log_file.close()
+            if not (self.out / "best.safetensors").exists():
+                save_checkpoint(self.out / "best.safetensors", self.model, self.info)  # no validation set: last weights
+            plot_log(self.out / "log.csv", self.out / "curves.png")
+        self.ctx.barrier()  # every process returns once the checkpoint exists
+        return self.out / "best.safetensors"
+
+
+def _reshaped(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """A checkpoint's network with the activation, dropout and widths the run asks for."""
+    if cfg.activation and not hasattr(model.config, "activation"):
+        raise InputError(f"activation: {cfg.init} is a {model.config_dict()['name']!r} network, which has no activation option")
+    if cfg.activation and cfg.activation != model.config.activation:
+        model = with_activation(model, cfg.activation)
+    if cfg.dropout is not None and cfg.dropout != model.config.dropout:
+        model = with_dropout(model, cfg.dropout)
+    if cfg.widths and tuple(cfg.widths) != tuple(getattr(model.config, "widths", ())):
+        model = widened(model, cfg)
+    return model
+
+
+def _train(cfg: TrainConfig, requested: TrainConfig, ctx: DistContext, resume: str | Path | None, progress: bool) -> Path:
+    """The loop, top to bottom: step → validate/checkpoint → log → snapshot."""
+    from tqdm.auto import tqdm
+
+    run = _Run(cfg, requested, ctx, resume)
+    bar = tqdm(total=run.cfg.iterations, initial=run.state["iteration"], disable=not progress or not ctx.is_main, desc="train", unit="it")
+    t_start = time.perf_counter() - run.state["elapsed"]
+    run.model.train()
+    while not run.done:
+        row = run.step()
+        if run.validating():
+            run.validate(row)
             if ctx.is_main:
-                log_file.flush()
-                extra = {
-                    "state": state, "sampler": sampler.state(), "info": json.loads(info.to_json()),
-                    "config": _jsonable(asdict(requested)), "world": world, "torch_rng": rng_states,
-                }
-                if aux_sampler:
-                    extra["aux_sampler"] = aux_sampler.state()
-                save_snapshot(out / "last_snapshot.safetensors", model, optimizer, info, extra)
+                bar.set_postfix(**run.postfix())
+        elif ctx.is_main and run.state["iteration"] % 10 == 0:
+            bar.set_postfix(**run.postfix())
+        run.write(row, time.perf_counter() - t_start)
+        bar.update(1)
+        if run.snapshot_due():
+            run.snapshot()
     bar.close()
-    if ctx.is_main:
-        log_file.close()
-        if not (out / "best.safetensors").exists():
-            save_checkpoint(out / "best.safetensors", model, info)  # no validation set: last weights
-        _plot_log(out / "log.csv", out / "curves.png")
-    ctx.barrier()  # every process returns once the checkpoint exists
-    return out / "best.safetensors"
-
-
-def _widened(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """``--init`` with ``--widths``: the initial network widened to those widths, computing
-    the same function (``models.widen``). Context channels grow with the first width
-    unless ``--model-options '{"context_channels": N}'`` says otherwise."""
-    if not isinstance(model, MicroNet):
-        raise InputError(f"widths: {cfg.init} is a {model.config_dict()['name']!r} network; only a MicroNet can be widened")
-    wide = widen(model, tuple(cfg.widths), cfg.model_options.get("context_channels"), seed=cfg.seed)
-    old, new = model.config, wide.config
-    log.info("widened %s: widths %s -> %s, context channels %d -> %d", cfg.init, old.widths, new.widths, old.context_channels, new.context_channels)
-    return wide
-
-
-def _with_dropout(model: torch.nn.Module, dropout: float) -> torch.nn.Module:
-    """A copy of a checkpoint's MicroNet with another dropout rate (dropout has no weights)."""
-    swapped = type(model)(replace(model.config, dropout=dropout))
-    swapped.load_state_dict(model.state_dict())
-    return swapped.train(model.training)
-
-
-def _restore_process_rng(saved: dict[str, Any], cfg: TrainConfig, ctx: DistContext) -> None:
-    """This process's torch RNG (its dropout stream) as the snapshot recorded it.
-
-    ``load_snapshot`` gave every process rank 0's state. A snapshot from another process
-    count (or from before per-process states) cannot give the others theirs: they get a
-    fresh stream of their own, never a copy of rank 0's (same masks on two slices).
-    """
-    states = saved.get("torch_rng") or []
-    saved_world = int(saved.get("world", 1))
-    if saved_world == ctx.world and ctx.rank < len(states):
-        restore_rng_state(states[ctx.rank], ctx)
-        return
-    if saved_world != ctx.world and ctx.is_main:
-        log.warning(
-            "the snapshot was written by %d process(es), this run has %d: the global batch is now %d crops",
-            saved_world, ctx.world, ctx.world * cfg.batch,
-        )
-    if ctx.rank > 0:
-        seed = np.random.SeedSequence([cfg.seed, ctx.rank, int(saved["state"]["iteration"])]).generate_state(1)[0]
-        torch.manual_seed(int(seed))
-
-
-def _open_log(log_path: Path, resume: str | Path | None, iteration: int) -> tuple[Any, Any]:
-    """``log.csv`` for appending (rank 0 only): new with its header, or, when resuming,
-    cut back to the snapshot's iteration."""
-    new_log = not (resume and log_path.exists())
-    if not new_log:
-        # Rows written after the snapshot belong to the interrupted run: drop them.
-        with log_path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        rows = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
-        with log_path.open("w", newline="") as f:
-            csv.writer(f).writerows(rows)
-    log_file = log_path.open("w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(["iteration", "loss", "lr", "val_f1", "val_precision", "val_recall", "val_threshold", "elapsed_s"])
-    return log_file, writer
-
-
-def _provenance(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:
-    """What made a checkpoint: the resolved config, the process count, the software and
-    the machine (rank 0's)."""
-    return {
-        "config": _jsonable(asdict(cfg)),
-        "processes": world,
-        "torch": torch.__version__,
-        "host": platform.node(),
-        "machine": machine.describe_machine(measure_peak=False),
-    }
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _plot_log(log_path: Path, png: Path) -> None:
-    """Loss, validation F1 and learning rate against iterations."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plotting is optional
-        log.info("matplotlib not installed: skipping %s", png)
-        return
-    with log_path.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    it = np.array([int(r["iteration"]) for r in rows])
-    loss = np.array([float(r["loss"]) for r in rows])
-    lr = np.array([float(r["lr"]) for r in rows])
-    val = [(int(r["iteration"]), float(r["val_f1"])) for r in rows if r["val_f1"]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    k = max(1, len(loss) // 200)
-    smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-    axes[0].plot(it[: len(smooth)], smooth)
-    axes[0].set(title="training loss (Eq. 2)", xlabel="iteration", yscale="log")
-    if val:
-        axes[1].plot(*zip(*val), marker=".")
-    axes[1].set(title="validation F1 (best ξ)", xlabel="iteration")
-    axes[2].plot(it, lr)
-    axes[2].set(title="learning rate", xlabel="iteration", yscale="log")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    return run.finish()

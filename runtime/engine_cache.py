@@ -12,14 +12,22 @@ the TensorRT version and the optimisation profile, so another model, GPU, Tensor
 release or profile never picks up a stale engine. The cache directory is
 ``$MICRONET_CACHE_DIR``, else ``$XDG_CACHE_HOME/micronet``, else ``~/.cache/micronet``.
 
+A TensorRT engine is native code the GPU runs, so the cache trusts nothing it did not
+make: the cache folder and its ``engines/`` must belong to this user and be writable by
+no one else (else :func:`cached_engine` refuses them, saying how to fix it); each
+engine's SHA-256 is recorded in its sidecar when it is built and checked before it is
+deserialised (a changed engine is rebuilt); and the engines it builds are not
+version-compatible, so they never need TensorRT's permission to run host code (the
+backend grants it only when its caller asks, never from a sidecar field).
+
 Entries are complete or absent: an engine and its sidecar are built in a temporary
 directory next to the entry and renamed into place in one step, so a crash never leaves
 a half-written engine that looks right; a file lock per entry makes concurrent processes
 wait for one build instead of each building (and writing) their own. Kernel timings are
 kept per GPU and TensorRT version (``timing/``), so rebuilding another model is faster.
 
-Imports TensorRT (and ``micronet.export.engine``, which needs no torch) only when an
-engine is actually built or looked up.
+Imports TensorRT (and the builder, ``backends.tensorrt_build``, which needs no torch)
+only when an engine is actually built or looked up.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import logging
 import os
 import re
 import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -46,6 +56,7 @@ __all__ = [
     "bundled_engine_source",
     "cache_dir",
     "cached_engine",
+    "check_private_folder",
     "engine_key",
     "file_sha256",
 ]
@@ -55,9 +66,10 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "MICRONET_CACHE_DIR"
 # (min, opt, max) as (N, H, W): what the Detector sends with its defaults (tiles of at
 # most 1024², batches of at most 4; smaller images are mirrored out to the minimum).
-# Tuned for two 1024² tiles, the Detector's usual batch; bounded so the build takes
+# Tuned for what it sends most: full batches of 1024² tiles (opt N is the Detector's
+# DEFAULT_BATCH_SIZE on a GPU, a test holds them equal); bounded so the build takes
 # minutes, not tens of minutes, and each execution context's memory stays small.
-ENGINE_PROFILE: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (2, 1024, 1024), (4, 1024, 1024))
+ENGINE_PROFILE: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (4, 1024, 1024), (4, 1024, 1024))
 # Bundled models (``BUNDLED_MODELS`` names) → the bundled ONNX file TensorRT engines are
 # built from: the fp16 export, which a strongly typed build turns into an fp16 engine.
 TENSORRT_SOURCES = {"default": "micronet_crchisto.fp16.onnx"}
@@ -130,17 +142,58 @@ def _slug(text: str) -> str:
 
 
 def _entry_is_valid(entry: Path, expected: dict[str, str]) -> bool:
-    """An entry counts only when its engine and sidecar are both there and the sidecar
-    describes the wanted ONNX file, GPU and TensorRT release."""
+    """An entry counts only when its engine and sidecar are both there, the sidecar
+    describes the wanted ONNX file, GPU and TensorRT release, and the engine is the one
+    that was built (its SHA-256 equals the sidecar's)."""
     engine = entry / _ENTRY_FILE
     sidecar = entry / (_ENTRY_FILE + ".json")
     try:
         if not engine.is_file() or engine.stat().st_size == 0:
             return False
         data = json.loads(sidecar.read_text())
+        if not isinstance(data, dict) or not all(str(data.get(k, "")).strip() == v for k, v in expected.items()):
+            return False
+        recorded = data.get("engine_sha256")
+        if not isinstance(recorded, str) or file_sha256(engine) != recorded:
+            log.warning("the cached engine %s does not match the hash recorded when it was built: rebuilding it", engine)
+            return False
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and all(str(data.get(k, "")).strip() == v for k, v in expected.items())
+    return True
+
+
+def check_private_folder(folder: Path) -> None:
+    """Refuses a cache folder that someone else could write to: another user's, or one
+    writable by its group or by everyone (they could put an engine there, and an engine
+    is code the GPU runs). POSIX only; on Windows the user's profile folders hold the
+    cache.
+
+    Raises:
+        ValueError: saying what is wrong and how to fix it.
+    """
+    if sys.platform == "win32" or not hasattr(os, "geteuid"):
+        return
+    info = folder.stat()
+    hint = f"choose a private folder with {CACHE_ENV}=..., or fix this one"
+    if info.st_uid != os.geteuid():
+        raise InputError(
+            f"the engine cache folder {folder} belongs to user id {info.st_uid}, not to this user ({os.geteuid()}): "
+            f"TensorRT engines are code the GPU runs, so the cache uses only a folder of its own; {hint}"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise InputError(
+            f"the engine cache folder {folder} is writable by others (mode {stat.filemode(info.st_mode)}): "
+            f"TensorRT engines are code the GPU runs, so the cache uses only a private folder; {hint} (chmod go-w {folder})"
+        )
+
+
+def _private_folders(base: Path) -> Path:
+    """``base/engines``, made private (0700) where missing; both checked."""
+    engines = base / "engines"
+    for folder in (base, engines):
+        folder.mkdir(mode=0o700, exist_ok=True, parents=folder is base)
+        check_private_folder(folder)
+    return engines
 
 
 @contextlib.contextmanager
@@ -181,7 +234,8 @@ def cached_engine(
         FileNotFoundError: no file at ``onnx_path``.
         ImportError: TensorRT (>= 10), or CuPy / cuda-python to name the GPU, is missing
             (names ``pip install 'micronet-sdk[gpu]'``).
-        ValueError: not a MicroNet export, an int8 export, or a bad profile.
+        ValueError: not a MicroNet export, an int8 export, a bad profile, or a cache
+            folder that others could write to.
         RuntimeError: no CUDA device ``device_id``, or TensorRT failed to build.
     """
     from .backends.cuda_env import (
@@ -200,7 +254,7 @@ def cached_engine(
     lo, opt, hi = (tuple(int(v) for v in shape) for shape in profile)
     key = engine_key(sha, gpu_name, compute_capability, trt.__version__, (lo, opt, hi))
     base = Path(root).expanduser() if root is not None else cache_dir()
-    engines = base / "engines"
+    engines = _private_folders(base)
     entry = engines / f"{onnx_path.stem}-{key}"
     engine = entry / _ENTRY_FILE
     expected = {
@@ -219,19 +273,26 @@ def cached_engine(
             return engine
         for stale in engines.glob(f".{entry.name}.*.tmp"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        from micronet.export.engine import build_engine
-
         log.info(
             "building a TensorRT engine for %s on GPU %d (%s, sm_%s, TensorRT %s), once: this takes a few minutes; "
             "later runs load it from %s",
             onnx_path.name, device_id, gpu_name, compute_capability.replace(".", ""), trt.__version__, entry,
         )
         timing = base / "timing" / f"{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}-trt{trt.__version__}.cache"
-        with _staging(entry) as tmp:
-            build_engine(onnx_path, tmp / _ENTRY_FILE, lo, opt, hi, timing_cache=timing, device_id=device_id)
-            if entry.exists():  # an invalid or incomplete entry from an older run
-                shutil.rmtree(entry)
-            os.replace(tmp, entry)  # engine and sidecar appear together
+        _build_entry(onnx_path, entry, (lo, opt, hi), timing, device_id)
         log.info("cached %s", engine)
     return engine
 
+
+def _build_entry(onnx_path: Path, entry: Path, profile: Sequence[tuple[int, ...]], timing: Path, device_id: int) -> None:
+    """Builds the engine and its sidecar in a staging folder and renames it to ``entry``
+    (the caller holds the entry's lock)."""
+    from .backends.tensorrt_build import build_engine
+
+    lo, opt, hi = profile
+    with _staging(entry) as tmp:
+        # Not version-compatible: the engine carries no lean runtime (host code).
+        build_engine(onnx_path, tmp / _ENTRY_FILE, lo, opt, hi, timing_cache=timing, device_id=device_id, version_compatible=False)
+        if entry.exists():  # an invalid or incomplete entry from an older run
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)  # engine and sidecar appear together

@@ -170,9 +170,9 @@ UPWARD_DOORS = {
     ("micronet.runtime.detector", "micronet.runtime.diagnostics.check"): "Detector(verify=True) runs the known-answer check",
 }
 
-# Runtime modules that still import the export package: the TensorRT builder the engine
-# cache calls is to move into the runtime's backends. Empty once it has.
-PENDING_EXPORT_IMPORTS: set[tuple[str, str]] = {("micronet.runtime.engine_cache", "micronet.export.engine")}
+# Runtime modules that still import the export package: none since the TensorRT builder
+# the engine cache calls moved into the runtime's backends (backends/tensorrt_build.py).
+PENDING_EXPORT_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _room(name: str) -> str:

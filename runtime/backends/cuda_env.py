@@ -1,6 +1,6 @@
 """TensorRT and CUDA on this machine: importing TensorRT (>= 10), naming a GPU and its
 compute capability, choosing the current device, and TensorRT's process-wide logger.
-Shared by the TensorRT backend and the engine builder (``micronet.export.engine``), which
+Shared by the TensorRT backend and the engine builder (``tensorrt_build``), which
 therefore need no torch."""
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -35,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from ..classes import class_names
 from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
-from ..model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from ..model_info import CLASS_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
 from .cuda_env import check_device_id, cuda_device, cuda_device_properties, import_tensorrt, trt_logger
 from .engine_sidecar import (
@@ -63,11 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-
-# ---------------------------------------------------------------------------------------
-# The backend
 
 
 @dataclass(eq=False)
@@ -156,13 +153,19 @@ class TensorRTBackend:
             the engine's activation memory for the largest profile shape, so contexts
             are made only when batches actually overlap, up to this many (further
             callers wait). Two let one caller keep two batches in flight.
+        allow_host_code: let TensorRT run the host code a version-compatible engine
+            carries (its lean runtime). Off by default and never taken from the
+            sidecar: only a caller who trusts the file's origin turns it on; an engine
+            whose sidecar says ``version_compatible`` is refused without it.
 
     Raises:
         FileNotFoundError: no engine at ``path``.
-        ValueError: the sidecar is missing or damaged, the engine was built for another
-            GPU or TensorRT version, or its inputs and outputs are not a MicroNet
-            model's (uint8 ``image`` N×H×W×3 → ``proximity`` N×1×H×W); a bad
-            ``device_id`` or ``max_contexts``.
+        ValueError: the sidecar is missing or damaged, the engine is not the one the
+            sidecar's ``engine_sha256`` describes, the engine was built for another GPU
+            or TensorRT version, it is version-compatible without ``allow_host_code``,
+            or its inputs and outputs are not a MicroNet model's (uint8 ``image``
+            N×H×W×3 → ``proximity`` N×1×H×W, and ``class_logits`` N×K×H×W for a class
+            head); a bad ``device_id`` or ``max_contexts``.
         RuntimeError: there is no CUDA device ``device_id``.
         ImportError: TensorRT (>= 10) or CuPy is missing.
 
@@ -172,12 +175,15 @@ class TensorRTBackend:
         device_id: the CUDA device index.
         info: the model's ``ModelInfo``.
         profile: ``(min, opt, max)`` input shapes ``(N, H, W, 3)`` the engine accepts.
+        outputs: the engine's output names: ``("proximity",)``, or with a class head
+            ``("proximity", "class_logits")``; :meth:`infer` then returns the map and
+            the K logits as one ``(N, 1 + K, H, W)`` array, as the ONNX Runtime backend.
     """
 
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, path: str | Path, device_id: int = 0, *, max_contexts: int = 2) -> None:
+    def __init__(self, path: str | Path, device_id: int = 0, *, max_contexts: int = 2, allow_host_code: bool = False) -> None:
         self._pool: SlotPool[_Slot] | None = None  # until fully constructed: close() is then a no-op
         self._teardown = threading.Lock()
         path = Path(path)
@@ -200,18 +206,9 @@ class TensorRTBackend:
         self._trt = trt
         self._cupy = cupy
         self._logger = trt_logger(trt)
-        with cupy.cuda.Device(self.device_id):
-            self._runtime = trt.Runtime(self._logger)
-            if sidecar.get("version_compatible"):
-                # A version-compatible plan carries its own lean runtime (host code);
-                # TensorRT runs it only when allowed. We trust engines export-engine wrote.
-                self._runtime.engine_host_code_allowed = True
-            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if self._engine is None:
-            detail = "; ".join(self._logger.errors) or "no detail from TensorRT"
-            raise InputError(f"{path}: TensorRT could not deserialise the engine ({detail}); {_rebuild_hint(path)}")
-        self.profile = self._check_io()
-        self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(OUTPUT_NAME)))
+        self._engine = self._deserialise(allow_host_code is True)
+        self.profile, self.outputs = self._check_io()
+        self._out_dtypes = {name: np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))) for name in self.outputs}
 
         pool: SlotPool[_Slot] = SlotPool(self._new_slot, max_contexts, owner="TensorRTBackend")
         pool.release(pool.acquire())  # the first context now: fail here, not on the first call
@@ -224,29 +221,73 @@ class TensorRTBackend:
 
     # -- set-up ---------------------------------------------------------------------
 
-    def _check_io(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    def _deserialise(self, allow_host_code: bool) -> Any:
+        """The engine, after checking the file is the one its sidecar describes and that
+        it needs no host code the caller did not allow."""
+        path, sidecar = self.path, self.sidecar
+        data = path.read_bytes()
+        recorded = sidecar.get("engine_sha256")
+        if recorded is not None and hashlib.sha256(data).hexdigest() != str(recorded):
+            raise InputError(
+                f"{path}: the engine is not the one its sidecar describes (its SHA-256 differs from the recorded "
+                f"engine_sha256: replaced or damaged); {_rebuild_hint(path)}"
+            )
+        if sidecar.get("version_compatible") and not allow_host_code:
+            raise InputError(
+                f"{path} is a version-compatible engine: it carries TensorRT's lean runtime, host code that runs when "
+                "the engine loads. Load it only if you trust where it came from: "
+                "TensorRTBackend(path, allow_host_code=True), and Detector(backend=that backend); "
+                f"or rebuild it without --version-compatible ({_rebuild_hint(path)})"
+            )
+        with self._cupy.cuda.Device(self.device_id):
+            self._runtime = self._trt.Runtime(self._logger)
+            if allow_host_code:
+                self._runtime.engine_host_code_allowed = True  # the caller trusts this file
+            engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            detail = "; ".join(self._logger.errors) or "no detail from TensorRT"
+            raise InputError(f"{path}: TensorRT could not deserialise the engine ({detail}); {_rebuild_hint(path)}")
+        return engine
+
+    def _check_io(self) -> tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], tuple[str, ...]]:
+        """``(profile, output names)``, after checking the engine is a MicroNet model's."""
         trt, engine = self._trt, self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        outputs = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         where = f"{self.path}: not a MicroNet engine"
-        if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+        if inputs != [INPUT_NAME] or outputs not in ((OUTPUT_NAME,), (OUTPUT_NAME, CLASS_OUTPUT_NAME)):
             raise InputError(
-                f"{where}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, got inputs {inputs} and outputs {outputs}"
+                f"{where}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r} (and {CLASS_OUTPUT_NAME!r} for a class head), "
+                f"got inputs {inputs} and outputs {list(outputs)}"
             )
         in_dtype = engine.get_tensor_dtype(INPUT_NAME)
         if in_dtype != trt.DataType.UINT8:
             raise InputError(f"{where}: expected a uint8 {INPUT_NAME!r} input, got {in_dtype}")
-        out_dtype = engine.get_tensor_dtype(OUTPUT_NAME)
-        if out_dtype not in (trt.DataType.FLOAT, trt.DataType.HALF):
-            raise InputError(f"{where}: expected a float32 or float16 {OUTPUT_NAME!r} output, got {out_dtype}")
+        for name in outputs:
+            out_dtype = engine.get_tensor_dtype(name)
+            if out_dtype not in (trt.DataType.FLOAT, trt.DataType.HALF):
+                raise InputError(f"{where}: expected a float32 or float16 {name!r} output, got {out_dtype}")
         in_shape = tuple(engine.get_tensor_shape(INPUT_NAME))
         if len(in_shape) != 4 or in_shape[3] != 3:
             raise InputError(f"{where}: expected an N×H×W×3 {INPUT_NAME!r} input, got shape {in_shape}")
+        if len(outputs) == 2:
+            self._check_classes(where, tuple(int(d) for d in engine.get_tensor_shape(CLASS_OUTPUT_NAME)))
         if engine.num_optimization_profiles < 1:
             raise InputError(f"{where}: the engine has no optimisation profile; {_rebuild_hint(self.path)}")
         lo, opt, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(INPUT_NAME, 0))
-        return lo, opt, hi
+        return (lo, opt, hi), outputs
+
+    def _check_classes(self, where: str, shape: tuple[int, ...]) -> None:
+        """The class logits are ``N×K×H×W`` with K the number of classes the metadata names."""
+        names = class_names(self.info)
+        if len(shape) != 4 or shape[1] < 1:
+            raise InputError(f"{where}: expected an N×K×H×W {CLASS_OUTPUT_NAME!r} output with a fixed K, got shape {shape}")
+        if shape[1] != len(names):
+            raise InputError(
+                f"{where}: its {CLASS_OUTPUT_NAME!r} output has {shape[1]} classes, its metadata names {len(names)} "
+                f"({', '.join(names) or 'none'}); {_rebuild_hint(self.path)}"
+            )
 
     def _new_slot(self) -> _Slot:
         cupy = self._cupy
@@ -294,7 +335,7 @@ class TensorRTBackend:
 
         Returns:
             A CuPy float32 array on ``device_id``, complete (usable on any stream) and
-            owned by the caller.
+            owned by the caller; ``(N, 1 + K, H, W)`` for an engine with a class head.
 
         Thread-safe: concurrent callers run on separate execution contexts and streams.
         """
@@ -350,7 +391,6 @@ class TensorRTBackend:
 
     def _enqueue(self, slot: _Slot, batch: Any, shape: tuple[int, ...], on_gpu: bool) -> TensorRTJob:
         cupy, context = self._cupy, slot.context
-        n, h, w, _ = shape
         with cupy.cuda.Device(self.device_id):
             if on_gpu:
                 # Order after the caller's pending work on its own stream.
@@ -369,21 +409,43 @@ class TensorRTBackend:
                 keep = None  # the slot's own buffers, reused once this job is waited for
             if not context.set_input_shape(INPUT_NAME, shape):
                 raise InputError(f"TensorRT rejected the input shape {shape} (profile {self.profile[0]} to {self.profile[2]})")
-            out_shape = tuple(int(d) for d in context.get_tensor_shape(OUTPUT_NAME))
-            if out_shape != (n, 1, h, w):
-                raise InputError(f"{self.path}: the engine's output for input {shape} has shape {out_shape}, expected {(n, 1, h, w)}")
-            with slot.stream:  # CuPy's pool hands out memory in the order of this stream
-                out = cupy.empty(out_shape, dtype=self._out_dtype)
             context.set_tensor_address(INPUT_NAME, int(image.data.ptr))
-            context.set_tensor_address(OUTPUT_NAME, int(out.data.ptr))
+            outs = self._bind_outputs(slot, shape)
             if not context.execute_async_v3(slot.stream.ptr):
                 detail = "; ".join(self._logger.errors) or "no detail from TensorRT"
                 raise RuntimeError(f"TensorRT inference failed ({detail})")
-            if out.dtype != cupy.float32:
-                with slot.stream:
-                    out = out.astype(cupy.float32)
+            out = self._merge_outputs(slot, outs)
             slot.stream.record(slot.done)
-        return TensorRTJob(self._pool, slot, out, keep)  # (N, 1, H, W) float32, CuPy
+        return TensorRTJob(self._pool, slot, out, keep)  # (N, 1 [+ K], H, W) float32, CuPy
+
+    def _bind_outputs(self, slot: _Slot, shape: tuple[int, ...]) -> list[Any]:
+        """A device buffer per output, its address given to the context."""
+        cupy, context = self._cupy, slot.context
+        n, h, w, _ = shape
+        outs = []
+        for name in self.outputs:
+            out_shape = tuple(int(d) for d in context.get_tensor_shape(name))
+            if out_shape[:1] + out_shape[2:] != (n, h, w) or (name == OUTPUT_NAME and out_shape[1] != 1):
+                raise InputError(f"{self.path}: the engine's {name!r} output for input {shape} has shape {out_shape}, expected {(n, 1, h, w)}")
+            with slot.stream:  # CuPy's pool hands out memory in the order of this stream
+                outs.append(cupy.empty(out_shape, dtype=self._out_dtypes[name]))
+            context.set_tensor_address(name, int(outs[-1].data.ptr))
+        return outs
+
+    def _merge_outputs(self, slot: _Slot, outs: list[Any]) -> Any:
+        """The ``(N, 1, H, W)`` map, or with a class head the map and the ``K`` logits as
+        one ``(N, 1 + K, H, W)`` array (the ONNX Runtime backend's layout), float32, on
+        the slot's stream."""
+        cupy = self._cupy
+        with slot.stream:
+            if len(outs) == 1:
+                return outs[0] if outs[0].dtype == cupy.float32 else outs[0].astype(cupy.float32)
+            prox, logits = outs
+            n, k, h, w = (int(d) for d in logits.shape)
+            out = cupy.empty((n, 1 + k, h, w), dtype=cupy.float32)
+            out[:, :1] = prox  # casts fp16 outputs
+            out[:, 1:] = logits
+            return out
 
     def _settle(self, slot: _Slot) -> None:
         """Waits for whatever a failed submit left queued on the slot's streams."""

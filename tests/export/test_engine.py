@@ -1,10 +1,12 @@
-"""export-engine: profile parsing and checks, the command line without TensorRT, and the
+"""export-engine and the runtime's engine builder (``micronet.runtime.backends.tensorrt_build``,
+which the command re-exports): profile parsing and checks, the command line without TensorRT, and the
 build flow against API-shaped stand-ins for TensorRT's builder and CuPy's device queries
 (all run everywhere; the real build runs in tests/runtime/test_tensorrt_backend.py and
 tests/runtime/test_engine_cache.py on a GPU)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -23,7 +25,7 @@ from micronet.export.engine import (
     parse_shape,
     read_onnx_info,
 )
-from micronet.runtime.backends import cuda_env
+from micronet.runtime.backends import cuda_env, tensorrt_build
 from micronet.runtime.backends import tensorrt as trt_backend
 from micronet.runtime.backends.tensorrt import read_sidecar
 from micronet.runtime.model_info import METADATA_KEY, ModelInfo
@@ -156,7 +158,7 @@ def test_read_onnx_info_refuses_foreign_models(tmp_path):
         read_onnx_info(make_onnx(tmp_path / "a.onnx", None))
     with pytest.raises(ValueError, match="expected one uint8 input 'image'"):
         read_onnx_info(make_onnx(tmp_path / "b.onnx", model_info(), input_type=TensorProto.FLOAT))
-    with pytest.raises(ValueError, match="expected one output 'proximity'"):
+    with pytest.raises(ValueError, match="expected the float outputs 'proximity'"):
         read_onnx_info(make_onnx(tmp_path / "c.onnx", model_info(), output_name="logits"))
     (tmp_path / "d.onnx").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable ONNX model"):
@@ -307,7 +309,7 @@ def test_build_writes_engine_sidecar_and_timing_cache(fake_builder, tmp_path, ca
     onnx_path = make_onnx(tmp_path / "m.fp16.onnx", model_info("fp16"))
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
-    with caplog.at_level(logging.INFO, logger="micronet.export.engine"):
+    with caplog.at_level(logging.INFO, logger="micronet.runtime.backends.tensorrt_build"):
         out = build_engine(onnx_path, tmp_path / "out" / "m.engine", (1, 64, 64), (2, 128, 128), (4, 256, 256), workspace_gb=1.5, timing_cache=cache)
     assert out.read_bytes() == b"SERIALIZED-ENGINE"
     assert cache.read_bytes() == b"old+timings" and trt.state.cache_in == b"old" and trt.state.cache_ignore is False
@@ -320,6 +322,8 @@ def test_build_writes_engine_sidecar_and_timing_cache(fake_builder, tmp_path, ca
     assert data["precision"] == "fp16" and data["micronet"]["precision"] == "fp16" and data["strongly_typed"] is True
     assert data["profiles"] == [{"input": "image", "min": [1, 64, 64, 3], "opt": [2, 128, 128, 3], "max": [4, 256, 256, 3]}]
     assert data["version_compatible"] is False and len(data["onnx_sha256"]) == 64
+    assert data["engine_sha256"] == hashlib.sha256(b"SERIALIZED-ENGINE").hexdigest()  # checked before loading
+    assert data["outputs"] == ["proximity"]
     assert ModelInfo.from_json(json.dumps(data["micronet"])).threshold == 0.7
     trt_backend.check_engine_compatibility(data, "10.3.0", "NVIDIA L4", "8.9")
     text = caplog.text
@@ -330,7 +334,7 @@ def test_build_writes_engine_sidecar_and_timing_cache(fake_builder, tmp_path, ca
 def test_fp32_model_in_a_strongly_typed_build_warns(fake_builder, tmp_path, caplog):
     fake_builder()
     onnx_path = make_onnx(tmp_path / "m.onnx", model_info("fp32"))
-    with caplog.at_level(logging.WARNING, logger="micronet.export.engine"):
+    with caplog.at_level(logging.WARNING, logger="micronet.runtime.backends.tensorrt_build"):
         out = build_engine(onnx_path, tmp_path / "m.engine")
     assert "micronet export --precision fp16" in caplog.text
     assert read_sidecar(out)["precision"] == "fp32"
@@ -464,3 +468,52 @@ def test_the_sidecar_carries_the_models_reference_results(fake_builder, tmp_path
         sidecar = read_sidecar(with_ref)
 
     assert reference_of(_Engine()) == reference
+
+
+# --- where the builder lives, and models with a class head ------------------------------
+
+
+def test_the_builder_lives_in_the_runtime_and_the_command_re_exports_it():
+    from micronet.runtime.diagnostics.check import REFERENCE_KEY
+
+    for name in ("build_engine", "parse_shape", "check_profile", "read_onnx_info", "general_graph"):
+        assert getattr(engine_mod, name) is getattr(tensorrt_build, name), name
+    assert tensorrt_build.REFERENCE_KEY == REFERENCE_KEY  # the core keeps its own copy of the key
+
+
+@pytest.fixture(scope="module")
+def class_exports(tmp_path_factory):
+    """fp32 (with the aligned fast path) and fp16 exports of a tiny MicroNet with a class head."""
+    torch = pytest.importorskip("torch")
+    from micronet.export.onnx import export_model
+    from micronet.trainer.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("micronet_tiny", classes=("a", "b", "c")).eval()
+    info = ModelInfo(architecture=model.config_dict(), mean=[180.0, 130.0, 170.0], std=[40.0, 45.0, 35.0], mpp=0.55, threshold=0.0)
+    folder = tmp_path_factory.mktemp("cls")
+    return {p: export_model(model, info, folder / f"cls.{p}.onnx", p) for p in ("fp32", "fp16")}
+
+
+def test_models_with_a_class_head_are_read_and_their_general_graph_keeps_both_outputs(class_exports, tmp_path):
+    np = pytest.importorskip("numpy")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    exported = class_exports["fp32"]
+    assert tuple(read_onnx_info(exported).architecture["classes"]) == ("a", "b", "c")
+    assert tensorrt_build.onnx_outputs(exported) == ("proximity", "class_logits")
+    plain = engine_mod.general_graph(exported, tmp_path / "plain.onnx")
+    assert [o.name for o in onnx.load(str(plain)).graph.output] == ["proximity", "class_logits"]
+    images = np.random.default_rng(1).integers(0, 256, (1, 61, 75, 3), dtype=np.uint8)
+    want = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+    got = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_class_head_export_builds_an_engine_with_both_outputs(fake_builder, class_exports, tmp_path):
+    fake_builder()
+    out = build_engine(class_exports["fp16"], tmp_path / "cls.engine")
+    data = read_sidecar(out)
+    assert data["outputs"] == ["proximity", "class_logits"] and data["micronet"]["architecture"]["classes"] == ["a", "b", "c"]

@@ -254,7 +254,7 @@ def test_first_use_builds_and_logs_later_uses_load_the_cache(fake_gpu, tmp_path,
     assert "building a TensorRT engine for m.fp16.onnx on GPU 0 (NVIDIA L4, sm_89, TensorRT 10.3.0), once" in caplog.text
     assert engine.parent.parent == tmp_path / "cache" / "engines" and engine.name == "model.engine"
     assert engine.parent.name.startswith("m.fp16-")
-    assert len(trt.builds) == 1 and trt.builds[0] == ((1, 64, 64, 3), (2, 1024, 1024, 3), (4, 1024, 1024, 3))
+    assert len(trt.builds) == 1 and trt.builds[0] == ((1, 64, 64, 3), (4, 1024, 1024, 3), (4, 1024, 1024, 3))
     data = read_sidecar(engine)
     assert data["onnx_sha256"] == file_sha256(onnx_path) and data["gpu_name"] == "NVIDIA L4" and data["precision"] == "fp16"
     timing = list((tmp_path / "cache" / "timing").iterdir())
@@ -298,6 +298,56 @@ def test_a_damaged_or_foreign_entry_is_rebuilt(fake_gpu, tmp_path):
     assert cached_engine(onnx_path) == engine and len(trt.builds) == 3
     engine.write_bytes(b"")
     assert cached_engine(onnx_path) == engine and len(trt.builds) == 4 and engine.stat().st_size > 0
+
+
+def test_the_profile_is_tuned_for_the_batch_the_detector_sends():
+    from micronet.runtime.detector import DEFAULT_BATCH_SIZE
+
+    lo, opt, hi = ENGINE_PROFILE
+    assert opt == (DEFAULT_BATCH_SIZE, 1024, 1024) and hi[0] >= DEFAULT_BATCH_SIZE
+
+
+def test_an_engine_that_changed_since_it_was_built_is_rebuilt_not_loaded(fake_gpu, tmp_path, caplog):
+    trt = fake_gpu()
+    onnx_path = _make_onnx(tmp_path / "m.onnx")
+    engine = cached_engine(onnx_path)
+    data = read_sidecar(engine)
+    assert data["engine_sha256"] == file_sha256(engine) and data["version_compatible"] is False  # no host code
+    engine.write_bytes(b"ENGINE: something else")  # same size or not: the hash decides
+    with caplog.at_level(logging.WARNING, logger="micronet.runtime.engine_cache"):
+        assert cached_engine(onnx_path) == engine
+    assert len(trt.builds) == 2 and "does not match the hash recorded when it was built" in caplog.text
+    assert file_sha256(engine) == read_sidecar(engine)["engine_sha256"]
+    sidecar = engine.with_name("model.engine.json")
+    sidecar.write_text(json.dumps({k: v for k, v in data.items() if k != "engine_sha256"}))
+    cached_engine(onnx_path)  # an entry without the engine's hash does not count either
+    assert len(trt.builds) == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_a_cache_folder_others_can_write_to_is_refused(fake_gpu, tmp_path):
+    trt = fake_gpu()
+    onnx_path = _make_onnx(tmp_path / "m.onnx")
+    root = tmp_path / "cache"
+    cached_engine(onnx_path)
+    assert (root.stat().st_mode & 0o077) == 0 and ((root / "engines").stat().st_mode & 0o077) == 0  # made private
+    for folder in (root, root / "engines"):
+        folder.chmod(0o777)
+        with pytest.raises(ValueError, match=rf"{re.escape(str(folder))} is writable by others.*chmod go-w"):
+            cached_engine(onnx_path)
+        folder.chmod(0o755)  # readable by others is fine
+        cached_engine(onnx_path)
+    assert len(trt.builds) == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX owners")
+def test_a_cache_folder_of_another_user_is_refused(fake_gpu, tmp_path, monkeypatch):
+    fake_gpu()
+    onnx_path = _make_onnx(tmp_path / "m.onnx")
+    (tmp_path / "cache").mkdir(mode=0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(tmp_path).st_uid + 1)
+    with pytest.raises(ValueError, match=r"belongs to user id \d+, not to this user.*MICRONET_CACHE_DIR"):
+        cached_engine(onnx_path)
 
 
 def test_a_failed_build_leaves_nothing_that_looks_like_an_engine(fake_gpu, tmp_path):
@@ -362,10 +412,10 @@ def test_a_build_waits_for_the_lock_another_process_holds(fake_gpu, tmp_path, ca
     try:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="micronet.runtime.engine_cache"):
+        with caplog.at_level(logging.INFO, logger="micronet.runtime"):
             engine = cached_engine(onnx_path)
         assert time.monotonic() - t0 > 0.5
-        assert "waiting for another process that is building the TensorRT engine for m.onnx" in caplog.text
+        assert "waiting for another process that holds the TensorRT engine for m.onnx" in caplog.text
         assert engine.is_file()
     finally:
         holder.wait(10)

@@ -339,6 +339,9 @@ class _FakeArray:
     def get(self):
         return self.arr.copy()
 
+    def __setitem__(self, index, value):
+        self.arr[index] = value.arr if isinstance(value, _FakeArray) else value
+
 
 class _FakeEvent:
     def __init__(self, block=False, disable_timing=False):
@@ -430,7 +433,7 @@ class _FakeContext:
 
     def get_tensor_shape(self, name):
         n, h, w, _ = self.shape
-        return (n, 1, h, w)
+        return (n, self.engine.io[name][2][1], h, w)  # K channels for class logits
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
@@ -442,6 +445,9 @@ class _FakeContext:
         image = _FakeArray.registry[self.addresses["image"]]
         out = _FakeArray.registry[self.addresses["proximity"]]
         out[...] = image.astype(np.float32).mean(axis=-1)[:, None] / 255.0  # the "model"
+        if "class_logits" in self.addresses:  # class k's logit: k times the map
+            logits = _FakeArray.registry[self.addresses["class_logits"]]
+            logits[...] = out * np.arange(logits.shape[1], dtype=np.float32)[None, :, None, None]
         return True
 
 
@@ -628,10 +634,33 @@ def test_tensorrt_8_is_refused_with_the_install_line(fake_gpu):
     assert trt.Runtime.instances == []
 
 
-def test_version_compatible_engine_allows_host_code(fake_gpu):
+def test_version_compatible_engine_runs_host_code_only_when_the_caller_allows_it(fake_gpu):
+    # The sidecar is as writable as the engine: it never grants host code by itself.
     path, trt, _ = fake_gpu(version="10.5.0", version_compatible=True)
-    TensorRTBackend(path)
+    with pytest.raises(ValueError, match=r"version-compatible engine.*host code.*allow_host_code=True"):
+        TensorRTBackend(path)
+    assert trt.Runtime.instances == []  # refused before deserialising
+    TensorRTBackend(path, allow_host_code=True)
     assert trt.Runtime.instances[0].engine_host_code_allowed is True
+
+
+def test_an_engine_is_never_given_host_code_unasked(fake_gpu):
+    path, trt, _ = fake_gpu()
+    TensorRTBackend(path)
+    assert trt.Runtime.instances[0].engine_host_code_allowed is False
+
+
+def test_an_engine_that_differs_from_its_recorded_hash_is_refused_before_deserialising(fake_gpu):
+    import hashlib
+
+    path, trt, _ = fake_gpu(engine_sha256=hashlib.sha256(b"ENGINE").hexdigest())
+    TensorRTBackend(path).close()  # the recorded engine loads
+    path.write_bytes(b"ENGINE")  # same bytes: still fine
+    sidecar_path(path).write_text(json.dumps(sidecar(engine_sha256="0" * 64)))
+    trt.Runtime.instances.clear()
+    with pytest.raises(ValueError, match=r"not the one its sidecar describes.*rebuild: export-engine"):
+        TensorRTBackend(path)
+    assert trt.Runtime.instances == []
 
 
 def test_undeserialisable_engine_says_rebuild(fake_gpu):
@@ -651,6 +680,38 @@ def test_undeserialisable_engine_says_rebuild(fake_gpu):
 )
 def test_engines_that_are_not_micronet_models_are_refused(fake_gpu, io, match):
     path, _, _ = fake_gpu(io=io)
+    with pytest.raises(ValueError, match=match):
+        TensorRTBackend(path)
+
+
+CLASS_IO = {**MICRONET_IO, "class_logits": ("out", "float16", (-1, 3, -1, -1))}
+CLASS_INFO = json.loads(ModelInfo(architecture={"name": "micronet", "classes": ["a", "b", "c"]}, mean=[0.0] * 3, std=[1.0] * 3, mpp=0.5, threshold=1.0).to_json())
+
+
+def test_an_engine_with_a_class_head_returns_the_map_and_the_logits_as_one_array(fake_gpu):
+    # As the ONNX Runtime backend: (N, 1 + K, H, W) float32, so tiling and the class
+    # gather treat both alike.
+    path, _, _ = fake_gpu(io=CLASS_IO, micronet=CLASS_INFO)
+    backend = TensorRTBackend(path)
+    assert backend.outputs == ("proximity", "class_logits")
+    batch = np.random.default_rng(0).integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
+    out = backend.infer(batch).arr
+    assert out.shape == (2, 4, 8, 12) and out.dtype == np.float32
+    want = _expected(batch)
+    np.testing.assert_allclose(out[:, :1], want, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 1:], want * np.arange(3, dtype=np.float32)[None, :, None, None], rtol=1e-3)  # float16 logits
+
+
+@pytest.mark.parametrize(
+    "io, micronet, match",
+    [
+        (CLASS_IO, json.loads(INFO.to_json()), r"'class_logits' output has 3 classes, its metadata names 0"),
+        ({**MICRONET_IO, "class_logits": ("out", "float32", (-1, -1, -1, -1))}, CLASS_INFO, "with a fixed K"),
+        ({**MICRONET_IO, "logits": ("out", "float32", (-1, 3, -1, -1))}, CLASS_INFO, r"and 'class_logits' for a class head"),
+    ],
+)
+def test_class_outputs_must_match_the_metadata(fake_gpu, io, micronet, match):
+    path, _, _ = fake_gpu(io=io, micronet=micronet)
     with pytest.raises(ValueError, match=match):
         TensorRTBackend(path)
 

@@ -219,6 +219,12 @@ def _create_backend(path: Path, kind: str | None, device: str, device_id: int, t
             f"got {path.name!r}{hint}"
         )
     expected = MODEL_SUFFIXES[suffix]
+    if kind == "torch":  # an .onnx export run by torch (micronet.runtime.backends.torch)
+        if expected != "onnxruntime" or threads is not None:
+            raise InputError(f"backend='torch' runs .onnx exports without a threads setting; got {path.name!r}, threads={threads!r}")
+        from .backends.torch import TorchBackend
+
+        return TorchBackend(path, device=device, device_id=device_id)
     if kind == "tensorrt" and expected == "onnxruntime":
         # A bundled model on TensorRT: an fp16 engine built for this GPU on first use and
         # cached (micronet.runtime.engine_cache); any other .onnx needs export-engine.
@@ -367,7 +373,7 @@ class Detector:
         # one (once per Detector; threads share it).
         self._assumed_mpp_said = False
         self._said_lock = threading.Lock()
-        backend_names = sorted(set(MODEL_SUFFIXES.values()))
+        backend_names = sorted(set(MODEL_SUFFIXES.values()) | {"torch"})
         if backend is None or isinstance(backend, str):
             if isinstance(backend, str) and backend not in backend_names:
                 raise InputError(f"backend: expected one of {', '.join(backend_names)}, a Backend object or None, got {backend!r}")

@@ -280,6 +280,19 @@ def _candidates(cupy: Any, arr: Any, threshold: float, dist: int, stream: Any) -
     return flat[order], values[order], bool(differs)
 
 
+def _ordered_stream(cupy: Any, stream: Any, ready: Any) -> Any:
+    """The stream the peak finder runs on, made to wait for the map: for ``ready`` when
+    given, and for the current stream's queued work when ``stream`` is another one (a
+    caller's stream would otherwise read a map its producer is still writing)."""
+    current = cupy.cuda.get_current_stream()
+    run_on = stream if stream is not None else current
+    if run_on.ptr != current.ptr:
+        run_on.wait_event(current.record())
+    if ready is not None:
+        run_on.wait_event(ready)
+    return run_on
+
+
 def _pinned(nbytes: int) -> np.ndarray:
     """A pinned host uint8 buffer (from CuPy's pinned pool): the copy into it is a
     direct DMA, and it returns to the pool when dropped."""
@@ -295,6 +308,7 @@ def find_peaks_cuda(
     *,
     subpixel: bool = False,
     stream: Any = None,
+    ready: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``find_peaks`` for a map already on the GPU, with identical output.
 
@@ -309,6 +323,10 @@ def find_peaks_cuda(
             work runs on the map's device.
         threshold, min_distance, subpixel: as in :func:`find_peaks`.
         stream: the CuPy stream to run on (default: the current one of the map's device).
+            Another stream first waits for the work queued so far on the current one,
+            which by CuPy's convention wrote the map.
+        ready: a CuPy event recorded after the map was written, for a map another
+            stream produced (e.g. a backend's own): the work waits for it too.
 
     Returns:
         ``(xy, scores)`` as NumPy arrays, as :func:`find_peaks`. The map itself never
@@ -335,7 +353,7 @@ def find_peaks_cuda(
         dtype = np.float32 if arr.dtype == cupy.float16 else np.dtype(arr.dtype.name)
         return np.zeros((0, 2), np.float32), np.zeros((0,), dtype)
     with arr.device:  # kernels and copies run on the map's GPU
-        run_on = stream if stream is not None else cupy.cuda.get_current_stream()
+        run_on = _ordered_stream(cupy, stream, ready)
         with run_on:
             if arr.dtype == cupy.float16:
                 arr = arr.astype(cupy.float32)  # exact, as find_peaks does

@@ -114,6 +114,7 @@ class OnnxRuntimeBackend:
         name: ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``.
         device: where :meth:`infer` returns the map: ``"cuda"`` (a CuPy array) when the
             CUDA provider runs and CuPy is installed, else ``"cpu"`` (NumPy).
+        device_id: the GPU the CUDA provider runs on (0 on the CPU provider).
         info: the model's ``ModelInfo``.
         metadata: the model's ``metadata_props`` (``ModelInfo`` JSON, reference results).
         path: the model file.
@@ -159,7 +160,11 @@ class OnnxRuntimeBackend:
             options.enable_mem_pattern = False  # bounded memory on the CPU: see the module's docstring
         if want_cuda and (device == "cuda" or device_id > 0):
             _check_cuda_device(device_id)
-        providers: list[Any] = [(_CUDA_EP, {"device_id": device_id}), _CPU_EP] if want_cuda else [_CPU_EP]
+        # TF32 off: the CUDA provider rounds fp32 convolutions to TF32 by default (10-bit
+        # mantissas), which an fp32 export's known-answer check at the fp32 tolerance
+        # would rightly fail; fp16 exports run in fp16 and are unaffected.
+        cuda_options = {"device_id": str(device_id), "use_tf32": "0"}
+        providers: list[Any] = [(_CUDA_EP, cuda_options), _CPU_EP] if want_cuda else [_CPU_EP]
         self._session = self._load(ort, options, providers)
 
         self.info = self._check_signature()
@@ -173,7 +178,7 @@ class OnnxRuntimeBackend:
                     "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
                 )
             log.warning("%s: the CUDA execution provider did not load; running on the CPU", self.path.name)
-        self._device_id = device_id
+        self._device_id = self.device_id = device_id if cuda else 0
         self._cupy = import_cupy("GPU maps from ONNX Runtime", required=False) if cuda else None
         if cuda and self._cupy is None:
             log.info("CuPy is not installed: proximity maps are copied to the host (%s)", GPU_EXTRA)

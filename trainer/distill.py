@@ -27,7 +27,6 @@ anti-aliased when shrinking), the one the detector uses.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ from micronet.runtime.evaluation.class_metrics import read_class_labels
 from micronet.runtime.evaluation.datasets import load_point_folder
 from micronet.runtime.model_info import ModelInfo
 from micronet.runtime.resample import resample, to_resampled
+from micronet.runtime.stain import training_colour_stats
 from scipy.spatial import cKDTree
 
 from .augment import PhotometricConfig
@@ -53,6 +53,7 @@ from .data import AugmentConfig, sample_crop_with
 from .loss import weighted_mse_per_image
 from .models import MicroNet, MicroNetConfig
 from .targets import TargetConfig, make_target
+from .teacher import resize_map, teacher_maps
 from .train import resolve_machine_defaults
 from .validate import choose_threshold, normalize, validation_inputs
 
@@ -139,70 +140,6 @@ class Source:
     labels: np.ndarray | None = None  # (M,) int class index
 
 
-# --------------------------------------------------------------------------- teacher
-
-
-@torch.no_grad()
-def _teacher_map(net: torch.nn.Module, info: ModelInfo, image: np.ndarray, tta: bool, tile: int = 1024) -> np.ndarray:
-    """The teacher's ``(H, W)`` map of an image at its pixel size: the mean over the four
-    flips with ``tta``; run in overlapping tiles so memory stays bounded."""
-    h, w = image.shape[:2]
-    out = np.zeros((h, w), np.float32)
-    halo = 64
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
-            yb, xb = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
-            x = normalize(image[None, ya:yb, xa:xb], info.mean, info.std)  # (1, 3, h, w)
-            flips = [(), (3,), (2,), (2, 3)] if tta else [()]
-            acc = torch.zeros(x.shape[-2:])
-            for dims in flips:
-                xi = torch.flip(x, dims) if dims else x
-                yi = net(xi)[0, 0].float()
-                acc += torch.flip(yi, [d - 2 for d in dims]) if dims else yi
-            m = (acc / len(flips)).numpy()
-            out[y0 : min(h, y0 + tile), x0 : min(w, x0 + tile)] = m[y0 - ya : y0 - ya + min(tile, h - y0), x0 - xa : x0 - xa + min(tile, w - x0)]
-    return out
-
-
-def teacher_maps(cfg: DistillConfig, images: dict[str, tuple[np.ndarray, float]]) -> dict[str, np.ndarray]:
-    """The teacher's map of each image, at the teacher's pixel size, from the cache or
-    computed (and cached, one ``.npy`` per image, written whole then renamed).
-
-    Args:
-        images: name → ``(image (H, W, 3) uint8, its µm/px)``.
-    """
-    from tqdm.auto import tqdm
-
-    net, info = load_checkpoint(cfg.teacher)
-    digest = hashlib.sha256(Path(cfg.teacher).read_bytes()).hexdigest()[:12]
-    cache = Path(cfg.teacher_cache) / f"{digest}{'_tta' if cfg.tta else ''}"
-    cache.mkdir(parents=True, exist_ok=True)
-    maps = {}
-    for name, (image, mpp) in tqdm(images.items(), desc="teacher maps", unit="image"):
-        path = cache / f"{name}.npy"
-        if path.is_file():
-            maps[name] = np.load(path)
-            continue
-        at_teacher = resample(image, None, mpp / info.mpp)[0]
-        m = _teacher_map(net, info, at_teacher, cfg.tta)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, m)
-        tmp.replace(path)
-        maps[name] = m
-    return maps
-
-
-def _resize_map(m: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A float map to ``(height, width)`` with Pillow's bilinear filter (the image
-    resampler's, anti-aliased when shrinking; pixel centres correspond)."""
-    if m.shape == (height, width):
-        return m
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR), dtype=np.float32)
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -254,7 +191,7 @@ def load_sources(cfg: DistillConfig, teacher_mpp: float, model_mpp: float) -> li
         ratio = mpp / model_mpp
         img, _, scale = resample(image, None, ratio)
         h, w = img.shape[:2]
-        teacher = _resize_map(maps[key], h, w)
+        teacher = resize_map(maps[key], h, w)
         if key not in annotated:
             sources.append(Source(key, 2, img, teacher, None))
             continue
@@ -361,18 +298,35 @@ def student_from(cfg: DistillConfig, init: torch.nn.Module | None) -> MicroNet:
 # --------------------------------------------------------------------------- loop
 
 
-def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True) -> Path:
-    """Runs (or resumes from ``<out>/last_snapshot.safetensors``) and returns the best
-    checkpoint by CRCHisto validation F1 (``<out>/best.safetensors``)."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Run:
+    """What the loop needs, built once by :func:`_set_up`."""
 
+    cfg: DistillConfig
+    out: Path
+    device: torch.device
+    model: MicroNet
+    stream: _CropStream
+    info: ModelInfo
+    optimizer: torch.optim.Optimizer
+    validation: tuple[Any, Any, Any, Any]  # images, points, scales at the model's pixel size; the data set
+    state: dict[str, Any] = field(default_factory=lambda: {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "elapsed": 0.0})
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.out / "last_snapshot.safetensors"
+
+
+def _set_up(cfg: DistillConfig, resume: bool) -> _Run:
+    """The student, its sources and crop stream, its metadata (with the colour statistics
+    of its labelled training tissue) and optimiser; restored from the snapshot when
+    resuming."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     cfg = resolve_machine_defaults(cfg, device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-
     t_info = load_checkpoint(cfg.teacher)[1]
     init_net, init_info = load_checkpoint(cfg.init) if cfg.init else (None, t_info)
     model_mpp = float(cfg.model_mpp or t_info.mpp)
@@ -380,60 +334,74 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True) -> P
     # Eq. 1's radius d in µm is the teacher's, so the maps it regresses are the teacher's.
     target = TargetConfig(float(t_info.target.get("alpha", 3.0)), float(t_info.target["radius"]) * t_info.mpp / model_mpp,
                           float(t_info.target.get("scale", 5.0)))
-    min_distance = max(1, int(round(px(cfg.min_distance_um))))
     model = student_from(cfg, init_net).to(device)
     sources = load_sources(cfg, t_info.mpp, model_mpp)
     stream = _CropStream(sources, cfg, target, px(cfg.class_radius_um))
     log.info("%d sources: %s", len(sources), {g: sum(s.group == g for s in sources) for g in range(3)})
     val_set = load_point_folder(cfg.data, cfg.val_split)
-    val_images, val_points, val_scales = validation_inputs(val_set, model_mpp)
-
     info = ModelInfo(
         architecture=model.config_dict(), mean=list(init_info.mean), std=list(init_info.std), mpp=model_mpp,
-        threshold=0.5 * target.scale, min_distance=min_distance, target=target.as_metadata(),
+        threshold=0.5 * target.scale, min_distance=max(1, int(round(px(cfg.min_distance_um)))), target=target.as_metadata(),
         eval_radius=cfg.eval_radius, provenance={"distillation": _jsonable(asdict(cfg))},
+        colour=training_colour_stats([s.image for s in sources if s.group < 2]),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    state: dict[str, Any] = {"iteration": 0, "best_f1": -1.0, "best_iteration": 0, "elapsed": 0.0}
-    snap = out / "last_snapshot.safetensors"
-    if resume and snap.is_file():
-        saved = load_snapshot(snap, model, optimizer)
-        state.update(saved["state"])
+    run = _Run(cfg, out, device, model, stream, info, optimizer, (*validation_inputs(val_set, model_mpp), val_set))
+    if resume and run.snapshot_path.is_file():
+        saved = load_snapshot(run.snapshot_path, model, optimizer)
+        run.state.update(saved["state"])
         stream.rng.bit_generator.state = saved["rng"]
-        info = ModelInfo.from_json(json.dumps(saved["info"]))
-        log.info("resumed from %s at iteration %d", snap, state["iteration"])
-    log_file, writer = _open_log(out / "log.csv", state["iteration"])
+        run.info = ModelInfo.from_json(json.dumps(saved["info"]))
+        if run.info.colour is None:  # a snapshot from before the colour statistics
+            run.info.colour = info.colour
+        log.info("resumed from %s at iteration %d", run.snapshot_path, run.state["iteration"])
+    return run
 
+
+def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True) -> Path:
+    """Runs (or resumes from ``<out>/last_snapshot.safetensors``) and returns the best
+    checkpoint by CRCHisto validation F1 (``<out>/best.safetensors``)."""
+    from tqdm.auto import tqdm
+
+    run = _set_up(cfg, resume)
+    cfg, state = run.cfg, run.state
+    log_file, writer = _open_log(run.out / "log.csv", state["iteration"])
     bar = tqdm(total=cfg.iterations, initial=state["iteration"], disable=not progress, desc="distill", unit="it")
     t0 = time.perf_counter() - state["elapsed"]
-    model.train()
+    run.model.train()
     while state["iteration"] < cfg.iterations:
         it = state["iteration"] + 1
         lr = cfg.lr * 0.1 ** sum((it - 1) / cfg.iterations >= m for m in cfg.lr_milestones)
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        loss, class_loss = _step(model, optimizer, stream, cfg, info, device)
+        loss, class_loss = _step(run.model, run.optimizer, run.stream, cfg, run.info, run.device)
         state["iteration"] = it
         state["elapsed"] = time.perf_counter() - t0
         row: list[Any] = [it, f"{loss:.5f}", f"{class_loss:.5f}", lr, "", "", "", "", "", f"{state['elapsed']:.1f}"]
         if it % cfg.val_every == 0 or it == cfg.iterations:
-            f1, p, r, xi, acc = _validate(model, info, val_images, val_points, val_scales, val_set, cfg, device)
-            row[4:9] = [f"{f1:.4f}", f"{p:.4f}", f"{r:.4f}", f"{xi:.4f}", f"{acc:.4f}"]
-            if f1 > state["best_f1"]:
-                state.update(best_f1=f1, best_iteration=it)
-                info.threshold = xi
-                info.provenance.update(iterations=it, val_f1=f1, val_precision=p, val_recall=r, val_class_accuracy=acc)
-                save_checkpoint(out / "best.safetensors", model, info)
-            bar.set_postfix(loss=f"{loss:.3f}", val_f1=f"{f1:.4f}", best=f"{state['best_f1']:.4f}", acc=f"{acc:.3f}")
+            row[4:9] = _validate_and_keep(run, it)
+            bar.set_postfix(loss=f"{loss:.3f}", val_f1=row[4], best=f"{state['best_f1']:.4f}", acc=row[8])
         writer.writerow(row)
         bar.update(1)
         if it % cfg.snapshot_every == 0 or it == cfg.iterations:
             log_file.flush()
-            save_snapshot(snap, model, optimizer, info, {"state": state, "rng": stream.rng.bit_generator.state,
-                                                         "info": json.loads(info.to_json())})
+            save_snapshot(run.snapshot_path, run.model, run.optimizer, run.info,
+                          {"state": state, "rng": run.stream.rng.bit_generator.state, "info": json.loads(run.info.to_json())})
     bar.close()
     log_file.close()
-    return out / "best.safetensors"
+    return run.out / "best.safetensors"
+
+
+def _validate_and_keep(run: _Run, it: int) -> list[str]:
+    """Validates; keeps the checkpoint when its F1 is the best so far; the log columns."""
+    images, points, scales, val_set = run.validation
+    f1, p, r, xi, acc = _validate(run.model, run.info, images, points, scales, val_set, run.cfg, run.device)
+    if f1 > run.state["best_f1"]:
+        run.state.update(best_f1=f1, best_iteration=it)
+        run.info.threshold = xi
+        run.info.provenance.update(iterations=it, val_f1=f1, val_precision=p, val_recall=r, val_class_accuracy=acc)
+        save_checkpoint(run.out / "best.safetensors", run.model, run.info)
+    return [f"{f1:.4f}", f"{p:.4f}", f"{r:.4f}", f"{xi:.4f}", f"{acc:.4f}"]
 
 
 def _step(model: MicroNet, optimizer: torch.optim.Optimizer, stream: _CropStream, cfg: DistillConfig, info: ModelInfo,

@@ -343,11 +343,16 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         wide = MicroNet(replace(old, widths=new_widths, context_channels=cc))
-    wo, wn = old.widths, new_widths
-    n_ctx = len(old.context_depths)
+    _copy_into_wider(model, wide, _concat_inputs(old, new_widths, cc))
+    return wide.train(model.training)
+
+
+def _concat_inputs(old: MicroNetConfig, wn: tuple[int, ...], cc: int) -> dict[str, torch.Tensor]:
+    """Where each old input channel of a concatenating layer (blocks 7-9, the aggregation
+    in block 10) sits in the wide network's concatenation."""
+    wo, n_ctx = old.widths, len(old.context_depths)
 
     def parts(old_sizes: list[int], new_sizes: list[int]) -> torch.Tensor:
-        """Where each old channel of a concatenation sits in the wide concatenation."""
         starts = [sum(new_sizes[:i]) for i in range(len(new_sizes))]
         return torch.cat([s + torch.arange(o) for s, o in zip(starts, old_sizes)])
 
@@ -357,7 +362,11 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
         concat_inputs[f"{block}.conv1.0"] = idx
         concat_inputs[f"{block}.skip.0"] = idx
     concat_inputs["block10.0.0"] = parts([wo[0]] + [old.context_channels] * n_ctx, [wn[0]] + [cc] * n_ctx)
+    return concat_inputs
 
+
+def _copy_into_wider(model: MicroNet, wide: MicroNet, concat_inputs: dict[str, torch.Tensor]) -> None:
+    """Every old weight into its place in ``wide``; old outputs read zero from new inputs."""
     modules = dict(wide.named_modules())
     state = wide.state_dict()  # views of the wide network's tensors: writing them writes it
     with torch.no_grad():
@@ -366,7 +375,7 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
             if t_old.shape == t_new.shape:
                 t_new.copy_(t_old)
                 continue
-            module_name, leaf = name.rsplit(".", 1)
+            module_name = name.rsplit(".", 1)[0]
             if t_old.dim() == 4:  # convolution weights: (out, in, k, k), transposed (in, out, k, k)
                 transposed = isinstance(modules[module_name], nn.ConvTranspose2d)
                 out_dim, in_dim = (1, 0) if transposed else (0, 1)
@@ -377,7 +386,6 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
                 w[out_idx[:, None], in_idx[None, :]] = t_old.movedim((out_dim, in_dim), (0, 1))  # ...and the old weights
             else:  # batch norm statistics and affine parameters, biases: per output channel
                 t_new[: t_old.shape[0]] = t_old
-    return wide.train(model.training)
 
 
 def _micronet(defaults: dict[str, Any], overrides: dict[str, Any]) -> MicroNet:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from micronet.runtime.errors import InputError
 from micronet.runtime.model_info import ModelInfo
+from micronet.runtime.stain import training_colour_stats
 
 from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_snapshot
 from .data import channel_stats, load_point_folder
@@ -296,6 +297,8 @@ class _Run:
             architecture=model.config_dict(), mean=[float(v) for v in self.mean], std=[float(v) for v in self.std],
             mpp=float(self.model_mpp), threshold=0.5 * self.target.peak(), min_distance=cfg.min_distance,
             target=self.target.as_metadata(), eval_radius=cfg.eval_radius, provenance=provenance(cfg, self.ctx.world),
+            # What its training tissue looks like: the Detector warns of images far from it.
+            colour=training_colour_stats(self.sampler.images + (self.aux_sampler.images if self.aux_sampler else [])),
         )
 
     def _resume(self, resume: str | Path) -> None:

@@ -250,6 +250,11 @@ def test_the_resolved_precision_and_threads_land_in_the_checkpoint(small_set, tm
     assert info.provenance["config"]["channels_last"] is (not expected)
     assert info.provenance["config"]["threads"] == machine.physical_cores()
     assert info.provenance["machine"]["cpu"] == machine.cpu_model()
+    # The colours of its training tissue ride along, for the Detector's out-of-distribution warning.
+    from micronet.runtime.stain import StainStats
+
+    colour = StainStats.from_dict(info.colour, "colour")
+    assert colour.pixels > 0 and 0 < colour.rgb_mean[0] < 255
     # The snapshot keeps the request, so a run resumed on another machine resolves there.
     from micronet.trainer.checkpoint import _metadata  # noqa: PLC2701
 

@@ -17,6 +17,7 @@ _EXPORTS = {
     "evaluate_points": "micronet.runtime.evaluation.matching",
     "PointMetrics": "micronet.runtime.evaluation.matching",
     "open_slide": "micronet.runtime.slide",
+    "StreamSession": "micronet.runtime.stream",
 }
 
 __all__ = list(_EXPORTS)
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluation.matching import match_points as match_points
     from .peaks import find_peaks as find_peaks
     from .slide import open_slide as open_slide
+    from .stream import StreamSession as StreamSession
 
 
 def __getattr__(name: str) -> Any:

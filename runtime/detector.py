@@ -24,7 +24,8 @@ One ``Detector`` may be called from several threads at once: it holds no scratch
 state, and the backends are thread-safe.
 
 Whole slides: ``det.detect_slide(path, ...)`` runs
-:func:`micronet.runtime.runs.slide_run.detect_slide`, imported on first use.
+:func:`micronet.runtime.runs.slide_run.detect_slide`, imported on first use. Slides
+being scanned: ``det.stream(width, height, mpp=...)`` (:mod:`micronet.runtime.stream`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import threading
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -69,6 +70,9 @@ from .tiling import (
     receptive_radius,
     sort_peaks,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - imported on first use of Detector.stream
+    from .stream import StreamSession
 
 __all__ = [
     "Detector",
@@ -603,7 +607,7 @@ class Detector:
 
         return detect_slide(self, path, **kwargs)
 
-    def stream(self, width: int, height: int, *, mpp: float | None = None, **kwargs: Any) -> Any:
+    def stream(self, width: int, height: int, *, mpp: float | None = None, **kwargs: Any) -> StreamSession:
         """Detection while a slide is being scanned: a session that takes fields of view
         in any order (``add(rgb, x, y)``) and hands out detections, in slide pixels, as
         soon as they are final (``ready()``, ``finish()``); they equal :meth:`detect` on

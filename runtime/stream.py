@@ -5,16 +5,15 @@ positions. A session takes each field as it arrives (``add(rgb, x, y)``, slide p
 of its top-left corner, in any order) and hands out detections as soon as they are
 final, in slide coordinates, without ever holding the slide.
 
-**Blocks.** The session cuts the slide, at the model's pixel size, by the detector's own
-tile plan (:meth:`Detector.plan_tiles <micronet.runtime.detector.Detector.plan_tiles>`):
-cores that partition it, each grown by the margin that makes tiles equal a whole-image
-pass (receptive radius + ``min_distance``, :mod:`micronet.runtime.tiling`). A block's
-*window* is the rectangle of slide pixels its tile reads: the tile itself, or through
-resampling the input range of :class:`~micronet.runtime.resample.BilinearAxis`. A block
-is final once every pixel of its window has arrived or is known to be background; the
-session then resamples it, runs it through the detector, keeps the peaks in its core and
-frees every field no pending block reads. So results equal ``detector.detect(stitched,
-mpp=mpp)`` tile for tile, bit for bit: the same tiles of the same pixels.
+**Blocks.** The slide at the model's pixel size is cut by the detector's own tile plan
+(``Detector.plan_tiles``): cores that partition it, each grown by the margin that makes
+tiles equal a whole-image pass (receptive radius + ``min_distance``,
+:mod:`micronet.runtime.tiling`). A block's *window* is the rectangle of slide pixels its
+tile reads (through resampling, :class:`~micronet.runtime.resample.BilinearAxis`'s input
+range). Once every pixel of it has arrived or is known to be background, the block is
+stitched, resampled and run, its core's peaks are final, and every field no pending block
+reads is freed. Results equal ``detector.detect(stitched, mpp=mpp)`` bit for bit: the
+same tiles of the same pixels.
 
 **The stitched image.** Where fields overlap, the pixel that arrived first is kept (a
 scanner's overlapping fields show the same tissue; in any order, such fields stitch to
@@ -23,23 +22,23 @@ declared with ``skip(x, y, width, height)``, and at ``finish()`` every pixel sti
 missing. Pixels outside the slide are no pixels at all: tiles stop at its edge, as
 ``detect`` stops at the image's.
 
-**Memory.** Only fields that a pending block still reads are kept, plus at most
-``backlog`` prepared blocks waiting for the network. For a row-by-row or serpentine scan
-that is about one row of blocks (a tile's height) and the row of fields being scanned:
-two strips, not the slide.
+**Memory.** Only fields a pending block still reads are kept, plus at most ``backlog``
+blocks waiting for the network: for a row-by-row or serpentine scan about a tile's
+height of fields and the row being scanned, two strips, not the slide.
 
-**Threads.** ``add`` prepares blocks in the caller's thread and returns; one worker
-thread per session runs the network. Another thread may read results at the same time
-(``ready(wait=True)``), and ``cancel`` may come from any thread.
+**Threads.** ``add`` prepares blocks in the caller's thread; one worker thread per session
+runs the network. Another thread may read results meanwhile (``ready(wait=True)``), and
+``cancel`` may come from any thread.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import numbers
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from os import PathLike
@@ -65,13 +64,13 @@ BACKGROUND = 255
 
 @dataclass(frozen=True)
 class FinalRegion:
-    """Detections that became final together: those in one block's core.
+    """Detections that became final together, those of one block's core.
 
     Attributes:
-        detections: positions ``(x, y)`` in slide pixels (``image_shape`` the slide's
-            ``(H, W)``), highest score first; possibly none.
-        box: ``(x0, y0, x1, y1)`` in slide pixels, ends exclusive: the area whose
-            detections are now all final (a block's core; the cores partition the slide).
+        detections: ``(x, y)`` in slide pixels (``image_shape`` the slide's), highest
+            score first; possibly none.
+        box: ``(x0, y0, x1, y1)`` slide pixels, ends exclusive, whose detections are now
+            all final (a block's core: the boxes partition the slide).
         latency_s: seconds from the arrival that completed the block's context (or from
             ``finish()``) to its detections being final.
     """
@@ -83,15 +82,9 @@ class FinalRegion:
 
 @dataclass(frozen=True)
 class StreamCounts:
-    """Running totals of a session (:meth:`StreamSession.counts`).
-
-    Attributes:
-        nuclei: detections final so far.
-        classes: of those, per class name (most probable class) when the model
-            classifies; empty otherwise.
-        blocks_final, blocks_total: blocks whose detections are final, of all.
-        fields: fields of view added so far.
-    """
+    """Running totals (:meth:`StreamSession.counts`): ``nuclei`` final so far, of
+    those per most probable class name when the model classifies (``classes``, else
+    empty), blocks final of all, fields of view added."""
 
     nuclei: int
     classes: dict[str, int]
@@ -100,14 +93,18 @@ class StreamCounts:
     fields: int
 
 
+@dataclass(eq=False)
 class _Piece:
-    """A field of view (``pixels``) or a declared gap (``pixels is None``), in slide
-    pixels ``[x0, x1) × [y0, y1)``; ``refs`` counts the pending blocks that read it."""
+    """A field (``pixels``) or a declared gap (``None``) at slide pixels ``[x0, x1) ×
+    [y0, y1)``, the ``seq``-th arrival; ``refs``: the pending blocks that read it."""
 
-    __slots__ = ("x0", "y0", "x1", "y1", "pixels", "seq", "refs")
-
-    def __init__(self, x0: int, y0: int, x1: int, y1: int, pixels: np.ndarray | None, seq: int) -> None:
-        self.x0, self.y0, self.x1, self.y1, self.pixels, self.seq, self.refs = x0, y0, x1, y1, pixels, seq, 0
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    pixels: np.ndarray | None
+    seq: int
+    refs: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -136,7 +133,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> tuple[int, int]:
-    return max(a0, b0), min(a1, b1)
+    return max(a0, b0), min(a1, b1)  # empty when start >= stop
 
 
 def _covered(window: tuple[int, int, int, int], pieces: list[_Piece]) -> bool:
@@ -145,7 +142,7 @@ def _covered(window: tuple[int, int, int, int], pieces: list[_Piece]) -> bool:
     x0, y0, x1, y1 = window
     boxes = [(*_overlap(p.x0, p.x1, x0, x1), *_overlap(p.y0, p.y1, y0, y1)) for p in pieces]
     if sum((bx1 - bx0) * (by1 - by0) for bx0, bx1, by0, by1 in boxes) < (x1 - x0) * (y1 - y0):
-        return False  # too little area even without overlaps
+        return False  # too little area, overlaps or not
     xs = np.unique([x0, x1, *(b[0] for b in boxes), *(b[1] for b in boxes)])
     ys = np.unique([y0, y1, *(b[2] for b in boxes), *(b[3] for b in boxes)])
     grid = np.zeros((len(ys) - 1, len(xs) - 1), bool)
@@ -175,9 +172,8 @@ def _model_pixels(block: _Block, pieces: list[_Piece]) -> np.ndarray:
 
 
 class StreamSession:
-    """Detections of a slide while its fields of view arrive; see the module docstring
-    for how results equal ``detect`` on the stitched slide. Made by
-    :meth:`Detector.stream <micronet.runtime.detector.Detector.stream>`.
+    """Detections of a slide while its fields of view arrive (``Detector.stream``); the
+    module docstring says how they equal ``detect`` on the stitched slide.
 
     >>> with detector.stream(46000, 32914, mpp=0.499) as session:   # doctest: +SKIP
     ...     for rgb, x, y in scanner:                               # (H, W, 3) uint8 fields
@@ -188,32 +184,22 @@ class StreamSession:
 
     Args:
         detector: the :class:`~micronet.runtime.detector.Detector` to run.
-        width, height: the slide's size in its own pixels (the scan area).
-        mpp: its pixel size in µm/px; resampled to the model's as ``detect`` does when
-            it differs by more than 1 %. ``None``: the model's own.
-        colour_stats: colour statistics to normalise by (``micronet.runtime.stain.measure``
-            on a representative field, or a slide's tissue): required when the detector
-            normalises (a stream never sees the whole image to measure); then results
-            equal ``detect(stitched, mpp, colour_stats=colour_stats)``.
-        backlog: prepared blocks waiting for the network at most; ``add`` waits while
-            more are queued, which bounds memory. Default: twice the batch size.
+        width, height: the slide's (scan area's) size in its own pixels.
+        mpp: its pixel size in µm/px, resampled to the model's as ``detect`` does when
+            they differ by more than 1 %; ``None``: the model's own.
+        colour_stats: statistics to normalise by (``stain.measure`` on a representative
+            field), required when the detector normalises: a stream never sees the whole
+            image to measure. Results then equal ``detect(..., colour_stats=...)``.
+        backlog: blocks waiting for the network at most; ``add`` waits while more are
+            queued, which bounds memory. Default: twice the batch size.
 
     Raises:
-        ValueError: a bad size, pixel size or backlog, or ``normalize`` without
-            ``colour_stats``.
+        ValueError: a bad size, pixel size or backlog; ``normalize`` without ``colour_stats``.
         TypeError: ``colour_stats`` that is not ``StainStats``.
     """
 
-    def __init__(
-        self,
-        detector: Any,
-        width: int,
-        height: int,
-        *,
-        mpp: float | None = None,
-        colour_stats: StainStats | None = None,
-        backlog: int | None = None,
-    ) -> None:
+    def __init__(self, detector: Any, width: int, height: int, *, mpp: float | None = None,
+                 colour_stats: StainStats | None = None, backlog: int | None = None) -> None:  # fmt: skip
         self._detector = detector
         self.width, self.height = _check_int(width, "width", 1), _check_int(height, "height", 1)
         self.mpp = check_mpp(mpp)
@@ -225,16 +211,14 @@ class StreamSession:
         self._tile_stats, self._distance = self._colour(colour_stats)
         self._names: tuple[str, ...] = tuple(detector.class_names)
         self._blocks, self._row_windows, self._col_windows = self._plan(mh, mw)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards everything below and the blocks' state
         self._state = "open"  # open → finishing → finished; or cancelled, or failed
         self._error: BaseException | None = None
-        self._seq = 0
-        self._backlog: deque[tuple[_Block, np.ndarray, float]] = deque()
-        self._busy = False
-        self._preparing = 0  # blocks taken but not yet queued (stitched outside the lock)
-        self._worker: threading.Thread | None = None
+        self._backlog: deque[tuple[_Block, np.ndarray, float]] = deque()  # (block, tile pixels, since)
         self._done: deque[FinalRegion] = deque()
-        self._nuclei, self._classes, self._final, self._fields = 0, dict.fromkeys(self._names, 0), 0, 0
+        self._worker: threading.Thread | None = None
+        self._seq, self._busy, self._preparing = itertools.count(), False, 0  # preparing: taken, stitched outside the lock
+        self._nuclei, self._classes, self._final, self._fields = 0, Counter(dict.fromkeys(self._names, 0)), 0, 0
         self.held_bytes = self.peak_held_bytes = 0  # pixels held: fields kept and blocks queued
         if self.mpp is None:
             log.warning("stream: no mpp given; the slide is taken to be at the model's %g µm/px", model_mpp)
@@ -242,15 +226,11 @@ class StreamSession:
     def _colour(self, given: Any) -> tuple[StainStats, float | None]:
         """The statistics each block is run with, and the distance results carry."""
         if given is not None and not isinstance(given, StainStats):
-            raise InputTypeError(f"colour_stats: expected StainStats (micronet.runtime.stain.measure) or None, got {type(given).__name__}")
+            raise InputTypeError(f"colour_stats: expected StainStats (stain.measure) or None, got {type(given).__name__}")
         if given is None and self._detector.normalize is not None:
-            raise InputError(
-                f"normalize={self._detector.normalize!r}: a stream never sees the whole slide to measure its colours; pass "
-                "colour_stats= (micronet.runtime.stain.measure on a representative field) or use a Detector without normalize"
-            )
-        if given is None:
-            # Without normalisation statistics only set a distance; the target's own
-            # spare each block a measurement that would describe the block, not the slide.
+            raise InputError(f"normalize={self._detector.normalize!r}: a stream never sees the whole slide to measure its "
+                             "colours; pass colour_stats= (stain.measure on a representative field)")  # fmt: skip
+        if given is None:  # only a distance then: the target's own spare measuring each block
             return self._detector.colour_target, None
         return given, colour_distance(given, self._detector.colour_target)
 
@@ -277,62 +257,47 @@ class StreamSession:
     # --- arrivals ---------------------------------------------------------------------
 
     def add(self, rgb: np.ndarray, x: int, y: int, *, mpp: float | None = None) -> None:
-        """A field of view, at slide pixels ``(x, y)`` (its top-left corner; column, row).
-
-        Args:
-            rgb: ``(h, w, 3)`` uint8 RGB, inside the slide; copied, so a scanner may
-                reuse its buffer.
-            x, y: integers >= 0.
-            mpp: the field's pixel size, when the caller wants it checked against the
-                session's (within 1 %).
-
-        Blocks whose context this completes are prepared here and queued for the
-        network; ``add`` waits while ``backlog`` blocks are queued already.
+        """A field of view: ``rgb`` ``(h, w, 3)`` uint8, its top-left corner at slide
+        pixels ``(x, y)`` (column, row; integers >= 0), inside the slide. Copied, so a
+        scanner may reuse its buffer; ``mpp``, when given, is checked against the
+        session's (within 1 %). Blocks whose context this completes are prepared here and
+        queued for the network; ``add`` waits while ``backlog`` blocks are queued.
 
         Raises:
-            ValueError: not ``(h, w, 3)`` uint8, a field reaching outside the slide, a
-                different pixel size, or a session finished or cancelled.
+            ValueError: not ``(h, w, 3)`` uint8, a field reaching outside the slide, another
+                pixel size, or a session finished or cancelled.
             TypeError: not an array.
         """
         if isinstance(rgb, (str, PathLike)):
             raise InputTypeError(f"rgb: expected an (H, W, 3) uint8 RGB array of the field, got a path {str(rgb)!r}")
         pixels = as_rgb_image(rgb, "rgb")
         given = check_mpp(mpp)
-        if given is not None and abs(given / (self.mpp or self._detector.info.mpp) - 1) > MPP_TOLERANCE:
-            raise InputError(
-                f"mpp: this field is at {given:g} µm/px, the stream at {self.mpp or self._detector.info.mpp:g} µm/px; "
-                "a stream takes one pixel size (start one per objective)"
-            )
+        if given is not None and abs(given / (ours := self.mpp or self._detector.info.mpp) - 1) > MPP_TOLERANCE:
+            raise InputError(f"mpp: this field is at {given:g} µm/px, the stream at {ours:g} µm/px; one stream per pixel size")
         h, w = pixels.shape[:2]
         x0, y0 = self._check_box(x, y, w, h, "field")
         self._arrive(x0, y0, x0 + w, y0 + h, pixels.copy())
 
     def skip(self, x: int, y: int, width: int, height: int) -> None:
-        """Declares ``width × height`` slide pixels at ``(x, y)`` a gap that no field
-        will fill: :data:`BACKGROUND`, so blocks next to it need not wait for ``finish``.
-        Pixels that arrived before keep their values (the first arrival wins).
-
-        Raises:
-            ValueError: a rectangle outside the slide, or a session finished or cancelled.
-        """
+        """Declares ``width × height`` slide pixels at ``(x, y)`` a gap no field will
+        fill: :data:`BACKGROUND`, so blocks next to it need not wait for ``finish``; pixels
+        that arrived before keep their values (the first arrival wins). ``ValueError``
+        for a rectangle outside the slide or a session finished or cancelled."""
         x0, y0 = self._check_box(x, y, _check_int(width, "width", 1), _check_int(height, "height", 1), "gap")
         self._arrive(x0, y0, x0 + int(width), y0 + int(height), None)
 
     def _check_box(self, x: Any, y: Any, w: int, h: int, what: str) -> tuple[int, int]:
         x0, y0 = _check_int(x, "x", 0), _check_int(y, "y", 0)
         if x0 + w > self.width or y0 + h > self.height:
-            raise InputError(
-                f"{what} at (x, y) = ({x0}, {y0}) of W×H {w}×{h} reaches past the slide's W×H {self.width}×{self.height}; "
-                "expected it inside the slide: crop it there"
-            )
+            slide = f"{self.width}×{self.height}"
+            raise InputError(f"{what} at (x, y) = ({x0}, {y0}) of W×H {w}×{h} reaches past the slide's W×H {slide}; crop it")
         return x0, y0
 
     def _arrive(self, x0: int, y0: int, x1: int, y1: int, pixels: np.ndarray | None) -> None:
         now = time.monotonic()
         with self._cond:
             self._raise_unless_open()
-            piece = _Piece(x0, y0, x1, y1, pixels, self._seq)
-            self._seq += 1
+            piece = _Piece(x0, y0, x1, y1, pixels, next(self._seq))
             self._fields += pixels is not None
             ready = []
             for block in self._blocks_reading(piece):
@@ -345,20 +310,16 @@ class StreamSession:
             self._preparing += len(jobs)
         self._prepare(jobs, now)
 
-    def _blocks_reading(self, piece: _Piece) -> Iterator[_Block]:
+    def _blocks_reading(self, piece: _Piece) -> list[_Block]:
         """The pending blocks whose windows intersect ``piece``."""
-        ncols = len(self._col_windows)
         rows = [r for r, (a, b) in enumerate(self._row_windows) if a < piece.y1 and b > piece.y0]
         cols = [c for c, (a, b) in enumerate(self._col_windows) if a < piece.x1 and b > piece.x0]
-        for r in rows:
-            for c in cols:
-                block = self._blocks[r * ncols + c]
-                if not block.taken:
-                    yield block
+        blocks = (self._blocks[r * len(self._col_windows) + c] for r in rows for c in cols)
+        return [b for b in blocks if not b.taken]
 
     def _hold(self, nbytes: int) -> None:
         self.held_bytes += nbytes
-        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)  # bytes, not RSS: fields and queued blocks
 
     def _take(self, block: _Block) -> tuple[_Block, list[_Piece]]:
         """Marks a block as no longer pending and releases the fields only it still read
@@ -381,35 +342,35 @@ class StreamSession:
                 pixels = _model_pixels(block, pieces)
                 del pieces
                 with self._cond:
-                    left -= 1
-                    self._preparing -= 1
+                    left, self._preparing = left - 1, self._preparing - 1
                     while len(self._backlog) >= self._backlog_limit and self._state in ("open", "finishing"):
                         self._cond.wait()
-                    self._raise_unless_running()
+                    self._raise_unless_open(finishing=True)
                     self._backlog.append((block, pixels, since))
                     self._hold(pixels.nbytes)
                     if self._worker is None:
                         self._worker = threading.Thread(target=self._work, name="micronet-stream", daemon=True)
                         self._worker.start()
                     self._cond.notify_all()
-        finally:
-            if left:  # cancelled, failed, or a bug: finish() must not wait for these
-                with self._cond:
-                    self._preparing -= left
-                    self._cond.notify_all()
+        except BaseException as exc:  # finish() must not wait for the jobs left
+            with self._cond:
+                self._preparing -= left
+                if self._error is None and self._state in ("open", "finishing"):
+                    self._error, self._state = exc, "failed"  # a block is lost: no whole answer any more
+                self._cond.notify_all()
+            raise
 
     # --- the network ------------------------------------------------------------------
 
     def _work(self) -> None:
         """The worker thread: runs queued blocks in batches until finished or cancelled."""
-        batch_size = self._detector.batch_size
         while True:
             with self._cond:
                 while not self._backlog and self._state in ("open", "finishing"):
                     self._cond.wait()
                 if not self._backlog or self._state not in ("open", "finishing"):
                     return
-                batch = [self._backlog.popleft() for _ in range(min(batch_size, len(self._backlog)))]
+                batch = [self._backlog.popleft() for _ in range(min(self._detector.batch_size, len(self._backlog)))]
                 self._busy = True
                 self._cond.notify_all()  # room in the backlog
             try:
@@ -423,8 +384,10 @@ class StreamSession:
                 self._busy = False
                 for (_, pixels, _), region in zip(batch, found):
                     self._hold(-pixels.nbytes)
-                    if self._state in ("open", "finishing"):
-                        self._record(region)
+                    if self._state in ("open", "finishing"):  # dropped once cancelled
+                        self._done.append(region)
+                        self._final, self._nuclei = self._final + 1, self._nuclei + len(region.detections)
+                        self._classes.update(region.detections.class_counts())
                 self._cond.notify_all()
 
     def _run(self, batch: list[tuple[_Block, np.ndarray, float]]) -> list[FinalRegion]:
@@ -436,37 +399,26 @@ class StreamSession:
         for (block, _, since), d in zip(batch, found):
             values = np.concatenate([d.scores[:, None], d.class_probabilities], axis=1) if self._names else d.scores
             xy, values = keep_in_core(block.tile, d.xy, values)  # (N, 2) in the model-pixel slide
-            scores = values[:, 0] if self._names else values
-            order = sort_peaks(xy, scores, order=True)
-            xy, values = xy[order], values[order]
             if self._scale is not None:
                 xy = from_resampled(xy, *self._scale).astype(np.float32)  # back to the slide's pixels
-            probs = values[:, 1:] if self._names else None
-            scores = values[:, 0] if self._names else values
-            found_here = Detections(xy, scores, (self.height, self.width), self.mpp, self._distance, probs, self._names)
-            regions.append(FinalRegion(found_here, block.box, time.monotonic() - since))
+            regions.append(FinalRegion(self._result(xy, values), block.box, time.monotonic() - since))
         return regions
 
-    def _record(self, region: FinalRegion) -> None:
-        self._done.append(region)
-        self._final += 1
-        self._nuclei += len(region.detections)
-        for name, n in region.detections.class_counts().items():
-            self._classes[name] += n
+    def _result(self, xy: np.ndarray, values: np.ndarray) -> Detections:
+        """Detections in slide pixels, highest score first, from ``(N, 2)`` positions and
+        ``(N,)`` scores, or ``(N, 1 + K)`` scores and class probabilities."""
+        order = sort_peaks(xy, values[:, 0] if self._names else values, order=True)
+        values = values[order]
+        scores, probs = (values[:, 0], values[:, 1:]) if self._names else (values, None)
+        return Detections(xy[order], scores, (self.height, self.width), self.mpp, self._distance, probs, self._names)
 
     # --- results ----------------------------------------------------------------------
 
     def ready(self, wait: bool = False) -> Iterator[FinalRegion]:
-        """The regions final since the last call, each handed out once (here or by
-        :meth:`finish`), as :class:`FinalRegion` with detections in slide pixels.
-
-        Args:
-            wait: ``False``: what is final now, then stop. ``True``: keep waiting for
-                more until the session is finished or cancelled (a reader thread's loop).
-
-        Raises:
-            Exception: what the worker raised running the network, if it failed.
-        """
+        """The regions (:class:`FinalRegion`) final since the last call, each handed out
+        once, here or by :meth:`finish`. ``wait=False``: what is final now; ``True``: wait
+        for more until the session is finished or cancelled (a reader thread's loop).
+        Raises what the worker raised running the network, if it failed."""
         while True:
             with self._cond:
                 while wait and not self._done and self._state in ("open", "finishing") and self._error is None:
@@ -485,14 +437,10 @@ class StreamSession:
             return StreamCounts(self._nuclei, dict(self._classes), self._final, len(self._blocks), self._fields)
 
     def finish(self) -> Detections:
-        """Ends the scan: every pixel not received is :data:`BACKGROUND`; runs the blocks
-        still pending and returns the detections not yet handed out by :meth:`ready`
-        (all of them when it was never called), in slide pixels, highest score first.
-
-        Raises:
-            ValueError: the session was finished or cancelled already.
-            Exception: what the worker raised running the network, if it failed.
-        """
+        """Ends the scan: every pixel not received is :data:`BACKGROUND`. Runs the blocks
+        still pending and returns the detections :meth:`ready` has not handed out (all,
+        when it was never called), in slide pixels, highest score first. ``ValueError``
+        when finished or cancelled already; what the worker raised, if it failed."""
         now = time.monotonic()
         with self._cond:
             self._raise_unless_open()
@@ -503,22 +451,18 @@ class StreamSession:
         with self._cond:
             while (self._backlog or self._busy or self._preparing) and self._state == "finishing":
                 self._cond.wait()
-            self._raise_unless_running()
+            self._raise_unless_open(finishing=True)
             self._state = "finished"
             self._cond.notify_all()
-            rest = list(self._done)
-            self._done.clear()
+            rest, self._done = list(self._done), deque()
         return self._merge([r.detections for r in rest])
 
     def _merge(self, parts: list[Detections]) -> Detections:
-        k = len(self._names)
-        if not parts:
-            probs = np.zeros((0, k), np.float32) if k else None
-            return Detections(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), (self.height, self.width), self.mpp, self._distance, probs, self._names)
-        joined = Detections.concat(parts, image_shape=(self.height, self.width))
-        order = sort_peaks(joined.xy, joined.scores, order=True)
-        probs = None if joined.class_probabilities is None else joined.class_probabilities[order]
-        return Detections(joined.xy[order], joined.scores[order], joined.image_shape, self.mpp, self._distance, probs, self._names)
+        xy = np.concatenate([np.zeros((0, 2), np.float32)] + [d.xy for d in parts])
+        if not self._names:
+            return self._result(xy, np.concatenate([np.zeros(0, np.float32)] + [d.scores for d in parts]))
+        values = [np.concatenate([d.scores[:, None], d.class_probabilities], axis=1) for d in parts]
+        return self._result(xy, np.concatenate([np.zeros((0, 1 + len(self._names)), np.float32)] + values))
 
     def cancel(self) -> None:
         """Stops the session from any thread: queued blocks and held fields are dropped,
@@ -536,16 +480,13 @@ class StreamSession:
             self._backlog.clear()
             self._cond.notify_all()
 
-    def _raise_unless_open(self) -> None:
+    def _raise_unless_open(self, finishing: bool = False) -> None:
+        """Raises the worker's error, or says the session is closed (``finishing``: also
+        accept the state in which ``finish`` queues the last blocks)."""
         if self._error is not None:
             raise self._error
-        if self._state != "open":
+        if self._state != "open" and not (finishing and self._state == "finishing"):
             raise InputError(f"this stream is {self._state}; start another with Detector.stream")
-
-    def _raise_unless_running(self) -> None:
-        """Open, or finishing (``finish`` queueing the last blocks)."""
-        if self._state != "finishing":
-            self._raise_unless_open()
 
     def __enter__(self) -> StreamSession:
         return self
@@ -555,7 +496,4 @@ class StreamSession:
 
     def __repr__(self) -> str:
         c = self.counts()
-        return (
-            f"StreamSession({self.width}×{self.height} px, mpp={self.mpp}, {self._state}: {c.blocks_final}/{c.blocks_total} "
-            f"blocks final, {c.nuclei} nuclei, {self.held_bytes / 2**20:.0f} MiB held)"
-        )
+        return f"StreamSession({self.width}×{self.height}, mpp={self.mpp}, {self._state}, {c.blocks_final}/{c.blocks_total})"

@@ -139,22 +139,36 @@ def test_stream_equals_detect_on_the_stitched_image(fast, crchisto_images, data,
     assert got.image_shape == (360, 440) and got.mpp == mpp
 
 
-@pytest.mark.data
-@pytest.mark.slow
-@pytest.mark.parametrize("order", ["row-major", "serpentine", "random"])
-def test_cmu1_in_512_fields_with_overlap_and_gaps_equals_detect(cmu1, order):
-    """CMU-1 cut into 512² fields overlapping by 10 % (step 461), at its 0.499 µm/px
-    (resampled to the model's 0.55), with two fields missing (one declared a gap, one
-    known only at finish()), in three scan orders; the default tile of fast-cpu."""
+@pytest.fixture(scope="module")
+def cmu1_scan(cmu1: np.ndarray) -> tuple[Detector, list, list, Detections]:
+    """CMU-1 cut into 512² fields overlapping by 10 % (step 461) at its 0.499 µm/px
+    (resampled to the model's 0.55), two interior fields missing: one never comes
+    (background from finish()), the other's hole between its neighbours is declared with
+    ``skip``. The detector (fast-cpu, default tiles), the fields, the gap events and
+    ``detect`` on the stitched slide, which no scan order changes."""
     det = Detector("fast-cpu", device="cpu", threads=2)
     h, w = cmu1.shape[:2]
     fields = grid_fields(h, w, (512, 512), (461, 461))
+    missing = next(f for f in fields if f[:2] == (922, 1383))
+    declared = next(f for f in fields if f[:2] == (461, 922))
+    x, y = declared[:2]
+    fields = [f for f in fields if f not in (missing, declared)]
+    gaps = [("skip", (x + 51, y + 51, 410, 410))]  # the neighbours' 51 px overlaps cover the rest
+    want = det.detect(stitched(cmu1, gaps + [("add", f) for f in fields]), mpp=CMU_MPP)
+    return det, fields, gaps, want
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["row-major", "serpentine", "random"])
+def test_cmu1_in_512_fields_with_overlap_and_gaps_equals_detect(cmu1, cmu1_scan, order):
+    det, fields, gaps, want = cmu1_scan
     scan = {"row-major": fields, "serpentine": serpentine(fields)}.get(order)
     if scan is None:
         scan = [fields[k] for k in np.random.default_rng(24).permutation(len(fields))]
-    missing, declared = fields[len(fields) // 2], fields[len(fields) // 3]
-    events = [("skip" if f == declared else "add", f) for f in scan if f != missing]
-    want = det.detect(stitched(cmu1, events), mpp=CMU_MPP)
+    events = [("add", f) for f in scan]
+    events.insert(len(events) // 2, gaps[0])  # the gap declared mid-scan
+    h, w = cmu1.shape[:2]
     with det.stream(w, h, mpp=CMU_MPP) as session:
         got = feed(session, cmu1, events)
     assert len(want) > 2000
@@ -204,7 +218,8 @@ def test_memory_is_about_two_strips_not_the_slide(monkeypatch, scan):
         assert len(shapes) == session.counts().blocks_total
         # A row of block windows (one tile high) plus the fields of the row being scanned
         # and the next, with their overlap: a bound two strips high, a fraction of the slide.
-        strips = 3 * width * (det.tile_size + 2 * field) * (200 / 180) + session._backlog_limit * 3 * det.tile_size**2
+        backlog = 2 * det.batch_size * 3 * det.tile_size**2  # the default backlog of tiles
+        strips = 3 * width * (det.tile_size + 2 * field) * (200 / 180) + backlog
         assert session.peak_held_bytes <= strips < 3 * width * height / 4
         assert session.held_bytes == 0
 
@@ -250,12 +265,28 @@ def test_cancel_stops_the_session_from_another_thread(fast, sample):
     session.add(sample[:256, :256], 0, 0)
     session.cancel()
     assert reader_done.wait(30)
+    deadline = time.monotonic() + 30  # the worker drops the block it was running when done with it
+    while session.held_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert session.held_bytes == 0
     with pytest.raises(ValueError, match="cancelled"):
         session.add(sample[:256, :256], 256, 0)
     with pytest.raises(ValueError, match="cancelled"):
         session.finish()
     session.cancel()  # twice: nothing
+
+
+def test_an_error_in_the_network_reaches_the_caller(fast, sample, monkeypatch):
+    def broken(images, **_):
+        raise RuntimeError("backend lost")
+
+    monkeypatch.setattr(fast, "detect_batch", broken)
+    with fast.stream(128, 128) as session:
+        session.add(sample[:128, :128], 0, 0)  # completes the only block: the worker fails on it
+        with pytest.raises(RuntimeError, match="backend lost"):
+            list(session.ready(wait=True))
+        with pytest.raises(RuntimeError, match="backend lost"):
+            session.finish()
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -232,17 +232,12 @@ def cached_engine(
 
     Raises:
         FileNotFoundError: no file at ``onnx_path``.
-        ImportError: TensorRT (>= 10), or CuPy / cuda-python to name the GPU, is missing
-            (names ``pip install 'micronet-sdk[gpu]'``).
+        ImportError: TensorRT (>= 10), or CuPy / cuda-python, is missing (names the extra).
         ValueError: not a MicroNet export, an int8 export, a bad profile, or a cache
             folder that others could write to.
         RuntimeError: no CUDA device ``device_id``, or TensorRT failed to build.
     """
-    from .backends.cuda_env import (
-        check_device_id,
-        cuda_device_properties,
-        import_tensorrt,
-    )
+    from .backends.cuda_env import check_device_id, cuda_device_properties, import_tensorrt
 
     onnx_path = Path(onnx_path)
     device_id = check_device_id(device_id)
@@ -250,19 +245,11 @@ def cached_engine(
         raise MissingFileError(f"ONNX model not found: {onnx_path}")
     trt = import_tensorrt("building a TensorRT engine")
     gpu_name, compute_capability = cuda_device_properties(device_id)
-    sha = file_sha256(onnx_path)
     lo, opt, hi = (tuple(int(v) for v in shape) for shape in profile)
-    key = engine_key(sha, gpu_name, compute_capability, trt.__version__, (lo, opt, hi))
     base = Path(root).expanduser() if root is not None else cache_dir()
     engines = _private_folders(base)
-    entry = engines / f"{onnx_path.stem}-{key}"
+    entry, expected = _entry(engines, onnx_path, gpu_name, compute_capability, trt.__version__, (lo, opt, hi))
     engine = entry / _ENTRY_FILE
-    expected = {
-        "onnx_sha256": sha,
-        "gpu_name": gpu_name.strip(),
-        "compute_capability": compute_capability.strip(),
-        "tensorrt_version": str(trt.__version__).strip(),
-    }
     if _entry_is_valid(entry, expected):
         log.debug("TensorRT engine for %s from the cache: %s", onnx_path.name, entry)
         return engine
@@ -282,6 +269,15 @@ def cached_engine(
         _build_entry(onnx_path, entry, (lo, opt, hi), timing, device_id)
         log.info("cached %s", engine)
     return engine
+
+
+def _entry(engines: Path, onnx_path: Path, gpu_name: str, cc: str, trt_version: str, profile: Sequence[tuple[int, ...]]) -> tuple[Path, dict[str, str]]:
+    """The entry folder of this model, GPU, TensorRT and profile, and what its sidecar
+    must say for the entry to count."""
+    sha = file_sha256(onnx_path)
+    key = engine_key(sha, gpu_name, cc, trt_version, profile)
+    expected = {"onnx_sha256": sha, "gpu_name": gpu_name.strip(), "compute_capability": cc.strip(), "tensorrt_version": str(trt_version).strip()}
+    return engines / f"{onnx_path.stem}-{key}", expected
 
 
 def _build_entry(onnx_path: Path, entry: Path, profile: Sequence[tuple[int, ...]], timing: Path, device_id: int) -> None:

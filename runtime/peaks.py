@@ -280,6 +280,18 @@ def _candidates(cupy: Any, arr: Any, threshold: float, dist: int, stream: Any) -
     return flat[order], values[order], bool(differs)
 
 
+def _as_cuda_map(cupy: Any, prob_map: Any) -> Any:
+    """The map as a CuPy ``(H, W)`` float array (a ``(1, H, W)`` one squeezed), checked."""
+    arr = cupy.asarray(prob_map)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
+    if arr.dtype not in (cupy.float16, cupy.float32, cupy.float64):
+        raise InputTypeError(f"prob_map: expected a float array, got dtype {arr.dtype}")
+    return arr
+
+
 def _ordered_stream(cupy: Any, stream: Any, ready: Any) -> Any:
     """The stream the peak finder runs on, made to wait for the map: for ``ready`` when
     given, and for the current stream's queued work when ``stream`` is another one (a
@@ -322,11 +334,9 @@ def find_peaks_cuda(
             object CuPy accepts through ``__cuda_array_interface__``), on any device: the
             work runs on the map's device.
         threshold, min_distance, subpixel: as in :func:`find_peaks`.
-        stream: the CuPy stream to run on (default: the current one of the map's device).
-            Another stream first waits for the work queued so far on the current one,
-            which by CuPy's convention wrote the map.
-        ready: a CuPy event recorded after the map was written, for a map another
-            stream produced (e.g. a backend's own): the work waits for it too.
+        stream: the CuPy stream to run on (default: the map device's current one); it
+            first waits for the current stream's queued work, which (CuPy's convention)
+            wrote the map, and for ``ready``, an event recorded after the map was written.
 
     Returns:
         ``(xy, scores)`` as NumPy arrays, as :func:`find_peaks`. The map itself never
@@ -341,13 +351,7 @@ def find_peaks_cuda(
 
     cupy = import_cupy("find_peaks_cuda")
     thr, dist = _check_params(threshold, min_distance)
-    arr = cupy.asarray(prob_map)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise InputError(f"prob_map: expected an (H, W) map, got shape {arr.shape}")
-    if arr.dtype not in (cupy.float16, cupy.float32, cupy.float64):
-        raise InputTypeError(f"prob_map: expected a float array, got dtype {arr.dtype}")
+    arr = _as_cuda_map(cupy, prob_map)
     h, w = (int(s) for s in arr.shape)
     if h == 0 or w == 0:
         dtype = np.float32 if arr.dtype == cupy.float16 else np.dtype(arr.dtype.name)

@@ -94,6 +94,13 @@ def _check_cuda_device(device_id: int) -> None:
         raise InputError(f"device_id={device_id}: this machine has {count} CUDA device(s), numbered from 0")
 
 
+def _cuda_options(device_id: int) -> dict[str, str]:
+    """The CUDA provider's options. TF32 off: the provider rounds fp32 convolutions to
+    TF32 by default (10-bit mantissas), which an fp32 export's known-answer check at the
+    fp32 tolerance would rightly fail; fp16 exports run in fp16 and are unaffected."""
+    return {"device_id": str(device_id), "use_tf32": "0"}
+
+
 def _describe(args: list[Any]) -> str:
     return ", ".join(f"{a.name}: {a.type} {list(a.shape)}" for a in args) or "none"
 
@@ -160,11 +167,7 @@ class OnnxRuntimeBackend:
             options.enable_mem_pattern = False  # bounded memory on the CPU: see the module's docstring
         if want_cuda and (device == "cuda" or device_id > 0):
             _check_cuda_device(device_id)
-        # TF32 off: the CUDA provider rounds fp32 convolutions to TF32 by default (10-bit
-        # mantissas), which an fp32 export's known-answer check at the fp32 tolerance
-        # would rightly fail; fp16 exports run in fp16 and are unaffected.
-        cuda_options = {"device_id": str(device_id), "use_tf32": "0"}
-        providers: list[Any] = [(_CUDA_EP, cuda_options), _CPU_EP] if want_cuda else [_CPU_EP]
+        providers: list[Any] = [(_CUDA_EP, _cuda_options(device_id)), _CPU_EP] if want_cuda else [_CPU_EP]
         self._session = self._load(ort, options, providers)
 
         self.info = self._check_signature()

@@ -311,14 +311,7 @@ def build_engine(
     device_id = check_device_id(device_id)
     trt = import_tensorrt("export-engine")
     onnx_path, output = Path(onnx_path), Path(output)
-    if not onnx_path.is_file():
-        raise MissingFileError(f"ONNX model not found: {onnx_path}")
-    info = read_onnx_info(onnx_path)
-    if info.precision == "int8":
-        raise InputError(
-            f"{onnx_path} is an int8 QDQ export, made for the CPU (uint8 activations TensorRT does not take); "
-            "build the engine from `micronet export --precision fp16`"
-        )
+    info = _buildable_info(onnx_path)
     gpu_name, compute_capability = cuda_device_properties(device_id)
     with cuda_device(device_id):  # the builder times kernels on the current device
         serialized, timings, precision, seconds = _build(
@@ -330,6 +323,19 @@ def build_engine(
     _write(output, serialized, sidecar, timing_cache, timings)
     log.info("wrote %s (%.1f MB) and %s in %.0f s", output, output.stat().st_size / 1e6, sidecar_path(output).name, seconds)
     return output
+
+
+def _buildable_info(onnx_path: Path) -> ModelInfo:
+    """The export's ``ModelInfo``, after checking TensorRT can build it (not int8)."""
+    if not onnx_path.is_file():
+        raise MissingFileError(f"ONNX model not found: {onnx_path}")
+    info = read_onnx_info(onnx_path)
+    if info.precision == "int8":
+        raise InputError(
+            f"{onnx_path} is an int8 QDQ export, made for the CPU (uint8 activations TensorRT does not take); "
+            "build the engine from `micronet export --precision fp16`"
+        )
+    return info
 
 
 def _sidecar(
@@ -421,14 +427,7 @@ def _build(
     profile.set_shape(INPUT_NAME, (*lo, 3), (*opt, 3), (*hi, 3))
     config.add_optimization_profile(profile)
 
-    cache_path = Path(timing_cache) if timing_cache is not None else None
-    if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        log.info("timing cache %s (%s)", cache_path, f"{len(blob)} bytes" if blob else "new")
-        cache = config.create_timing_cache(blob)
-        # A cache from another GPU or TensorRT version is not used (TensorRT warns).
-        config.set_timing_cache(cache, ignore_mismatch=False)
-
+    cache_path = _use_timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt)
     config.progress_monitor = monitor  # must outlive the build: `monitor` is held here
     log.info(
@@ -446,3 +445,14 @@ def _build(
     return bytes(serialized), timings, precision, seconds
 
 
+def _use_timing_cache(config: Any, timing_cache: str | Path | None) -> Path | None:
+    """Gives the builder the kernel timings saved in ``timing_cache`` (a new cache when
+    the file is not there yet); the path, or ``None`` without one."""
+    if timing_cache is None:
+        return None
+    cache_path = Path(timing_cache)
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    log.info("timing cache %s (%s)", cache_path, f"{len(blob)} bytes" if blob else "new")
+    # A cache from another GPU or TensorRT version is not used (TensorRT warns).
+    config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+    return cache_path

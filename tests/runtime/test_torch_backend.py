@@ -222,6 +222,14 @@ def test_torch_cuda_agrees_with_the_known_answers_and_gathers_classes_on_the_gpu
     result = check_detector(Detector(default_onnx, backend="torch", device="cuda:0"), repeats=1)
     assert result.backend == "torch-cuda" and result.precision == "fp16" and result.status == "agrees", result.problems
     crop = np.ascontiguousarray(sample[:256, :256])
-    gpu = Detector(class_exports["fp32"], backend="torch", device="cuda").detect(crop)
-    cpu = Detector(class_exports["fp32"], device="cpu").detect(crop)
-    assert gpu.class_names == CLASSES and abs(len(gpu) - len(cpu)) <= max(2, len(cpu) // 20)
+    path = class_exports["fp32"]
+    cpu_map = OnnxRuntimeBackend(path, device="cpu").infer(crop[None])[0, 0]
+    xi = float(np.quantile(cpu_map, 0.995))  # a few strong peaks of the random model, clear of fp16 noise
+    gpu = Detector(path, backend="torch", device="cuda", threshold=xi).detect(crop)
+    cpu = Detector(path, device="cpu", threshold=xi).detect(crop)
+    assert gpu.class_names == CLASSES and len(cpu) > 0
+    assert gpu.class_probabilities.shape == (len(gpu), len(CLASSES))
+    np.testing.assert_allclose(gpu.class_probabilities.sum(axis=1), 1.0, atol=1e-5)
+    from micronet.runtime.evaluation.matching import evaluate_points
+
+    assert evaluate_points(gpu.xy, cpu.xy, radius=1.0).f1 >= 0.9

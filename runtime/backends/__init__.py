@@ -3,7 +3,13 @@
 A backend turns a batch of raw pixels into proximity maps. The ``Detector`` picks the
 best available one (TensorRT for ``.engine`` files; ONNX Runtime with the CUDA execution
 provider when present, else the CPU provider, for ``.onnx`` files) unless the caller
-names one.
+names one (``backend="tensorrt"`` for the bundled model's cached engine, ``"torch"`` for
+an ``.onnx`` export run by torch: :mod:`.torch`).
+
+Modules: ``onnxruntime`` and ``torch`` (the backends of ``.onnx`` exports; ``onnx_torch``
+runs an ONNX graph with torch), ``tensorrt`` (engines), ``tensorrt_build`` (the engine
+builder that ``export-engine`` and the engine cache share), ``cuda_env``,
+``engine_sidecar`` and ``slot_pool`` (what the TensorRT ones share).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ class Backend(Protocol):
     """What ``Detector`` needs from an inference engine.
 
     Attributes:
-        name: ``"tensorrt"``, ``"onnxruntime-cuda"`` or ``"onnxruntime-cpu"``.
+        name: ``"tensorrt"``, ``"onnxruntime-cuda"``, ``"onnxruntime-cpu"``,
+            ``"torch-cuda"`` or ``"torch-cpu"``.
         device: ``"cuda"`` or ``"cpu"``: where ``infer``'s output lives.
         info: the model's metadata (normalisation is inside the model; threshold ξ,
             minimum distance and pixel size are used by the detector).
@@ -42,4 +49,4 @@ class Backend(Protocol):
 # Optional, for GPU backends: ``infer_async(batch, block=True)`` queues the upload and the
 # inference and returns a job whose ``wait()`` gives what ``infer`` would (``None`` when
 # ``block=False`` and no execution context is free). The Detector uses it to queue batch
-# k + 1 before it finds the peaks of batch k (the TensorRT backend has it).
+# k + 1 before it finds the peaks of batch k (the TensorRT and torch backends have it).

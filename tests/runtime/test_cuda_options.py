@@ -72,3 +72,24 @@ def test_peaks_on_a_callers_stream_wait_for_the_stream_that_wrote_the_map():
     assert peaks._ordered_stream(cupy, None, None) is current and current.waited == []  # same stream: in order already
     ready = ("a backend's event", 3)
     assert peaks._ordered_stream(cupy, None, ready) is current and current.waited == [ready]
+
+
+@pytest.mark.gpu
+def test_peaks_on_another_stream_find_the_map_its_producer_is_still_writing():
+    from gpu_support import require_cupy
+
+    cupy = require_cupy()
+    import numpy as np
+
+    want = np.zeros((1024, 1024), np.float32)
+    want[100, 200], want[700, 50], want[512, 900] = 3.0, 2.0, 1.5
+    producer, mine = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+    with producer:
+        slow = cupy.ones((2048, 2048), cupy.float32)
+        for _ in range(30):  # keep the producer busy, so the map is written late
+            slow = (slow @ slow) * (1.0 / 2048)
+        prob_map = slow[:1024, :1024] * 0.0 + cupy.asarray(want)
+        xy, scores = peaks.find_peaks_cuda(prob_map, 1.0, 3, stream=mine)
+    want_xy, want_scores = peaks.find_peaks(want, 1.0, 3)
+    np.testing.assert_array_equal(xy, want_xy)
+    np.testing.assert_array_equal(scores, want_scores)

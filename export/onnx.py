@@ -61,6 +61,8 @@ from micronet.runtime.model_info import (
     ModelInfo,
 )
 from micronet.trainer.models import map_output
+
+from .fast_path import combine_aligned_fast_path  # re-exported
 from torch import nn
 
 if TYPE_CHECKING:
@@ -213,76 +215,6 @@ def _aligned_export(wrapper: nn.Module, path: Path) -> None:
     _torch_export(aligned, path, example_hw=(96, 128))
 
 
-def _prefixed_branch(model: "onnx.ModelProto", prefix: str, keep: set[str]) -> "onnx.GraphProto":
-    """The model's graph as an ``If`` branch: no inputs (the image comes from the outer
-    scope), every other name prefixed so two branches can sit in one model."""
-    import onnx
-
-    graph = model.graph
-
-    def rename(name: str) -> str:
-        return name if not name or name in keep else prefix + name
-
-    def renamed(protos, kind):  # copies with the name prefixed
-        out = []
-        for proto in protos:
-            copy_ = kind()
-            copy_.CopyFrom(proto)
-            copy_.name = rename(copy_.name)
-            out.append(copy_)
-        return out
-
-    nodes = renamed(graph.node, onnx.NodeProto)
-    for n in nodes:
-        n.input[:] = [rename(i) for i in n.input]
-        n.output[:] = [rename(o) for o in n.output]
-    inits = renamed(graph.initializer, onnx.TensorProto)
-    outputs = renamed(graph.output, onnx.ValueInfoProto)
-    return onnx.helper.make_graph(nodes, prefix.strip("/"), [], outputs, initializer=inits)
-
-
-def combine_aligned_fast_path(general: Path, aligned: Path, output: Path, multiple: int = 8) -> None:
-    """One model that runs ``aligned`` when both sides of the input are multiples of
-    ``multiple`` and ``general`` otherwise (an ONNX ``If`` on the input's shape).
-
-    For aligned inputs the two graphs compute the same map; the aligned one skips the
-    per-level crop and pad that ONNX Runtime would otherwise run as copies, and that
-    break its blocked-layout chains. The Detector's tiles start on the 8-pixel grid, so
-    every full-size tile takes the fast branch; image borders and small odd-sized images
-    take the general one, with the exact semantics of the torch model.
-    """
-    import onnx
-    from onnx import TensorProto, helper
-
-    g = onnx.load(str(general))
-    a = onnx.load(str(aligned))
-    outer = {INPUT_NAME}
-    then_branch = _prefixed_branch(a, "aligned/", outer)
-    else_branch = _prefixed_branch(g, "general/", outer)
-    const = lambda name, values: helper.make_node(  # noqa: E731
-        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
-    )
-    nodes = [
-        const("fast_path/hw_index", [1, 2]),
-        const("fast_path/multiple", [multiple]),
-        helper.make_node("Shape", [INPUT_NAME], ["fast_path/shape"]),
-        helper.make_node("Gather", ["fast_path/shape", "fast_path/hw_index"], ["fast_path/hw"], axis=0),
-        helper.make_node("Mod", ["fast_path/hw", "fast_path/multiple"], ["fast_path/rest"]),
-        helper.make_node("ReduceMax", ["fast_path/rest"], ["fast_path/max_rest"], keepdims=0),
-        helper.make_node("Cast", ["fast_path/max_rest"], ["fast_path/unaligned"], to=TensorProto.BOOL),
-        helper.make_node("Not", ["fast_path/unaligned"], ["fast_path/aligned"]),
-        helper.make_node(
-            "If", ["fast_path/aligned"], [o.name for o in g.graph.output], then_branch=then_branch, else_branch=else_branch,
-            name="fast_path",
-        ),
-    ]
-    graph = helper.make_graph(nodes, g.graph.name, list(g.graph.input), list(g.graph.output))
-    model = helper.make_model(graph, opset_imports=list(g.opset_import), producer_name="micronet-sdk")
-    model.ir_version = g.ir_version
-    onnx.checker.check_model(model)
-    onnx.save(model, str(output))
-
-
 def _set_metadata(path: Path, info: ModelInfo, reference: dict | None = None) -> None:
     import json
 
@@ -409,15 +341,15 @@ INT8_SCHEME = "qdq u8 activations, s8 per-channel 7-bit weights [-64, 64], float
 
 
 def reference_results(model: nn.Module, info: ModelInfo) -> dict:
-    """The fp32 model's map and detections on the reference images
-    (:func:`micronet.runtime.diagnostics.check.build_reference`), whatever the export precision: the
-    known answers ``micronet check`` holds every backend to."""
+    """The fp32 model's map, detections and (with a class head) classes on the reference
+    images (:func:`micronet.runtime.diagnostics.check.build_reference`), whatever the export
+    precision: the known answers ``micronet check`` holds every backend to."""
     wrapper = DeployableModel(fold_batchnorm(model), info.mean, info.std).eval()
 
     def map_fn(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             out = wrapper(torch.from_numpy(np.array(batch)))
-            return (out[0] if isinstance(out, tuple) else out).numpy()  # (1, 1, H, W)
+            return (torch.cat(out, 1) if isinstance(out, tuple) else out).numpy()  # (1, 1 [+ K class logits], H, W)
 
     return build_reference(map_fn, info.threshold, info.min_distance)
 

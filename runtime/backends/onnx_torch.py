@@ -64,6 +64,7 @@ class TorchGraph:
         self._consts = {t.name: self.constant(numpy_helper.to_array(t)) for t in graph.initializer}
         known = set(outer) | set(self.inputs) | set(self._consts)
         self._steps: list[tuple[list[str], list[str], Callable[..., Any], bool]] = []
+        reads: list[set[str]] = []  # what each step reads, a branch's captured names included
         for node in graph.node:
             build = SUPPORTED_OPS.get(node.op_type)
             if build is None:
@@ -73,7 +74,25 @@ class TorchGraph:
                 )
             fn = build(_attrs(node), self, frozenset(known))
             self._steps.append((list(node.input), list(node.output), fn, node.op_type == "If"))
+            reads.append({n for n in node.input if n} | getattr(fn, "captures", set()))
             known.update(node.output)
+        self._plan_release(reads)
+
+    def _plan_release(self, reads: list[set[str]]) -> None:
+        """Which values each step reads last, to drop them then: a graph's activations
+        would otherwise all live until its end. ``captures``: the names this graph reads
+        from an enclosing one (an ``If`` branch's)."""
+        made = set(self.inputs) | set(self._consts)
+        last: dict[str, int] = {}
+        self.captures: set[str] = set()
+        for k, (names, (_, outputs, _, _)) in enumerate(zip(reads, self._steps)):
+            for name in names:
+                last[name] = k
+                if name not in made:
+                    self.captures.add(name)
+            made.update(outputs)
+        keep = set(self.outputs) | self.captures
+        self._release = [[n for n, k in last.items() if k == step and n not in keep] for step in range(len(self._steps))]
 
     def constant(self, array: np.ndarray) -> Any:
         """A constant as the graph keeps it: float data on the device in the compute
@@ -91,13 +110,16 @@ class TorchGraph:
         """The graph's outputs, given its inputs (and, for a branch, the enclosing
         graph's values) by name."""
         env = {**env, **self._consts}
-        for inputs, outputs, fn, wants_env in self._steps:
+        for (inputs, outputs, fn, wants_env), release in zip(self._steps, self._release):
             args = [env[name] if name else None for name in inputs]
             result = fn(env, *args) if wants_env else fn(*args)
+            del args
             if len(outputs) == 1:
                 env[outputs[0]] = result
             else:
                 env.update(zip(outputs, result))
+            for name in release:  # read for the last time: free its memory now
+                env.pop(name, None)
         return [env[name] for name in self.outputs]
 
 
@@ -305,6 +327,7 @@ def _if(a: dict[str, Any], g: TorchGraph, known: frozenset[str]) -> Callable[...
         outs = branches[bool(cond.reshape(-1)[0])].run(env)  # a host tensor: no wait for the GPU
         return outs[0] if len(outs) == 1 else outs
 
+    run.captures = branches[True].captures | branches[False].captures  # type: ignore[attr-defined]
     return run
 
 

@@ -27,7 +27,7 @@
 # plan uses exists and that the GPU tests collect, runs the benchmark's own dry run, and
 # exits 0 without touching a GPU (CI runs it on the CPU).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 dry=0
 require="cupy,torch"
 out=""

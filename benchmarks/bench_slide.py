@@ -30,13 +30,16 @@ Megapixels/s is also given per 100 GFLOP/s of the machine's float32 matmul peak
 
 Megapixels/s counts the level-0 pixels of the whole slide (glass included: skipping it
 is part of the speed); tissue megapixels/s counts the tiles' cores that were run.
+
+The synthetic slide is ``_synthetic_slide.py``'s; what a child process runs and
+measures, ``_slide_child.py``'s; this script chooses the runs, takes the best of each
+and writes the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -45,105 +48,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, matmul_peaks, peak_text, per_peak, run_machine, write_results  # noqa: E402
+from _slide_child import MODES, child  # noqa: E402
+from _synthetic_slide import crchisto_images, write_slide  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MICRONET_DATA", REPO.parent / "shared" / "data"))
-SLIDE_MPP = 0.5  # a 20× scanner; the model's pixel size differs, so tiles are resampled
-CELL = 500  # CRCHisto image size
 # Issue 18: every bundled model under 1 GB (10⁹ bytes) of peak resident memory on any slide.
 MEMORY_LIMIT_MB = 1e9 / 2**20  # 953.7 MiB; the tables' "MB" are MiB (VmHWM kB / 1024)
-
-
-# --- the synthetic slide ---------------------------------------------------------------------
-
-
-class Mosaic:
-    """Renders any window of a ``size × size`` slide made of 500×500 CRCHisto cells, at
-    level-0 scale (1) or 4× reduced (4); cells outside the tissue shape are glass."""
-
-    def __init__(self, images: list[np.ndarray], size: int, seed: int = 0) -> None:
-        from PIL import Image
-
-        rng = np.random.default_rng(seed)
-        self.size = size
-        n = math.ceil(size / CELL)
-        self.index = rng.integers(0, len(images), size=(n, n))
-        self.transform = rng.integers(0, 8, size=(n, n))
-        centres = (np.arange(n) + 0.5) * CELL / size - 0.5  # cell centres in [-0.5, 0.5)
-        cy, cx = np.meshgrid(centres, centres, indexing="ij")
-        tissue = (cx / 0.46) ** 2 + (cy / 0.40) ** 2 <= 1.0  # an elliptical section
-        for _ in range(3):  # holes (vessels, tears)
-            hx, hy, r = rng.uniform(-0.25, 0.25), rng.uniform(-0.2, 0.2), rng.uniform(0.03, 0.07)
-            tissue &= (cx - hx) ** 2 + (cy - hy) ** 2 > r**2
-        self.tissue = tissue
-        glass = (238 + rng.integers(-3, 4, size=(CELL, CELL, 3))).astype(np.uint8)
-        self.cells = {1: images, 4: [np.asarray(Image.fromarray(im).reduce(4)) for im in images]}
-        self.glass = {1: glass, 4: np.asarray(Image.fromarray(glass).reduce(4))}
-
-    def _cell(self, scale: int, r: int, c: int) -> np.ndarray:
-        if not self.tissue[r, c]:
-            return self.glass[scale]
-        im = self.cells[scale][self.index[r, c]]
-        t = int(self.transform[r, c])
-        return np.rot90(im[:, ::-1] if t >= 4 else im, t % 4)
-
-    def render(self, scale: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """``(h, w, 3)`` uint8 pixels at rows ``y0:y0+h``, columns ``x0:x0+w`` of the
-        level at ``scale``; outside the slide is white."""
-        out = np.full((h, w, 3), 255, np.uint8)
-        c = CELL // scale
-        limit = math.ceil(self.size / scale)
-        for r in range(y0 // c, min(limit - 1, y0 + h - 1) // c + 1):
-            for k in range(x0 // c, min(limit - 1, x0 + w - 1) // c + 1):
-                cell = self._cell(scale, r, k)
-                ya, yb = max(y0, r * c), min(y0 + h, (r + 1) * c, limit)
-                xa, xb = max(x0, k * c), min(x0 + w, (k + 1) * c, limit)
-                if ya < yb and xa < xb:
-                    out[ya - y0 : yb - y0, xa - x0 : xb - x0] = cell[ya - r * c : yb - r * c, xa - k * c : xb - k * c]
-        return out
-
-
-def write_slide(path: Path, images: list[np.ndarray], size: int, tile: int = 256) -> None:
-    """Streams the mosaic into a tiled JPEG BigTIFF pyramid, one tile in memory at a time."""
-    import tifffile
-    from PIL import Image
-    from tqdm import tqdm
-
-    mosaic = Mosaic(images, size)
-    shapes = [(size, size), (math.ceil(size / 4),) * 2, (math.ceil(size / 16),) * 2]
-
-    def tiles(level: int):
-        h, w = shapes[level]
-        for y in range(0, h, tile):
-            for x in range(0, w, tile):
-                if level < 2:
-                    yield mosaic.render(4**level, y, x, tile, tile)
-                else:  # 16×: the 4× level reduced once more
-                    yield np.asarray(Image.fromarray(mosaic.render(4, 4 * y, 4 * x, 4 * tile, 4 * tile)).reduce(4))
-                bar.update(1)
-
-    total = sum(math.ceil(h / tile) * math.ceil(w / tile) for h, w in shapes)
-    options = {"tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": 85}, "photometric": "rgb", "metadata": None}
-    tmp = path.with_name(path.name + ".partial")
-    with tqdm(total=total, desc=f"writing {path.name}", unit="tile") as bar, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-        for level, shape in enumerate(shapes):
-            res = 1e4 / (SLIDE_MPP * 4**level)
-            extra = {"subifds": len(shapes) - 1} if level == 0 else {"subfiletype": 1}
-            tif.write(tiles(level), shape=(*shape, 3), dtype=np.uint8, resolution=(res, res), resolutionunit="CENTIMETER", **options, **extra)
-    os.replace(tmp, path)
-
-
-def crchisto_images() -> list[np.ndarray]:
-    from PIL import Image
-
-    files = sorted((DATA / "crchisto" / "images").glob("*.png"))
-    if not files:
-        sys.exit(f"CRCHistoPhenotypes images not found under {DATA} (set MICRONET_DATA)")
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -173,126 +86,11 @@ def default_model(folder: Path) -> tuple[Path, float | None]:
         provenance={"note": "random weights, for benchmarks"},
     )  # fmt: skip
     onnx_path = export_onnx(save_checkpoint(folder / "tiny.safetensors", model, info), folder / "tiny.onnx")
-    scores = Detector(onnx_path, device="cpu").detect(crchisto_images()[0]).scores
+    scores = Detector(onnx_path, device="cpu").detect(crchisto_images(DATA)[0]).scores
     return onnx_path, float(scores[min(299, len(scores) - 1)])
 
 
-# --- one measured run (child process) -----------------------------------------------------------
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-# name → (what it runs, detect_slide's queue_size, readers, inference)
-MODES: dict[str, tuple[str, int | None, int | None, str]] = {
-    "read": ("reading alone (no inference)", None, None, "none"),
-    "prefetch": ("reader thread", None, None, "model"),
-    "serial": ("serial (queue_size=0)", 0, None, "model"),
-    "prefetch-noarena": ("reader thread, ORT CPU arena off", None, None, "noarena"),
-    "accel-serial": ("stand-in accelerator, serial", 0, None, "standin"),
-    "accel-prefetch": ("stand-in accelerator, 1 reader", None, 1, "standin"),
-    "accel-prefetch-2": ("stand-in accelerator, 2 readers", None, 2, "standin"),
-}
-
-
-class StandIn:
-    """An accelerator stand-in: answers each batch after a fixed latency per megapixel,
-    using no CPU meanwhile (as a GPU leaves the CPU free), with empty proximity maps.
-    Shows what overlapping reading with inference gains when inference is not on the
-    same cores; this task's machine has no GPU to show it for real."""
-
-    name = "stand-in accelerator"
-    device = "cpu"
-
-    def __init__(self, info: Any, ms_per_megapixel: float) -> None:
-        self.info = info
-        self.seconds_per_pixel = ms_per_megapixel / 1e9
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        n, h, w = batch.shape[:3]
-        time.sleep(n * h * w * self.seconds_per_pixel)
-        return np.zeros((n, 1, h, w), np.float32)
-
-
-class ArenaFreeOnnx:
-    """The model in ONNX Runtime's CPU provider with the memory arena off: memory then
-    goes back when a batch is done, instead of the arena keeping its high-water mark
-    for every tile shape it has seen."""
-
-    name = "onnxruntime-cpu (arena off)"
-    device = "cpu"
-
-    def __init__(self, model: Path, info: Any, threads: int | None) -> None:
-        import onnxruntime as ort
-
-        from micronet.runtime.backends.onnxruntime import physical_cores
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or physical_cores()
-        options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.info = info
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: batch})[0]
-
-
-def child(args: argparse.Namespace) -> None:
-    from micronet.runtime.detector import Detector
-    from micronet.runtime.slide import open_slide
-
-    _, queue_size, readers, inference = MODES[args.mode]
-    args.model = args.model[0]  # the parent passes one
-    det = Detector(args.model, device=args.device, threshold=args.threshold, threads=args.child_threads)
-    if inference == "standin":
-        det = Detector(backend=StandIn(det.info, args.accelerator_ms), threshold=det.threshold)
-    elif inference == "noarena":
-        det = Detector(backend=ArenaFreeOnnx(args.model, det.info, args.child_threads), threshold=det.threshold)
-    with open_slide(args.slide) as slide:
-        h, w = slide.shape
-    result: dict[str, Any] = {"megapixels": h * w / 1e6, "tile_size": det.tile_size, "batch_size": det.batch_size, "backend": det.backend_name}
-    if inference == "none":  # reading alone: what the reader thread has to hide
-        t0 = time.perf_counter()
-        result["tiles_run"] = read_only(det, Path(args.slide))
-        result.update(seconds=time.perf_counter() - t0, peak_rss_mb=_status_kib("VmHWM") / 1024)
-        print("RESULT " + json.dumps(result))
-        return
-    # Warm up on full batches of every size the run sends: ONNX Runtime's arena then
-    # holds what the detector needs, and the rest of the peak is the slide's doing.
-    for n in [det.batch_size] * 2 + list(range(det.batch_size - 1, 0, -1)):
-        det.detect_batch(np.full((n, det.tile_size, det.tile_size, 3), 200, np.uint8))
-    baseline = _status_kib("VmHWM")
-    with tempfile.TemporaryDirectory(prefix="micronet-bench-") as out:
-        t0 = time.perf_counter()
-        found = det.detect_slide(args.slide, out_dir=out, queue_size=queue_size, readers=readers, progress=False, resume=False)
-        seconds = time.perf_counter() - t0
-        state = json.loads(next(Path(out).glob("*.progress.json")).read_text())
-    result.update(
-        seconds=seconds,
-        nuclei=len(found),
-        tiles_run=state["tiles_total"],
-        tiles_planned=state["tiles_planned"],
-        peak_rss_mb=_status_kib("VmHWM") / 1024,
-        detector_rss_mb=baseline / 1024,
-    )
-    print("RESULT " + json.dumps(result))
-
-
-def read_only(det: Any, path: Path) -> int:
-    """Reads, decodes and resamples every tile detect_slide would run, and nothing else."""
-    from micronet.runtime.slide import open_slide, plan_slide
-
-    with open_slide(path) as slide:
-        plan = plan_slide(det, slide)  # what detect_slide itself runs: level, grid, tiles on tissue
-        for tile in plan.tiles:
-            plan.grid.read_tile(slide, tile)
-    return len(plan.tiles)
+# --- one measured run: the parent's side (the child's is _slide_child.py) -----------------------
 
 
 def measure(args: argparse.Namespace, slide: Path, model: Path, threshold: float | None, mode: str, threads: int | None) -> dict[str, Any]:
@@ -417,7 +215,7 @@ def render(
     return "\n".join(table)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--size", type=int, default=40000, help="side of the synthetic slide in level-0 pixels (default 40000; 0: the real slides only)"
@@ -450,24 +248,26 @@ def main() -> None:
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--threshold", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-        return
-    if args.render_only:
-        # The markdown again from a run's JSON (e.g. after the layout of the page changed).
-        payload = json.loads((RESULTS / f"{args.results_name}.json").read_text())
-        rows = payload["rows"]
-        repeat = payload.get("repeat") or max(len(r.get("runs_s", [1])) for r in rows)
-        if "models" in payload:
-            names = [Path(m["model"]).name for m in payload["models"]]
-        else:  # a record from before several models per run: one model, named once
-            names = [Path(payload["model"]).name]
-            rows = [{"model": names[0], **r} for r in rows]
-        table = render(payload["machine"], names, rows, payload.get("versus_first_model", []), payload.get("pipelining_speedup", {}),
-                       payload["accelerator_ms_per_mpx"], repeat, args.memory_limit_mb)  # fmt: skip
-        write_results(args.results_name, {**payload, "repeat": repeat}, table)
-        return
+    return parser.parse_args()
+
+
+def render_only(args: argparse.Namespace) -> None:
+    """The markdown again from a run's JSON (e.g. after the layout of the page changed)."""
+    payload = json.loads((RESULTS / f"{args.results_name}.json").read_text())
+    rows = payload["rows"]
+    repeat = payload.get("repeat") or max(len(r.get("runs_s", [1])) for r in rows)
+    if "models" in payload:
+        names = [Path(m["model"]).name for m in payload["models"]]
+    else:  # a record from before several models per run: one model, named once
+        names = [Path(payload["model"]).name]
+        rows = [{"model": names[0], **r} for r in rows]
+    table = render(payload["machine"], names, rows, payload.get("versus_first_model", []), payload.get("pipelining_speedup", {}),
+                   payload["accelerator_ms_per_mpx"], repeat, args.memory_limit_mb)  # fmt: skip
+    write_results(args.results_name, {**payload, "repeat": repeat}, table)
+
+
+def parse_settings(args: argparse.Namespace) -> tuple[list[str], list[int | None]]:
+    """``--modes`` and ``--threads`` as lists (``[None]``: the default threads); exits on a bad one."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         sys.exit(f"--modes: expected a comma-separated list of {', '.join(MODES)}, got {args.modes!r}")
@@ -475,7 +275,12 @@ def main() -> None:
         thread_counts: list[int | None] = [int(t) for t in args.threads.split(",") if t.strip()] or [None]
     except ValueError:
         sys.exit(f"--threads: expected comma-separated integers, got {args.threads!r}")
+    return modes, thread_counts
 
+
+def choose_models(args: argparse.Namespace, modes: list[str]) -> list[tuple[Path, float | None]]:
+    """``(model file, threshold or None for its own)`` per ``--model`` (else the default
+    model); drops ``prefetch-noarena`` from ``modes`` when a model is not ONNX."""
     from micronet.runtime.detector import BUNDLED_MODELS, resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="micronet-bench-slide-"))
@@ -488,46 +293,54 @@ def main() -> None:
         models = [default_model(work)]
     if "prefetch-noarena" in modes and any(m.suffix != ".onnx" for m, _ in models):
         modes.remove("prefetch-noarena")  # an ONNX Runtime setting
+    return models
 
+
+def choose_slides(args: argparse.Namespace, synthetic: Path) -> list[tuple[str, Path]]:
+    """``(label, path)`` of the real slides found under DATA/slides, and of the synthetic
+    slide (written to ``synthetic`` unless there already) when ``--size`` is not 0."""
     slides: list[tuple[str, Path]] = []
     for file, label in (("CMU-1-Small-Region.svs", "real, 20×"), ("OS-1-detail.ome.tif", "real, 40×")):
         if (DATA / "slides" / file).is_file():
             slides.append((f"{file} ({label})", DATA / "slides" / file))
-    synthetic = Path(tempfile.gettempdir()) / f"micronet-synthetic-{args.size}.tif"
     if args.size > 0:
         if args.rewrite or not synthetic.is_file():
             t0 = time.perf_counter()
-            write_slide(synthetic, crchisto_images(), args.size)
+            write_slide(synthetic, crchisto_images(DATA), args.size)
             print(f"wrote {synthetic} ({synthetic.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         slides.append((f"synthetic {args.size}² (JPEG tiles, 0.5 µm/px)", synthetic))
     if not slides:
         sys.exit(f"no slide to run: the real slides are not under {DATA / 'slides'} and --size is 0")
+    return slides
 
+
+def run_all(
+    args: argparse.Namespace, slides: list[tuple[str, Path]], models: list[tuple[Path, float | None]], modes: list[str], thread_counts: list[int | None]
+) -> list[dict[str, Any]]:
+    """Every run, in order: slide, threads, then repeats of every mode and model in turn."""
     runs: list[dict[str, Any]] = []
-    peaks = [matmul_peaks()]
-    try:
-        for name, path in slides:
-            for threads in thread_counts:
-                # Settings (and models) alternate within each repeat, so a drift in machine
-                # load (other jobs) hits them alike; the best run of each is kept.
-                for rep in range(args.repeat):
-                    for mode in modes:
-                        for k, (model, threshold) in enumerate(models):
-                            if MODES[mode][3] in ("none", "standin") and (threads != thread_counts[0] or k):
-                                continue  # these depend on neither the inference threads nor the model
-                            print(f"{name}: {model.name}, {mode}, threads={threads or 'default'}, run {rep + 1} ...", file=sys.stderr, flush=True)
-                            r = measure(args, path, model, threshold, mode, threads)
-                            r.update(slide=name, model=model.name, mode=mode, threads=threads, megapixels_per_s=r["megapixels"] / r["seconds"])
-                            if "nuclei" in r:
-                                r["nuclei_per_s"] = r["nuclei"] / r["seconds"]
-                            print(f"  {r['seconds']:.1f} s, {r['megapixels_per_s']:.2f} Mpx/s, peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
-                            runs.append(r)
-    finally:
-        if not args.keep and synthetic.is_file():
-            synthetic.unlink()
-    peaks.append(matmul_peaks())
-    machine = run_machine(peaks)
-    peak = machine["matmul_peak_gflops"]
+    for name, path in slides:
+        for threads in thread_counts:
+            # Settings (and models) alternate within each repeat, so a drift in machine
+            # load (other jobs) hits them alike; the best run of each is kept.
+            for rep in range(args.repeat):
+                for mode in modes:
+                    for k, (model, threshold) in enumerate(models):
+                        if MODES[mode][3] in ("none", "standin") and (threads != thread_counts[0] or k):
+                            continue  # these depend on neither the inference threads nor the model
+                        print(f"{name}: {model.name}, {mode}, threads={threads or 'default'}, run {rep + 1} ...", file=sys.stderr, flush=True)
+                        r = measure(args, path, model, threshold, mode, threads)
+                        r.update(slide=name, model=model.name, mode=mode, threads=threads, megapixels_per_s=r["megapixels"] / r["seconds"])
+                        if "nuclei" in r:
+                            r["nuclei_per_s"] = r["nuclei"] / r["seconds"]
+                        print(f"  {r['seconds']:.1f} s, {r['megapixels_per_s']:.2f} Mpx/s, peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                        runs.append(r)
+    return runs
+
+
+def best_rows(runs: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
+    """The fastest run of each setting (slide, model, mode, threads), in run order, with
+    every run's seconds and, for runs on the CPU, Mpx/s per 100 GFLOP/s of ``peak``."""
     rows = []
     setting = lambda r: (r["slide"], r["model"], r["mode"], r["threads"])  # noqa: E731
     for key in dict.fromkeys(setting(r) for r in runs):  # settings in run order
@@ -535,7 +348,13 @@ def main() -> None:
         best = min(same, key=lambda r: r["seconds"])
         on_cpu = MODES[best["mode"]][3] in ("model", "noarena")  # the stand-in and reading are no arithmetic
         rows.append({**best, "runs_s": [r["seconds"] for r in same], "megapixels_per_s_per_100_gflops": per_peak(best["megapixels_per_s"], peak) if on_cpu else None})
+    return rows
 
+
+def pipelining_gains(
+    rows: list[dict[str, Any]], slides: list[tuple[str, Path]], models: list[tuple[Path, float | None]], thread_counts: list[int | None]
+) -> dict[str, float]:
+    """Serial time over overlapped time, per slide, model and threads: ``{label: ratio}``."""
     gains = {}
     for name, _ in slides:
         for model, _ in models:
@@ -549,9 +368,11 @@ def main() -> None:
                     if serial in t and overlapped in t and (MODES[overlapped][3] != "standin" or model == models[0][0]):
                         label = f"{name}, {MODES[overlapped][0]}, threads={threads or 'default'}" + (f", {model.name}" if MODES[overlapped][3] != "standin" and len(models) > 1 else "")
                         gains[label] = t[serial] / t[overlapped]
+    return gains
 
-    # Each model against the first on the same slide, mode and threads, same run.
-    reference = models[0][0].name
+
+def versus_first(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Each model against the first (``reference``) on the same slide, mode and threads, same run."""
     versus = []
     for r in rows:
         if r["model"] == reference or MODES[r["mode"]][3] in ("none", "standin"):
@@ -564,6 +385,33 @@ def main() -> None:
                 "nuclei": r["nuclei"], "reference_nuclei": ref["nuclei"],
             }
         )  # fmt: skip
+    return versus
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.render_only:
+        render_only(args)
+        return
+    modes, thread_counts = parse_settings(args)
+    models = choose_models(args, modes)
+    synthetic = Path(tempfile.gettempdir()) / f"micronet-synthetic-{args.size}.tif"
+    slides = choose_slides(args, synthetic)
+
+    peaks = [matmul_peaks()]
+    try:
+        runs = run_all(args, slides, models, modes, thread_counts)
+    finally:
+        if not args.keep and synthetic.is_file():
+            synthetic.unlink()
+    peaks.append(matmul_peaks())
+    machine = run_machine(peaks)
+    rows = best_rows(runs, machine["matmul_peak_gflops"])
+    gains = pipelining_gains(rows, slides, models, thread_counts)
+    versus = versus_first(rows, models[0][0].name)
 
     table = render(machine, [m.name for m, _ in models], rows, versus, gains, args.accelerator_ms, args.repeat, args.memory_limit_mb)
     write_results(

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DATA,
@@ -50,30 +52,20 @@ REFERENCE = "one pass"
 COMMAND = "micronet evaluate --model default --data ../shared/data/crchisto --split test --radius 6"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds per image, best counts (default 5; 3 at 1024²)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: physical cores)")
     parser.add_argument("--no-f1", action="store_true", help="skip the CRCHisto test-split evaluation (about 5 minutes on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="2 rounds, the sample only, no F1")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from micronet.runtime.detector import (
-        Detector,
-        bundled_model,
-        bundled_sample,
-        read_image,
-    )
-    from micronet.runtime.machine import physical_cores
+
+def time_configs(detectors: dict[str, Any], images: dict[str, np.ndarray], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per image and configuration: its best time, the ratio to one pass, and how
+    many of its detections lie within 2 px of one pass's."""
     from micronet.runtime.evaluation.matching import evaluate_points
 
-    threads = args.threads or physical_cores()
-    detectors = {name: Detector("default", device="cpu", threads=threads, **options) for name, options in CONFIGS.items()}
-    images = {"bundled sample 512²": read_image(bundled_sample())}
-    if not args.quick:
-        images["CRCHisto test mosaic 1024²"] = tissue_batch(1024, 1)[0]
-
-    peaks = [matmul_peaks()]
     rows = []
     for label, image in images.items():
         repeat = 2 if args.quick else (args.repeat if image.shape[0] <= 512 else max(2, (args.repeat + 1) // 2))
@@ -97,35 +89,39 @@ def main() -> None:
                     "share_matched_within_2px": agree.tp / max(len(found[name]), len(single), 1),
                 }
             )
-    peaks.append(matmul_peaks())
+    return rows
+
+
+def evaluate_f1() -> dict[str, dict[str, Any]]:
+    """``micronet evaluate`` of the default model on the CRCHisto test split, without and
+    with tta: ``{"one pass": ..., "tta": ...}``."""
+    from micronet.runtime.evaluation.evaluate import evaluate_model_file
 
     f1: dict[str, dict[str, Any]] = {}
-    if not (args.no_f1 or args.quick):
-        from micronet.runtime.evaluation.evaluate import evaluate_model_file
+    for tta in (False, True):
+        started = time.perf_counter()
+        ev = evaluate_model_file("default", DATA / "crchisto", split="test", radius=6.0, tta=tta, progress=False)
+        pooled = ev.report.pooled
+        f1["tta" if tta else "one pass"] = {
+            "command": COMMAND + (" --tta" if tta else ""),
+            "threshold": ev.threshold,
+            "precision": pooled.precision,
+            "recall": pooled.recall,
+            "f1": pooled.f1,
+            "mean_distance": pooled.mean_distance,
+            "best_threshold_on_test": ev.sweep.best_threshold,
+            "best_f1_on_test": ev.sweep.best_f1,
+            "images": len(ev.report.per_image),
+            "seconds": time.perf_counter() - started,
+        }
+    return f1
 
-        for tta in (False, True):
-            started = time.perf_counter()
-            ev = evaluate_model_file("default", DATA / "crchisto", split="test", radius=6.0, tta=tta, progress=False)
-            pooled = ev.report.pooled
-            f1["tta" if tta else "one pass"] = {
-                "command": COMMAND + (" --tta" if tta else ""),
-                "threshold": ev.threshold,
-                "precision": pooled.precision,
-                "recall": pooled.recall,
-                "f1": pooled.f1,
-                "mean_distance": pooled.mean_distance,
-                "best_threshold_on_test": ev.sweep.best_threshold,
-                "best_f1_on_test": ev.sweep.best_f1,
-                "images": len(ev.report.per_image),
-                "seconds": time.perf_counter() - started,
-            }
-        peaks.append(matmul_peaks())
-    machine = run_machine(peaks)
 
-    ratio = {r["image"]: r["x_one_pass_time"] for r in rows if r["config"] == "tta, batch 1"}
+def report_lines(machine: dict[str, Any], threads: int, model_name: str, rows: list[dict[str, Any]], ratio: dict[str, float], f1: dict[str, dict[str, Any]]) -> list[str]:
+    """The markdown: the cost table, then the accuracy table when F1 was measured."""
     lines = [
         (
-            f"`Detector(\"default\", device=\"cpu\")` ({bundled_model('default').name}, ONNX Runtime, {threads} threads), "
+            f"`Detector(\"default\", device=\"cpu\")` ({model_name}, ONNX Runtime, {threads} threads), "
             "end to end on an array (inference, flips and mean, peaks); best of interleaved rounds. "
             f"Machine yardstick: {peak_text(machine)}."
         ),
@@ -158,6 +154,31 @@ def main() -> None:
             f"{v['mean_distance']:.2f} | {v['best_f1_on_test']:.4f} ({v['best_threshold_on_test']:.2f}) |"
             for name, v in f1.items()
         ]
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    from micronet.runtime.detector import Detector, bundled_model, bundled_sample, read_image
+    from micronet.runtime.machine import physical_cores
+
+    threads = args.threads or physical_cores()
+    detectors = {name: Detector("default", device="cpu", threads=threads, **options) for name, options in CONFIGS.items()}
+    images = {"bundled sample 512²": read_image(bundled_sample())}
+    if not args.quick:
+        images["CRCHisto test mosaic 1024²"] = tissue_batch(1024, 1)[0]
+
+    peaks = [matmul_peaks()]
+    rows = time_configs(detectors, images, args)
+    peaks.append(matmul_peaks())
+    f1: dict[str, dict[str, Any]] = {}
+    if not (args.no_f1 or args.quick):
+        f1 = evaluate_f1()
+        peaks.append(matmul_peaks())
+    machine = run_machine(peaks)
+
+    ratio = {r["image"]: r["x_one_pass_time"] for r in rows if r["config"] == "tta, batch 1"}
+    lines = report_lines(machine, threads, bundled_model("default").name, rows, ratio, f1)
     write_results(
         "tta",
         {

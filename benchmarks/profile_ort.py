@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -103,22 +104,21 @@ def width_ceiling(image: np.ndarray, threads: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: physical cores)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto.safetensors")
     parser.add_argument("--fast-checkpoint", type=Path, default=REPO / "trainer" / "pretrained" / "micronet_crchisto_relu.safetensors")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def export_artifacts(args: argparse.Namespace, tmp: Path) -> dict[str, Path]:
+    """fp32 and int8 exports of the ELU network and (when its checkpoint is there) the
+    ReLU one, into ``tmp``: ``{"fp32 (ELU)": path, "int8 (ELU)": path, ...}``."""
     from micronet.export.onnx import export_onnx
-    from micronet.runtime.machine import physical_cores
 
-    args.threads = args.threads or physical_cores()
-    peaks = [matmul_peaks()]
-
-    tmp = Path(tempfile.mkdtemp(prefix="micronet-profile-"))
     networks = [("ELU", args.checkpoint)] + ([("ReLU", args.fast_checkpoint)] if args.fast_checkpoint.is_file() else [])
     artifacts = {}
     for label, ckpt in tqdm(networks, desc="exporting"):
@@ -127,9 +127,12 @@ def main() -> None:
         artifacts[f"int8 ({label})"] = export_onnx(
             ckpt, stem.with_suffix(".int8.onnx"), "int8", calibration_data=DATA / "crchisto", calibration_count=32
         )
-    image = tissue_batch(args.size, 1)
-    profiles = {name: profile(path, image, args.threads, args.runs, tmp / name.replace(" ", "_")) for name, path in tqdm(artifacts.items(), desc="profiling")}
+    return artifacts
 
+
+def profile_lines(profiles: dict[str, dict[str, float]], args: argparse.Namespace) -> list[str]:
+    """The per-operator table: kernel ms per call of each artifact, the totals, the
+    convolutions' share and each artifact's speed against fp32 (ELU)."""
     ops = sorted({op for p in profiles.values() for op in p}, key=lambda op: -max(p.get(op, 0.0) for p in profiles.values()))
     names = list(profiles)
     lines = [
@@ -150,21 +153,43 @@ def main() -> None:
     lines.append("| convolutions' share | " + " | ".join(f"{100 * conv[n] / totals[n]:.0f}%" for n in names) + " |")
     default = "fp32 (ELU)"  # the bundled default model's network and precision
     lines.append("| **speed × fp32 (ELU)** | " + " | ".join(f"**{totals[default] / totals[n]:.2f}×**" for n in names) + " |")
-    widths = width_ceiling(image, args.threads, tmp)
-    peaks.append(matmul_peaks())
-    machine = run_machine(peaks)
-    peak = machine["matmul_peak_gflops"]
-    for r in widths:
-        r["percent_of_peak"] = 100 * r["gflop"] / (r["ms"] / 1e3) / peak
-    lines += [
+    return lines
+
+
+def width_lines(widths: list[dict], machine: dict[str, Any], size: int) -> list[str]:
+    """The width-against-ceiling table (rows with their ``percent_of_peak`` filled)."""
+    lines = [
         "",
-        f"Width against the ceiling: ONNX Runtime fp32, same {args.size}² tile, random weights, "
+        f"Width against the ceiling: ONNX Runtime fp32, same {size}² tile, random weights, "
         f"% of this run's float32 matmul peak ({peak_text(machine)}):",
         "",
         "| variant | activation | GFLOP | ms | % of peak |",
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| `{r['model']}` | {r['activation']} | {r['gflop']:.0f} | {r['ms']:.0f} | {r['percent_of_peak']:.0f}% |" for r in widths]
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    from micronet.runtime.machine import physical_cores
+
+    args.threads = args.threads or physical_cores()
+    peaks = [matmul_peaks()]
+
+    tmp = Path(tempfile.mkdtemp(prefix="micronet-profile-"))
+    artifacts = export_artifacts(args, tmp)
+    image = tissue_batch(args.size, 1)
+    profiles = {name: profile(path, image, args.threads, args.runs, tmp / name.replace(" ", "_")) for name, path in tqdm(artifacts.items(), desc="profiling")}
+
+    lines = profile_lines(profiles, args)
+    widths = width_ceiling(image, args.threads, tmp)
+    peaks.append(matmul_peaks())
+    machine = run_machine(peaks)
+    peak = machine["matmul_peak_gflops"]
+    for r in widths:
+        r["percent_of_peak"] = 100 * r["gflop"] / (r["ms"] / 1e3) / peak
+    lines += width_lines(widths, machine, args.size)
     write_results("ort_profile", {"machine": machine, "size": args.size, "threads": args.threads, "profiles": profiles, "widths": widths}, "\n".join(lines))
 
 

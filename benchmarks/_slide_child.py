@@ -114,7 +114,8 @@ def child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         found = det.detect_slide(args.slide, out_dir=out, queue_size=queue_size, readers=readers, progress=False, resume=False)
         seconds = time.perf_counter() - t0
-        state = json.loads(next(Path(out).glob("*.progress.json")).read_text())
+        # The run's record (settings, tile counts) lies in the out folder's .micronet/.
+        state = json.loads(next(Path(out).rglob("*.progress.json")).read_text())
     result.update(
         seconds=seconds,
         nuclei=len(found),

@@ -10,7 +10,17 @@ from pathlib import Path
 
 from .errors import InputError, MissingFileError
 
-__all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "SAMPLE_IMAGE", "bundled_model", "bundled_sample", "resolve_model"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "DEMO_IMAGE",
+    "SAMPLE_IMAGE",
+    "bundled_demo",
+    "bundled_image",
+    "bundled_model",
+    "bundled_sample",
+    "resolve_model",
+]
 
 DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 # Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
@@ -31,7 +41,10 @@ BUNDLED_MODELS = {
     "fast-cpu": "micronet_crchisto_relu.int8.onnx",
     "phenotypes": "micronet_crchisto_phenotypes.int8.onnx",
 }
-SAMPLE_IMAGE = "sample.png"  # next to it
+SAMPLE_IMAGE = "sample.png"  # next to it: synthetic (tools/make_sample.py), with its true centres in sample.csv
+# Real H&E: a 512×512 region of the CMU-1 slide (OpenSlide test data, freely
+# distributable) at 0.499 µm/px, recorded in its pHYs; cut by tools/make_demo_image.py.
+DEMO_IMAGE = "demo_cmu1.png"
 
 
 def _bundled(name: str, what: str, instead: str) -> Path:
@@ -73,3 +86,27 @@ def bundled_sample() -> Path:
         FileNotFoundError: this installation lacks it.
     """
     return _bundled(SAMPLE_IMAGE, "sample image", "run micronet detect on your own image instead")
+
+
+def bundled_demo() -> Path:
+    """Path of the demo image shipped in the package (what ``micronet detect --demo``
+    runs on): a real H&E region of the CMU-1 slide, 512×512 at 0.499 µm/px (recorded in
+    the file, so the detector resamples it to the model's pixel size).
+
+    Raises:
+        FileNotFoundError: this installation lacks it.
+    """
+    return _bundled(DEMO_IMAGE, "demo image", "run micronet detect on your own image instead")
+
+
+def bundled_image(name: str) -> Path:
+    """Path of a bundled image by file name (:data:`SAMPLE_IMAGE`, :data:`DEMO_IMAGE`):
+    the known-answer test's reference images are cut from them.
+
+    Raises:
+        ValueError: another name.
+        FileNotFoundError: this installation lacks it.
+    """
+    if name not in (SAMPLE_IMAGE, DEMO_IMAGE):
+        raise InputError(f"bundled image: expected {SAMPLE_IMAGE!r} or {DEMO_IMAGE!r}, got {name!r}")
+    return _bundled(name, f"image {name}", "reinstall micronet-sdk")

@@ -4,9 +4,10 @@ Runs each model (the bundled ones by default) on every backend this machine has 
 Runtime on the CPU for fp32 and int8 models, ONNX Runtime's CUDA provider and TensorRT
 when a GPU is there — against the reference results the model carries
 (:mod:`micronet.runtime.diagnostics.check`), and prints one row per backend: the device (CPU model
-and ISA flags, or GPU name and compute capability), max |Δ map|, the share of
-reference detections found within 1 px, the F1 against the reference detections, and
-MP/s. Exits 1 when any backend disagrees beyond its precision's tolerance or fails to
+and ISA flags, or GPU name and compute capability), the largest and the mean |Δ map|,
+how many more or fewer detections than the reference, the F1 against the reference
+detections, the share of them found within 1 px, for a model with a class head the
+share with the reference's class, and MP/s. Exits 1 when any backend disagrees beyond its precision's tolerance or fails to
 run; backends this machine lacks are listed as skipped. What a scanner vendor runs at
 install time, and on a GPU machine the whole GPU verification in one command.
 """
@@ -40,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "models",
         nargs="*",
         metavar="MODEL",
-        help="model files (.onnx, .engine) or bundled model names (default: default and fast-cpu; on a GPU also "
+        help="model files (.onnx, .engine) or bundled model names (default: every bundled model; on a GPU also "
         "default through TensorRT)",
     )
     parser.add_argument(
@@ -158,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     ran = [r for r in results if r.status != "skipped"]
     print(f"\n{len(ran) - len(failed)} of {len(ran)} backend runs agree with the reference results" + (f"; {len(results) - len(ran)} skipped" if len(ran) < len(results) else ""))
     if args.json is not None:
-        payload = {"machine": machine, "results": [r.to_dict() for r in results]}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(args.json)
+        from micronet.runtime.files import replace_atomically
+
+        text = json.dumps({"machine": machine, "results": [r.to_dict() for r in results]}, indent=2) + "\n"
+        replace_atomically(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return 1 if failed or not ran else 0

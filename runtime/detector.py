@@ -169,6 +169,21 @@ def _check_colour_stats(stats: Any) -> stain.StainStats | None:
 # --- backends ------------------------------------------------------------------------
 
 
+CLOSED = "this Detector is closed (Detector.close(), or the end of its with block); create a new one"
+
+
+class _ClosedBackend:
+    """What a closed Detector holds instead of its backend: the description, for
+    ``repr`` and ``info``, and an ``infer`` that says it is closed."""
+
+    def __init__(self, backend: Any) -> None:
+        self.name, self.device, self.info = backend.name, backend.device, backend.info
+        self.profile = getattr(backend, "profile", None)
+
+    def infer(self, batch: Any) -> Any:
+        raise InputError(CLOSED)
+
+
 def parse_device(device: Any) -> tuple[str, int]:
     """A ``device`` argument as ``(kind, GPU index)``: ``"auto"``, ``"cpu"`` and ``"cuda"``
     → index 0, ``"cuda:N"`` → N."""
@@ -292,11 +307,13 @@ class Detector:
         batch_size: images or tiles of one shape sent to the backend together.
             Default: 4 on the GPU (or the engine profile's largest batch when that is
             smaller), 1 on the CPU, where batching adds memory but not speed.
-        threads: CPU threads of ONNX Runtime's CPU provider (default: physical cores).
-        max_megapixels: the largest image the detector makes or decodes whole: an image
-            resampled to the model's pixel size, or an image file read by path (the
-            decompression-bomb guard). Default 256 MP (16 000² pixels, 768 MB as RGB);
-            larger images are slides (:meth:`detect_slide` reads a window at a time).
+        threads: CPU threads of ONNX Runtime's CPU provider (default: physical cores);
+            more than the CPUs this process may use are capped to them, with a warning.
+        max_megapixels: the largest image the detector makes, decodes or takes whole: an
+            image resampled to the model's pixel size, an image file read by path (the
+            decompression-bomb guard), or an array passed in. Default 256 MP (16 000²
+            pixels, 768 MB as RGB); larger images are slides (:meth:`detect_slide` reads
+            a window at a time).
         max_memory_gb: the working memory (GiB) one ``detect`` / ``detect_batch`` call may
             plan for: resampled images plus the tiles in flight at about 1 KiB per model
             pixel (:func:`micronet.runtime.resample.working_memory`); default ¾ of this
@@ -495,6 +512,38 @@ class Detector:
         """``"cuda"`` when proximity maps stay on the GPU, else ``"cpu"``."""
         return self.backend.device
 
+    # --- releasing --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases the model: the backend this Detector created is closed (ONNX
+        Runtime's session, TensorRT's engine and execution contexts) and dropped, and
+        with it the memory it held, GPU memory included. A Backend object the caller
+        passed is only let go of (closing it is the caller's). Idempotent; ``detect``
+        and the others raise ``ValueError`` afterwards, as a closed file does. Not while
+        another thread is detecting with this Detector.
+
+        >>> with Detector("fast-cpu") as det:     # doctest: +SKIP
+        ...     found = det.detect(rgb)
+        """
+        backend = self.backend
+        if isinstance(backend, _ClosedBackend):
+            return
+        self.backend = _ClosedBackend(backend)
+        close = getattr(backend, "close", None)
+        if self.model_path is not None and callable(close):
+            close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the ``with`` block left)."""
+        return isinstance(self.backend, _ClosedBackend)
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         model = self.model_path.name if self.model_path is not None else type(self.backend).__name__
         return (
@@ -628,10 +677,18 @@ class Detector:
         """Refuses, before anything is allocated, a pixel size out of range or work beyond
         ``max_megapixels`` / ``max_memory_gb`` (:mod:`micronet.runtime.resample`'s rules),
         and says once which pixel size an image without one is taken to have."""
+        if self.closed:
+            raise InputError(CLOSED)
         model_mpp = self.info.mpp
         sizes = []
         for k, (image, mpp) in enumerate(zip(images, mpps)):
             h, w = image.shape[:2]
+            if h * w / 1e6 > self.max_megapixels:  # arrays as image files (read_image): larger ones are slides
+                raise InputError(
+                    f"{labels[k] if labels else 'image'}: {w}×{h} pixels ({h * w / 1e6:,.0f} MP), more than max_megapixels="
+                    f"{self.max_megapixels:g}; run it as a slide (Detector.detect_slide on a tiled TIFF), which reads a window "
+                    "at a time, or raise max_megapixels"
+                )
             out = (h, w)
             if mpp is not None:
                 name, typed = mpp_names[k] if mpp_names else ("mpp", True)

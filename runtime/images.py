@@ -10,6 +10,11 @@ is this SDK's decompression-bomb limit, in place of Pillow's global
 with ``read_image(path, max_megapixels=...)`` or ``Detector(max_megapixels=...)``, or run
 large images as slides (``detect_slide``), which read a window at a time.
 
+**Orientation.** A JPEG (or PNG, TIFF) whose EXIF ``Orientation`` says it is stored
+turned or mirrored (a phone, some scanners' snapshots) is turned upright as every image
+viewer shows it, and a warning says so: detections are in the upright image's pixels
+(:func:`image_orientation`).
+
 **Pixel size.** :func:`image_pixel_size` reads µm/px from what the file records: OME-XML
 ``PhysicalSizeX/Y`` (with units), ImageJ's TIFF calibration, the TIFF resolution tags
 (``XResolution``/``YResolution`` per centimetre or inch), PNG ``pHYs`` (pixels per metre)
@@ -20,6 +25,7 @@ screenshot and export carries a screen or print resolution (72, 96, 300 dpi are 
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import xml.etree.ElementTree as ET
@@ -30,18 +36,23 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, InputTypeError, MicronetError, MissingFileError
+from .errors import InputError, InputTypeError, MicronetError
+from .files import regular_file
 
 __all__ = [
     "DEFAULT_MAX_MEGAPIXELS",
     "IMAGE_SUFFIXES",
+    "ORIENTATIONS",
     "PLAUSIBLE_MPP",
     "as_rgb_image",
     "check_mpp",
+    "image_orientation",
     "image_pixel_size",
     "read_image",
     "tiff_pixel_size",
 ]
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # The largest image (in megapixels) decoded whole from a plain file, and the largest the
@@ -57,6 +68,17 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"
 # What decoders raise for damaged data (Pillow: OSError "image file is truncated",
 # SyntaxError for broken chunks; zlib and the codecs their own errors).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, zlib.error)
+# EXIF / TIFF Orientation (tag 274) → what turns the stored pixels upright, in words.
+ORIENTATIONS = {
+    2: "mirror left-right",
+    3: "turn 180°",
+    4: "mirror top-bottom",
+    5: "transpose",
+    6: "turn 90° clockwise",
+    7: "transverse",
+    8: "turn 90° counter-clockwise",
+}
+_ORIENTATION_TAG = 274
 
 
 def _image_file(path: str | PathLike[str]) -> Path:
@@ -65,10 +87,7 @@ def _image_file(path: str | PathLike[str]) -> Path:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: expected an image file ending in {', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
-    if path.is_dir():
-        raise InputError(f"{path}: a folder; expected an image file")
-    if not path.is_file():
-        raise MissingFileError(f"image not found: {path}")
+    regular_file(path, "image")  # missing, a folder, a FIFO (never opened: it would block), a link loop
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -139,8 +158,9 @@ def read_image(path: str | PathLike[str], max_megapixels: float = DEFAULT_MAX_ME
             decoding (:data:`DEFAULT_MAX_MEGAPIXELS`; the decompression-bomb guard).
 
     Returns:
-        The pixel array, e.g. ``(H, W, 3)`` uint8 for an RGB file; :meth:`Detector.detect`
-        checks it.
+        The pixel array, e.g. ``(H, W, 3)`` uint8 for an RGB file, upright: an EXIF
+        (or TIFF) ``Orientation`` other than 1 is applied, as viewers apply it, with a
+        warning (:func:`image_orientation`); :meth:`Detector.detect` checks it.
 
     Raises:
         FileNotFoundError: no such file.
@@ -157,7 +177,7 @@ def read_image(path: str | PathLike[str], max_megapixels: float = DEFAULT_MAX_ME
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 _check_pixels(path, int(page.imagelength), int(page.imagewidth), limit)
-                return tif.asarray(key=0)
+                return _upright(tif.asarray(key=0), _tiff_orientation(page), path)
         except MicronetError:
             raise
         except MemoryError:
@@ -173,13 +193,77 @@ def read_image(path: str | PathLike[str], max_megapixels: float = DEFAULT_MAX_ME
                 raise InputError(f"{path}: a CMYK image; expected RGB")
             # Pillow decodes lazily: converting and copying out here makes a truncated
             # file fail inside this try, not later in whoever touches the pixels.
+            orientation = _pillow_orientation(im)
             if im.mode in ("P", "YCbCr"):
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            return np.asarray(im)
+            return _upright(np.asarray(im), orientation, path)
     except MicronetError:
         raise
     except _DECODE_ERRORS as exc:
         raise InputError(f"{path}: the image data is damaged or cut short ({type(exc).__name__}: {exc}); re-export or copy the file again") from exc
+
+
+def image_orientation(path: str | PathLike[str]) -> int:
+    """The EXIF (JPEG, PNG) or TIFF ``Orientation`` an image file records, 1 to 8; 1
+    (upright) when it records none or an invalid one. :func:`read_image` turns an image
+    with another upright (:data:`ORIENTATIONS` says how), as image viewers do. The
+    header only is read.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`image_pixel_size`.
+    """
+    path = _image_file(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return _tiff_orientation(tif.pages[0])
+        except Exception as exc:  # tifffile raises many types for damaged files
+            raise InputError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {exc})") from exc
+    with _open_pillow(path) as im:
+        return _pillow_orientation(im)
+
+
+def _valid_orientation(value: Any) -> int:
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if value in ORIENTATIONS else 1
+
+
+def _pillow_orientation(im: Any) -> int:
+    try:
+        return _valid_orientation(im.getexif().get(_ORIENTATION_TAG, 1))
+    except _DECODE_ERRORS:  # a damaged EXIF block: the pixels may still be fine
+        return 1
+
+
+def _tiff_orientation(page: Any) -> int:
+    tag = page.tags.get(_ORIENTATION_TAG)
+    return _valid_orientation(tag.value if tag is not None else 1)
+
+
+def _upright(array: np.ndarray, orientation: int, path: Path) -> np.ndarray:
+    """``array`` (rows, columns first) turned upright from its stored ``orientation``,
+    as Pillow's ``ImageOps.exif_transpose`` turns it; said in a warning."""
+    if orientation == 1:
+        return array
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }[orientation](array)
+    log.warning(
+        "%s: %s orientation %d (%s to view) applied: positions are in the upright image, as viewers show it",
+        path.name, "TIFF" if path.suffix.lower() in (".tif", ".tiff") else "EXIF", orientation, ORIENTATIONS[orientation],
+    )  # fmt: skip
+    return np.ascontiguousarray(turned)
 
 
 def image_pixel_size(path: str | PathLike[str]) -> tuple[float, str] | None:
@@ -333,7 +417,8 @@ def as_rgb_image(image: Any, name: str = "image", max_megapixels: float = DEFAUL
             a message naming the problem; ``name`` (and the file name) prefix it.
         FileNotFoundError: no such file.
     """
-    if isinstance(image, (str, PathLike)):
+    from_file = isinstance(image, (str, PathLike))
+    if from_file:
         arr = read_image(image, max_megapixels)
         name = f"{name} ({Path(image).name})"
     elif isinstance(image, np.ndarray):
@@ -345,8 +430,14 @@ def as_rgb_image(image: Any, name: str = "image", max_megapixels: float = DEFAUL
     else:
         raise InputTypeError(f"{name}: expected an (H, W, 3) uint8 RGB array or an image path, got {type(image).__name__}")
     shape = tuple(arr.shape)
-    if arr.ndim == 2 or (arr.ndim == 3 and shape[2] == 1):
-        raise InputError(f"{name}: expected an (H, W, 3) RGB image, got grayscale shape {shape}")
+    if arr.ndim == 2 or (arr.ndim == 3 and shape[2] in (1, 2)):
+        fix = "; save the file as RGB (ImageMagick: magick IN -type TrueColor OUT)" if from_file else ""
+        raise InputError(f"{name}: expected an (H, W, 3) RGB image, got grayscale shape {shape}{fix}")
+    if arr.ndim == 3 and shape[2] == 4 and from_file:
+        raise InputError(
+            f"{name}: expected an RGB image, got RGBA (an alpha channel, shape {shape}): save the file without it "
+            "(ImageMagick: magick IN -alpha off OUT; Pillow: Image.open(IN).convert('RGB').save(OUT))"
+        )
     if arr.ndim == 3 and shape[2] == 4:
         raise InputError(f"{name}: expected an (H, W, 3) RGB image, got shape {shape} (RGBA?): drop the alpha channel first, image[..., :3]")
     if arr.ndim == 3 and shape[0] == 3 and shape[2] != 3:

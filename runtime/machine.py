@@ -17,6 +17,7 @@ Only the standard library and NumPy; no torch.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import time
@@ -36,6 +37,7 @@ __all__ = [
     "machine_line",
     "matmul_peak_gflops",
     "physical_cores",
+    "usable_cpus",
 ]
 
 # The /proc/cpuinfo flags that change what our kernels compute or how fast (x86).
@@ -125,6 +127,24 @@ def physical_cores() -> int:
             return max(1, len(cpus))
         cores.add((package, core))
     return max(1, len(cores))
+
+
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on: its affinity mask (``taskset``, a batch
+    scheduler's allocation), bounded by a cgroup v2 CPU quota (a container's
+    ``--cpus``); ``os.cpu_count()`` where neither can be read. More compute threads than
+    this only wait for each other."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def matmul_peak_gflops(size: int = 1024, repeat: int = 5) -> float:

@@ -11,12 +11,15 @@ read:
 - ``micronet detect``'s slide CSV: ``x,y,x_um,y_um,score`` (``x, y`` in level-0 pixels).
 
 A header-only file holds no points; a UTF-8 byte-order mark, spaces around names and
-values, and blank lines are accepted. What this module writes: ``x,y`` or
-``x,y,score``.
+values, and blank lines are accepted, and so is UTF-16 text with its byte-order mark
+(what spreadsheets save as "Unicode"); other encodings are refused in one line, as are
+coordinates beyond ±:data:`MAX_COORDINATE` pixels (no image is that large: such a value
+is a unit or export error). What this module writes: ``x,y`` or ``x,y,score``.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 from os import PathLike
@@ -26,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, InputTypeError
+from .files import regular_file
 
-__all__ = ["read_points_csv", "read_scored_points_csv", "write_points_csv"]
+__all__ = ["MAX_COORDINATE", "read_points_csv", "read_scored_points_csv", "write_points_csv"]
+
+MAX_COORDINATE = 1e9  # pixels: 25 km at 0.25 µm/px; the matcher works up to 1e150
 
 _REQUIRED = ("x", "y")
 _SCORE = "score"
@@ -85,9 +91,8 @@ def read_scored_points_csv(path: str | PathLike[str]) -> tuple[np.ndarray, np.nd
     Raises:
         FileNotFoundError, ValueError: as :func:`read_points_csv`.
     """
-    path = Path(path)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = f.read().splitlines()
+    path = regular_file(path, "point CSV")
+    lines = _text(path).splitlines()
     if not lines or not lines[0].strip():
         raise InputError(f"{path}: {'empty file' if not lines else 'empty first line'}; expected {_EXPECTED}, then one point per row")
     header = [name.strip() for name in next(csv.reader([lines[0]]))]
@@ -110,9 +115,28 @@ def read_scored_points_csv(path: str | PathLike[str]) -> tuple[np.ndarray, np.nd
             raise InputError(f"{path}, line {lineno}: expected numbers, got {line!r}") from None
         if not all(math.isfinite(v) for v in values):
             raise InputError(f"{path}, line {lineno}: expected finite numbers, got {line!r}")
+        if abs(values[0]) > MAX_COORDINATE or abs(values[1]) > MAX_COORDINATE:
+            raise InputError(f"{path}, line {lineno}: expected pixel positions within ±{MAX_COORDINATE:g}, got {line!r}")
         rows.append(values)
     table = np.array(rows, dtype=np.float64).reshape(-1, len(wanted))
     return table[:, :2].copy(), (table[:, 2].copy() if len(wanted) == 3 else None)
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8 (with or without a byte-order mark), or UTF-16 with one."""
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: damaged UTF-16 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at {exc.start}); save it as CSV UTF-8") from None
+    if "\x00" in text[:4096]:
+        raise InputError(f"{path}: holds NUL bytes (UTF-16 without a byte-order mark?); save it as CSV UTF-8")
+    return text
 
 
 def write_points_csv(path: str | PathLike[str], xy: Any, scores: Any = None, extra: dict[str, list[str]] | None = None) -> None:

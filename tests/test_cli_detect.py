@@ -89,10 +89,11 @@ def test_detect_folder_with_chosen_formats_and_mpp(model, tmp_path):
     out = tmp_path / "out"
     argv = ["detect", str(folder), "--model", str(model), "--out", str(out), "--format", "csv", "--mpp", "0.55", "--no-progress"]
     assert main(argv) == 0
-    # The outputs asked for, each input's record (settings, checksums, detections) and
-    # the run's summary; no lock or partial file is left.
+    # The outputs asked for and the run's summary, what a user reads; each input's record
+    # (settings, checksums, detections) in the hidden folder; no lock or partial file is left.
+    assert sorted(p.name for p in out.iterdir()) == [".micronet", "a.csv", "b.csv", "run_summary.csv"]
     records = ["a.progress.bin", "a.progress.json", "b.progress.bin", "b.progress.json"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["a.csv", "b.csv", *records, "run_summary.csv"])
+    assert sorted(p.name for p in (out / ".micronet").iterdir()) == records
 
 
 def test_batch_without_a_terminal_prints_a_line_per_input_and_no_bars(model, tmp_path, capsys):
@@ -134,7 +135,7 @@ def test_an_image_is_run_at_the_pixel_size_its_file_records(model, tmp_path):
     Image.fromarray(blob_image(240, 320, [(2 * x, 2 * y) for x, y in CENTRES])).save(tmp_path / "fine.png", dpi=(0.0254e6 / 0.275,) * 2)
     out = tmp_path / "out"
     assert main(["detect", str(tmp_path / "fine.png"), "--model", str(model), "--out", str(out), "--no-progress"]) == 0
-    settings = json.loads((out / "fine.progress.json").read_text())["settings"]
+    settings = json.loads((out / ".micronet" / "fine.progress.json").read_text())["settings"]
     assert settings["mpp"] == pytest.approx(0.275, rel=1e-3)
 
 
@@ -188,18 +189,35 @@ def test_a_real_slide_is_detected_tile_by_tile(model, tmp_path, capsys, shared_d
     assert (out / "OS-1-detail.csv").is_file()
 
 
-def test_demo_runs_the_bundled_model_and_finds_the_sample_nuclei(tmp_path):
+def test_demo_runs_the_bundled_model_on_real_h_and_e(tmp_path):
+    """The demo image is a 512² region of the CMU-1 slide at 0.499 µm/px (its pHYs),
+    resampled to the model's 0.55; the default model finds the nuclei of that region."""
+    from micronet.runtime.bundled import bundled_demo
+    from micronet.runtime.images import image_pixel_size
+    from micronet.runtime.points import read_points_csv
+
+    assert bundled_demo().stat().st_size < 600_000
+    assert image_pixel_size(bundled_demo()) == (pytest.approx(0.499), "PNG pHYs")
+    code = main(["detect", "--demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"])
+    assert code == 0
+    outputs = ["demo_cmu1.csv", "demo_cmu1.geojson", "demo_cmu1.overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted([".micronet", *outputs, "run_summary.csv"])
+    found = read_points_csv(tmp_path / "demo" / "demo_cmu1.csv")
+    assert 250 <= len(found) <= 500  # dense epidermis: 355 with the default model
+    settings = json.loads((tmp_path / "demo" / ".micronet" / "demo_cmu1.progress.json").read_text())["settings"]
+    assert settings["mpp"] == pytest.approx(0.499)
+    assert main(["detect", "--demo", "x.png"]) == 2
+
+
+def test_the_bundled_sample_still_finds_its_true_nuclei():
+    """The synthetic sample (a reference image of micronet check) with its true centres."""
+    from micronet.runtime.detector import Detector, bundled_sample
     from micronet.runtime.evaluation.matching import evaluate_points
     from micronet.runtime.points import read_points_csv
 
-    code = main(["detect", "--demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"])
-    assert code == 0
-    outputs = ["sample.csv", "sample.geojson", "sample.overlay.png"]
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted([*outputs, "run_summary.csv", "sample.progress.bin", "sample.progress.json"])
     truth = read_points_csv(Path(__file__).resolve().parents[1] / "runtime" / "models" / "sample.csv")
-    found = read_points_csv(tmp_path / "demo" / "sample.csv")
-    assert evaluate_points(found, truth, radius=6).f1 >= 0.95
-    assert main(["detect", "--demo", "x.png"]) == 2
+    found = Detector(device="cpu").detect(bundled_sample(), mpp=0.55)
+    assert evaluate_points(found.xy, truth, radius=6).f1 >= 0.95
 
 
 # --- export ---------------------------------------------------------------------------

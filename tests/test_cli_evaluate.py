@@ -181,12 +181,13 @@ def test_bundled_model_names_are_accepted_as_detect_accepts_them(monkeypatch, na
 SAMPLE_TRUTH = Path(__file__).resolve().parents[1] / "runtime" / "models" / "sample.csv"
 
 
-def test_detect_demo_output_scores_as_a_folder_and_as_one_file(tmp_path, capsys):
+def test_detect_output_on_the_bundled_sample_scores_as_a_folder_and_as_one_file(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from micronet.cli import main
+    from micronet.runtime.bundled import bundled_sample
 
     out = tmp_path / "demo"
-    assert main(["detect", "--demo", "--out", str(out), "--format", "csv", "--no-progress"]) == 0
+    assert main(["detect", str(bundled_sample()), "--out", str(out), "--format", "csv", "--no-progress", "--mpp", "0.55"]) == 0
     assert (out / "sample.csv").read_text().startswith("x,y,score\n")
     truth = tmp_path / "truth"
     truth.mkdir()

@@ -34,6 +34,7 @@ from PIL import Image  # noqa: E402
 STEM = "small"
 OUTPUTS = (f"{STEM}.csv", f"{STEM}.geojson", f"{STEM}.overlay.png")
 MPP = 0.499
+HIDDEN = ".micronet"  # the records, partial outputs and locks
 
 DRIVER = """
 import sys
@@ -78,7 +79,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, make_tiny_
     reference = root / "reference"
     assert drive(work, reference).returncode == 0
     work["reference"] = reference
-    work["detections"] = json.loads((reference / f"{STEM}.progress.json").read_text())["detections"]
+    work["detections"] = json.loads((reference / HIDDEN / f"{STEM}.progress.json").read_text())["detections"]
     assert work["detections"] > 300
     return work
 
@@ -116,9 +117,10 @@ def same_as_reference(out: Path, reference: Path, detections: int) -> None:
     locked is left; the record is finished."""
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith((".partial", ".tmp", ".lock"))]
+    leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".partial", ".tmp", ".lock"))]
     assert not leftovers, leftovers
-    state = json.loads((out / f"{STEM}.progress.json").read_text())
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(STEM)) == sorted(OUTPUTS)  # what a user reads
+    state = json.loads((out / HIDDEN / f"{STEM}.progress.json").read_text())
     assert state["complete"] and state["detections"] == detections
     with open(out / f"{STEM}.csv", newline="") as f:
         rows = list(csv.reader(f))[1:]
@@ -197,7 +199,8 @@ def test_ctrl_c_says_rerun_resumes_and_exits_130(work: dict, tmp_path: Path) -> 
     assert stopped.returncode == 130, stopped.stderr
     assert stopped.stderr.rstrip().splitlines()[-1] == "micronet detect: interrupted; rerun the same command to resume"
     assert "Traceback" not in stopped.stderr and "\r" not in stopped.stderr
-    assert sorted(p.name for p in out.glob(f"{STEM}.*")) == sorted(
+    assert not list(out.glob(f"{STEM}.*"))  # nothing of the slide among the results yet
+    assert sorted(p.name for p in (out / HIDDEN).glob(f"{STEM}.*")) == sorted(
         [f"{STEM}.csv.partial", f"{STEM}.geojson.partial", f"{STEM}.progress.bin", f"{STEM}.progress.json"]
     )  # partial files stay partial; the lock went with the process
     with open(out / "run_summary.csv", newline="") as f:
@@ -208,7 +211,7 @@ def test_ctrl_c_says_rerun_resumes_and_exits_130(work: dict, tmp_path: Path) -> 
     assert whole.returncode == 0, whole.stderr
     for name in (f"{STEM}.csv", f"{STEM}.geojson"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    assert not list(out.glob("*.partial"))
+    assert not list(out.rglob("*.partial"))
 
 
 # --- (b) full disk, read-only folder ------------------------------------------------------------
@@ -236,7 +239,7 @@ def test_full_disk_mid_slide_is_one_line_and_leaves_nothing_final(work: dict, de
     assert "\n" not in message and f"{STEM}.csv.partial" in message and "No space left on device" in message
     assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     assert not any((out / name).exists() for name in OUTPUTS)
-    assert not list(out.glob("*.tmp")) and not (out / f"{STEM}.lock").exists()
+    assert not list(out.rglob("*.tmp")) and not (out / HIDDEN / f"{STEM}.lock").exists()
     monkeypatch.undo()  # space freed: the rerun resumes and drops the torn half row
     found = detector.detect_slide(work["slide"], out_dir=out, progress=False)
     assert len(found) == work["detections"]
@@ -258,8 +261,8 @@ def test_full_disk_while_saving_the_record_leaves_no_temporary_file(work: dict, 
     out = tmp_path / "out"
     with pytest.raises(OutputWriteError, match=rf"cannot write .*{STEM}\.progress\.json: No space left on device"):
         detector.detect_slide(work["slide"], out_dir=out, progress=False)
-    assert not list(out.glob("*.tmp")) and not any((out / name).exists() for name in OUTPUTS)
-    assert json.loads((out / f"{STEM}.progress.json").read_text())["tiles_done"] == 2  # the last good record
+    assert not list(out.rglob("*.tmp")) and not any((out / name).exists() for name in OUTPUTS)
+    assert json.loads((out / HIDDEN / f"{STEM}.progress.json").read_text())["tiles_done"] == 2  # the last good record
     monkeypatch.undo()
     detector.detect_slide(work["slide"], out_dir=out, progress=False)
     same_as_reference(out, work["reference"], work["detections"])
@@ -278,8 +281,8 @@ def test_full_disk_writing_an_image_overlay(work: dict, tmp_path: Path, monkeypa
     argv = ["detect", str(image), "--out", str(out), "--model", str(work["model"]), "--device", "cpu", "--mpp", "0.55"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"micronet detect: error: cannot write {out / 'a.overlay.png.partial'}: No space left on device"
-    assert not [p.name for p in out.iterdir() if p.name.startswith("a.") and p.suffix in (".csv", ".geojson", ".png", ".tmp", ".partial", ".lock")]
+    assert err[-1] == f"micronet detect: error: cannot write {out / HIDDEN / 'a.overlay.png.partial'}: No space left on device"
+    assert not [p.name for p in out.rglob("a.*") if p.suffix in (".csv", ".geojson", ".png", ".tmp", ".partial", ".lock")]
     monkeypatch.undo()
     assert main(argv) == 0
     assert (out / "a.overlay.png").is_file() and (out / "a.csv").is_file()
@@ -315,7 +318,7 @@ def test_read_only_output_folder_fails_before_the_model_loads(work: dict, tmp_pa
     from micronet.runtime.detector import Detector
 
     det = Detector(work["model"], device="cpu", threads=2, threshold=work["threshold"])
-    with pytest.raises(OutputWriteError, match=rf"cannot write {out / (STEM + '.lock')}: Read-only file system"):
+    with pytest.raises(OutputWriteError, match=rf"cannot write {out / HIDDEN / (STEM + '.lock')}: Read-only file system"):
         det.detect_slide(work["slide"], out_dir=out, progress=False)
 
 
@@ -396,7 +399,7 @@ def test_damaged_and_swapped_slide_outputs_are_rewritten(work: dict, detector, t
     detector.detect_slide(work["slide"], out_dir=out, progress=False)
     same_as_reference(out, work["reference"], work["detections"])
 
-    with open(out / f"{STEM}.progress.bin", "r+b") as f:  # the stored detections damaged: run again
+    with open(out / HIDDEN / f"{STEM}.progress.bin", "r+b") as f:  # the stored detections damaged: run again
         f.truncate(100)
     detector.detect_slide(work["slide"], out_dir=out, progress=False, on_batch=lambda d, t: calls.append(d))
     assert calls
@@ -460,7 +463,8 @@ def test_other_settings_are_refused_and_overwrite_leaves_nothing_stale(work: dic
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("micronet detect: error: x: the outputs in") and "threshold 3 → " in err and "--overwrite" in err
     assert main([*argv, "--format", "csv", "--overwrite"]) == 0
-    assert sorted(p.name for p in (tmp_path / "o").glob("x.*")) == ["x.csv", "x.progress.bin", "x.progress.json"]
+    assert sorted(p.name for p in (tmp_path / "o").glob("x.*")) == ["x.csv"]
+    assert sorted(p.name for p in (tmp_path / "o" / HIDDEN).glob("x.*")) == ["x.progress.bin", "x.progress.json"]
 
 
 # --- (f) batches go on --------------------------------------------------------------------------

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine, "settings": settings, "results": [r.to_dict() for r in results]}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        from micronet.runtime.files import replace_atomically
+
+        text = json.dumps({"machine": machine, "settings": settings, "results": [r.to_dict() for r in results]}, indent=2) + "\n"
+        replace_atomically(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         print(f"wrote {args.json}")
     return 0 if all(r.status == "ok" for r in results) else 1

@@ -8,41 +8,50 @@ For each image ``NAME.ext`` the output folder receives, by ``--format``:
 
 Whole-slide inputs (``.svs``, ``.ndpi``, ``.mrxs``, ``.scn``, ``.ome.tif``, and TIFFs
 larger than 10,000 px on a side) go to ``micronet.runtime.runs.slide_run.detect_slide``, which
-streams them tile by tile. ``--demo`` runs the bundled model on the bundled sample.
-``--tta`` runs the network on each image (or tile) and its three flips and averages the
-maps before the peaks (``Detector(tta=True)``: 4× the work).
+streams them tile by tile. ``--demo`` runs the bundled model on the bundled demo image (a
+real H&E region of the CMU-1 slide). ``--tta`` runs the network on each image (or tile)
+and its three flips and averages the maps before the peaks (``Detector(tta=True)``: 4×
+the work).
 
-Each input is one call of :func:`micronet.runtime.runs.batch.process_input` (run by
+The inputs are settled first (:func:`micronet.runtime.runs.inputs.plan_inputs`): folders
+are expanded, files a run wrote (overlays) are never inputs, and an input whose outputs
+would land on another input or on the summary is refused; so are the missing entries of
+a manifest, while the others run. Each input is then one call of
+:func:`micronet.runtime.runs.batch.process_input` (run by
 :func:`micronet.runtime.runs.cohort.run_cohort` in this process): its outputs appear under
-their final names only when it is finished, ``NAME.progress.json`` records the settings
-and checksums (a rerun verifies, resumes, or refuses other settings unless
-``--overwrite``), and ``NAME.lock`` keeps a second run off them. A failed input is
-reported and recorded in ``run_summary.csv`` and the others go on (exit status 1);
-``--fail-fast`` stops at the first. Ctrl-C stops with status 130; the same command
-resumes.
+their final names only when it is finished, ``.micronet/NAME.progress.json`` records the
+settings and checksums (a rerun verifies, resumes, or refuses other settings unless
+``--overwrite``), and ``.micronet/NAME.lock`` keeps a second run off them: an input another
+run holds is ``running elsewhere`` in ``run_summary.csv``, which every run merges its rows
+into under a lock. A failed input is reported and recorded and the others go on (exit
+status 1); ``--fail-fast`` stops at the first. Ctrl-C, SIGTERM and SIGHUP stop the run
+(status 130, 143, 129) with the summary written; the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from micronet.commands import device_arg
-from micronet.runtime.errors import InputError, MissingFileError
-from micronet.runtime.images import IMAGE_SUFFIXES
+from micronet.runtime.errors import InputError
 from micronet.runtime.runs.batch import (
     MPP_ASSUMED,
-    SLIDE_SUFFIXES,
     RunSettings,
     check_out_dir,
     images_without_mpp,
     is_slide,
     process_input,
 )
+from micronet.runtime.runs.folder import SUMMARY
+from micronet.runtime.runs.summary import RUNNING_ELSEWHERE, write_summary
 
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
 
@@ -50,8 +59,7 @@ log = logging.getLogger("micronet.detect")
 
 FORMATS = ("csv", "geojson", "png")
 DEMO_OUT = Path("micronet-demo")
-SUMMARY = "run_summary.csv"
-INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT (128 + its number)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -62,8 +70,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Detect nucleus centres in H&E images (PNG, JPEG, TIFF) or whole slides and write "
         "CSV (x,y,score), QuPath GeoJSON and overlay PNG files, and run_summary.csv (one row per input).",
     )
+    _add_inputs(parser)
+    _add_detection(parser)
+    _add_run(parser)
+    return parser
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image or slide files, or folders of images")
     parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (created; with --demo default {DEMO_OUT}/)")
+    parser.add_argument("--demo", action="store_true", help="run the bundled model on the bundled demo image (real H&E: a region of the CMU-1 slide)")
+    parser.add_argument(
+        "--inputs", dest="manifest", type=Path, metavar="MANIFEST",
+        help="also run the inputs listed in a text file (one path per line) or a CSV (--inputs-column, default path/input/slide/file); "
+        "a listed input that is missing fails alone, the others run",
+    )  # fmt: skip
+    parser.add_argument("--inputs-column", metavar="COL", help="the manifest CSV's column of input paths")
+    parser.add_argument(
+        "--reader", choices=("auto", "tifffile", "openslide"), default="auto",
+        help="slide reader (default auto: tifffile for SVS, OME-TIFF, NDPI, TIFF; OpenSlide for MIRAX, SCN, VMS, BIF, DICOM)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format",
+        default=",".join(FORMATS),
+        metavar="LIST",
+        help=f"comma-separated outputs among {', '.join(FORMATS)} (default: all)",
+    )
+
+
+def _add_detection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         metavar="FILE",
@@ -72,12 +107,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device", type=device_arg, default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto: the GPU when available)"
-    )
-    parser.add_argument(
-        "--format",
-        default=",".join(FORMATS),
-        metavar="LIST",
-        help=f"comma-separated outputs among {', '.join(FORMATS)} (default: all)",
     )
     parser.add_argument(
         "--mpp",
@@ -98,6 +127,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(reinhard, macenko) or only those whose colours lie outside the training data's (auto); a slide's "
         "statistics come from its tissue; recorded with each input's settings (default: none)",
     )  # fmt: skip
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -106,25 +138,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--wait", action="store_true", help="when another run is writing an input's outputs, wait for it (default: fail that input)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first input that fails (default: report it and go on)")
-    parser.add_argument("--demo", action="store_true", help="run the bundled model on the bundled sample image")
-    parser.add_argument(
-        "--inputs", dest="manifest", type=Path, metavar="MANIFEST",
-        help="also run the inputs listed in a text file (one path per line) or a CSV (--inputs-column, default path/input/slide/file)",
-    )  # fmt: skip
-    parser.add_argument("--inputs-column", metavar="COL", help="the manifest CSV's column of input paths")
-    parser.add_argument(
-        "--reader", choices=("auto", "tifffile", "openslide"), default="auto",
-        help="slide reader (default auto: tifffile for SVS, OME-TIFF, NDPI, TIFF; OpenSlide for MIRAX, SCN, VMS, BIF, DICOM)",
-    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (without a terminal there are none: a line per input instead)")
     cluster = parser.add_argument_group("cohorts on Ray (pip install 'micronet-sdk[cluster]')")
     cluster.add_argument(
         "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
         help="one Ray task per input: without ADDRESS a local Ray runtime on this machine; 'auto' or HOST:PORT joins a cluster",
     )  # fmt: skip
     cluster.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: as many as the cluster's CPUs, or GPUs, allow)")
-    cluster.add_argument("--threads", type=int, metavar="T", help="ONNX Runtime CPU threads per worker (default: 1 on Ray, the physical cores here)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (without a terminal there are none: a line per input instead)")
-    return parser
+    cluster.add_argument(
+        "--threads", type=int, metavar="T",
+        help="ONNX Runtime CPU threads per worker, at most the CPUs this process may use (default: 1 on Ray, the physical cores here)",
+    )  # fmt: skip
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -136,120 +160,181 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return names
 
 
-def _expand(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images inside them (sorted, not recursive)."""
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + SLIDE_SUFFIXES)
-            if not found:
-                raise InputError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) or slides in this folder")
-            files.extend(found)
-        elif item.is_file():
-            if item.suffix.lower() not in IMAGE_SUFFIXES + SLIDE_SUFFIXES:
-                valid = ", ".join(IMAGE_SUFFIXES + SLIDE_SUFFIXES)
-                raise InputError(f"{item}: expected an image or slide file ({valid}), got {item.suffix or 'no suffix'!r}")
-            files.append(item)
-        else:
-            raise MissingFileError(f"input not found: {item}")
-    return files
+def _inputs(args: argparse.Namespace, formats: tuple[str, ...]) -> tuple[Any, Path]:
+    """What the run runs (:func:`~micronet.runtime.runs.inputs.plan_inputs`) and where
+    its results go."""
+    from micronet.runtime.bundled import bundled_demo
+    from micronet.runtime.runs.inputs import PlannedInputs, plan_inputs
+
+    if args.demo:
+        if args.inputs or args.manifest is not None:
+            raise InputError("--demo runs on the bundled demo image; give either --demo or INPUT files, not both")
+        return PlannedInputs(files=[bundled_demo()]), args.out if args.out is not None else DEMO_OUT
+    listed: list[Path] = []
+    if args.inputs_column and args.manifest is None:
+        raise InputError("--inputs-column applies with --inputs MANIFEST only")
+    if args.manifest is not None:
+        from micronet.runtime.runs.cohort import read_manifest
+
+        listed = read_manifest(args.manifest, args.inputs_column)
+    if not args.inputs and not listed:
+        raise InputError("expected INPUT images or slides, --inputs MANIFEST, or --demo")
+    if args.out is None:
+        raise InputError("--out DIR is required: the folder to write the results to")
+    return plan_inputs(list(args.inputs), listed, args.out, formats), args.out
+
+
+def _check_cluster_options(args: argparse.Namespace) -> None:
+    for name, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise InputError(f"{name}: expected an integer >= 1, got {value}")
+    if args.workers is not None and args.ray is None:
+        raise InputError("--workers applies with --ray only")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``micronet detect``; returns the exit status: 0, 1 when an input of several
-    failed, 130 when interrupted. Errors before any input runs (and the failure of a
-    single input) raise SDK errors with a one-line message."""
-    from micronet.runtime.bundled import bundled_sample
-    from micronet.runtime.runs.cohort import DetectorSpec, run_cohort, write_summary
-    from micronet.runtime.runs.slide_outputs import output_stem
+    failed, 130 when interrupted (143 on SIGTERM, 129 on SIGHUP). Errors before any
+    input runs (and the failure of a single input) raise SDK errors with a one-line
+    message."""
+    from micronet.runtime.runs.cohort import DetectorSpec, run_cohort
 
     formats = parse_formats(args.format)
-    if args.demo:
-        if args.inputs or args.manifest is not None:
-            raise InputError("--demo runs on the bundled sample image; give either --demo or INPUT files, not both")
-        files = [bundled_sample()]
-        out = args.out if args.out is not None else DEMO_OUT
-    else:
-        listed = list(args.inputs)
-        if args.inputs_column and args.manifest is None:
-            raise InputError("--inputs-column applies with --inputs MANIFEST only")
-        if args.manifest is not None:
-            from micronet.runtime.runs.cohort import read_manifest
-
-            listed += read_manifest(args.manifest, args.inputs_column)
-        if not listed:
-            raise InputError("expected INPUT images or slides, --inputs MANIFEST, or --demo")
-        if args.out is None:
-            raise InputError("--out DIR is required: the folder to write the results to")
-        files = _expand(listed)
-        out = args.out
-    stems = [output_stem(f) for f in files]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise InputError(f"inputs with the same name would write the same outputs: {', '.join(duplicates)}")
+    planned, out = _inputs(args, formats)
+    files = planned.files
     check_out_dir(out)  # before the model loads: a folder we cannot write fails now, not after inference
-
+    _check_cluster_options(args)
+    total = len(files) + len(planned.refused)
+    if not files:
+        return _nothing_to_run(planned.refused, out)
     # Bars only on a terminal: in a redirected log they are carriage-return noise (a
     # slide then logs a line a minute instead: progress=None).
     bars = not args.no_progress and _stderr_is_terminal()
     on_ray = args.ray is not None
-    for name, value in (("--workers", args.workers), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            raise InputError(f"{name}: expected an integer >= 1, got {value}")
-    if args.workers is not None and not on_ray:
-        raise InputError("--workers applies with --ray only")
     # On Ray each worker's slide bars would interleave in the driver's log: the cohort bar only.
     progress = False if (args.no_progress or on_ray) else None
-    settings = RunSettings(
-        formats=tuple(formats), mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=progress, reader=args.reader
-    )
-    # The bundled sample is at the model's pixel size by construction: no warning for --demo.
-    unknown_mpp = images_without_mpp(files) if args.mpp is None and not args.demo else []
+    settings = RunSettings(formats=formats, mpp=args.mpp, overwrite=args.overwrite, wait=args.wait, progress=progress, reader=args.reader)
     rows: list[dict[str, Any]] = []
+    for row in planned.refused:
+        rows.append(row)
+        _report(row, len(rows), total, bars)
+    ran: list[dict[str, Any]] = []
+    on_row = _row_reporter(rows, ran, files, total, bars, images_without_mpp(files) if args.mpp is None else [])
+    spec = DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=args.tta, normalize=args.normalize)
+    try:
+        with _signals_interrupt():
+            run_cohort(
+                files, partial(process_input, out_dir=out, settings=settings), spec, ray_address=args.ray, workers=args.workers,
+                fail_fast=args.fail_fast or total == 1, progress=bars and (total > 1 or on_ray), on_row=on_row,
+            )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, rows, files[len(ran)] if len(ran) < len(files) else None, out)
+    write_summary(out / SUMMARY, rows, merge=True)
+    return _conclude(rows, total, formats, out, tta=args.tta)
+
+
+def _row_reporter(rows: list[dict[str, Any]], ran: list[dict[str, Any]], files: list[Path], total: int, bars: bool, unknown_mpp: list[Path]) -> Any:
+    """``on_row`` for the cohort: keeps each row, says the assumed pixel size once, and
+    reports the input."""
 
     def on_row(row: dict[str, Any]) -> None:
         rows.append(row)
-        if unknown_mpp and row.get("mpp_source") == MPP_ASSUMED and not any(r.get("mpp_source") == MPP_ASSUMED for r in rows[:-1]):
+        ran.append(row)
+        if unknown_mpp and row.get("mpp_source") == MPP_ASSUMED and not any(r.get("mpp_source") == MPP_ASSUMED for r in ran[:-1]):
             count = f"{len(unknown_mpp)} of {len(files)} images record" if len(files) > 1 else "the image records"
             log.warning(
                 "%s no pixel size: assumed the model's %.4g µm/px; pass --mpp UM (µm per pixel: about 0.25 at 40×, "
                 "0.5 at 20×) for another", count, row["mpp"],
             )  # fmt: skip
-        _report(row, len(rows), len(files), bars)
+        _report(row, len(rows), total, bars)
 
-    process = partial(process_input, out_dir=out, settings=settings)
-    fail_fast = args.fail_fast or len(files) == 1
+    return on_row
+
+
+def _nothing_to_run(refused: list[dict[str, Any]], out: Path) -> int:
+    """Every input was refused: one input's error is the command's; several are
+    recorded in the summary."""
+    if len(refused) == 1:
+        raise refused[0]["exception"]
+    for i, row in enumerate(refused, 1):
+        _report(row, i, len(refused), False)
+    write_summary(out / SUMMARY, refused, merge=True)
+    print(f"no input to run: {len(refused)} refused (see {out / SUMMARY})")
+    return 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, ending a run as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or ``kill``'s stop) and SIGHUP (a closed terminal) end the
+    run as Ctrl-C does: the input being run keeps its partial files, the summary is
+    written, and the same command resumes. Outside the main thread nothing changes."""
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
     try:
-        run_cohort(
-            files, process, DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=args.tta, normalize=args.normalize), ray_address=args.ray,
-            workers=args.workers, fail_fast=fail_fast, progress=bars and (len(files) > 1 or on_ray), on_row=on_row,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        if len(rows) < len(files):
-            rows.append({"input": str(files[len(rows)]), "status": "failed", "error": "interrupted"})
-        _write_summary_quietly(write_summary, out / SUMMARY, rows)
-        print("micronet detect: interrupted; rerun the same command to resume", file=sys.stderr)
-        return INTERRUPTED
-    write_summary(out / SUMMARY, rows, merge=True)
+        for signum in wanted:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _interrupted(exc: KeyboardInterrupt, rows: list[dict[str, Any]], current: Path | None, out: Path) -> int:
+    """Records the input that was running as interrupted, writes the summary, and
+    returns the shell's status for the signal (128 + its number)."""
+    signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+    name = signal.Signals(signum).name
+    if current is not None:
+        error = "interrupted" if signum == signal.SIGINT else f"interrupted ({name})"
+        rows.append({"input": str(current), "status": "failed", "error": error})
+    try:
+        write_summary(out / SUMMARY, rows, merge=True)
+    except OSError as error:
+        log.debug("%s not written: %s", out / SUMMARY, error)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
+    print(f"micronet detect: {what}; rerun the same command to resume", file=sys.stderr)
+    return 128 + signum
+
+
+def _conclude(rows: list[dict[str, Any]], total: int, formats: tuple[str, ...], out: Path, tta: bool) -> int:
+    """Raises a single input's error, or prints the closing line; the exit status."""
     failed = [r for r in rows if r["status"] == "failed"]
-    if len(files) == 1 and failed and failed[0].get("exception") is not None:
-        raise failed[0]["exception"]  # one input: its error is the command's (one line, status 2)
-    done = [r for r in rows if r["status"] != "failed"]
+    elsewhere = [r for r in rows if r["status"] == RUNNING_ELSEWHERE]
+    if total == 1 and (failed or elsewhere) and (failed or elsewhere)[0].get("exception") is not None:
+        raise (failed or elsewhere)[0]["exception"]  # one input: its error is the command's (one line, status 2)
+    done = [r for r in rows if r["status"] in ("ok", "skipped")]
     images = sum(r.get("kind") == "image" for r in done)
     slides = sum(r.get("kind") == "slide" for r in done)
-    total = sum(int(r.get("nuclei") or 0) for r in done)
+    nuclei = sum(int(r.get("nuclei") or 0) for r in done)
     what = f"{images} image{'s' * (images != 1)}" + (f" and {slides} slide{'s' * (slides != 1)}" if slides else "")
     backend = next((r.get("backend") for r in rows if r.get("backend")), "")
     notes = []
     skipped = sum(r["status"] == "skipped" for r in rows)
     if skipped:
         notes.append(f"{skipped} finished already")
+    if elsewhere:
+        notes.append(f"{len(elsewhere)} running elsewhere")
     if failed:
         notes.append(f"{len(failed)} failed")
-    if len(rows) < len(files):
-        notes.append(f"{len(files) - len(rows)} not run (--fail-fast)")
+    if len(rows) < total:
+        notes.append(f"{total - len(rows)} not run (--fail-fast)")
     note = f" ({', '.join(notes)}; see {out / SUMMARY})" if notes else ""
-    print(f"{total} nuclei in {what} ({backend}{', flip TTA' if args.tta else ''}); wrote {', '.join(formats)} to {out}/{note}")
+    print(f"{nuclei} nuclei in {what} ({backend}{', flip TTA' if tta else ''}); wrote {', '.join(formats)} to {out}/{note}")
     return 1 if failed else 0
 
 
@@ -262,9 +347,9 @@ def _report(row: dict[str, Any], index: int, total: int, bars: bool) -> None:
     """One line per input on stderr: failures always (unless the command fails with
     it), the rest when there are no progress bars to show them."""
     name = Path(row["input"]).name
-    if row["status"] == "failed":
+    if row["status"] in ("failed", RUNNING_ELSEWHERE):
         if total > 1:
-            error = str(row["error"])
+            error = str(row["error"]) if row["status"] == "failed" else f"running elsewhere: {row['error']}"
             _say(f"micronet detect: {error}" if error.startswith(f"{name}:") else f"micronet detect: {name}: {error}", bars)
         return
     if bars:
@@ -286,10 +371,3 @@ def _say(line: str, bars: bool) -> None:
         tqdm.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr, flush=True)
-
-
-def _write_summary_quietly(write_summary: Any, path: Path, rows: list[dict[str, Any]]) -> None:
-    try:
-        write_summary(path, rows, merge=True)
-    except OSError as exc:
-        log.debug("%s not written: %s", path, exc)

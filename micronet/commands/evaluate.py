@@ -278,5 +278,8 @@ def _classes(model: Path, args: argparse.Namespace, options: dict[str, Any]) -> 
 
 
 def _write_json(path: Path, data: dict[str, Any], **options: Any) -> None:
+    from micronet.runtime.files import replace_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, **options) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=2, **options) + "\n"
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

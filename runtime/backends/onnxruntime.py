@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..machine import has_vnni, physical_cores
+from ..machine import has_vnni, physical_cores, usable_cpus
 from ..errors import InputError, MissingFileError, MissingPackageError
 from ..model_info import CLASS_OUTPUT_NAME, METADATA_KEY, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
@@ -105,6 +105,19 @@ def _describe(args: list[Any]) -> str:
     return ", ".join(f"{a.name}: {a.type} {list(a.shape)}" for a in args) or "none"
 
 
+def _threads(threads: int | None) -> int:
+    """CPU threads for the session: ``threads``, at most the CPUs this process may use
+    (more only wait for each other: 64 threads on 2 CPUs ran 11× slower), with a
+    warning when capped; by default the physical cores among those."""
+    cpus = usable_cpus()
+    if threads is None:
+        return min(physical_cores(), cpus)
+    if threads > cpus:
+        log.warning("threads=%d: this process may use %d CPU%s; running %d threads (more only wait for each other)", threads, cpus, "s" * (cpus != 1), cpus)
+        return cpus
+    return threads
+
+
 class OnnxRuntimeBackend:
     """Runs a MicroNet ONNX model with ONNX Runtime.
 
@@ -113,7 +126,9 @@ class OnnxRuntimeBackend:
             float32 ``N×1×H×W`` out, ``ModelInfo`` in ``metadata_props["micronet"]``).
         device: ``"auto"`` (CUDA when ONNX Runtime has its CUDA provider and the
             provider loads, else CPU), ``"cpu"`` or ``"cuda"`` (an error without CUDA).
-        threads: intra-op threads of the CPU provider; default: the physical cores.
+        threads: intra-op threads of the CPU provider, at most the CPUs this process may
+            use (:func:`~micronet.runtime.machine.usable_cpus`; more are capped with a
+            warning); default: the physical cores among them.
         device_id: the GPU the CUDA provider runs on (``Detector(device="cuda:N")``
             passes N); the maps are bound to and wrapped on that GPU.
 
@@ -160,7 +175,7 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads if threads is not None else physical_cores()
+        options.intra_op_num_threads = _threads(threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; load failures surface as exceptions
         if not want_cuda:
@@ -248,6 +263,11 @@ class OnnxRuntimeBackend:
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeBackend({str(self.path)!r}, name={self.name!r}, device={self.device!r})"
+
+    def close(self) -> None:
+        """Releases the session and the memory it holds (its arena; on the GPU, its device
+        memory). ``infer`` fails afterwards; idempotent."""
+        self._session = None
 
     def infer(self, batch: np.ndarray) -> Any:
         """Proximity maps of a batch of images.

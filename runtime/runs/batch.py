@@ -33,7 +33,9 @@ from typing import Any
 from .. import images
 from ..detections import Detections
 from ..errors import InputError, MicronetError, MissingFileError
-from ..images import as_rgb_image, check_mpp
+from ..files import BusyError, regular_file
+from ..images import as_rgb_image, check_mpp, image_orientation
+from .folder import OutputFolder, written_by_a_run
 from .outputs import (
     FORMATS,
     ImageOutputs,
@@ -45,6 +47,7 @@ from .outputs import (
     fault_point,
     fingerprint,
 )
+from .summary import RUNNING_ELSEWHERE
 
 __all__ = ["RunSettings", "SummaryRow", "process_input", "run_image", "check_out_dir", "is_slide", "image_mpp", "SLIDE_SUFFIXES", "MPP_ASSUMED"]
 
@@ -87,17 +90,20 @@ class SummaryRow:
     Attributes:
         input: the input's path.
         status: ``"ok"``, ``"skipped"`` (finished already: outputs verified, the
-            damaged ones rewritten) or ``"failed"``.
+            damaged ones rewritten), ``"running elsewhere"`` (another run holds the
+            input's lock and writes its outputs) or ``"failed"``.
         nuclei: detections (``None`` when failed).
         megapixels: the input's size (a slide's region).
         seconds: time spent on it in this run.
         error: one line saying why it failed (empty otherwise).
         kind: ``"image"`` or ``"slide"`` (empty when it failed before that was known).
-        outcome: ``"ran"``, ``"resumed"``, ``"finished already"`` or ``"failed"``.
+        outcome: ``"ran"``, ``"resumed"``, ``"finished already"``, ``"running
+            elsewhere"`` or ``"failed"``.
         rewritten: output files rewritten because they were missing or damaged.
         mpp, mpp_source: the pixel size used and where it came from.
         backend: the detector's backend.
-        exception: the exception of a failed input (not written to the CSV).
+        exception: the exception of a failed input, or the one saying which run holds
+            it (not written to the CSV).
     """
 
     input: str
@@ -125,10 +131,11 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
     """Detects nuclei in one image or slide and writes its outputs to ``out_dir``.
 
     Never raises for what goes wrong with the input (a damaged file, a full disk,
-    another run holding its lock, outputs of other settings …): that is a ``failed``
-    row whose ``error`` is one line (and whose ``exception`` is the exception). Only
-    ``KeyboardInterrupt`` and the like pass through, leaving partial files that a rerun
-    resumes.
+    outputs of other settings, a file a run wrote given as an input …): that is a
+    ``failed`` row whose ``error`` is one line (and whose ``exception`` is the
+    exception). Another run holding the input is a ``running elsewhere`` row (that run
+    writes the outputs, and its own row). Only ``KeyboardInterrupt`` and the like pass
+    through, leaving partial files that a rerun resumes.
 
     Args:
         detector: the :class:`~micronet.runtime.detector.Detector`.
@@ -143,6 +150,10 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
     started = time.perf_counter()
     kind = ""
     try:
+        regular_file(path)  # missing, a FIFO (never opened: a read would wait forever), a link loop
+        ours = written_by_a_run(path)
+        if ours is not None:
+            raise InputError(f"{path.name}: {ours}, written by micronet detect (its record is in {OutputFolder(path.parent).hidden}); not an input")
         kind = "slide" if is_slide(path) else "image"
         if kind == "slide":
             from .slide_run import run_slide
@@ -157,23 +168,16 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
         if not isinstance(exc, MicronetError):
             # Not something the input's owner can fix: keep the traceback in the log.
             log.error("%s: unexpected error", path, exc_info=True)
+        status = RUNNING_ELSEWHERE if isinstance(exc, BusyError) else "failed"
         return SummaryRow(
-            str(path), "failed", seconds=round(time.perf_counter() - started, 3), error=one_line(exc), kind=kind, outcome="failed",
+            str(path), status, seconds=round(time.perf_counter() - started, 3), error=one_line(exc), kind=kind, outcome=status,
             backend=getattr(detector, "backend_name", ""), exception=exc,
         )  # fmt: skip
     return SummaryRow(
-        str(path),
-        "skipped" if run.outcome == "finished already" else "ok",
-        nuclei=len(run.detections),
-        megapixels=round(run.megapixels, 3),
-        seconds=round(time.perf_counter() - started, 3),
-        kind=kind,
-        outcome=run.outcome,
-        rewritten=run.rewritten,
-        mpp=run.mpp,
-        mpp_source=run.mpp_source,
-        backend=getattr(detector, "backend_name", ""),
-    )
+        str(path), "skipped" if run.outcome == "finished already" else "ok", nuclei=len(run.detections), megapixels=round(run.megapixels, 3),
+        seconds=round(time.perf_counter() - started, 3), kind=kind, outcome=run.outcome, rewritten=run.rewritten, mpp=run.mpp,
+        mpp_source=run.mpp_source, backend=getattr(detector, "backend_name", ""),
+    )  # fmt: skip
 
 
 def one_line(exc: BaseException) -> str:
@@ -211,29 +215,18 @@ def run_image(
     from .slide_outputs import output_stem
 
     started = time.perf_counter()
-    path = Path(path)
+    path = regular_file(path, "image")
     formats = check_formats(formats)
-    if not path.is_file():
-        raise MissingFileError(f"image not found: {path}")
     used_mpp, mpp_source = image_mpp(path, mpp, detector.info.mpp)
     stem = output_stem(path)
+    OutputFolder(Path(out_dir)).check_stem(stem, path.name)
     with OutputLock(Path(out_dir), stem, wait=wait):
         fault_point("locked")
         outputs = ImageOutputs(Path(out_dir), stem, formats)
-        settings = {
-            "input": fingerprint(path),
-            "reader": "tifffile" if path.suffix.lower() in (".tif", ".tiff") else "pillow",
-            "mpp": used_mpp,
-            **detector_settings(detector),
-            "formats": list(formats),
-        }
+        settings = _image_settings(detector, path, used_mpp, formats)
         verdict = outputs.check(settings, overwrite=overwrite)
         if verdict.action == "finished":
-            xy, scores = outputs.records()
-            shape = tuple(outputs.state.get("image_shape") or ()) or None
-            found = Detections(xy, scores, shape, used_mpp)
-            rewritten = outputs.repair(verdict.damaged, lambda fmt, p: ImageOutputs.write_format(fmt, p, found, lambda: as_rgb_image(path)))
-            log.info("%s: finished already%s; %d detections", path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(found))
+            found, rewritten = _finished_image(outputs, verdict.damaged, path, used_mpp)
             return InputRun(found, "finished already", rewritten, float(outputs.state.get("megapixels", 0.0)), time.perf_counter() - started, used_mpp, mpp_source)
         # Read and detect before touching the outputs: an unreadable image leaves an
         # earlier run's files as they were.
@@ -253,6 +246,30 @@ def run_image(
             raise
         fault_point("finished")
     return InputRun(found, "ran", [], megapixels, time.perf_counter() - started, used_mpp, mpp_source)
+
+
+def _image_settings(detector: Any, path: Path, mpp: float, formats: tuple[str, ...]) -> dict[str, Any]:
+    """The parameters that shape an image's result, as its record keeps them."""
+    orientation = image_orientation(path)
+    return {
+        "input": fingerprint(path),
+        "reader": "tifffile" if path.suffix.lower() in (".tif", ".tiff") else "pillow",
+        # Recorded only when turned, so the records of upright images stay current.
+        **({"orientation": orientation} if orientation != 1 else {}),
+        "mpp": mpp,
+        **detector_settings(detector),
+        "formats": list(formats),
+    }
+
+
+def _finished_image(outputs: ImageOutputs, damaged: dict[str, str], path: Path, mpp: float) -> tuple[Detections, list[str]]:
+    """A finished image's detections from its record, its damaged outputs rewritten."""
+    xy, scores = outputs.records()
+    shape = tuple(outputs.state.get("image_shape") or ()) or None
+    found = Detections(xy, scores, shape, mpp)
+    rewritten = outputs.repair(damaged, lambda fmt, p: ImageOutputs.write_format(fmt, p, found, lambda: as_rgb_image(path)))
+    log.info("%s: finished already%s; %d detections", path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(found))
+    return found, rewritten
 
 
 def image_mpp(path: Path, mpp: float | None, model_mpp: float) -> tuple[float, str]:
@@ -301,6 +318,7 @@ def is_slide(path: Path) -> bool:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
+        regular_file(path)  # never opens a FIFO (a read would wait forever)
         try:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
@@ -342,5 +360,6 @@ def check_out_dir(out_dir: str | PathLike[str]) -> Path:
             probe.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputWriteError(f"the output folder {out} is not writable: {exc.strerror or exc}") from exc
+    OutputFolder(out).make()  # a link or a file where .micronet/ belongs fails now
     return out
 

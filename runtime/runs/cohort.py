@@ -31,16 +31,17 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from ..errors import InputError, MissingFileError, MissingPackageError
+from ..errors import InputError, MissingPackageError
+from ..files import regular_file
+from .summary import SUMMARY_FIELDS, write_summary  # re-exported: the cohort's rows are the summary's
 
 __all__ = ["CLUSTER_EXTRA", "SUMMARY_FIELDS", "DetectorSpec", "read_manifest", "run_cohort", "write_summary"]
 
 log = logging.getLogger(__name__)
 
 CLUSTER_EXTRA = "pip install 'micronet-sdk[cluster]'"
-SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker", "error")
 TASK_RETRIES = 2  # a task whose actor dies is retried this often on the restarted actor
 
 
@@ -81,17 +82,19 @@ def read_manifest(path: str | Path, column: str | None = None) -> list[Path]:
     """The inputs listed in a manifest: a text file with one path per line (blank lines
     and ``#`` comments skipped), or a CSV with a header, taking ``column`` (default: the
     first of ``path``, ``input``, ``slide``, ``file``). Relative paths are relative to
-    the manifest's folder.
+    the manifest's folder. The entries are not checked here: one that is missing fails
+    on its own turn (``micronet detect`` gives it a ``failed`` row and runs the rest).
 
     Raises:
         MissingFileError: no such manifest.
-        InputError: an empty manifest, or a CSV without the column (the message lists
-            the columns it has).
+        InputError: not UTF-8 text, an empty manifest, or a CSV without the column (the
+            message lists the columns it has).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"manifest not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    path = regular_file(path, "manifest")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the manifest as UTF-8") from None
     lines = [ln.strip() for ln in text.splitlines()]
     if path.suffix.lower() == ".csv" or column is not None:
         rows = list(csv.DictReader(lines))
@@ -106,36 +109,6 @@ def read_manifest(path: str | Path, column: str | None = None) -> list[Path]:
     if not entries:
         raise InputError(f"{path}: the manifest lists no inputs")
     return [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
-
-
-def write_summary(path: str | Path, rows: Iterable[dict[str, Any]], merge: bool = False) -> Path:
-    """Writes ``run_summary.csv`` (the columns of :data:`SUMMARY_FIELDS`), atomically.
-
-    With ``merge``, the rows of an existing summary whose inputs this run did not touch
-    are kept (in their order, this run's rows replacing theirs in place, new inputs
-    after), so several batches into one folder leave one summary of every input."""
-    path = Path(path)
-    rows = [dict(r) for r in rows]
-    if merge and path.is_file():
-        try:
-            with path.open(newline="", encoding="utf-8") as f:
-                old = list(csv.DictReader(f))
-        except (OSError, UnicodeDecodeError, csv.Error):
-            old = []  # an unreadable summary is replaced, not merged
-        fresh = {str(r.get("input")): r for r in rows}
-        merged = [fresh.pop(r.get("input", ""), r) for r in old]
-        rows = merged + [r for r in rows if str(r.get("input")) in fresh]
-    from .outputs import replace_atomically
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
-
-    replace_atomically(path, write)
-    return path
 
 
 def _worker_name() -> str:

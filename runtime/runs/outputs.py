@@ -1,19 +1,22 @@
-"""The output files of one input in an output folder: complete or absent, never mixed.
+"""The output files of one input in an output folder: complete or absent, never mixed,
+never written through a link.
 
 An input ``NAME`` (an image or a slide) leaves in its output folder, by format,
-``NAME.csv``, ``NAME.geojson`` and ``NAME.overlay.png``, and its record:
+``NAME.csv``, ``NAME.geojson`` and ``NAME.overlay.png``; its record lives in the
+folder's hidden ``.micronet/`` (:mod:`micronet.runtime.runs.folder`):
 ``NAME.progress.json`` (the settings, the progress, and once finished the size and
 SHA-256 of every output) and ``NAME.progress.bin`` (the detections, float32
 ``(x, y, score)`` rows, so damaged outputs are rewritten without running the model).
-Three rules keep a folder honest:
+Four rules keep a folder honest:
 
 - **One writer per input.** :class:`OutputLock` holds an OS lock (``flock``) on
-  ``NAME.lock``, taken before any file of the input is touched; the OS drops it when
-  the process dies, however it dies. The file names the holder (PID and command), so
-  a second run refuses at once saying who, or waits for it (``wait=True``).
-- **Complete or absent.** Outputs are written as ``NAME.csv.partial`` … and renamed
-  to their final names only once the input is finished and the record holds their
-  checksums. A killed run, a full disk or Ctrl-C leaves ``.partial`` files and an
+  ``.micronet/NAME.lock``, taken before any file of the input is touched; the OS drops
+  it when the process dies, however it dies. The file names the holder (PID and
+  command), so a second run refuses at once saying who (:class:`BusyError`), or waits
+  for it (``wait=True``).
+- **Complete or absent.** Outputs are written as ``.micronet/NAME.csv.partial`` … and
+  renamed to their final names only once the input is finished and the record holds
+  their checksums. A killed run, a full disk or Ctrl-C leaves partial files and an
   unfinished record, never a final name on an unfinished file.
 - **Reruns verify, resume or refuse.** :meth:`InputOutputs.check` compares the record's
   settings (the parameters that shape the result: model file hash, threshold, pixel
@@ -23,16 +26,18 @@ Three rules keep a folder honest:
   unfinished: resumed (slides). Other settings: refused, naming them, unless
   overwriting, which first removes every output of the input in every format, so
   nothing stale stays looking current.
+- **No write goes through a link.** Every file is created, truncated or appended to
+  without following symbolic links (:mod:`micronet.runtime.files`); a link, folder or
+  FIFO where an output, record or lock belongs is an error naming it.
 
 ``MICRONET_FAULT_AT`` (a point name) with ``MICRONET_FAULT_AFTER_TILES`` (a tile count,
-default 0) and ``MICRONET_FAULT_SIGNAL`` (``KILL``, default; ``INT``; ``STOP``) make a
-run signal itself at that point (:func:`fault_point`): the fault-injection tests kill,
-interrupt or pause runs at exact places with it.
+default 0) and ``MICRONET_FAULT_SIGNAL`` (``KILL``, default; ``INT``; ``TERM``; ``STOP``)
+make a run signal itself at that point (:func:`fault_point`): the fault-injection tests
+kill, interrupt or pause runs at exact places with it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,25 +46,51 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from ..detections import Detections
 from ..errors import InputError, InputTypeError
-from ..files import FileLock, OutputWriteError, file_sha256, replace_atomically, writing  # re-exported
+from ..files import (  # re-exported
+    BusyError,
+    FileLock,
+    OutputWriteError,
+    UnsafeOutputError,
+    check_target,
+    file_sha256,
+    open_output,
+    replace_atomically,
+    write_new,
+    writing,
+)
+from .folder import FORMATS, PARTIAL, SUFFIXES, OutputFolder
+from .records import (  # re-exported
+    RECORD_FORMAT,
+    SETTINGS_SINCE,
+    append_records,
+    describe_changes,
+    detector_settings,
+    file_digest,
+    fingerprint,
+    model_digest,
+    read_records,
+)
 
 __all__ = [
     "FORMATS",
     "SUFFIXES",
     "PARTIAL",
+    "BusyError",
     "OutputWriteError",
+    "UnsafeOutputError",
     "OutputLock",
     "InputOutputs",
     "ImageOutputs",
     "InputRun",
     "Verdict",
     "check_formats",
+    "describe_changes",
     "fingerprint",
     "file_digest",
     "file_sha256",
@@ -74,15 +105,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "geojson", "png")
-SUFFIXES = {"csv": ".csv", "geojson": ".geojson", "png": ".overlay.png"}
-PARTIAL = ".partial"  # what an output is called until its input is finished
-RECORD_FORMAT = "micronet-outputs/1"
 OVERWRITE_HINT = "pass --overwrite (resume=False in Python) to replace all outputs of"
-# Settings added after records were first written, with the value every run before them
-# had: a record without one was made at that value (no test-time augmentation before
-# ``tta``), so its outputs stay current for a rerun at it, and other values are refused.
-SETTINGS_SINCE = {"tta": False}
 
 
 def check_formats(formats: Any) -> tuple[str, ...]:
@@ -100,67 +123,6 @@ def check_formats(formats: Any) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in names)
 
 
-def fingerprint(path: Path) -> dict[str, Any]:
-    """Identifies an input file by name, size and the hash of its first MiB (not the
-    mtime, so a copied file still resumes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256_1mib": digest.hexdigest()}
-
-
-def file_digest(path: Path) -> dict[str, Any]:
-    """``{"bytes": size, "sha256": hex}`` of a file."""
-    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-
-
-_MODEL_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def detector_settings(detector: Any) -> dict[str, Any]:
-    """What of a detector decides its detections, for an output's recorded settings:
-    the model (its digest), ξ, the minimum distance, the tiling, test-time
-    augmentation and colour normalisation. Images and slides record the same keys,
-    so a setting added here is checked on both."""
-    return {
-        "model": model_digest(detector),
-        "threshold": detector.threshold,
-        "min_distance": detector.min_distance,
-        "tile_size": detector.tile_size,
-        "tile_margin": detector.tile_margin,
-        "tta": detector.tta,
-        # Recorded only when set, so outputs made before the option existed still match.
-        **({"normalize": detector.normalize} if getattr(detector, "normalize", None) else {}),
-    }
-
-
-def model_digest(detector: Any) -> str:
-    """SHA-256 of the detector's model file (cached per file, size and mtime: a batch
-    hashes it once); of its metadata when it runs a Backend object without a file."""
-    path = getattr(detector, "model_path", None)
-    if path is None:
-        return "info:" + hashlib.sha256(detector.info.to_json().encode()).hexdigest()
-    stat = Path(path).stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _MODEL_DIGESTS:
-        _MODEL_DIGESTS[key] = file_digest(Path(path))["sha256"]
-    return _MODEL_DIGESTS[key]
-
-
-def append_records(f: IO[bytes], xy: np.ndarray, scores: np.ndarray) -> int:
-    """Appends detections to the record as little-endian float32 ``(x, y, score)`` rows;
-    returns the file's length."""
-    records = np.concatenate([np.asarray(xy, np.float32).reshape(-1, 2), np.asarray(scores, np.float32)[:, None]], axis=1).astype("<f4")
-    f.write(records.tobytes())
-    f.flush()
-    return f.tell()
-
-
-def read_records(path: Path) -> np.ndarray:
-    """The record's detections: ``(N, 3)`` float32 ``(x, y, score)``."""
-    return np.fromfile(path, dtype="<f4").reshape(-1, 3)
-
-
 def fault_point(name: str, tiles_done: int = 0) -> None:
     """Signals this process when ``MICRONET_FAULT_AT`` names this point and at least
     ``MICRONET_FAULT_AFTER_TILES`` tiles are done (see the module docstring); a no-op
@@ -170,8 +132,8 @@ def fault_point(name: str, tiles_done: int = 0) -> None:
     os.environ.pop("MICRONET_FAULT_AT")
     how = os.environ.get("MICRONET_FAULT_SIGNAL", "KILL").upper()
     os.kill(os.getpid(), getattr(signal, f"SIG{how}"))
-    if how == "INT":
-        time.sleep(1.0)  # the KeyboardInterrupt arrives here
+    if how in ("INT", "TERM", "HUP"):
+        time.sleep(1.0)  # the handler's exception arrives here
 
 
 # --- the lock ---------------------------------------------------------------------------------
@@ -179,33 +141,41 @@ def fault_point(name: str, tiles_done: int = 0) -> None:
 
 class OutputLock(FileLock):
     """An exclusive lock on the outputs of one input in a folder: a :class:`FileLock`
-    on ``<stem>.lock``.
+    on ``.micronet/<stem>.lock``.
 
     >>> with OutputLock(out_dir, "slide"):        # doctest: +SKIP
     ...     ...                                   # write slide.csv etc.
 
     Args:
-        out_dir: the output folder (made when missing).
-        stem: the name the input's outputs start with.
+        out_dir: the output folder (made when missing, with its hidden folder).
+        stem: the name the input's outputs start with (checked to leave room for the
+            longest output name on this file system).
         wait: wait for another run holding the lock instead of refusing.
 
     Raises:
-        InputError: another process holds the lock (and ``wait`` is false); the message
+        BusyError: another process holds the lock (and ``wait`` is false); the message
             names its PID and command.
-        OutputWriteError: the lock file cannot be made (read-only folder …).
+        InputError: a stem too long for its output names.
+        OutputWriteError: the lock file cannot be made (read-only folder, a link there …).
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], stem: str, wait: bool = False) -> None:
         self.dir = Path(out_dir)
         self.stem = stem
+        folder = OutputFolder(self.dir)
+        folder.check_stem(stem)
         busy = f"{stem}: its outputs in {self.dir} are being written by another run"
-        super().__init__(self.dir / f"{stem}.lock", busy=busy, wait=wait, what=f"the outputs of {stem}")
+        super().__init__(folder.lock(stem), busy=busy, wait=wait, what=f"the outputs of {stem}")
+
+    def acquire(self) -> None:
+        OutputFolder(self.dir).make()
+        super().acquire()
 
     def _open_and_lock(self) -> int:
         try:
             return super()._open_and_lock()
-        except InputError as exc:
-            raise InputError(f"{exc}; wait for it to finish, or pass --wait (wait=True) to wait for it") from None
+        except BusyError as exc:
+            raise BusyError(f"{exc}; wait for it to finish, or pass --wait (wait=True) to wait for it") from None
 
 
 # --- the outputs of one input ------------------------------------------------------------------
@@ -262,29 +232,31 @@ class InputOutputs:
 
     Attributes:
         paths: format → final file (all formats, also those not written).
-        state_path, bin_path: the record.
+        state_path, bin_path: the record (in the hidden folder).
         state: the record as last saved.
     """
 
     def __init__(self, out_dir: Path, stem: str, formats: tuple[str, ...]) -> None:
         self.dir = Path(out_dir)
+        self.folder = OutputFolder(self.dir)
         self.stem = stem
         self.formats = formats
-        self.paths = {f: self.dir / f"{stem}{SUFFIXES[f]}" for f in FORMATS}
-        self.state_path = self.dir / f"{stem}.progress.json"
-        self.bin_path = self.dir / f"{stem}.progress.bin"
+        self.paths = {f: self.folder.output(stem, f) for f in FORMATS}
+        self.state_path = self.folder.record(stem)
+        self.bin_path = self.folder.records_bin(stem)
         self.state: dict[str, Any] = {}
 
     def partial(self, fmt: str) -> Path:
         """Where format ``fmt`` is written until the input is finished."""
-        path = self.paths[fmt]
-        return path.with_name(path.name + PARTIAL)
+        return self.folder.partial(self.stem, fmt)
 
     # -- what is there --
 
     def load_state(self) -> dict[str, Any] | None:
-        """The record, or ``None`` when there is none (or it is not one of ours)."""
-        if not self.state_path.is_file():
+        """The record, or ``None`` when there is none (or it is not one of ours). A
+        record from before the hidden folder (next to the outputs) is moved into it."""
+        self._adopt_legacy_record()
+        if not check_target(self.state_path):
             return None
         try:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
@@ -296,22 +268,36 @@ class InputOutputs:
             return None
         return state
 
+    def _adopt_legacy_record(self) -> None:
+        old_json = self.folder.legacy_record(self.stem)
+        old_bin = old_json.with_name(f"{self.stem}.progress.bin")
+        if check_target(self.state_path) or not check_target(old_json):
+            return
+        self.folder.make()
+        with writing(self.bin_path):
+            if check_target(old_bin):
+                check_target(self.bin_path)
+                os.replace(old_bin, self.bin_path)
+            os.replace(old_json, self.state_path)
+        log.info("%s: its record moved into %s", self.stem, self.folder.hidden)
+
     def check(self, settings: dict[str, Any], overwrite: bool = False) -> Verdict:
         """What this run does with the files already in the folder.
 
         Raises:
             InputError: outputs of a run with other settings (naming them), or outputs
                 with no record of the run that made them; unless ``overwrite``.
+            UnsafeOutputError: a link (or folder, FIFO …) where an output belongs.
         """
+        there = [p.name for p in self.paths.values() if check_target(p)]
         if overwrite:
             return Verdict("new")
         state = self.load_state()
         if state is None:
-            there = [p.name for p in self.paths.values() if p.exists()]
             if there:
                 raise InputError(
                     f"{', '.join(there)}: already in {self.dir} with no record of the run that wrote "
-                    f"{'it' if len(there) == 1 else 'them'} ({self.state_path.name}); {OVERWRITE_HINT} {self.stem}"
+                    f"{'it' if len(there) == 1 else 'them'} ({self.folder.hidden.name}/{self.state_path.name}); {OVERWRITE_HINT} {self.stem}"
                 )
             return Verdict("new")
         recorded, wanted = ({**SETTINGS_SINCE, **s} for s in (state["settings"], settings))
@@ -337,7 +323,7 @@ class InputOutputs:
         """What is wrong with a file against its recorded digest, or ``None``."""
         if expected is None:
             return "not in the record"
-        if not path.is_file():
+        if not check_target(path):
             return "missing"
         size = path.stat().st_size
         if size < expected["bytes"]:
@@ -359,12 +345,11 @@ class InputOutputs:
         # Outputs go before the new record exists: a kill in between leaves the old
         # record with its outputs missing (a rerun rewrites them), never the new record
         # next to old outputs.
-        for fmt in FORMATS:
-            for path in (self.paths[fmt], self.partial(fmt)):
-                with writing(path):
-                    path.unlink(missing_ok=True)
-        with writing(self.bin_path):
-            self.bin_path.unlink(missing_ok=True)
+        self.folder.make()
+        for path in [*(p for f in FORMATS for p in (self.paths[f], self.partial(f))), self.bin_path]:
+            with writing(path):
+                if check_target(path):
+                    path.unlink()
         self.state = {"format": RECORD_FORMAT, "settings": settings, "complete": False, "detections": 0, **state}
         self.save_state()
 
@@ -382,9 +367,15 @@ class InputOutputs:
         fault_point("finish:recorded")
         # A kill among these renames leaves finished partials that a rerun renames.
         for fmt in self.formats:
-            with writing(self.paths[fmt]):
-                os.replace(self.partial(fmt), self.paths[fmt])
+            self._rename(self.partial(fmt), self.paths[fmt])
             fault_point(f"finish:renamed:{fmt}")
+
+    @staticmethod
+    def _rename(part: Path, final: Path) -> None:
+        with writing(final):
+            check_target(part)
+            check_target(final)
+            os.replace(part, final)
 
     def repair(self, damaged: dict[str, str], write: Callable[[str, Path], None]) -> list[str]:
         """Rewrites the damaged outputs of a finished run: a finished partial file (left
@@ -394,45 +385,18 @@ class InputOutputs:
         for fmt, why in damaged.items():
             final, part = self.paths[fmt], self.partial(fmt)
             expected = self.state["outputs"].get(fmt)
-            with writing(part):
-                if expected is None or self._damage(part, expected) is not None:
-                    write(fmt, part)
-                    digest = file_digest(part)
-                    if expected is None or digest != {k: expected[k] for k in ("bytes", "sha256")}:
-                        # Not what was written then (another Pillow encodes PNGs its own
-                        # way): record what is there now.
-                        self.state["outputs"][fmt] = {"file": final.name, **digest}
-                        self.save_state()
-                os.replace(part, final)
+            if expected is None or self._damage(part, expected) is not None:
+                write_new(part, lambda p, fmt=fmt: write(fmt, p))
+                digest = file_digest(part)
+                if expected is None or digest != {k: expected[k] for k in ("bytes", "sha256")}:
+                    # Not what was written then (another Pillow encodes PNGs its own
+                    # way): record what is there now.
+                    self.state["outputs"][fmt] = {"file": final.name, **digest}
+                    self.save_state()
+            self._rename(part, final)
             log.warning("%s: %s; rewritten from the stored detections", final.name, why)
             rewritten.append(final.name)
         return rewritten
-
-
-def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``"threshold 3.0 → 0.2, formats csv,geojson,png → csv"``: the settings that differ."""
-
-    def show(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.6g}"
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return ",".join(value) or "none"
-        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            return "(" + ", ".join(show(v) for v in value) + ")"
-        return str(value)
-
-    parts = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) == new.get(key):
-            continue
-        a, b = show(old.get(key, "none")), show(new.get(key, "none"))
-        if key == "input":
-            parts.append("input (another file of the same name)")
-        elif len(a) + len(b) <= 60:
-            parts.append(f"{key} {a} → {b}")
-        else:
-            parts.append(key)
-    return ", ".join(parts)
 
 
 class ImageOutputs(InputOutputs):
@@ -444,10 +408,9 @@ class ImageOutputs(InputOutputs):
         """Writes every format and the record under partial names, then finishes them.
         ``image()`` gives the ``(H, W, 3)`` uint8 image (for the overlay)."""
         for fmt in self.formats:
-            with writing(self.partial(fmt)):
-                self.write_format(fmt, self.partial(fmt), found, image)
+            write_new(self.partial(fmt), lambda p, fmt=fmt: self.write_format(fmt, p, found, image))
             fault_point(f"image:wrote:{fmt}")
-        with writing(self.bin_path), open(self.bin_path, "wb") as f:
+        with writing(self.bin_path), open_output(self.bin_path, "w") as f:
             append_records(f, found.xy, found.scores)
         self.finish_outputs({"detections": len(found)})
 

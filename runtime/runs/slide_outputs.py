@@ -3,8 +3,9 @@ that lets a rerun resume, verify or refuse them.
 
 :class:`SlideOutputs` is the slide case of :class:`~micronet.runtime.runs.outputs.InputOutputs`
 (the lock, the complete-or-absent rule and the checks on a rerun are there). While the
-run goes on, every file has its ``.partial`` name; they get their final names only when
-the last tile is done and the record holds their checksums:
+run goes on, every file has its ``.partial`` name in the folder's hidden ``.micronet/``;
+they get their final names only when the last tile is done and the record holds their
+checksums:
 
 - ``<stem>.csv``: header ``x,y,x_um,y_um,score``; level-0 pixels (shortest float32
   repr, as :meth:`Detections.to_csv`), µm from the slide's top-left corner to the pixel
@@ -16,10 +17,10 @@ the last tile is done and the record holds their checksums:
   there, which a whole-slide file (hundreds of MB) could not afford after every batch.
 - ``<stem>.overlay.png``: the thumbnail with the detections drawn; the partial one is
   redrawn every 30 s and when a run stops (a preview), the final one at the end.
-- ``<stem>.progress.json`` and ``<stem>.progress.bin``: the record. The JSON (replaced
-  atomically after each batch) holds the settings, the number of tiles done and the
-  byte length of every partial file at that point, and once finished the size and
-  SHA-256 of every output; the ``.bin`` holds the detections so far as float32
+- ``.micronet/<stem>.progress.json`` and ``.micronet/<stem>.progress.bin``: the record.
+  The JSON (replaced atomically after each batch) holds the settings, the number of
+  tiles done and the byte length of every partial file at that point, and once
+  finished the size and SHA-256 of every output; the ``.bin`` holds the detections so far as float32
   ``(x, y, score)`` records. A rerun with the same settings truncates each partial
   file to its recorded length (dropping a batch torn by a kill) and carries on from the
   next tile; a rerun of a finished run checks the outputs and rewrites any that is
@@ -42,6 +43,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import InputError
+from ..files import open_output, write_new
 from ..slide.reader import Thumbnail, slide_suffix
 from .outputs import (
     FORMATS,
@@ -115,9 +117,9 @@ def append_csv(f: IO[bytes], xy: np.ndarray, scores: np.ndarray, mpp_xy: tuple[f
 
 def reopen_csv(path: Path, length: int) -> IO[bytes]:
     """The CSV cut back to ``length`` bytes, open for appending."""
-    with open(path, "r+b") as f:
+    with open_output(path, "r+") as f:
         f.truncate(length)
-    return open(path, "ab")
+    return open_output(path, "a")
 
 
 def start_geojson(f: IO[bytes]) -> int:
@@ -143,7 +145,7 @@ def append_geojson(f: IO[bytes], end: int, xy: np.ndarray, scores: np.ndarray) -
 def reopen_geojson(path: Path, end: int) -> IO[bytes]:
     """The GeoJSON cut back to the features before ``end`` and closed again, open for
     :func:`append_geojson`."""
-    f = open(path, "r+b")
+    f = open_output(path, "r+")
     f.seek(end)
     f.write(GEOJSON_TAIL)
     f.truncate()
@@ -179,10 +181,13 @@ class _Overlay:
         changed."""
         if not self.changed:
             return
-        with writing(path):
-            self._canvas.save(path, format="PNG")
+        write_new(path, self.save)
         self.changed = False
         self.written_at = time.monotonic()
+
+    def save(self, path: Path) -> None:
+        """Saves the drawing as PNG to ``path`` (a file :func:`write_new` made)."""
+        self._canvas.save(path, format="PNG")
 
 
 # --- the outputs of one slide --------------------------------------------------------------------
@@ -252,31 +257,29 @@ class SlideOutputs(InputOutputs):
         return int(self.state["tiles_done"]), xy, scores
 
     def _open(self, name: str, path: Path, mode: str) -> IO[bytes]:
-        with writing(path):
-            self._files[name] = open(path, mode)
+        self._files[name] = open_output(path, mode)
         return self._files[name]
 
     def _start_files(self) -> None:
         sizes = self.state["bytes"]
-        self._open("bin", self.bin_path, "wb")
+        self._open("bin", self.bin_path, "w")
         sizes["bin"] = 0
         if "csv" in self.formats:
             with writing(self.partial("csv")):
-                sizes["csv"] = start_csv(self._open("csv", self.partial("csv"), "wb"))
+                sizes["csv"] = start_csv(self._open("csv", self.partial("csv"), "w"))
         if "geojson" in self.formats:
             with writing(self.partial("geojson")):
-                sizes["geojson"] = start_geojson(self._open("geojson", self.partial("geojson"), "wb"))
+                sizes["geojson"] = start_geojson(self._open("geojson", self.partial("geojson"), "w"))
         self._new_overlay()
 
     def _reopen_files(self) -> np.ndarray:
         sizes = self.state["bytes"]
-        with writing(self.bin_path):
-            with open(self.bin_path, "r+b") as f:
-                f.truncate(sizes["bin"])
+        with writing(self.bin_path), open_output(self.bin_path, "r+") as f:
+            f.truncate(sizes["bin"])
         records = read_records(self.bin_path)
         if len(records) != self.state["detections"]:
             raise InputError(f"{self.bin_path}: holds {len(records)} detections, its record says {self.state['detections']}; pass --overwrite (resume=False) to start over")
-        self._open("bin", self.bin_path, "ab")
+        self._open("bin", self.bin_path, "a")
         if "csv" in self.formats:
             with writing(self.partial("csv")):
                 self._files["csv"] = reopen_csv(self.partial("csv"), sizes["csv"])
@@ -350,16 +353,18 @@ class SlideOutputs(InputOutputs):
     # -- repairing --
 
     def write_whole(self, fmt: str, path: Path) -> None:
-        """Writes format ``fmt`` from the stored detections to ``path``, byte for byte as
-        the run wrote it batch by batch (the records are in tile order)."""
+        """Writes format ``fmt`` from the stored detections to ``path`` (a new file
+        :func:`write_new` made), byte for byte as the run wrote it batch by batch (the
+        records are in tile order)."""
         xy, scores = self.records()
         if fmt == "png":
             assert self.thumbnail is not None  # checked in __init__
             overlay = _Overlay(self.thumbnail, self.mpp_xy)
             overlay.draw(xy)
-            overlay.write(path)
+            overlay.save(path)
             return
-        with open(path, "wb") as f:
+        with open_output(path, "r+") as f:
+            f.truncate(0)
             if fmt == "csv":
                 start_csv(f)
                 append_csv(f, xy, scores, self.mpp_xy)

@@ -90,9 +90,9 @@ def detect_slide(detector: Any, path: str | PathLike[str], **options: Any) -> De
             when stderr is a terminal (or in a notebook), else a log line a minute.
         out_dir: when given, ``<stem>.csv``, ``<stem>.geojson`` and
             ``<stem>.overlay.png`` (``formats`` chooses) are written there, under
-            ``.partial`` names until the slide is finished, with the record
-            ``<stem>.progress.json``/``.bin``; the lock ``<stem>.lock`` keeps a
-            second run off them.
+            ``.partial`` names in its hidden ``.micronet/`` until the slide is
+            finished, with the record ``.micronet/<stem>.progress.json``/``.bin``; the
+            lock ``.micronet/<stem>.lock`` keeps a second run off them.
         formats: any of ``"csv"``, ``"geojson"``, ``"png"`` (a sequence, or one
             comma-separated string).
         resume: ``True``: continue an unfinished run with the same settings found in

@@ -40,7 +40,7 @@ def test_run_summary_is_written_whole(tmp_path):
     rows = [{"input": "a.svs", "status": "ok", "nuclei": 3, "megapixels": 1.5, "seconds": 0.2, "worker": "h:1", "error": "", "extra": 1}]
     path = write_summary(tmp_path / "run_summary.csv", rows)
     assert path.read_text().splitlines() == ["input,status,nuclei,megapixels,seconds,worker,error", "a.svs,ok,3,1.5,0.2,h:1,"]
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.rglob("*.partial"))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_a_cohort_on_local_ray_writes_what_the_serial_run_writes_and_survives_a_
     assert workers - set(pids), (workers, pids, killed)
     # Byte for byte the serial run's outputs; no partial file or lock left.
     assert _outputs(out) == _outputs(serial) and len(_outputs(out)) == 8
-    assert not list(out.glob("*.partial")) and not list(out.glob("*.lock"))
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.lock"))
 
     # A rerun of the cohort: the finished slides are verified and skipped, the broken
     # one fails again, and no output changes.

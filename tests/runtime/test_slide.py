@@ -126,7 +126,7 @@ def check_outputs(out: Path, stem: str, found: Detections, mpp_xy: tuple[float, 
         assert im.mode == "RGB" and max(im.size) <= 2048
         drawn = (np.asarray(im) == (0, 255, 0)).all(axis=2)
         assert drawn.any() == bool(len(found))  # the circles
-    state = json.loads((out / f"{stem}.progress.json").read_text())
+    state = json.loads((out / ".micronet" / f"{stem}.progress.json").read_text())
     assert state["complete"] and state["detections"] == len(found)
 
 
@@ -215,7 +215,7 @@ def test_glass_is_skipped(slide_detector, synthetic: tuple[Path, np.ndarray], tm
     path, _ = synthetic
     region = (1200, 0, 1300, 700)  # glass from x = 2000 on
     found = slide_detector.detect_slide(path, region=region, out_dir=tmp_path, formats=("csv",), progress=False)
-    state = json.loads((tmp_path / "synthetic.progress.json").read_text())
+    state = json.loads((tmp_path / ".micronet" / "synthetic.progress.json").read_text())
     assert state["tiles_total"] < state["tiles_planned"]  # tiles on glass alone are not run
     # Nothing lies beyond the tissue margin (50 µm ≈ 92 px) and the core (352 px) of a
     # tile that touches it.
@@ -231,7 +231,7 @@ def test_plan_slide_is_what_detect_slide_runs(slide_detector, synthetic: tuple[P
         tile = plan.tiles[0]
         read = plan.grid.read_tile(slide, tile)
     slide_detector.detect_slide(path, region=region, out_dir=tmp_path, formats=("csv",), progress=False)
-    state = json.loads((tmp_path / "synthetic.progress.json").read_text())
+    state = json.loads((tmp_path / ".micronet" / "synthetic.progress.json").read_text())
     assert (len(plan.tiles), plan.tiles_planned) == (state["tiles_total"], state["tiles_planned"])
     assert everything.tiles_planned == len(everything.tiles) == plan.tiles_planned and everything.thumbnail is None
     assert set(plan.tiles) < set(everything.tiles) and plan.thumbnail is not None
@@ -256,19 +256,19 @@ def test_resume_after_interruption_gives_identical_files(slide_detector, synthet
     part = tmp_path / "part"
     with pytest.raises(Interrupted):  # serial reading here, prefetching above: same files
         slide_detector.detect_slide(path, region=region, out_dir=part, progress=False, queue_size=0, on_batch=stop_after_two_batches)
-    # The interrupted run left valid files, under partial names only (issue 11: no file
-    # with a final name looks complete before it is) ...
-    state = json.loads((part / "synthetic.progress.json").read_text())
+    # The interrupted run left valid files, under partial names in the hidden folder only
+    # (issue 11: no file with a final name looks complete before it is) ...
+    state = json.loads((part / ".micronet" / "synthetic.progress.json").read_text())
     assert state["tiles_done"] == 4 and not state["complete"] and state["tiles_total"] > 4
     assert not any((part / name).exists() for name in ("synthetic.csv", "synthetic.geojson", "synthetic.overlay.png"))
-    json.loads((part / "synthetic.geojson.partial").read_text())
-    with open(part / "synthetic.csv.partial") as f:
+    json.loads((part / ".micronet" / "synthetic.geojson.partial").read_text())
+    with open(part / ".micronet" / "synthetic.csv.partial") as f:
         assert len(f.readlines()) == state["detections"] + 1
-    Image.open(part / "synthetic.overlay.png.partial").verify()
+    Image.open(part / ".micronet" / "synthetic.overlay.png.partial").verify()
     # ... and a batch torn by a kill (bytes past the recorded lengths) is dropped.
-    with open(part / "synthetic.csv.partial", "a") as f:
+    with open(part / ".micronet" / "synthetic.csv.partial", "a") as f:
         f.write("12.5,3")
-    with open(part / "synthetic.geojson.partial", "ab") as f:
+    with open(part / ".micronet" / "synthetic.geojson.partial", "ab") as f:
         f.write(b',{"type":"Feat')
 
     calls = []
@@ -277,7 +277,7 @@ def test_resume_after_interruption_gives_identical_files(slide_detector, synthet
     same_detections(resumed, whole)
     for name in ("synthetic.csv", "synthetic.geojson", "synthetic.overlay.png"):
         assert (part / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
-    assert not list(part.glob("*.partial")) and not list(part.glob("*.tmp")) and not list(part.glob("*.lock"))
+    assert not list(part.rglob("*.partial")) and not list(part.rglob("*.tmp")) and not list(part.rglob("*.lock"))
     check_outputs(part, "synthetic", resumed, (SYNTH_MPP, SYNTH_MPP))
 
     # A finished run is not redone.
@@ -344,9 +344,9 @@ def test_truncated_slide_fails_cleanly_and_leaves_valid_files(slide_detector, sy
         slide_detector.detect_slide(cut, out_dir=out, formats="csv,geojson", tissue_only=False, progress=False)
     # The reader thread failed mid-run; the batches before it are in valid partial files,
     # and nothing has a final name.
-    state = json.loads((out / "cut.progress.json").read_text())
+    state = json.loads((out / ".micronet" / "cut.progress.json").read_text())
     assert 0 < state["tiles_done"] < state["tiles_total"] and not state["complete"]
-    assert len(json.loads((out / "cut.geojson.partial").read_text())["features"]) == state["detections"]
+    assert len(json.loads((out / ".micronet" / "cut.geojson.partial").read_text())["features"]) == state["detections"]
     assert not (out / "cut.csv").exists() and not (out / "cut.geojson").exists()
 
 

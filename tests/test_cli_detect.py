@@ -179,6 +179,23 @@ def test_slides_go_to_the_slide_reader(model, tmp_path, capsys):
     assert "scan.svs" in err and "not a readable TIFF" in err and "Traceback" not in err  # the slide reader refuses the damaged file
 
 
+def test_every_suffix_a_slide_reader_opens_is_a_slide_input(model, tmp_path, capsys):
+    """One registry of slide suffixes: a DICOM-WSI file (OpenSlide reads it, ``--reader``
+    says so) reaches the slide reader, whose error names the file, rather than being
+    refused as not an image or slide."""
+    from micronet.runtime.runs import batch, inputs
+    from micronet.runtime.slide import reader
+
+    assert batch.SLIDE_SUFFIXES is reader.SLIDE_SUFFIXES
+    assert set(reader.TIFFFILE_SUFFIXES + reader.OPENSLIDE_SUFFIXES) <= set(inputs.INPUT_SUFFIXES) | set(reader.OME_SUFFIXES)
+    (tmp_path / "scan.dcm").write_bytes(b"\0" * 300)
+    assert batch.is_slide(tmp_path / "scan.dcm")
+    assert main(["detect", str(tmp_path / "scan.dcm"), "--model", str(model), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "scan.dcm" in err and "expected an image or slide file" not in err and "Traceback" not in err
+    assert "OpenSlide" in err  # the reader's own message (cannot read it, or how to install it)
+
+
 def test_a_real_slide_is_detected_tile_by_tile(model, tmp_path, capsys, shared_data):
     slide = shared_data / "slides" / "OS-1-detail.ome.tif"
     if not slide.is_file():

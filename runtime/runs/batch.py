@@ -34,7 +34,8 @@ from .. import images
 from ..detections import Detections
 from ..errors import InputError, MicronetError, MissingFileError
 from ..files import BusyError, regular_file
-from ..images import as_rgb_image, check_mpp, image_orientation
+from ..images import IMAGE_SUFFIXES, as_rgb_image, check_mpp, image_orientation
+from ..slide.reader import SLIDE_SUFFIXES, slide_suffix  # the one registry; re-exported
 from .folder import OutputFolder, written_by_a_run
 from .outputs import (
     FORMATS,
@@ -53,7 +54,6 @@ __all__ = ["RunSettings", "SummaryRow", "process_input", "run_image", "check_out
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".svslide", ".vms", ".vmu")
 SLIDE_MIN_SIDE = 10_000  # a plain TIFF larger than this (px) on a side is read as a slide
 MPP_ASSUMED = "assumed: the model's"  # image_mpp's source when neither caller nor file gives one
 
@@ -312,10 +312,10 @@ def is_slide(path: Path) -> bool:
     """Whether a file is read as a whole slide rather than as one image: a slide suffix
     (``.svs``, ``.ndpi``, ``.mrxs``, ``.ome.tif`` …) or a TIFF larger than 10,000 px on a
     side."""
-    name = path.name.lower()
-    if name.endswith((".ome.tif", ".ome.tiff")) or path.suffix.lower() in SLIDE_SUFFIXES:
+    suffix = slide_suffix(path)
+    if suffix in SLIDE_SUFFIXES and suffix not in IMAGE_SUFFIXES:
         return True
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if suffix in IMAGE_SUFFIXES and suffix in SLIDE_SUFFIXES:  # .tif / .tiff: by size
         import tifffile
 
         regular_file(path)  # never opens a FIFO (a read would wait forever)

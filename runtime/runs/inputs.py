@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from ..errors import InputError, MicronetError
 from ..files import regular_file
 from ..images import IMAGE_SUFFIXES
-from .batch import SLIDE_SUFFIXES
+from ..slide.reader import SLIDE_SUFFIXES
 from .folder import OutputFolder, written_by_a_run
 from .slide_outputs import output_stem
 
@@ -35,7 +35,7 @@ __all__ = ["INPUT_SUFFIXES", "PlannedInputs", "plan_inputs"]
 
 log = logging.getLogger(__name__)
 
-INPUT_SUFFIXES = IMAGE_SUFFIXES + SLIDE_SUFFIXES
+INPUT_SUFFIXES = tuple(dict.fromkeys(IMAGE_SUFFIXES + SLIDE_SUFFIXES))
 _WHAT = {"csv": "CSV", "geojson": "GeoJSON", "png": "overlay"}
 
 

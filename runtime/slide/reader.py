@@ -46,10 +46,11 @@ __all__ = [
     "READERS",
     "SLIDE_SUFFIXES",
     "OME_SUFFIXES",
+    "TIFFFILE_SUFFIXES",
+    "OPENSLIDE_SUFFIXES",
     "THUMBNAIL_SIZE",
 ]
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")  # .ome.tif / .ome.tiff included
 OME_SUFFIXES = (".ome.tif", ".ome.tiff")
 _CONVERT = "convert it to a tiled pyramidal TIFF, e.g. `vips tiffsave in out.tif --tile --pyramid --compression jpeg` or QuPath's OME-TIFF export"
 
@@ -254,10 +255,12 @@ def slide_suffix(path: Path) -> str:
 
 
 READERS = ("auto", "tifffile", "openslide")
-# Suffixes tifffile reads (an NDPI is a TIFF variant tifffile knows); the rest of the
-# vendor formats go to OpenSlide.
-TIFFFILE_SUFFIXES = SLIDE_SUFFIXES + OME_SUFFIXES + (".ndpi",)
+# The one registry of slide suffixes (as :func:`slide_suffix` gives them): what tifffile
+# reads (an NDPI is a TIFF variant tifffile knows), what OpenSlide reads, and their union,
+# which the runs package takes as its slide inputs.
+TIFFFILE_SUFFIXES = (".svs", ".tif", ".tiff") + OME_SUFFIXES + (".ndpi",)
 OPENSLIDE_SUFFIXES = (".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".svslide", ".ndpi", ".svs", ".tif", ".tiff")
+SLIDE_SUFFIXES = tuple(dict.fromkeys(TIFFFILE_SUFFIXES + OPENSLIDE_SUFFIXES))
 
 
 def file_signature(path: Path) -> str:
@@ -312,10 +315,9 @@ def open_slide(path: str | PathLike[str], reader: str = "auto") -> SlideBase:
     if not path.is_file():
         raise MissingFileError(f"slide not found: {path}")
     suffix = slide_suffix(path)
-    known = TIFFFILE_SUFFIXES + OPENSLIDE_SUFFIXES
-    if reader == "auto" and suffix not in known:
+    if reader == "auto" and suffix not in SLIDE_SUFFIXES:
         raise InputError(
-            f"{path.name}: expected a slide file ({', '.join(sorted(set(known)))}), got {suffix or 'no suffix'!r} "
+            f"{path.name}: expected a slide file ({', '.join(sorted(SLIDE_SUFFIXES))}), got {suffix or 'no suffix'!r} "
             f"({file_signature(path)})"
         )
     if reader == "tifffile" or (reader == "auto" and suffix in TIFFFILE_SUFFIXES):

@@ -139,6 +139,16 @@ def test_an_image_is_run_at_the_pixel_size_its_file_records(model, tmp_path):
     assert settings["mpp"] == pytest.approx(0.275, rel=1e-3)
 
 
+def test_the_cli_reads_formats_with_the_runs_package_table():
+    """One table of output formats and one parser of ``--format``: the runs package's."""
+    from micronet.runtime.runs import outputs
+
+    from micronet.commands import detect
+
+    assert detect.FORMATS is outputs.FORMATS and detect.parse_formats is outputs.parse_formats
+    assert outputs.parse_formats("PNG, csv,png") == ("png", "csv")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -51,13 +51,13 @@ from micronet.runtime.runs.batch import (
     process_input,
 )
 from micronet.runtime.runs.folder import SUMMARY
+from micronet.runtime.runs.outputs import FORMATS, parse_formats  # FORMATS re-exported
 from micronet.runtime.runs.summary import RUNNING_ELSEWHERE, write_summary
 
 __all__ = ["add_parser", "run", "FORMATS", "is_slide"]
 
 log = logging.getLogger("micronet.detect")
 
-FORMATS = ("csv", "geojson", "png")
 DEMO_OUT = Path("micronet-demo")
 INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT (128 + its number)
 
@@ -149,15 +149,6 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, metavar="T",
         help="ONNX Runtime CPU threads per worker, at most the CPUs this process may use (default: 1 on Ray, the physical cores here)",
     )  # fmt: skip
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    """``"csv,png"`` → ``("csv", "png")``; unknown names raise, listing the valid ones."""
-    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
-    unknown = [n for n in names if n not in FORMATS]
-    if unknown or not names:
-        raise InputError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
-    return names
 
 
 def _inputs(args: argparse.Namespace, formats: tuple[str, ...]) -> tuple[Any, Path]:

@@ -90,6 +90,7 @@ __all__ = [
     "InputRun",
     "Verdict",
     "check_formats",
+    "parse_formats",
     "describe_changes",
     "fingerprint",
     "file_digest",
@@ -121,6 +122,16 @@ def check_formats(formats: Any) -> tuple[str, ...]:
     if unknown or not names:
         raise InputError(f"formats: expected one or more of {', '.join(FORMATS)}, got {list(names)!r}")
     return tuple(f for f in FORMATS if f in names)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """A command line's ``--format`` value: ``"csv,png"`` → ``("csv", "png")``, in the
+    order given, case and repeats ignored; unknown names raise, listing the valid ones."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise InputError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
+    return names
 
 
 def fault_point(name: str, tiles_done: int = 0) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,16 +33,43 @@ DONE = ("ok", "skipped")  # statuses a row of another run's "running elsewhere" 
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:
-    """The rows of a summary file; none when it is missing or unreadable (it is then
-    replaced, not merged)."""
+    """The rows of a summary file; none when it is missing or empty.
+
+    A file that is not a summary (not UTF-8 CSV, or a header without ``input`` and
+    ``status``) is never overwritten: it is moved aside to
+    ``run_summary.csv.unreadable-<YYYYmmdd-HHMMSS>``, with a warning naming it, and a new
+    summary is begun.
+    """
     if not check_target(path):
         return []
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        log.warning("%s is unreadable (%s); it is replaced", path, exc)
+        _move_aside(path, str(exc))
         return []
+    if header is None:  # an empty file: no rows to keep
+        return []
+    if not {"input", "status"} <= set(header):
+        _move_aside(path, f"its header is {','.join(header)!r}, not {','.join(SUMMARY_FIELDS)!r}")
+        return []
+    return rows
+
+
+def _move_aside(path: Path, why: str) -> Path:
+    """Renames an unreadable summary next to itself (under the summary's lock), so that
+    writing a new one loses none of its rows."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.unreadable-{stamp}")
+    n = 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = path.with_name(f"{path.name}.unreadable-{stamp}-{n}")
+    os.rename(path, aside)
+    log.warning("%s is not a run summary (%s); moved it to %s and began a new one", path, why, aside.name)
+    return aside
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

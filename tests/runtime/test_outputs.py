@@ -238,6 +238,23 @@ def test_a_name_too_long_for_its_outputs_is_one_line(tmp_path) -> None:
 # --- the run summary -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\xff\xfe\x00 binary garbage", b"name,count\nx,1\n"], ids=["binary", "wrong-header"])
+def test_an_unreadable_summary_is_moved_aside_not_overwritten(tmp_path, caplog, content) -> None:
+    from micronet.runtime.runs.summary import read_summary, write_summary
+
+    path = tmp_path / "run_summary.csv"
+    path.write_bytes(content)
+    with caplog.at_level("WARNING"):
+        write_summary(path, [{"input": "a.png", "status": "ok", "nuclei": 5}], merge=True)
+    (aside,) = tmp_path.glob("run_summary.csv.unreadable-*")
+    assert aside.read_bytes() == content  # the rows it held are kept, byte for byte
+    assert aside.name in caplog.text and "not a run summary" in caplog.text
+    assert [(r["input"], r["status"]) for r in read_summary(path)] == [("a.png", "ok")]
+    path.write_bytes(b"")  # an empty file holds no rows: simply begun anew
+    write_summary(path, [{"input": "b.png", "status": "ok"}], merge=True)
+    assert len(list(tmp_path.glob("run_summary.csv.unreadable-*"))) == 1
+
+
 def test_running_elsewhere_never_replaces_a_done_row_whoever_writes_last(tmp_path) -> None:
     from micronet.runtime.runs.summary import RUNNING_ELSEWHERE, read_summary, write_summary
 

@@ -233,53 +233,75 @@ def _run_on_ray(
     on_workers: Callable | None,
 ) -> list[dict[str, Any]]:
     ray = _import_ray()
-    started = False
-    if not ray.is_initialized():
-        t0 = time.perf_counter()
-        # "local": a runtime on this machine only; otherwise join the cluster at address.
-        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, logging_level="warning")
-        started = True
-        log.info("Ray runtime %s in %.1f s: %s", "started" if address == "local" else f"joined at {address}", time.perf_counter() - t0, ray.cluster_resources())
+    started = _start_ray(ray, address)
     try:
-        resources = ray.cluster_resources()
-        if spec.wants_gpu:
-            per_task = {"num_cpus": 1, "num_gpus": 1}
-            capacity = int(resources.get("GPU", 0))
-            if capacity < 1:
-                raise InputError(f"the model runs on a GPU ({spec.device}) but the Ray cluster has none: {resources}")
-        else:
-            threads = spec.threads or 1
-            per_task = {"num_cpus": threads, "num_gpus": 0}
-            capacity = max(1, int(resources.get("CPU", 1)) // threads)
-            # Every other setting (tta, normalize) travels unchanged.
-            spec = replace(spec, device="cpu" if spec.device == "auto" else spec.device, threads=threads)
+        spec, per_task, capacity = ray_plan(spec, ray.cluster_resources())
         count = max(1, min(workers or capacity, len(paths)))
         actor_class = ray.remote(max_restarts=-1, max_task_retries=TASK_RETRIES, **per_task)(_Worker)
         actors = [actor_class.remote(spec, process) for _ in range(count)]
         if on_workers is not None:
             on_workers(actors)
-        rows: dict[int, dict[str, Any]] = {}
-        pending: dict[Any, tuple[int, Any]] = {}
-        queue = list(enumerate(paths))
-        idle = list(actors)
-        stop = False
-        with _progress(len(paths), progress) as bar:
-            while (queue and not stop) or pending:
-                while idle and queue and not stop:
-                    actor = idle.pop()
-                    i, path = queue.pop(0)
-                    pending[actor.run.remote(str(path))] = (i, actor)
-                done, _ = ray.wait(list(pending), num_returns=1)
-                i, actor = pending.pop(done[0])
-                try:
-                    row = ray.get(done[0])
-                except ray.exceptions.RayError as exc:  # the actor died more often than retried
-                    row = _failed(paths[i], f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-                idle.append(actor)
-                _finish(row, bar, rows, i, on_row)
-                if fail_fast and row.get("status") == "failed":
-                    stop = True
-        return [rows[i] for i in sorted(rows)]
+        return _run_on_actors(ray, actors, paths, fail_fast, progress, on_row)
     finally:
         if started:
             ray.shutdown()
+
+
+def _start_ray(ray: Any, address: str) -> bool:
+    """Starts or joins a Ray runtime unless this process has one; whether it did."""
+    if ray.is_initialized():
+        return False
+    t0 = time.perf_counter()
+    # "local": a runtime on this machine only; otherwise join the cluster at address.
+    ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    log.info("Ray runtime %s in %.1f s: %s", "started" if address == "local" else f"joined at {address}", time.perf_counter() - t0, ray.cluster_resources())
+    return True
+
+
+def ray_plan(spec: DetectorSpec, resources: dict[str, float]) -> tuple[DetectorSpec, dict[str, int], int]:
+    """What each Ray actor gets: the spec it builds its Detector from, the resources one
+    task asks for, and how many such tasks the cluster holds at once.
+
+    A GPU model asks for one GPU per task; a CPU model for ``spec.threads`` CPUs (1 unless
+    given) and runs on ``"cpu"`` (``"auto"`` resolved here, not on each worker). Every
+    other setting of ``spec`` (``tta``, ``normalize``, model, threshold) travels unchanged.
+
+    Raises:
+        InputError: a GPU model and a cluster without GPUs.
+    """
+    if spec.wants_gpu:
+        capacity = int(resources.get("GPU", 0))
+        if capacity < 1:
+            raise InputError(f"the model runs on a GPU ({spec.device}) but the Ray cluster has none: {resources}")
+        return spec, {"num_cpus": 1, "num_gpus": 1}, capacity
+    threads = spec.threads or 1
+    capacity = max(1, int(resources.get("CPU", 1)) // threads)
+    spec = replace(spec, device="cpu" if spec.device == "auto" else spec.device, threads=threads)
+    return spec, {"num_cpus": threads, "num_gpus": 0}, capacity
+
+
+def _run_on_actors(ray: Any, actors: list[Any], paths: list[Path], fail_fast: bool, progress: bool, on_row: Callable | None) -> list[dict[str, Any]]:
+    """Hands the inputs to idle actors one at a time, in order, until all are done (or,
+    with ``fail_fast``, one failed); the rows in input order."""
+    rows: dict[int, dict[str, Any]] = {}
+    pending: dict[Any, tuple[int, Any]] = {}
+    queue = list(enumerate(paths))
+    idle = list(actors)
+    stop = False
+    with _progress(len(paths), progress) as bar:
+        while (queue and not stop) or pending:
+            while idle and queue and not stop:
+                actor = idle.pop()
+                i, path = queue.pop(0)
+                pending[actor.run.remote(str(path))] = (i, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i, actor = pending.pop(done[0])
+            try:
+                row = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # the actor died more often than retried
+                row = _failed(paths[i], f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            idle.append(actor)
+            _finish(row, bar, rows, i, on_row)
+            if fail_fast and row.get("status") == "failed":
+                stop = True
+    return [rows[i] for i in sorted(rows)]

@@ -124,3 +124,18 @@ def test_a_summary_merges_the_inputs_of_earlier_batches(tmp_path):
     assert [ln.split(",")[:3] for ln in lines[1:]] == [["a.png", "ok", "1"], ["b.png", "ok", "2"], ["c.png", "ok", "3"]]
     write_summary(path, [{"input": "d.png", "status": "ok", "nuclei": 4}])  # without merge: this run only
     assert len(path.read_text().splitlines()) == 2
+
+
+def test_the_spec_sent_to_ray_workers_keeps_tta_and_normalisation():
+    """``--ray --tta``: the spec each Ray actor builds its Detector from is the caller's
+    with only the device and threads settled (no Ray needed to check it)."""
+    from micronet.runtime.runs.cohort import ray_plan
+
+    asked = DetectorSpec("fast-cpu", "auto", threshold=0.4, tta=True, normalize="reinhard")
+    spec, per_task, capacity = ray_plan(asked, {"CPU": 8.0})
+    assert spec == DetectorSpec("fast-cpu", "cpu", threshold=0.4, threads=1, tta=True, normalize="reinhard")
+    assert per_task == {"num_cpus": 1, "num_gpus": 0} and capacity == 8
+    spec, per_task, capacity = ray_plan(DetectorSpec(device="cuda:0", tta=True), {"CPU": 8.0, "GPU": 2.0})
+    assert spec.tta and per_task == {"num_cpus": 1, "num_gpus": 1} and capacity == 2
+    with pytest.raises(InputError, match="the Ray cluster has none"):
+        ray_plan(DetectorSpec(device="cuda", tta=True), {"CPU": 8.0})

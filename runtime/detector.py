@@ -30,21 +30,27 @@ being scanned: ``det.stream(width, height, mpp=...)`` (:mod:`micronet.runtime.st
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import importlib
-import importlib.resources
 import logging
-import numbers
 import threading
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import stain
 from .backends import Backend
+from .backends.select import (  # re-exported where they were before backends/select.py
+    DEFAULT_BATCH_SIZE,  # noqa: F401
+    DEFAULT_CPU_BATCH_SIZE,  # noqa: F401
+    DEFAULT_TILE_SIZE,  # noqa: F401
+    DEVICES,  # noqa: F401
+    MODEL_SUFFIXES,
+    check_int,
+    fit_profile,
+    open_backend,
+    parse_device,
+)
 from .bundled import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
@@ -52,24 +58,17 @@ from .bundled import (
     bundled_sample,
     resolve_model,
 )
-from .classes import class_names, class_probabilities
+from .classes import class_names
 from .detections import Detections
-from .errors import InputError, InputTypeError, MissingPackageError
-from .images import DEFAULT_MAX_MEGAPIXELS, as_rgb_image, check_mpp, image_pixel_size, read_image
+from .errors import InputError, InputTypeError
+from .images import DEFAULT_MAX_MEGAPIXELS, as_rgb_image, read_image
+from .inference import CLOSED, TiledInference, _ClosedBackend  # noqa: F401 (CLOSED re-exported)
 from .model_info import ModelInfo
 from .peaks import _check_params, check_threshold, find_peaks, find_peaks_cuda
-from . import stain
-from .resample import check_ratio, check_work, default_memory_limit, from_resampled, needs_resampling, resample, resampled_size
-from .tiling import (
-    Tile,
-    alignment,
-    default_margin,
-    keep_in_core,
-    memory_tile_size,
-    plan_tiles,
-    receptive_radius,
-    sort_peaks,
-)
+from .prepare import batch_inputs, check_colour_stats, check_positive, prepare_image
+from .resample import default_memory_limit, resample
+from .tiling import Tile, alignment, default_margin, plan_tiles, receptive_radius
+from .tta import TTA_FLIPS, average_flips  # noqa: F401 (TTA_FLIPS re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover - imported on first use of Detector.stream
     from .stream import StreamSession
@@ -89,187 +88,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt"}
-# Device strings ``Detector(device=...)`` accepts: ``"cuda"`` is GPU 0, ``"cuda:N"`` GPU N.
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-DEFAULT_TILE_SIZE = 1024
-DEFAULT_BATCH_SIZE = 4  # GPU backends: batching fills the device
-# CPU backends: a batch does not raise convolution throughput on the CPU, but multiplies
-# the activation memory (tiling.tile_bytes_per_pixel: ≈ 1.5 kB per pixel for the wide fp32
-# default), so one at a time.
-DEFAULT_CPU_BATCH_SIZE = 1
-# Test-time augmentation: the network runs on the image and on these flips of it, each
-# its own inverse, as ``(flip rows, flip columns)``: none, left-right, up-down, both.
-TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
+_average_flips = average_flips  # its name here before micronet.runtime.tta held it
 # Detector(normalize=...): none, one of the stain module's methods, or "auto" (Reinhard
 # where the image lies outside the training data's colours).
 NORMALIZE = (None, *stain.METHODS, "auto")
-
-
-# --- input ---------------------------------------------------------------------------
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < float("inf")):
-        raise InputError(f"{name}: expected a positive number, got {value!r}")
-    return float(value)
-
-
-def _flip(array: Any, rows: bool, columns: bool, row_axis: int) -> Any:
-    """A view of ``array`` reversed along ``row_axis`` (``rows``) and the axis after it
-    (``columns``): NumPy on the host, CuPy on the GPU alike (basic slicing, no copy)."""
-    index: list[slice] = [slice(None)] * array.ndim
-    if rows:
-        index[row_axis] = slice(None, None, -1)
-    if columns:
-        index[row_axis + 1] = slice(None, None, -1)
-    return array[tuple(index)]
-
-
-def _flips_per_call(batch_size: int) -> int:
-    """How many of the four flip passes of a tile share one backend call of at most
-    ``batch_size`` images: all four when they fit, else two, else one."""
-    return next(f for f in (4, 2, 1) if f <= batch_size)
-
-
-def _average_flips(maps: list[Any]) -> Any:
-    """The mean of the ``(n, 1, h, w)`` maps of the :data:`TTA_FLIPS` passes, each
-    flipped back first, computed where the maps lie (CuPy arithmetic stays on the GPU).
-
-    Summed in pairs, (none + left-right) + (up-down + both): flipping the image only
-    swaps terms within a pair or swaps the pairs, and float addition is commutative
-    though not associative, so the average of a flipped image is exactly the flipped
-    average of the image."""
-    back = [_flip(m, rows, columns, 2) for m, (rows, columns) in zip(maps, TTA_FLIPS)]
-    total = back[0] + back[1]  # a new array: the backend's maps stay untouched
-    total += back[2] + back[3]
-    total *= 0.25  # a power of two: exact
-    return total
-
-
-def _on_device(array: Any) -> Any:
-    """A context that makes ``array``'s GPU the current one for CuPy (whose ``device``
-    is a ``cupy.cuda.Device``); nothing for a NumPy array."""
-    device = getattr(array, "device", None)
-    return device if hasattr(device, "__enter__") else contextlib.nullcontext()
-
-
-def _check_colour_stats(stats: Any) -> stain.StainStats | None:
-    if stats is not None and not isinstance(stats, stain.StainStats):
-        raise InputTypeError(f"colour_stats: expected StainStats (micronet.runtime.stain.measure) or None, got {type(stats).__name__}")
-    return stats
-
-
-# --- backends ------------------------------------------------------------------------
-
-
-CLOSED = "this Detector is closed (Detector.close(), or the end of its with block); create a new one"
-
-
-class _ClosedBackend:
-    """What a closed Detector holds instead of its backend: the description, for
-    ``repr`` and ``info``, and an ``infer`` that says it is closed."""
-
-    def __init__(self, backend: Any) -> None:
-        self.name, self.device, self.info = backend.name, backend.device, backend.info
-        self.profile = getattr(backend, "profile", None)
-
-    def infer(self, batch: Any) -> Any:
-        raise InputError(CLOSED)
-
-
-def parse_device(device: Any) -> tuple[str, int]:
-    """A ``device`` argument as ``(kind, GPU index)``: ``"auto"``, ``"cpu"`` and ``"cuda"``
-    → index 0, ``"cuda:N"`` → N."""
-    if isinstance(device, str):
-        if device in ("auto", "cpu", "cuda"):
-            return device, 0
-        index = device[len("cuda:") :] if device.startswith("cuda:") else ""
-        if index.isascii() and index.isdigit():
-            return "cuda", int(index)
-    raise InputError(
-        f"device: expected one of {', '.join(repr(d) for d in DEVICES)} (N a GPU index: 0, 1, ...), got {device!r}"
-    )
-
-
-def _bundled_name(path: Path) -> str | None:
-    """The :data:`BUNDLED_MODELS` name of ``path`` when it is a bundled model file."""
-    for name in BUNDLED_MODELS:
-        try:
-            bundled = bundled_model(name)
-        except FileNotFoundError:
-            continue
-        if path == bundled or (path.is_file() and path.resolve() == bundled.resolve()):
-            return name
-    return None
-
-
-def _check_tensorrt_options(device: str, threads: int | None) -> None:
-    if device == "cpu":
-        raise InputError("device='cpu': TensorRT runs on CUDA GPUs only; use the .onnx model on the CPU")
-    if threads is not None:
-        raise InputError("threads applies to the ONNX Runtime CPU provider only, not to TensorRT")
-
-
-def _tensorrt_backend(engine: Path, device_id: int) -> Any:
-    try:
-        module = importlib.import_module("micronet.runtime.backends.tensorrt")
-    except ModuleNotFoundError as exc:
-        raise MissingPackageError(
-            f"TensorRT engines need TensorRT and the CUDA bindings: pip install 'micronet-sdk[gpu]' (missing: {exc.name})"
-        ) from exc
-    return module.TensorRTBackend(engine, device_id=device_id)
-
-
-def _create_backend(path: Path, kind: str | None, device: str, device_id: int, threads: int | None) -> Any:
-    suffix = path.suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
-        valid = ", ".join(f"{s} ({b})" for s, b in MODEL_SUFFIXES.items())
-        close = difflib.get_close_matches(str(path), list(BUNDLED_MODELS), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise InputError(
-            f"model: expected a model file ending in {valid} or one of the bundled models: {', '.join(BUNDLED_MODELS)}; "
-            f"got {path.name!r}{hint}"
-        )
-    expected = MODEL_SUFFIXES[suffix]
-    if kind == "torch":  # an .onnx export run by torch (micronet.runtime.backends.torch)
-        if expected != "onnxruntime" or threads is not None:
-            raise InputError(f"backend='torch' runs .onnx exports without a threads setting; got {path.name!r}, threads={threads!r}")
-        from .backends.torch import TorchBackend
-
-        return TorchBackend(path, device=device, device_id=device_id)
-    if kind == "tensorrt" and expected == "onnxruntime":
-        # A bundled model on TensorRT: an fp16 engine built for this GPU on first use and
-        # cached (micronet.runtime.engine_cache); any other .onnx needs export-engine.
-        name = _bundled_name(path)
-        if name is None:
-            raise InputError(
-                f"backend='tensorrt' cannot run {path.name!r}: {suffix} files run on the 'onnxruntime' backend; "
-                f"build an engine for this GPU with `export-engine {path.name}` (from an fp16 export) and pass the .engine, "
-                "or use the bundled model: Detector('default', backend='tensorrt')"
-            )
-        from .engine_cache import bundled_engine_source, cached_engine
-
-        source = bundled_engine_source(name)  # ValueError for a model TensorRT does not run
-        _check_tensorrt_options(device, threads)
-        return _tensorrt_backend(cached_engine(source, device_id=device_id), device_id)
-    if kind is not None and kind != expected:
-        raise InputError(f"backend={kind!r} cannot run {path.name!r}: {suffix} files run on the {expected!r} backend")
-    if expected == "onnxruntime":
-        from .backends.onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(path, device=device, threads=threads, device_id=device_id)
-    _check_tensorrt_options(device, threads)
-    return _tensorrt_backend(path, device_id)
-
-
-class Detector:
+class Detector(TiledInference):
     """Finds nucleus centres in H&E images with a MicroNet model.
 
     Args:
@@ -381,42 +204,8 @@ class Detector:
         normalize: str | None = None,
     ) -> None:
         device, device_id = parse_device(device)
-        if normalize not in NORMALIZE:
-            raise InputError(f"normalize: expected one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
-        self.normalize = normalize
-        self._colour_said = False  # whether the colour warning was logged (once per Detector)
-        if not isinstance(tta, (bool, np.bool_)):
-            raise InputTypeError(f"tta: expected True or False, got {tta!r}")
-        self.tta = bool(tta)
-        self.max_megapixels = _check_positive(max_megapixels, "max_megapixels")
-        self.max_memory = default_memory_limit() if max_memory_gb is None else int(_check_positive(max_memory_gb, "max_memory_gb") * 2**30)
-        # Whether this detector has said which pixel size it assumed for an image without
-        # one (once per Detector; threads share it).
-        self._assumed_mpp_said = False
-        self._said_lock = threading.Lock()
-        backend_names = sorted(set(MODEL_SUFFIXES.values()) | {"torch"})
-        if backend is None or isinstance(backend, str):
-            if isinstance(backend, str) and backend not in backend_names:
-                raise InputError(f"backend: expected one of {', '.join(backend_names)}, a Backend object or None, got {backend!r}")
-            if model is None or isinstance(model, (str, PathLike)):
-                path = resolve_model(model)
-            else:
-                raise InputTypeError(f"model: expected a path to an .onnx or .engine file or None, got {type(model).__name__}")
-            self.model_path: Path | None = path
-            self.backend: Any = _create_backend(path, backend, device, device_id, threads)
-        elif isinstance(backend, Backend):
-            if model is not None:
-                raise InputError("give either model= or a Backend object as backend=, not both")
-            if device != "auto" or threads is not None:
-                raise InputError("device and threads configure backends the Detector creates; set them on the Backend object instead")
-            self.model_path = None
-            self.backend = backend
-        else:
-            raise InputTypeError(
-                f"backend: expected one of {', '.join(backend_names)}, an object with name, device, info and infer(), "
-                f"or None, got {type(backend).__name__}"
-            )
-
+        self._check_options(normalize, tta, max_megapixels, max_memory_gb)
+        self.model_path, self.backend = open_backend(model, backend, device, device_id, threads)
         info: ModelInfo = self.backend.info
         self.class_names: tuple[str, ...] = class_names(info)  # phenotypes, when the model classifies
         self._colour_target = stain.target_stats(info.colour)  # CRCHisto's for models without
@@ -427,22 +216,8 @@ class Detector:
             info.min_distance if min_distance is None else min_distance,
         )
         self._align = alignment(info.architecture)
-        self.tile_size, self.batch_size = self._fit_profile(tile_size, batch_size)
-        if tile_margin is None:
-            self.tile_margin = default_margin(info.architecture, self.min_distance)
-        else:
-            self.tile_margin = _check_int(tile_margin, "tile_margin", 0)
-            try:
-                needed = receptive_radius(info.architecture) + self.min_distance
-            except ValueError:
-                needed = 0
-            if self.tile_margin < needed:
-                log.warning(
-                    "tile_margin=%d is below the receptive radius + min_distance (%d): tiled results will differ "
-                    "slightly from a whole-image pass",
-                    self.tile_margin,
-                    needed,
-                )
+        self.tile_size, self.batch_size, self._min_hw = fit_profile(self.backend, tile_size, batch_size, self._align)
+        self.tile_margin = self._margin(tile_margin)
         plan_tiles(1, 1, self.tile_size, self.tile_margin, self._align, max(self._min_hw))  # validates the combination now
         log.debug("Detector: %s on %s, tiles %d/%d", self.backend_name, self.device, self.tile_size, self.tile_margin)
         if verify:
@@ -451,42 +226,48 @@ class Detector:
 
             verify_detector(self)
 
+    def _check_options(self, normalize: Any, tta: Any, max_megapixels: Any, max_memory_gb: Any) -> None:
+        """Checks and keeps the options that need no backend."""
+        if normalize not in NORMALIZE:
+            raise InputError(f"normalize: expected one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
+        self.normalize = normalize
+        self._colour_said = False  # whether the colour warning was logged (once per Detector)
+        if not isinstance(tta, (bool, np.bool_)):
+            raise InputTypeError(f"tta: expected True or False, got {tta!r}")
+        self.tta = bool(tta)
+        self.max_megapixels = check_positive(max_megapixels, "max_megapixels")
+        self.max_memory = default_memory_limit() if max_memory_gb is None else int(check_positive(max_memory_gb, "max_memory_gb") * 2**30)
+        # Whether this detector has said which pixel size it assumed for an image without
+        # one (once per Detector; threads share it).
+        self._assumed_mpp_said = False
+        self._said_lock = threading.Lock()
+
+    def _margin(self, tile_margin: int | None) -> int:
+        """The tile margin: the default one, or the caller's, warned of when it is below
+        what makes tiles equal a whole-image pass."""
+        architecture = self.info.architecture
+        if tile_margin is None:
+            return default_margin(architecture, self.min_distance)
+        margin = check_int(tile_margin, "tile_margin", 0)
+        try:
+            needed = receptive_radius(architecture) + self.min_distance
+        except ValueError:
+            needed = 0
+        if margin < needed:
+            log.warning(
+                "tile_margin=%d is below the receptive radius + min_distance (%d): tiled results will differ "
+                "slightly from a whole-image pass",
+                margin,
+                needed,
+            )
+        return margin
+
     def plan_tiles(self, height: int, width: int) -> list[Tile]:
         """The tiles this detector runs on a ``height × width`` image in model pixels:
         origins on the network's grid, cores that partition the image, margins that make
         the merged result equal a whole-image pass (see :mod:`micronet.runtime.tiling`).
         Readers that stream large images (``detect_slide``) cut along the same plan."""
         return plan_tiles(height, width, self.tile_size, self.tile_margin, self._align, max(self._min_hw))
-
-    def _fit_profile(self, tile_size: int | None, batch_size: int | None) -> tuple[int, int]:
-        """Tile and batch sizes within what the backend accepts (a TensorRT engine's
-        optimisation profile bounds N, H and W; ONNX Runtime has no bound)."""
-        default_batch = DEFAULT_BATCH_SIZE if self.backend.device == "cuda" else DEFAULT_CPU_BATCH_SIZE
-        batch = default_batch if batch_size is None else _check_int(batch_size, "batch_size", 1)
-        # On the CPU the largest tile whose activations fit the memory budget (tiling.memory_tile_size).
-        fitted = memory_tile_size(self.info.architecture, self.info.precision, batch) if self.backend.device == "cpu" else None
-        tile = (fitted or DEFAULT_TILE_SIZE) if tile_size is None else _check_int(tile_size, "tile_size", 1)
-        profile = getattr(self.backend, "profile", None)
-        self._min_hw = (1, 1)
-        if profile is None:
-            return tile, batch
-        self._min_hw = (int(profile[0][1]), int(profile[0][2]))
-        max_n, max_h, max_w = (int(v) for v in profile[2][:3])
-        largest = min(max_h, max_w) // self._align * self._align
-        if tile_size is None:
-            tile = min(tile, largest)
-        elif tile > largest:
-            raise InputError(
-                f"tile_size: the engine accepts images up to {max_h}×{max_w}, so at most {largest}, got {tile}; "
-                "rebuild the engine with a larger profile (export-engine --max NxHxW) or pass a smaller tile_size"
-            )
-        if max(self._min_hw) > tile - self._align + 1:
-            raise InputError(f"tile_size: the engine needs images of at least {self._min_hw[0]}×{self._min_hw[1]}, got tile_size {tile}")
-        if batch_size is None:
-            batch = min(batch, max_n)
-        elif batch > max_n:
-            raise InputError(f"batch_size: the engine accepts batches up to {max_n}, got {batch}")
-        return tile, batch
 
     # --- description ------------------------------------------------------------------
 
@@ -588,22 +369,13 @@ class Detector:
             FileNotFoundError: no such image file.
         """
         array, mpp, label, mpp_name = self._input(image, mpp, "image", "mpp")
-        return self._detect_prepared([array], [mpp], [label], [mpp_name], _check_colour_stats(colour_stats))[0]
+        return self._detect_prepared([array], [mpp], [label], [mpp_name], check_colour_stats(colour_stats))[0]
+
 
     def _input(self, image: Any, mpp: Any, name: str, mpp_name: str) -> tuple[np.ndarray, float | None, str, tuple[str, bool]]:
         """``(array, mpp, label, (mpp_name, typed))`` for one image, checked and
-        converted. Its pixel size is the caller's (``typed``), else for a path the one
-        the file records, else ``None``; ``mpp_name`` names it in errors."""
-        mpp = check_mpp(mpp, mpp_name)
-        label, typed = name, True
-        if isinstance(image, (str, PathLike)):
-            label = Path(image).name
-            recorded = image_pixel_size(image) if mpp is None else None
-            if recorded is not None:
-                mpp, source = recorded
-                mpp_name, typed = f"{label} (pixel size from its {source}; pass mpp= to override)", False
-                log.debug("%s: %.4g µm/px from its %s", label, mpp, source)
-        return as_rgb_image(image, name, self.max_megapixels), mpp, label, (mpp_name, typed)
+        converted (:func:`micronet.runtime.prepare.prepare_image`)."""
+        return prepare_image(image, mpp, name, mpp_name, self.max_megapixels)
 
     def detect_batch(
         self,
@@ -626,23 +398,12 @@ class Detector:
         Returns:
             One :class:`Detections` per image, in order.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)
-        elif isinstance(images, (str, PathLike, np.ndarray)) or not isinstance(images, Sequence):
-            raise InputTypeError(f"images: expected a sequence of images or an (N, H, W, 3) array, got {type(images).__name__}")
-        if mpp is None or isinstance(mpp, numbers.Real):
-            given = [(check_mpp(mpp), "mpp")] * len(images)
-        elif isinstance(mpp, Sequence) and not isinstance(mpp, str):
-            if len(mpp) != len(images):
-                raise InputError(f"mpp: expected one pixel size per image ({len(images)}), got {len(mpp)}")
-            given = [(m, f"mpp[{i}]") for i, m in enumerate(mpp)]
-        else:
-            raise InputTypeError(f"mpp: expected a number, a sequence of numbers or None, got {type(mpp).__name__}")
+        images, given = batch_inputs(images, mpp)
         prepared = [self._input(im, m, f"images[{i}]", name) for i, (im, (m, name)) in enumerate(zip(images, given))]
         if not prepared:
             return []
         arrays, mpps, labels, mpp_names = (list(column) for column in zip(*prepared))
-        return self._detect_prepared(arrays, mpps, labels, mpp_names, _check_colour_stats(colour_stats))
+        return self._detect_prepared(arrays, mpps, labels, mpp_names, check_colour_stats(colour_stats))
 
     def detect_slide(self, path: str | PathLike[str], **kwargs: Any) -> Detections:
         """Nucleus centres in a whole slide (or a region of it), tile by tile in bounded
@@ -667,224 +428,6 @@ class Detector:
 
         return StreamSession(self, width, height, mpp=mpp, **kwargs)
 
-    def _check_work(
-        self,
-        images: list[np.ndarray],
-        mpps: list[float | None],
-        labels: list[str] | None,
-        mpp_names: list[tuple[str, bool]] | None,
-    ) -> None:
-        """Refuses, before anything is allocated, a pixel size out of range or work beyond
-        ``max_megapixels`` / ``max_memory_gb`` (:mod:`micronet.runtime.resample`'s rules),
-        and says once which pixel size an image without one is taken to have."""
-        if self.closed:
-            raise InputError(CLOSED)
-        model_mpp = self.info.mpp
-        sizes = []
-        for k, (image, mpp) in enumerate(zip(images, mpps)):
-            h, w = image.shape[:2]
-            if h * w / 1e6 > self.max_megapixels:  # arrays as image files (read_image): larger ones are slides
-                raise InputError(
-                    f"{labels[k] if labels else 'image'}: {w}×{h} pixels ({h * w / 1e6:,.0f} MP), more than max_megapixels="
-                    f"{self.max_megapixels:g}; run it as a slide (Detector.detect_slide on a tiled TIFF), which reads a window "
-                    "at a time, or raise max_megapixels"
-                )
-            out = (h, w)
-            if mpp is not None:
-                name, typed = mpp_names[k] if mpp_names else ("mpp", True)
-                ratio = check_ratio(mpp / model_mpp, mpp, model_mpp, name, typed=typed)
-                if needs_resampling(ratio):
-                    out = resampled_size(h, w, ratio)
-            sizes.append(((h, w), out))
-        pipelined = self.backend.device == "cuda" and getattr(self.backend, "infer_async", None) is not None
-        in_flight = self.batch_size * (2 if pipelined else 1)  # two batches in flight when pipelined
-        check_work(sizes, self.tile_size, in_flight, self.max_megapixels, self.max_memory, labels)
-        if any(m is None for m in mpps):
-            with self._said_lock:
-                say, self._assumed_mpp_said = not self._assumed_mpp_said, True
-            if say:
-                log.warning(
-                    "an image without a pixel size (no mpp given, none recorded in the file): taken to be at the model's "
-                    "%g µm/px; pass mpp= (µm/px: about 0.25 at 40×, 0.5 at 20×) for images at another (said once per Detector)",
-                    model_mpp,
-                )
-
-    def _detect_prepared(
-        self,
-        images: list[np.ndarray],
-        mpps: list[float | None],
-        labels: list[str] | None = None,
-        mpp_names: list[tuple[str, bool]] | None = None,
-        colour_stats: stain.StainStats | None = None,
-    ) -> list[Detections]:
-        """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays;
-        ``labels`` and ``mpp_names`` (name, whether the caller typed it) name them and
-        their pixel sizes in errors; ``colour_stats`` replaces each image's own."""
-        self._check_work(images, mpps, labels, mpp_names)
-        model_images: list[np.ndarray] = []
-        scales: list[tuple[float, float] | None] = []
-        colours: list[tuple[float | None, str | None, stain.StainStats | None]] = []  # (distance, method, stats)
-        # (image index, tile) per backend input, grouped by tile shape so one call runs
-        # one shape; insertion order keeps the work roughly in image order.
-        groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
-        for i, (image, mpp) in enumerate(zip(images, mpps)):
-            resized, scale = self._to_model_pixels(image, mpp)
-            model_images.append(resized)
-            scales.append(scale)
-            colours.append(self._colour(resized, colour_stats))
-            h, w = resized.shape[:2]
-            for tile in self.plan_tiles(h, w):
-                groups.setdefault(self._input_shape(tile), []).append((i, tile))
-
-        found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
-        # With tta a tile is 4 network passes, and a backend call holds at most
-        # batch_size images: fewer tiles per chunk when the flips share a call.
-        flips = _flips_per_call(self.batch_size) if self.tta else 1
-        per_chunk = self.batch_size // flips
-        chunks = [jobs[start : start + per_chunk] for jobs in groups.values() for start in range(0, len(jobs), per_chunk)]
-
-        def collect(chunk: list[tuple[int, Tile]], maps: Any) -> None:
-            for k, (i, tile) in enumerate(chunk):
-                xy, scores = self._peaks(maps[k, 0])
-                if self.class_names:
-                    # The class logits at the peaks (where the map lies: N×K values come
-                    # back), carried with the scores through the core filter.
-                    probs = class_probabilities(maps[k, 1:], xy)  # (N, K)
-                    scores = np.concatenate([scores[:, None], probs], axis=1)
-                found[i].append(keep_in_core(tile, xy, scores))
-
-        submit = getattr(self.backend, "infer_async", None) if self.backend.device == "cuda" else None
-        if flips not in (1, len(TTA_FLIPS)):
-            submit = None  # a chunk takes several calls: run them one after another
-        if submit is None:
-            for chunk in chunks:
-                batch = self._batch(chunk, model_images, colours)  # (B, h, w, 3) uint8
-                maps = self._infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
-                collect(chunk, maps)
-                del maps  # releases a GPU map before the next batch is allocated
-        else:
-            # Two batches in flight: batch k+1 is uploaded and inferred on the GPU while
-            # the peaks of batch k are found (on the GPU too, then one small copy).
-            pending: tuple[list[tuple[int, Tile]], Any] | None = None  # (chunk, job)
-            try:
-                for chunk in chunks:
-                    batch = self._batch(chunk, model_images, colours)  # (B, h, w, 3) uint8
-                    if self.tta:
-                        batch = self._flipped(batch, TTA_FLIPS)  # (4B, h, w, 3): one call
-                    # Never wait for a context while holding an unwaited job: two threads
-                    # doing so would each wait for the other's.
-                    job = submit(batch, block=pending is None)
-                    if job is None:  # all contexts busy (other threads): finish ours first
-                        done, pending = pending, None
-                        collect(done[0], self._merge(done[1].wait()))
-                        job = submit(batch, block=True)
-                    if pending is not None:
-                        done, pending = pending, None
-                        collect(done[0], self._merge(done[1].wait()))
-                    pending = (chunk, job)
-                if pending is not None:
-                    done, pending = pending, None
-                    collect(done[0], self._merge(done[1].wait()))
-            finally:
-                if pending is not None:
-                    pending[1].wait()  # hands its context back even when collecting failed
-
-        results = []
-        width = 1 + len(self.class_names)  # the score, then the class probabilities
-        for image, mpp, scale, parts, (distance, _, _) in zip(images, mpps, scales, found, colours):
-            xy = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
-            values = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, width) if width > 1 else (0,), np.float32)
-            scores = values[:, 0] if width > 1 else values
-            order = sort_peaks(xy, scores, order=True)
-            xy, values = xy[order], values[order]
-            if scale is not None:
-                xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
-            probs = values[:, 1:] if width > 1 else None
-            scores = values[:, 0] if width > 1 else values
-            results.append(Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, distance, probs, self.class_names))
-        return results
-
-    def _colour(self, image: np.ndarray, given: stain.StainStats | None) -> tuple[float | None, str | None, stain.StainStats | None]:
-        """``(colour distance, normalisation method or None, statistics)`` of one image
-        at the model's pixel size: its own statistics unless ``given``. Logs, once per
-        Detector, an image outside the training data's colours."""
-        stats = given
-        if stats is None:
-            if image.shape[0] * image.shape[1] < stain.MIN_PIXELS:
-                return None, None, None  # too few pixels to measure or normalise
-            stats = stain.measure(image)
-        distance = stain.colour_distance(stats, self._colour_target)
-        outside = distance > stain.OOD_THRESHOLD
-        method = ("reinhard" if outside else None) if self.normalize == "auto" else self.normalize
-        if method == "macenko" and stats.stains is None:
-            log.debug("no stained pixels to find stain vectors in: the image is not normalised")
-            method = None
-        if outside and self.normalize in (None, "auto"):
-            with self._said_lock:
-                say, self._colour_said = not self._colour_said, True
-            if say:
-                if self.normalize is None:
-                    log.warning("%s (said once per Detector)", stain.colour_message(stats, self._colour_target))
-                else:
-                    described = stain.colour_message(stats, self._colour_target, suggest=None)
-                    log.info("%s; normalised with 'reinhard' (normalize='auto'; said once per Detector)", described)
-        return distance, method, stats
-
-    def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[tuple[Any, Any, Any]]) -> np.ndarray:
-        """The ``(B, h, w, 3)`` uint8 backend input of a chunk of ``(image index, tile)``:
-        the tiles' pixels, each normalised in place with its image's statistics."""
-        batch = np.stack([self._crop(images[i], tile) for i, tile in chunk])  # a new array: normalised in place
-        for k, (i, _) in enumerate(chunk):
-            _, method, stats = colours[i]
-            if method is not None:
-                stain.apply(batch[k], stats, self._colour_target, method, out=batch[k])
-        return batch
-
-    def _infer(self, batch: np.ndarray) -> Any:
-        """``(B, h, w, 3)`` uint8 → ``(B, 1, h, w)`` float32 maps, NumPy or CuPy (where
-        the backend leaves them): one backend call; with ``tta`` the mean of the
-        :data:`TTA_FLIPS` passes, in calls of at most ``batch_size`` images."""
-        if not self.tta:
-            return self.backend.infer(batch)
-        n = len(batch)
-        flips = _flips_per_call(max(1, self.batch_size // n))  # passes per call
-        maps: list[Any] = []
-        for start in range(0, len(TTA_FLIPS), flips):
-            out = self.backend.infer(self._flipped(batch, TTA_FLIPS[start : start + flips]))  # (flips·B, 1, h, w)
-            maps += [out[k * n : (k + 1) * n] for k in range(len(out) // n)]
-        with _on_device(maps[0]):
-            return _average_flips(maps)
-
-    def _merge(self, maps: Any) -> Any:
-        """The maps of one chunk from its one backend call: as they are, or with
-        ``tta`` the ``(4B, 1, h, w)`` flip passes averaged to ``(B, 1, h, w)``."""
-        if not self.tta:
-            return maps
-        n = len(maps) // len(TTA_FLIPS)
-        with _on_device(maps):
-            return _average_flips([maps[k * n : (k + 1) * n] for k in range(len(TTA_FLIPS))])
-
-    @staticmethod
-    def _flipped(batch: np.ndarray, flips: Sequence[tuple[bool, bool]]) -> np.ndarray:
-        """``(B, h, w, 3)`` → ``(len(flips)·B, h, w, 3)``, C-contiguous: the batch
-        under each flip in turn (flip-major, so each flip's maps are one slice)."""
-        return np.concatenate([_flip(batch, rows, columns, 1) for rows, columns in flips])
-
-    def _input_shape(self, tile: Tile) -> tuple[int, int]:
-        """The tile's ``(h, w)``, grown to the backend's minimum input size."""
-        h, w = tile.shape
-        return (max(h, self._min_hw[0]), max(w, self._min_hw[1]))
-
-    def _crop(self, image: np.ndarray, tile: Tile) -> np.ndarray:
-        """The tile's pixels; an image smaller than the backend's minimum input (a
-        TensorRT profile's) is mirrored out to it at the bottom and right. Its peaks
-        there lie outside the core and are dropped; the map near those two edges is
-        then that of the mirrored image, not exactly of the image alone."""
-        crop = tile.crop(image)
-        h, w = self._input_shape(tile)
-        if (h, w) == crop.shape[:2]:
-            return crop
-        return np.pad(crop, ((0, h - crop.shape[0]), (0, w - crop.shape[1]), (0, 0)), mode="symmetric")
 
     def _to_model_pixels(self, image: np.ndarray, mpp: float | None) -> tuple[np.ndarray, tuple[float, float] | None]:
         """The image at the model's pixel size, and the ``(sx, sy)`` model pixels per

@@ -242,13 +242,20 @@ def keep_in_core(tile: Tile, xy: np.ndarray, scores: np.ndarray) -> tuple[np.nda
         ``(xy, scores)`` of the kept peaks, ``xy`` in the image's pixels. A peak belongs
         to the core holding its (whole-pixel) position.
     """
+    keep = core_mask(tile, xy)
     x = xy[:, 0] + tile.x0
     y = xy[:, 1] + tile.y0
-    # Whole-pixel positions; a refined one (±0.5 px) counts for its nearest pixel.
-    px, py = np.floor(x + 0.5), np.floor(y + 0.5)
-    keep = (px >= tile.core_x0) & (px < tile.core_x1) & (py >= tile.core_y0) & (py < tile.core_y1)
     out = np.stack([x[keep], y[keep]], axis=1).astype(np.float32, copy=False).reshape(-1, 2)
     return out, scores[keep]
+
+
+def core_mask(tile: Tile, xy: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: which of a tile's peaks (``xy`` in the tile's pixels) lie in its
+    core, the peaks :func:`keep_in_core` keeps (and values that travel with them, such as
+    class probabilities, keep with it)."""
+    # Whole-pixel positions; a refined one (±0.5 px) counts for its nearest pixel.
+    px, py = np.floor(xy[:, 0] + tile.x0 + 0.5), np.floor(xy[:, 1] + tile.y0 + 0.5)
+    return (px >= tile.core_x0) & (px < tile.core_x1) & (py >= tile.core_y0) & (py < tile.core_y1)
 
 
 def sort_peaks(xy: np.ndarray, scores: np.ndarray, order: bool = False) -> Any:

@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 
 STEM = "small"
 OUTPUTS = (f"{STEM}.csv", f"{STEM}.geojson", f"{STEM}.overlay.png")
+SUMMARY = f"{STEM}.summary.json"  # written when the slide is finished, from its records
 MPP = 0.499
 HIDDEN = ".micronet"  # the records, partial outputs and locks
 
@@ -119,7 +120,8 @@ def same_as_reference(out: Path, reference: Path, detections: int) -> None:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".partial", ".tmp", ".lock"))]
     assert not leftovers, leftovers
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(STEM)) == sorted(OUTPUTS)  # what a user reads
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(STEM)) == sorted((*OUTPUTS, SUMMARY))  # what a user reads
+    assert (out / SUMMARY).read_bytes() == (reference / SUMMARY).read_bytes()
     state = json.loads((out / HIDDEN / f"{STEM}.progress.json").read_text())
     assert state["complete"] and state["detections"] == detections
     with open(out / f"{STEM}.csv", newline="") as f:
@@ -166,7 +168,7 @@ def test_a_run_killed_anywhere_resumes_to_identical_files(work: dict, tmp_path: 
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     nothing_final_is_wrong(out, work["reference"])
     if not point.startswith(("finish:renamed", "finished")):
-        assert not any((out / name).exists() for name in OUTPUTS), "an unfinished run left a final name"
+        assert not any((out / name).exists() for name in (*OUTPUTS, SUMMARY)), "an unfinished run left a final name"
     resumed = drive(work, out)
     assert resumed.returncode == 0, resumed.stderr
     assert int(resumed.stdout) == work["detections"]

@@ -102,6 +102,8 @@ class SummaryRow:
         rewritten: output files rewritten because they were missing or damaged.
         mpp, mpp_source: the pixel size used and where it came from.
         backend: the detector's backend.
+        tissue_mm2: a slide's tissue area in mm² (its ``<stem>.summary.json`` has more).
+        classes: with a class head, ``name=count;…`` per phenotype.
         exception: the exception of a failed input, or the one saying which run holds
             it (not written to the CSV).
     """
@@ -118,6 +120,8 @@ class SummaryRow:
     mpp: float | None = None
     mpp_source: str = ""
     backend: str = ""
+    tissue_mm2: float | None = None
+    classes: str = ""
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     def keys(self) -> list[str]:
@@ -176,8 +180,15 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
     return SummaryRow(
         str(path), "skipped" if run.outcome == "finished already" else "ok", nuclei=len(run.detections), megapixels=round(run.megapixels, 3),
         seconds=round(time.perf_counter() - started, 3), kind=kind, outcome=run.outcome, rewritten=run.rewritten, mpp=run.mpp,
-        mpp_source=run.mpp_source, backend=getattr(detector, "backend_name", ""),
+        mpp_source=run.mpp_source, backend=getattr(detector, "backend_name", ""), **_class_columns(run),
     )  # fmt: skip
+
+
+def _class_columns(run: InputRun) -> dict[str, Any]:
+    """A slide's tissue area and, with a class head, the count per class (an image's too)."""
+    counts = run.detections.class_counts() if run.detections.class_names else {}
+    tissue = None if run.summary is None else run.summary.get("tissue_mm2")
+    return {"tissue_mm2": tissue, "classes": ";".join(f"{n}={c}" for n, c in counts.items())}
 
 
 def one_line(exc: BaseException) -> str:

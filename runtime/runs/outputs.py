@@ -227,6 +227,7 @@ class InputRun:
     seconds: float = 0.0
     mpp: float | None = None
     mpp_source: str = ""
+    summary: dict[str, Any] | None = None  # a slide's summary (runs.slide_summary): tissue, counts, densities
 
 
 class InputOutputs:
@@ -246,6 +247,8 @@ class InputOutputs:
         state_path, bin_path: the record (in the hidden folder).
         state: the record as last saved.
     """
+
+    record_width = 3  # float32 values per record row: (x, y, score), plus K class probabilities for a slide with classes
 
     def __init__(self, out_dir: Path, stem: str, formats: tuple[str, ...]) -> None:
         self.dir = Path(out_dir)
@@ -320,7 +323,7 @@ class InputOutputs:
         if not state.get("complete"):
             return Verdict("resume")
         problem = self._damage(self.bin_path, state.get("records"))
-        if problem is None and len(read_records(self.bin_path)) != state.get("detections"):
+        if problem is None and len(read_records(self.bin_path, self.record_width)) != state.get("detections"):
             problem = "holds another number of detections than its record"
         if problem is not None:
             log.warning("%s: %s; running this input again", self.bin_path.name, problem)

@@ -82,18 +82,23 @@ def model_digest(detector: Any) -> str:
     return _MODEL_DIGESTS[key]
 
 
-def append_records(f: IO[bytes], xy: np.ndarray, scores: np.ndarray) -> int:
-    """Appends detections to the record as little-endian float32 ``(x, y, score)`` rows;
-    returns the file's length."""
-    records = np.concatenate([np.asarray(xy, np.float32).reshape(-1, 2), np.asarray(scores, np.float32)[:, None]], axis=1).astype("<f4")
+def append_records(f: IO[bytes], xy: np.ndarray, scores: np.ndarray, probabilities: np.ndarray | None = None) -> int:
+    """Appends detections to the record as little-endian float32 ``(x, y, score)`` rows,
+    followed by the ``K`` class probabilities of a model with a class head; returns the
+    file's length."""
+    parts = [np.asarray(xy, np.float32).reshape(-1, 2), np.asarray(scores, np.float32)[:, None]]
+    if probabilities is not None:
+        parts.append(np.asarray(probabilities, np.float32).reshape(len(parts[1]), -1))
+    records = np.concatenate(parts, axis=1).astype("<f4")
     f.write(records.tobytes())
     f.flush()
     return f.tell()
 
 
-def read_records(path: Path) -> np.ndarray:
-    """The record's detections: ``(N, 3)`` float32 ``(x, y, score)``."""
-    return np.fromfile(path, dtype="<f4").reshape(-1, 3)
+def read_records(path: Path, width: int = 3) -> np.ndarray:
+    """The record's detections: ``(N, width)`` float32 ``(x, y, score, p_1 … p_K)``
+    (``width`` = 3 + K)."""
+    return np.fromfile(path, dtype="<f4").reshape(-1, width)
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..classes import class_colour
 from ..detections import Detections
 from ..errors import InputError
 from ..files import open_output, write_new
@@ -95,21 +96,36 @@ def output_stem(path: Path) -> str:
 # Files are binary, so that tell() is the byte length the record keeps.
 
 
-def start_csv(f: IO[bytes]) -> int:
+def csv_header(class_names: tuple[str, ...] = ()) -> str:
+    """``x,y,x_um,y_um,score``, and with a class head ``class`` and one ``p_<name>``
+    column per class (the image CSV's class columns)."""
+    if not class_names:
+        return CSV_HEADER
+    return CSV_HEADER.rstrip("\n") + ",class," + ",".join(f"p_{n}" for n in class_names) + "\n"
+
+
+def start_csv(f: IO[bytes], class_names: tuple[str, ...] = ()) -> int:
     """Writes the CSV header; returns the file's length."""
-    f.write(CSV_HEADER.encode())
+    f.write(csv_header(class_names).encode())
     f.flush()
     return f.tell()
 
 
-def append_csv(f: IO[bytes], xy: np.ndarray, scores: np.ndarray, mpp_xy: tuple[float, float]) -> int:
+def append_csv(
+    f: IO[bytes], xy: np.ndarray, scores: np.ndarray, mpp_xy: tuple[float, float],
+    probabilities: np.ndarray | None = None, class_names: tuple[str, ...] = (),
+) -> int:
     """Appends one row per detection (level-0 ``xy`` ``(N, 2)`` float32, ``scores``
-    ``(N,)``); returns the file's length."""
+    ``(N,)``, with a class head their ``(N, K)`` ``probabilities``); returns the file's
+    length."""
     if len(xy):
         x_um = np.round((xy[:, 0].astype(np.float64) + 0.5) * mpp_xy[0], 3)
         y_um = np.round((xy[:, 1].astype(np.float64) + 0.5) * mpp_xy[1], 3)
         columns = [xy.astype(str), x_um.astype(str)[:, None], y_um.astype(str)[:, None], scores.astype(str)[:, None]]
-        table = np.concatenate(columns, axis=1)  # (N, 5) shortest round-trip reprs
+        if class_names:
+            extra = Detections(xy, scores, class_probabilities=probabilities, class_names=class_names).class_columns()
+            columns += [np.asarray(v, dtype=object)[:, None] for v in extra.values()]
+        table = np.concatenate(columns, axis=1)  # (N, 5 [+ 1 + K]) shortest round-trip reprs
         f.write("".join(",".join(row) + "\n" for row in table.tolist()).encode())
         f.flush()
     return f.tell()
@@ -129,12 +145,17 @@ def start_geojson(f: IO[bytes]) -> int:
     return len(GEOJSON_HEAD)
 
 
-def append_geojson(f: IO[bytes], end: int, xy: np.ndarray, scores: np.ndarray) -> int:
-    """Writes one batch's features over the closing ``]}`` at ``end`` (where the
-    features so far end) and the closing again; returns the new end."""
+def append_geojson(
+    f: IO[bytes], end: int, xy: np.ndarray, scores: np.ndarray,
+    probabilities: np.ndarray | None = None, class_names: tuple[str, ...] = (),
+) -> int:
+    """Writes one batch's features (with QuPath classifications for a class head) over
+    the closing ``]}`` at ``end`` (where the features so far end) and the closing again;
+    returns the new end."""
     if not len(xy):
         return end
-    features = Detections(xy, scores).to_geojson()["features"]
+    found = Detections(xy, scores, class_probabilities=probabilities, class_names=class_names) if class_names else Detections(xy, scores)
+    features = found.to_geojson()["features"]
     text = json.dumps(features, separators=(",", ":"), allow_nan=False)[1:-1].encode("utf-8")  # the list's items
     f.seek(end)
     f.write((b"," if end > len(GEOJSON_HEAD) else b"") + text + GEOJSON_TAIL)
@@ -167,13 +188,14 @@ class _Overlay:
         self.changed = True  # since last written
         self.written_at = 0.0  # time.monotonic()
 
-    def draw(self, xy: np.ndarray) -> None:
-        """Draws level-0 positions ``(N, 2)``."""
+    def draw(self, xy: np.ndarray, classes: np.ndarray | None = None, class_names: tuple[str, ...] = ()) -> None:
+        """Draws level-0 positions ``(N, 2)``, coloured by class when given."""
         if not len(xy):
             return
         r, width = self._radius, max(1, self._radius // 3)
-        for x, y in self.thumbnail.from_level0(xy).tolist():
-            self._draw.ellipse((x - r, y - r, x + r, y + r), outline=OVERLAY_COLOR, width=width)
+        colours = [OVERLAY_COLOR] * len(xy) if classes is None else [class_colour(class_names[c], int(c)) for c in classes.tolist()]
+        for (x, y), colour in zip(self.thumbnail.from_level0(xy).tolist(), colours):
+            self._draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=width)
         self.changed = True
 
     def write(self, path: Path) -> None:
@@ -220,12 +242,18 @@ class SlideOutputs(InputOutputs):
             once complete ``outputs``: the size and SHA-256 of each file).
     """
 
-    def __init__(self, out_dir: Path, stem: str, formats: tuple[str, ...], mpp_xy: tuple[float, float], thumbnail: Thumbnail | None) -> None:
+    def __init__(
+        self, out_dir: Path, stem: str, formats: tuple[str, ...], mpp_xy: tuple[float, float], thumbnail: Thumbnail | None,
+        class_names: tuple[str, ...] = (),
+    ) -> None:
         if "png" in formats and thumbnail is None:
             raise InputError("thumbnail: the overlay PNG needs the region's thumbnail, got None")
         super().__init__(Path(out_dir), stem, formats)
         self.mpp_xy = mpp_xy
         self.thumbnail = thumbnail
+        self.class_names = tuple(class_names)  # a class head's: records hold (x, y, score, p_1 … p_K)
+        self.record_width = 3 + len(self.class_names)
+        self.resumed_probabilities: np.ndarray | None = None  # of the detections a resumed run keeps
         self._files: dict[str, IO[bytes]] = {}
         self._overlay: _Overlay | None = None
         self._finished = False
@@ -252,8 +280,9 @@ class SlideOutputs(InputOutputs):
         records = self._reopen_files()
         log.info("%s: resuming after tile %d of %d (%d detections so far)", self.state_path.name, self.state["tiles_done"], tiles, len(records))
         xy, scores = records[:, :2].copy(), records[:, 2].copy()
+        self.resumed_probabilities = records[:, 3:].copy() if self.class_names else None
         if self._overlay is not None:
-            self._overlay.draw(xy)
+            self._overlay.draw(xy, *self._classes(self.resumed_probabilities))
         return int(self.state["tiles_done"]), xy, scores
 
     def _open(self, name: str, path: Path, mode: str) -> IO[bytes]:
@@ -266,7 +295,7 @@ class SlideOutputs(InputOutputs):
         sizes["bin"] = 0
         if "csv" in self.formats:
             with writing(self.partial("csv")):
-                sizes["csv"] = start_csv(self._open("csv", self.partial("csv"), "w"))
+                sizes["csv"] = start_csv(self._open("csv", self.partial("csv"), "w"), self.class_names)
         if "geojson" in self.formats:
             with writing(self.partial("geojson")):
                 sizes["geojson"] = start_geojson(self._open("geojson", self.partial("geojson"), "w"))
@@ -276,7 +305,7 @@ class SlideOutputs(InputOutputs):
         sizes = self.state["bytes"]
         with writing(self.bin_path), open_output(self.bin_path, "r+") as f:
             f.truncate(sizes["bin"])
-        records = read_records(self.bin_path)
+        records = read_records(self.bin_path, self.record_width)
         if len(records) != self.state["detections"]:
             raise InputError(f"{self.bin_path}: holds {len(records)} detections, its record says {self.state['detections']}; pass --overwrite (resume=False) to start over")
         self._open("bin", self.bin_path, "a")
@@ -295,24 +324,26 @@ class SlideOutputs(InputOutputs):
 
     # -- writing --
 
-    def commit(self, xy: np.ndarray, scores: np.ndarray, tiles_done: int, seconds: float) -> None:
+    def commit(self, xy: np.ndarray, scores: np.ndarray, tiles_done: int, seconds: float, probabilities: np.ndarray | None = None) -> None:
         """Appends one batch's detections (level-0 ``xy`` ``(N, 2)`` float32, ``scores``
-        ``(N,)``) to every partial file, then records the new file lengths,
-        ``tiles_done`` and the ``seconds`` spent so far."""
+        ``(N,)``, and with a class head their ``(N, K)`` ``probabilities``) to every
+        partial file, then records the new file lengths, ``tiles_done`` and the
+        ``seconds`` spent so far."""
         sizes = self.state["bytes"]
+        probs = probabilities if self.class_names else None
         with writing(self.bin_path):
-            sizes["bin"] = append_records(self._files["bin"], xy, scores)
+            sizes["bin"] = append_records(self._files["bin"], xy, scores, probs)
         fault_point("commit:records", tiles_done)
         if "csv" in self._files:
             with writing(self.partial("csv")):
-                sizes["csv"] = append_csv(self._files["csv"], xy, scores, self.mpp_xy)
+                sizes["csv"] = append_csv(self._files["csv"], xy, scores, self.mpp_xy, probs, self.class_names)
             fault_point("commit:csv", tiles_done)
         if "geojson" in self._files:
             with writing(self.partial("geojson")):
-                sizes["geojson"] = append_geojson(self._files["geojson"], sizes["geojson"], xy, scores)
+                sizes["geojson"] = append_geojson(self._files["geojson"], sizes["geojson"], xy, scores, probs, self.class_names)
             fault_point("commit:geojson", tiles_done)
         if self._overlay is not None:
-            self._overlay.draw(xy)
+            self._overlay.draw(xy, *self._classes(probs))
         self.state["tiles_done"] = tiles_done
         self.state["detections"] += len(xy)
         self.state["seconds"] = seconds
@@ -357,17 +388,35 @@ class SlideOutputs(InputOutputs):
         :func:`write_new` made), byte for byte as the run wrote it batch by batch (the
         records are in tile order)."""
         xy, scores = self.records()
+        probs = self.probabilities()
         if fmt == "png":
             assert self.thumbnail is not None  # checked in __init__
             overlay = _Overlay(self.thumbnail, self.mpp_xy)
-            overlay.draw(xy)
+            overlay.draw(xy, *self._classes(probs))
             overlay.save(path)
             return
         with open_output(path, "r+") as f:
             f.truncate(0)
             if fmt == "csv":
-                start_csv(f)
-                append_csv(f, xy, scores, self.mpp_xy)
+                start_csv(f, self.class_names)
+                append_csv(f, xy, scores, self.mpp_xy, probs, self.class_names)
             else:
-                append_geojson(f, start_geojson(f), xy, scores)
+                append_geojson(f, start_geojson(f), xy, scores, probs, self.class_names)
+
+    def records(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored detections ``(xy (N, 2), scores (N,))`` float32, in written order."""
+        records = read_records(self.bin_path, self.record_width)
+        return records[:, :2].copy(), records[:, 2].copy()
+
+    def probabilities(self) -> np.ndarray | None:
+        """The stored ``(N, K)`` class probabilities, or ``None`` without a class head."""
+        if not self.class_names:
+            return None
+        return read_records(self.bin_path, self.record_width)[:, 3:].copy()
+
+    def _classes(self, probabilities: np.ndarray | None) -> tuple[np.ndarray | None, tuple[str, ...]]:
+        """The overlay's colouring: each detection's class index and the class names."""
+        if probabilities is None or not self.class_names:
+            return None, ()
+        return np.argmax(probabilities, axis=1), self.class_names
 

@@ -43,7 +43,7 @@ from ..slide.plan import SlidePlan, plan_slide
 from ..slide.reader import THUMBNAIL_SIZE, Slide, open_slide
 from ..slide.tissue import scan_progress
 from ..stain import colour_distance
-from ..tiling import keep_in_core, sort_peaks
+from ..tiling import core_mask, keep_in_core, sort_peaks
 from .outputs import (
     FORMATS,
     InputRun,
@@ -54,6 +54,7 @@ from .outputs import (
     fingerprint,
 )
 from .slide_outputs import SlideOutputs, output_stem
+from .slide_summary import SUMMARY_SUFFIX, slide_summary, write_slide_summary
 
 __all__ = ["detect_slide", "run_slide", "progress_enabled"]
 
@@ -154,13 +155,7 @@ def run_slide(
     detections, whether the slide ran, resumed or was finished already, the outputs
     rewritten, its megapixels and seconds."""
     started = time.perf_counter()
-    if isinstance(queue_size, bool) or (queue_size is not None and (not isinstance(queue_size, numbers.Integral) or queue_size < 0)):
-        raise InputError(f"queue_size: expected an integer >= 0 or None, got {queue_size!r}")
-    queue_size = 2 * detector.batch_size if queue_size is None else int(queue_size)
-    if isinstance(readers, bool) or (readers is not None and (not isinstance(readers, numbers.Integral) or readers < 1)):
-        raise InputError(f"readers: expected an integer >= 1 or None, got {readers!r}")
-    if readers is None:
-        readers = 1 if detector.device == "cpu" else max(1, min(4, (os.cpu_count() or 2) - 1))
+    queue_size, readers = _pipeline_options(detector, queue_size, readers)
     formats = check_formats(formats)
     show = progress_enabled(progress)
     # The lock comes before anything else: a second run on this slide refuses at once.
@@ -169,94 +164,162 @@ def run_slide(
         fault_point("locked")
         with scan_progress(slide, region, show, slide.path.name):
             plan = plan_slide(detector, slide, region=region, level=level, mpp=mpp, tissue_only=tissue_only)
-        grid, tiles, mpp0 = plan.grid, plan.tiles, plan.mpp
-        megapixels = plan.region[2] * plan.region[3] / 1e6
-        log.info(
-            "%s: level %d (%d×%d px at %.4g µm/px) as a %d×%d grid at the model's %.4g µm/px; %d of %d tiles %s",
-            slide.path.name, plan.level.index, grid.width, grid.height, mpp0 * plan.level.downsample, grid.model_width,
-            grid.model_height, detector.info.mpp, len(tiles), plan.tiles_planned,
-            "on tissue" if tissue_only else "(tissue_only=False)",
-        )  # fmt: skip
+        _log_plan(slide, plan, detector, tissue_only)
+        run = _SlideRun(detector, slide, plan, started, "mpp= / --mpp" if mpp is not None else slide.mpp_source, tissue_only)
+        fault_point("planned")
+        if out_dir is not None:
+            finished = run.open_outputs(Path(out_dir), formats, resume)
+            if finished is not None:
+                return finished
+        fault_point("started")
+        found = run.detect(queue_size, readers, show, progress is None and not show, on_batch)
+        fault_point("finished")
+        return found
+
+
+def _pipeline_options(detector: Any, queue_size: Any, readers: Any) -> tuple[int, int]:
+    """The read-ahead depth (two batches by default) and reader threads (one on the
+    CPU, up to four beside a GPU), checked."""
+    if isinstance(queue_size, bool) or (queue_size is not None and (not isinstance(queue_size, numbers.Integral) or queue_size < 0)):
+        raise InputError(f"queue_size: expected an integer >= 0 or None, got {queue_size!r}")
+    if isinstance(readers, bool) or (readers is not None and (not isinstance(readers, numbers.Integral) or readers < 1)):
+        raise InputError(f"readers: expected an integer >= 1 or None, got {readers!r}")
+    queue_size = 2 * detector.batch_size if queue_size is None else int(queue_size)
+    if readers is None:
+        readers = 1 if detector.device == "cpu" else max(1, min(4, (os.cpu_count() or 2) - 1))
+    return queue_size, int(readers)
+
+
+def _log_plan(slide: Slide, plan: SlidePlan, detector: Any, tissue_only: bool) -> None:
+    grid = plan.grid
+    log.info(
+        "%s: level %d (%d×%d px at %.4g µm/px) as a %d×%d grid at the model's %.4g µm/px; %d of %d tiles %s",
+        slide.path.name, plan.level.index, grid.width, grid.height, plan.mpp * plan.level.downsample, grid.model_width,
+        grid.model_height, detector.info.mpp, len(plan.tiles), plan.tiles_planned,
+        "on tissue" if tissue_only else "(tissue_only=False)",
+    )  # fmt: skip
+
+
+class _SlideRun:
+    """One slide's run after planning: its outputs (when written), the detection loop,
+    and what it returns. Class probabilities travel with the peaks when the model has a
+    class head."""
+
+    def __init__(self, detector: Any, slide: Slide, plan: SlidePlan, started: float, mpp_source: str, tissue_only: bool) -> None:
+        self.detector, self.slide, self.plan, self.started = detector, slide, plan, started
+        self.mpp_source, self.tissue_only = mpp_source, tissue_only
+        self.names: tuple[str, ...] = tuple(getattr(detector, "class_names", ()) or ())
         # One set of colour statistics, from the slide's tissue, for every tile: tiles are
         # normalised alike and the slide is measured (and warned of) as a whole.
-        colour = slide_colour_stats(slide, plan)
-        distance = None if colour is None else colour_distance(colour, detector.colour_target)
-        fault_point("planned")
+        self.colour = slide_colour_stats(slide, plan)
+        self.distance = None if self.colour is None else colour_distance(self.colour, detector.colour_target)
+        self.outputs: SlideOutputs | None = None
+        self.out_dir: Path | None = None
+        self.outcome, self.done = "ran", 0
+        k = len(self.names)
+        self.prev = (np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, k), np.float32) if k else None)
 
-        def result(xy: np.ndarray, scores: np.ndarray, outcome: str, rewritten: list[str] | None = None) -> InputRun:
-            mpp_source = "mpp= / --mpp" if mpp is not None else slide.mpp_source
-            seconds = time.perf_counter() - started
-            return InputRun(Detections(xy, scores, slide.shape, mpp0, distance), outcome, rewritten or [], megapixels, seconds, mpp0, mpp_source)
+    def result(self, xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None, outcome: str, rewritten: list[str] | None = None) -> InputRun:
+        found = Detections(xy, scores, self.slide.shape, self.plan.mpp, self.distance, probs, self.names if probs is not None else ())
+        summary = slide_summary(self.slide.path.name, found, self.plan, self.tissue_only)
+        if self.out_dir is not None:
+            write_slide_summary(self.out_dir / f"{output_stem(self.slide.path)}{SUMMARY_SUFFIX}", summary)
+        megapixels = self.plan.region[2] * self.plan.region[3] / 1e6
+        seconds = time.perf_counter() - self.started
+        return InputRun(found, outcome, rewritten or [], megapixels, seconds, self.plan.mpp, self.mpp_source, summary)
 
-        outputs = None
-        outcome = "ran"
-        done, prev_xy, prev_scores = 0, np.zeros((0, 2), np.float32), np.zeros((0,), np.float32)
-        if out_dir is not None:
-            thumbnail = plan.thumbnail
-            if thumbnail is None and "png" in formats:
-                thumbnail = slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
-            settings = _settings(detector, slide, plan, tissue_only, formats)
-            outputs = SlideOutputs(Path(out_dir), output_stem(slide.path), formats, plan.mpp_xy, thumbnail)
-            verdict = outputs.check(settings, overwrite=not resume)
-            if verdict.action == "finished":
-                rewritten = outputs.repair(verdict.damaged, outputs.write_whole)
-                xy, scores = outputs.records()
-                log.info("%s: finished already%s; %d detections", slide.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
-                return result(*sort_peaks(xy, scores), "finished already", rewritten)
-            done, prev_xy, prev_scores = outputs.open(settings, len(tiles), resume=verdict.action == "resume")
-            outcome = "resumed" if done else "ran"
-        fault_point("started")
+    def open_outputs(self, out_dir: Path, formats: tuple[str, ...], resume: bool) -> InputRun | None:
+        """Opens the slide's outputs; an :class:`InputRun` when they are finished already
+        (damaged ones rewritten), else ``None`` (a new or resumed run follows)."""
+        plan, slide = self.plan, self.slide
+        thumbnail = plan.thumbnail
+        if thumbnail is None and "png" in formats:
+            thumbnail = slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
+        settings = _settings(self.detector, slide, plan, self.tissue_only, formats)
+        self.out_dir = out_dir
+        self.outputs = outputs = SlideOutputs(out_dir, output_stem(slide.path), formats, plan.mpp_xy, thumbnail, self.names)
+        verdict = outputs.check(settings, overwrite=not resume)
+        if verdict.action == "finished":
+            rewritten = outputs.repair(verdict.damaged, outputs.write_whole)
+            (xy, scores), probs = outputs.records(), outputs.probabilities()
+            log.info("%s: finished already%s; %d detections", slide.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
+            return self.result(*_sorted(xy, scores, probs), "finished already", rewritten)
+        self.done, xy, scores = outputs.open(settings, len(plan.tiles), resume=verdict.action == "resume")
+        if self.names:  # a resumed run's probabilities, or none yet
+            self.prev = (xy, scores, outputs.resumed_probabilities if self.done else np.zeros((0, len(self.names)), np.float32))
+        else:
+            self.prev = (xy, scores, None)
+        self.outcome = "resumed" if self.done else "ran"
+        return None
 
-        found_xy, found_scores = [prev_xy], [prev_scores]
-        count = len(prev_scores)
-        todo = tiles[done:]
-        read = partial(grid.read_tile, slide)
-        prefetcher = _Prefetcher(read, todo, queue_size, int(readers)) if queue_size > 0 and todo else None
+    def _found(self, batch: list[tuple[Any, np.ndarray]], results: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One batch's core peaks in level-0 pixels, their scores and class probabilities."""
+        masks = [core_mask(tile, d.xy) for (tile, _), d in zip(batch, results)]
+        kept = [keep_in_core(tile, d.xy, d.scores) for (tile, _), d in zip(batch, results)]
+        xy = self.plan.grid.to_level0(np.concatenate([k[0] for k in kept]))
+        scores = np.concatenate([k[1] for k in kept]).astype(np.float32)
+        probs = None
+        if self.names:
+            probs = np.concatenate([d.class_probabilities[m] for d, m in zip(results, masks)]).astype(np.float32)
+        return xy, scores, probs
+
+    def detect(self, queue_size: int, readers: int, show: bool, log_progress: bool, on_batch: Callable[[int, int], None] | None) -> InputRun:
+        """Runs the tiles not done yet in batches, committing each to the outputs."""
+        plan, slide, outputs, detector = self.plan, self.slide, self.outputs, self.detector
+        found = [self.prev]
+        done, count = self.done, len(self.prev[1])
+        todo = plan.tiles[done:]
+        read = partial(plan.grid.read_tile, slide)
+        prefetcher = _Prefetcher(read, todo, queue_size, readers) if queue_size > 0 and todo else None
         reads = prefetcher if prefetcher is not None else ((tile, read(tile)) for tile in todo)
-        bar = _progress_bar(len(tiles), done, count, slide.path.name, show)
+        bar = _progress_bar(len(plan.tiles), done, count, slide.path.name, show)
         logged_at = time.monotonic()
         elapsed_before = float(outputs.state.get("seconds", 0.0)) if outputs is not None else 0.0
         try:
             for batch in _batches(reads, detector.batch_size):
                 # Tiles are at the model's pixel size already (and each ≤ tile_size: one pass).
-                results = detector.detect_batch([pixels for _, pixels in batch], mpp=detector.info.mpp, colour_stats=colour)
-                kept = [keep_in_core(tile, d.xy, d.scores) for (tile, _), d in zip(batch, results)]
-                xy = grid.to_level0(np.concatenate([k[0] for k in kept]))
-                scores = np.concatenate([k[1] for k in kept]).astype(np.float32)
-                found_xy.append(xy)
-                found_scores.append(scores)
+                results = detector.detect_batch([pixels for _, pixels in batch], mpp=detector.info.mpp, colour_stats=self.colour)
+                xy, scores, probs = self._found(batch, results)
+                found.append((xy, scores, probs))
                 done += len(batch)
                 count += len(scores)
                 if outputs is not None:
-                    outputs.commit(xy, scores, done, elapsed_before + time.perf_counter() - started)
+                    outputs.commit(xy, scores, done, elapsed_before + time.perf_counter() - self.started, probs)
                 # The count first, then the step: the bar's last drawing shows the final count.
                 bar.set_postfix_str(f"nuclei={count}", refresh=False)
                 bar.update(len(batch))
-                if progress is None and not show and time.monotonic() - logged_at > LOG_INTERVAL_S:
-                    log.info("%s: %d of %d tiles, %d nuclei so far", slide.path.name, done, len(tiles), count)
+                if log_progress and time.monotonic() - logged_at > LOG_INTERVAL_S:
+                    log.info("%s: %d of %d tiles, %d nuclei so far", slide.path.name, done, len(plan.tiles), count)
                     logged_at = time.monotonic()
                 if on_batch is not None:
-                    on_batch(done, len(tiles))
-            xy, scores = sort_peaks(np.concatenate(found_xy), np.concatenate(found_scores))
-            seconds = time.perf_counter() - started
+                    on_batch(done, len(plan.tiles))
+            xy, scores, probs = _sorted(*_joined(found))
+            seconds = time.perf_counter() - self.started
             if outputs is not None:
-                outputs.finish(
-                    {
-                        "tiles_planned": plan.tiles_planned,
-                        "megapixels": megapixels,
-                        "seconds": elapsed_before + seconds,
-                        "detections": len(scores),
-                    }
-                )
+                megapixels = plan.region[2] * plan.region[3] / 1e6
+                outputs.finish({"tiles_planned": plan.tiles_planned, "megapixels": megapixels, "seconds": elapsed_before + seconds, "detections": len(scores)})
         finally:
             bar.close()
             if prefetcher is not None:
                 prefetcher.close()
             if outputs is not None:
                 outputs.close()
-        fault_point("finished")
+        megapixels = plan.region[2] * plan.region[3] / 1e6
         log.info("%s: %d nuclei in %.1f s (%.2f megapixels/s)", slide.path.name, len(scores), seconds, megapixels / max(seconds, 1e-9))
-        return result(xy, scores, outcome)
+        return self.result(xy, scores, probs, self.outcome)
+
+
+def _joined(found: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    xy = np.concatenate([f[0] for f in found])
+    scores = np.concatenate([f[1] for f in found])
+    probs = None if found[0][2] is None else np.concatenate([f[2] for f in found])
+    return xy, scores, probs
+
+
+def _sorted(xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Peaks in ``find_peaks`` order (highest score first), probabilities with them."""
+    order = sort_peaks(xy, scores, order=True)
+    return xy[order], scores[order], None if probs is None else probs[order]
 
 
 def _settings(detector: Any, slide: Slide, plan: SlidePlan, tissue_only: bool, formats: tuple[str, ...]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ __all__ = ["DONE", "RUNNING_ELSEWHERE", "SUMMARY_FIELDS", "merge_rows", "read_su
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker", "error")
+SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker", "error", "tissue_mm2", "classes")
+# tissue_mm2: a slide's tissue area (runs.slide_summary); classes: "name=count;…" with a class head
 RUNNING_ELSEWHERE = "running elsewhere"
 DONE = ("ok", "skipped")  # statuses a row of another run's "running elsewhere" never replaces
 

@@ -394,3 +394,70 @@ def test_no_progress_bars_without_a_terminal(slide_detector, synthetic, capsys) 
     slide_detector.detect_slide(path, region=(0, 0, 600, 600), tissue_only=False)  # progress=None: stderr is captured here
     err = capsys.readouterr().err
     assert "\r" not in err and "tile/s" not in err
+
+
+# --- classes (a model with a class head, issue 20) --------------------------------------------
+
+CLASS_REGION = (0, 0, 1300, 1100)
+
+
+@pytest.fixture(scope="module")
+def phenotypes():
+    from micronet.runtime.detector import Detector
+
+    return Detector("phenotypes", device="cpu", threads=2, tile_size=512, batch_size=2)
+
+
+def _sorted_rows(found):
+    order = np.lexsort((found.xy[:, 0], found.xy[:, 1]))
+    return found.xy[order], found.class_probabilities[order]
+
+
+def test_a_slide_carries_the_classes_of_a_whole_region_pass(phenotypes, synthetic, tmp_path: Path) -> None:
+    path, level0 = synthetic
+    x, y, w, h = CLASS_REGION
+    whole = phenotypes.detect(level0[y : y + h, x : x + w], mpp=SYNTH_MPP)
+    found = phenotypes.detect_slide(path, region=CLASS_REGION, out_dir=tmp_path / "out", progress=False)
+    assert found.class_names == whole.class_names == ("epithelial", "fibroblast", "inflammatory", "others")
+    assert len(found) == len(whole) > 50
+    xy_a, p_a = _sorted_rows(found)
+    xy_b, p_b = _sorted_rows(whole)
+    np.testing.assert_array_equal(xy_a, xy_b)
+    np.testing.assert_allclose(p_a, p_b, atol=1e-6)
+
+    out = tmp_path / "out"
+    with open(out / "synthetic.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["x", "y", "x_um", "y_um", "score", "class", "p_epithelial", "p_fibroblast", "p_inflammatory", "p_others"]
+    assert len(rows) == len(found) + 1 and {r[5] for r in rows[1:]} <= set(found.class_names)
+    features = json.loads((out / "synthetic.geojson").read_text())["features"]
+    assert {f["properties"]["classification"]["name"] for f in features} == {r[5] for r in rows[1:]}
+
+    summary = json.loads((out / "synthetic.summary.json").read_text())
+    region_mm2 = w * h * SYNTH_MPP**2 / 1e6
+    assert summary["nuclei"] == len(found) and 0 < summary["tissue_mm2"] <= region_mm2 * 1.01
+    assert {n: v["count"] for n, v in summary["classes"].items()} == found.class_counts()
+    assert summary["density_per_mm2"] == pytest.approx(len(found) / summary["tissue_mm2"], rel=1e-3)
+
+
+def test_a_resumed_slide_writes_the_same_class_columns(phenotypes, synthetic, tmp_path: Path) -> None:
+    path, _ = synthetic
+    phenotypes.detect_slide(path, region=CLASS_REGION, out_dir=tmp_path / "whole", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        if done >= 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        phenotypes.detect_slide(path, region=CLASS_REGION, out_dir=tmp_path / "part", progress=False, queue_size=0, on_batch=stop)
+    resumed = phenotypes.detect_slide(path, region=CLASS_REGION, out_dir=tmp_path / "part", progress=False)
+    for name in ("synthetic.csv", "synthetic.geojson", "synthetic.overlay.png", "synthetic.summary.json"):
+        assert (tmp_path / "part" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    # A damaged CSV is rewritten from the records, classes included.
+    (tmp_path / "part" / "synthetic.csv").write_text("x,y\n")
+    again = phenotypes.detect_slide(path, region=CLASS_REGION, out_dir=tmp_path / "part", progress=False)
+    assert (tmp_path / "part" / "synthetic.csv").read_bytes() == (tmp_path / "whole" / "synthetic.csv").read_bytes()
+    np.testing.assert_allclose(_sorted_rows(again)[1], _sorted_rows(resumed)[1], atol=0)

@@ -1,0 +1,74 @@
+"""A slide's per-input summary, ``<stem>.summary.json``: what a pathologist reads first.
+
+The nuclei found, the tissue they were found in (mm², from the slide's tissue mask on
+its thumbnail, or the whole region with ``tissue_only=False``), the density per mm², and
+with a class head the count and density of each phenotype. Written atomically when the
+slide's run finishes (and again by a rerun that finds the slide finished), so the file
+is complete or absent; ``run_summary.csv`` carries the same counts in its ``classes``
+and ``tissue_mm2`` columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..detections import Detections
+from ..files import check_target, replace_atomically
+from ..slide.plan import SlidePlan
+from ..slide.tissue import tissue_mask
+
+__all__ = ["SUMMARY_SUFFIX", "slide_summary", "tissue_area_mm2", "write_slide_summary"]
+
+SUMMARY_SUFFIX = ".summary.json"
+SUMMARY_FORMAT = "micronet-slide-summary/1"
+
+
+def tissue_area_mm2(plan: SlidePlan, tissue_only: bool) -> tuple[float, str]:
+    """The area detected in, in mm², and where it comes from: the tissue mask (Otsu on the
+    thumbnail's saturation, the mask that chose the tiles) or the whole region."""
+    mx, my = plan.mpp_xy
+    if tissue_only and plan.thumbnail is not None:
+        mask = tissue_mask(plan.thumbnail.image)
+        sx, sy = plan.thumbnail.scale_xy  # level-0 pixels per thumbnail pixel
+        return float(mask.sum()) * sx * sy * mx * my / 1e6, "tissue mask"
+    return plan.region[2] * plan.region[3] * mx * my / 1e6, "whole region"
+
+
+def slide_summary(name: str, found: Detections, plan: SlidePlan, tissue_only: bool) -> dict[str, Any]:
+    """The summary of one slide's detections (see the module docstring)."""
+    area, source = tissue_area_mm2(plan, tissue_only)
+
+    def density(count: int) -> float | None:
+        return round(count / area, 3) if area > 0 else None
+
+    summary: dict[str, Any] = {
+        "format": SUMMARY_FORMAT,
+        "input": name,
+        "region": [int(v) for v in plan.region],
+        "mpp": [float(v) for v in plan.mpp_xy],
+        "tissue_mm2": round(area, 6),
+        "tissue_from": source,
+        "nuclei": len(found),
+        "density_per_mm2": density(len(found)),
+        "colour_distance": None if found.colour_distance is None else round(float(found.colour_distance), 4),
+    }
+    if found.class_names:
+        counts = found.class_counts()
+        summary["classes"] = {n: {"count": int(c), "density_per_mm2": density(int(c))} for n, c in counts.items()}
+    return summary
+
+
+def write_slide_summary(path: Path, summary: dict[str, Any]) -> Path:
+    """Writes the summary atomically (complete or absent); a rerun that finds the same
+    summary there leaves the file as it is (verified, not rewritten)."""
+    text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
+    if check_target(path):
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return path
+        except (OSError, UnicodeDecodeError):
+            pass  # unreadable: replaced below
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path

@@ -254,21 +254,38 @@ def cached_engine(
         log.debug("TensorRT engine for %s from the cache: %s", onnx_path.name, entry)
         return engine
 
+    sm = compute_capability.replace(".", "")
+    timing = base / "timing" / f"{_slug(gpu_name)}-sm{sm}-trt{trt.__version__}.cache"
+    built_on = f"GPU {device_id} ({gpu_name}, sm_{sm}, TensorRT {trt.__version__})"
+    _build_locked(engines, entry, expected, onnx_path, (lo, opt, hi), device_id, timing, built_on)
+    return engine
+
+
+def _build_locked(
+    engines: Path,
+    entry: Path,
+    expected: dict[str, str],
+    onnx_path: Path,
+    profile: tuple[tuple[int, ...], ...],
+    device_id: int,
+    timing: Path,
+    built_on: str,
+) -> None:
+    """Builds the cache entry under its lock, unless another process built it while this
+    one waited; clears what a killed build left. ``built_on`` names the GPU and TensorRT
+    in the log."""
     what = f"the TensorRT engine for {onnx_path.name}"
     with FileLock(engines / f"{entry.name}.lock", wait=True, what=what, remove=False):
         if _entry_is_valid(entry, expected):  # another process built it while we waited
-            return engine
+            return
         for stale in engines.glob(f".{entry.name}.*.tmp"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         log.info(
-            "building a TensorRT engine for %s on GPU %d (%s, sm_%s, TensorRT %s), once: this takes a few minutes; "
-            "later runs load it from %s",
-            onnx_path.name, device_id, gpu_name, compute_capability.replace(".", ""), trt.__version__, entry,
-        )
-        timing = base / "timing" / f"{_slug(gpu_name)}-sm{compute_capability.replace('.', '')}-trt{trt.__version__}.cache"
-        _build_entry(onnx_path, entry, (lo, opt, hi), timing, device_id)
-        log.info("cached %s", engine)
-    return engine
+            "building a TensorRT engine for %s on %s, once: this takes a few minutes; later runs load it from %s",
+            onnx_path.name, built_on, entry,
+        )  # fmt: skip
+        _build_entry(onnx_path, entry, profile, timing, device_id)
+        log.info("cached %s", entry / _ENTRY_FILE)
 
 
 def _entry(engines: Path, onnx_path: Path, gpu_name: str, cc: str, trt_version: str, profile: Sequence[tuple[int, ...]]) -> tuple[Path, dict[str, str]]:

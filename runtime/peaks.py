@@ -347,8 +347,6 @@ def find_peaks_cuda(
         ValueError: not an ``(H, W)`` map, or NaN/infinite values; bad parameters.
         TypeError: a dtype other than float16/32/64.
     """
-    from . import _native
-
     cupy = import_cupy("find_peaks_cuda")
     thr, dist = _check_params(threshold, min_distance)
     arr = _as_cuda_map(cupy, prob_map)
@@ -359,19 +357,28 @@ def find_peaks_cuda(
     with arr.device:  # kernels and copies run on the map's GPU
         run_on = _ordered_stream(cupy, stream, ready)
         with run_on:
-            if arr.dtype == cupy.float16:
-                arr = arr.astype(cupy.float32)  # exact, as find_peaks does
-            arr = cupy.ascontiguousarray(arr)
-            flat_h, values_h, differs = _candidates(cupy, arr, thr, dist, run_on)
-            # A constant map has no peaks (as in peak_local_max), unless it is one pixel.
-            if not differs and h * w > 1:
-                flat_h, values_h = flat_h[:0], values_h[:0]
-            select = _native.select_peaks_f32 if values_h.dtype == np.float32 else _native.select_peaks_f64
-            keep = select(flat_h, values_h, w, dist)
-            flat_h, scores = flat_h[keep], values_h[keep]
-            xy = _flat_to_xy(flat_h, w)
-            if subpixel and len(xy):
-                # Only the 3×3 neighbourhoods travel to the host.
-                rows, cols = np.divmod(flat_h, w)
-                xy = _refine_from_patches(_patches3x3(cupy, arr, rows, cols), xy, rows, cols, h, w)
+            return _peaks_on_device(cupy, arr, thr, dist, subpixel, run_on)
+
+
+def _peaks_on_device(cupy: Any, arr: Any, thr: float, dist: int, subpixel: bool, run_on: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`find_peaks_cuda`'s work on a non-empty ``(H, W)`` CuPy map, on its device
+    and ``run_on`` stream: candidates on the GPU, the selection on the host."""
+    from . import _native
+
+    h, w = (int(s) for s in arr.shape)
+    if arr.dtype == cupy.float16:
+        arr = arr.astype(cupy.float32)  # exact, as find_peaks does
+    arr = cupy.ascontiguousarray(arr)
+    flat_h, values_h, differs = _candidates(cupy, arr, thr, dist, run_on)
+    # A constant map has no peaks (as in peak_local_max), unless it is one pixel.
+    if not differs and h * w > 1:
+        flat_h, values_h = flat_h[:0], values_h[:0]
+    select = _native.select_peaks_f32 if values_h.dtype == np.float32 else _native.select_peaks_f64
+    keep = select(flat_h, values_h, w, dist)
+    flat_h, scores = flat_h[keep], values_h[keep]
+    xy = _flat_to_xy(flat_h, w)
+    if subpixel and len(xy):
+        # Only the 3×3 neighbourhoods travel to the host.
+        rows, cols = np.divmod(flat_h, w)
+        xy = _refine_from_patches(_patches3x3(cupy, arr, rows, cols), xy, rows, cols, h, w)
     return xy, scores

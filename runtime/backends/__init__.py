@@ -9,7 +9,8 @@ an ``.onnx`` export run by torch: :mod:`.torch`).
 Modules: ``onnxruntime`` and ``torch`` (the backends of ``.onnx`` exports; ``onnx_torch``
 runs an ONNX graph with torch), ``tensorrt`` (engines), ``tensorrt_build`` (the engine
 builder that ``export-engine`` and the engine cache share), ``cuda_env``,
-``engine_sidecar`` and ``slot_pool`` (what the TensorRT ones share).
+``engine_sidecar`` and ``slot_pool`` (what the TensorRT ones share); ``select`` (which
+backend runs a model file on a device, and the tile and batch sizes it accepts).
 """
 
 from __future__ import annotations

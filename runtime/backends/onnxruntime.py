@@ -118,6 +118,41 @@ def _threads(threads: int | None) -> int:
     return threads
 
 
+def _check_arguments(device: Any, device_id: Any, threads: Any) -> None:
+    if device not in DEVICES:
+        raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
+    if device == "cpu" and device_id != 0:
+        raise InputError(f"device_id={device_id} selects a GPU, but device='cpu'")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads: expected an integer >= 1 or None, got {threads!r}")
+
+
+def _wants_cuda(ort: Any, device: str) -> bool:
+    """Whether to ask for the CUDA execution provider: ``"cuda"`` (refused when this ONNX
+    Runtime has none), or ``"auto"`` when it has one."""
+    available = ort.get_available_providers()
+    if device == "cuda" and _CUDA_EP not in available:
+        raise InputError(
+            f"device='cuda': this ONNX Runtime has no CUDA execution provider (available: {', '.join(available)}); "
+            f"install onnxruntime-gpu ({GPU_EXTRA}) or use device='cpu'"
+        )
+    return device == "cuda" or (device == "auto" and _CUDA_EP in available)
+
+
+def _session_options(ort: Any, threads: int | None, want_cuda: bool) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = _threads(threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only; load failures surface as exceptions
+    if not want_cuda:
+        options.enable_mem_pattern = False  # bounded memory on the CPU: see the module's docstring
+    return options
+
+
 class OnnxRuntimeBackend:
     """Runs a MicroNet ONNX model with ONNX Runtime.
 
@@ -152,56 +187,45 @@ class OnnxRuntimeBackend:
     def __init__(
         self, path: str | PathLike[str], device: str = "auto", threads: int | None = None, *, device_id: int = 0
     ) -> None:
-        if device not in DEVICES:
-            raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
-        if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-            raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
-        if device == "cpu" and device_id != 0:
-            raise InputError(f"device_id={device_id} selects a GPU, but device='cpu'")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise InputError(f"threads: expected an integer >= 1 or None, got {threads!r}")
+        _check_arguments(device, device_id, threads)
         self.path = Path(path)
         if not self.path.is_file():
             raise MissingFileError(f"ONNX model not found: {self.path}")
         ort = _import_ort()
-
-        available = ort.get_available_providers()
-        want_cuda = device == "cuda" or (device == "auto" and _CUDA_EP in available)
-        if device == "cuda" and _CUDA_EP not in available:
-            raise InputError(
-                f"device='cuda': this ONNX Runtime has no CUDA execution provider (available: {', '.join(available)}); "
-                f"install onnxruntime-gpu ({GPU_EXTRA}) or use device='cpu'"
-            )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = _threads(threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only; load failures surface as exceptions
-        if not want_cuda:
-            options.enable_mem_pattern = False  # bounded memory on the CPU: see the module's docstring
+        want_cuda = _wants_cuda(ort, device)
+        options = _session_options(ort, threads, want_cuda)
         if want_cuda and (device == "cuda" or device_id > 0):
             _check_cuda_device(device_id)
         providers: list[Any] = [(_CUDA_EP, _cuda_options(device_id)), _CPU_EP] if want_cuda else [_CPU_EP]
         self._session = self._load(ort, options, providers)
-
         self.info = self._check_signature()
-        running = self._session.get_providers()
-        cuda = _CUDA_EP in running
-        if want_cuda and not cuda:
-            # ONNX Runtime falls back to the CPU when the CUDA libraries do not load.
-            if device == "cuda":
-                raise InputError(
-                    f"device='cuda': ONNX Runtime's CUDA execution provider did not load (running: {', '.join(running)}); "
-                    "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
-                )
-            log.warning("%s: the CUDA execution provider did not load; running on the CPU", self.path.name)
+        cuda = self._check_providers(device, want_cuda)
         self._device_id = self.device_id = device_id if cuda else 0
         self._cupy = import_cupy("GPU maps from ONNX Runtime", required=False) if cuda else None
         if cuda and self._cupy is None:
             log.info("CuPy is not installed: proximity maps are copied to the host (%s)", GPU_EXTRA)
         self.name = "onnxruntime-cuda" if cuda else "onnxruntime-cpu"
         self.device = "cuda" if self._cupy is not None else "cpu"
+        self._warn_precision(cuda)
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]  # the map, then the class logits if any
+
+    def _check_providers(self, device: str, want_cuda: bool) -> bool:
+        """Whether the session runs on CUDA; ``device='cuda'`` refuses a session that fell
+        back to the CPU (ONNX Runtime does when the CUDA libraries do not load)."""
+        running = self._session.get_providers()
+        cuda = _CUDA_EP in running
+        if want_cuda and not cuda:
+            if device == "cuda":
+                raise InputError(
+                    f"device='cuda': ONNX Runtime's CUDA execution provider did not load (running: {', '.join(running)}); "
+                    "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
+                )
+            log.warning("%s: the CUDA execution provider did not load; running on the CPU", self.path.name)
+        return cuda
+
+    def _warn_precision(self, cuda: bool) -> None:
+        """Warns of a model whose precision does not suit where it runs."""
         if not cuda and self.info.precision == "fp16":
             log.warning("%s is an fp16 model: slow on the CPU provider; use the fp32 or int8 export there", self.path.name)
         if not cuda and self.info.precision == "int8" and "7-bit" not in str(self.info.provenance.get("quantization", "")) and not has_vnni():
@@ -213,8 +237,6 @@ class OnnxRuntimeBackend:
             )
         if cuda and self.info.precision == "int8":
             log.warning("%s is an int8 model, made for the CPU; use the fp32 or fp16 export on the GPU", self.path.name)
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs()]  # the map, then the class logits if any
 
     def _load(self, ort: Any, options: Any, providers: list[Any]) -> Any:
         from onnxruntime.capi import onnxruntime_pybind11_state as state

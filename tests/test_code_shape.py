@@ -8,9 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Files whose splitting is under way elsewhere. runtime/runs/slide_run.py: another
-# developer is splitting run_slide and detect_slide; remove it from here when that lands.
-UNDER_WAY = {"runtime/runs/slide_run.py"}
+# Files whose splitting is under way elsewhere (none now: add one only with a reason).
+UNDER_WAY: set[str] = set()
 
 
 def _code_shape():

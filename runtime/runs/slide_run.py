@@ -69,13 +69,10 @@ LOG_INTERVAL_S = 60.0  # without a progress bar, a log line this often
 def detect_slide(detector: Any, path: str | PathLike[str], **options: Any) -> Detections:
     """Nucleus centres in a whole slide (or a region of it), in bounded memory.
 
-    Called as ``detector.detect_slide(path, ...)``. Reads the slide tile by tile at the
-    model's pixel size, skips glass, runs tiles in batches of ``detector.batch_size``
-    while reader threads prefetch the next ones, keeps each tile's core peaks, and
-    streams the detections to ``out_dir`` (see :mod:`micronet.runtime.runs.slide_outputs`
-    for the files).
-
-    Takes the arguments of :func:`run_slide` (the options are keyword-only there).
+    Called as ``detector.detect_slide(path, ...)``: reads the slide tile by tile at the
+    model's pixel size, skips glass, runs tiles in batches while reader threads prefetch
+    the next ones, keeps each tile's core peaks (and class probabilities), and streams
+    the detections to ``out_dir``. Takes :func:`run_slide`'s (keyword-only) options.
 
     Args:
         detector: the :class:`~micronet.runtime.detector.Detector` to run.
@@ -89,13 +86,10 @@ def detect_slide(detector: Any, path: str | PathLike[str], **options: Any) -> De
         tissue_only: skip tiles whose core holds no tissue (see :func:`tissue_mask`).
         progress: show tqdm progress bars (tissue scan, tiles); ``None`` (default):
             when stderr is a terminal (or in a notebook), else a log line a minute.
-        out_dir: when given, ``<stem>.csv``, ``<stem>.geojson`` and
-            ``<stem>.overlay.png`` (``formats`` chooses) are written there, under
-            ``.partial`` names in its hidden ``.micronet/`` until the slide is
-            finished, with the record ``.micronet/<stem>.progress.json``/``.bin``; the
-            lock ``.micronet/<stem>.lock`` keeps a second run off them.
-        formats: any of ``"csv"``, ``"geojson"``, ``"png"`` (a sequence, or one
-            comma-separated string).
+        out_dir: when given, ``<stem>.csv``, ``<stem>.geojson``, ``<stem>.overlay.png``
+            (``formats``: any of ``"csv"``, ``"geojson"``, ``"png"``) are written there
+            as ``.partial`` files in its hidden ``.micronet/`` (with the record and the
+            lock) until the slide is finished, then ``<stem>.summary.json``.
         resume: ``True``: continue an unfinished run with the same settings found in
             ``out_dir``, return a finished one's detections at once (rewriting any
             output that is missing or damaged), and refuse outputs made with other

@@ -51,3 +51,19 @@ class Backend(Protocol):
 # inference and returns a job whose ``wait()`` gives what ``infer`` would (``None`` when
 # ``block=False`` and no execution context is free). The Detector uses it to queue batch
 # k + 1 before it finds the peaks of batch k (the TensorRT and torch backends have it).
+
+
+BACKEND_DEVICES = ("auto", "cpu", "cuda")  # what a backend takes; the Detector parses "cuda:N" into device and device_id
+
+
+def check_device(device: Any, device_id: Any) -> None:
+    """A backend's ``device`` and ``device_id`` as every backend checks them: one line
+    saying what was expected and what arrived."""
+    from ..errors import InputError
+
+    if device not in BACKEND_DEVICES:
+        raise InputError(f"device: expected one of {', '.join(BACKEND_DEVICES)}, got {device!r}")
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
+    if device == "cpu" and device_id != 0:
+        raise InputError(f"device_id={device_id} selects a GPU, but device='cpu'")

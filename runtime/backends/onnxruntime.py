@@ -38,12 +38,13 @@ from ..machine import has_vnni, physical_cores, usable_cpus
 from ..errors import InputError, MissingFileError, MissingPackageError
 from ..model_info import CLASS_OUTPUT_NAME, METADATA_KEY, ModelInfo
 from ..optional import GPU_EXTRA, import_cupy
+from . import BACKEND_DEVICES, check_device
 
 __all__ = ["OnnxRuntimeBackend", "physical_cores"]
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")  # this backend's; the Detector parses "cuda:N" into device and device_id
+DEVICES = BACKEND_DEVICES  # this backend's
 _CUDA_EP = "CUDAExecutionProvider"
 _CPU_EP = "CPUExecutionProvider"
 
@@ -119,12 +120,7 @@ def _threads(threads: int | None) -> int:
 
 
 def _check_arguments(device: Any, device_id: Any, threads: Any) -> None:
-    if device not in DEVICES:
-        raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
-    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-        raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
-    if device == "cpu" and device_id != 0:
-        raise InputError(f"device_id={device_id} selects a GPU, but device='cpu'")
+    check_device(device, device_id)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads: expected an integer >= 1 or None, got {threads!r}")
 

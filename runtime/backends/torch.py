@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
 from ..model_info import CLASS_OUTPUT_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from . import BACKEND_DEVICES, check_device
 from ..optional import import_cupy
 from .onnx_torch import TorchGraph
 
@@ -43,7 +44,7 @@ __all__ = ["TORCH_EXTRA", "TorchBackend", "TorchJob"]
 log = logging.getLogger(__name__)
 
 TORCH_EXTRA = "pip install 'micronet-sdk[torch]'"
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = BACKEND_DEVICES
 
 
 def _import(name: str) -> Any:
@@ -107,12 +108,7 @@ class TorchBackend:
     """
 
     def __init__(self, path: str | Path, device: str = "auto", device_id: int = 0, *, cudnn_benchmark: bool = True) -> None:
-        if device not in DEVICES:
-            raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
-        if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-            raise InputError(f"device_id: expected a CUDA device index (an integer >= 0), got {device_id!r}")
-        if device == "cpu" and device_id != 0:
-            raise InputError(f"device_id={device_id} selects a GPU, but device='cpu'")
+        check_device(device, device_id)
         self.path = Path(path)
         if not self.path.is_file():
             raise MissingFileError(f"ONNX model not found: {self.path}")

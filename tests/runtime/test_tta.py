@@ -234,7 +234,7 @@ def test_slides_run_four_passes_per_tile_and_record_tta(blur_onnx, make_nuclei, 
     det = Detector(backend=backend, tile_margin=BLUR_MARGIN, tile_size=256, tta=True)
     out = tmp_path / "out"
     found = det.detect_slide(path, tissue_only=False, progress=False, out_dir=out, formats=("csv",))
-    state = json.loads((out / "slide.progress.json").read_text())
+    state = json.loads((out / ".micronet" / "slide.progress.json").read_text())
     assert state["settings"]["tta"] is True and state["complete"]
     assert len(backend.shapes) == 4 * state["tiles_total"]
     whole = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, tile_size=1024, tta=True).detect(pixels)
@@ -252,15 +252,15 @@ def test_detect_records_tta_and_refuses_outputs_made_without_it(tmp_path, capsys
     common = ["detect", "--demo", "--out", str(out), "--format", "csv", "--no-progress"]
     assert main([*common, "--tta"]) == 0
     assert "flip TTA" in capsys.readouterr().out
-    record = out / "sample.progress.json"
+    record = out / ".micronet" / "demo_cmu1.progress.json"
     assert json.loads(record.read_text())["settings"]["tta"] is True
-    with_tta = (out / "sample.csv").read_text()
+    with_tta = (out / "demo_cmu1.csv").read_text()
     assert main(common) == 2
     assert "made with other settings (tta True → False); pass --overwrite" in capsys.readouterr().err
-    assert (out / "sample.csv").read_text() == with_tta  # left as it was
+    assert (out / "demo_cmu1.csv").read_text() == with_tta  # left as it was
     assert main([*common, "--overwrite"]) == 0
     assert json.loads(record.read_text())["settings"]["tta"] is False
-    assert (out / "sample.csv").read_text() != with_tta
+    assert (out / "demo_cmu1.csv").read_text() != with_tta
 
 
 def test_records_from_before_tta_count_as_made_without_it(tmp_path, capsys):
@@ -269,7 +269,7 @@ def test_records_from_before_tta_count_as_made_without_it(tmp_path, capsys):
     out = tmp_path / "demo"
     common = ["detect", "--demo", "--out", str(out), "--format", "csv", "--no-progress"]
     assert main(common) == 0
-    record = out / "sample.progress.json"
+    record = out / ".micronet" / "demo_cmu1.progress.json"
     state = json.loads(record.read_text())
     del state["settings"]["tta"]  # as a run before tta existed wrote it
     record.write_text(json.dumps(state))

@@ -99,10 +99,17 @@ def test_a_cohort_on_local_ray_writes_what_the_serial_run_writes_and_survives_a_
     # One row per slide, in input order: nothing lost, nothing doubled.
     assert [Path(r["input"]).name for r in rows] == [p.name for p in slides]
     status = {Path(r["input"]).name: r["status"] for r in rows}
-    assert status == {"a.svs": "ok", "b.svs": "ok", "broken.svs": "failed", "c.svs": "ok", "d.svs": "ok"}
+    # The killed worker's slide is "ok" when the kill came mid-slide (resumed from its
+    # partial outputs), or "skipped" when the worker had just finished it before dying
+    # (the retry finds it finished and verifies it): a race the test cannot steer.
+    retried = [n for n, s in status.items() if s == "skipped"]
+    assert len(retried) <= 1, status
+    assert {n: ("ok" if s == "skipped" else s) for n, s in status.items()} == {
+        "a.svs": "ok", "b.svs": "ok", "broken.svs": "failed", "c.svs": "ok", "d.svs": "ok"
+    }
     assert "broken.svs" in next(r["error"] for r in rows if r["status"] == "failed")
     # The killed worker's slide was retried on its restarted actor (a new process).
-    workers = {int(str(r["worker"]).rsplit(":", 1)[1]) for r in rows if r["status"] == "ok"}
+    workers = {int(str(r["worker"]).rsplit(":", 1)[1]) for r in rows if r["status"] in ("ok", "skipped")}
     assert workers - set(pids), (workers, pids, killed)
     # Byte for byte the serial run's outputs; no partial file or lock left.
     assert _outputs(out) == _outputs(serial) and len(_outputs(out)) == 8

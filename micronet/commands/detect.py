@@ -325,7 +325,8 @@ def _conclude(rows: list[dict[str, Any]], total: int, formats: tuple[str, ...], 
     if len(rows) < total:
         notes.append(f"{total - len(rows)} not run (--fail-fast)")
     note = f" ({', '.join(notes)}; see {out / SUMMARY})" if notes else ""
-    print(f"{nuclei} nuclei in {what} ({backend}{', flip TTA' if tta else ''}); wrote {', '.join(formats)} to {out}/{note}")
+    written = ", ".join(formats) + (" and each slide's summary.json" if slides else "")
+    print(f"{nuclei} nuclei in {what} ({backend}{', flip TTA' if tta else ''}); wrote {written} to {out}/{note}")
     return 1 if failed else 0
 
 

@@ -219,6 +219,13 @@ def _class_target(labelled: np.ndarray, labels: np.ndarray, size: int, radius: f
     return out
 
 
+def _draw_weights(group: list[Source], by_area: bool) -> np.ndarray:
+    """Each source's probability of being drawn within its group: unannotated chunks by
+    area (a slide weighs what it holds), annotated images alike."""
+    area = np.array([s.image.shape[0] * s.image.shape[1] for s in group], float) if by_area else np.ones(len(group))
+    return area / area.sum() if len(group) else area
+
+
 class _CropStream:
     """Crops drawn from the sources by group share; its RNG state is part of the snapshot."""
 
@@ -228,6 +235,7 @@ class _CropStream:
         if mix.sum() <= 0:
             raise InputError("no training images")
         self.mix = mix / mix.sum()
+        self.weights = [_draw_weights(group, by_area=g == 2) for g, group in enumerate(self.groups)]  # fixed for the run
         self.aug = AugmentConfig(crop=cfg.crop, color_jitter=0.0)
         self.photo = PhotometricConfig(strength=cfg.photometric, p=cfg.photometric_p) if cfg.photometric > 0 else None
         self.target = target
@@ -239,9 +247,7 @@ class _CropStream:
         """``(crop (c, c, 3) uint8, annotation map or None, teacher map, class target)``."""
         g = int(self.rng.choice(3, p=self.mix))
         group = self.groups[g]
-        # Unannotated chunks by area (a slide weighs what it holds); annotated images alike.
-        area = np.array([s.image.shape[0] * s.image.shape[1] for s in group], float) if g == 2 else np.ones(len(group))
-        src = group[int(self.rng.choice(len(group), p=area / area.sum()))]
+        src = group[int(self.rng.choice(len(group), p=self.weights[g]))]
         sets = [src.points if src.points is not None else np.zeros((0, 2))]
         sets.append(src.labelled if src.labelled is not None else np.zeros((0, 2)))
         crop = sample_crop_with(src.image, sets, self.rng, self.aug, maps=(src.teacher,), photometric=self.photo)

@@ -125,9 +125,12 @@ def layers(path: Path) -> list[str]:
     return names
 
 
-def perturb(src: Path, dst: Path, layer: str, factor: float) -> Path:
-    """``src`` with ``layer``'s float weights (an int8 layer: its weight scale) times
-    ``factor`` in every branch; metadata (and so the reference) unchanged."""
+def scale_initializers(src: Path, dst: Path, factor: float, select: Any) -> int:
+    """Writes ``src`` to ``dst`` with the float initializers that ``select(graph)`` names
+    times ``factor``, in the main graph and every subgraph (both branches of the aligned
+    fast path's ``If``); the metadata (and so the reference results) unchanged. Returns
+    how many initializers changed. ``select`` takes a ``GraphProto`` and returns the
+    names of its initializers to scale."""
     import onnx
     from onnx import numpy_helper
 
@@ -136,8 +139,9 @@ def perturb(src: Path, dst: Path, layer: str, factor: float) -> Path:
 
     def visit(graph: Any) -> None:
         nonlocal touched
+        chosen = set(select(graph))
         for init in graph.initializer:
-            if init.name.split("/", 1)[-1] in (f"{layer}.weight", f"{layer}.weight_scale") and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            if init.name in chosen:
                 values = numpy_helper.to_array(init)
                 init.CopyFrom(numpy_helper.from_array((values.astype(np.float32) * factor).astype(values.dtype), init.name))
                 touched += 1
@@ -147,9 +151,26 @@ def perturb(src: Path, dst: Path, layer: str, factor: float) -> Path:
                     visit(attr.g)
 
     visit(model.graph)
-    if not touched:
-        raise SystemExit(f"no float weights of layer {layer!r} in {src.name}")
     onnx.save(model, str(dst))
+    return touched
+
+
+def layer_weights(layer: str) -> Any:
+    """A ``select`` for :func:`scale_initializers`: ``layer``'s float weights (an int8
+    layer: its weight scale)."""
+    import onnx
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    wanted = (f"{layer}.weight", f"{layer}.weight_scale")
+    return lambda graph: [i.name for i in graph.initializer if i.name.split("/", 1)[-1] in wanted and i.data_type in floats]
+
+
+def perturb(src: Path, dst: Path, layer: str, factor: float) -> Path:
+    """``src`` with ``layer``'s float weights (an int8 layer: its weight scale) times
+    ``factor`` in every branch; metadata (and so the reference) unchanged."""
+    if not scale_initializers(src, dst, factor, layer_weights(layer)):
+        dst.unlink(missing_ok=True)
+        raise SystemExit(f"no float weights of layer {layer!r} in {src.name}")
     return dst
 
 

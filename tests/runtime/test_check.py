@@ -34,32 +34,32 @@ def tiny_reference_model(tmp_path_factory, make_tiny_model) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_ref"), sample)[1]
 
 
+def _sensitivity_tool():
+    """tools/check_sensitivity.py, whose weight scaling the tests share."""
+    import importlib.util
+
+    pytest.importorskip("onnx")
+    path = Path(__file__).resolve().parents[2] / "tools" / "check_sensitivity.py"
+    spec = importlib.util.spec_from_file_location("check_sensitivity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _first_convolution(graph) -> list[str]:
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype == np.float32 and values.ndim == 4 and values.shape[0] > 1:
+            return [init.name]
+    return []
+
+
 def _perturbed(src: Path, dst: Path, factor: float = 1.3) -> Path:
     """A copy of ``src`` with one convolution's weights scaled in every branch; the
     metadata (and so the reference results) unchanged."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    touched = 0
-
-    def visit(graph) -> None:
-        nonlocal touched
-        done = False
-        for init in graph.initializer:
-            values = numpy_helper.to_array(init)
-            if not done and values.dtype == np.float32 and values.ndim == 4 and values.shape[0] > 1:
-                init.CopyFrom(numpy_helper.from_array(values * np.float32(factor), init.name))
-                done = True
-                touched += 1
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-
-    visit(model.graph)
-    assert touched >= 1
-    onnx.save(model, str(dst))
+    assert _sensitivity_tool().scale_initializers(src, dst, factor, _first_convolution) >= 1
     return dst
 
 
@@ -152,27 +152,9 @@ def test_the_fp16_export_agrees_on_this_cpu():
 def _scale_layer(src: Path, dst: Path, layer: str, factor: float) -> Path:
     """A copy of ``src`` with one layer's weights times ``factor`` in every branch of the
     graph (an int8 layer: its weight scale); the reference results unchanged."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    touched = 0
-
-    def visit(graph) -> None:
-        nonlocal touched
-        for init in graph.initializer:
-            if init.name.split("/", 1)[-1] in (f"{layer}.weight", f"{layer}.weight_scale") and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-                values = numpy_helper.to_array(init)
-                init.CopyFrom(numpy_helper.from_array((values.astype(np.float32) * factor).astype(values.dtype), init.name))
-                touched += 1
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-
-    visit(model.graph)
+    tool = _sensitivity_tool()
+    touched = tool.scale_initializers(src, dst, factor, tool.layer_weights(layer))
     assert touched >= 1, touched  # both branches of the fp32 and int8 exports, the one graph of the fp16
-    onnx.save(model, str(dst))
     return dst
 
 

@@ -293,6 +293,8 @@ class _Run:
         self.sampler = Sampler(self.train_set, cfg, self.model_mpp, rng, self.target)
         self.aux_sampler = Sampler(self.aux_set, cfg, self.model_mpp, rng, self.target) if self.aux_set else None
         self.n_aux = round(cfg.batch * cfg.aux_fraction) if self.aux_set else 0  # per process
+        # Which of this process's crops are target (True) and which auxiliary: fixed for the run.
+        self.domain = torch.tensor([True] * (cfg.batch - self.n_aux) + [False] * self.n_aux, device=self.ctx.device)
         self.info = ModelInfo(
             architecture=model.config_dict(), mean=[float(v) for v in self.mean], std=[float(v) for v in self.std],
             mpp=float(self.model_mpp), threshold=0.5 * self.target.peak(), min_distance=cfg.min_distance,
@@ -335,8 +337,7 @@ class _Run:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             pred = self.net(x)
         if self.n_aux:
-            domain = torch.tensor([True] * (cfg.batch - self.n_aux) + [False] * self.n_aux, device=device)
-            loss = two_source_loss(pred, y, domain, cfg.gamma, cfg.lam, self.loss_fn)
+            loss = two_source_loss(pred, y, self.domain, cfg.gamma, cfg.lam, self.loss_fn)
         else:
             loss = self.loss_fn(pred, y)  # Eq. 2 for proximity maps
         if self.teacher is not None:

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MODES", "ArenaFreeOnnx", "StandIn", "child", "read_only"]
+__all__ = ["MODES", "ArenaFreeOnnx", "StandIn", "child", "read_only", "status_kib"]
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A ``kB`` field of this process's ``/proc/self/status`` (``VmHWM``, ``VmRSS``), 0 where absent."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -102,14 +103,14 @@ def child(args: argparse.Namespace) -> None:
     if inference == "none":  # reading alone: what the reader thread has to hide
         t0 = time.perf_counter()
         result["tiles_run"] = read_only(det, Path(args.slide))
-        result.update(seconds=time.perf_counter() - t0, peak_rss_mb=_status_kib("VmHWM") / 1024)
+        result.update(seconds=time.perf_counter() - t0, peak_rss_mb=status_kib("VmHWM") / 1024)
         print("RESULT " + json.dumps(result))
         return
     # Warm up on full batches of every size the run sends: ONNX Runtime's arena then
     # holds what the detector needs, and the rest of the peak is the slide's doing.
     for n in [det.batch_size] * 2 + list(range(det.batch_size - 1, 0, -1)):
         det.detect_batch(np.full((n, det.tile_size, det.tile_size, 3), 200, np.uint8))
-    baseline = _status_kib("VmHWM")
+    baseline = status_kib("VmHWM")
     with tempfile.TemporaryDirectory(prefix="micronet-bench-") as out:
         t0 = time.perf_counter()
         found = det.detect_slide(args.slide, out_dir=out, queue_size=queue_size, readers=readers, progress=False, resume=False)
@@ -121,7 +122,7 @@ def child(args: argparse.Namespace) -> None:
         nuclei=len(found),
         tiles_run=state["tiles_total"],
         tiles_planned=state["tiles_planned"],
-        peak_rss_mb=_status_kib("VmHWM") / 1024,
+        peak_rss_mb=status_kib("VmHWM") / 1024,
         detector_rss_mb=baseline / 1024,
     )
     print("RESULT " + json.dumps(result))

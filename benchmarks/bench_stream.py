@@ -50,6 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import matmul_peaks, run_machine, write_results  # noqa: E402
+from _slide_child import status_kib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MICRONET_DATA", REPO.parent / "shared" / "data"))
@@ -62,13 +63,6 @@ RUNS = {  # name → (label, copies stacked vertically, paced, tile_size: None f
     "paced": ("paced", 1, True, None),
     "tall": ("3 slides tall, as fast as possible", 3, False, None),
 }
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def serpentine_fields(width: int, height: int) -> list[tuple[int, int, int, int]]:
@@ -109,7 +103,7 @@ def child_stream(args: argparse.Namespace) -> dict[str, Any]:
     _, copies, paced, tile = RUNS[args.child]
     det = Detector(args.model, device="cpu", tile_size=tile)
     _warm(det)
-    baseline = _status_kib("VmHWM")
+    baseline = status_kib("VmHWM")
     with open_slide(SLIDE) as slide:
         h, w = slide.shape[0] * copies, slide.shape[1]
         fields = serpentine_fields(w, h)
@@ -142,7 +136,7 @@ def child_stream(args: argparse.Namespace) -> dict[str, Any]:
     result = {"width": w, "height": h, "fields": len(fields), "blocks": total, "seconds": seconds, "nuclei": nuclei}
     result.update(_latencies(fields, added, received))
     result.update(
-        tile_size=det.tile_size, mpp=slide.mpp, peak_rss_mb=_status_kib("VmHWM") / 1024, detector_rss_mb=baseline / 1024,
+        tile_size=det.tile_size, mpp=slide.mpp, peak_rss_mb=status_kib("VmHWM") / 1024, detector_rss_mb=baseline / 1024,
         peak_held_mb=session.peak_held_bytes / 2**20, slide_mb=w * h * 3 / 2**20, field_row_mb=w * FIELD * 3 / 2**20,
     )  # fmt: skip
     return result
@@ -167,11 +161,11 @@ def child_detect_slide(args: argparse.Namespace) -> dict[str, Any]:
 
     det = Detector(args.model, device="cpu")
     _warm(det)
-    baseline = _status_kib("VmHWM")
+    baseline = status_kib("VmHWM")
     t0 = time.monotonic()
     found = det.detect_slide(SLIDE, tissue_only=False, progress=False)
     seconds = time.monotonic() - t0
-    return {"seconds": seconds, "nuclei": len(found), "peak_rss_mb": _status_kib("VmHWM") / 1024, "detector_rss_mb": baseline / 1024}
+    return {"seconds": seconds, "nuclei": len(found), "peak_rss_mb": status_kib("VmHWM") / 1024, "detector_rss_mb": baseline / 1024}
 
 
 def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:

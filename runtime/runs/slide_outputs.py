@@ -387,8 +387,7 @@ class SlideOutputs(InputOutputs):
         """Writes format ``fmt`` from the stored detections to ``path`` (a new file
         :func:`write_new` made), byte for byte as the run wrote it batch by batch (the
         records are in tile order)."""
-        xy, scores = self.records()
-        probs = self.probabilities()
+        xy, scores, probs = self.stored()
         if fmt == "png":
             assert self.thumbnail is not None  # checked in __init__
             overlay = _Overlay(self.thumbnail, self.mpp_xy)
@@ -405,14 +404,16 @@ class SlideOutputs(InputOutputs):
 
     def records(self) -> tuple[np.ndarray, np.ndarray]:
         """The stored detections ``(xy (N, 2), scores (N,))`` float32, in written order."""
-        records = read_records(self.bin_path, self.record_width)
-        return records[:, :2].copy(), records[:, 2].copy()
+        xy, scores, _ = self.stored()
+        return xy, scores
 
-    def probabilities(self) -> np.ndarray | None:
-        """The stored ``(N, K)`` class probabilities, or ``None`` without a class head."""
-        if not self.class_names:
-            return None
-        return read_records(self.bin_path, self.record_width)[:, 3:].copy()
+    def stored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The stored detections from one read of the record: ``xy (N, 2)``, ``scores
+        (N,)`` and the ``(N, K)`` class probabilities (``None`` without a class head),
+        float32, in written order."""
+        records = read_records(self.bin_path, self.record_width)
+        probs = records[:, 3:].copy() if self.class_names else None
+        return records[:, :2].copy(), records[:, 2].copy(), probs
 
     def _classes(self, probabilities: np.ndarray | None) -> tuple[np.ndarray | None, tuple[str, ...]]:
         """The overlay's colouring: each detection's class index and the class names."""

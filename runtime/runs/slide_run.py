@@ -235,7 +235,7 @@ class _SlideRun:
         verdict = outputs.check(settings, overwrite=not resume)
         if verdict.action == "finished":
             rewritten = outputs.repair(verdict.damaged, outputs.write_whole)
-            (xy, scores), probs = outputs.records(), outputs.probabilities()
+            xy, scores, probs = outputs.stored()
             log.info("%s: finished already%s; %d detections", slide.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
             return self.result(*_sorted(xy, scores, probs), "finished already", rewritten)
         self.done, xy, scores = outputs.open(settings, len(plan.tiles), resume=verdict.action == "resume")

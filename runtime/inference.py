@@ -29,7 +29,7 @@ from .detections import Detections
 from .errors import InputError
 from .prepare import Colour, measure_colour, tile_batch, tile_input_shape, work_sizes
 from .resample import check_work, from_resampled
-from .tiling import Tile, keep_in_core, sort_peaks
+from .tiling import Tile, keep_in_core, sort_scored
 from .tta import TTA_FLIPS, flipped, flips_per_call, infer_flips, merge_flips
 
 __all__ = ["CLOSED", "TiledInference"]
@@ -186,13 +186,9 @@ class TiledInference:
         width = 1 + len(self.class_names)  # the score, then the class probabilities
         xy = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
         values = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, width) if width > 1 else (0,), np.float32)
-        scores = values[:, 0] if width > 1 else values
-        order = sort_peaks(xy, scores, order=True)
-        xy, values = xy[order], values[order]
+        xy, scores, probs = sort_scored(xy, values)
         if scale is not None:
             xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
-        probs = values[:, 1:] if width > 1 else None
-        scores = values[:, 0] if width > 1 else values
         return Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, colour[0], probs, self.class_names)
 
     def _colour(self, image: np.ndarray, given: stain.StainStats | None) -> Colour:

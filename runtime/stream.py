@@ -51,7 +51,7 @@ from .errors import InputError, InputTypeError
 from .images import as_rgb_image, check_mpp
 from .resample import MPP_TOLERANCE, BilinearAxis, check_ratio, from_resampled, needs_resampling, resampled_size
 from .stain import StainStats, colour_distance
-from .tiling import Tile, keep_in_core, sort_peaks
+from .tiling import Tile, keep_in_core, sort_scored
 
 __all__ = ["StreamSession", "FinalRegion", "StreamCounts", "BACKGROUND"]
 
@@ -149,6 +149,11 @@ def _covered(window: tuple[int, int, int, int], pieces: list[_Piece]) -> bool:
     for bx0, bx1, by0, by1 in boxes:
         grid[np.searchsorted(ys, by0) : np.searchsorted(ys, by1), np.searchsorted(xs, bx0) : np.searchsorted(xs, bx1)] = True
     return bool(grid.all())
+
+
+def _scored(d: Detections) -> np.ndarray:
+    """``(N,)`` scores, or with a class head ``(N, 1 + K)``: the score, then the class probabilities."""
+    return d.scores if d.class_probabilities is None else np.concatenate([d.scores[:, None], d.class_probabilities], axis=1)
 
 
 def _model_pixels(block: _Block, pieces: list[_Piece]) -> np.ndarray:
@@ -397,8 +402,7 @@ class StreamSession:
         found = det.detect_batch([pixels for _, pixels, _ in batch], mpp=det.info.mpp, colour_stats=self._tile_stats)
         regions = []
         for (block, _, since), d in zip(batch, found):
-            values = np.concatenate([d.scores[:, None], d.class_probabilities], axis=1) if self._names else d.scores
-            xy, values = keep_in_core(block.tile, d.xy, values)  # (N, 2) in the model-pixel slide
+            xy, values = keep_in_core(block.tile, d.xy, _scored(d))  # (N, 2) in the model-pixel slide
             if self._scale is not None:
                 xy = from_resampled(xy, *self._scale).astype(np.float32)  # back to the slide's pixels
             regions.append(FinalRegion(self._result(xy, values), block.box, time.monotonic() - since))
@@ -407,10 +411,8 @@ class StreamSession:
     def _result(self, xy: np.ndarray, values: np.ndarray) -> Detections:
         """Detections in slide pixels, highest score first, from ``(N, 2)`` positions and
         ``(N,)`` scores, or ``(N, 1 + K)`` scores and class probabilities."""
-        order = sort_peaks(xy, values[:, 0] if self._names else values, order=True)
-        values = values[order]
-        scores, probs = (values[:, 0], values[:, 1:]) if self._names else (values, None)
-        return Detections(xy[order], scores, (self.height, self.width), self.mpp, self._distance, probs, self._names)
+        xy, scores, probs = sort_scored(xy, values)
+        return Detections(xy, scores, (self.height, self.width), self.mpp, self._distance, probs, self._names)
 
     # --- results ----------------------------------------------------------------------
 
@@ -459,10 +461,8 @@ class StreamSession:
 
     def _merge(self, parts: list[Detections]) -> Detections:
         xy = np.concatenate([np.zeros((0, 2), np.float32)] + [d.xy for d in parts])
-        if not self._names:
-            return self._result(xy, np.concatenate([np.zeros(0, np.float32)] + [d.scores for d in parts]))
-        values = [np.concatenate([d.scores[:, None], d.class_probabilities], axis=1) for d in parts]
-        return self._result(xy, np.concatenate([np.zeros((0, 1 + len(self._names)), np.float32)] + values))
+        empty = np.zeros((0, 1 + len(self._names)) if self._names else (0,), np.float32)
+        return self._result(xy, np.concatenate([empty] + [_scored(d) for d in parts]))
 
     def cancel(self) -> None:
         """Stops the session from any thread: queued blocks and held fields are dropped,

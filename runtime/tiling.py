@@ -58,6 +58,7 @@ __all__ = [
     "default_margin",
     "keep_in_core",
     "sort_peaks",
+    "sort_scored",
     "alignment",
     "memory_tile_size",
     "tile_bytes_per_pixel",
@@ -266,6 +267,15 @@ def sort_peaks(xy: np.ndarray, scores: np.ndarray, order: bool = False) -> Any:
         return np.arange(len(scores)) if order else (xy, scores)
     perm = np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
     return perm if order else (xy[perm], scores[perm])
+
+
+def sort_scored(xy: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Peaks in :func:`sort_peaks` order from ``(N, 2)`` positions and ``values``:
+    ``(N,)`` scores, or ``(N, 1 + K)`` the score then the K class probabilities.
+    Returns ``(xy, scores, class probabilities or None)``, sorted."""
+    perm = sort_peaks(xy, values[:, 0] if values.ndim == 2 else values, order=True)
+    xy, values = xy[perm], values[perm]
+    return (xy, values[:, 0], values[:, 1:]) if values.ndim == 2 else (xy, values, None)
 
 
 # --- tile size from activation memory --------------------------------------------------------

@@ -30,7 +30,7 @@ def tissue_area_mm2(plan: SlidePlan, tissue_only: bool) -> tuple[float, str]:
     thumbnail's saturation, the mask that chose the tiles) or the whole region."""
     mx, my = plan.mpp_xy
     if tissue_only and plan.thumbnail is not None:
-        mask = tissue_mask(plan.thumbnail.image)
+        mask = plan.tissue if plan.tissue is not None else tissue_mask(plan.thumbnail.image)
         sx, sy = plan.thumbnail.scale_xy  # level-0 pixels per thumbnail pixel
         return float(mask.sum()) * sx * sy * mx * my / 1e6, "tissue mask"
     return plan.region[2] * plan.region[3] * mx * my / 1e6, "whole region"

@@ -80,7 +80,7 @@ def slide_colour_stats(slide: SlideBase, plan: SlidePlan, windows: int = WINDOWS
         # tile it breaks, after the tiles before it are saved.
         log.debug("colour statistics: no thumbnail (%s)", exc)
         return None
-    mask = tissue_mask(thumbnail.image)
+    mask = plan.tissue if thumbnail is plan.thumbnail and plan.tissue is not None else tissue_mask(thumbnail.image)
     rows, cols = np.nonzero(mask if mask.any() else np.ones_like(mask))
     pick = np.unique(np.linspace(0, len(rows) - 1, min(windows, len(rows))).round().astype(np.intp))
     cx, cy = _thumbnail_to_model(grid, thumbnail, cols[pick].astype(np.float64), rows[pick].astype(np.float64))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from ..resample import (
 )
 from ..tiling import Tile
 from .reader import THUMBNAIL_SIZE, Level, Slide, Thumbnail, level_box
-from .tissue import tiles_on_tissue
+from .tissue import tiles_on_tissue, tissue_mask
 
 __all__ = ["plan_slide", "SlidePlan", "ModelGrid"]
 
@@ -136,6 +136,9 @@ class SlidePlan:
         tiles_planned: the number of tiles of the whole grid.
         thumbnail: the region's thumbnail the tissue was found in, or ``None``
             (``tissue_only=False``).
+        tissue: ``(h, w)`` bool :func:`~micronet.runtime.slide.tissue.tissue_mask` of
+            ``thumbnail`` (found once, reused by the colour statistics and the
+            summary's tissue area), or ``None`` without a thumbnail.
     """
 
     region: tuple[int, int, int, int]
@@ -145,6 +148,7 @@ class SlidePlan:
     tiles: list[Tile]
     tiles_planned: int
     thumbnail: Thumbnail | None
+    tissue: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def mpp(self) -> float:
@@ -187,11 +191,12 @@ def plan_slide(
     # region), so that the tiles' core peaks add up to its result.
     tiles = detector.plan_tiles(grid.model_height, grid.model_width)
     planned = len(tiles)
-    thumbnail = None
+    thumbnail = mask = None
     if tissue_only:
         thumbnail = slide.read_thumbnail(THUMBNAIL_SIZE, region0)
-        tiles = tiles_on_tissue(tiles, grid, thumbnail, mpp0)
-    return SlidePlan(region0, mpp_xy, lv, grid, tiles, planned, thumbnail)
+        mask = tissue_mask(thumbnail.image)
+        tiles = tiles_on_tissue(tiles, grid, thumbnail, mpp0, mask)
+    return SlidePlan(region0, mpp_xy, lv, grid, tiles, planned, thumbnail, mask)
 
 
 def _choose_level(slide: Slide, level: Any, mpp: float, model_mpp: float) -> Level:

@@ -69,7 +69,7 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
     return saturation > threshold
 
 
-def tiles_on_tissue(tiles: list[Tile], grid: ModelGrid, thumbnail: Thumbnail, mpp: float) -> list[Tile]:
+def tiles_on_tissue(tiles: list[Tile], grid: ModelGrid, thumbnail: Thumbnail, mpp: float, mask: np.ndarray | None = None) -> list[Tile]:
     """The tiles whose core touches tissue, in their order.
 
     Args:
@@ -77,10 +77,12 @@ def tiles_on_tissue(tiles: list[Tile], grid: ModelGrid, thumbnail: Thumbnail, mp
         grid: how the model pixels map onto the slide.
         thumbnail: a thumbnail of the same region, for :func:`tissue_mask`.
         mpp: the level-0 pixel size in µm/px (sizes the tissue margin).
+        mask: the thumbnail's :func:`tissue_mask` when the caller has it (found here
+            otherwise).
     """
     from scipy import ndimage
 
-    mask = tissue_mask(thumbnail.image)
+    mask = tissue_mask(thumbnail.image) if mask is None else mask
     sx, sy = thumbnail.scale_xy
     grow = max(1, math.ceil(TISSUE_MARGIN_UM / (mpp * (sx + sy) / 2)))
     mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=grow)

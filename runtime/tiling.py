@@ -259,21 +259,19 @@ def core_mask(tile: Tile, xy: np.ndarray) -> np.ndarray:
     return (px >= tile.core_x0) & (px < tile.core_x1) & (py >= tile.core_y0) & (py < tile.core_y1)
 
 
-def sort_peaks(xy: np.ndarray, scores: np.ndarray, order: bool = False) -> Any:
-    """Peaks in ``find_peaks`` order: highest score first, ties in row-major order.
-    Returns ``(xy, scores)`` sorted, or with ``order`` the permutation itself (to sort
-    values that travel with the peaks, such as class probabilities)."""
+def sort_peaks(xy: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The permutation that puts peaks in ``find_peaks`` order: highest score first, ties
+    in row-major order (apply it to the values that travel with the peaks too)."""
     if len(scores) < 2:
-        return np.arange(len(scores)) if order else (xy, scores)
-    perm = np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
-    return perm if order else (xy[perm], scores[perm])
+        return np.arange(len(scores))
+    return np.lexsort((xy[:, 0], xy[:, 1], -scores.astype(np.float64)))
 
 
 def sort_scored(xy: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Peaks in :func:`sort_peaks` order from ``(N, 2)`` positions and ``values``:
     ``(N,)`` scores, or ``(N, 1 + K)`` the score then the K class probabilities.
     Returns ``(xy, scores, class probabilities or None)``, sorted."""
-    perm = sort_peaks(xy, values[:, 0] if values.ndim == 2 else values, order=True)
+    perm = sort_peaks(xy, values[:, 0] if values.ndim == 2 else values)
     xy, values = xy[perm], values[perm]
     return (xy, values[:, 0], values[:, 1:]) if values.ndim == 2 else (xy, values, None)
 

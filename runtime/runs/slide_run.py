@@ -312,7 +312,7 @@ def _joined(found: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> tu
 
 def _sorted(xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Peaks in ``find_peaks`` order (highest score first), probabilities with them."""
-    order = sort_peaks(xy, scores, order=True)
+    order = sort_peaks(xy, scores)
     return xy[order], scores[order], None if probs is None else probs[order]
 
 

@@ -15,21 +15,21 @@ turned or mirrored (a phone, some scanners' snapshots) is turned upright as ever
 viewer shows it, and a warning says so: detections are in the upright image's pixels
 (:func:`image_orientation`).
 
-**Pixel size.** :func:`image_pixel_size` reads µm/px from what the file records: OME-XML
-``PhysicalSizeX/Y`` (with units), ImageJ's TIFF calibration, the TIFF resolution tags
-(``XResolution``/``YResolution`` per centimetre or inch), PNG ``pHYs`` (pixels per metre)
-or the JPEG JFIF density. Only values within :data:`PLAUSIBLE_MPP` count: every
-screenshot and export carries a screen or print resolution (72, 96, 300 dpi are 353, 265,
-85 µm/px), which says nothing about the tissue.
+**Pixel size.** :func:`image_pixel_size` reads µm/px from what the file records (OME-XML,
+ImageJ's TIFF calibration, the TIFF resolution tags, PNG ``pHYs``, the JPEG JFIF
+density: :mod:`micronet.runtime.pixel_size` parses them and keeps only plausible values).
+
+**One open per file.** :class:`ImageFile` opens a file once and gives its header (size,
+orientation, pixel size) and then its pixels from the same open file; the functions
+here are each one use of it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import numbers
-import xml.etree.ElementTree as ET
 import zlib
+from functools import cached_property
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,14 @@ import numpy as np
 
 from .errors import InputError, InputTypeError, MicronetError
 from .files import regular_file
+from .pixel_size import PLAUSIBLE_MPP, PixelSize, check_mpp, pillow_pixel_size, recorded_pixel_size, tiff_pixel_size  # re-exported
 
 __all__ = [
     "DEFAULT_MAX_MEGAPIXELS",
     "IMAGE_SUFFIXES",
     "ORIENTATIONS",
     "PLAUSIBLE_MPP",
+    "ImageFile",
     "as_rgb_image",
     "check_mpp",
     "image_orientation",
@@ -59,9 +61,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Detector resamples an image to (micronet.runtime.resample.check_work): 256 MP is a
 # 16 384² image, 768 MB as RGB; larger images are slides (detect_slide).
 DEFAULT_MAX_MEGAPIXELS = 256.0
-# µm/px a file may record and be believed: a 100× oil objective images at about 0.06,
-# a 1.25× overview at about 8; 72–1200 dpi (screens, printers) are 21–353.
-PLAUSIBLE_MPP = (0.05, 20.0)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -145,6 +144,112 @@ def _open_pillow(path: Path) -> Any:
         raise InputError(f"{path}: not a readable image; the header is damaged ({type(exc).__name__}: {exc})") from exc
 
 
+class ImageFile:
+    """An image file opened once: its header now, its pixels when asked, from the same
+    open file (tifffile for TIFF, Pillow for PNG and JPEG).
+
+    >>> with ImageFile("tile.tif") as f:                   # doctest: +SKIP
+    ...     f.shape, f.orientation, f.pixel_size, f.read().shape
+    ((512, 768), 1, PixelSize(x=0.25, y=0.25, source='TIFF resolution tags'), (512, 768, 3))
+
+    Attributes:
+        path: the file.
+        shape: ``(H, W)`` as stored (before :attr:`orientation` turns it).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another suffix, an empty file, or one whose header cannot be read.
+    """
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self.path = _image_file(path)
+        self._tif: Any = None
+        self._im: Any = None
+        if self.is_tiff:
+            import tifffile
+
+            try:
+                self._tif = tifffile.TiffFile(self.path)
+                page = self._tif.pages[0]
+                self.shape = (int(page.imagelength), int(page.imagewidth))
+            except Exception as exc:  # tifffile raises many types for damaged files
+                self.close()
+                raise self._unreadable(exc) from exc
+        else:
+            self._im = _open_pillow(self.path)
+            self.shape = (self._im.height, self._im.width)
+
+    @property
+    def is_tiff(self) -> bool:
+        return self.path.suffix.lower() in (".tif", ".tiff")
+
+    def _unreadable(self, exc: BaseException) -> InputError:
+        return InputError(f"{self.path}: not a readable TIFF image ({type(exc).__name__}: {exc})")
+
+    @cached_property
+    def orientation(self) -> int:
+        """The EXIF or TIFF ``Orientation`` (:func:`image_orientation`)."""
+        if self._tif is not None:
+            return _tiff_orientation(self._tif.pages[0])
+        return _pillow_orientation(self._im)
+
+    @cached_property
+    def pixel_size(self) -> PixelSize | None:
+        """The plausible pixel size the file records, as the square pixels an image runs
+        at (:meth:`PixelSize.as_square`: x and y to 9 significant digits, then their
+        mean), or ``None`` (:func:`image_pixel_size`)."""
+        if self._tif is not None:
+            try:
+                xy, source = tiff_pixel_size(self._tif)
+            except MicronetError:
+                raise
+            except Exception as exc:  # tifffile raises many types for damaged files
+                raise self._unreadable(exc) from exc
+        else:
+            xy, source = pillow_pixel_size(self._im)
+        found, _ = recorded_pixel_size(xy, source)
+        return None if found is None else found.rounded().as_square()
+
+    def read(self, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
+        """The pixels, upright (:func:`read_image`)."""
+        limit = _check_limit(max_megapixels)
+        _check_pixels(self.path, *self.shape, limit)
+        if self._tif is not None:
+            try:
+                return _upright(self._tif.asarray(key=0), self.orientation, self.path)
+            except MicronetError:
+                raise
+            except MemoryError:
+                raise
+            except Exception as exc:  # tifffile and its codecs raise many types for damaged files
+                raise InputError(f"{self.path}: not a readable TIFF image, or its data is damaged or cut short ({type(exc).__name__}: {exc})") from exc
+        im = self._im
+        try:
+            if im.mode == "CMYK":
+                raise InputError(f"{self.path}: a CMYK image; expected RGB")
+            # Pillow decodes lazily: converting and copying out here makes a truncated
+            # file fail inside this try, not later in whoever touches the pixels.
+            orientation = self.orientation
+            if im.mode in ("P", "YCbCr"):
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            return _upright(np.asarray(im), orientation, self.path)
+        except MicronetError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise InputError(f"{self.path}: the image data is damaged or cut short ({type(exc).__name__}: {exc}); re-export or copy the file again") from exc
+
+    def close(self) -> None:
+        for f in (self._tif, self._im):
+            if f is not None:
+                f.close()
+
+    def __enter__(self) -> ImageFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def read_image(path: str | PathLike[str], max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
     """Reads an image file as an array, unconverted beyond decoding.
 
@@ -169,38 +274,8 @@ def read_image(path: str | PathLike[str], max_megapixels: float = DEFAULT_MAX_ME
             file and the problem.
     """
     limit = _check_limit(max_megapixels)
-    path = _image_file(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                _check_pixels(path, int(page.imagelength), int(page.imagewidth), limit)
-                return _upright(tif.asarray(key=0), _tiff_orientation(page), path)
-        except MicronetError:
-            raise
-        except MemoryError:
-            raise
-        except Exception as exc:  # tifffile and its codecs raise many types for damaged files
-            raise InputError(f"{path}: not a readable TIFF image, or its data is damaged or cut short ({type(exc).__name__}: {exc})") from exc
-
-    im = _open_pillow(path)
-    try:
-        with im:
-            _check_pixels(path, im.height, im.width, limit)
-            if im.mode == "CMYK":
-                raise InputError(f"{path}: a CMYK image; expected RGB")
-            # Pillow decodes lazily: converting and copying out here makes a truncated
-            # file fail inside this try, not later in whoever touches the pixels.
-            orientation = _pillow_orientation(im)
-            if im.mode in ("P", "YCbCr"):
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            return _upright(np.asarray(im), orientation, path)
-    except MicronetError:
-        raise
-    except _DECODE_ERRORS as exc:
-        raise InputError(f"{path}: the image data is damaged or cut short ({type(exc).__name__}: {exc}); re-export or copy the file again") from exc
+    with ImageFile(path) as f:
+        return f.read(limit)
 
 
 def image_orientation(path: str | PathLike[str]) -> int:
@@ -212,17 +287,36 @@ def image_orientation(path: str | PathLike[str]) -> int:
     Raises:
         FileNotFoundError, ValueError: as :func:`image_pixel_size`.
     """
-    path = _image_file(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    with ImageFile(path) as f:
+        return f.orientation
 
-        try:
-            with tifffile.TiffFile(path) as tif:
-                return _tiff_orientation(tif.pages[0])
-        except Exception as exc:  # tifffile raises many types for damaged files
-            raise InputError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {exc})") from exc
-    with _open_pillow(path) as im:
-        return _pillow_orientation(im)
+
+def image_pixel_size(path: str | PathLike[str]) -> tuple[float, str] | None:
+    """The pixel size an image file records about itself, in µm/px, and where it came from.
+
+    Read, in this order, from OME-XML ``PhysicalSizeX/Y`` (with their units), an Aperio
+    ``MPP``, ImageJ's calibration (``unit=micron``), the TIFF ``XResolution``/
+    ``YResolution`` tags per centimetre or inch (inch when ``ResolutionUnit`` is absent,
+    as the TIFF standard says), PNG ``pHYs`` (pixels per metre), or the JPEG JFIF
+    density (per inch or centimetre). The header only is read.
+
+    Returns:
+        ``(mpp, source)``, e.g. ``(0.25, "PNG pHYs")``; ``mpp`` is the mean of x and y
+        (the source says when they differ by more than 1%). ``None`` when the file
+        records no physical resolution, or one outside :data:`PLAUSIBLE_MPP` (the
+        72/96/300 dpi of screenshots and exports). :attr:`ImageFile.pixel_size` gives
+        it as a :class:`~micronet.runtime.pixel_size.PixelSize`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an image file, or an unreadable one.
+
+    >>> image_pixel_size("tile_40x.png")      # doctest: +SKIP
+    (0.25, 'PNG pHYs')
+    """
+    with ImageFile(path) as f:
+        found = f.pixel_size
+    return None if found is None else (found.mean, found.source)
 
 
 def _valid_orientation(value: Any) -> int:
@@ -266,150 +360,10 @@ def _upright(array: np.ndarray, orientation: int, path: Path) -> np.ndarray:
     return np.ascontiguousarray(turned)
 
 
-def image_pixel_size(path: str | PathLike[str]) -> tuple[float, str] | None:
-    """The pixel size an image file records about itself, in µm/px, and where it came from.
-
-    Read, in this order, from OME-XML ``PhysicalSizeX/Y`` (with their units), an Aperio
-    ``MPP``, ImageJ's calibration (``unit=micron``), the TIFF ``XResolution``/
-    ``YResolution`` tags per centimetre or inch (inch when ``ResolutionUnit`` is absent,
-    as the TIFF standard says), PNG ``pHYs`` (pixels per metre), or the JPEG JFIF
-    density (per inch or centimetre). The header only is read.
-
-    Returns:
-        ``(mpp, source)``, e.g. ``(0.25, "PNG pHYs")``; ``mpp`` is the mean of x and y
-        (the source says when they differ by more than 1%). ``None`` when the file
-        records no physical resolution, or one outside :data:`PLAUSIBLE_MPP` (the
-        72/96/300 dpi of screenshots and exports).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not an image file, or an unreadable one.
-
-    >>> image_pixel_size("tile_40x.png")      # doctest: +SKIP
-    (0.25, 'PNG pHYs')
-    """
-    path = _image_file(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                mpp_xy, source = tiff_pixel_size(tif)
-        except MicronetError:
-            raise
-        except Exception as exc:  # tifffile raises many types for damaged files
-            raise InputError(f"{path}: not a readable TIFF image ({type(exc).__name__}: {exc})") from exc
-    else:
-        with _open_pillow(path) as im:
-            mpp_xy, source = _pillow_pixel_size(im)
-    if mpp_xy is None:
-        return None
-    return _plausible(mpp_xy, source)
-
-
-def _plausible(mpp_xy: tuple[float, float], source: str) -> tuple[float, str] | None:
-    lo, hi = PLAUSIBLE_MPP
-    if not all(math.isfinite(v) and lo <= v <= hi for v in mpp_xy):
-        return None  # 72 dpi and the like: a screen's resolution, not the tissue's
-    mx, my = (float(f"{v:.9g}") for v in mpp_xy)  # 25400 / 101600.00000000001 dpi is 0.25
-    mean = float(f"{(mx + my) / 2:.9g}")
-    if abs(mx - my) > 0.01 * mean:
-        source = f"{source} (x {mx:g}, y {my:g} µm/px: their mean)"
-    return mean, source
-
-
-def _pillow_pixel_size(im: Any) -> tuple[tuple[float, float] | None, str]:
-    """``((x, y) µm/px, source)`` from a Pillow image's header, or ``(None, why)``."""
-    if im.format == "PNG":
-        dpi = im.info.get("dpi")  # Pillow's reading of pHYs in pixels per metre
-        if not dpi:
-            return None, "no PNG pHYs chunk in metres"
-        return _per_unit(25400.0, dpi), "PNG pHYs"
-    if im.format == "JPEG":
-        unit, density = im.info.get("jfif_unit"), im.info.get("jfif_density")
-        if unit not in (1, 2) or not density:
-            return None, "no JFIF density in inches or centimetres"
-        return _per_unit(25400.0 if unit == 1 else 10000.0, density), "JPEG JFIF density"
-    return None, f"{im.format} files carry no pixel size this SDK reads"
-
-
-def _per_unit(um_per_unit: float, per_unit: Any) -> tuple[float, float] | None:
-    """µm/px from pixels per unit ``(x, y)``; ``None`` for zero or unreadable values."""
-    try:
-        rx, ry = (float(v[0]) / float(v[1]) if isinstance(v, tuple) else float(v) for v in per_unit)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    if not (rx > 0 and ry > 0):
-        return None
-    return um_per_unit / rx, um_per_unit / ry
-
-
-# OME-XML length units, in µm.
-_OME_UNITS = {"µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
-
-
-def tiff_pixel_size(tif: Any) -> tuple[tuple[float, float] | None, str]:
-    """``((x, y) µm/px, source)`` recorded in an open ``tifffile.TiffFile`` (its first
-    page), or ``(None, why not)``; not yet checked for plausibility.
-
-    Sources in order: OME-XML ``PhysicalSizeX/Y``, an Aperio ImageDescription ``MPP``,
-    ImageJ's calibration in microns, the resolution tags per centimetre or inch.
-    """
-    page = tif.pages[0]
-    if tif.is_ome:
-        mpp_xy, why = _ome_pixel_size(tif.ome_metadata or "")
-        if mpp_xy is not None:
-            return mpp_xy, "OME-XML PhysicalSizeX/Y"
-    if tif.is_svs:
-        for field in (page.description or "").split("|"):
-            key, _, value = field.partition("=")
-            if key.strip() == "MPP":
-                try:
-                    mpp = float(value)
-                except ValueError:
-                    break
-                return (mpp, mpp), "Aperio ImageDescription MPP"
-    xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
-    if xres is None or yres is None:
-        return None, "no TIFF resolution tags"
-    unit = page.tags.get("ResolutionUnit")
-    unit_value = int(unit.value) if unit is not None else 2  # the TIFF standard's default: inch
-    per = (xres.value, yres.value)
-    if unit_value == 1 and tif.is_imagej:
-        # ImageJ stores pixels per calibration unit with no TIFF unit.
-        calibration = str((tif.imagej_metadata or {}).get("unit", "")).replace("\\u00B5", "µ")
-        if calibration in ("micron", "µm", "μm", "um"):
-            return _per_unit(1.0, per), "ImageJ calibration (micron)"
-        return None, f"ImageJ calibration in {calibration or 'pixels'!r}, not microns"
-    if unit_value not in (2, 3):
-        return None, "TIFF resolution tags without a physical unit"
-    return _per_unit(25400.0 if unit_value == 2 else 10000.0, per), "TIFF resolution tags"
-
-
-def _ome_pixel_size(xml: str) -> tuple[tuple[float, float] | None, str]:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        return None, f"OME-XML not well-formed ({exc})"
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
-        return None, "OME-XML without PhysicalSizeX"
-    sizes = []
-    for axis in ("X", "Y"):
-        value = pixels.get(f"PhysicalSize{axis}", pixels.get("PhysicalSizeX"))
-        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")  # the OME schema's default
-        if unit not in _OME_UNITS:
-            return None, f"OME-XML PhysicalSize{axis} in an unknown unit {unit!r}"
-        try:
-            sizes.append(float(value) * _OME_UNITS[unit])
-        except (TypeError, ValueError):
-            return None, f"OME-XML PhysicalSize{axis} unreadable: {value!r}"
-    return (sizes[0], sizes[1]), "OME-XML PhysicalSizeX/Y"
-
-
 def as_rgb_image(image: Any, name: str = "image", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
     """Checks an image as :meth:`Detector.detect` does and returns it as a C-contiguous
-    ``(H, W, 3)`` uint8 RGB array (a path is read with :func:`read_image`).
+    ``(H, W, 3)`` uint8 RGB array (a path is read with :func:`read_image`, an open
+    :class:`ImageFile` with its :meth:`~ImageFile.read`).
 
     Raises:
         TypeError: neither an array nor a path.
@@ -417,8 +371,11 @@ def as_rgb_image(image: Any, name: str = "image", max_megapixels: float = DEFAUL
             a message naming the problem; ``name`` (and the file name) prefix it.
         FileNotFoundError: no such file.
     """
-    from_file = isinstance(image, (str, PathLike))
-    if from_file:
+    from_file = isinstance(image, (str, PathLike, ImageFile))
+    if isinstance(image, ImageFile):
+        arr = image.read(max_megapixels)
+        name = f"{name} ({image.path.name})"
+    elif from_file:
         arr = read_image(image, max_megapixels)
         name = f"{name} ({Path(image).name})"
     elif isinstance(image, np.ndarray):
@@ -458,11 +415,3 @@ def as_rgb_image(image: Any, name: str = "image", max_megapixels: float = DEFAUL
     if shape[0] == 0 or shape[1] == 0:
         raise InputError(f"{name}: empty image of shape {shape}; expected at least 1×1 pixels")
     return np.ascontiguousarray(arr)
-
-
-def check_mpp(mpp: Any, name: str = "mpp") -> float | None:
-    if mpp is None:
-        return None
-    if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
-        raise InputError(f"{name}: expected a positive pixel size in µm/px or None, got {mpp!r}")
-    return float(mpp)

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import stain
 from .errors import InputError, InputTypeError
-from .images import as_rgb_image, check_mpp, image_pixel_size
+from .images import ImageFile, as_rgb_image, check_mpp
 from .resample import check_ratio, needs_resampling, resampled_size
 from .tiling import Tile
 
@@ -57,15 +57,16 @@ def prepare_image(image: Any, mpp: Any, name: str, mpp_name: str, max_megapixels
     Its pixel size is the caller's (``typed``), else for a path the one the file records,
     else ``None``; ``mpp_name`` names it in errors."""
     mpp = check_mpp(mpp, mpp_name)
-    label, typed = name, True
-    if isinstance(image, (str, PathLike)):
-        label = Path(image).name
-        recorded = image_pixel_size(image) if mpp is None else None
+    if not isinstance(image, (str, PathLike)):
+        return as_rgb_image(image, name, max_megapixels), mpp, name, (mpp_name, True)
+    label, typed = Path(image).name, True
+    with ImageFile(image) as f:  # one open: the header's pixel size, then the pixels
+        recorded = f.pixel_size if mpp is None else None
         if recorded is not None:
-            mpp, source = recorded
-            mpp_name, typed = f"{label} (pixel size from its {source}; pass mpp= to override)", False
-            log.debug("%s: %.4g µm/px from its %s", label, mpp, source)
-    return as_rgb_image(image, name, max_megapixels), mpp, label, (mpp_name, typed)
+            mpp = recorded.mean
+            mpp_name, typed = f"{label} (pixel size from its {recorded.source}; pass mpp= to override)", False
+            log.debug("%s: %.4g µm/px from its %s", label, mpp, recorded.source)
+        return as_rgb_image(f, name, max_megapixels), mpp, label, (mpp_name, typed)
 
 
 def batch_inputs(images: Any, mpp: Any) -> tuple[list[Any], list[tuple[Any, str]]]:

@@ -183,8 +183,7 @@ class _Overlay:
         self.thumbnail = thumbnail
         self._canvas = Image.fromarray(thumbnail.image.copy())
         self._draw = ImageDraw.Draw(self._canvas)
-        sx, sy = thumbnail.scale_xy
-        self._radius = max(1, round(OVERLAY_NUCLEUS_UM / (mpp_xy[0] * (sx + sy) / 2)))
+        self._radius = max(1, round(OVERLAY_NUCLEUS_UM / (mpp_xy[0] * thumbnail.scale)))
         self.changed = True  # since last written
         self.written_at = 0.0  # time.monotonic()
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..images import PLAUSIBLE_MPP  # a recorded pixel size outside it is not a microscope's (72 dpi, say)
+from ..pixel_size import PLAUSIBLE_MPP, PixelSize  # a recorded pixel size outside it is not a microscope's (72 dpi, say)
 
 __all__ = ["Level", "SlideBase", "Thumbnail", "level_box", "PLAUSIBLE_MPP", "THUMBNAIL_SIZE"]
 
@@ -43,16 +43,27 @@ class Level:
 class SlideBase:
     """What every slide reader shares: levels, pixel size, the level lookup, thumbnails
     built from :meth:`read_region`, and the context-manager protocol. A reader sets
-    ``path``, ``format``, ``reader``, ``levels``, ``mpp``, ``mpp_xy``, ``mpp_source`` and
-    implements ``read_region`` and ``close``."""
+    ``path``, ``format``, ``reader``, ``levels``, ``pixel_size`` (the level-0
+    :class:`~micronet.runtime.pixel_size.PixelSize` its metadata records, or ``None``)
+    and ``mpp_source`` (where it came from, or why there is none), and implements
+    ``read_region`` and ``close``."""
 
     path: Path
     format: str
     reader: str
     levels: tuple[Level, ...]
-    mpp: float | None
-    mpp_xy: tuple[float, float] | None
+    pixel_size: PixelSize | None
     mpp_source: str
+
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 µm/px, the mean of x and y, or ``None`` when the file records none."""
+        return None if self.pixel_size is None else self.pixel_size.mean
+
+    @property
+    def mpp_xy(self) -> tuple[float, float] | None:
+        """Level-0 ``(x, y)`` µm/px, or ``None``."""
+        return None if self.pixel_size is None else self.pixel_size.xy
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -139,6 +150,13 @@ class Thumbnail:
     def scale_xy(self) -> tuple[float, float]:
         """Level-0 pixels per thumbnail pixel, ``(x, y)``."""
         return (self.downsample_xy[0] * self.factor, self.downsample_xy[1] * self.factor)
+
+    @property
+    def scale(self) -> float:
+        """Level-0 pixels per thumbnail pixel, the mean of x and y (what sizes a length
+        in µm on the thumbnail)."""
+        sx, sy = self.scale_xy
+        return (sx + sy) / 2
 
     def from_level0(self, xy: np.ndarray) -> np.ndarray:
         """``(N, 2)`` level-0 pixel positions → thumbnail pixel positions (pixel centres

@@ -14,7 +14,6 @@ OpenSlide is thread-safe, so one slide may be read from several threads.
 
 from __future__ import annotations
 
-import math
 import numbers
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingPackageError
-from .levels import PLAUSIBLE_MPP, Level, SlideBase
+from ..pixel_size import PixelSize, recorded_pixel_size
+from .levels import Level, SlideBase
 
 __all__ = ["OpenSlideSlide", "SLIDES_EXTRA", "import_openslide"]
 
@@ -46,7 +46,7 @@ class OpenSlideSlide(SlideBase):
     Attributes:
         format: OpenSlide's vendor name (``"aperio"``, ``"mirax"``, ``"hamamatsu"`` …).
         reader: ``"openslide"``.
-        levels, mpp, mpp_xy, mpp_source: as for the tifffile reader; the pixel size comes
+        levels, pixel_size, mpp_source: as for the tifffile reader; the pixel size comes
             from the ``openslide.mpp-x`` / ``openslide.mpp-y`` properties.
     """
 
@@ -67,21 +67,17 @@ class OpenSlideSlide(SlideBase):
             tile_h = int(props.get(f"openslide.level[{i}].tile-height", DEFAULT_TILE))
             levels.append(Level(i, (int(h), int(w)), float(down), (w0 / w, h0 / h), (tile_h, tile_w)))
         self.levels = tuple(levels)
-        self.mpp_xy, self.mpp_source = self._read_mpp(props)
-        self.mpp = None if self.mpp_xy is None else (self.mpp_xy[0] + self.mpp_xy[1]) / 2
+        self.pixel_size, self.mpp_source = self._read_mpp(props)
 
     @staticmethod
-    def _read_mpp(props: Any) -> tuple[tuple[float, float] | None, str]:
+    def _read_mpp(props: Any) -> tuple[PixelSize | None, str]:
         try:
             mx, my = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
         except KeyError:
             return None, "OpenSlide reports no openslide.mpp-x/-y"
         except ValueError:
             return None, "OpenSlide's openslide.mpp-x/-y are unreadable"
-        lo, hi = PLAUSIBLE_MPP
-        if not all(math.isfinite(v) and lo <= v <= hi for v in (mx, my)):
-            return None, f"OpenSlide's openslide.mpp-x gives {mx:.4g} µm/px, not a microscope's pixel size"
-        return (mx, my), "OpenSlide openslide.mpp-x/-y"
+        return recorded_pixel_size((mx, my), "OpenSlide openslide.mpp-x/-y")
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """The pixels of a window of one level: ``(height, width, 3)`` uint8 RGB, with

@@ -17,8 +17,6 @@ Positions come back in **level-0 pixels**, ``(x, y)`` = (column, row).
 
 from __future__ import annotations
 
-import logging
-import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..pixel_size import PixelSize, resolve_pixel_size
 from ..resample import (
     MPP_TOLERANCE,
     BilinearAxis,
@@ -34,12 +33,10 @@ from ..resample import (
     resampled_size,
 )
 from ..tiling import Tile
-from .reader import THUMBNAIL_SIZE, Level, Slide, Thumbnail, level_box
+from .reader import THUMBNAIL_SIZE, Level, Slide, SlideBase, Thumbnail, level_box
 from .tissue import tiles_on_tissue, tissue_mask
 
-__all__ = ["plan_slide", "SlidePlan", "ModelGrid"]
-
-log = logging.getLogger(__name__)
+__all__ = ["plan_slide", "slide_pixel_size", "SlidePlan", "ModelGrid", "MPP_GIVEN"]
 
 
 # --- geometry ---------------------------------------------------------------------------------
@@ -127,8 +124,9 @@ class SlidePlan:
 
     Attributes:
         region: ``(x, y, width, height)`` in level-0 pixels.
-        mpp_xy: the level-0 ``(x, y)`` pixel size in µm/px used (the file's, or the
-            caller's ``mpp``).
+        pixel_size: the level-0 :class:`~micronet.runtime.pixel_size.PixelSize` used
+            (the caller's ``mpp``, or the file's); ``mpp_xy`` and ``mpp`` (their mean)
+            give it as numbers.
         level: the pyramid level read.
         grid: the region on that level at the model's pixel size.
         tiles: the tiles to run, in order (those whose core touches tissue when
@@ -142,7 +140,7 @@ class SlidePlan:
     """
 
     region: tuple[int, int, int, int]
-    mpp_xy: tuple[float, float]
+    pixel_size: PixelSize
     level: Level
     grid: ModelGrid
     tiles: list[Tile]
@@ -153,7 +151,12 @@ class SlidePlan:
     @property
     def mpp(self) -> float:
         """The level-0 pixel size in µm/px (mean of x and y)."""
-        return (self.mpp_xy[0] + self.mpp_xy[1]) / 2
+        return self.pixel_size.mean
+
+    @property
+    def mpp_xy(self) -> tuple[float, float]:
+        """The level-0 ``(x, y)`` pixel size in µm/px."""
+        return self.pixel_size.xy
 
 
 def plan_slide(
@@ -161,7 +164,7 @@ def plan_slide(
     slide: Slide,
     region: tuple[int, int, int, int] | None = None,
     level: int | None = None,
-    mpp: float | None = None,
+    mpp: float | PixelSize | None = None,
     tissue_only: bool = True,
 ) -> SlidePlan:
     """The level, model-pixel grid and tiles
@@ -176,17 +179,19 @@ def plan_slide(
         detector: the :class:`~micronet.runtime.detector.Detector` whose pixel size
             (``info.mpp``) and tile plan (``plan_tiles``) to use.
         slide: an open :class:`Slide`.
-        region, level, mpp, tissue_only: as for :func:`~micronet.runtime.runs.slide_run.detect_slide`.
+        region, level, tissue_only: as for :func:`~micronet.runtime.runs.slide_run.detect_slide`.
+        mpp: the caller's level-0 µm/px, or ``None`` for the file's own (as for
+            ``detect_slide``), or a :class:`PixelSize` the caller resolved
+            (:func:`slide_pixel_size`), used as it is.
 
     Raises:
         ValueError: a level that does not exist, a region outside the slide, or no
             pixel size (pass ``mpp``).
     """
-    mpp_xy = _resolve_mpp(slide, mpp)
-    mpp0 = (mpp_xy[0] + mpp_xy[1]) / 2
+    size = slide_pixel_size(slide, mpp)
     region0 = _check_region(region, slide.shape)
-    lv = _choose_level(slide, level, mpp0, detector.info.mpp)
-    grid = ModelGrid.for_region(lv, region0, mpp0, detector.info.mpp)
+    lv = _choose_level(slide, level, size.mean, detector.info.mpp)
+    grid = ModelGrid.for_region(lv, region0, size.mean, detector.info.mpp)
     # The detector's own plan for the whole grid (what detector.detect would run on the
     # region), so that the tiles' core peaks add up to its result.
     tiles = detector.plan_tiles(grid.model_height, grid.model_width)
@@ -195,8 +200,8 @@ def plan_slide(
     if tissue_only:
         thumbnail = slide.read_thumbnail(THUMBNAIL_SIZE, region0)
         mask = tissue_mask(thumbnail.image)
-        tiles = tiles_on_tissue(tiles, grid, thumbnail, mpp0, mask)
-    return SlidePlan(region0, mpp_xy, lv, grid, tiles, planned, thumbnail, mask)
+        tiles = tiles_on_tissue(tiles, grid, thumbnail, size.mean, mask)
+    return SlidePlan(region0, size, lv, grid, tiles, planned, thumbnail, mask)
 
 
 def _choose_level(slide: Slide, level: Any, mpp: float, model_mpp: float) -> Level:
@@ -224,16 +229,15 @@ def _check_region(region: Any, shape: tuple[int, int]) -> tuple[int, int, int, i
     return (x, y, rw, rh)
 
 
-def _resolve_mpp(slide: Slide, mpp: Any) -> tuple[float, float]:
-    if mpp is not None:
-        if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not math.isfinite(mpp) or mpp <= 0:
-            raise InputError(f"mpp: expected the level-0 pixel size in µm/px (a positive number) or None, got {mpp!r}")
-        if slide.mpp is not None and abs(mpp / slide.mpp - 1) > MPP_TOLERANCE:
-            log.warning("%s: using mpp=%.4g µm/px, not the %.4g µm/px its %s record", slide.path.name, mpp, slide.mpp, slide.mpp_source)
-        return (float(mpp), float(mpp))
-    if slide.mpp_xy is None:
-        raise InputError(
-            f"{slide.path.name}: the file records no pixel size ({slide.mpp_source}); pass mpp= with the level-0 pixel "
-            "size in µm/px (about 0.25 at 40×, 0.5 at 20×), --mpp on the command line"
-        )
-    return slide.mpp_xy
+MPP_GIVEN = "mpp= / --mpp"  # the source of a slide's pixel size that its caller gave
+
+
+def slide_pixel_size(slide: SlideBase, mpp: float | PixelSize | None) -> PixelSize:
+    """The level-0 pixel size a slide runs at, resolved once: the caller's ``mpp``
+    (:data:`MPP_GIVEN`; a warning when the file records another), else the file's own.
+
+    Raises:
+        ValueError: ``mpp`` is not a positive number, or it is ``None`` and the file
+            records no pixel size (the message says to pass ``mpp=`` / ``--mpp``).
+    """
+    return resolve_pixel_size(mpp, slide.pixel_size, name=slide.path.name, given_source=MPP_GIVEN, missing=slide.mpp_source)

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
-from ..images import tiff_pixel_size
-from .levels import PLAUSIBLE_MPP, THUMBNAIL_SIZE, Level, SlideBase, Thumbnail, level_box
+from ..pixel_size import recorded_pixel_size, tiff_pixel_size
+from .levels import THUMBNAIL_SIZE, Level, SlideBase, Thumbnail, level_box
 
 __all__ = [
     "Slide",
@@ -75,10 +75,10 @@ class Slide(SlideBase):
         path: the file.
         format: ``"svs"``, ``"ome-tiff"`` or ``"tiff"``.
         levels: the pyramid, level 0 (full resolution) first.
-        mpp: level-0 pixel size in µm/px (mean of x and y) from the file's own metadata,
-            or ``None`` when it records none.
-        mpp_xy: ``(x, y)`` pixel sizes, or ``None``.
-        mpp_source: where ``mpp`` came from, or why there is none.
+        pixel_size: the level-0 :class:`~micronet.runtime.pixel_size.PixelSize` from
+            the file's own metadata, or ``None`` when it records none (or an implausible
+            one); ``mpp`` (their mean) and ``mpp_xy`` give it as numbers.
+        mpp_source: where the pixel size came from, or why there is none.
 
     One ``Slide`` may be read from several threads.
     """
@@ -95,11 +95,12 @@ class Slide(SlideBase):
         try:
             self._init_levels()
             self.format = "svs" if self._tif.is_svs else "ome-tiff" if self._tif.is_ome else "tiff"
-            self.mpp_xy, self.mpp_source = self._read_mpp()
+            # One parser for every TIFF, slide or plain image (OME-XML, Aperio MPP,
+            # ImageJ, resolution tags): micronet.runtime.pixel_size.
+            self.pixel_size, self.mpp_source = recorded_pixel_size(*tiff_pixel_size(self._tif))
         except BaseException:
             self._tif.close()
             raise
-        self.mpp = None if self.mpp_xy is None else (self.mpp_xy[0] + self.mpp_xy[1]) / 2
         self._file_lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cache_bytes = 0
@@ -141,21 +142,6 @@ class Slide(SlideBase):
         )
         self._pages = pages
         self._grids = [(math.ceil(h / sh), math.ceil(w / sw)) for h, w, sh, sw in levels]
-
-    def _read_mpp(self) -> tuple[tuple[float, float] | None, str]:
-        # One parser for every TIFF, slide or plain image (OME-XML, Aperio MPP, ImageJ,
-        # resolution tags): micronet.runtime.images.
-        mpp_xy, source = tiff_pixel_size(self._tif)
-        if mpp_xy is None:
-            return None, source
-        return self._plausible(mpp_xy, source)
-
-    @staticmethod
-    def _plausible(mpp_xy: tuple[float, float], source: str) -> tuple[tuple[float, float] | None, str]:
-        lo, hi = PLAUSIBLE_MPP
-        if not all(math.isfinite(v) and lo <= v <= hi for v in mpp_xy):
-            return None, f"its {source} give {mpp_xy[0]:.4g} µm/px, not a microscope's pixel size"
-        return mpp_xy, source
 
     def close(self) -> None:
         self._tif.close()

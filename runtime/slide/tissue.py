@@ -83,8 +83,7 @@ def tiles_on_tissue(tiles: list[Tile], grid: ModelGrid, thumbnail: Thumbnail, mp
     from scipy import ndimage
 
     mask = tissue_mask(thumbnail.image) if mask is None else mask
-    sx, sy = thumbnail.scale_xy
-    grow = max(1, math.ceil(TISSUE_MARGIN_UM / (mpp * (sx + sy) / 2)))
+    grow = max(1, math.ceil(TISSUE_MARGIN_UM / (mpp * thumbnail.scale)))
     mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=grow)
     # Summed-area table: "any tissue in this box" in O(1) per tile.
     table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import InputError, MissingPackageError
 from ..files import regular_file
-from .summary import SUMMARY_FIELDS, write_summary  # re-exported: the cohort's rows are the summary's
+from .summary import SUMMARY_FIELDS, SummaryRow, write_summary  # re-exported: the cohort's rows are the summary's
 
 __all__ = ["CLUSTER_EXTRA", "SUMMARY_FIELDS", "DetectorSpec", "read_manifest", "run_cohort", "write_summary"]
 
@@ -127,7 +127,7 @@ def _peak_rss_mb() -> float | None:
 
 
 def _failed(path: Path, error: str, worker: str = "") -> dict[str, Any]:
-    return {"input": str(path), "status": "failed", "nuclei": None, "megapixels": None, "seconds": None, "worker": worker, "error": error}
+    return dict(SummaryRow(str(path), "failed", error=error, worker=worker))
 
 
 class _Worker:
@@ -213,8 +213,9 @@ def _run_here(paths: list[Path], process: Callable, spec: DetectorSpec, fail_fas
     with _progress(len(paths), progress) as bar:
         for i, path in enumerate(paths):
             row = dict(process(detector, path))
-            row.setdefault("worker", _worker_name())
-            row.setdefault("worker_peak_rss_mb", _peak_rss_mb())
+            row["worker"] = row.get("worker") or _worker_name()
+            if row.get("worker_peak_rss_mb") is None:
+                row["worker_peak_rss_mb"] = _peak_rss_mb()
             _finish(row, bar, rows, i, on_row)
             if fail_fast and row.get("status") == "failed":
                 break

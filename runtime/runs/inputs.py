@@ -30,6 +30,7 @@ from ..images import IMAGE_SUFFIXES
 from ..slide.reader import SLIDE_SUFFIXES
 from .folder import OutputFolder, written_by_a_run
 from .slide_outputs import output_stem
+from .summary import SummaryRow
 
 __all__ = ["INPUT_SUFFIXES", "PlannedInputs", "plan_inputs"]
 
@@ -55,7 +56,7 @@ class PlannedInputs:
     passed_over: list[Path] = field(default_factory=list)
 
     def refuse(self, path: Path, error: MicronetError) -> None:
-        self.refused.append({"input": str(path), "status": "failed", "error": str(error), "outcome": "failed", "exception": error})
+        self.refused.append(dict(SummaryRow(str(path), "failed", error=str(error), outcome="failed", exception=error)))
 
 
 def plan_inputs(given: Sequence[Path], listed: Sequence[Path], out: Path, formats: Sequence[str]) -> PlannedInputs:

@@ -1,13 +1,15 @@
-"""Tiled, streamed detection on a whole slide: :func:`detect_slide`.
+"""Tiled, streamed detection on a whole slide: :func:`detect_slide`, which is
+:func:`~micronet.runtime.runs.run_input.run_input` over a :class:`SlideSource`.
 
-It takes the lock on the slide's outputs (:class:`~micronet.runtime.runs.outputs.OutputLock`),
-opens the slide (:mod:`~micronet.runtime.slide.reader`), plans the run
-(:func:`~micronet.runtime.slide.plan.plan_slide`: level, model-pixel grid, tiles on
-tissue), checks what an earlier run left (:meth:`SlideOutputs.check
-<micronet.runtime.runs.outputs.InputOutputs.check>`: resume, verify, or refuse other
-settings), runs the tiles in batches through the detector, keeps each tile's core
+The steps every input takes (the lock, what an earlier run left, complete-or-absent
+outputs) are :func:`~micronet.runtime.runs.run_input.run_input`'s; the slide's own are
+here: it opens the slide (:mod:`~micronet.runtime.slide.reader`) once the lock is held,
+resolves its pixel size once (:func:`~micronet.runtime.slide.plan.slide_pixel_size`),
+plans the run (:func:`~micronet.runtime.slide.plan.plan_slide`: level, model-pixel grid,
+tiles on tissue), runs the tiles in batches through the detector, keeps each tile's core
 peaks, and hands each batch to the :class:`~micronet.runtime.runs.slide_outputs.SlideOutputs`
-as it completes, with tqdm progress bars over the tissue scan and the tiles.
+as it completes (a rerun resumes after the last batch recorded), with tqdm progress bars
+over the tissue scan and the tiles.
 
 **Pipelining.** Reader threads read, decode and resample the next tiles while the
 backend runs the current batch, at most ``queue_size`` tiles ahead (two batches by
@@ -27,7 +29,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import astuple
 from functools import partial
 from os import PathLike
@@ -37,26 +38,19 @@ from typing import Any
 import numpy as np
 
 from ..detections import Detections
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from ..slide.colour import slide_colour_stats
-from ..slide.plan import SlidePlan, plan_slide
-from ..slide.reader import THUMBNAIL_SIZE, Slide, open_slide
+from ..slide.plan import SlidePlan, plan_slide, slide_pixel_size
+from ..slide.reader import THUMBNAIL_SIZE, SlideBase, open_slide
 from ..slide.tissue import scan_progress
 from ..stain import colour_distance
 from ..tiling import core_mask, keep_in_core, sort_peaks
-from .outputs import (
-    FORMATS,
-    InputRun,
-    OutputLock,
-    check_formats,
-    detector_settings,
-    fault_point,
-    fingerprint,
-)
+from .outputs import FORMATS, InputOutputs, InputRun, detector_settings, fingerprint
+from .run_input import InputSource, RunSettings, run_input
 from .slide_outputs import SlideOutputs, output_stem
 from .slide_summary import SUMMARY_SUFFIX, slide_summary, write_slide_summary
 
-__all__ = ["detect_slide", "run_slide", "progress_enabled"]
+__all__ = ["detect_slide", "run_slide", "SlideSource", "progress_enabled"]
 
 log = logging.getLogger(__name__)
 
@@ -147,28 +141,10 @@ def run_slide(
     """:func:`detect_slide` (whose docstring describes every argument), returning what
     a batch records of the run: an :class:`~micronet.runtime.runs.outputs.InputRun` with the
     detections, whether the slide ran, resumed or was finished already, the outputs
-    rewritten, its megapixels and seconds."""
-    started = time.perf_counter()
-    queue_size, readers = _pipeline_options(detector, queue_size, readers)
-    formats = check_formats(formats)
-    show = progress_enabled(progress)
-    # The lock comes before anything else: a second run on this slide refuses at once.
-    lock = OutputLock(Path(out_dir), output_stem(Path(path)), wait=wait) if out_dir is not None else nullcontext()
-    with lock, open_slide(path, reader=reader) as slide:
-        fault_point("locked")
-        with scan_progress(slide, region, show, slide.path.name):
-            plan = plan_slide(detector, slide, region=region, level=level, mpp=mpp, tissue_only=tissue_only)
-        _log_plan(slide, plan, detector, tissue_only)
-        run = _SlideRun(detector, slide, plan, started, "mpp= / --mpp" if mpp is not None else slide.mpp_source, tissue_only)
-        fault_point("planned")
-        if out_dir is not None:
-            finished = run.open_outputs(Path(out_dir), formats, resume)
-            if finished is not None:
-                return finished
-        fault_point("started")
-        found = run.detect(queue_size, readers, show, progress is None and not show, on_batch)
-        fault_point("finished")
-        return found
+    rewritten, its megapixels and seconds. :func:`run_input` over a :class:`SlideSource`."""
+    source = SlideSource(path, level=level, region=region, tissue_only=tissue_only, queue_size=queue_size, readers=readers, on_batch=on_batch)
+    settings = RunSettings(formats=formats, mpp=mpp, overwrite=not resume, wait=wait, progress=progress, reader=reader)
+    return run_input(detector, source, out_dir, settings)
 
 
 def _pipeline_options(detector: Any, queue_size: Any, readers: Any) -> tuple[int, int]:
@@ -184,7 +160,7 @@ def _pipeline_options(detector: Any, queue_size: Any, readers: Any) -> tuple[int
     return queue_size, int(readers)
 
 
-def _log_plan(slide: Slide, plan: SlidePlan, detector: Any, tissue_only: bool) -> None:
+def _log_plan(slide: SlideBase, plan: SlidePlan, detector: Any, tissue_only: bool) -> None:
     grid = plan.grid
     log.info(
         "%s: level %d (%d×%d px at %.4g µm/px) as a %d×%d grid at the model's %.4g µm/px; %d of %d tiles %s",
@@ -194,79 +170,134 @@ def _log_plan(slide: Slide, plan: SlidePlan, detector: Any, tissue_only: bool) -
     )  # fmt: skip
 
 
-class _SlideRun:
-    """One slide's run after planning: its outputs (when written), the detection loop,
-    and what it returns. Class probabilities travel with the peaks when the model has a
-    class head."""
+class SlideSource(InputSource):
+    """A whole slide for :func:`run_input`: opened once the lock is held, planned (level,
+    model-pixel grid, tiles on tissue), and run tile batch by tile batch into its
+    :class:`SlideOutputs`, which a rerun resumes. Class probabilities travel with the
+    peaks when the model has a class head.
 
-    def __init__(self, detector: Any, slide: Slide, plan: SlidePlan, started: float, mpp_source: str, tissue_only: bool) -> None:
-        self.detector, self.slide, self.plan, self.started = detector, slide, plan, started
-        self.mpp_source, self.tissue_only = mpp_source, tissue_only
+    Args:
+        path: the slide file.
+        level, region, tissue_only, queue_size, readers, on_batch: as for
+            :func:`detect_slide`.
+
+    Attributes:
+        slide: the open slide, once :meth:`open` ran.
+        slide_plan: its :class:`SlidePlan` (with the resolved ``pixel_size``), once
+            :meth:`plan` ran.
+    """
+
+    def __init__(
+        self, path: str | PathLike[str], *, level: int | None = None, region: tuple[int, int, int, int] | None = None,
+        tissue_only: bool = True, queue_size: int | None = None, readers: int | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if not isinstance(path, (str, PathLike)):
+            raise InputTypeError(f"path: expected a slide file path, got {type(path).__name__}")
+        self.path, self.stem = Path(path), output_stem(Path(path))
+        self.level, self.region, self.tissue_only = level, region, tissue_only
+        self.queue_size, self.readers, self.on_batch = queue_size, readers, on_batch
+        self.slide: SlideBase | None = None
+        self.slide_plan: SlidePlan | None = None
+        self.outcome, self.done = "ran", 0
+
+    def prepare(self, detector: Any, settings: RunSettings) -> None:
+        self.queue_size, self.readers = _pipeline_options(detector, self.queue_size, self.readers)
+        self.show = progress_enabled(settings.progress)
+        self.log_progress = settings.progress is None and not self.show
+        self.mpp = settings.mpp
         self.names: tuple[str, ...] = tuple(getattr(detector, "class_names", ()) or ())
+        k = len(self.names)
+        self.prev = (np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, k), np.float32) if k else None)
+
+    def open(self, settings: RunSettings) -> None:
+        self.slide = open_slide(self.path, reader=settings.reader)
+
+    def plan(self, detector: Any) -> None:
+        slide = self.slide
+        pixel_size = slide_pixel_size(slide, self.mpp)  # resolved once, here; the plan carries it
+        with scan_progress(slide, self.region, self.show, slide.path.name):
+            self.slide_plan = plan = plan_slide(detector, slide, region=self.region, level=self.level, mpp=pixel_size, tissue_only=self.tissue_only)
+        _log_plan(slide, plan, detector, self.tissue_only)
         # One set of colour statistics, from the slide's tissue, for every tile: tiles are
         # normalised alike and the slide is measured (and warned of) as a whole.
         self.colour = slide_colour_stats(slide, plan)
         self.distance = None if self.colour is None else colour_distance(self.colour, detector.colour_target)
-        self.outputs: SlideOutputs | None = None
-        self.out_dir: Path | None = None
-        self.outcome, self.done = "ran", 0
-        k = len(self.names)
-        self.prev = (np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, k), np.float32) if k else None)
 
-    def result(self, xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None, outcome: str, rewritten: list[str] | None = None) -> InputRun:
-        found = Detections(xy, scores, self.slide.shape, self.plan.mpp, self.distance, probs, self.names if probs is not None else ())
-        summary = slide_summary(self.slide.path.name, found, self.plan, self.tissue_only)
-        if self.out_dir is not None:
-            write_slide_summary(self.out_dir / f"{output_stem(self.slide.path)}{SUMMARY_SUFFIX}", summary)
-        megapixels = self.plan.region[2] * self.plan.region[3] / 1e6
-        seconds = time.perf_counter() - self.started
-        return InputRun(found, outcome, rewritten or [], megapixels, seconds, self.plan.mpp, self.mpp_source, summary)
+    def record(self, detector: Any, formats: tuple[str, ...]) -> dict[str, Any]:
+        plan, slide = self.slide_plan, self.slide
+        tiles = np.array([astuple(t) for t in plan.tiles], np.int64)
+        return {
+            "input": fingerprint(slide.path),
+            "reader": getattr(slide, "reader", type(slide).__name__),
+            "level": plan.level.index,
+            "region": list(plan.region),
+            "mpp": list(plan.mpp_xy),
+            **detector_settings(detector),
+            "tile_plan": f"{len(tiles)} tiles, sha256 {hashlib.sha256(tiles.tobytes()).hexdigest()[:16]}",
+            "tissue_only": bool(self.tissue_only),
+            "formats": list(formats),
+        }
 
-    def open_outputs(self, out_dir: Path, formats: tuple[str, ...], resume: bool) -> InputRun | None:
-        """Opens the slide's outputs; an :class:`InputRun` when they are finished already
-        (damaged ones rewritten), else ``None`` (a new or resumed run follows)."""
-        plan, slide = self.plan, self.slide
+    def outputs(self, out_dir: Path, formats: tuple[str, ...]) -> InputOutputs:
+        plan = self.slide_plan
         thumbnail = plan.thumbnail
         if thumbnail is None and "png" in formats:
-            thumbnail = slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
-        settings = _settings(self.detector, slide, plan, self.tissue_only, formats)
-        self.out_dir = out_dir
-        self.outputs = outputs = SlideOutputs(out_dir, output_stem(slide.path), formats, plan.mpp_xy, thumbnail, self.names)
-        verdict = outputs.check(settings, overwrite=not resume)
-        if verdict.action == "finished":
-            rewritten = outputs.repair(verdict.damaged, outputs.write_whole)
-            xy, scores, probs = outputs.stored()
-            log.info("%s: finished already%s; %d detections", slide.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
-            return self.result(*_sorted(xy, scores, probs), "finished already", rewritten)
-        self.done, xy, scores = outputs.open(settings, len(plan.tiles), resume=verdict.action == "resume")
+            thumbnail = self.slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
+        return SlideOutputs(out_dir, self.stem, formats, plan.mpp_xy, thumbnail, self.names)
+
+    def result(self, xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None, outcome: str, out_dir: Path | None, rewritten: list[str] | None = None) -> InputRun:
+        plan = self.slide_plan
+        found = Detections(xy, scores, self.slide.shape, plan.mpp, self.distance, probs, self.names if probs is not None else ())
+        summary = slide_summary(self.slide.path.name, found, plan, self.tissue_only)
+        if out_dir is not None:
+            write_slide_summary(out_dir / f"{self.stem}{SUMMARY_SUFFIX}", summary)
+        seconds = time.perf_counter() - self.started
+        return InputRun(found, outcome, rewritten or [], self._megapixels(), seconds, plan.mpp, plan.pixel_size.source, summary)
+
+    def _megapixels(self) -> float:
+        region = self.slide_plan.region
+        return region[2] * region[3] / 1e6
+
+    def finished(self, outputs: InputOutputs, damaged: dict[str, str]) -> InputRun:
+        assert isinstance(outputs, SlideOutputs)
+        rewritten = outputs.repair(damaged, outputs.write_whole)
+        xy, scores, probs = outputs.stored()
+        log.info("%s: finished already%s; %d detections", self.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
+        return self.result(*_sorted(xy, scores, probs), "finished already", outputs.dir, rewritten)
+
+    def start(self, detector: Any, outputs: InputOutputs, record: dict[str, Any], resume: bool) -> None:
+        assert isinstance(outputs, SlideOutputs)
+        self.done, xy, scores = outputs.open(record, len(self.slide_plan.tiles), resume=resume)
         if self.names:  # a resumed run's probabilities, or none yet
             self.prev = (xy, scores, outputs.resumed_probabilities if self.done else np.zeros((0, len(self.names)), np.float32))
         else:
             self.prev = (xy, scores, None)
         self.outcome = "resumed" if self.done else "ran"
-        return None
 
     def _found(self, batch: list[tuple[Any, np.ndarray]], results: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One batch's core peaks in level-0 pixels, their scores and class probabilities."""
         masks = [core_mask(tile, d.xy) for (tile, _), d in zip(batch, results)]
         kept = [keep_in_core(tile, d.xy, d.scores) for (tile, _), d in zip(batch, results)]
-        xy = self.plan.grid.to_level0(np.concatenate([k[0] for k in kept]))
+        xy = self.slide_plan.grid.to_level0(np.concatenate([k[0] for k in kept]))
         scores = np.concatenate([k[1] for k in kept]).astype(np.float32)
         probs = None
         if self.names:
             probs = np.concatenate([d.class_probabilities[m] for d, m in zip(results, masks)]).astype(np.float32)
         return xy, scores, probs
 
-    def detect(self, queue_size: int, readers: int, show: bool, log_progress: bool, on_batch: Callable[[int, int], None] | None) -> InputRun:
+    def run(self, detector: Any, outputs: InputOutputs | None) -> InputRun:
         """Runs the tiles not done yet in batches, committing each to the outputs."""
-        plan, slide, outputs, detector = self.plan, self.slide, self.outputs, self.detector
+        plan, slide = self.slide_plan, self.slide
+        assert outputs is None or isinstance(outputs, SlideOutputs)
         found = [self.prev]
         done, count = self.done, len(self.prev[1])
         todo = plan.tiles[done:]
         read = partial(plan.grid.read_tile, slide)
-        prefetcher = _Prefetcher(read, todo, queue_size, readers) if queue_size > 0 and todo else None
+        prefetcher = _Prefetcher(read, todo, self.queue_size, self.readers) if self.queue_size > 0 and todo else None
         reads = prefetcher if prefetcher is not None else ((tile, read(tile)) for tile in todo)
-        bar = _progress_bar(len(plan.tiles), done, count, slide.path.name, show)
+        bar = _progress_bar(len(plan.tiles), done, count, slide.path.name, self.show)
         logged_at = time.monotonic()
         elapsed_before = float(outputs.state.get("seconds", 0.0)) if outputs is not None else 0.0
         try:
@@ -282,25 +313,28 @@ class _SlideRun:
                 # The count first, then the step: the bar's last drawing shows the final count.
                 bar.set_postfix_str(f"nuclei={count}", refresh=False)
                 bar.update(len(batch))
-                if log_progress and time.monotonic() - logged_at > LOG_INTERVAL_S:
+                if self.log_progress and time.monotonic() - logged_at > LOG_INTERVAL_S:
                     log.info("%s: %d of %d tiles, %d nuclei so far", slide.path.name, done, len(plan.tiles), count)
                     logged_at = time.monotonic()
-                if on_batch is not None:
-                    on_batch(done, len(plan.tiles))
+                if self.on_batch is not None:
+                    self.on_batch(done, len(plan.tiles))
             xy, scores, probs = _sorted(*_joined(found))
             seconds = time.perf_counter() - self.started
             if outputs is not None:
-                megapixels = plan.region[2] * plan.region[3] / 1e6
-                outputs.finish({"tiles_planned": plan.tiles_planned, "megapixels": megapixels, "seconds": elapsed_before + seconds, "detections": len(scores)})
+                summary = {"tiles_planned": plan.tiles_planned, "megapixels": self._megapixels(), "seconds": elapsed_before + seconds, "detections": len(scores)}
+                outputs.finish(summary)
         finally:
             bar.close()
             if prefetcher is not None:
                 prefetcher.close()
             if outputs is not None:
                 outputs.close()
-        megapixels = plan.region[2] * plan.region[3] / 1e6
-        log.info("%s: %d nuclei in %.1f s (%.2f megapixels/s)", slide.path.name, len(scores), seconds, megapixels / max(seconds, 1e-9))
-        return self.result(xy, scores, probs, self.outcome)
+        log.info("%s: %d nuclei in %.1f s (%.2f megapixels/s)", slide.path.name, len(scores), seconds, self._megapixels() / max(seconds, 1e-9))
+        return self.result(xy, scores, probs, self.outcome, None if outputs is None else outputs.dir)
+
+    def close(self) -> None:
+        if self.slide is not None:
+            self.slide.close()
 
 
 def _joined(found: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -314,23 +348,6 @@ def _sorted(xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None) -> tup
     """Peaks in ``find_peaks`` order (highest score first), probabilities with them."""
     order = sort_peaks(xy, scores)
     return xy[order], scores[order], None if probs is None else probs[order]
-
-
-def _settings(detector: Any, slide: Slide, plan: SlidePlan, tissue_only: bool, formats: tuple[str, ...]) -> dict[str, Any]:
-    """The parameters that shape the result: what a rerun must share with the record to
-    resume it or to take its outputs as its own."""
-    tiles = np.array([astuple(t) for t in plan.tiles], np.int64)
-    return {
-        "input": fingerprint(slide.path),
-        "reader": getattr(slide, "reader", type(slide).__name__),
-        "level": plan.level.index,
-        "region": list(plan.region),
-        "mpp": list(plan.mpp_xy),
-        **detector_settings(detector),
-        "tile_plan": f"{len(tiles)} tiles, sha256 {hashlib.sha256(tiles.tobytes()).hexdigest()[:16]}",
-        "tissue_only": bool(tissue_only),
-        "formats": list(formats),
-    }
 
 
 def progress_enabled(progress: bool | None) -> bool:

@@ -17,13 +17,14 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..files import FileLock, check_target, replace_atomically
 from .folder import HIDDEN
 
-__all__ = ["DONE", "RUNNING_ELSEWHERE", "SUMMARY_FIELDS", "merge_rows", "read_summary", "write_summary"]
+__all__ = ["DONE", "RUNNING_ELSEWHERE", "SUMMARY_FIELDS", "SummaryRow", "merge_rows", "read_summary", "write_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,65 @@ SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker"
 # tissue_mm2: a slide's tissue area (runs.slide_summary); classes: "name=count;…" with a class head
 RUNNING_ELSEWHERE = "running elsewhere"
 DONE = ("ok", "skipped")  # statuses a row of another run's "running elsewhere" never replaces
+
+
+@dataclass
+class SummaryRow:
+    """One input's line of ``run_summary.csv`` (the columns of :data:`SUMMARY_FIELDS`),
+    and more: the one row type of a run, made by
+    :func:`~micronet.runtime.runs.batch.process_input` for every input it runs, by
+    :mod:`~micronet.runtime.runs.inputs` for an input refused before the run and by
+    :mod:`~micronet.runtime.runs.cohort` for one whose worker was lost.
+
+    ``dict(row)`` gives every field, as :func:`~micronet.runtime.runs.cohort.run_cohort`
+    and :func:`write_summary` take rows.
+
+    Attributes:
+        input: the input's path.
+        status: ``"ok"``, ``"skipped"`` (finished already: outputs verified, the
+            damaged ones rewritten), ``"running elsewhere"`` (another run holds the
+            input's lock and writes its outputs) or ``"failed"``.
+        nuclei: detections (``None`` when failed).
+        megapixels: the input's size (a slide's region).
+        seconds: time spent on it in this run.
+        error: one line saying why it failed (empty otherwise).
+        kind: ``"image"`` or ``"slide"`` (empty when it failed before that was known).
+        outcome: ``"ran"``, ``"resumed"``, ``"finished already"``, ``"running
+            elsewhere"`` or ``"failed"``.
+        rewritten: output files rewritten because they were missing or damaged.
+        mpp, mpp_source: the pixel size used and where it came from.
+        backend: the detector's backend.
+        tissue_mm2: a slide's tissue area in mm² (its ``<stem>.summary.json`` has more).
+        classes: with a class head, ``name=count;…`` per phenotype.
+        worker: ``host:pid`` of the process that ran it (set by the cohort).
+        worker_peak_rss_mb: that process's peak resident memory so far, MB (the cohort's).
+        exception: the exception of a failed input, or the one saying which run holds
+            it (not written to the CSV).
+    """
+
+    input: str
+    status: str
+    nuclei: int | None = None
+    megapixels: float | None = None
+    seconds: float | None = None
+    error: str = ""
+    kind: str = ""
+    outcome: str = ""
+    rewritten: list[str] = field(default_factory=list)
+    mpp: float | None = None
+    mpp_source: str = ""
+    backend: str = ""
+    tissue_mm2: float | None = None
+    classes: str = ""
+    worker: str = ""
+    worker_peak_rss_mb: float | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:

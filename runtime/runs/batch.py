@@ -36,7 +36,7 @@ from ..slide.reader import SLIDE_SUFFIXES, slide_suffix  # the one registry; re-
 from .folder import OutputFolder, written_by_a_run
 from .image_run import MPP_ASSUMED, ImageSource, run_image  # re-exported
 from .outputs import InputRun, OutputWriteError
-from .run_input import RunSettings, run_input  # re-exported
+from .run_input import InputSource, RunSettings, run_input  # RunSettings re-exported
 from .summary import RUNNING_ELSEWHERE, SummaryRow  # re-exported
 
 __all__ = [
@@ -84,12 +84,7 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
         if ours is not None:
             raise InputError(f"{path.name}: {ours}, written by micronet detect (its record is in {OutputFolder(path.parent).hidden}); not an input")
         kind = "slide" if is_slide(path) else "image"
-        if kind == "slide":
-            from .slide_run import SlideSource  # the slide pipeline's imports only when a slide comes
-
-            run = run_input(detector, SlideSource(path), out_dir, settings)
-        else:
-            run = run_input(detector, ImageSource(path), out_dir, settings)
+        run = run_input(detector, _source(kind, path), out_dir, settings)
     except Exception as exc:
         if not isinstance(exc, MicronetError):
             # Not something the input's owner can fix: keep the traceback in the log.
@@ -104,6 +99,15 @@ def process_input(detector: Any, path: str | PathLike[str], out_dir: str | PathL
         seconds=round(time.perf_counter() - started, 3), kind=kind, outcome=run.outcome, rewritten=run.rewritten, mpp=run.mpp,
         mpp_source=run.mpp_source, backend=getattr(detector, "backend_name", ""), **_class_columns(run),
     )  # fmt: skip
+
+
+def _source(kind: str, path: Path) -> InputSource:
+    """The input as :func:`run_input` runs it, a slide or a plain image."""
+    if kind == "slide":
+        from .slide_run import SlideSource  # the slide pipeline's imports only when a slide comes
+
+        return SlideSource(path)
+    return ImageSource(path)
 
 
 def _class_columns(run: InputRun) -> dict[str, Any]:

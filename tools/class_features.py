@@ -30,6 +30,7 @@ from micronet.trainer.validate import normalize
 
 CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
 # The views: (flip rows, flip columns, photometric seed or None).
+BLOCKS = ("block3", "block4", "block5", "block6", "block7", "block8")  # encoder 1/2, 1/4, 1/8; decoder 1/8, 1/4, 1/2
 VIEWS = [(False, False, None), (False, True, None), (True, False, None), (True, True, None), (False, False, 1), (True, False, 2)]
 
 
@@ -41,9 +42,20 @@ def _offsets(radius: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _features(model: torch.nn.Module, image: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+def _features(model: torch.nn.Module, image: np.ndarray, mean: list[float], std: list[float], deep: bool = False) -> np.ndarray:
+    """Block 10's input ``(C, H, W)``; with ``deep``, the encoder's outputs at 1/2, 1/4 and
+    1/8 resolution too, repeated to full resolution (nearest) and stacked after it."""
     x = normalize(image[None], mean, std)
-    return model._aggregate(x)[0].numpy()  # (C, H, W)
+    if not deep:
+        return model._aggregate(x)[0].numpy()
+    grabbed: dict[str, torch.Tensor] = {}
+    hooks = [getattr(model, b).register_forward_hook(lambda _m, _i, out, b=b: grabbed.__setitem__(b, out)) for b in BLOCKS]
+    agg = model._aggregate(x)
+    for h in hooks:
+        h.remove()
+    size = agg.shape[-2:]
+    deep_maps = [torch.nn.functional.interpolate(grabbed[b], size=size, mode="nearest") for b in BLOCKS]
+    return torch.cat([agg, *deep_maps], dim=1)[0].numpy()
 
 
 def _view(image: np.ndarray, flip_r: bool, flip_c: bool, seed: int | None) -> np.ndarray:
@@ -72,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--radius", type=int, default=3, help="pixels around each labelled nucleus kept (default 3)")
     p.add_argument("--views", type=int, default=len(VIEWS), help=f"how many of the {len(VIEWS)} views (default all)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--deep", action="store_true", help="also the encoder's outputs at 1/2, 1/4, 1/8 resolution (nearest)")
     p.add_argument("-o", "--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = read_class_labels(data.root, name, points, CLASSES)
         keep = lab >= 0
         flip_r, flip_c, seed = VIEWS[v]
-        feat = _unview(_features(model, _view(image, flip_r, flip_c, seed), info.mean, info.std), flip_r, flip_c)
+        feat = _unview(_features(model, _view(image, flip_r, flip_c, seed), info.mean, info.std, args.deep), flip_r, flip_c)
         h, w = feat.shape[1:]
         centre = np.round(points[keep][:, ::-1]).astype(int)  # (row, col)
         pix = centre[:, None, :] + offsets[None]

@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("features")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, help="only the first N feature channels (block 10's input is the first 80 of the wide network)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     d = np.load(args.features)
-    x, y = d["features"].astype(np.float32), d["labels"].astype(np.int64)
+    x, y = d["features"][:, : args.channels].astype(np.float32), d["labels"].astype(np.int64)
     held = _split(d["image"], len(d["names"]), args.seed)
     train, test = ~held, held & (d["distance"] == 0) & (d["view"] == 0)
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-6

@@ -64,11 +64,12 @@ class ClassHeadConfig:
     class_radius_um: float = 1.65  # pixels this close to a labelled nucleus are trained (3 px at 0.55 µm/px)
     views: int = len(VIEWS)
     iterations: int = 1500
-    views_per_step: int = 8
+    views_per_step: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-4
     balance: float = 0.5  # class weights (share)^-balance
     holdout: float = 0.0  # share of the training images held out and scored (0: fit on all)
+    cache: str | None = None  # a file keeping the trunk's features between fits (same detector, data, views)
     seed: int = 0
     threads: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +162,33 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
     return views, data.names
 
 
+def _cache_key(cfg: ClassHeadConfig) -> str:
+    import json
+
+    stat = Path(cfg.checkpoint).stat()
+    return json.dumps([str(Path(cfg.checkpoint).resolve()), stat.st_size, stat.st_mtime_ns, cfg.data, cfg.split, list(cfg.classes),
+                       cfg.class_radius_um, cfg.views])
+
+
+def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[_View], list[str]]:
+    """:func:`cache_views`, kept in ``cfg.cache`` (written whole, then renamed) and read
+    back when its key (detector file, data, views) matches."""
+    key = _cache_key(cfg)
+    path = Path(cfg.cache) if cfg.cache else None
+    if path is not None and path.is_file():
+        stored = torch.load(path, weights_only=True)
+        if stored.get("key") == key:
+            log.info("trunk features from %s", path)
+            return [_View(**v) for v in stored["views"]], list(stored["names"])
+    views, names = cache_views(model, info, cfg)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "names": names, "views": [v.__dict__ for v in views]}, tmp)
+        tmp.replace(path)
+    return views, names
+
+
 def _context_at(model: MicroNet, view: _View, d: str) -> torch.Tensor:
     """The deep context ``d``'s full-resolution values ``(N, C)`` at the view's pixels, from
     its low-resolution map, without computing the full-resolution map."""
@@ -168,8 +196,10 @@ def _context_at(model: MicroNet, view: _View, d: str) -> torch.Tensor:
     low = act_low(conv(view.decoder[d][None].float()))[0]  # (2C, h, w)
     s = SCALES[d]
     feats = low[:, view.rows // s, view.cols // s].T  # (N, 2C)
-    kernel = up.weight[:, :, view.rows % s, view.cols % s]  # (2C, C, N)
-    return act(torch.einsum("ni,ion->no", feats, kernel) + up.bias)
+    two_c, c = up.weight.shape[:2]
+    every_offset = (feats @ up.weight.reshape(two_c, c * s * s)).view(-1, c, s * s)  # (N, C, s²)
+    offset = ((view.rows % s) * s + view.cols % s).view(-1, 1, 1).expand(-1, c, 1)
+    return act(every_offset.gather(2, offset).squeeze(2) + up.bias)
 
 
 def head_logits(model: MicroNet, view: _View) -> torch.Tensor:
@@ -238,7 +268,7 @@ def fit_class_head(cfg: ClassHeadConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     detector, info = load_checkpoint(cfg.checkpoint)
     model = with_class_head(detector, cfg.classes, cfg.class_context, cfg.seed)
-    views, names = cache_views(model, info, cfg)
+    views, names = cached_views(model, info, cfg)
     held = _split_images(len(names), cfg.holdout, cfg.seed)
     train = [v for v in views if v.image not in held]
     if not train:

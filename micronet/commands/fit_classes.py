@@ -25,6 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--views", type=int, default=6, help="views per image: 4 flips, then 2 photometric variants (default 6)")
     parser.add_argument("--holdout", type=float, default=0.0, help="share of training images held out and scored (default 0)")
+    parser.add_argument("--cache", help="a file keeping the frozen trunk's features between fits (e.g. runs/classhead/default.cache.pt)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     return parser
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from micronet.trainer.class_head import ClassHeadConfig, fit_class_head
 
     cfg = ClassHeadConfig(checkpoint=args.checkpoint, out=args.output, data=args.data, split=args.split, class_context=args.class_context,
-                          iterations=args.iterations, views=args.views, holdout=args.holdout, seed=args.seed, threads=args.threads)
+                          iterations=args.iterations, views=args.views, holdout=args.holdout, cache=args.cache, seed=args.seed,
+                          threads=args.threads)
     print(fit_class_head(cfg))
     return 0

@@ -220,18 +220,39 @@ def _weights(views: list[_View], k: int, balance: float) -> torch.Tensor:
     return ((counts.sum() / counts / k) ** balance).float()
 
 
+def _head_modules(model: MicroNet) -> list[torch.nn.Module]:
+    return [m for m in (model.class_context, model.class_head) if m is not None]
+
+
+@torch.no_grad()
+def set_head_statistics(model: MicroNet, views: list[_View], count: int = 64) -> None:
+    """The head's batch-norm statistics, estimated once over ``count`` views spread over
+    the training set (a cumulative average of every batch's). Training then keeps them
+    fixed: batches of a few images normalise by those images' statistics, and a head that
+    learnt to lean on them scores much worse in eval mode (measured: accuracy 0.77 in
+    train mode, 0.52 in eval mode on the same pixels)."""
+    norms = [m for head in _head_modules(model) for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average
+        bn.train()
+    for v in views[:: max(1, len(views) // count)]:
+        head_logits(model, v)
+    for bn in norms:
+        bn.momentum = 0.1
+    model.eval()
+
+
 def train_head(model: MicroNet, views: list[_View], cfg: ClassHeadConfig) -> list[dict[str, float]]:
-    """AdamW with a one-cycle schedule on the head's parameters; the trunk's batch norms
-    stay in eval mode (frozen), the head's own train."""
+    """AdamW with a one-cycle schedule on the head's parameters; every batch norm stays in
+    eval mode (the trunk's frozen, the head's fixed by :func:`set_head_statistics`), so
+    training and inference compute the same function."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.iterations)
     weight = _weights(views, len(cfg.classes), cfg.balance)
     rng = np.random.default_rng(cfg.seed)
-    model.eval()
-    for m in (model.class_head, model.class_context):
-        if m is not None:
-            m.train()
+    set_head_statistics(model, views)
     log_rows = []
     bar = tqdm(range(cfg.iterations), desc="class head")
     for step in bar:

@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "train": ("micronet.commands.train", "train MicroNet on point-annotated images"),
     "distill": ("micronet.commands.distill", "train a small MicroNet on a large one's proximity maps"),
+    "fit-classes": ("micronet.commands.fit_classes", "fit a class head on a frozen detector (its detections unchanged)"),
     "evaluate": ("micronet.commands.evaluate", "P / R / F1 / ED of detections or of a model on a data set"),
     "export": ("micronet.commands.export", "checkpoint -> ONNX (fp32, fp16, int8)"),
     "detect": ("micronet.commands.detect", "images or slides -> CSV, GeoJSON, overlay PNG"),

@@ -295,10 +295,12 @@ def _activation_values(architecture: dict[str, Any]) -> float | None:
 
 
 def _class_head_values(architecture: dict[str, Any]) -> float:
-    """Full-resolution values per pixel of the class head: its hidden map and the K logits
-    (0 without a head)."""
+    """Full-resolution values per pixel of the class head: its hidden map, the K logits and
+    its deep context's two full-resolution maps (0 without a head)."""
     classes = architecture.get("classes") if isinstance(architecture, dict) else None
-    return float(architecture["widths"][0]) + len(classes) if classes else 0.0
+    if not classes:
+        return 0.0
+    return float(architecture["widths"][0]) + len(classes) + 2.0 * float(architecture.get("class_context", 0) or 0)
 
 
 def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float | None:

@@ -114,6 +114,12 @@ class MicroNetConfig:
     classes: nucleus phenotype names; when given, a class head (two 1×1 convolutions
         on the aggregated features of block 10, about 1 % of the FLOPs) gives one logit
         per class and pixel, read at each detected peak. Empty: detection only.
+    class_context: channels of the class head's deep context (0: none). When > 0, the
+        head also reads the decoder's 1/8- and 1/4-resolution maps (blocks 6 and 7), each
+        through a 3×3 convolution at its own resolution and a transposed convolution to
+        full resolution (``class_context`` channels each): a phenotype depends on tissue
+        context that block 10's input carries thinly (docs/results.md measures it).
+        About 4 % of the FLOPs at 16 channels on the wide network, 8 on the lean one.
     activation: ``"elu"``, the paper's (the default), or ``"relu"``. ONNX Runtime's CPU
         provider fuses ReLU into its blocked (NCHWc) convolutions and quantises it away
         in int8; ELU runs as a separate pass with layout changes around it (see
@@ -127,6 +133,7 @@ class MicroNetConfig:
     in_channels: int = 3
     activation: str = "elu"
     classes: tuple[str, ...] = ()
+    class_context: int = 0
 
     def __post_init__(self) -> None:
         if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
@@ -139,6 +146,8 @@ class MicroNetConfig:
             raise InputError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if len(set(self.classes)) != len(self.classes) or any(not str(c) for c in self.classes):
             raise InputError(f"classes: expected distinct non-empty names, got {list(self.classes)}")
+        if int(self.class_context) < 0 or (self.class_context and not self.classes):
+            raise InputError(f"class_context: expected 0, or a positive channel count with classes, got {self.class_context}")
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
@@ -246,9 +255,20 @@ class MicroNet(nn.Module):
         # The class head reads the same aggregated features as the proximity head: the
         # multi-context branches carry the tissue context a phenotype depends on.
         k = len(self.config.classes)
-        self.class_head = (
-            nn.Sequential(_conv_bn(agg, w[0], kernel=1), act(), nn.Conv2d(w[0], k, kernel_size=1)) if k else None
+        cc = int(self.config.class_context) if k else 0
+        # The class head's deep context: decoder maps at 1/8 (block 6) and 1/4 (block 7).
+        self.class_context = (
+            nn.ModuleDict({"6": self._class_context(w[3], cc, 8, act), "7": self._class_context(w[2], cc, 4, act)}) if cc else None
         )
+        self.class_head = (
+            nn.Sequential(_conv_bn(agg + 2 * cc, w[0], kernel=1), act(), nn.Conv2d(w[0], k, kernel_size=1)) if k else None
+        )
+
+    @staticmethod
+    def _class_context(cin: int, cout: int, scale: int, act: Callable[[], nn.Module]) -> nn.Sequential:
+        """A 3×3 convolution at the map's resolution (2·cout channels), then a transposed
+        convolution (kernel = stride = ``scale``, with bias) straight to full resolution."""
+        return nn.Sequential(_conv_bn(cin, 2 * cout), act(), nn.ConvTranspose2d(2 * cout, cout, kernel_size=scale, stride=scale), act())
 
     @staticmethod
     def _up(cin: int, cout: int, act: Callable[[], nn.Module]) -> nn.Sequential:
@@ -266,7 +286,8 @@ class MicroNet(nn.Module):
             [self.up7, self.block7],
             [self.up8, self.block8],
             [self.up9, self.block9],
-            [self.context, self.block10] + ([self.class_head] if self.class_head is not None else []),
+            [self.context, self.block10]
+            + [m for m in (self.class_context, self.class_head) if m is not None],
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,24 +296,38 @@ class MicroNet(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(proximity map (B, 1, H, W), class logits (B, K, H, W) or None)``."""
-        agg = self._aggregate(x)
-        return self.block10(agg), (self.class_head(agg) if self.class_head is not None else None)
+        agg, decoder = self._features(x)
+        if self.class_head is None:
+            return self.block10(agg), None
+        return self.block10(agg), self.class_head(self.class_input(agg, decoder))
+
+    def class_input(self, agg: torch.Tensor, decoder: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The class head's input: block 10's, and the deep context when configured."""
+        if self.class_context is None:
+            return agg
+        fit = (lambda t, _size: t) if self.aligned_inputs else _fit
+        ctx = [fit(self.class_context[d](decoder[d]), agg.shape[-2:]) for d in ("6", "7")]
+        return torch.cat([agg, *ctx], dim=1)
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         """Block 10's input: full-resolution features and the multi-context branches."""
+        return self._features(x)[0]
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Block 10's input, and the decoder's maps of blocks 6 (1/8) and 7 (1/4) by name."""
         size = x.shape[-2:]
         d1 = self.block2(self.block1(x))  # (B, w0, H, W)
         d2 = self.block3(self.down2(d1))  # (B, w1, H/2, W/2)
         d3 = self.block4(self.down3(d2))  # (B, w2, H/4, W/4)
         d4 = self.block5(self.down4(d3))  # (B, w3, H/8, W/8)
-        u = self.block6(d4)
+        u6 = self.block6(d4)
         fit = (lambda t, _size: t) if self.aligned_inputs else _fit
-        u = self.block7(torch.cat([d3, fit(self.up7(u), d3.shape[-2:])], dim=1))  # (B, w2, H/4, W/4)
-        u = self.block8(torch.cat([d2, fit(self.up8(u), d2.shape[-2:])], dim=1))  # (B, w1, H/2, W/2)
+        u7 = self.block7(torch.cat([d3, fit(self.up7(u6), d3.shape[-2:])], dim=1))  # (B, w2, H/4, W/4)
+        u = self.block8(torch.cat([d2, fit(self.up8(u7), d2.shape[-2:])], dim=1))  # (B, w1, H/2, W/2)
         u = self.block9(torch.cat([d1, fit(self.up9(u), d1.shape[-2:])], dim=1))  # (B, w0, H, W)
         depth_out = {2: d2, 3: d3, 4: d4}
         ctx = [fit(self.context[str(d)](depth_out[d]), size) for d in self.config.context_depths]
-        return torch.cat([u, *ctx], dim=1)  # (B, w0 + c·len(context_depths), H, W)
+        return torch.cat([u, *ctx], dim=1), {"6": u6, "7": u7}  # (B, w0 + c·len(context_depths), H, W)
 
     def config_dict(self) -> dict[str, Any]:
         """``{"name": "micronet", **config}``, JSON-able, as checkpoints store it."""

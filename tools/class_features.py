@@ -1,0 +1,128 @@
+"""Caches a frozen network's block-10 features around labelled nuclei, for fitting a
+class head on a frozen trunk (``trainer/class_head.py``).
+
+For each CRCHisto *training* image (never validation or test), under several views
+(the dihedral flips, and photometric variants from ``trainer/augment.py``), the
+network's aggregated block-10 input (``MicroNet._aggregate``) is computed once; the
+feature vectors at every pixel within ``--radius`` px of a labelled nucleus are kept
+with the nucleus's class, its image and its offset. Writes one ``.npz``.
+
+    python tools/class_features.py trainer/pretrained/micronet_crchisto.safetensors \
+        --data ../shared/data/crchisto -o runs/classhead/features.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from micronet.runtime.evaluation.class_metrics import read_class_labels
+from micronet.runtime.evaluation.datasets import load_point_folder
+from micronet.runtime.files import replace_atomically
+from micronet.trainer.augment import PhotometricConfig, photometric
+from micronet.trainer.checkpoint import load_checkpoint
+from micronet.trainer.validate import normalize
+
+CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
+# The views: (flip rows, flip columns, photometric seed or None).
+BLOCKS = ("block3", "block4", "block5", "block6", "block7", "block8")  # encoder 1/2, 1/4, 1/8; decoder 1/8, 1/4, 1/2
+VIEWS = [(False, False, None), (False, True, None), (True, False, None), (True, True, None), (False, False, 1), (True, False, 2)]
+
+
+def _offsets(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    dy, dx = np.meshgrid(r, r, indexing="ij")
+    keep = dx**2 + dy**2 <= radius**2
+    return np.stack([dy[keep], dx[keep]], axis=1)
+
+
+@torch.no_grad()
+def _features(model: torch.nn.Module, image: np.ndarray, mean: list[float], std: list[float], deep: bool = False) -> np.ndarray:
+    """Block 10's input ``(C, H, W)``; with ``deep``, the encoder's outputs at 1/2, 1/4 and
+    1/8 resolution too, repeated to full resolution (nearest) and stacked after it."""
+    x = normalize(image[None], mean, std)
+    if not deep:
+        return model._aggregate(x)[0].numpy()
+    grabbed: dict[str, torch.Tensor] = {}
+    hooks = [getattr(model, b).register_forward_hook(lambda _m, _i, out, b=b: grabbed.__setitem__(b, out)) for b in BLOCKS]
+    agg = model._aggregate(x)
+    for h in hooks:
+        h.remove()
+    size = agg.shape[-2:]
+    deep_maps = [torch.nn.functional.interpolate(grabbed[b], size=size, mode="nearest") for b in BLOCKS]
+    return torch.cat([agg, *deep_maps], dim=1)[0].numpy()
+
+
+def _view(image: np.ndarray, flip_r: bool, flip_c: bool, seed: int | None) -> np.ndarray:
+    out = image
+    if seed is not None:
+        out = photometric(out, np.random.default_rng(seed), PhotometricConfig(strength=1.0, p=0.5))
+    if flip_r:
+        out = out[::-1]
+    if flip_c:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _unview(feat: np.ndarray, flip_r: bool, flip_c: bool) -> np.ndarray:
+    if flip_r:
+        feat = feat[:, ::-1]
+    if flip_c:
+        feat = feat[:, :, ::-1]
+    return feat
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="../shared/data/crchisto")
+    p.add_argument("--radius", type=int, default=3, help="pixels around each labelled nucleus kept (default 3)")
+    p.add_argument("--views", type=int, default=len(VIEWS), help=f"how many of the {len(VIEWS)} views (default all)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--deep", action="store_true", help="also the encoder's outputs at 1/2, 1/4, 1/8 resolution (nearest)")
+    p.add_argument("-o", "--out", required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, info = load_checkpoint(args.checkpoint)
+    data = load_point_folder(args.data, "train")
+    offsets = _offsets(args.radius)
+    feats, labels, image_ids, view_ids, dists = [], [], [], [], []
+    jobs = [(i, v) for i in range(len(data)) for v in range(args.views)]
+    for i, v in tqdm(jobs, desc="features"):
+        name, image, points = data.names[i], data.images[i], np.asarray(data.points[i], np.float64).reshape(-1, 2)
+        lab = read_class_labels(data.root, name, points, CLASSES)
+        keep = lab >= 0
+        flip_r, flip_c, seed = VIEWS[v]
+        feat = _unview(_features(model, _view(image, flip_r, flip_c, seed), info.mean, info.std, args.deep), flip_r, flip_c)
+        h, w = feat.shape[1:]
+        centre = np.round(points[keep][:, ::-1]).astype(int)  # (row, col)
+        pix = centre[:, None, :] + offsets[None]
+        ok = (pix[..., 0] >= 0) & (pix[..., 0] < h) & (pix[..., 1] >= 0) & (pix[..., 1] < w)
+        rows, cols = pix[..., 0][ok], pix[..., 1][ok]
+        feats.append(feat[:, rows, cols].T.astype(np.float16))
+        labels.append(np.broadcast_to(lab[keep][:, None], ok.shape)[ok])
+        dists.append(np.broadcast_to(np.hypot(*offsets.T)[None], ok.shape)[ok].astype(np.float16))
+        image_ids.append(np.full(ok.sum(), i, np.int16))
+        view_ids.append(np.full(ok.sum(), v, np.int8))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = dict(features=np.concatenate(feats), labels=np.concatenate(labels).astype(np.int8),
+                  image=np.concatenate(image_ids), view=np.concatenate(view_ids), distance=np.concatenate(dists),
+                  names=np.array(data.names), classes=np.array(CLASSES))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    replace_atomically(out, write)
+    print(f"{out}: {len(arrays['labels'])} feature vectors of {arrays['features'].shape[1]} channels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

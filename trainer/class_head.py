@@ -163,11 +163,12 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
 
 
 def _cache_key(cfg: ClassHeadConfig) -> str:
+    """What the cached features depend on: the detector's bytes, the data and the views."""
+    import hashlib
     import json
 
-    stat = Path(cfg.checkpoint).stat()
-    return json.dumps([str(Path(cfg.checkpoint).resolve()), stat.st_size, stat.st_mtime_ns, cfg.data, cfg.split, list(cfg.classes),
-                       cfg.class_radius_um, cfg.views])
+    digest = hashlib.sha256(Path(cfg.checkpoint).read_bytes()).hexdigest()
+    return json.dumps([digest, str(Path(cfg.data).resolve()), cfg.split, list(cfg.classes), cfg.class_radius_um, cfg.views])
 
 
 def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[_View], list[str]]:

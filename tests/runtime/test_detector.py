@@ -344,7 +344,7 @@ def test_default_model_is_the_bundled_one_or_a_clear_error():
 
 
 def test_bundled_models_by_name_and_their_errors(tmp_path, monkeypatch):
-    assert set(BUNDLED_MODELS) == {"default", "fast-cpu", "phenotypes"}
+    assert set(BUNDLED_MODELS) == {"default", "fast-cpu", "phenotypes", "phenotypes-wide"}
     with pytest.raises(ValueError, match="default, fast-cpu"):
         bundled_model("fastest")
     monkeypatch.chdir(tmp_path)

@@ -24,14 +24,12 @@ from tqdm.auto import tqdm
 from micronet.runtime.evaluation.class_metrics import read_class_labels
 from micronet.runtime.evaluation.datasets import load_point_folder
 from micronet.runtime.files import replace_atomically
-from micronet.trainer.augment import PhotometricConfig, photometric
+from micronet.trainer.class_head import VIEWS, view_image
 from micronet.trainer.checkpoint import load_checkpoint
 from micronet.trainer.validate import normalize
 
 CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
-# The views: (flip rows, flip columns, photometric seed or None).
 BLOCKS = ("block3", "block4", "block5", "block6", "block7", "block8")  # encoder 1/2, 1/4, 1/8; decoder 1/8, 1/4, 1/2
-VIEWS = [(False, False, None), (False, True, None), (True, False, None), (True, True, None), (False, False, 1), (True, False, 2)]
 
 
 def _offsets(radius: int) -> np.ndarray:
@@ -56,17 +54,6 @@ def _features(model: torch.nn.Module, image: np.ndarray, mean: list[float], std:
     size = agg.shape[-2:]
     deep_maps = [torch.nn.functional.interpolate(grabbed[b], size=size, mode="nearest") for b in BLOCKS]
     return torch.cat([agg, *deep_maps], dim=1)[0].numpy()
-
-
-def _view(image: np.ndarray, flip_r: bool, flip_c: bool, seed: int | None) -> np.ndarray:
-    out = image
-    if seed is not None:
-        out = photometric(out, np.random.default_rng(seed), PhotometricConfig(strength=1.0, p=0.5))
-    if flip_r:
-        out = out[::-1]
-    if flip_c:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
 
 
 def _unview(feat: np.ndarray, flip_r: bool, flip_c: bool) -> np.ndarray:
@@ -97,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         name, image, points = data.names[i], data.images[i], np.asarray(data.points[i], np.float64).reshape(-1, 2)
         lab = read_class_labels(data.root, name, points, CLASSES)
         keep = lab >= 0
-        flip_r, flip_c, seed = VIEWS[v]
-        feat = _unview(_features(model, _view(image, flip_r, flip_c, seed), info.mean, info.std, args.deep), flip_r, flip_c)
+        flip_r, flip_c, _ = VIEWS[v]
+        feat = _unview(_features(model, view_image(image, VIEWS[v]), info.mean, info.std, args.deep), flip_r, flip_c)
         h, w = feat.shape[1:]
         centre = np.round(points[keep][:, ::-1]).astype(int)  # (row, col)
         pix = centre[:, None, :] + offsets[None]

@@ -41,7 +41,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .models import MicroNet
 from .validate import normalize
 
-__all__ = ["ClassHeadConfig", "fit_class_head", "head_logits", "with_class_head"]
+__all__ = ["VIEWS", "ClassHeadConfig", "fit_class_head", "head_logits", "view_image", "with_class_head"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def _offsets(radius: float) -> np.ndarray:
     return np.stack([dy[keep], dx[keep]], axis=1)
 
 
-def _view_image(image: np.ndarray, view: tuple[bool, bool, int | None]) -> np.ndarray:
+def view_image(image: np.ndarray, view: tuple[bool, bool, int | None]) -> np.ndarray:
+    """One view of an image: photometric variant (seeded), then row and column flips."""
     flip_r, flip_c, seed = view
     out = image
     if seed is not None:
@@ -154,7 +155,7 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
         labels = read_class_labels(data.root, data.names[i], points, cfg.classes)
         if not (labels >= 0).any():
             continue
-        agg, decoder = model._features(normalize(_view_image(data.images[i], view)[None], info.mean, info.std))
+        agg, decoder = model._features(normalize(view_image(data.images[i], view)[None], info.mean, info.std))
         rows, cols, lab, centre = _labelled_pixels(points, labels, agg.shape[-2:], view, offsets)
         r, c = torch.from_numpy(rows), torch.from_numpy(cols)
         views.append(_View(i, agg[0][:, r, c].T.half(), r, c, torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(centre),

@@ -23,6 +23,7 @@ test checks this against the full model). Hundreds of times cheaper than joint t
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list
     views, names = cache_views(model, info, cfg)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two fits may write the same cache at once
         torch.save({"key": key, "names": names, "views": [v.__dict__ for v in views]}, tmp)
         tmp.replace(path)
     return views, names

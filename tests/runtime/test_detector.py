@@ -200,7 +200,7 @@ def test_invalid_thresholds_are_refused(blur_onnx, threshold, error):
 
 
 def test_a_misspelt_model_name_lists_the_bundled_models():
-    with pytest.raises(ValueError, match=r"or one of the bundled models: default, fast-cpu, phenotypes; got 'fast_cpu'; did you mean 'fast-cpu'\?"):
+    with pytest.raises(ValueError, match=r"or one of the bundled models: default, fast-cpu, phenotypes, phenotypes-wide; got 'fast_cpu'; did you mean 'fast-cpu'\?"):
         Detector("fast_cpu")
 
 

@@ -24,19 +24,12 @@ from tqdm.auto import tqdm
 from micronet.runtime.evaluation.class_metrics import read_class_labels
 from micronet.runtime.evaluation.datasets import load_point_folder
 from micronet.runtime.files import replace_atomically
-from micronet.trainer.class_head import VIEWS, view_image
+from micronet.trainer.class_head import VIEWS, disc_offsets, labelled_pixels, view_image
+from micronet.trainer.distill import CRCHISTO_CLASSES
 from micronet.trainer.checkpoint import load_checkpoint
 from micronet.trainer.validate import normalize
 
-CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
 BLOCKS = ("block3", "block4", "block5", "block6", "block7", "block8")  # encoder 1/2, 1/4, 1/8; decoder 1/8, 1/4, 1/2
-
-
-def _offsets(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    dy, dx = np.meshgrid(r, r, indexing="ij")
-    keep = dx**2 + dy**2 <= radius**2
-    return np.stack([dy[keep], dx[keep]], axis=1)
 
 
 @torch.no_grad()
@@ -77,30 +70,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, info = load_checkpoint(args.checkpoint)
     data = load_point_folder(args.data, "train")
-    offsets = _offsets(args.radius)
+    offsets = disc_offsets(args.radius)
     feats, labels, image_ids, view_ids, dists = [], [], [], [], []
     jobs = [(i, v) for i in range(len(data)) for v in range(args.views)]
     for i, v in tqdm(jobs, desc="features"):
         name, image, points = data.names[i], data.images[i], np.asarray(data.points[i], np.float64).reshape(-1, 2)
-        lab = read_class_labels(data.root, name, points, CLASSES)
-        keep = lab >= 0
+        lab = read_class_labels(data.root, name, points, CRCHISTO_CLASSES)
         flip_r, flip_c, _ = VIEWS[v]
         feat = _unview(_features(model, view_image(image, VIEWS[v]), info.mean, info.std, args.deep), flip_r, flip_c)
-        h, w = feat.shape[1:]
-        centre = np.round(points[keep][:, ::-1]).astype(int)  # (row, col)
-        pix = centre[:, None, :] + offsets[None]
-        ok = (pix[..., 0] >= 0) & (pix[..., 0] < h) & (pix[..., 1] >= 0) & (pix[..., 1] < w)
-        rows, cols = pix[..., 0][ok], pix[..., 1][ok]
+        # The features are back in the image's own orientation: the identity view's pixels.
+        rows, cols, lab_px, distance = labelled_pixels(points, lab, feat.shape[1:], (False, False, None), offsets)
         feats.append(feat[:, rows, cols].T.astype(np.float16))
-        labels.append(np.broadcast_to(lab[keep][:, None], ok.shape)[ok])
-        dists.append(np.broadcast_to(np.hypot(*offsets.T)[None], ok.shape)[ok].astype(np.float16))
-        image_ids.append(np.full(ok.sum(), i, np.int16))
-        view_ids.append(np.full(ok.sum(), v, np.int8))
+        labels.append(lab_px)
+        dists.append(distance.astype(np.float16))
+        image_ids.append(np.full(len(rows), i, np.int16))
+        view_ids.append(np.full(len(rows), v, np.int8))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = dict(features=np.concatenate(feats), labels=np.concatenate(labels).astype(np.int8),
                   image=np.concatenate(image_ids), view=np.concatenate(view_ids), distance=np.concatenate(dists),
-                  names=np.array(data.names), classes=np.array(CLASSES))
+                  names=np.array(data.names), classes=np.array(CRCHISTO_CLASSES))
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:

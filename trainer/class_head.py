@@ -22,9 +22,11 @@ test checks this against the full model). Hundreds of times cheaper than joint t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,14 @@ from micronet.runtime.evaluation.datasets import load_point_folder
 
 from .augment import PhotometricConfig, photometric
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distill import CRCHISTO_CLASSES
 from .models import MicroNet
 from .validate import normalize
 
-__all__ = ["VIEWS", "ClassHeadConfig", "fit_class_head", "head_logits", "view_image", "with_class_head"]
+__all__ = ["VIEWS", "ClassHeadConfig", "disc_offsets", "fit_class_head", "head_logits", "labelled_pixels", "view_image", "with_class_head"]
 
 log = logging.getLogger(__name__)
 
-CRCHISTO_CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
 # The views of each training image: (flip rows, flip columns, photometric seed or None).
 VIEWS = ((False, False, None), (False, True, None), (True, False, None), (True, True, None), (False, False, 1), (True, True, 2))
 SCALES = {"6": 8, "7": 4}  # the decoder maps' downsampling
@@ -73,7 +75,6 @@ class ClassHeadConfig:
     cache: str | None = None  # a file keeping the trunk's features between fits (same detector, data, views)
     seed: int = 0
     threads: int | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,7 +107,8 @@ def with_class_head(model: MicroNet, classes: tuple[str, ...], class_context: in
     return new
 
 
-def _offsets(radius: float) -> np.ndarray:
+def disc_offsets(radius: float) -> np.ndarray:
+    """``(M, 2)`` integer ``(dy, dx)`` offsets within ``radius`` pixels of a centre."""
     r = int(np.floor(radius))
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     keep = dy**2 + dx**2 <= radius**2
@@ -126,9 +128,9 @@ def view_image(image: np.ndarray, view: tuple[bool, bool, int | None]) -> np.nda
     return np.ascontiguousarray(out)
 
 
-def _labelled_pixels(points: np.ndarray, labels: np.ndarray, shape: tuple[int, int], view: tuple[bool, bool, int | None], offsets: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Rows, columns (in the view's coordinates), labels and centre flags of every pixel
-    within the radius of a labelled nucleus."""
+def labelled_pixels(points: np.ndarray, labels: np.ndarray, shape: tuple[int, int], view: tuple[bool, bool, int | None], offsets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows, columns (in the view's coordinates), labels and distances (px) to the nucleus
+    of every pixel at ``offsets`` from a labelled nucleus (rounded centre) inside the image."""
     h, w = shape
     keep = labels >= 0
     centre = np.round(points[keep][:, ::-1]).astype(np.int64)  # (row, col)
@@ -139,15 +141,15 @@ def _labelled_pixels(points: np.ndarray, labels: np.ndarray, shape: tuple[int, i
     pix = centre[:, None, :] + offsets[None]
     ok = (pix[..., 0] >= 0) & (pix[..., 0] < h) & (pix[..., 1] >= 0) & (pix[..., 1] < w)
     lab = np.broadcast_to(labels[keep][:, None], ok.shape)[ok]
-    is_centre = np.broadcast_to((offsets == 0).all(1)[None], ok.shape)[ok]
-    return pix[..., 0][ok], pix[..., 1][ok], lab, is_centre
+    distance = np.broadcast_to(np.hypot(*offsets.T)[None], ok.shape)[ok]
+    return pix[..., 0][ok], pix[..., 1][ok], lab, distance
 
 
 @torch.no_grad()
 def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[_View], list[str]]:
     """Runs the frozen trunk once per view of each training image."""
     data = load_point_folder(cfg.data, cfg.split)
-    offsets = _offsets(cfg.class_radius_um / data.mpp)
+    offsets = disc_offsets(cfg.class_radius_um / data.mpp)
     views: list[_View] = []
     model.eval()
     jobs = [(i, v) for i in range(len(data)) for v in VIEWS[: cfg.views]]
@@ -157,18 +159,15 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
         if not (labels >= 0).any():
             continue
         agg, decoder = model._features(normalize(view_image(data.images[i], view)[None], info.mean, info.std))
-        rows, cols, lab, centre = _labelled_pixels(points, labels, agg.shape[-2:], view, offsets)
+        rows, cols, lab, distance = labelled_pixels(points, labels, agg.shape[-2:], view, offsets)
         r, c = torch.from_numpy(rows), torch.from_numpy(cols)
-        views.append(_View(i, agg[0][:, r, c].T.half(), r, c, torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(centre),
+        views.append(_View(i, agg[0][:, r, c].T.half(), r, c, torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(distance == 0),
                            {k: v[0].half() for k, v in decoder.items()}))
     return views, data.names
 
 
 def _cache_key(cfg: ClassHeadConfig) -> str:
     """What the cached features depend on: the detector's bytes, the data and the views."""
-    import hashlib
-    import json
-
     digest = hashlib.sha256(Path(cfg.checkpoint).read_bytes()).hexdigest()
     return json.dumps([digest, str(Path(cfg.data).resolve()), cfg.split, list(cfg.classes), cfg.class_radius_um, cfg.views])
 

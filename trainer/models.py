@@ -305,9 +305,12 @@ class MicroNet(nn.Module):
         """The class head's input: block 10's, and the deep context when configured."""
         if self.class_context is None:
             return agg
-        fit = (lambda t, _size: t) if self.aligned_inputs else _fit
-        ctx = [fit(self.class_context[d](decoder[d]), agg.shape[-2:]) for d in ("6", "7")]
+        ctx = [self._join(self.class_context[d](decoder[d]), agg.shape[-2:]) for d in ("6", "7")]
         return torch.cat([agg, *ctx], dim=1)
+
+    def _join(self, x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+        """``x`` cut to the map it joins (:func:`_fit`); as it is for aligned inputs."""
+        return x if self.aligned_inputs else _fit(x, size)
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         """Block 10's input: full-resolution features and the multi-context branches."""
@@ -321,7 +324,7 @@ class MicroNet(nn.Module):
         d3 = self.block4(self.down3(d2))  # (B, w2, H/4, W/4)
         d4 = self.block5(self.down4(d3))  # (B, w3, H/8, W/8)
         u6 = self.block6(d4)
-        fit = (lambda t, _size: t) if self.aligned_inputs else _fit
+        fit = self._join
         u7 = self.block7(torch.cat([d3, fit(self.up7(u6), d3.shape[-2:])], dim=1))  # (B, w2, H/4, W/4)
         u = self.block8(torch.cat([d2, fit(self.up8(u7), d2.shape[-2:])], dim=1))  # (B, w1, H/2, W/2)
         u = self.block9(torch.cat([d1, fit(self.up9(u), d1.shape[-2:])], dim=1))  # (B, w0, H, W)

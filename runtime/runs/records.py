@@ -87,7 +87,7 @@ def append_records(f: IO[bytes], xy: np.ndarray, scores: np.ndarray, probabiliti
     followed by the ``K`` class probabilities of a model with a class head; returns the
     file's length."""
     parts = [np.asarray(xy, np.float32).reshape(-1, 2), np.asarray(scores, np.float32)[:, None]]
-    if not len(parts[1]):  # a batch of tiles without a nucleus (its probabilities may come shapeless)
+    if not len(parts[1]):  # nothing to write; and NumPy cannot infer the -1 below for an empty array
         return f.tell()
     if probabilities is not None:
         parts.append(np.asarray(probabilities, np.float32).reshape(len(parts[1]), -1))

@@ -271,14 +271,14 @@ def test_running_elsewhere_never_replaces_a_done_row_whoever_writes_last(tmp_pat
 
 
 def test_a_batch_without_nuclei_appends_nothing_even_with_shapeless_probabilities(tmp_path) -> None:
-    """A slide batch of tissue tiles where no nucleus is found: a classifying model's
-    probabilities arrive as an empty array without a class axis (seen on CMU-1 with
-    phenotypes-wide, whose smaller tiles leave some tissue tiles empty)."""
+    """A slide batch of tissue tiles where no nucleus is found (seen on CMU-1 with
+    phenotypes-wide, whose smaller tiles leave some tissue tiles empty): the empty
+    probabilities, with or without their class axis, append nothing."""
     from micronet.runtime.runs.records import append_records, read_records
 
     path = tmp_path / "r.bin"
     with path.open("wb") as f:
         assert append_records(f, np.zeros((0, 2)), np.zeros(0), np.zeros(0)) == 0
         append_records(f, np.array([[1.0, 2.0]]), np.array([0.5]), np.array([[0.1, 0.2, 0.3, 0.4]]))
-        append_records(f, np.zeros((0, 2)), np.zeros(0), np.zeros((0,)))
+        append_records(f, np.zeros((0, 2)), np.zeros(0), np.zeros((0, 4)))
     np.testing.assert_allclose(read_records(path, width=7), [[1.0, 2.0, 0.5, 0.1, 0.2, 0.3, 0.4]], rtol=1e-6)

@@ -22,7 +22,7 @@ SLIDE_MODELS_COMMAND = "python benchmarks/bench_slide.py --size 12000 --model de
 SECTIONS = [
     ("pareto", "The speed / accuracy front (issue 18)", 'python benchmarks/bench_pareto.py --model default --label "default (wide ELU fp32)" --model fast-cpu --label "fast-cpu (lean ReLU int8)" --model default --label "default + TTA" --tta --model runs/family/micronet_crchisto.onnx --label "lean student fp32 (distilled, aug, classes)" --model runs/family/micronet_crchisto_lean.int8.onnx --label "lean student int8" --model runs/family/micronet_crchisto_fast.int8.onnx --label "lean student at 1.1 µm/px int8" --baseline "default (wide ELU fp32)" --repeat 2'),
     ("robust", "Robustness: stain, brightness, focus and compression (issue 19)", 'python benchmarks/bench_robust.py --model fast-cpu --label "fast-cpu (lean ReLU int8)" --model runs/family/micronet_crchisto_lean.int8.onnx --label "lean student int8 (aug, classes)" --normalize none --normalize reinhard --grades middle,strongest'),
-    ("pareto_classes", "Class heads: what classifying costs (issue 20)", 'python benchmarks/bench_pareto.py --model default --model fast-cpu --model phenotypes --model phenotypes-wide --model runs/classhead/micronet_crchisto_relu.int8.onnx --label "fast-cpu + deep class head (not bundled)" --repeat 1 --name pareto_classes'),
+    ("pareto_classes", "Class heads: what classifying costs (issue 20)", 'python benchmarks/bench_pareto.py --model default --model phenotypes-wide --model runs/classhead/micronet_crchisto.onnx --label "phenotypes-wide, 1,500-step head (previous file)" --model fast-cpu --model phenotypes --repeat 2 --name pareto_classes'),
     ("outside", "A held-out outside source: frozen sections from another lab (issue 19)", "python benchmarks/bench_outside.py --data ../outside/cryonuseg --normalize reinhard --normalize macenko"),
     ("cpu", "CPU inference: default vs fast-cpu vs torch, network alone and end to end", CPU_COMMAND),
     ("slide_fast_cpu", "Whole slides: fast-cpu against default in one run", SLIDE_MODELS_COMMAND),
@@ -74,9 +74,9 @@ EXTRA_NOTES = {
     "pareto_classes": """\
 **Reading it.** `phenotypes-wide` is `default` with a class head fitted on its frozen
 detector (`micronet fit-classes`): the same detections, F1 for F1, and 3.8 % more FLOPs,
-yet 0.60× its speed. The head's full-resolution maps take about 1 KB of ONNX Runtime
+yet 0.57× its speed. The head's full-resolution maps take about 1 KB of ONNX Runtime
 memory per pixel, so the tile that fits the memory budget shrinks and a 500² image runs as
-four overlapping tiles. The same head on `fast-cpu` costs 14 %. That is why the defaults do
+four overlapping tiles. The same head on `fast-cpu` cost 14 % in an earlier run (docs/results.md). That is why the defaults do
 not carry it (docs/results.md).""",
     "outside": """\
 **Reading it.** These two tiles (CryoNuSeg, TCGA frozen sections, 40×; `tools/import_cryonuseg.py`

@@ -39,7 +39,7 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 #   phenotypes-wide  the default's detector, frozen, with a class head that also reads the
 #              decoder's 1/8 and 1/4 maps (`micronet fit-classes`, 3.8 % more FLOPs), fp32:
 #              the default's detections exactly, and the best classes (weighted class F1
-#              0.783), for about 0.7× the default's speed on a CPU (the head's full-
+#              0.783), for about 0.6× the default's speed on a CPU (the head's full-
 #              resolution maps take memory, so tiles are smaller).
 BUNDLED_MODELS = {
     "default": DEFAULT_MODEL,

@@ -74,6 +74,12 @@ log = logging.getLogger(__name__)
 # bundled model and a tiny one; the baselines of micronet.trainer.baselines: tiny random
 # exports, the radius being the depth structure's) by
 #   python tools/measure_receptive_field.py --architecture all --json benchmarks/results/receptive_field.json
+# A MicroNet whose class head runs at 1/4 resolution (MicroNetConfig.class_scale 4): its
+# logits read 83 px up, 81 left, 76 down, 75 right, farther than the map: block 10's
+# input (whose field is the map's) pooled over 4×4 cells, through a 3×3 convolution at 1/4
+# and the resize ×4 (tests/runtime/test_tiling_margin.py measures it). The tiles' margin
+# grows from 80 to 88 px for such a model, so that classes are the same whole and tiled.
+CLASS_QUARTER_RADIUS = 83
 RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76, "fcn": 245, "unet": 107, "fcrn_a": 36, "fcrn_b": 22, "frcn": 52}
 
 # Architecture name → total downsampling factor (stride): tile origins are multiples of
@@ -106,6 +112,12 @@ _ARENA_BYTES = {"fp32": (128, 13.5), "fp16": (128, 13.5), "int8": (48, 6.0)}
 # Detector.detect_slide, /usr/bin/time -v): about 740 B per pixel, of which the head's 20
 # values take about 410; 22 B per head value keeps the estimate above the measurement.
 _CLASS_HEAD_BYTES = 22.0
+# A class head at 1/4 resolution (class_scale 4) holds no full-resolution map but its K
+# logits, which are made after the trunk's largest maps are freed. Measured on a 2000²
+# image at the tile of the model without the head (tools/head_memory.py), it adds 163 B
+# per pixel to the wide fp32 network's peak (20.5 head values: 8 B each) and 14 B to the
+# lean int8 one's (12.25 values: 1.1 B each).
+_QUARTER_HEAD_BYTES = {"fp32": 8.0, "fp16": 8.0, "int8": 1.5}
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,10 @@ def receptive_radius(architecture: dict[str, Any]) -> int:
             f"the receptive field of architecture {name!r} is not known (known: {', '.join(RECEPTIVE_RADIUS)}); "
             "pass tile_margin= explicitly (at least the receptive radius plus min_distance, a multiple of the downsampling factor)"
         )
-    return RECEPTIVE_RADIUS[name]
+    radius = RECEPTIVE_RADIUS[name]
+    if name == "micronet" and architecture.get("classes") and int(architecture.get("class_scale", 1) or 1) == 4:
+        radius = max(radius, CLASS_QUARTER_RADIUS)  # the class logits read farther than the map
+    return radius
 
 
 def alignment(architecture: dict[str, Any]) -> int:
@@ -295,12 +310,19 @@ def _activation_values(architecture: dict[str, Any]) -> float | None:
 
 
 def _class_head_values(architecture: dict[str, Any]) -> float:
-    """Full-resolution values per pixel of the class head: its hidden map, the K logits and
-    its deep context's two full-resolution maps (0 without a head)."""
+    """Values per pixel of the class head (0 without a head). At full resolution: its
+    hidden map, the K logits and its deep context's two full-resolution maps. At 1/4
+    (``class_scale`` 4): the K resized logits, and its 1/4-resolution input, hidden map and
+    logits counted per full-resolution pixel (÷ 16)."""
     classes = architecture.get("classes") if isinstance(architecture, dict) else None
     if not classes:
         return 0.0
-    return float(architecture["widths"][0]) + len(classes) + 2.0 * float(architecture.get("class_context", 0) or 0)
+    widths, k = [float(w) for w in architecture["widths"]], len(classes)
+    cc = float(architecture.get("class_context", 0) or 0)
+    if int(architecture.get("class_scale", 1) or 1) == 4:
+        aggregated = widths[0] + float(architecture.get("context_channels", 0)) * len(architecture.get("context_depths", ()))
+        return k + (widths[2] + cc + aggregated + widths[0] + k) / 16.0
+    return widths[0] + k + 2.0 * cc
 
 
 def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float | None:
@@ -318,7 +340,9 @@ def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float 
     if values is None or precision not in _ARENA_BYTES:
         return None
     fixed, per_value = _ARENA_BYTES[precision]
-    return fixed + per_value * values + _CLASS_HEAD_BYTES * _class_head_values(architecture)
+    quarter = int(architecture.get("class_scale", 1) or 1) == 4
+    head = _QUARTER_HEAD_BYTES[precision] if quarter else _CLASS_HEAD_BYTES
+    return fixed + per_value * values + head * _class_head_values(architecture)
 
 
 def memory_tile_size(

@@ -64,6 +64,7 @@ class ClassHeadConfig:
     split: str = "train"
     classes: tuple[str, ...] = CRCHISTO_CLASSES
     class_context: int = 16  # 0: the pixel head alone
+    class_scale: int = 1  # 4: the head runs at 1/4 resolution (MicroNetConfig.class_scale)
     class_radius_um: float = 1.65  # pixels this close to a labelled nucleus are trained (3 px at 0.55 µm/px)
     views: int = len(VIEWS)
     iterations: int = 1500
@@ -88,16 +89,17 @@ class _View:
     labels: torch.Tensor  # (N,) int64
     centre: torch.Tensor  # (N,) bool: the nucleus's own pixel
     decoder: dict[str, torch.Tensor]  # "6": (C6, h, w) float16, "7": (C7, h, w)
+    pooled: torch.Tensor | None = None  # class_scale 4: block 10's input pooled (C, h/4, w/4) float16
 
 
-def with_class_head(model: MicroNet, classes: tuple[str, ...], class_context: int, seed: int = 0) -> MicroNet:
-    """A copy of the detector ``model`` with a fresh class head (drawn with ``seed``), every
-    detector weight copied and frozen."""
+def with_class_head(model: MicroNet, classes: tuple[str, ...], class_context: int, seed: int = 0, class_scale: int = 1) -> MicroNet:
+    """A copy of the detector ``model`` with a fresh class head (drawn with ``seed``; at
+    ``class_scale``), every detector weight copied and frozen."""
     if model.class_head is not None:
         log.info("replacing the checkpoint's class head")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        new = MicroNet(replace(model.config, classes=tuple(classes), class_context=int(class_context)))
+        new = MicroNet(replace(model.config, classes=tuple(classes), class_context=int(class_context), class_scale=int(class_scale)))
     detector = {k: v for k, v in model.state_dict().items() if not k.startswith(("class_head.", "class_context."))}
     missing, unexpected = new.load_state_dict(detector, strict=False)
     if unexpected or any(not k.startswith(("class_head.", "class_context.")) for k in missing):
@@ -161,15 +163,17 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
         agg, decoder = model._features(normalize(view_image(data.images[i], view)[None], info.mean, info.std))
         rows, cols, lab, distance = labelled_pixels(points, labels, agg.shape[-2:], view, offsets)
         r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+        pooled = model.pool_cells(agg)[0].half() if model.config.class_scale == 4 else None
         views.append(_View(i, agg[0][:, r, c].T.half(), r, c, torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(distance == 0),
-                           {k: v[0].half() for k, v in decoder.items()}))
+                           {k: v[0].half() for k, v in decoder.items()}, pooled))
     return views, data.names
 
 
 def _cache_key(cfg: ClassHeadConfig) -> str:
     """What the cached features depend on: the detector's bytes, the data and the views."""
     digest = hashlib.sha256(Path(cfg.checkpoint).read_bytes()).hexdigest()
-    return json.dumps([digest, str(Path(cfg.data).resolve()), cfg.split, list(cfg.classes), cfg.class_radius_um, cfg.views])
+    key = [digest, str(Path(cfg.data).resolve()), cfg.split, list(cfg.classes), cfg.class_radius_um, cfg.views]
+    return json.dumps(key + ([cfg.class_scale] if cfg.class_scale != 1 else []))
 
 
 def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[_View], list[str]]:
@@ -206,6 +210,11 @@ def _context_at(model: MicroNet, view: _View, d: str) -> torch.Tensor:
 
 def head_logits(model: MicroNet, view: _View) -> torch.Tensor:
     """``(N, K)`` class logits at the view's labelled pixels, as ``forward_all`` gives them there."""
+    if model.config.class_scale == 4:
+        decoder = {k: v[None].float() for k, v in view.decoder.items()}
+        low = model.class_head(model.class_input(view.pooled[None].float(), decoder))
+        full = F.interpolate(low, scale_factor=4.0, mode="bilinear", align_corners=False)[0]  # as MicroNet.upsample_logits
+        return full[:, view.rows, view.cols].T
     x = view.agg.float()
     if model.class_context is not None:
         x = torch.cat([x, _context_at(model, view, "6"), _context_at(model, view, "7")], dim=1)
@@ -290,7 +299,7 @@ def fit_class_head(cfg: ClassHeadConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     detector, info = load_checkpoint(cfg.checkpoint)
-    model = with_class_head(detector, cfg.classes, cfg.class_context, cfg.seed)
+    model = with_class_head(detector, cfg.classes, cfg.class_context, cfg.seed, cfg.class_scale)
     views, names = cached_views(model, info, cfg)
     held = _split_images(len(names), cfg.holdout, cfg.seed)
     train = [v for v in views if v.image not in held]

@@ -39,7 +39,6 @@ __all__ = [
     "map_output",
     "model_from_config",
     "register_model",
-    "widen",
     "with_activation",
 ]
 
@@ -120,6 +119,13 @@ class MicroNetConfig:
         full resolution (``class_context`` channels each): a phenotype depends on tissue
         context that block 10's input carries thinly (docs/results.md measures it).
         About 4 % of the FLOPs at 16 channels on the wide network, 8 on the lean one.
+    class_scale: where the class head runs: 1, at full resolution (as above); or 4, at
+        the decoder's 1/4 resolution: it reads block 7's map, the 1/8 map of block 6
+        (3×3 convolution, then a transposed convolution to 1/4, ``class_context``
+        channels), and block 10's input averaged over 4×4 cells; a 3×3 convolution and a
+        1×1 one give the logits at 1/4, which a bilinear resize brings to full
+        resolution. About 2 % of the FLOPs, and only the K logits are full-resolution
+        maps, so the tile a memory budget allows hardly shrinks (docs/results.md).
     activation: ``"elu"``, the paper's (the default), or ``"relu"``. ONNX Runtime's CPU
         provider fuses ReLU into its blocked (NCHWc) convolutions and quantises it away
         in int8; ELU runs as a separate pass with layout changes around it (see
@@ -134,6 +140,7 @@ class MicroNetConfig:
     activation: str = "elu"
     classes: tuple[str, ...] = ()
     class_context: int = 0
+    class_scale: int = 1
 
     def __post_init__(self) -> None:
         if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths):
@@ -148,6 +155,8 @@ class MicroNetConfig:
             raise InputError(f"classes: expected distinct non-empty names, got {list(self.classes)}")
         if int(self.class_context) < 0 or (self.class_context and not self.classes):
             raise InputError(f"class_context: expected 0, or a positive channel count with classes, got {self.class_context}")
+        if self.class_scale not in (1, 4) or (self.class_scale == 4 and not self.class_context):
+            raise InputError(f"class_scale: expected 1, or 4 with a class_context, got {self.class_scale}")
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
@@ -197,6 +206,18 @@ def _fit(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
         return x
     x = x[..., : size[0], : size[1]]
     return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
+
+
+def pool_cells(x: torch.Tensor, weight: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+    """The mean of each whole ``cell × cell`` block of ``x``, as a depthwise convolution
+    with the fixed ``weight`` ``(C, 1, cell, cell)`` of ``1 / cell²`` (in an int8 graph a
+    quantised convolution that reads the u8 map as it is; ONNX Runtime's quantised
+    AveragePool makes a float copy of its whole input). Unless ``aligned`` (sides
+    multiples of ``cell``), one more row and column repeat the last ones, so the result
+    covers ``ceil(H / cell) × ceil(W / cell)`` (a partial block reads its whole
+    neighbour); the caller cuts it to the map it joins."""
+    y = F.conv2d(x, weight, stride=weight.shape[-1], groups=weight.shape[0])
+    return y if aligned else F.pad(y, (0, 1, 0, 1), mode="replicate")
 
 
 class MicroNet(nn.Module):
@@ -252,10 +273,21 @@ class MicroNet(nn.Module):
         )
         agg = w[0] + c * len(self.config.context_depths)
         self.block10 = nn.Sequential(_conv_bn(agg, w[0]), act(), nn.Conv2d(w[0], 1, kernel_size=1))
+        self._build_class_head(w, agg, act)
+
+    def _build_class_head(self, w: tuple[int, ...], agg: int, act: Callable[[], nn.Module]) -> None:
+        """``class_context`` and ``class_head`` (None without classes), at the configured scale."""
         # The class head reads the same aggregated features as the proximity head: the
         # multi-context branches carry the tissue context a phenotype depends on.
         k = len(self.config.classes)
         cc = int(self.config.class_context) if k else 0
+        if k and self.config.class_scale == 4:
+            # At 1/4: block 7's map, block 6's brought to 1/4, block 10's input pooled.
+            self.class_context = nn.ModuleDict({"6": self._class_context(w[3], cc, 2, act)})
+            self.class_head = nn.Sequential(_conv_bn(w[2] + cc + agg, w[0]), act(), nn.Conv2d(w[0], k, kernel_size=1))
+            # Block 10's input averaged over 4×4 cells (pool_cells); fixed, not stored.
+            self.register_buffer("class_pool", torch.full((agg, 1, 4, 4), 1.0 / 16), persistent=False)
+            return
         # The class head's deep context: decoder maps at 1/8 (block 6) and 1/4 (block 7).
         self.class_context = (
             nn.ModuleDict({"6": self._class_context(w[3], cc, 8, act), "7": self._class_context(w[2], cc, 4, act)}) if cc else None
@@ -299,13 +331,33 @@ class MicroNet(nn.Module):
         agg, decoder = self._features(x)
         if self.class_head is None:
             return self.block10(agg), None
-        return self.block10(agg), self.class_head(self.class_input(agg, decoder))
+        # Sizes from the input, not from agg: in an int8 graph agg's shape would be read
+        # off a float copy of it (a DequantizeLinear feeding Shape: 160 B per pixel).
+        size = x.shape[-2:]
+        if self.config.class_scale == 4:
+            low = self.class_head(self.class_input(self.pool_cells(agg), decoder))
+            return self.block10(agg), self.upsample_logits(low, size)
+        return self.block10(agg), self.class_head(self.class_input(agg, decoder, size))
 
-    def class_input(self, agg: torch.Tensor, decoder: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The class head's input: block 10's, and the deep context when configured."""
+    def pool_cells(self, agg: torch.Tensor) -> torch.Tensor:
+        """Block 10's input averaged over 4×4 cells (:func:`pool_cells`), for ``class_scale`` 4."""
+        return pool_cells(agg, self.class_pool, self.aligned_inputs)
+
+    def upsample_logits(self, low: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+        """The 1/4-resolution logits resized ×4 (bilinear, pixel centres aligned with the
+        4×4 cells they were pooled from), cut to ``size``."""
+        return self._join(F.interpolate(low, scale_factor=4.0, mode="bilinear", align_corners=False), size)
+
+    def class_input(self, agg: torch.Tensor, decoder: dict[str, torch.Tensor], size: torch.Size | tuple[int, int] | None = None) -> torch.Tensor:
+        """The class head's input: block 10's, and the deep context when configured (cut
+        to ``size``, the input's, by default agg's). With ``class_scale`` 4, ``agg`` is
+        block 10's input pooled (:func:`pool_cells`), and the input is at 1/4 resolution."""
+        if self.config.class_scale == 4:
+            u7 = decoder["7"]
+            return torch.cat([u7, self._join(self.class_context["6"](decoder["6"]), u7.shape[-2:]), self._join(agg, u7.shape[-2:])], dim=1)
         if self.class_context is None:
             return agg
-        ctx = [self._join(self.class_context[d](decoder[d]), agg.shape[-2:]) for d in ("6", "7")]
+        ctx = [self._join(self.class_context[d](decoder[d]), agg.shape[-2:] if size is None else size) for d in ("6", "7")]
         return torch.cat([agg, *ctx], dim=1)
 
     def _join(self, x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
@@ -349,81 +401,6 @@ def with_activation(model: MicroNet, activation: str) -> MicroNet:
     swapped = MicroNet(config)
     swapped.load_state_dict(model.state_dict())
     return swapped.train(model.training)
-
-
-def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None = None, seed: int = 0) -> MicroNet:
-    """A wider MicroNet that computes the same function as ``model``: the start of a
-    fine-tune that adds capacity without losing what ``model`` learnt (zero-init
-    widening, in the spirit of Net2Net, Chen et al. 2016).
-
-    Every old channel keeps its weights; a new channel gets the fresh network's random
-    incoming weights and **zero** weights into every old channel, so the old channels,
-    and the output, are unchanged (exactly, in eval mode). Training then moves the zero
-    weights first, since their gradients are the new channels' activations.
-    Concatenated inputs (blocks 7-9 and the aggregation in block 10) are remapped part
-    by part. ``context_channels`` defaults to the old count scaled like the first width.
-    ``seed`` draws the new channels' weights without touching the global torch RNG (a
-    training run's dropout masks, each process's own, stay as they were). Raises
-    ``InputError`` when a width would shrink.
-    """
-    old = model.config
-    if old.classes:
-        raise InputError("widen: a network with a class head cannot be widened (widen the detector, then train the head)")
-    new_widths = tuple(int(w) for w in widths)
-    if len(new_widths) != 4:
-        raise InputError(f"widen: expected four widths, got {new_widths}")
-    cc = round(old.context_channels * new_widths[0] / old.widths[0]) if context_channels is None else int(context_channels)
-    if any(n < o for n, o in zip(new_widths, old.widths)) or cc < old.context_channels:
-        raise InputError(
-            f"widen: every width must stay or grow: {old.widths} (context {old.context_channels}) "
-            f"-> {new_widths} (context {cc})"
-        )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        wide = MicroNet(replace(old, widths=new_widths, context_channels=cc))
-    _copy_into_wider(model, wide, _concat_inputs(old, new_widths, cc))
-    return wide.train(model.training)
-
-
-def _concat_inputs(old: MicroNetConfig, wn: tuple[int, ...], cc: int) -> dict[str, torch.Tensor]:
-    """Where each old input channel of a concatenating layer (blocks 7-9, the aggregation
-    in block 10) sits in the wide network's concatenation."""
-    wo, n_ctx = old.widths, len(old.context_depths)
-
-    def parts(old_sizes: list[int], new_sizes: list[int]) -> torch.Tensor:
-        starts = [sum(new_sizes[:i]) for i in range(len(new_sizes))]
-        return torch.cat([s + torch.arange(o) for s, o in zip(starts, old_sizes)])
-
-    concat_inputs = {}
-    for block, level in (("block7", 2), ("block8", 1), ("block9", 0)):
-        idx = parts([wo[level]] * 2, [wn[level]] * 2)
-        concat_inputs[f"{block}.conv1.0"] = idx
-        concat_inputs[f"{block}.skip.0"] = idx
-    concat_inputs["block10.0.0"] = parts([wo[0]] + [old.context_channels] * n_ctx, [wn[0]] + [cc] * n_ctx)
-    return concat_inputs
-
-
-def _copy_into_wider(model: MicroNet, wide: MicroNet, concat_inputs: dict[str, torch.Tensor]) -> None:
-    """Every old weight into its place in ``wide``; old outputs read zero from new inputs."""
-    modules = dict(wide.named_modules())
-    state = wide.state_dict()  # views of the wide network's tensors: writing them writes it
-    with torch.no_grad():
-        for name, t_old in model.state_dict().items():
-            t_new = state[name]
-            if t_old.shape == t_new.shape:
-                t_new.copy_(t_old)
-                continue
-            module_name = name.rsplit(".", 1)[0]
-            if t_old.dim() == 4:  # convolution weights: (out, in, k, k), transposed (in, out, k, k)
-                transposed = isinstance(modules[module_name], nn.ConvTranspose2d)
-                out_dim, in_dim = (1, 0) if transposed else (0, 1)
-                in_idx = concat_inputs.get(module_name, torch.arange(t_old.shape[in_dim]))
-                out_idx = torch.arange(t_old.shape[out_dim])
-                w = t_new.movedim((out_dim, in_dim), (0, 1))  # a view: (out, in, k, k)
-                w[out_idx] = 0.0  # old outputs read nothing from new inputs...
-                w[out_idx[:, None], in_idx[None, :]] = t_old.movedim((out_dim, in_dim), (0, 1))  # ...and the old weights
-            else:  # batch norm statistics and affine parameters, biases: per output channel
-                t_new[: t_old.shape[0]] = t_old
 
 
 def _micronet(defaults: dict[str, Any], overrides: dict[str, Any]) -> MicroNet:

@@ -22,7 +22,8 @@ from micronet.runtime.resample import resample
 from .checkpoint import load_checkpoint
 from .data import AugmentConfig, PointDataset, sample_crop
 from .distributed import DistContext, restore_rng_state
-from .models import MicroNet, widen
+from .models import MicroNet
+from .widen import widen
 from .targets import TargetConfig, make_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,7 +118,7 @@ def load_teacher(cfg: "TrainConfig", model_mpp: float, device: torch.device) -> 
 
 def widened(model: torch.nn.Module, cfg: "TrainConfig") -> torch.nn.Module:
     """``--init`` with ``--widths``: the initial network widened to those widths, computing
-    the same function (``models.widen``). Context channels grow with the first width
+    the same function (``widen.widen``). Context channels grow with the first width
     unless ``--model-options '{"context_channels": N}'`` says otherwise."""
     if not isinstance(model, MicroNet):
         raise InputError(f"widths: {cfg.init} is a {model.config_dict()['name']!r} network; only a MicroNet can be widened")

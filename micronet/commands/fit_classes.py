@@ -22,6 +22,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--data", default="../shared/data/crchisto", help="a point folder with classes/ (default: CRCHisto)")
     parser.add_argument("--split", default="train", help="its training split (default: train)")
     parser.add_argument("--class-context", type=int, default=16, help="channels of the deep context (0: the pixel head alone; default 16)")
+    parser.add_argument("--class-scale", type=int, choices=(1, 4), default=1,
+                        help="1: the head at full resolution; 4: at 1/4, its logits resized (about 2 %% of the FLOPs, little memory; default 1)")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--views", type=int, default=6, help="views per image: 4 flips, then 2 photometric variants (default 6)")
     parser.add_argument("--holdout", type=float, default=0.0, help="share of training images held out and scored (default 0)")
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from micronet.trainer.class_head import ClassHeadConfig, fit_class_head
 
     cfg = ClassHeadConfig(checkpoint=args.checkpoint, out=args.output, data=args.data, split=args.split, class_context=args.class_context,
+                          class_scale=args.class_scale,
                           iterations=args.iterations, views=args.views, holdout=args.holdout, cache=args.cache, seed=args.seed,
                           threads=args.threads)
     print(fit_class_head(cfg))

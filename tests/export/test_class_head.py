@@ -22,10 +22,11 @@ CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
 MEAN, STD = [180.0, 130.0, 170.0], [40.0, 45.0, 35.0]
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory) -> tuple[torch.nn.Module, ModelInfo, Path]:
+# The head at full resolution, and at 1/4 with its logits resized (pad, pool, Resize traced).
+@pytest.fixture(scope="module", params=[{}, {"class_context": 4, "class_scale": 4}], ids=["full", "quarter"])
+def classifier(tmp_path_factory, request) -> tuple[torch.nn.Module, ModelInfo, Path]:
     torch.manual_seed(0)
-    model = create_model("micronet_tiny", classes=CLASSES).eval()
+    model = create_model("micronet_tiny", classes=CLASSES, **request.param).eval()
     info = ModelInfo(architecture=model.config_dict(), mean=MEAN, std=STD, mpp=0.55, threshold=0.0)
     path = save_checkpoint(tmp_path_factory.mktemp("cls") / "cls.safetensors", model, info)
     return model, info, path

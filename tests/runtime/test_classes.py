@@ -45,9 +45,10 @@ def test_known_classes_have_conventional_colours():
     assert len(class_colour("something else", 3)) == 3
 
 
-@pytest.fixture(scope="module")
-def class_model(tmp_path_factory):
-    """A random micronet_tiny with a class head, exported to fp32 ONNX."""
+@pytest.fixture(scope="module", params=[{}, {"class_context": 4, "class_scale": 4}], ids=["full", "quarter"])
+def class_model(tmp_path_factory, request):
+    """A random micronet_tiny with a class head (at full resolution, and at 1/4 with its
+    logits resized), exported to fp32 ONNX."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from micronet.export.onnx import export_model
@@ -55,7 +56,7 @@ def class_model(tmp_path_factory):
     from micronet.trainer.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("micronet_tiny", classes=("epithelial", "fibroblast", "inflammatory", "others")).eval()
+    model = create_model("micronet_tiny", classes=("epithelial", "fibroblast", "inflammatory", "others"), **request.param).eval()
     image = np.random.default_rng(0).integers(0, 256, (1, 200, 200, 3), dtype=np.uint8)
     x = (torch.from_numpy(image).float() - 150.0) / 40.0
     with torch.no_grad():

@@ -30,8 +30,9 @@ def test_the_detector_map_stays_and_only_the_head_trains():
     assert trainable == {"class_head", "class_context"}
 
 
-def test_the_fast_head_path_equals_forward_all_at_every_pixel_offset():
-    model = with_class_head(_detector(1), ("a", "b", "c"), class_context=4).eval()
+@pytest.mark.parametrize("scale", [1, 4])
+def test_the_fast_head_path_equals_forward_all_at_every_pixel_offset(scale):
+    model = with_class_head(_detector(1), ("a", "b", "c"), class_context=4, class_scale=scale).eval()
     with torch.no_grad():  # statistics away from the identity, so a wrong gather shows
         for m in list(model.class_head.modules()) + list(model.class_context.modules()):
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -46,13 +47,15 @@ def test_the_fast_head_path_equals_forward_all_at_every_pixel_offset():
         rows, cols = rows.flatten(), cols.flatten()  # every offset within the 8×8 and 4×4 cells
         n = len(rows)
         view = _View(0, agg[0][:, rows, cols].T, rows, cols, torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool),
-                     {k: v[0] for k, v in decoder.items()})
+                     {k: v[0] for k, v in decoder.items()}, model.pool_cells(agg)[0] if scale == 4 else None)
         np.testing.assert_allclose(head_logits(model, view).numpy(), logits[0][:, rows, cols].T.numpy(), atol=1e-5)
 
 
 def test_class_context_without_classes_is_refused():
     with pytest.raises(InputError, match="class_context"):
         MicroNetConfig(class_context=4)
+    with pytest.raises(InputError, match="class_scale"):
+        MicroNetConfig(classes=("a",), class_context=0, class_scale=4)
 
 
 def _point_folder(root, rng):

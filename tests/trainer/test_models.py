@@ -12,9 +12,9 @@ from micronet.trainer.models import (  # noqa: E402
     create_model,
     list_models,
     model_from_config,
-    widen,
     with_activation,
 )
+from micronet.trainer.widen import widen  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [(500, 500), (333, 517), (1001, 999), (75, 75), (9, 13)])

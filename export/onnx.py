@@ -321,7 +321,9 @@ def _head_nodes(path: Path) -> list[str]:
 
     graph = onnx.load(str(path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    heads = []
+    # A class head at 1/4 resolution stays float whole: its convolutions cost little at
+    # 1/4, and quantising them changed the class of 3 % of the detections (1 % in float).
+    heads = [n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose") and "class_" in n.name and _quarter_head(graph)]
     for output in graph.output:  # the proximity map, and the class logits where present
         name = output.name
         while name in producer:
@@ -333,6 +335,11 @@ def _head_nodes(path: Path) -> list[str]:
         else:
             raise InputError(f"{path}: no convolution produces the output {output.name!r}")
     return heads
+
+
+def _quarter_head(graph: object) -> bool:
+    """Whether the graph's class head runs at 1/4 resolution (it resizes its logits)."""
+    return any(n.op_type == "Resize" for n in graph.node)  # type: ignore[attr-defined]
 
 
 # Recorded in an int8 model's provenance; the runtime warns about int8 models without it

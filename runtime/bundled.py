@@ -26,26 +26,26 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 # Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
 # accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
 #   default    the paper's network at the paper's width (32-64-128-128, ELU), fp32;
-#              every backend. The accurate one (CRCHisto test F1 0.821).
+#              every backend. The accurate one (CRCHisto test F1 0.821). It classifies
+#              each nucleus (epithelial, fibroblast, inflammatory, others; weighted class
+#              F1 0.789) with a head at 1/4 resolution fitted on the frozen detector
+#              (`micronet fit-classes --class-scale 4`, 2.3 % more FLOPs).
 #   fast-cpu   the lean network (16-32-64-64, a quarter of the FLOPs) with ReLU, int8 QDQ,
 #              distilled from the default: ONNX Runtime fuses ReLU into its convolutions
-#              and quantises it away, so the CPU runs it about 5x as fast as the default,
-#              for 0.01 F1 (CRCHisto test 0.810, MoNuSeg 0.842 against 0.850).
+#              and quantises it away, so the CPU runs it about 4x as fast as the default,
+#              for 0.01 F1 (CRCHisto test 0.810, MoNuSeg 0.842 against 0.850). Classifies
+#              with the same kind of head (weighted class F1 0.746).
 #   phenotypes the lean network (16-32-64-64, 6 context channels, ReLU) with a class head
 #              (epithelial, fibroblast, inflammatory, others), distilled from the default
-#              with stain, brightness, blur and JPEG augmentation, int8 QDQ: classifies
-#              every nucleus (CRCHisto test weighted class F1 0.717) and generalises to
-#              other organs (MoNuSeg 0.865), for 0.025 CRCHisto F1 (0.795).
-#   phenotypes-wide  the default's detector, frozen, with a class head that also reads the
-#              decoder's 1/8 and 1/4 maps (`micronet fit-classes`, 3.8 % more FLOPs), fp32:
-#              the default's detections exactly, and the best classes (weighted class F1
-#              0.783), for about 0.6× the default's speed on a CPU (the head's full-
-#              resolution maps take memory, so tiles are smaller).
+#              with stain, brightness, blur and JPEG augmentation, int8 QDQ: the one for
+#              other labs' stains and other organs (MoNuSeg 0.865), for 0.025 CRCHisto F1
+#              (0.795; weighted class F1 0.717).
+# (`phenotypes-wide`, the default's detector with a full-resolution class head, was
+# retired when the default got its own, better and cheaper one: docs/results.md.)
 BUNDLED_MODELS = {
     "default": DEFAULT_MODEL,
     "fast-cpu": "micronet_crchisto_relu.int8.onnx",
     "phenotypes": "micronet_crchisto_phenotypes.int8.onnx",
-    "phenotypes-wide": "micronet_crchisto_phenotypes_wide.onnx",
 }
 SAMPLE_IMAGE = "sample.png"  # next to it: synthetic (tools/make_sample.py), with its true centres in sample.csv
 # Real H&E: a 512×512 region of the CMU-1 slide (OpenSlide test data, freely

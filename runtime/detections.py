@@ -139,9 +139,11 @@ class Detections:
         return f"Detections(n={len(self)}, image_shape={self.image_shape}, mpp={self.mpp})"
 
     @classmethod
-    def empty(cls, image_shape: tuple[int, int] | None = None, mpp: float | None = None) -> "Detections":
-        """No detections."""
-        return cls(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), image_shape, mpp)
+    def empty(cls, image_shape: tuple[int, int] | None = None, mpp: float | None = None, class_names: Sequence[str] = ()) -> "Detections":
+        """No detections (of a model with the phenotypes ``class_names``, if any)."""
+        names = tuple(class_names)
+        probs = np.zeros((0, len(names)), np.float32) if names else None
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), image_shape, mpp, None, probs, names)
 
     # --- combining ---------------------------------------------------------------------
 

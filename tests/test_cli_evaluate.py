@@ -188,7 +188,8 @@ def test_detect_output_on_the_bundled_sample_scores_as_a_folder_and_as_one_file(
 
     out = tmp_path / "demo"
     assert main(["detect", str(bundled_sample()), "--out", str(out), "--format", "csv", "--no-progress", "--mpp", "0.55"]) == 0
-    assert (out / "sample.csv").read_text().startswith("x,y,score\n")
+    # The bundled default classifies: its class and probability columns follow the score.
+    assert (out / "sample.csv").read_text().startswith("x,y,score,class,p_epithelial,p_fibroblast,p_inflammatory,p_others\n")
     truth = tmp_path / "truth"
     truth.mkdir()
     shutil.copy(SAMPLE_TRUTH, truth)
@@ -238,7 +239,7 @@ def test_a_real_slide_run_of_detect_scores_against_itself(tmp_path, capsys, shar
     out = tmp_path / "out"
     assert main(["detect", str(slide), "--out", str(out), "--format", "csv", "--no-progress"]) == 0
     csv = out / "CMU-1-Small-Region.csv"
-    assert csv.read_text().startswith("x,y,x_um,y_um,score\n")
+    assert csv.read_text().startswith("x,y,x_um,y_um,score,class,p_epithelial,p_fibroblast,p_inflammatory,p_others\n")
     truth = tmp_path / "truth"
     truth.mkdir()
     n = len(read_points_csv(csv))

@@ -28,7 +28,6 @@ SOURCES = {
     "micronet_crchisto.fp16.onnx": "micronet_crchisto",
     "micronet_crchisto_relu.int8.onnx": "micronet_crchisto_relu",
     "micronet_crchisto_phenotypes.int8.onnx": "micronet_crchisto_phenotypes",
-    "micronet_crchisto_phenotypes_wide.onnx": "micronet_crchisto_phenotypes_wide",
 }
 SAME_MAP = 1e-4  # torch versions differ in float rounding, not more
 

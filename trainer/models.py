@@ -217,7 +217,10 @@ def pool_cells(x: torch.Tensor, weight: torch.Tensor, aligned: bool = False) -> 
     covers ``ceil(H / cell) × ceil(W / cell)`` (a partial block reads its whole
     neighbour); the caller cuts it to the map it joins."""
     y = F.conv2d(x, weight, stride=weight.shape[-1], groups=weight.shape[0])
-    return y if aligned else F.pad(y, (0, 1, 0, 1), mode="replicate")
+    if aligned:
+        return y
+    y = torch.cat([y, y[..., -1:, :]], dim=2)  # as a replicate pad, in ONNX two Slices and Concats
+    return torch.cat([y, y[..., -1:]], dim=3)
 
 
 class MicroNet(nn.Module):

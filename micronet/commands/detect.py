@@ -103,9 +103,8 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
         "--model",
         metavar="FILE",
         help="an .onnx model or TensorRT .engine, or a bundled model: default (the paper's network, the default), "
-        "fast-cpu (a lean int8 network distilled from it: several times as fast on a CPU, 0.01 F1 less), phenotypes "
-        "(lean, classifies each nucleus, trained for other labs' stains) or phenotypes-wide (the default's detections "
-        "and the best classes, slower)",
+        "fast-cpu (a lean int8 network distilled from it: several times as fast on a CPU, 0.01 F1 less) or phenotypes "
+        "(lean, trained for other labs' stains and other organs); each classifies every nucleus",
     )
     parser.add_argument(
         "--device", type=device_arg, default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto: the GPU when available)"

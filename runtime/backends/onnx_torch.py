@@ -158,6 +158,16 @@ def _constant(a: dict[str, Any], g: TorchGraph, known: frozenset[str]) -> Callab
     return lambda: value
 
 
+def _constant_of_shape(a: dict[str, Any], g: TorchGraph, known: frozenset[str]) -> Callable[..., Any]:
+    """A tensor of the given shape filled with one value (0.0 float by default): data on
+    the device, or integers on the host (pads and bounds computed from shapes)."""
+    from onnx import numpy_helper
+
+    fill = numpy_helper.to_array(a["value"]).reshape(-1) if "value" in a else np.zeros(1, np.float32)
+    one = g.constant(fill[:1])
+    return lambda shape: one.reshape(()).expand(*_ints(shape)).clone()
+
+
 def _pairs(a: dict[str, Any], what: str) -> tuple[list[int], list[int], list[int], list[int]]:
     """2-D ``strides, dilations, pads (top, left, bottom, right), kernel_shape``."""
     if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
@@ -320,6 +330,37 @@ def _pad(a: dict[str, Any], g: TorchGraph, known: frozenset[str]) -> Callable[..
     return run
 
 
+def _resize(a: dict[str, Any], g: TorchGraph, known: frozenset[str]) -> Callable[..., Any]:
+    """Resize of the two spatial axes of an NCHW map: ``linear`` with ``half_pixel`` (or
+    ``pytorch_half_pixel``) or ``align_corners`` coordinates, ``nearest`` with
+    ``asymmetric`` coordinates rounding down (what torch's ``interpolate`` exports)."""
+    F = g.torch.nn.functional
+    mode, coords = a.get("mode", "nearest"), a.get("coordinate_transformation_mode", "half_pixel")
+    linear = mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel", "align_corners")
+    nearest = mode == "nearest" and coords == "asymmetric" and a.get("nearest_mode", "round_prefer_floor") == "floor"
+    if not (linear or nearest) or a.get("antialias", 0) or a.get("axes") is not None:
+        raise InputError(f"Resize mode {mode!r} with {coords!r} coordinates: the torch backend resizes linear (half-pixel or "
+                         "align-corners) or nearest (asymmetric, floor) over the spatial axes")
+    align = coords == "align_corners"
+
+    def run(x: Any, roi: Any = None, scales: Any = None, sizes: Any = None) -> Any:
+        if x.ndim != 4:
+            raise InputError(f"Resize of a {x.ndim}-D tensor: the torch backend resizes NCHW maps")
+        kind = "bilinear" if linear else "nearest"
+        corners = align if linear else None
+        if sizes is not None and sizes.numel():
+            n, c, h, w = _ints(sizes)
+            if (n, c) != tuple(x.shape[:2]):
+                raise InputError("Resize of the batch or channel axis: the torch backend resizes the spatial axes")
+            return F.interpolate(x, size=(h, w), mode=kind, align_corners=corners)
+        factors = [float(v) for v in scales.reshape(-1).tolist()]
+        if factors[:2] != [1.0, 1.0]:
+            raise InputError("Resize of the batch or channel axis: the torch backend resizes the spatial axes")
+        return F.interpolate(x, scale_factor=tuple(factors[2:]), mode=kind, align_corners=corners, recompute_scale_factor=False)
+
+    return run
+
+
 def _if(a: dict[str, Any], g: TorchGraph, known: frozenset[str]) -> Callable[..., Any]:
     branches = {flag: TorchGraph(a[key], g.torch, g.device, g.dtype, known) for flag, key in ((True, "then_branch"), (False, "else_branch"))}
 
@@ -351,6 +392,7 @@ def _batch_norm(torch: Any, a: dict[str, Any]) -> Callable[..., Any]:
 SUPPORTED_OPS: dict[str, Callable[..., Callable[..., Any]]] = {
     "Identity": _simple(lambda t, a: lambda x: x),
     "Constant": _constant,
+    "ConstantOfShape": _constant_of_shape,
     "Cast": _cast,
     "Add": _simple(lambda t, a: t.add),
     "Sub": _simple(lambda t, a: t.sub),
@@ -391,6 +433,7 @@ SUPPORTED_OPS: dict[str, Callable[..., Callable[..., Any]]] = {
     "Gather": _gather,
     "Slice": _slice,
     "Pad": _pad,
+    "Resize": _resize,
     "ReduceMax": _reduce("ReduceMax"),
     "ReduceMin": _reduce("ReduceMin"),
     "ReduceSum": _reduce("ReduceSum"),

@@ -112,19 +112,20 @@ class Tolerance:
 #   and 28× (mean 0.008) the measured, still below a changed layer's (×1.3 on one layer
 #   of the default: see the docs).
 # - int8: the bundled int8 exports against fp32: max 0.31 / 0.19, mean 0.0139 / 0.0138,
-#   count −0.85 % / +0.36 %, F1 0.992 / 0.998, found ≤1px 0.972 / 0.987, class = 0.983.
+#   count −0.85 % / +0.36 %, F1 0.992 / 0.998, found ≤1px 0.972 / 0.987, class = 0.976
+#   / 0.983 (fast-cpu's class head at 1/4 is float, its inputs are u8).
 #   7-bit weights make the integer sums the same on AVX2 (vpmaddubsw cannot saturate),
 #   AVX-512, VNNI and AMX; what an instruction set can still change (the float steps
 #   around them) is bounded by ORT's integer kernels against the same quantised graph
 #   computed in float (session.disable_quant_qdq): max 0.074, mean 0.0070, count 0.24 %,
-#   F1 0.9988, found 0.9965, class = 0.995. Tolerance: the worst of the first plus the
-#   worst of the second, rounded up.
+#   F1 0.9988, found 0.9965, class = 0.993 (fast-cpu). Tolerance: the worst of the first
+#   plus the worst of the second, rounded up (class =: 1 − 0.024 − 0.007 → 0.96).
 # GPUs may run fp32 convolutions in TF32 (TensorRT's and cuDNN's default: a 10-bit
 # mantissa, as fp16's), so an fp32 artifact on a GPU gets the fp16 row.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs_map=0.001, mean_abs_map=1e-4, max_count_change=0.005, min_f1=0.995, min_found=0.995, min_class_agreement=0.995),
     "fp16": Tolerance(max_abs_map=0.1, mean_abs_map=0.008, max_count_change=0.01, min_f1=0.99, min_found=0.98, min_class_agreement=0.98),
-    "int8": Tolerance(max_abs_map=0.4, mean_abs_map=0.021, max_count_change=0.011, min_f1=0.99, min_found=0.96, min_class_agreement=0.97),
+    "int8": Tolerance(max_abs_map=0.4, mean_abs_map=0.021, max_count_change=0.011, min_f1=0.99, min_found=0.96, min_class_agreement=0.96),
 }
 GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "torch-cuda")
 

@@ -199,7 +199,7 @@ def no_network(det: Detector, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int
 
     def detect_batch(images, **_):
         shapes.extend(im.shape[:2] for im in images)
-        return [Detections.empty(im.shape[:2]) for im in images]
+        return [Detections.empty(im.shape[:2], class_names=det.class_names) for im in images]
 
     monkeypatch.setattr(det, "detect_batch", detect_batch)
     return shapes

@@ -59,7 +59,8 @@ def test_torch_on_the_cpu_computes_onnxruntimes_maps(default_onnx, sample, size)
     batch = np.ascontiguousarray(np.stack([sample[:h, :w], sample[-h:, -w:]]))
     want = OnnxRuntimeBackend(default_onnx, device="cpu").infer(batch)
     got = TorchBackend(default_onnx, device="cpu").infer(batch)
-    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == want.shape == (2, 1, h, w)
+    # The map and the class logits of the default's head at 1/4 (a Resize to full resolution).
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == want.shape == (2, 1 + 4, h, w)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 

@@ -23,6 +23,7 @@ SECTIONS = [
     ("pareto", "The speed / accuracy front (issue 18)", 'python benchmarks/bench_pareto.py --model default --label "default (wide ELU fp32)" --model fast-cpu --label "fast-cpu (lean ReLU int8)" --model default --label "default + TTA" --tta --model runs/family/micronet_crchisto.onnx --label "lean student fp32 (distilled, aug, classes)" --model runs/family/micronet_crchisto_lean.int8.onnx --label "lean student int8" --model runs/family/micronet_crchisto_fast.int8.onnx --label "lean student at 1.1 µm/px int8" --baseline "default (wide ELU fp32)" --repeat 2'),
     ("robust", "Robustness: stain, brightness, focus and compression (issue 19)", 'python benchmarks/bench_robust.py --model fast-cpu --label "fast-cpu (lean ReLU int8)" --model runs/family/micronet_crchisto_lean.int8.onnx --label "lean student int8 (aug, classes)" --normalize none --normalize reinhard --grades middle,strongest'),
     ("pareto_classes", "Class heads: what classifying costs (issue 20)", 'python benchmarks/bench_pareto.py --model default --model phenotypes-wide --model runs/classhead/micronet_crchisto.onnx --label "phenotypes-wide, 1,500-step head (previous file)" --model fast-cpu --model phenotypes --repeat 2 --name pareto_classes'),
+    ("pareto_heads", "The defaults classify: a class head at 1/4 resolution (issue 20)", 'python benchmarks/bench_pareto.py --model default --label "default (+ class head at 1/4)" --model runs/prev_r4/micronet_crchisto.onnx --label "previous default (no head)" --model fast-cpu --label "fast-cpu (+ class head at 1/4)" --model runs/prev_r4/micronet_crchisto_relu.int8.onnx --label "previous fast-cpu (no head)" --model runs/prev_r4/micronet_crchisto_phenotypes_wide.onnx --label "phenotypes-wide (retired)" --model phenotypes --baseline "previous default (no head)" --repeat 2 --name pareto_heads'),
     ("outside", "A held-out outside source: frozen sections from another lab (issue 19)", "python benchmarks/bench_outside.py --data ../outside/cryonuseg --normalize reinhard --normalize macenko"),
     ("cpu", "CPU inference: default vs fast-cpu vs torch, network alone and end to end", CPU_COMMAND),
     ("slide_fast_cpu", "Whole slides: fast-cpu against default in one run", SLIDE_MODELS_COMMAND),
@@ -72,12 +73,21 @@ CURATED = {
 # Text under a section's results that says how to read them (set before NOTES' own entries).
 EXTRA_NOTES = {
     "pareto_classes": """\
-**Reading it.** `phenotypes-wide` is `default` with a class head fitted on its frozen
+**Reading it.** (Third round; `phenotypes-wide` has since been retired, see the next
+section.) `phenotypes-wide` is `default` with a class head fitted on its frozen
 detector (`micronet fit-classes`): the same detections, F1 for F1, and 3.8 % more FLOPs,
 yet 0.57× its speed. The head's full-resolution maps take about 1 KB of ONNX Runtime
 memory per pixel, so the tile that fits the memory budget shrinks and a 500² image runs as
 four overlapping tiles. The same head on `fast-cpu` cost 14 % in an earlier run (docs/results.md). That is why the defaults do
 not carry it (docs/results.md).""",
+    "pareto_heads": """\
+**Reading it.** `default` and `fast-cpu` now carry a class head computed at 1/4 resolution
+and resized (`MicroNetConfig.class_scale = 4`), fitted on their frozen detectors: the same
+detections, F1 for F1 (fast-cpu's int8 file requantised: +0.0003), 2.3 % more FLOPs, and
+0.99× and 0.97× the speed of their previous files on these 500² images (0.90× and 0.87× on
+the CMU-1 slide: docs/results.md). The previous files are `git show e4c633d:runtime/models/<file>`
+(in `runs/prev_r4/` for this run). `phenotypes-wide`, last round's full-resolution head on
+the same wide detector, ran at 0.60×; it is retired.""",
     "outside": """\
 **Reading it.** These two tiles (CryoNuSeg, TCGA frozen sections, 40×; `tools/import_cryonuseg.py`
 names the commit and licence) are the project's held-out outside source: no model trains,

@@ -237,7 +237,7 @@ def test_a_real_slide_run_of_detect_scores_against_itself(tmp_path, capsys, shar
     if not slide.is_file():
         pytest.skip(f"{slide} not found")
     out = tmp_path / "out"
-    assert main(["detect", str(slide), "--out", str(out), "--format", "csv", "--no-progress"]) == 0
+    assert main(["detect", str(slide), "--out", str(out), "--format", "csv", "--no-progress", "--model", "fast-cpu"]) == 0
     csv = out / "CMU-1-Small-Region.csv"
     assert csv.read_text().startswith("x,y,x_um,y_um,score,class,p_epithelial,p_fibroblast,p_inflammatory,p_others\n")
     truth = tmp_path / "truth"

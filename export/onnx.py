@@ -323,7 +323,8 @@ def _head_nodes(path: Path) -> list[str]:
     producer = {out: node for node in graph.node for out in node.output}
     # A class head at 1/4 resolution stays float whole: its convolutions cost little at
     # 1/4, and quantising them changed the class of 3 % of the detections (1 % in float).
-    heads = [n.name for n in graph.node if n.op_type in ("Conv", "ConvTranspose") and "class_" in n.name and _quarter_head(graph)]
+    quarter = any(n.op_type == "Resize" for n in graph.node)  # a head at 1/4 resizes its logits
+    heads = [n.name for n in graph.node if quarter and n.op_type in ("Conv", "ConvTranspose") and "class_" in n.name]
     for output in graph.output:  # the proximity map, and the class logits where present
         name = output.name
         while name in producer:
@@ -335,11 +336,6 @@ def _head_nodes(path: Path) -> list[str]:
         else:
             raise InputError(f"{path}: no convolution produces the output {output.name!r}")
     return heads
-
-
-def _quarter_head(graph: object) -> bool:
-    """Whether the graph's class head runs at 1/4 resolution (it resizes its logits)."""
-    return any(n.op_type == "Resize" for n in graph.node)  # type: ignore[attr-defined]
 
 
 # Recorded in an int8 model's provenance; the runtime warns about int8 models without it

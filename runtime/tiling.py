@@ -163,7 +163,7 @@ def receptive_radius(architecture: dict[str, Any]) -> int:
             "pass tile_margin= explicitly (at least the receptive radius plus min_distance, a multiple of the downsampling factor)"
         )
     radius = RECEPTIVE_RADIUS[name]
-    if name == "micronet" and architecture.get("classes") and int(architecture.get("class_scale", 1) or 1) == 4:
+    if name == "micronet" and _quarter_head(architecture):
         radius = max(radius, CLASS_QUARTER_RADIUS)  # the class logits read farther than the map
     return radius
 
@@ -303,10 +303,20 @@ def _activation_values(architecture: dict[str, Any]) -> float | None:
         return None
     try:
         widths = [float(w) for w in architecture["widths"]]
-        context = float(architecture.get("context_channels", 0)) * len(architecture.get("context_depths", ()))
+        context = _aggregated_channels(architecture) - widths[0]
     except (KeyError, TypeError, ValueError):
         return None
     return sum(w / 4**d for d, w in enumerate(widths)) + context
+
+
+def _aggregated_channels(architecture: dict[str, Any]) -> float:
+    """Channels of block 10's input: block 9's output and the multi-context branches."""
+    return float(architecture["widths"][0]) + float(architecture.get("context_channels", 0)) * len(architecture.get("context_depths", ()))
+
+
+def _quarter_head(architecture: dict[str, Any]) -> bool:
+    """Whether the architecture has a class head at 1/4 resolution (``class_scale`` 4)."""
+    return bool(architecture.get("classes")) and int(architecture.get("class_scale", 1) or 1) == 4
 
 
 def _class_head_values(architecture: dict[str, Any]) -> float:
@@ -319,9 +329,8 @@ def _class_head_values(architecture: dict[str, Any]) -> float:
         return 0.0
     widths, k = [float(w) for w in architecture["widths"]], len(classes)
     cc = float(architecture.get("class_context", 0) or 0)
-    if int(architecture.get("class_scale", 1) or 1) == 4:
-        aggregated = widths[0] + float(architecture.get("context_channels", 0)) * len(architecture.get("context_depths", ()))
-        return k + (widths[2] + cc + aggregated + widths[0] + k) / 16.0
+    if _quarter_head(architecture):
+        return k + (widths[2] + cc + _aggregated_channels(architecture) + widths[0] + k) / 16.0
     return widths[0] + k + 2.0 * cc
 
 
@@ -340,8 +349,7 @@ def tile_bytes_per_pixel(architecture: dict[str, Any], precision: str) -> float 
     if values is None or precision not in _ARENA_BYTES:
         return None
     fixed, per_value = _ARENA_BYTES[precision]
-    quarter = int(architecture.get("class_scale", 1) or 1) == 4
-    head = _QUARTER_HEAD_BYTES[precision] if quarter else _CLASS_HEAD_BYTES
+    head = _QUARTER_HEAD_BYTES[precision] if _quarter_head(architecture) else _CLASS_HEAD_BYTES
     return fixed + per_value * values + head * _class_head_values(architecture)
 
 

@@ -213,7 +213,7 @@ def head_logits(model: MicroNet, view: _View) -> torch.Tensor:
     if model.config.class_scale == 4:
         decoder = {k: v[None].float() for k, v in view.decoder.items()}
         low = model.class_head(model.class_input(view.pooled[None].float(), decoder))
-        full = F.interpolate(low, scale_factor=4.0, mode="bilinear", align_corners=False)[0]  # as MicroNet.upsample_logits
+        full = model.upsample_logits(low, (4 * low.shape[-2], 4 * low.shape[-1]))[0]  # uncut: the view's pixels lie inside
         return full[:, view.rows, view.cols].T
     x = view.agg.float()
     if model.class_context is not None:

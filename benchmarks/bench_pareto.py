@@ -10,8 +10,9 @@ The previous default, for the no-argument run (``runs/`` is not committed):
     mkdir -p runs/previous_models && git show b7c6066:runtime/models/micronet_crchisto.onnx > runs/previous_models/micronet_crchisto.onnx
 
 ``--model`` takes an ``.onnx`` file or a bundled name (``default``, ``fast-cpu``;
-``micronet.runtime.bundled``); ``--label`` and ``--tta`` (flip test-time augmentation,
-4 passes) apply to the ``--model`` before them. ``--baseline LABEL`` names "today's
+``micronet.runtime.bundled``); ``--label``, ``--tta`` (flip test-time augmentation,
+4 passes) and ``--tta-dihedral`` (8 passes; the bundled ``accurate`` runs so unasked)
+apply to the ``--model`` before them. ``--baseline LABEL`` names "today's
 default" (default: the row of the bundled ``default``, else the first). Each model runs
 in ``Detector(path, device="cpu")`` at its own threshold ξ; the classical peer
 (``benchmarks/classical.py``: colour deconvolution, Gaussian blur, local maxima) at the
@@ -28,7 +29,7 @@ Columns:
   that size; 2 FLOPs per multiply-add of each Conv, ConvTranspose, QLinearConv, MatMul
   (output elements × weight elements per output channel; for ConvTranspose input
   elements × that), as torch's flop counter counts them; biases, activations and
-  quantisation nodes are not counted. With ``--tta`` ×4 (four passes).
+  quantisation nodes are not counted. With ``--tta`` ×4 (four passes), with ``--tta-dihedral`` (and the bundled ``accurate``) ×8.
 - **parameters**: weight and bias elements of those nodes (batch norm folded in).
 - **F1 CRCHisto test**: pooled, the 20 test images (``split.csv``), radius 6 px.
 - **F1 MoNuSeg held-out**: pooled, the 6 images of split ``test`` in
@@ -86,7 +87,6 @@ PREVIOUS_LABEL = "previous default (wide)"
 CLASSICAL = "classical"  # benchmarks/classical.py; the table's footnote says what it is
 READ_ONLY = "(PNG read only)"  # timed with the rows: what every row spends reading its input
 COMPUTE_OPS = ("Conv", "ConvTranspose", "QLinearConv", "MatMul")
-TTA_PASSES = 4
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ModelSpec:
 
     model: str
     label: str | None = None
-    tta: bool = False
+    tta: bool | str | None = None  # None: the model's own (bundled "accurate": dihedral)
 
 
 class _SpecAction(argparse.Action):
@@ -111,6 +111,8 @@ class _SpecAction(argparse.Action):
             if specs[-1].label is not None:
                 parser.error(f"--label: {specs[-1].model} already has the label {specs[-1].label!r}")
             specs[-1].label = value
+        elif option == "--tta-dihedral":
+            specs[-1].tta = "dihedral"
         else:
             specs[-1].tta = True
         namespace.specs = specs
@@ -244,14 +246,16 @@ def _specs(args: argparse.Namespace) -> list[ModelSpec]:
 
 def _runners(specs: list[ModelSpec], threads: int | None, data_mpp: float) -> tuple[dict[str, Callable[[np.ndarray, float], np.ndarray]], list[dict[str, Any]]]:
     """Each row's ``(rgb, mpp) -> xy`` and its description (file, ξ, compute)."""
-    from micronet.runtime.bundled import resolve_model
+    from micronet.runtime.bundled import bundled_tta, resolve_model
     from micronet.runtime.detector import Detector
+    from micronet.runtime.tta import check_tta, tta_passes
 
     runners, rows = {}, []
     for spec in tqdm(specs, desc="models"):
         path = resolve_model(spec.model)
-        det = Detector(str(path), device="cpu", threads=threads, tta=spec.tta)
-        gflop, params, size = model_cost(path, det.info.mpp, data_mpp, TTA_PASSES if spec.tta else 1)
+        tta = bundled_tta(spec.model) if spec.tta is None else spec.tta
+        det = Detector(str(path), device="cpu", threads=threads, tta=tta)
+        gflop, params, size = model_cost(path, det.info.mpp, data_mpp, tta_passes(check_tta(tta)))
         runners[spec.label] = lambda rgb, mpp, d=det: d.detect(rgb, mpp=mpp).xy
         rows.append(
             {
@@ -263,7 +267,7 @@ def _runners(specs: list[ModelSpec], threads: int | None, data_mpp: float) -> tu
                 "architecture": det.info.architecture,
                 "model_mpp": det.info.mpp,
                 "threshold": det.info.threshold,
-                "tta": spec.tta,
+                "tta": det.tta,
                 "backend": det.backend_name,
                 "flop_input_hw": size,
                 "gflop_per_500": gflop,
@@ -328,7 +332,8 @@ def _cell(value: Any, spec: str, suffix: str = "") -> str:
 
 
 def _row_label(row: dict[str, Any]) -> str:
-    return row["label"] + (" (tta)" if row["tta"] and "tta" not in row["label"].lower() else "")
+    name = "dihedral tta" if row["tta"] == "dihedral" else "tta"
+    return row["label"] + (f" ({name})" if row["tta"] and "tta" not in row["label"].lower() else "")
 
 
 def table(rows: list[dict[str, Any]], payload: dict[str, Any]) -> str:
@@ -416,6 +421,7 @@ def _parse_args() -> tuple[argparse.Namespace, list[ModelSpec], str]:
     parser.add_argument("--model", action=_SpecAction, help="an .onnx file or bundled name (repeatable)")
     parser.add_argument("--label", action=_SpecAction, help="the row label of the --model before it (default: the argument)")
     parser.add_argument("--tta", action=_SpecAction, nargs=0, help="run the --model before it with flip test-time augmentation")
+    parser.add_argument("--tta-dihedral", action=_SpecAction, nargs=0, help="... with dihedral test-time augmentation (8 passes)")
     parser.add_argument("--baseline", help="label of today's default (default: the bundled 'default' row, else the first)")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds, best counts (default 3)")
     parser.add_argument("--limit", type=int, help="only the first N images of each set (a quick check)")
@@ -481,7 +487,7 @@ def main() -> None:
         "images": {"crchisto_test": len(crc), "monuseg_heldout": len(monuseg)},
         "png_read_ms_per_image": 1e3 * read_seconds / len(files),
         "radius_px": {"crchisto": CRCHISTO_RADIUS, "monuseg": MONUSEG_RADIUS},
-        "flops": f"2 per multiply-add of the ONNX graph's {', '.join(COMPUTE_OPS)} nodes, on the branch a {FLOP_SIZE}² image at {crc.mpp} µm/px takes after resampling to the model's pixel size; x4 with tta",
+        "flops": f"2 per multiply-add of the ONNX graph's {', '.join(COMPUTE_OPS)} nodes, on the branch a {FLOP_SIZE}² image at {crc.mpp} µm/px takes after resampling to the model's pixel size; x4 with flip tta, x8 with dihedral tta",
         "rows": rows,
     }
     write_outputs(args.name, payload, table(rows, payload))

@@ -12,6 +12,7 @@ from .errors import InputError, MissingFileError
 
 __all__ = [
     "BUNDLED_MODELS",
+    "BUNDLED_TTA",
     "DEFAULT_MODEL",
     "DEMO_IMAGE",
     "SAMPLE_IMAGE",
@@ -19,6 +20,7 @@ __all__ = [
     "bundled_image",
     "bundled_model",
     "bundled_sample",
+    "bundled_tta",
     "resolve_model",
 ]
 
@@ -42,11 +44,18 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 #              (0.795; weighted class F1 0.717).
 # (`phenotypes-wide`, the default's detector with a full-resolution class head, was
 # retired when the default got its own, better and cheaper one: docs/results.md.)
+#   accurate   the default's file run with dihedral test-time augmentation (8 passes: the
+#              flips of the image and of its transpose, maps averaged; BUNDLED_TTA): for a
+#              GPU, or where time matters less than the last point of F1.
 BUNDLED_MODELS = {
     "default": DEFAULT_MODEL,
     "fast-cpu": "micronet_crchisto_relu.int8.onnx",
     "phenotypes": "micronet_crchisto_phenotypes.int8.onnx",
+    "accurate": DEFAULT_MODEL,
 }
+# The test-time augmentation a bundled name runs with when the caller gives none
+# (``Detector(name)``, ``--model name``); ``tta=False`` turns it off.
+BUNDLED_TTA = {"accurate": "dihedral"}
 SAMPLE_IMAGE = "sample.png"  # next to it: synthetic (tools/make_sample.py), with its true centres in sample.csv
 # Real H&E: a 512×512 region of the CMU-1 slide (OpenSlide test data, freely
 # distributable) at 0.499 µm/px, recorded in its pHYs; cut by tools/make_demo_image.py.
@@ -82,6 +91,14 @@ def resolve_model(model: str | PathLike[str] | None) -> Path:
     if str(model) in BUNDLED_MODELS and not Path(model).exists():
         return bundled_model(str(model))
     return Path(model)
+
+
+def bundled_tta(model: str | PathLike[str] | None) -> bool | str:
+    """The test-time augmentation ``model`` runs with by default: that of a bundled name
+    in :data:`BUNDLED_TTA` (that is not also an existing file), else ``False``."""
+    if model is not None and str(model) in BUNDLED_TTA and not Path(model).exists():
+        return BUNDLED_TTA[str(model)]
+    return False
 
 
 def bundled_sample() -> Path:

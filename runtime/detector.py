@@ -56,11 +56,12 @@ from .bundled import (
     DEFAULT_MODEL,
     bundled_model,
     bundled_sample,
+    bundled_tta,
     resolve_model,
 )
 from .classes import class_names
 from .detections import Detections
-from .errors import InputError, InputTypeError
+from .errors import InputError
 from .images import DEFAULT_MAX_MEGAPIXELS, as_rgb_image, read_image
 from .inference import CLOSED, TiledInference, _ClosedBackend  # noqa: F401 (CLOSED re-exported)
 from .model_info import ModelInfo
@@ -68,7 +69,7 @@ from .peaks import _check_params, check_threshold, find_peaks, find_peaks_cuda
 from .prepare import batch_inputs, check_colour_stats, check_positive, prepare_image
 from .resample import default_memory_limit, resample
 from .tiling import Tile, alignment, default_margin, plan_tiles, receptive_radius
-from .tta import TTA_FLIPS, average_flips  # noqa: F401 (TTA_FLIPS re-exported)
+from .tta import TTA_FLIPS, average_flips, check_tta  # noqa: F401 (TTA_FLIPS re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover - imported on first use of Detector.stream
     from .stream import StreamSession
@@ -144,9 +145,10 @@ class Detector(TiledInference):
         verify: run the model's known-answer test (``micronet check``,
             :mod:`micronet.runtime.diagnostics.check`) on this backend once at load, and refuse to
             work where it disagrees with the reference results the model carries.
-        tta: test-time augmentation by flips. The network runs 4 passes per image or
-            tile: as it is, flipped left-right, flipped up-down and flipped both ways
-            (:data:`TTA_FLIPS`); each map is flipped back and the 4 are averaged
+        tta: test-time augmentation. ``True`` (or ``"flips"``): the network runs 4
+            passes per image or tile: as it is, flipped left-right, flipped up-down and
+            flipped both ways (:data:`TTA_FLIPS`); each map is flipped back and the 4
+            are averaged
             before the peaks are found, with the same ``threshold`` and
             ``min_distance``. It applies wherever the detector runs a network
             (``detect``, ``detect_batch``, tiles, ``detect_slide``; CPU and GPU, where
@@ -159,7 +161,13 @@ class Detector(TiledInference):
             ``batch_size`` images (all 4 in one call when ``batch_size >= 4``, as on
             the GPU by default; one at a time on the CPU by default, to bound memory),
             so ``batch_size`` still bounds the images per call and the memory.
-            Default ``False``: one pass.
+            ``"dihedral"``: 8 passes, the 4 flips of the image and of its transpose
+            (the 8 symmetries of the square), their maps brought back and averaged; 8×
+            the work (the transposed passes run after the others); its averaged map of
+            a flipped or transposed image is that of the image, flipped or transposed,
+            up to float rounding. Default ``None``: one pass (``False``), except for
+            the bundled name ``"accurate"``, the default's network with
+            ``"dihedral"`` (:data:`~micronet.runtime.bundled.BUNDLED_TTA`).
         normalize: colour normalisation before the network
             (:mod:`micronet.runtime.stain`): ``None`` (default: none), ``"reinhard"``
             or ``"macenko"`` (every image), or ``"auto"`` (Reinhard, only for images
@@ -200,10 +208,11 @@ class Detector(TiledInference):
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_memory_gb: float | None = None,
         verify: bool = False,
-        tta: bool = False,
+        tta: bool | str | None = None,
         normalize: str | None = None,
     ) -> None:
         device, device_id = parse_device(device)
+        tta = bundled_tta(model) if tta is None else tta  # "accurate": the default's network with dihedral TTA
         self._check_options(normalize, tta, max_megapixels, max_memory_gb)
         self.model_path, self.backend = open_backend(model, backend, device, device_id, threads)
         info: ModelInfo = self.backend.info
@@ -232,9 +241,10 @@ class Detector(TiledInference):
             raise InputError(f"normalize: expected one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
         self.normalize = normalize
         self._colour_said = False  # whether the colour warning was logged (once per Detector)
-        if not isinstance(tta, (bool, np.bool_)):
-            raise InputTypeError(f"tta: expected True or False, got {tta!r}")
-        self.tta = bool(tta)
+        # tta_mode: None, "flips" or "dihedral"; tta: False, True (flips) or "dihedral",
+        # as outputs record it (flips recorded True, as before the dihedral mode existed).
+        self.tta_mode = check_tta(tta)
+        self.tta: bool | str = "dihedral" if self.tta_mode == "dihedral" else self.tta_mode is not None
         self.max_megapixels = check_positive(max_megapixels, "max_megapixels")
         self.max_memory = default_memory_limit() if max_memory_gb is None else int(check_positive(max_memory_gb, "max_memory_gb") * 2**30)
         # Whether this detector has said which pixel size it assumed for an image without
@@ -329,7 +339,7 @@ class Detector(TiledInference):
         model = self.model_path.name if self.model_path is not None else type(self.backend).__name__
         return (
             f"Detector({model!r}, backend={self.backend_name!r}, device={self.device!r}, threshold={self.threshold:g}, "
-            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta}, normalize={self.normalize!r})"
+            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta!r}, normalize={self.normalize!r})"
         )
 
     # --- detection --------------------------------------------------------------------

@@ -53,7 +53,7 @@ class _ClosedBackend:
 
 class TiledInference:
     """Detection on prepared images, batched by tile shape (the base of ``Detector``,
-    which sets the attributes used here: ``backend``, ``info``, ``tta``, ``normalize``,
+    which sets the attributes used here: ``backend``, ``info``, ``tta``, ``tta_mode``, ``normalize``,
     ``batch_size``, ``tile_size``, ``max_megapixels``, ``max_memory``, ``class_names``,
     ``_colour_target``, ``_min_hw`` and the once-per-Detector flags)."""
 
@@ -108,7 +108,9 @@ class TiledInference:
                 found[i].append(self._tile_peaks(maps[k], tile))
 
         submit = self._submitter()
-        if submit is None or flips not in (1, len(TTA_FLIPS)):  # a chunk of several calls runs them one after another
+        # A chunk of several calls runs them one after another (and so does dihedral TTA:
+        # a non-square tile's transposed passes have another shape).
+        if submit is None or flips not in (1, len(TTA_FLIPS)) or self.tta_mode == "dihedral":
             for chunk in chunks:
                 batch = self._batch(chunk, model_images, colours)  # (B, h, w, 3) uint8
                 maps = self._infer(batch)  # (B, 1, h, w) float32, NumPy or CuPy
@@ -215,10 +217,11 @@ class TiledInference:
     def _infer(self, batch: np.ndarray) -> Any:
         """``(B, h, w, 3)`` uint8 → ``(B, 1, h, w)`` float32 maps, NumPy or CuPy (where
         the backend leaves them): one backend call; with ``tta`` the mean of the
-        :data:`TTA_FLIPS` passes, in calls of at most ``batch_size`` images."""
+        :data:`TTA_FLIPS` passes (8 with ``tta="dihedral"``), in calls of at most
+        ``batch_size`` images."""
         if not self.tta:
             return self.backend.infer(batch)
-        return infer_flips(self.backend.infer, batch, self.batch_size)
+        return infer_flips(self.backend.infer, batch, self.batch_size, self.tta_mode)
 
     def _merge(self, maps: Any) -> Any:
         """The maps of one chunk from its one backend call: as they are, or with

@@ -1,6 +1,9 @@
-"""Test-time augmentation by flips: the network runs on a batch and on its three flips,
-and the maps, flipped back, are averaged where they lie (NumPy on the host, CuPy on the
-GPU) before the peaks are found (``Detector(tta=True)``).
+"""Test-time augmentation: the network runs on a batch and on its three flips, and the
+maps, flipped back, are averaged where they lie (NumPy on the host, CuPy on the GPU)
+before the peaks are found (``Detector(tta=True)`` or ``tta="flips"``). With
+``tta="dihedral"`` it also runs on the transposed batch and its three flips (the 8
+symmetries of the square: the flips and the 90° rotations), and the two 4-pass means,
+the second transposed back, are averaged.
 
 Batches are ``(B, h, w, 3)`` uint8 RGB, maps ``(B, 1, h, w)`` float32.
 """
@@ -13,11 +16,47 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TTA_FLIPS", "average_flips", "flip", "flipped", "flips_per_call", "infer_flips", "merge_flips", "on_device"]
+from .errors import InputTypeError
+
+__all__ = [
+    "TTA_FLIPS",
+    "TTA_MODES",
+    "average_flips",
+    "average_transposed",
+    "check_tta",
+    "flip",
+    "flipped",
+    "flips_per_call",
+    "infer_flips",
+    "merge_flips",
+    "on_device",
+    "tta_passes",
+]
 
 # The network runs on the image and on these flips of it, each its own inverse, as
 # ``(flip rows, flip columns)``: none, left-right, up-down, both.
 TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
+# The modes by name, with the network passes each costs per image or tile.
+TTA_MODES = {"flips": 4, "dihedral": 8}
+
+
+def check_tta(tta: Any) -> str | None:
+    """The TTA mode a ``tta`` option names: ``False``/``None`` → ``None`` (one pass),
+    ``True`` → ``"flips"``, or a name of :data:`TTA_MODES`.
+
+    Raises:
+        InputTypeError: anything else (the valid values are listed).
+    """
+    if tta is None or isinstance(tta, (bool, np.bool_)):
+        return "flips" if tta else None
+    if isinstance(tta, str) and tta in TTA_MODES:
+        return tta
+    raise InputTypeError(f"tta: expected True, False or one of {', '.join(map(repr, TTA_MODES))}, got {tta!r}")
+
+
+def tta_passes(mode: str | None) -> int:
+    """Network passes per image or tile under ``mode`` (:func:`check_tta`'s result)."""
+    return TTA_MODES[mode] if mode else 1
 
 
 def flip(array: Any, rows: bool, columns: bool, row_axis: int) -> Any:
@@ -52,6 +91,14 @@ def average_flips(maps: list[Any]) -> Any:
     return total
 
 
+def average_transposed(direct: Any, transposed: Any) -> Any:
+    """The mean of the 4-pass mean ``direct`` ``(n, C, h, w)`` and the 4-pass mean of the
+    transposed batch ``(n, C, w, h)``, transposed back (a new array, where they lie)."""
+    total = direct + transposed.swapaxes(-1, -2)
+    total *= 0.5
+    return total
+
+
 def on_device(array: Any) -> Any:
     """A context that makes ``array``'s GPU the current one for CuPy (whose ``device``
     is a ``cupy.cuda.Device``); nothing for a NumPy array."""
@@ -65,17 +112,24 @@ def flipped(batch: np.ndarray, flips: Sequence[tuple[bool, bool]]) -> np.ndarray
     return np.concatenate([flip(batch, rows, columns, 1) for rows, columns in flips])
 
 
-def infer_flips(infer: Any, batch: np.ndarray, batch_size: int) -> Any:
-    """The mean map of ``batch`` over the :data:`TTA_FLIPS` passes, run by ``infer``
-    (a backend's) in calls of at most ``batch_size`` images."""
+def infer_flips(infer: Any, batch: np.ndarray, batch_size: int, mode: str = "flips") -> Any:
+    """The mean map of ``batch`` over the passes of ``mode`` (:data:`TTA_FLIPS`, and for
+    ``"dihedral"`` the same of the transposed batch), run by ``infer`` (a backend's) in
+    calls of at most ``batch_size`` images."""
     n = len(batch)
     per_call = flips_per_call(max(1, batch_size // n))  # passes per call
-    maps: list[Any] = []
-    for start in range(0, len(TTA_FLIPS), per_call):
-        out = infer(flipped(batch, TTA_FLIPS[start : start + per_call]))  # (per_call·B, 1, h, w)
-        maps += [out[k * n : (k + 1) * n] for k in range(len(out) // n)]
-    with on_device(maps[0]):
-        return average_flips(maps)
+    means = []
+    for group in (batch, batch.transpose(0, 2, 1, 3))[: 2 if mode == "dihedral" else 1]:
+        maps: list[Any] = []
+        for start in range(0, len(TTA_FLIPS), per_call):
+            out = infer(flipped(group, TTA_FLIPS[start : start + per_call]))  # (per_call·B, C, h, w)
+            maps += [out[k * n : (k + 1) * n] for k in range(len(out) // n)]
+        with on_device(maps[0]):
+            means.append(average_flips(maps))
+    if len(means) == 1:
+        return means[0]
+    with on_device(means[0]):
+        return average_transposed(*means)
 
 
 def merge_flips(maps: Any) -> Any:

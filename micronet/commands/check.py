@@ -90,11 +90,11 @@ def plan_checks(models: list[str], device: str) -> list[tuple[str, str | None, s
     """The (model, backend, device, why-skipped) combinations to run: ``backend`` is
     ``None`` for a combination this machine cannot run, with the reason in the last
     field."""
-    from micronet.runtime.bundled import BUNDLED_MODELS, resolve_model
+    from micronet.runtime.bundled import BUNDLED_MODELS, BUNDLED_TTA, resolve_model
 
     explicit = bool(models)
     if not models:
-        models = list(BUNDLED_MODELS)
+        models = [n for n in BUNDLED_MODELS if n not in BUNDLED_TTA]  # "accurate" is the default's file
     cpu_ok = device in ("auto", "cpu")
     gpu_ok = device == "auto" or device.startswith("cuda")
     gpu_device = device if device.startswith("cuda") else "cuda"

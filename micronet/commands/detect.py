@@ -120,7 +120,12 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true",
         help="test-time augmentation: run the network on each image and its 3 flips (4× the work) and average the "
-        "maps before finding peaks; recorded with each input's settings (default: one pass)",
+        "maps before finding peaks; recorded with each input's settings (default: one pass; --model accurate: dihedral)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tta-mode", choices=("flips", "dihedral"),
+        help="which test-time augmentation (implies --tta): flips (4 passes) or dihedral (8: the flips of each image "
+        "and of its transpose)",
     )  # fmt: skip
     parser.add_argument(
         "--normalize", choices=("reinhard", "macenko", "auto"), default=None,
@@ -189,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
     failed, 130 when interrupted (143 on SIGTERM, 129 on SIGHUP). Errors before any
     input runs (and the failure of a single input) raise SDK errors with a one-line
     message."""
+    from micronet.runtime.bundled import bundled_tta
     from micronet.runtime.runs.cohort import DetectorSpec, run_cohort
+    from micronet.runtime.tta import check_tta
 
     formats = parse_formats(args.format)
     planned, out = _inputs(args, formats)
@@ -212,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         _report(row, len(rows), total, bars)
     ran: list[dict[str, Any]] = []
     on_row = _row_reporter(rows, ran, files, total, bars, images_without_mpp(files) if args.mpp is None else [])
-    spec = DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=args.tta, normalize=args.normalize)
+    tta = args.tta_mode or (True if args.tta else None)  # None: the model's own (--model accurate: dihedral)
+    spec = DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=tta, normalize=args.normalize)
     try:
         with _signals_interrupt():
             run_cohort(
@@ -222,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(exc, rows, files[len(ran)] if len(ran) < len(files) else None, out)
     write_summary(out / SUMMARY, rows, merge=True)
-    return _conclude(rows, total, formats, out, tta=args.tta)
+    return _conclude(rows, total, formats, out, check_tta(bundled_tta(args.model) if tta is None else tta))
 
 
 def _row_reporter(rows: list[dict[str, Any]], ran: list[dict[str, Any]], files: list[Path], total: int, bars: bool, unknown_mpp: list[Path]) -> Any:
@@ -303,7 +311,7 @@ def _interrupted(exc: KeyboardInterrupt, rows: list[dict[str, Any]], current: Pa
     return 128 + signum
 
 
-def _conclude(rows: list[dict[str, Any]], total: int, formats: tuple[str, ...], out: Path, tta: bool) -> int:
+def _conclude(rows: list[dict[str, Any]], total: int, formats: tuple[str, ...], out: Path, tta: str | None) -> int:
     """Raises a single input's error, or prints the closing line; the exit status."""
     failed = [r for r in rows if r["status"] == "failed"]
     elsewhere = [r for r in rows if r["status"] == RUNNING_ELSEWHERE]
@@ -327,7 +335,8 @@ def _conclude(rows: list[dict[str, Any]], total: int, formats: tuple[str, ...], 
         notes.append(f"{total - len(rows)} not run (--fail-fast)")
     note = f" ({', '.join(notes)}; see {out / SUMMARY})" if notes else ""
     written = ", ".join(formats) + (" and each slide's summary.json" if slides else "")
-    print(f"{nuclei} nuclei in {what} ({backend}{', flip TTA' if tta else ''}); wrote {written} to {out}/{note}")
+    passes = f", {'flip' if tta == 'flips' else tta} TTA" if tta else ""
+    print(f"{nuclei} nuclei in {what} ({backend}{passes}); wrote {written} to {out}/{note}")
     return 1 if failed else 0
 
 

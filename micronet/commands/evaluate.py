@@ -92,7 +92,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     model.add_argument(
         "--tta", action="store_true",
         help="test-time augmentation: run the model on each image and its 3 flips and average the maps before finding "
-        "peaks (an .onnx or .engine model or a bundled name; not a .safetensors checkpoint)",
+        "peaks (an .onnx or .engine model or a bundled name; not a .safetensors checkpoint; default: none, --model "
+        "accurate: dihedral)",
+    )  # fmt: skip
+    model.add_argument(
+        "--tta-mode", choices=("flips", "dihedral"),
+        help="which test-time augmentation (implies --tta): flips (4 passes) or dihedral (8: the flips of each image "
+        "and of its transpose)",
     )  # fmt: skip
     parser.add_argument("--split", metavar="NAME", help="subset of the data set (split.csv) to evaluate (e.g. test)")
     parser.add_argument(
@@ -131,7 +137,7 @@ def _check_sources(args: argparse.Namespace) -> None:
             raise InputError("--radius is required with --pred (e.g. 6 for CRCHistoPhenotypes at 20x)")
         if args.split is not None and args.image is not None:
             raise InputError(f"--split and --image: give one of them, not both (valid: {_PRED_FORMS})")
-        if args.tta:
+        if args.tta or args.tta_mode:
             raise InputError("--tta applies to --model (it changes how the model runs); --pred CSVs are scored as they are")
         _check_pred_paths(args)
     else:
@@ -212,7 +218,7 @@ def _checkpoint_runner() -> Any:
 
 def _run_model(args: argparse.Namespace) -> int:
     # Loads the model stack only when asked (torch only for a checkpoint).
-    from micronet.runtime.bundled import BUNDLED_MODELS, resolve_model
+    from micronet.runtime.bundled import BUNDLED_MODELS, bundled_tta, resolve_model
     from micronet.runtime.evaluation.evaluate import (
         MODEL_SUFFIXES,
         evaluate_model_file,
@@ -227,12 +233,13 @@ def _run_model(args: argparse.Namespace) -> int:
             f"--model {args.model}: expected a .safetensors checkpoint, .onnx model or .engine file, "
             f"or a bundled model: {', '.join(BUNDLED_MODELS)}"
         )
-    if args.tta and model.suffix.lower() == ".safetensors":
+    if (args.tta or args.tta_mode) and model.suffix.lower() == ".safetensors":
         raise InputError(
             f"--tta runs the flips in the Detector (an .onnx or .engine model, or a bundled model: {', '.join(BUNDLED_MODELS)}), "
             f"not on the checkpoint {args.model}: export it (micronet export) and evaluate the .onnx, or leave out --tta"
         )
-    options: dict[str, Any] = {"tta": True} if args.tta else {}  # without --tta, the library's default
+    tta = args.tta_mode or args.tta or bundled_tta(args.model)  # without --tta, the bundled name's own (accurate: dihedral)
+    options: dict[str, Any] = {"tta": tta} if tta else {}
     if model.suffix.lower() == ".safetensors":
         options["checkpoint"] = _checkpoint_runner()
     result = evaluate_model_file(model, args.data, split=args.split, radius=args.radius, threshold=args.threshold, **options)

@@ -27,9 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..bundled import BUNDLED_MODELS, resolve_model
-from ..errors import InputError, InputTypeError, MissingFileError, MissingPackageError
+from ..bundled import BUNDLED_MODELS, bundled_tta, resolve_model
+from ..errors import InputError, MissingFileError, MissingPackageError
 from ..model_info import ModelInfo
+from ..tta import check_tta
 from .datasets import PointDataset, load_point_folder
 from .metrics import EvaluationReport, evaluate_images
 from .sweep import SweepResult, sweep_thresholds, threshold_sweep
@@ -80,14 +81,15 @@ class ModelEvaluation:
         report: per-image and pooled metrics at ``threshold``.
         sweep: pooled metrics at every threshold of the sweep (PR curve, best-F1 ξ).
         threshold_source: ``"given"`` by the caller or the ``"model"``'s own ξ.
-        tta: whether the maps were the mean of 4 flip passes (``Detector(tta=True)``).
+        tta: whether the maps were the mean of 4 flip passes (``True``,
+            ``Detector(tta=True)``) or of 8 (``"dihedral"``), as ``Detector.tta``.
     """
 
     threshold: float
     report: EvaluationReport
     sweep: SweepResult
     threshold_source: str = "given"
-    tta: bool = False
+    tta: bool | str = False
 
     def __post_init__(self) -> None:
         if self.threshold_source not in _THRESHOLD_SOURCES:
@@ -117,7 +119,10 @@ class ModelEvaluation:
             f"threshold ξ = {self.threshold:.4g} ({_THRESHOLD_SOURCES[self.threshold_source]}); "
             f"best on this set: ξ = {self.sweep.best_threshold:.4g}, F1 {best.f1:.4f}"
         )
-        return text + "\ntest-time augmentation: mean of 4 flip passes" if self.tta else text
+        if not self.tta:
+            return text
+        passes = "8 passes (the flips of the image and of its transpose)" if self.tta == "dihedral" else "4 flip passes"
+        return f"{text}\ntest-time augmentation: mean of {passes}"
 
 
 def evaluate_candidates(
@@ -147,7 +152,7 @@ def evaluate_candidates(
 
 
 def model_candidates(
-    model: str | PathLike[str], floor: float, tta: bool = False, checkpoint: CheckpointRunner | None = None
+    model: str | PathLike[str], floor: float, tta: bool | str = False, checkpoint: CheckpointRunner | None = None
 ) -> tuple[Candidates, ModelInfo]:
     """The :data:`Candidates` callable of a model file, and the model's metadata.
 
@@ -157,8 +162,8 @@ def model_candidates(
             the best backend available), or the name of a bundled model
             (:data:`~micronet.runtime.bundled.BUNDLED_MODELS`: ``default``, ``fast-cpu``).
         floor: the threshold the candidates are found at.
-        tta: flip test-time augmentation (``Detector(tta=True)``); for ``.onnx`` and
-            ``.engine`` models and bundled names only.
+        tta: test-time augmentation (``Detector(tta=...)``: ``True``/``"flips"`` or
+            ``"dihedral"``); for ``.onnx`` and ``.engine`` models and bundled names only.
         checkpoint: what runs a checkpoint: the trainer's
             ``micronet.trainer.validate.checkpoint_candidates`` (torch), passed by the
             caller so that the runtime never imports the trainer.
@@ -181,7 +186,7 @@ def model_candidates(
     if suffix in (".onnx", ".engine"):
         from ..detector import Detector
 
-        det = Detector(str(path), threshold=floor, tta=bool(tta))
+        det = Detector(str(path), threshold=floor, tta=tta)
 
         def run(image: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
             found = det.detect(image, mpp=mpp)
@@ -196,11 +201,10 @@ def _bundled_names() -> str:
 
 
 def _check_tta(path: Path, tta: Any) -> None:
-    """Refuses a ``tta`` that is no bool, and ``tta`` with a checkpoint: its maps come
-    from the trainer's torch code, which has no flip passes."""
-    if not isinstance(tta, (bool, np.bool_)):
-        raise InputTypeError(f"tta: expected True or False, got {tta!r}")
-    if tta and path.suffix.lower() == ".safetensors":
+    """Refuses a ``tta`` that names no mode (:func:`~micronet.runtime.tta.check_tta`),
+    and ``tta`` with a checkpoint: its maps come from the trainer's torch code, which has
+    no flip passes."""
+    if check_tta(tta) and path.suffix.lower() == ".safetensors":
         raise InputError(
             f"model {path.name}: test-time augmentation runs in the Detector (an .onnx or .engine model, or a bundled "
             f"model: {_bundled_names()}), not on a .safetensors checkpoint; export it (micronet export) and evaluate "
@@ -219,7 +223,7 @@ def evaluate_model_file(
     radius: float | None = None,
     threshold: float | None = None,
     progress: bool = True,
-    tta: bool = False,
+    tta: bool | str | None = None,
     checkpoint: CheckpointRunner | None = None,
 ) -> ModelEvaluation:
     """A checkpoint, ONNX model or TensorRT engine on a point-annotated data set, as
@@ -240,9 +244,10 @@ def evaluate_model_file(
             at 20x).
         threshold: the operating ξ; default: the model's own (``ModelInfo.threshold``).
         progress: show a progress bar.
-        tta: flip test-time augmentation (``Detector(tta=True)``: 4 passes, maps
-            averaged before the peaks), for ``.onnx`` and ``.engine`` models and
-            bundled names; a checkpoint refuses it.
+        tta: test-time augmentation (``Detector(tta=...)``: ``True`` or ``"flips"``,
+            4 passes, or ``"dihedral"``, 8; maps averaged before the peaks), for
+            ``.onnx`` and ``.engine`` models and bundled names; a checkpoint refuses it.
+            Default ``None``: the bundled name's own (``"accurate"``: dihedral), else none.
         checkpoint: what runs a ``.safetensors`` checkpoint, see :func:`model_candidates`.
 
     Raises:
@@ -250,10 +255,13 @@ def evaluate_model_file(
         ValueError: a file that is no model, a ``split`` with a loaded data set, a
             ``threshold`` below the sweep's floor, or ``tta`` with a checkpoint.
     """
+    tta = bundled_tta(model) if tta is None else tta
     path = resolve_model(model)
     if not path.exists():
         raise MissingFileError(f"model: no such file {path} (and no bundled model of that name: {_bundled_names()})")
     _check_tta(path, tta)  # before the data set loads
+    mode = check_tta(tta)
+    tta = "dihedral" if mode == "dihedral" else mode is not None  # as Detector.tta records it
     dataset = _dataset(data, split)
     thresholds = sweep_thresholds(_DEFAULT_TARGET_SCALE)
     runner, info = model_candidates(path, float(thresholds[0]), tta=tta, checkpoint=checkpoint)
@@ -268,7 +276,7 @@ def evaluate_model_file(
         raise InputError(f"threshold {threshold} is below the sweep floor {thresholds[0]:.3f}")
     radius = _DEFAULT_RADIUS if radius is None else radius
     result = evaluate_candidates(runner, dataset, radius, threshold, thresholds, progress=progress)
-    return dataclasses.replace(result, threshold_source=source, tta=bool(tta))
+    return dataclasses.replace(result, threshold_source=source, tta=tta)
 
 
 # --- plots --------------------------------------------------------------------------

@@ -55,7 +55,9 @@ class DetectorSpec:
         threshold: detection threshold ξ, or ``None`` for the model's.
         threads: ONNX Runtime CPU threads per worker (``None``: the Detector's default in
             this process; on Ray, 1 unless given, so workers do not oversubscribe cores).
-        tta: flip test-time augmentation (``Detector(tta=True)``: 4 passes, averaged).
+        tta: test-time augmentation (``Detector(tta=...)``: ``True``/``"flips"``, 4
+            passes averaged, or ``"dihedral"``, 8); ``None``: the model's own (a bundled
+            name's, :data:`~micronet.runtime.bundled.BUNDLED_TTA`), else one pass.
         normalize: colour normalisation (``Detector(normalize=...)``: ``"reinhard"``,
             ``"macenko"``, ``"auto"`` or ``None``).
     """
@@ -64,7 +66,7 @@ class DetectorSpec:
     device: str = "auto"
     threshold: float | None = None
     threads: int | None = None
-    tta: bool = False
+    tta: bool | str | None = None
     normalize: str | None = None
 
     def build(self) -> Any:

@@ -200,7 +200,7 @@ def test_invalid_thresholds_are_refused(blur_onnx, threshold, error):
 
 
 def test_a_misspelt_model_name_lists_the_bundled_models():
-    with pytest.raises(ValueError, match=r"or one of the bundled models: default, fast-cpu, phenotypes; got 'fast_cpu'; did you mean 'fast-cpu'\?"):
+    with pytest.raises(ValueError, match=r"or one of the bundled models: default, fast-cpu, phenotypes, accurate; got 'fast_cpu'; did you mean 'fast-cpu'\?"):
         Detector("fast_cpu")
 
 
@@ -344,7 +344,7 @@ def test_default_model_is_the_bundled_one_or_a_clear_error():
 
 
 def test_bundled_models_by_name_and_their_errors(tmp_path, monkeypatch):
-    assert set(BUNDLED_MODELS) == {"default", "fast-cpu", "phenotypes"}
+    assert set(BUNDLED_MODELS) == {"default", "fast-cpu", "phenotypes", "accurate"}
     with pytest.raises(ValueError, match="default, fast-cpu"):
         bundled_model("fastest")
     monkeypatch.chdir(tmp_path)

@@ -1,6 +1,7 @@
-"""Flip test-time augmentation, ``Detector(tta=True)``: the mean of 4 flip passes before
-the peaks, in every path that runs the network (whole images, tiles, batches, slides,
-``micronet detect``, ``micronet evaluate``), recorded with the outputs' settings."""
+"""Test-time augmentation, ``Detector(tta=True)``: the mean of 4 flip passes before the
+peaks (8 with ``tta="dihedral"``, the bundled ``accurate``), in every path that runs the
+network (whole images, tiles, batches, slides, ``micronet detect``, ``micronet
+evaluate``), recorded with the outputs' settings."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from micronet.runtime.detector import (
 from micronet.runtime.errors import InputError
 from micronet.runtime.evaluation.matching import evaluate_points
 from micronet.runtime.peaks import find_peaks
+from micronet.runtime.tta import check_tta
 
 pytest.importorskip("onnxruntime")
 
@@ -127,9 +129,51 @@ def test_tta_is_off_by_default_and_then_one_pass_bit_for_bit(plain, sample):
     assert backend.shapes == [(1, 256, 320, 3)] * 2
 
 
-def test_tta_must_be_a_bool():
-    with pytest.raises(TypeError, match="tta: expected True or False, got 'yes'"):
+def test_tta_must_name_a_mode():
+    with pytest.raises(TypeError, match="tta: expected True, False or one of 'flips', 'dihedral', got 'yes'"):
         Detector("default", device="cpu", tta="yes")
+    assert check_tta("flips") == check_tta(True) == "flips" and check_tta(None) is check_tta(False) is None
+
+
+# --- dihedral: the flips of the image and of its transpose -------------------------------
+
+
+def _dihedral_by_hand(plain: Detector, image: np.ndarray) -> np.ndarray:
+    """The mean of the 8 single passes, each brought back (flip, then transpose)."""
+    maps = []
+    for view in (image, image.transpose(1, 0, 2)):
+        for rows, columns in TTA_FLIPS:
+            m = plain._infer(_flip(view, rows, columns)[None])[0, 0]
+            maps.append(_flip(m, rows, columns) if view is image else _flip(m, rows, columns).T)
+    return np.mean(maps, axis=0)
+
+
+def test_dihedral_is_the_mean_of_eight_passes_brought_back(plain, sample):
+    # A non-square image, sides off the 8-pixel grid: the transposed passes are 301 × 203.
+    image = np.ascontiguousarray(sample[:203, :301])
+    det = Detector("default", device="cpu", threads=2, tta="dihedral")
+    assert det.tta == "dihedral" and det.tta_mode == "dihedral" and "tta='dihedral'" in repr(det)
+    backend = Recording(det.backend)
+    mean = Detector(backend=backend, tta="dihedral")._infer(image[None])[0, 0]
+    assert backend.shapes == [(1, 203, 301, 3)] * 4 + [(1, 301, 203, 3)] * 4
+    assert mean.shape == image.shape[:2] and mean.dtype == np.float32 and mean.flags.c_contiguous
+    np.testing.assert_allclose(mean, _dihedral_by_hand(plain, image), rtol=0, atol=1e-5)
+    # The mean of the transposed image is the transposed mean (up to float rounding:
+    # the two 4-pass means swap roles), and so are its detections.
+    transposed = np.ascontiguousarray(image.transpose(1, 0, 2))
+    np.testing.assert_allclose(det._infer(transposed[None])[0, 0], mean.T, rtol=0, atol=1e-5)
+    found, found_t = det.detect(image), det.detect(transposed)
+    assert len(found) > 20 and evaluate_points(found_t.xy[:, ::-1], found.xy, 0.5).f1 > 0.97
+
+
+def test_the_accurate_name_is_the_default_file_with_dihedral_tta(plain):
+    from micronet.runtime.runs.cohort import DetectorSpec
+
+    accurate = Detector("accurate", device="cpu", threads=1)
+    assert accurate.model_path == plain.model_path and accurate.tta == "dihedral"
+    assert Detector("accurate", device="cpu", threads=1, tta=False).tta is False
+    assert Detector("accurate", device="cpu", threads=1, tta=True).tta is True
+    assert DetectorSpec("accurate", "cpu", threads=1).build().tta == "dihedral"
 
 
 # --- on the bundled model -------------------------------------------------------------

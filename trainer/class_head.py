@@ -170,10 +170,40 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
 
 
 def _cache_key(cfg: ClassHeadConfig) -> str:
-    """What the cached features depend on: the detector's bytes, the data and the views."""
+    """What the cached features depend on: the detector's bytes, the data and the views
+    (and, for a full-resolution head, the radius: it caches block 10's input at the
+    labelled pixels; a head at 1/4 reads whole maps, and :func:`relabel` redraws its pixels)."""
     digest = hashlib.sha256(Path(cfg.checkpoint).read_bytes()).hexdigest()
-    key = [digest, str(Path(cfg.data).resolve()), cfg.split, list(cfg.classes), cfg.class_radius_um, cfg.views]
+    radius = [] if cfg.class_scale == 4 else [cfg.class_radius_um]
+    key = [digest, str(Path(cfg.data).resolve()), cfg.split, list(cfg.classes), *radius, cfg.views]
     return json.dumps(key + ([cfg.class_scale] if cfg.class_scale != 1 else []))
+
+
+def relabel(views: list[_View], cfg: ClassHeadConfig) -> list[_View]:
+    """The views of a head at 1/4 with their trained pixels redrawn at ``cfg.class_radius_um``
+    (the whole maps it reads do not depend on the radius; block 10's input at the old
+    pixels is dropped, as such a head does not read it)."""
+    data = load_point_folder(cfg.data, cfg.split)
+    offsets = disc_offsets(cfg.class_radius_um / data.mpp)
+    per_image: dict[int, int] = {}
+    out = []
+    for v in views:
+        view = VIEWS[per_image.get(v.image, 0)]  # cache_views appends each image's views in VIEWS order
+        per_image[v.image] = per_image.get(v.image, 0) + 1
+        points = np.asarray(data.points[v.image], np.float64).reshape(-1, 2)
+        labels = read_class_labels(data.root, data.names[v.image], points, cfg.classes)
+        shape = (4 * v.pooled.shape[-2], 4 * v.pooled.shape[-1])
+        h, w = data.images[v.image].shape[:2]
+        if not (0 <= shape[0] - h < 8 and 0 <= shape[1] - w < 8):  # pool_cells' cells, and one more unless aligned
+            raise InputError(f"fit-classes: cached maps of {data.names[v.image]} do not fit its image")
+        rows, cols, lab, distance = labelled_pixels(points, labels, (h, w), view, offsets)
+        out.append(replace_view(v, rows, cols, lab, distance))
+    return out
+
+
+def replace_view(v: _View, rows: np.ndarray, cols: np.ndarray, lab: np.ndarray, distance: np.ndarray) -> _View:
+    return _View(v.image, v.agg[:0], torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(lab.astype(np.int64)),
+                 torch.from_numpy(distance == 0), v.decoder, v.pooled)
 
 
 def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[_View], list[str]]:
@@ -185,7 +215,8 @@ def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list
         stored = torch.load(path, weights_only=True)
         if stored.get("key") == key:
             log.info("trunk features from %s", path)
-            return [_View(**v) for v in stored["views"]], list(stored["names"])
+            views = [_View(**v) for v in stored["views"]]
+            return (relabel(views, cfg) if cfg.class_scale == 4 else views), list(stored["names"])
     views, names = cache_views(model, info, cfg)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,32 @@ def test_a_fitted_checkpoint_keeps_the_detector_and_exports_two_outputs(tmp_path
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()][1:] and len(session.get_outputs()) == 2
+
+
+def test_a_quarter_head_cache_serves_any_radius(tmp_path):
+    """A head at 1/4 reads whole cached maps: its cache holds no radius, and the trained
+    pixels redrawn from it (relabel) are those a fresh cache draws at that radius."""
+    from dataclasses import replace
+
+    from micronet.runtime.model_info import ModelInfo
+    from micronet.trainer.class_head import _cache_key, cache_views, relabel
+
+    _point_folder(tmp_path / "data", np.random.default_rng(1))
+    det = _detector(3)
+    save_checkpoint(tmp_path / "det.safetensors", det, ModelInfo(det.config_dict(), [128.0] * 3, [64.0] * 3, 0.55, 0.5))
+    cfg = ClassHeadConfig(checkpoint=str(tmp_path / "det.safetensors"), out="-", data=str(tmp_path / "data"), class_context=4,
+                          class_scale=4, views=3)
+    wide = replace(cfg, class_radius_um=3.0)
+    assert _cache_key(cfg) == _cache_key(wide) != _cache_key(replace(wide, class_scale=1))
+    model = with_class_head(det, cfg.classes, 4, class_scale=4)
+    info = load_checkpoint(tmp_path / "det.safetensors")[1]
+    cached, _ = cache_views(model, info, cfg)
+    for radius_cfg in (cfg, wide):
+        fresh, _ = cache_views(model, info, radius_cfg)
+        redrawn = relabel(cached, radius_cfg)
+        assert len(redrawn) == len(fresh) == 3 * 3
+        for a, b in zip(redrawn, fresh):
+            for field in ("rows", "cols", "labels", "centre"):
+                assert torch.equal(getattr(a, field), getattr(b, field)), field
+            assert torch.equal(a.pooled, b.pooled)
+    assert sum(len(v.rows) for v in relabel(cached, wide)) > 2 * sum(len(v.rows) for v in cached)

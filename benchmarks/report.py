@@ -24,6 +24,7 @@ SECTIONS = [
     ("robust", "Robustness: stain, brightness, focus and compression (issue 19)", 'python benchmarks/bench_robust.py --model fast-cpu --label "fast-cpu (lean ReLU int8)" --model runs/family/micronet_crchisto_lean.int8.onnx --label "lean student int8 (aug, classes)" --normalize none --normalize reinhard --grades middle,strongest'),
     ("pareto_classes", "Class heads: what classifying costs (issue 20)", 'python benchmarks/bench_pareto.py --model default --model phenotypes-wide --model runs/classhead/micronet_crchisto.onnx --label "phenotypes-wide, 1,500-step head (previous file)" --model fast-cpu --model phenotypes --repeat 2 --name pareto_classes'),
     ("pareto_heads", "The defaults classify: a class head at 1/4 resolution (issue 20)", 'python benchmarks/bench_pareto.py --model default --label "default (+ class head at 1/4)" --model runs/prev_r4/micronet_crchisto.onnx --label "previous default (no head)" --model fast-cpu --label "fast-cpu (+ class head at 1/4)" --model runs/prev_r4/micronet_crchisto_relu.int8.onnx --label "previous fast-cpu (no head)" --model runs/prev_r4/micronet_crchisto_phenotypes_wide.onnx --label "phenotypes-wide (retired)" --model phenotypes --baseline "previous default (no head)" --repeat 2 --name pareto_heads'),
+    ("pareto_accurate", "`accurate`: the default with dihedral test-time augmentation (issues 18, 20)", 'python benchmarks/bench_pareto.py --model default --label "default (head r 2.75 µm)" --model runs/prev_r5/micronet_crchisto.onnx --label "previous default (head r 1.65 µm)" --model accurate --label "accurate (default + dihedral TTA)" --model default --label "default + flip TTA" --tta --model fast-cpu --model phenotypes --baseline "default (head r 2.75 µm)" --repeat 2 --name pareto_accurate'),
     ("outside", "A held-out outside source: frozen sections from another lab (issue 19)", "python benchmarks/bench_outside.py --data ../outside/cryonuseg --normalize reinhard --normalize macenko"),
     ("cpu", "CPU inference: default vs fast-cpu vs torch, network alone and end to end", CPU_COMMAND),
     ("slide_fast_cpu", "Whole slides: fast-cpu against default in one run", SLIDE_MODELS_COMMAND),
@@ -88,6 +89,14 @@ detections, F1 for F1 (fast-cpu's int8 file requantised: +0.0003), 2.3 % more FL
 the CMU-1 slide: docs/results.md). The previous files are `git show e4c633d:runtime/models/<file>`
 (in `runs/prev_r4/` for this run). `phenotypes-wide`, last round's full-resolution head on
 the same wide detector, ran at 0.60×; it is retired.""",
+    "pareto_accurate": """\
+**Reading it.** `accurate` is the default's file with dihedral test-time augmentation (8
+passes: the flips of the image and of its transpose, `Detector(tta="dihedral")`); it meets
+issue 18's accurate row (CRCHisto test ≥ 0.825, MoNuSeg held-out ≥ 0.850) at 8× the
+network's work, a model for a GPU. The default's class head was refitted at 2.75 µm from
+the nuclei (docs/results.md, fifth round): the same graph, so the same FLOPs, detections and
+speed as its previous file (`git show f8d2fd1:runtime/models/micronet_crchisto.onnx`, in
+`runs/prev_r5/` for this run; 1.03× is run-to-run noise).""",
     "outside": """\
 **Reading it.** These two tiles (CryoNuSeg, TCGA frozen sections, 40×; `tools/import_cryonuseg.py`
 names the commit and licence) are the project's held-out outside source: no model trains,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Gives the bundled `default` and `fast-cpu` their class heads (issue 20, fourth round):
+# Gives the bundled `default` and `fast-cpu` their class heads (issue 20, fourth and fifth rounds):
 # `micronet fit-classes --class-scale 4` fits a head at 1/4 resolution
 # (MicroNetConfig.class_scale: block 7's map, block 6's brought to 1/4, block 10's input
 # pooled over 4×4 cells; logits resized ×4; 2.3 % more FLOPs) on each frozen detector, at
@@ -23,14 +23,20 @@ cd "$(dirname "$0")/.."
 data=../shared/data
 mkdir -p "$work"
 
-fit() {  # NAME CHECKPOINT CONTEXT
-    python -m micronet fit-classes "$2" --class-context "$3" --class-scale 4 --iterations 3000 --holdout 0.2 \
+fit() {  # NAME CHECKPOINT CONTEXT RADIUS_UM
+    python -m micronet fit-classes "$2" --class-context "$3" --class-scale 4 --class-radius "$4" --iterations 3000 --holdout 0.2 \
         --cache "$work/$1.cache.pt" -o "$work/$1_hold.safetensors"
-    python -m micronet fit-classes "$2" --class-context "$3" --class-scale 4 --iterations 3000 \
+    python -m micronet fit-classes "$2" --class-context "$3" --class-scale 4 --class-radius "$4" --iterations 3000 \
         --cache "$work/$1.cache.pt" -o "$work/$1.safetensors"
 }
-fit default trainer/pretrained/micronet_crchisto.safetensors 16
-fit fast-cpu trainer/pretrained/micronet_crchisto_relu.safetensors 8
+# The default's head trains at pixels within 2.75 µm (5 px) of a labelled nucleus: it is
+# read at detected peaks, which lie a pixel or two off the annotated centres (fifth round,
+# held-out weighted class F1 at the detected peaks, tools/class_holdout.py: 1.65 µm 0.7746,
+# 2.75 µm 0.7876, 3.85 µm 0.7912 (+0.004, under the 0.005 asked before a change)).
+# fast-cpu's stays at 1.65 µm (2.75 µm: 0.7435 against 0.7456).
+fit default trainer/pretrained/micronet_crchisto.safetensors 16 2.75
+fit fast-cpu trainer/pretrained/micronet_crchisto_relu.safetensors 8 1.65
+python tools/class_holdout.py "$work/default_hold.safetensors" "$work/fast-cpu_hold.safetensors"
 
 python -m micronet export "$work/default.safetensors" -o "$work/micronet_crchisto.onnx"
 python -m micronet export "$work/default.safetensors" --precision fp16 -o "$work/micronet_crchisto.fp16.onnx"

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["device_arg"]
+__all__ = ["add_tta_mode", "device_arg"]
+
+
+def add_tta_mode(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--tta-mode`` for the commands that run a model (the modes of
+    :data:`micronet.runtime.tta.TTA_MODES`)."""
+    parser.add_argument(
+        "--tta-mode", choices=("flips", "dihedral"),
+        help="which test-time augmentation (implies --tta): flips (4 passes) or dihedral (8: the flips of each image "
+        "and of its transpose)",
+    )  # fmt: skip
 
 
 def device_arg(text: str) -> str:

@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from micronet.commands import device_arg
+from micronet.commands import add_tta_mode, device_arg
 from micronet.runtime.errors import InputError
 from micronet.runtime.runs.batch import (
     MPP_ASSUMED,
@@ -122,11 +122,7 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
         help="test-time augmentation: run the network on each image and its 3 flips (4× the work) and average the "
         "maps before finding peaks; recorded with each input's settings (default: one pass; --model accurate: dihedral)",
     )  # fmt: skip
-    parser.add_argument(
-        "--tta-mode", choices=("flips", "dihedral"),
-        help="which test-time augmentation (implies --tta): flips (4 passes) or dihedral (8: the flips of each image "
-        "and of its transpose)",
-    )  # fmt: skip
+    add_tta_mode(parser)
     parser.add_argument(
         "--normalize", choices=("reinhard", "macenko", "auto"), default=None,
         help="stain/intensity normalisation to the model's training colours before the network: every image "

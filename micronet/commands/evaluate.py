@@ -42,6 +42,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from micronet.commands import add_tta_mode
 from micronet.runtime.errors import InputError, MissingFileError, MissingPackageError
 
 __all__ = ["add_parser", "run"]
@@ -95,11 +96,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "peaks (an .onnx or .engine model or a bundled name; not a .safetensors checkpoint; default: none, --model "
         "accurate: dihedral)",
     )  # fmt: skip
-    model.add_argument(
-        "--tta-mode", choices=("flips", "dihedral"),
-        help="which test-time augmentation (implies --tta): flips (4 passes) or dihedral (8: the flips of each image "
-        "and of its transpose)",
-    )  # fmt: skip
+    add_tta_mode(model)
     parser.add_argument("--split", metavar="NAME", help="subset of the data set (split.csv) to evaluate (e.g. test)")
     parser.add_argument(
         "--threshold",

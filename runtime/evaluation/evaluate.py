@@ -200,16 +200,19 @@ def _bundled_names() -> str:
     return ", ".join(BUNDLED_MODELS)
 
 
-def _check_tta(path: Path, tta: Any) -> None:
-    """Refuses a ``tta`` that names no mode (:func:`~micronet.runtime.tta.check_tta`),
-    and ``tta`` with a checkpoint: its maps come from the trainer's torch code, which has
-    no flip passes."""
-    if check_tta(tta) and path.suffix.lower() == ".safetensors":
+def _check_tta(path: Path, tta: Any) -> bool | str:
+    """``tta`` as ``Detector.tta`` records it (``False``, ``True`` for flips or
+    ``"dihedral"``). Refuses a ``tta`` that names no mode
+    (:func:`~micronet.runtime.tta.check_tta`), and ``tta`` with a checkpoint: its maps come
+    from the trainer's torch code, which has no flip passes."""
+    mode = check_tta(tta)
+    if mode and path.suffix.lower() == ".safetensors":
         raise InputError(
             f"model {path.name}: test-time augmentation runs in the Detector (an .onnx or .engine model, or a bundled "
             f"model: {_bundled_names()}), not on a .safetensors checkpoint; export it (micronet export) and evaluate "
             "the .onnx, or evaluate the checkpoint without tta"
         )
+    return "dihedral" if mode == "dihedral" else mode is not None
 
 
 def _target_scale(info: ModelInfo) -> float:
@@ -259,9 +262,7 @@ def evaluate_model_file(
     path = resolve_model(model)
     if not path.exists():
         raise MissingFileError(f"model: no such file {path} (and no bundled model of that name: {_bundled_names()})")
-    _check_tta(path, tta)  # before the data set loads
-    mode = check_tta(tta)
-    tta = "dihedral" if mode == "dihedral" else mode is not None  # as Detector.tta records it
+    tta = _check_tta(path, tta)  # before the data set loads
     dataset = _dataset(data, split)
     thresholds = sweep_thresholds(_DEFAULT_TARGET_SCALE)
     runner, info = model_candidates(path, float(thresholds[0]), tta=tta, checkpoint=checkpoint)

@@ -308,6 +308,22 @@ def test_detect_records_tta_and_refuses_outputs_made_without_it(tmp_path, capsys
     assert (out / "demo_cmu1.csv").read_text() != with_tta
 
 
+def test_detect_with_the_accurate_name_runs_and_records_dihedral_tta(sample, tmp_path, capsys):
+    from micronet.cli import main
+    from PIL import Image
+
+    image = tmp_path / "crop.png"
+    Image.fromarray(sample[:160, :200]).save(image)
+    out = tmp_path / "out"
+    common = ["detect", str(image), "--out", str(out), "--format", "csv", "--no-progress", "--mpp", "0.55"]
+    assert main([*common, "--model", "accurate"]) == 0
+    assert "dihedral TTA" in capsys.readouterr().out
+    assert json.loads((out / ".micronet" / "crop.progress.json").read_text())["settings"]["tta"] == "dihedral"
+    # The same file with flips is another setting: refused unless --overwrite.
+    assert main([*common, "--model", "default", "--tta-mode", "flips"]) == 2
+    assert "(tta dihedral → True)" in capsys.readouterr().err
+
+
 def test_records_from_before_tta_count_as_made_without_it(tmp_path, capsys):
     from micronet.cli import main
 

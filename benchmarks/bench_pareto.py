@@ -253,7 +253,7 @@ def _runners(specs: list[ModelSpec], threads: int | None, data_mpp: float) -> tu
     runners, rows = {}, []
     for spec in tqdm(specs, desc="models"):
         path = resolve_model(spec.model)
-        tta = bundled_tta(spec.model) if spec.tta is None else spec.tta
+        tta = bundled_tta(spec.model, spec.tta)
         det = Detector(str(path), device="cpu", threads=threads, tta=tta)
         gflop, params, size = model_cost(path, det.info.mpp, data_mpp, tta_passes(check_tta(tta)))
         runners[spec.label] = lambda rgb, mpp, d=det: d.detect(rgb, mpp=mpp).xy

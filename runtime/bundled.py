@@ -94,9 +94,11 @@ def resolve_model(model: str | PathLike[str] | None) -> Path:
     return Path(model)
 
 
-def bundled_tta(model: str | PathLike[str] | None) -> bool | str:
-    """The test-time augmentation ``model`` runs with by default: that of a bundled name
-    in :data:`BUNDLED_TTA` (that is not also an existing file), else ``False``."""
+def bundled_tta(model: str | PathLike[str] | None, tta: bool | str | None = None) -> bool | str:
+    """The test-time augmentation ``model`` runs with: ``tta`` when given, else that of a
+    bundled name in :data:`BUNDLED_TTA` (that is not also an existing file), else ``False``."""
+    if tta is not None:
+        return tta
     if model is not None and str(model) in BUNDLED_TTA and not Path(model).exists():
         return BUNDLED_TTA[str(model)]
     return False

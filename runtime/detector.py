@@ -69,7 +69,7 @@ from .peaks import _check_params, check_threshold, find_peaks, find_peaks_cuda
 from .prepare import batch_inputs, check_colour_stats, check_positive, prepare_image
 from .resample import default_memory_limit, resample
 from .tiling import Tile, alignment, default_margin, plan_tiles, receptive_radius
-from .tta import TTA_FLIPS, average_flips, check_tta  # noqa: F401 (TTA_FLIPS re-exported)
+from .tta import TTA_FLIPS, average_flips, check_tta, recorded_tta  # noqa: F401 (TTA_FLIPS re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover - imported on first use of Detector.stream
     from .stream import StreamSession
@@ -212,7 +212,7 @@ class Detector(TiledInference):
         normalize: str | None = None,
     ) -> None:
         device, device_id = parse_device(device)
-        tta = bundled_tta(model) if tta is None else tta  # "accurate": the default's network with dihedral TTA
+        tta = bundled_tta(model, tta)  # "accurate": the default's network with dihedral TTA
         self._check_options(normalize, tta, max_megapixels, max_memory_gb)
         self.model_path, self.backend = open_backend(model, backend, device, device_id, threads)
         info: ModelInfo = self.backend.info
@@ -241,10 +241,7 @@ class Detector(TiledInference):
             raise InputError(f"normalize: expected one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
         self.normalize = normalize
         self._colour_said = False  # whether the colour warning was logged (once per Detector)
-        # tta_mode: None, "flips" or "dihedral"; tta: False, True (flips) or "dihedral",
-        # as outputs record it (flips recorded True, as before the dihedral mode existed).
-        self.tta_mode = check_tta(tta)
-        self.tta: bool | str = "dihedral" if self.tta_mode == "dihedral" else self.tta_mode is not None
+        self.tta_mode = check_tta(tta)  # None, "flips" or "dihedral"
         self.max_megapixels = check_positive(max_megapixels, "max_megapixels")
         self.max_memory = default_memory_limit() if max_memory_gb is None else int(check_positive(max_memory_gb, "max_memory_gb") * 2**30)
         # Whether this detector has said which pixel size it assumed for an image without
@@ -285,6 +282,12 @@ class Detector(TiledInference):
     def info(self) -> ModelInfo:
         """The model's metadata: pixel size, threshold ξ, normalisation, provenance."""
         return self.backend.info
+
+    @property
+    def tta(self) -> bool | str:
+        """The test-time augmentation as outputs record it: ``False``, ``True`` (flips)
+        or ``"dihedral"`` (:attr:`tta_mode` is ``None``, ``"flips"`` or ``"dihedral"``)."""
+        return recorded_tta(self.tta_mode)
 
     @property
     def colour_target(self) -> stain.StainStats:

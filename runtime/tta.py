@@ -30,6 +30,7 @@ __all__ = [
     "infer_flips",
     "merge_flips",
     "on_device",
+    "recorded_tta",
     "tta_passes",
 ]
 
@@ -52,6 +53,12 @@ def check_tta(tta: Any) -> str | None:
     if isinstance(tta, str) and tta in TTA_MODES:
         return tta
     raise InputTypeError(f"tta: expected True, False or one of {', '.join(map(repr, TTA_MODES))}, got {tta!r}")
+
+
+def recorded_tta(mode: str | None) -> bool | str:
+    """A mode as outputs record it (``Detector.tta``): ``False``, ``True`` for flips (as
+    before the dihedral mode existed) or ``"dihedral"``."""
+    return "dihedral" if mode == "dihedral" else mode is not None
 
 
 def tta_passes(mode: str | None) -> int:

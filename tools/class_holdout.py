@@ -39,7 +39,8 @@ def held_out_images(checkpoint: Path) -> list[str]:
 def score(checkpoint: Path, data: Path, precision: str, calibration: Path | None, radius: float) -> dict:
     names = held_out_images(checkpoint)
     every = load_point_folder(data, "train")
-    keep = [i for i, n in enumerate(every.names) if n in set(names)]
+    held = set(names)
+    keep = [i for i, n in enumerate(every.names) if n in held]
     if len(keep) != len(names):
         sys.exit(f"{checkpoint}: held-out images missing from {data}'s training split")
     subset = replace(every, names=[every.names[i] for i in keep], images=[every.images[i] for i in keep],

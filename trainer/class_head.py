@@ -161,11 +161,9 @@ def cache_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[
         if not (labels >= 0).any():
             continue
         agg, decoder = model._features(normalize(view_image(data.images[i], view)[None], info.mean, info.std))
-        rows, cols, lab, distance = labelled_pixels(points, labels, agg.shape[-2:], view, offsets)
-        r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+        r, c, lab, centre = _pixel_tensors(*labelled_pixels(points, labels, agg.shape[-2:], view, offsets))
         pooled = model.pool_cells(agg)[0].half() if model.config.class_scale == 4 else None
-        views.append(_View(i, agg[0][:, r, c].T.half(), r, c, torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(distance == 0),
-                           {k: v[0].half() for k, v in decoder.items()}, pooled))
+        views.append(_View(i, agg[0][:, r, c].T.half(), r, c, lab, centre, {k: v[0].half() for k, v in decoder.items()}, pooled))
     return views, data.names
 
 
@@ -185,25 +183,25 @@ def relabel(views: list[_View], cfg: ClassHeadConfig) -> list[_View]:
     pixels is dropped, as such a head does not read it)."""
     data = load_point_folder(cfg.data, cfg.split)
     offsets = disc_offsets(cfg.class_radius_um / data.mpp)
-    per_image: dict[int, int] = {}
+    seen: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # image → points, labels, views so far
     out = []
     for v in views:
-        view = VIEWS[per_image.get(v.image, 0)]  # cache_views appends each image's views in VIEWS order
-        per_image[v.image] = per_image.get(v.image, 0) + 1
-        points = np.asarray(data.points[v.image], np.float64).reshape(-1, 2)
-        labels = read_class_labels(data.root, data.names[v.image], points, cfg.classes)
-        shape = (4 * v.pooled.shape[-2], 4 * v.pooled.shape[-1])
+        if v.image not in seen:
+            points = np.asarray(data.points[v.image], np.float64).reshape(-1, 2)
+            seen[v.image] = (points, read_class_labels(data.root, data.names[v.image], points, cfg.classes), 0)
+        points, labels, k = seen[v.image]
+        seen[v.image] = (points, labels, k + 1)  # cache_views appends each image's views in VIEWS order
         h, w = data.images[v.image].shape[:2]
-        if not (0 <= shape[0] - h < 8 and 0 <= shape[1] - w < 8):  # pool_cells' cells, and one more unless aligned
+        if not (0 <= 4 * v.pooled.shape[-2] - h < 8 and 0 <= 4 * v.pooled.shape[-1] - w < 8):  # pool_cells' cells, one more unless aligned
             raise InputError(f"fit-classes: cached maps of {data.names[v.image]} do not fit its image")
-        rows, cols, lab, distance = labelled_pixels(points, labels, (h, w), view, offsets)
-        out.append(replace_view(v, rows, cols, lab, distance))
+        rows, cols, labs, centre = _pixel_tensors(*labelled_pixels(points, labels, (h, w), VIEWS[k], offsets))
+        out.append(replace(v, agg=v.agg[:0], rows=rows, cols=cols, labels=labs, centre=centre))
     return out
 
 
-def replace_view(v: _View, rows: np.ndarray, cols: np.ndarray, lab: np.ndarray, distance: np.ndarray) -> _View:
-    return _View(v.image, v.agg[:0], torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(lab.astype(np.int64)),
-                 torch.from_numpy(distance == 0), v.decoder, v.pooled)
+def _pixel_tensors(rows: np.ndarray, cols: np.ndarray, lab: np.ndarray, distance: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """:func:`labelled_pixels`' arrays as a view's rows, columns, labels and centre flags."""
+    return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(distance == 0)
 
 
 def cached_views(model: MicroNet, info: Any, cfg: ClassHeadConfig) -> tuple[list[_View], list[str]]:

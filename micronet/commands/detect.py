@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(exc, rows, files[len(ran)] if len(ran) < len(files) else None, out)
     write_summary(out / SUMMARY, rows, merge=True)
-    return _conclude(rows, total, formats, out, check_tta(bundled_tta(args.model) if tta is None else tta))
+    return _conclude(rows, total, formats, out, check_tta(bundled_tta(args.model, tta)))
 
 
 def _row_reporter(rows: list[dict[str, Any]], ran: list[dict[str, Any]], files: list[Path], total: int, bars: bool, unknown_mpp: list[Path]) -> Any:

@@ -235,7 +235,7 @@ def _run_model(args: argparse.Namespace) -> int:
             f"--tta runs the flips in the Detector (an .onnx or .engine model, or a bundled model: {', '.join(BUNDLED_MODELS)}), "
             f"not on the checkpoint {args.model}: export it (micronet export) and evaluate the .onnx, or leave out --tta"
         )
-    tta = args.tta_mode or args.tta or bundled_tta(args.model)  # without --tta, the bundled name's own (accurate: dihedral)
+    tta = bundled_tta(args.model, args.tta_mode or (True if args.tta else None))  # without --tta, the bundled name's own
     options: dict[str, Any] = {"tta": tta} if tta else {}
     if model.suffix.lower() == ".safetensors":
         options["checkpoint"] = _checkpoint_runner()

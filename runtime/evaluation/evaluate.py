@@ -30,7 +30,7 @@ import numpy as np
 from ..bundled import BUNDLED_MODELS, bundled_tta, resolve_model
 from ..errors import InputError, MissingFileError, MissingPackageError
 from ..model_info import ModelInfo
-from ..tta import check_tta
+from ..tta import check_tta, recorded_tta
 from .datasets import PointDataset, load_point_folder
 from .metrics import EvaluationReport, evaluate_images
 from .sweep import SweepResult, sweep_thresholds, threshold_sweep
@@ -212,7 +212,7 @@ def _check_tta(path: Path, tta: Any) -> bool | str:
             f"model: {_bundled_names()}), not on a .safetensors checkpoint; export it (micronet export) and evaluate "
             "the .onnx, or evaluate the checkpoint without tta"
         )
-    return "dihedral" if mode == "dihedral" else mode is not None
+    return recorded_tta(mode)
 
 
 def _target_scale(info: ModelInfo) -> float:
@@ -258,7 +258,7 @@ def evaluate_model_file(
         ValueError: a file that is no model, a ``split`` with a loaded data set, a
             ``threshold`` below the sweep's floor, or ``tta`` with a checkpoint.
     """
-    tta = bundled_tta(model) if tta is None else tta
+    tta = bundled_tta(model, tta)
     path = resolve_model(model)
     if not path.exists():
         raise MissingFileError(f"model: no such file {path} (and no bundled model of that name: {_bundled_names()})")

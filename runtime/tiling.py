@@ -80,6 +80,9 @@ log = logging.getLogger(__name__)
 # and the resize ×4 (tests/runtime/test_tiling_margin.py measures it). The tiles' margin
 # grows from 80 to 88 px for such a model, so that classes are the same whole and tiled.
 CLASS_QUARTER_RADIUS = 83
+# Each residual block of such a head (MicroNetConfig.class_depth: two 3×3 convolutions at
+# 1/4) reads 8 px farther (the same test measures a head with one).
+CLASS_BLOCK_RADIUS = 8
 RECEPTIVE_RADIUS: dict[str, int] = {"micronet": 76, "fcn": 245, "unet": 107, "fcrn_a": 36, "fcrn_b": 22, "frcn": 52}
 
 # Architecture name → total downsampling factor (stride): tile origins are multiples of
@@ -164,7 +167,8 @@ def receptive_radius(architecture: dict[str, Any]) -> int:
         )
     radius = RECEPTIVE_RADIUS[name]
     if name == "micronet" and _quarter_head(architecture):
-        radius = max(radius, CLASS_QUARTER_RADIUS)  # the class logits read farther than the map
+        depth = int(architecture.get("class_depth", 0) or 0)
+        radius = max(radius, CLASS_QUARTER_RADIUS + CLASS_BLOCK_RADIUS * depth)  # the class logits read farther than the map
     return radius
 
 
@@ -330,7 +334,8 @@ def _class_head_values(architecture: dict[str, Any]) -> float:
     widths, k = [float(w) for w in architecture["widths"]], len(classes)
     cc = float(architecture.get("class_context", 0) or 0)
     if _quarter_head(architecture):
-        return k + (widths[2] + cc + _aggregated_channels(architecture) + widths[0] + k) / 16.0
+        hidden = widths[0] * (1 + 2 * int(architecture.get("class_depth", 0) or 0))  # each block: two maps
+        return k + (widths[2] + cc + _aggregated_channels(architecture) + hidden + k) / 16.0
     return widths[0] + k + 2.0 * cc
 
 

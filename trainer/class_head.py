@@ -65,6 +65,7 @@ class ClassHeadConfig:
     classes: tuple[str, ...] = CRCHISTO_CLASSES
     class_context: int = 16  # 0: the pixel head alone
     class_scale: int = 1  # 4: the head runs at 1/4 resolution (MicroNetConfig.class_scale)
+    class_depth: int = 0  # residual blocks in a head at 1/4 (MicroNetConfig.class_depth)
     class_radius_um: float = 1.65  # pixels this close to a labelled nucleus are trained (3 px at 0.55 µm/px)
     views: int = len(VIEWS)
     iterations: int = 1500
@@ -92,14 +93,18 @@ class _View:
     pooled: torch.Tensor | None = None  # class_scale 4: block 10's input pooled (C, h/4, w/4) float16
 
 
-def with_class_head(model: MicroNet, classes: tuple[str, ...], class_context: int, seed: int = 0, class_scale: int = 1) -> MicroNet:
+def with_class_head(
+    model: MicroNet, classes: tuple[str, ...], class_context: int, seed: int = 0, class_scale: int = 1, class_depth: int = 0
+) -> MicroNet:
     """A copy of the detector ``model`` with a fresh class head (drawn with ``seed``; at
-    ``class_scale``), every detector weight copied and frozen."""
+    ``class_scale``, with ``class_depth`` residual blocks), every detector weight copied and frozen."""
     if model.class_head is not None:
         log.info("replacing the checkpoint's class head")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        new = MicroNet(replace(model.config, classes=tuple(classes), class_context=int(class_context), class_scale=int(class_scale)))
+        new = MicroNet(
+            replace(model.config, classes=tuple(classes), class_context=int(class_context), class_scale=int(class_scale), class_depth=int(class_depth))
+        )
     detector = {k: v for k, v in model.state_dict().items() if not k.startswith(("class_head.", "class_context."))}
     missing, unexpected = new.load_state_dict(detector, strict=False)
     if unexpected or any(not k.startswith(("class_head.", "class_context.")) for k in missing):
@@ -328,7 +333,7 @@ def fit_class_head(cfg: ClassHeadConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     detector, info = load_checkpoint(cfg.checkpoint)
-    model = with_class_head(detector, cfg.classes, cfg.class_context, cfg.seed, cfg.class_scale)
+    model = with_class_head(detector, cfg.classes, cfg.class_context, cfg.seed, cfg.class_scale, cfg.class_depth)
     views, names = cached_views(model, info, cfg)
     held = _split_images(len(names), cfg.holdout, cfg.seed)
     train = [v for v in views if v.image not in held]

@@ -24,6 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--class-context", type=int, default=16, help="channels of the deep context (0: the pixel head alone; default 16)")
     parser.add_argument("--class-scale", type=int, choices=(1, 4), default=1,
                         help="1: the head at full resolution; 4: at 1/4, its logits resized (about 2 %% of the FLOPs, little memory; default 1)")
+    parser.add_argument("--class-depth", type=int, default=0,
+                        help="with --class-scale 4: residual blocks in the head (each reads 8 px farther; default 0)")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--views", type=int, default=6, help="views per image: 4 flips, then 2 photometric variants (default 6)")
     parser.add_argument("--class-radius", type=float, default=1.65,
@@ -44,12 +46,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--holdout: expected a share in [0, 1), got {args.holdout}")
     if args.class_context < 0 or args.iterations < 1 or not 1 <= args.views <= 6:
         raise InputError("--class-context >= 0, --iterations >= 1 and --views in 1..6 expected")
+    if args.class_depth < 0 or (args.class_depth and args.class_scale != 4):
+        raise InputError(f"--class-depth: expected 0, or a block count with --class-scale 4, got {args.class_depth}")
     if not (args.class_radius >= 0 and args.balance >= 0 and args.lr > 0):
         raise InputError("--class-radius >= 0, --balance >= 0 and --lr > 0 expected")
     from micronet.trainer.class_head import ClassHeadConfig, fit_class_head
 
     cfg = ClassHeadConfig(checkpoint=args.checkpoint, out=args.output, data=args.data, split=args.split, class_context=args.class_context,
-                          class_scale=args.class_scale, class_radius_um=args.class_radius, balance=args.balance, lr=args.lr,
+                          class_scale=args.class_scale, class_depth=args.class_depth, class_radius_um=args.class_radius, balance=args.balance, lr=args.lr,
                           iterations=args.iterations, views=args.views, holdout=args.holdout, cache=args.cache, seed=args.seed,
                           threads=args.threads)
     print(fit_class_head(cfg))

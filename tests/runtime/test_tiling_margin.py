@@ -35,17 +35,18 @@ def test_the_published_measurement_matches_the_tiler():
     assert result["model"] == "micronet_crchisto.onnx" and result["radius"] == RECEPTIVE_RADIUS["micronet"]
 
 
-@pytest.mark.parametrize("scale", [1, 4])
-def test_the_class_logits_read_no_farther_than_the_margin_allows(scale):
+@pytest.mark.parametrize("scale,depth", [(1, 0), (4, 0), (4, 1)])
+def test_the_class_logits_read_no_farther_than_the_margin_allows(scale, depth):
     """The structural field of the class logits (autograd, float64, ELU: every weight
     live), over every output position modulo the stride: at full resolution within the
-    map's radius; at 1/4 exactly CLASS_QUARTER_RADIUS, which the tiler then uses."""
+    map's radius; at 1/4 exactly CLASS_QUARTER_RADIUS (+ CLASS_BLOCK_RADIUS per residual
+    block of the head), which the tiler then uses."""
     torch = pytest.importorskip("torch")
-    from micronet.runtime.tiling import CLASS_QUARTER_RADIUS, default_margin, receptive_radius
+    from micronet.runtime.tiling import CLASS_BLOCK_RADIUS, CLASS_QUARTER_RADIUS, default_margin, receptive_radius
     from micronet.trainer.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("micronet_tiny", classes=("a", "b"), class_context=2, class_scale=scale).double().eval()
+    model = create_model("micronet_tiny", classes=("a", "b"), class_context=2, class_scale=scale, class_depth=depth).double().eval()
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64, requires_grad=True)
     logits = model.forward_all(x)[1][0].sum(0)  # (H, W)
     reach = 0
@@ -57,6 +58,7 @@ def test_the_class_logits_read_no_farther_than_the_margin_allows(scale):
     architecture = model.config_dict()
     assert reach <= receptive_radius(architecture)
     if scale == 4:
-        assert reach == receptive_radius(architecture) == CLASS_QUARTER_RADIUS and default_margin(architecture, 3) == 88
+        assert reach == receptive_radius(architecture) == CLASS_QUARTER_RADIUS + CLASS_BLOCK_RADIUS * depth
+        assert default_margin(architecture, 3) == (88 if depth == 0 else 96)
     else:
         assert receptive_radius(architecture) == RECEPTIVE_RADIUS["micronet"]

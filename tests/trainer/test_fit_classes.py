@@ -30,9 +30,9 @@ def test_the_detector_map_stays_and_only_the_head_trains():
     assert trainable == {"class_head", "class_context"}
 
 
-@pytest.mark.parametrize("scale", [1, 4])
-def test_the_fast_head_path_equals_forward_all_at_every_pixel_offset(scale):
-    model = with_class_head(_detector(1), ("a", "b", "c"), class_context=4, class_scale=scale).eval()
+@pytest.mark.parametrize("scale,depth", [(1, 0), (4, 0), (4, 1)])
+def test_the_fast_head_path_equals_forward_all_at_every_pixel_offset(scale, depth):
+    model = with_class_head(_detector(1), ("a", "b", "c"), class_context=4, class_scale=scale, class_depth=depth).eval()
     with torch.no_grad():  # statistics away from the identity, so a wrong gather shows
         for m in list(model.class_head.modules()) + list(model.class_context.modules()):
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -56,6 +56,40 @@ def test_class_context_without_classes_is_refused():
         MicroNetConfig(class_context=4)
     with pytest.raises(InputError, match="class_scale"):
         MicroNetConfig(classes=("a",), class_context=0, class_scale=4)
+    with pytest.raises(InputError, match="class_depth"):
+        MicroNetConfig(classes=("a",), class_context=4, class_scale=1, class_depth=1)
+    # a head without blocks is described as before the field existed (bundled metadata unchanged)
+    assert "class_depth" not in MicroNet(MicroNetConfig(classes=("a",), class_context=4, class_scale=4)).config_dict()
+
+
+def test_a_quarter_head_with_blocks_round_trips_and_exports_the_torch_logits(tmp_path):
+    """class_depth survives the checkpoint, and ONNX Runtime's class output equals
+    forward_all's logits (an odd-sized input, so the resize and crops act)."""
+    import onnxruntime as ort
+
+    from micronet.export.onnx import export_onnx
+    from micronet.runtime.model_info import ModelInfo
+
+    model = with_class_head(_detector(4), ("a", "b", "c"), class_context=4, class_scale=4, class_depth=1).eval()
+    with torch.no_grad():
+        for m in model.class_head.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    info = ModelInfo(model.config_dict(), [128.0] * 3, [64.0] * 3, 0.55, 0.5)
+    save_checkpoint(tmp_path / "m.safetensors", model, info)
+    loaded, loaded_info = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded_info.architecture["class_depth"] == 1 and loaded.config.class_depth == 1
+    out = export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(5).integers(0, 255, (1, 77, 83, 3), dtype=np.uint8)
+    feeds = {session.get_inputs()[0].name: image}
+    onnx_logits = session.run(None, feeds)[1]
+    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - 128.0) / 64.0
+    with torch.no_grad():
+        torch_logits = loaded.forward_all(x)[1].numpy()
+    assert onnx_logits.shape[-2:] == (77, 83)
+    np.testing.assert_allclose(onnx_logits.reshape(torch_logits.shape), torch_logits, atol=2e-4)
 
 
 def _point_folder(root, rng):

@@ -169,16 +169,18 @@ class Detector(TiledInference):
             the bundled name ``"accurate"``, the default's network with
             ``"dihedral"`` (:data:`~micronet.runtime.bundled.BUNDLED_TTA`).
         normalize: colour normalisation before the network
-            (:mod:`micronet.runtime.stain`): ``None`` (default: none), ``"reinhard"``
-            or ``"macenko"`` (every image), or ``"auto"`` (Reinhard, only for images
-            whose :func:`~micronet.runtime.stain.colour_distance` from the model's
-            training colours, ``info.colour``, exceeds
-            :data:`~micronet.runtime.stain.OOD_THRESHOLD`). Each image's statistics are
+            (:mod:`micronet.runtime.stain`): ``"auto"`` (the default: Reinhard, only
+            for images whose :func:`~micronet.runtime.stain.colour_distance` from the
+            model's training colours, ``info.colour``, exceeds
+            :data:`~micronet.runtime.stain.OOD_THRESHOLD`; no clean CRCHisto or MoNuSeg
+            image does, so their detections are those of ``None``),
+            ``"reinhard"`` or ``"macenko"`` (every image), or ``None`` (never). Each image's statistics are
             measured once, at the model's pixel size, and every tile uses them (a
             slide's are its tissue's: :func:`micronet.runtime.runs.slide_run.detect_slide`), so
             tiles equal a whole-image pass. The distance is measured whatever this
-            option and carried on :attr:`Detections.colour_distance`; with ``None`` an
-            image beyond the threshold is warned of once per Detector (``logging``).
+            option and carried on :attr:`Detections.colour_distance`; an image beyond
+            the threshold is warned of once per Detector (``logging``): with ``None``
+            that detections may be missed, with ``"auto"`` that it was normalised.
             On a GPU too the normalisation runs in NumPy on the host batch, in place,
             before the backend's one upload: the backends take host ``uint8`` batches
             and copy them to the device themselves, so there is no device-side input
@@ -209,7 +211,7 @@ class Detector(TiledInference):
         max_memory_gb: float | None = None,
         verify: bool = False,
         tta: bool | str | None = None,
-        normalize: str | None = None,
+        normalize: str | None = "auto",
     ) -> None:
         device, device_id = parse_device(device)
         tta = bundled_tta(model, tta)  # "accurate": the default's network with dihedral TTA

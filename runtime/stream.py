@@ -193,13 +193,13 @@ class StreamSession:
         mpp: its pixel size in µm/px, resampled to the model's as ``detect`` does when
             they differ by more than 1 %; ``None``: the model's own.
         colour_stats: statistics to normalise by (``stain.measure`` on a representative
-            field), required when the detector normalises: a stream never sees the whole
-            image to measure. Results then equal ``detect(..., colour_stats=...)``.
+            field), required with reinhard/macenko (a stream never sees the whole image);
+            results then equal ``detect(..., colour_stats=...)``. ``"auto"`` without: none.
         backlog: blocks waiting for the network at most; ``add`` waits while more are
             queued, which bounds memory. Default: twice the batch size.
 
     Raises:
-        ValueError: a bad size, pixel size or backlog; ``normalize`` without ``colour_stats``.
+        ValueError: a bad size, pixel size or backlog; reinhard/macenko without ``colour_stats``.
         TypeError: ``colour_stats`` that is not ``StainStats``.
     """
 
@@ -232,10 +232,10 @@ class StreamSession:
         """The statistics each block is run with, and the distance results carry."""
         if given is not None and not isinstance(given, StainStats):
             raise InputTypeError(f"colour_stats: expected StainStats (stain.measure) or None, got {type(given).__name__}")
-        if given is None and self._detector.normalize is not None:
+        if given is None and self._detector.normalize not in (None, "auto"):
             raise InputError(f"normalize={self._detector.normalize!r}: a stream never sees the whole slide to measure its "
                              "colours; pass colour_stats= (stain.measure on a representative field)")  # fmt: skip
-        if given is None:  # only a distance then: the target's own spare measuring each block
+        if given is None:  # no distance ("auto" cannot tell, so does not normalise): the target's own
             return self._detector.colour_target, None
         return given, colour_distance(given, self._detector.colour_target)
 

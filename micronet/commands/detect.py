@@ -124,10 +124,10 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_tta_mode(parser)
     parser.add_argument(
-        "--normalize", choices=("reinhard", "macenko", "auto"), default=None,
-        help="stain/intensity normalisation to the model's training colours before the network: every image "
-        "(reinhard, macenko) or only those whose colours lie outside the training data's (auto); a slide's "
-        "statistics come from its tissue; recorded with each input's settings (default: none)",
+        "--normalize", choices=("auto", "reinhard", "macenko", "none"), default="auto",
+        help="stain/intensity normalisation to the model's training colours before the network: only images whose "
+        "colours lie outside the training data's (auto, the default: no clean CRCHisto or MoNuSeg image), every image "
+        "(reinhard, macenko) or none; a slide's statistics come from its tissue; recorded with each input's settings",
     )  # fmt: skip
 
 
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     ran: list[dict[str, Any]] = []
     on_row = _row_reporter(rows, ran, files, total, bars, images_without_mpp(files) if args.mpp is None else [])
     tta = args.tta_mode or (True if args.tta else None)  # None: the model's own (--model accurate: dihedral)
-    spec = DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=tta, normalize=args.normalize)
+    spec = DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=tta, normalize=None if args.normalize == "none" else args.normalize)
     try:
         with _signals_interrupt():
             run_cohort(

@@ -58,8 +58,8 @@ class DetectorSpec:
         tta: test-time augmentation (``Detector(tta=...)``: ``True``/``"flips"``, 4
             passes averaged, or ``"dihedral"``, 8); ``None``: the model's own (a bundled
             name's, :data:`~micronet.runtime.bundled.BUNDLED_TTA`), else one pass.
-        normalize: colour normalisation (``Detector(normalize=...)``: ``"reinhard"``,
-            ``"macenko"``, ``"auto"`` or ``None``).
+        normalize: colour normalisation (``Detector(normalize=...)``: ``"auto"``, the
+            default, ``"reinhard"``, ``"macenko"`` or ``None``).
     """
 
     model: str | None = None
@@ -67,7 +67,7 @@ class DetectorSpec:
     threshold: float | None = None
     threads: int | None = None
     tta: bool | str | None = None
-    normalize: str | None = None
+    normalize: str | None = "auto"
 
     def build(self) -> Any:
         from ..detector import Detector

@@ -175,7 +175,7 @@ def fast_cpu():
 
 def test_detector_warns_once_on_a_darkened_image_and_reinhard_recovers_it(real_images, fast_cpu, caplog) -> None:
     image = real_images[0]
-    plain = fast_cpu()
+    plain = fast_cpu(normalize=None)
     with caplog.at_level(logging.WARNING, logger="micronet.runtime.detector"):
         clean = plain.detect(image, mpp=MODEL_MPP)
         assert not caplog.records and clean.colour_distance < stain.OOD_THRESHOLD
@@ -186,10 +186,17 @@ def test_detector_warns_once_on_a_darkened_image_and_reinhard_recovers_it(real_i
     assert len(dark) < len(clean) // 4  # the model misses most nuclei
     recovered = fast_cpu(normalize="reinhard").detect(darken(image), mpp=MODEL_MPP)
     assert len(recovered) > len(clean) * 0.8 and recovered.colour_distance == dark.colour_distance
-    # "auto" leaves the clean image alone and normalises the darkened one.
-    auto = fast_cpu(normalize="auto")
-    np.testing.assert_array_equal(auto.detect(image, mpp=MODEL_MPP).xy, clean.xy)
-    np.testing.assert_array_equal(auto.detect(darken(image), mpp=MODEL_MPP).xy, recovered.xy)
+    # "auto", the default, leaves the clean image alone and normalises the darkened one,
+    # and says so once.
+    auto = fast_cpu()
+    assert auto.normalize == "auto"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="micronet.runtime"):
+        np.testing.assert_array_equal(auto.detect(image, mpp=MODEL_MPP).xy, clean.xy)
+        assert not caplog.records
+        np.testing.assert_array_equal(auto.detect(darken(image), mpp=MODEL_MPP).xy, recovered.xy)
+        auto.detect(darken(image), mpp=MODEL_MPP)
+    assert len(caplog.records) == 1 and "normalised with 'reinhard'" in caplog.records[0].getMessage()
 
 
 def test_detector_refuses_an_unknown_normalisation(blur_onnx: Path) -> None:

@@ -29,9 +29,9 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 # accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
 #   default    the paper's network at the paper's width (32-64-128-128, ELU), fp32;
 #              every backend (CRCHisto test F1 0.821). It classifies each nucleus
-#              (epithelial, fibroblast, inflammatory, others; weighted class F1 0.791)
-#              with a head at 1/4 resolution fitted on the frozen detector
-#              (`micronet fit-classes --class-scale 4 --class-radius 2.75`, 2.3 % more FLOPs).
+#              (epithelial, fibroblast, inflammatory, others; weighted class F1 0.813)
+#              with a head at 1/4 resolution fitted on the frozen detector (`micronet
+#              fit-classes --class-scale 4 --class-depth 2 --class-radius 3.85`, 3.5 % more FLOPs).
 #   fast-cpu   the lean network (16-32-64-64, a quarter of the FLOPs) with ReLU, int8 QDQ,
 #              distilled from the default: ONNX Runtime fuses ReLU into its convolutions
 #              and quantises it away, so the CPU runs it about 4x as fast as the default,
@@ -47,7 +47,7 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 #   accurate   the default's file run with dihedral test-time augmentation (8 passes: the
 #              flips of the image and of its transpose, maps averaged; BUNDLED_TTA): for a
 #              GPU, or where time matters less than the last point of F1 (CRCHisto test
-#              0.826, MoNuSeg 0.853, weighted class F1 0.811; 8x the default's work).
+#              0.826, MoNuSeg 0.853, weighted class F1 0.825; 8x the default's work).
 BUNDLED_MODELS = {
     "default": DEFAULT_MODEL,
     "fast-cpu": "micronet_crchisto_relu.int8.onnx",

@@ -198,7 +198,7 @@ def load_sources(cfg: DistillConfig, teacher_mpp: float, model_mpp: float) -> li
         group, pts, class_root, name = annotated[key]
         move = (lambda p: to_resampled(p, *scale)) if scale is not None else (lambda p: p)  # noqa: E731
         src = Source(key, group, img, teacher, move(pts))
-        if class_root is not None:
+        if class_root is not None and cfg.classes:  # a detection-only student reads no class labels
             labels = read_class_labels(class_root.parent, name, pts, cfg.classes)  # the same points as points/
             src.labelled, src.labels = move(pts[labels >= 0]), labels[labels >= 0]
         sources.append(src)

@@ -49,3 +49,36 @@ def test_class_target_marks_pixels_near_labelled_centres_only():
 def test_unknown_config_keys_are_refused_with_the_valid_ones():
     with pytest.raises(InputError, match="valid: teacher"):
         DistillConfig.from_dict({"teacher": "t", "iteratons": 3})
+
+
+@pytest.mark.parametrize("classes", [(), ("epithelial", "fibroblast", "inflammatory", "others")])
+def test_sources_of_a_folder_with_classes_serve_a_detection_only_student_too(tmp_path, classes):
+    """A student without a class head (classes ()) trains on a point folder that has
+    phenotype labels: its sources carry no labels instead of failing on them."""
+    from PIL import Image
+
+    from micronet.runtime.model_info import ModelInfo
+    from micronet.trainer.checkpoint import save_checkpoint
+    from micronet.trainer.distill import load_sources
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for sub in ("images", "points", "classes"):
+        (root / sub).mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+        pts = rng.uniform(4, 44, (6, 2)).round(1)
+        (root / "points" / f"{name}.csv").write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in pts))
+        (root / "classes" / f"{name}.csv").write_text("x,y,class\n" + "".join(f"{x},{y},fibroblast\n" for x, y in pts[:4]))
+    (root / "split.csv").write_text("name,split\na,train\nb,train\n")
+    (root / "dataset.json").write_text('{"mpp": 0.55}')
+    teacher = create_model("micronet_tiny").eval()
+    save_checkpoint(tmp_path / "t.safetensors", teacher, ModelInfo(teacher.config_dict(), [128.0] * 3, [64.0] * 3, 0.55, 0.5))
+    cfg = DistillConfig(teacher=str(tmp_path / "t.safetensors"), data=str(root), teacher_cache=str(tmp_path / "maps"),
+                        tta=False, classes=classes)
+    sources = load_sources(cfg, 0.55, 0.55)
+    assert len(sources) == 2 and all(s.points is not None and len(s.points) == 6 for s in sources)
+    if classes:
+        assert all(len(s.labels) == 4 and (s.labels == 1).all() for s in sources)
+    else:
+        assert all(s.labelled is None for s in sources)

@@ -167,8 +167,7 @@ def receptive_radius(architecture: dict[str, Any]) -> int:
         )
     radius = RECEPTIVE_RADIUS[name]
     if name == "micronet" and _quarter_head(architecture):
-        depth = int(architecture.get("class_depth", 0) or 0)
-        radius = max(radius, CLASS_QUARTER_RADIUS + CLASS_BLOCK_RADIUS * depth)  # the class logits read farther than the map
+        radius = max(radius, CLASS_QUARTER_RADIUS + CLASS_BLOCK_RADIUS * _class_depth(architecture))  # the class logits read farther than the map
     return radius
 
 
@@ -323,6 +322,11 @@ def _quarter_head(architecture: dict[str, Any]) -> bool:
     return bool(architecture.get("classes")) and int(architecture.get("class_scale", 1) or 1) == 4
 
 
+def _class_depth(architecture: dict[str, Any]) -> int:
+    """Residual blocks of a head at 1/4 (``class_depth``; absent before the field existed)."""
+    return int(architecture.get("class_depth", 0) or 0)
+
+
 def _class_head_values(architecture: dict[str, Any]) -> float:
     """Values per pixel of the class head (0 without a head). At full resolution: its
     hidden map, the K logits and its deep context's two full-resolution maps. At 1/4
@@ -334,7 +338,7 @@ def _class_head_values(architecture: dict[str, Any]) -> float:
     widths, k = [float(w) for w in architecture["widths"]], len(classes)
     cc = float(architecture.get("class_context", 0) or 0)
     if _quarter_head(architecture):
-        hidden = widths[0] * (1 + 2 * int(architecture.get("class_depth", 0) or 0))  # each block: two maps
+        hidden = widths[0] * (1 + 2 * _class_depth(architecture))  # each block: two maps
         return k + (widths[2] + cc + _aggregated_channels(architecture) + hidden + k) / 16.0
     return widths[0] + k + 2.0 * cc
 

@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--holdout: expected a share in [0, 1), got {args.holdout}")
     if args.class_context < 0 or args.iterations < 1 or not 1 <= args.views <= 6:
         raise InputError("--class-context >= 0, --iterations >= 1 and --views in 1..6 expected")
-    if args.class_depth < 0 or (args.class_depth and args.class_scale != 4):
-        raise InputError(f"--class-depth: expected 0, or a block count with --class-scale 4, got {args.class_depth}")
     if not (args.class_radius >= 0 and args.balance >= 0 and args.lr > 0):
         raise InputError("--class-radius >= 0, --balance >= 0 and --lr > 0 expected")
     from micronet.trainer.class_head import ClassHeadConfig, fit_class_head

@@ -44,15 +44,17 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 #              (0.795; weighted class F1 0.717).
 # (`phenotypes-wide`, the default's detector with a full-resolution class head, was
 # retired when the default got its own, better and cheaper one: docs/results.md.)
-#   accurate   the default's file run with dihedral test-time augmentation (8 passes: the
-#              flips of the image and of its transpose, maps averaged; BUNDLED_TTA): for a
-#              GPU, or where time matters less than the last point of F1 (CRCHisto test
-#              0.826, MoNuSeg 0.853, weighted class F1 0.825; 8x the default's work).
+#   accurate   the default's network before its seventh-round retraining with photometric
+#              augmentation (its own file since: the retrained detector loses 0.006 CRCHisto
+#              F1 under TTA), run with dihedral test-time augmentation (8 passes: the flips
+#              of the image and of its transpose, maps averaged; BUNDLED_TTA): for a GPU, or
+#              where time matters less than the last point of F1 on CRCHisto (test 0.826,
+#              MoNuSeg 0.853, weighted class F1 0.825; 8x the default's work).
 BUNDLED_MODELS = {
     "default": DEFAULT_MODEL,
     "fast-cpu": "micronet_crchisto_relu.int8.onnx",
     "phenotypes": "micronet_crchisto_phenotypes.int8.onnx",
-    "accurate": DEFAULT_MODEL,
+    "accurate": "micronet_crchisto_accurate.onnx",
 }
 # The test-time augmentation a bundled name runs with when the caller gives none
 # (``Detector(name)``, ``--model name``); ``tta=False`` turns it off.

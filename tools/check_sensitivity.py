@@ -46,6 +46,7 @@ MODELS = {
     "default-fp16": ("micronet_crchisto", "micronet_crchisto.fp16.onnx"),
     "fast-cpu": ("micronet_crchisto_relu", "micronet_crchisto_relu.int8.onnx"),
     "phenotypes": ("micronet_crchisto_phenotypes", "micronet_crchisto_phenotypes.int8.onnx"),
+    "accurate": ("micronet_crchisto_accurate", "micronet_crchisto_accurate.onnx"),
 }
 METRICS = ("max_abs_map", "mean_abs_map", "count_change", "f1", "found_1px", "class_agreement")
 

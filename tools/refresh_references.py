@@ -28,6 +28,7 @@ SOURCES = {
     "micronet_crchisto.fp16.onnx": "micronet_crchisto",
     "micronet_crchisto_relu.int8.onnx": "micronet_crchisto_relu",
     "micronet_crchisto_phenotypes.int8.onnx": "micronet_crchisto_phenotypes",
+    "micronet_crchisto_accurate.onnx": "micronet_crchisto_accurate",
 }
 SAME_MAP = 1e-4  # torch versions differ in float rounding, not more
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gpu_support import require_ort_cuda, require_tensorrt
-from micronet.runtime.bundled import BUNDLED_TTA
 from micronet.runtime.detector import BUNDLED_MODELS, Detector, bundled_model
 from micronet.runtime.diagnostics.check import (
     REFERENCE_FORMAT,
@@ -132,7 +131,7 @@ def test_a_reference_for_other_pixels_is_refused(tiny_reference_model):
         check_detector(det, reference=ref)
 
 
-@pytest.mark.parametrize("name", sorted(set(BUNDLED_MODELS) - set(BUNDLED_TTA)))  # accurate: the default's file
+@pytest.mark.parametrize("name", sorted(BUNDLED_MODELS))  # accurate: its own file, checked without its TTA
 def test_bundled_models_agree_with_their_references_on_this_cpu(name):
     """The promise of one model on every CPU: the bundled models, on whatever CPU runs
     the tests (AVX2 only, AVX-512, VNNI, AMX), stay within their precision's tolerance."""

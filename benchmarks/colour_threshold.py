@@ -1,6 +1,6 @@
 """The colour target and the out-of-distribution threshold of ``micronet.runtime.stain``.
 
-    python benchmarks/colour_threshold.py
+    python benchmarks/colour_threshold.py [--model default]
 
 Measures :func:`~micronet.runtime.stain.training_colour_stats` on CRCHisto's 70 training
 images (what :data:`~micronet.runtime.stain.DEFAULT_TARGET` records), then
@@ -9,10 +9,13 @@ MoNuSeg (13) image, clean and darkened to half (RGB × 0.5, floored to uint8), a
 Detector measures an image (every pixel). :data:`~micronet.runtime.stain.OOD_THRESHOLD`
 must lie above every clean distance and below every darkened one (issue 19: no warning
 on a clean image, a warning on every darkened one); the margins are recorded beside it.
+With ``--model M`` the distances are measured from the colour statistics that model
+carries (``ModelInfo.colour``, what its Detector compares with) instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -27,12 +30,21 @@ from micronet.runtime import stain  # noqa: E402
 from micronet.runtime.images import read_image  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="measure from this model's colour statistics (a file or bundled name)")
+    args = parser.parse_args(argv)
     split = {row["name"]: row["split"] for row in csv.DictReader(open(DATA / "crchisto" / "split.csv"))}
     crc = sorted((DATA / "crchisto" / "images").glob("*.png"))
     monuseg = sorted((DATA / "monuseg" / "images").glob("*.png"))
-    target = stain.training_colour_stats(read_image(p) for p in crc if split[p.stem] == "train")
-    print("DEFAULT_TARGET =", json.dumps(target))
+    if args.model:
+        from micronet.runtime import Detector
+
+        target = Detector(args.model, device="cpu", threads=1).info.colour or stain.DEFAULT_TARGET
+        print(f"{args.model}: colour statistics", json.dumps(target))
+    else:
+        target = stain.training_colour_stats(read_image(p) for p in crc if split[p.stem] == "train")
+        print("DEFAULT_TARGET =", json.dumps(target))
     rows = []
     for path in crc + monuseg:
         image = read_image(path)

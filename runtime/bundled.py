@@ -27,9 +27,10 @@ __all__ = [
 DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 # Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
 # accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
-#   default    the paper's network at the paper's width (32-64-128-128, ELU), fp32;
-#              every backend (CRCHisto test F1 0.821). It classifies each nucleus
-#              (epithelial, fibroblast, inflammatory, others; weighted class F1 0.813)
+#   default    the paper's network at the paper's width (32-64-128-128, ELU), fp32,
+#              retrained with stain, brightness, blur and JPEG augmentation (seventh
+#              round); every backend (CRCHisto test F1 0.819, MoNuSeg 0.873). It classifies
+#              each nucleus (epithelial, fibroblast, inflammatory, others; weighted class F1 0.809)
 #              with a head at 1/4 resolution fitted on the frozen detector (`micronet
 #              fit-classes --class-scale 4 --class-depth 2 --class-radius 3.85`, 3.5 % more FLOPs).
 #   fast-cpu   the lean network (16-32-64-64, a quarter of the FLOPs) with ReLU, int8 QDQ,

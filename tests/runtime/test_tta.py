@@ -322,7 +322,7 @@ def test_detect_with_the_accurate_name_runs_and_records_dihedral_tta(sample, tmp
     assert "dihedral TTA" in capsys.readouterr().out
     assert json.loads((out / ".micronet" / "crop.progress.json").read_text())["settings"]["tta"] == "dihedral"
     # The same file with flips is another setting: refused unless --overwrite.
-    assert main([*common, "--model", "default", "--tta-mode", "flips"]) == 2
+    assert main([*common, "--model", "accurate", "--tta-mode", "flips"]) == 2
     assert "(tta dihedral → True)" in capsys.readouterr().err
 
 

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         from micronet.runtime import Detector
 
-        target = Detector(args.model, device="cpu", threads=1).info.colour or stain.DEFAULT_TARGET
-        print(f"{args.model}: colour statistics", json.dumps(target))
+        target = Detector(args.model, device="cpu", threads=1).colour_target  # what its Detector compares with
+        print(f"{args.model}: colour statistics", json.dumps(target.to_dict()))
     else:
         target = stain.training_colour_stats(read_image(p) for p in crc if split[p.stem] == "train")
         print("DEFAULT_TARGET =", json.dumps(target))

@@ -50,7 +50,7 @@ from .detections import Detections
 from .errors import InputError, InputTypeError
 from .images import as_rgb_image, check_mpp
 from .resample import MPP_TOLERANCE, BilinearAxis, check_ratio, from_resampled, needs_resampling, resampled_size
-from .stain import StainStats, colour_distance
+from .stain import METHODS, StainStats, colour_distance
 from .tiling import Tile, keep_in_core, sort_scored
 
 __all__ = ["StreamSession", "FinalRegion", "StreamCounts", "BACKGROUND"]
@@ -232,7 +232,7 @@ class StreamSession:
         """The statistics each block is run with, and the distance results carry."""
         if given is not None and not isinstance(given, StainStats):
             raise InputTypeError(f"colour_stats: expected StainStats (stain.measure) or None, got {type(given).__name__}")
-        if given is None and self._detector.normalize not in (None, "auto"):
+        if given is None and self._detector.normalize in METHODS:  # every image normalised: needs statistics
             raise InputError(f"normalize={self._detector.normalize!r}: a stream never sees the whole slide to measure its "
                              "colours; pass colour_stats= (stain.measure on a representative field)")  # fmt: skip
         if given is None:  # no distance ("auto" cannot tell, so does not normalise): the target's own

@@ -52,6 +52,7 @@ from .checkpoint import load_checkpoint, load_snapshot, save_checkpoint, save_sn
 from .data import AugmentConfig, sample_crop_with
 from .loss import weighted_mse_per_image
 from .models import MicroNet, MicroNetConfig
+from .narrow import narrow
 from .targets import TargetConfig, make_target
 from .teacher import resize_map, teacher_maps
 from .train import resolve_machine_defaults
@@ -262,42 +263,26 @@ class _CropStream:
 
 
 def student_from(cfg: DistillConfig, init: torch.nn.Module | None) -> MicroNet:
-    """The student network; with ``init``, every weight that fits is copied, and a
-    context branch narrower than the init's keeps the channels of largest batch-norm
-    scale (and block 10 reads those)."""
+    """The student network; with ``init``, its detector narrowed to the student's widths
+    and context channels (:func:`trainer.narrow.narrow`: the channels of largest
+    batch-norm scale; equal widths copy every weight). The class head starts fresh."""
     config = MicroNetConfig(widths=tuple(cfg.widths), context_channels=cfg.context_channels, activation=cfg.activation,
                             classes=tuple(cfg.classes))
     student = MicroNet(config)
     if init is None:
         return student
-    if not isinstance(init, MicroNet) or tuple(init.config.widths) != tuple(cfg.widths):
-        raise InputError(f"init: expected a MicroNet with widths {cfg.widths}")
-    old_c, new_c = init.config.context_channels, cfg.context_channels
-    if new_c > old_c:
-        raise InputError(f"init: the student's context channels ({new_c}) exceed the init's ({old_c})")
-    src = init.state_dict()
-    keep = {}
-    for d in init.config.context_depths:
-        gamma = src[f"context.{d}.1.weight"].abs()
-        keep[d] = torch.sort(torch.argsort(gamma, descending=True)[:new_c]).values
-    agg_idx = torch.cat([torch.arange(cfg.widths[0])] + [cfg.widths[0] + i * old_c + keep[d] for i, d in enumerate(init.config.context_depths)])
+    if not isinstance(init, MicroNet):
+        raise InputError(f"init: expected a MicroNet checkpoint, got {type(init).__name__}")
+    try:
+        detector = narrow(init, config.widths, config.context_channels)
+    except InputError as e:
+        raise InputError(f"init: {e} (a student may be narrower than its init, never wider)") from None
     state = student.state_dict()
     with torch.no_grad():
-        for name, t in state.items():
-            if name not in src:
-                continue  # the class head: fresh
-            s = src[name]
-            if name.startswith("context."):
-                d = int(name.split(".")[1])
-                if name.endswith(".0.weight"):  # transposed conv (in, out, k, k)
-                    s = s[:, keep[d]]
-                elif s.dim() == 1 and s.shape[0] == old_c:
-                    s = s[keep[d]]
-            elif name == "block10.0.0.weight":
-                s = s[:, agg_idx]
-            if s.shape != t.shape:
-                raise InputError(f"init: {name} has shape {tuple(s.shape)}, the student {tuple(t.shape)}")
-            t.copy_(s)
+        for name, t in detector.state_dict().items():
+            if name not in state or state[name].shape != t.shape:
+                raise InputError(f"init: {name} ({tuple(t.shape)}) does not fit the student (context depths, blocks)")
+            state[name].copy_(t)
     return student
 
 

@@ -31,9 +31,9 @@ def test_narrower_student_computes_the_init_when_dropped_channels_are_dead():
     assert logits.shape == (1, 2, 48, 40)
 
 
-def test_student_refuses_an_init_of_other_widths():
+def test_student_refuses_an_init_narrower_than_itself():
     init = create_model("micronet_tiny")
-    with pytest.raises(InputError, match="widths"):
+    with pytest.raises(InputError, match="never wider"):
         student_from(DistillConfig(teacher="unused", widths=(16, 32, 64, 64)), init)
 
 

@@ -22,6 +22,7 @@ SLIDE_MODELS_COMMAND = "python benchmarks/bench_slide.py --size 12000 --model de
 SECTIONS = [
     ("pareto", "The speed / accuracy front (issue 18)", 'python benchmarks/bench_pareto.py --model default --label "default (wide ELU fp32)" --model fast-cpu --label "fast-cpu (lean ReLU int8)" --model default --label "default + TTA" --tta --model runs/family/micronet_crchisto.onnx --label "lean student fp32 (distilled, aug, classes)" --model runs/family/micronet_crchisto_lean.int8.onnx --label "lean student int8" --model runs/family/micronet_crchisto_fast.int8.onnx --label "lean student at 1.1 µm/px int8" --baseline "default (wide ELU fp32)" --repeat 2'),
     ("pareto_tiny", "A fast-cpu candidate at 6.3 GFLOP, on an AVX2-only CPU (issue 18, eighth round)", 'python benchmarks/bench_pareto.py --model default --model fast-cpu --model phenotypes --model runs/tiny/micronet_crchisto_tiny.int8.onnx --label "tiny candidate int8 (8-16-32-32, narrowed + distilled)" --model runs/tiny/micronet_crchisto_tiny.onnx --label "tiny candidate fp32" --baseline default --repeat 2 --name pareto_tiny'),
+    ("pareto_avx2_precision", "int8 or fp32 on a CPU without VNNI (issue 18, eighth round)", 'python benchmarks/bench_pareto.py --model fast-cpu --label "fast-cpu (int8, bundled)" --model runs/tiny/fast_cpu_fp32.onnx --label "fast-cpu\'s checkpoint as fp32" --model phenotypes --baseline "fast-cpu (int8, bundled)" --repeat 2 --name pareto_avx2_precision'),
     ("robust_r7", "Robustness: stain, brightness, focus and compression (issue 19, seventh round: the retrained default)", 'python benchmarks/bench_robust.py --model default --normalize none --grades middle,strongest --name robust_r7'),
     ("pareto_robust", "The default retrained with the photometric augmentation: what it costs (issue 19, seventh round)", 'python benchmarks/bench_pareto.py --model default --label "default (robust, r7)" --model runs/prev_r7/micronet_crchisto.onnx --label "previous default (= accurate\'s file)" --model fast-cpu --model phenotypes --baseline "previous default (= accurate\'s file)" --repeat 2 --name pareto_robust'),
     ("robust_auto", "Robustness: stain, brightness, focus and compression (issue 19, sixth round: `normalize=\"auto\"`)", 'python benchmarks/bench_robust.py --model default --model fast-cpu --model phenotypes --normalize none --grades middle,strongest --name robust_auto'),
@@ -147,6 +148,14 @@ file is a little faster). It keeps MoNuSeg's F1 (0.868) but loses 0.034 on CRCHi
 so it does not replace `fast-cpu` (docs/results.md, eighth round).
 
 ![F1 against end-to-end speed, AMD EPYC (AVX2)](../benchmarks/results/pareto_tiny.png)""",
+    "pareto_avx2_precision": """\
+**Reading it.** On an AMD EPYC with AVX2 only, `fast-cpu`'s int8 file runs no faster than the
+same checkpoint exported as fp32 (`micronet export trainer/pretrained/micronet_crchisto_relu.safetensors
+-o runs/tiny/fast_cpu_fp32.onnx`): ONNX Runtime's int8 convolutions gain their speed from VNNI
+(AVX-512 VNNI or AVX-VNNI), which this CPU lacks. The int8 file stays the bundled one: on
+VNNI CPUs it is the faster (on a Sapphire Rapids the first round's lean student ran 3.93× the
+default as int8 and 2.70× as fp32, docs/results.md), and here it costs nothing in speed and
+0.007 of MoNuSeg F1.""",
     "pareto_robust": """\
 **Reading it.** `default` is the paper-width network retrained with the photometric
 augmentation (stain, brightness, gamma, hue, blur, noise, JPEG; docs/results.md, seventh

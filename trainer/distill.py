@@ -70,7 +70,7 @@ class DistillConfig:
     """A distillation run; stored in its snapshots and the checkpoint's provenance."""
 
     teacher: str  # checkpoint of the teacher (its pixel size is the maps')
-    init: str | None = None  # checkpoint the student starts from (weights that fit are copied)
+    init: str | None = None  # checkpoint the student starts from (narrowed when wider: trainer/narrow.py)
     out: str = "runs/distill"
     teacher_cache: str = "runs/teacher_maps"  # maps per image, computed once
     tta: bool = True  # teacher maps averaged over the four flips

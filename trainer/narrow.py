@@ -24,10 +24,10 @@ from micronet.runtime.errors import InputError
 
 from .models import MicroNet, MicroNetConfig
 
-__all__ = ["narrow"]
+__all__ = ["narrow", "channel_layout"]
 
 
-def _layout(cfg: MicroNetConfig) -> tuple[dict[str, tuple[int, list[str]]], dict[str, list[str]]]:
+def channel_layout(cfg: MicroNetConfig) -> tuple[dict[str, tuple[int, list[str]]], dict[str, list[str]]]:
     """The detector's channel spaces, ``name → (size index, writers)`` (a writer ``P``
     is a convolution ``P.0`` and its batch norm ``P.1``; size index 0-3 is a width, 4 the
     context channels), and each reading convolution's input: ``module → spaces`` in
@@ -81,7 +81,7 @@ def narrow(model: MicroNet, widths: tuple[int, ...], context_channels: int | Non
         )
     small = MicroNet(replace(old, widths=new_widths, context_channels=cc, classes=(), class_context=0, class_scale=1, class_depth=0))
     sizes_old, sizes_new = (*old.widths, old.context_channels), (*new_widths, cc)
-    spaces, reads = _layout(old)
+    spaces, reads = channel_layout(old)
     src = model.state_dict()
     keep = {s: _keep(src, writers, sizes_new[i]) for s, (i, writers) in spaces.items()}
     out_of = {f"{w}.{k}": s for s, (_, writers) in spaces.items() for w in writers for k in (0, 1)}

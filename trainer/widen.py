@@ -11,6 +11,7 @@ from torch import nn
 from micronet.runtime.errors import InputError
 
 from .models import MicroNet, MicroNetConfig
+from .narrow import channel_layout
 
 __all__ = ["widen"]
 
@@ -51,19 +52,16 @@ def widen(model: MicroNet, widths: tuple[int, ...], context_channels: int | None
 
 def _concat_inputs(old: MicroNetConfig, wn: tuple[int, ...], cc: int) -> dict[str, torch.Tensor]:
     """Where each old input channel of a concatenating layer (blocks 7-9, the aggregation
-    in block 10) sits in the wide network's concatenation."""
-    wo, n_ctx = old.widths, len(old.context_depths)
-
-    def parts(old_sizes: list[int], new_sizes: list[int]) -> torch.Tensor:
-        starts = [sum(new_sizes[:i]) for i in range(len(new_sizes))]
-        return torch.cat([s + torch.arange(o) for s, o in zip(starts, old_sizes)])
-
+    in block 10) sits in the wide network's concatenation (parts from
+    :func:`trainer.narrow.channel_layout`)."""
+    spaces, reads = channel_layout(old)
+    size_old, size_new = (*old.widths, old.context_channels), (*wn, cc)
     concat_inputs = {}
-    for block, level in (("block7", 2), ("block8", 1), ("block9", 0)):
-        idx = parts([wo[level]] * 2, [wn[level]] * 2)
-        concat_inputs[f"{block}.conv1.0"] = idx
-        concat_inputs[f"{block}.skip.0"] = idx
-    concat_inputs["block10.0.0"] = parts([wo[0]] + [old.context_channels] * n_ctx, [wn[0]] + [cc] * n_ctx)
+    for module, parts in reads.items():
+        if len(parts) > 1:
+            sizes = [spaces[p][0] for p in parts]
+            starts = [sum(size_new[i] for i in sizes[:k]) for k in range(len(sizes))]
+            concat_inputs[module] = torch.cat([s + torch.arange(size_old[i]) for s, i in zip(starts, sizes)])
     return concat_inputs
 
 

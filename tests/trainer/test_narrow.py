@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from micronet.runtime.errors import InputError  # noqa: E402
 from micronet.trainer.distill import DistillConfig, student_from  # noqa: E402
 from micronet.trainer.models import create_model  # noqa: E402
-from micronet.trainer.narrow import _layout, narrow  # noqa: E402
+from micronet.trainer.narrow import channel_layout, narrow  # noqa: E402
 
 SMALL = ((8, 16, 32, 32), 4)
 
@@ -29,7 +29,7 @@ def _wide_with_dead_channels(activation: str, seed: int) -> torch.nn.Module:
     old = (*wide.config.widths, wide.config.context_channels)
     new = (*SMALL[0], SMALL[1])
     modules = dict(wide.named_modules())
-    spaces, _ = _layout(wide.config)
+    spaces, _ = channel_layout(wide.config)
     with torch.no_grad():
         for size_index, writers in spaces.values():
             dead = torch.randperm(old[size_index])[: old[size_index] - new[size_index]]

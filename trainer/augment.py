@@ -19,7 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["PhotometricConfig", "photometric", "rgb_to_hed", "hed_to_rgb"]
+__all__ = ["PhotometricConfig", "TRANSFORMS", "photometric", "rgb_to_hed", "hed_to_rgb"]
+
+# The transforms in the order they are applied (the imaging chain); names for ``p_of``.
+TRANSFORMS = ("hed", "brightness", "contrast", "gamma", "hue", "tint", "blur", "noise", "jpeg")
 
 # Ruifrok & Johnston's stain vectors (H, E, DAB rows), exactly scikit-image's rgb2hed.
 _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -36,9 +39,14 @@ class PhotometricConfig:
     brightness: multiply by a factor in ``[1 − b, 1 + b/2]`` (darkening reaches further:
         microscope cameras are darker than scanners).
     contrast, gamma, saturation, hue: around the identity; gamma as ``exp(± g)``.
+    tint: white balance, a gain ``exp(± t)`` per RGB channel, divided by their geometric
+        mean so only the colour moves (a camera's warm or cool cast); 0 (the default) draws
+        nothing, so configurations without it perturb exactly as before it existed.
     blur_sigma: Gaussian σ (px) up to this; ``defocus``: share of blurs that are a disk.
     noise: Gaussian noise σ (0–255 units) up to this.
     jpeg_quality: lowest JPEG quality drawn.
+    p_of: per-transform probabilities that replace ``p``, as ``(name, p)`` pairs, names
+        from :data:`TRANSFORMS` (e.g. more strong blur without more of everything else).
     """
 
     strength: float = 1.0
@@ -50,10 +58,38 @@ class PhotometricConfig:
     gamma: float = 0.7
     saturation: float = 0.5
     hue: float = 0.08  # of a full turn
+    tint: float = 0.0
     blur_sigma: float = 2.0
     defocus: float = 0.3
     noise: float = 8.0
     jpeg_quality: int = 20
+    p_of: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, p in self.p_of:
+            if name not in TRANSFORMS:
+                raise ValueError(f"p_of names an unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"p_of[{name!r}] = {p} is not a probability in [0, 1]")
+
+    @classmethod
+    def from_options(cls, strength: float, p: float, options: dict | None = None) -> "PhotometricConfig":
+        """A configuration from a run's JSON: ``options`` sets any range by name, and
+        ``p_of`` as a mapping ``{transform: probability}``; an unknown name is an error."""
+        from dataclasses import fields
+
+        options = dict(options or {})
+        valid = {f.name for f in fields(cls)} - {"strength", "p"}
+        unknown = set(options) - valid
+        if unknown:
+            raise ValueError(f"unknown photometric option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+        if isinstance(options.get("p_of"), dict):
+            options["p_of"] = tuple(sorted(options["p_of"].items()))
+        return cls(strength=strength, p=p, **options)
+
+    def prob(self, name: str) -> float:
+        """The probability of transform ``name``: its ``p_of`` entry, else ``p``."""
+        return dict(self.p_of).get(name, self.p)
 
 
 def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
@@ -71,34 +107,38 @@ def photometric(crop: np.ndarray, rng: np.random.Generator, cfg: PhotometricConf
     """One randomly perturbed copy of ``crop`` (``(H, W, 3)`` uint8 RGB), uint8.
 
     The order follows the imaging chain: stain (HED), illumination (brightness, contrast,
-    gamma, hue, saturation), optics (blur), sensor (noise), storage (JPEG).
+    gamma, hue, saturation), camera white balance (tint), optics (blur), sensor (noise),
+    storage (JPEG).
     """
     s = cfg.strength
     if s <= 0:
         return crop
     x = crop.astype(np.float32)
-    draw = lambda: rng.random() < cfg.p  # noqa: E731
-    if draw():
+    draw = lambda name: rng.random() < cfg.prob(name)  # noqa: E731
+    if draw("hed"):
         hed = rgb_to_hed(x)
         scale = 1.0 + rng.uniform(-cfg.hed_scale, cfg.hed_scale, size=3) * s
         shift = rng.uniform(-cfg.hed_shift, cfg.hed_shift, size=3) * s
         x = hed_to_rgb(hed * scale.astype(np.float32) + shift.astype(np.float32))
-    if draw():
+    if draw("brightness"):
         x = x * rng.uniform(1.0 - cfg.brightness * s, 1.0 + cfg.brightness * s / 2)
-    if draw():
+    if draw("contrast"):
         mean = x.mean()
         x = (x - mean) * (1.0 + rng.uniform(-cfg.contrast, cfg.contrast) * s) + mean
-    if draw():
+    if draw("gamma"):
         g = np.exp(rng.uniform(-cfg.gamma, cfg.gamma) * s)
         x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** g
-    if draw():
+    if draw("hue"):
         x = _hue_saturation(x, rng.uniform(-cfg.hue, cfg.hue) * s, 1.0 + rng.uniform(-cfg.saturation, cfg.saturation) * s)
-    if draw():
+    if cfg.tint > 0 and draw("tint"):  # no draw at all without tint: older runs stay bit for bit
+        log_gain = rng.uniform(-cfg.tint, cfg.tint, size=3) * s
+        x = x * np.exp(log_gain - log_gain.mean()).astype(np.float32)
+    if draw("blur"):
         x = _blur(x, rng.uniform(0.3, max(0.3, cfg.blur_sigma * s)), disk=rng.random() < cfg.defocus)
-    if draw():
+    if draw("noise"):
         x = x + rng.normal(0.0, rng.uniform(0, cfg.noise * s), size=x.shape).astype(np.float32)
     out = np.clip(x + 0.5, 0, 255).astype(np.uint8)
-    if draw():
+    if draw("jpeg"):
         out = _jpeg(out, int(round(100 - rng.uniform(0, 100 - cfg.jpeg_quality) * min(s, 1.0))))
     return out
 

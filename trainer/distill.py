@@ -105,6 +105,7 @@ class DistillConfig:
     class_radius_um: float = 2.5
     photometric: float = 1.0  # strength of trainer.augment (0: off)
     photometric_p: float = 0.3  # probability of each perturbation (about 6 % of crops stay clean)
+    photometric_options: dict[str, Any] = field(default_factory=dict)  # PhotometricConfig ranges, p_of
     val_every: int = 250
     snapshot_every: int = 250
     eval_radius: float = 6.0  # matching radius in pixels of `data`
@@ -227,6 +228,15 @@ def _draw_weights(group: list[Source], by_area: bool) -> np.ndarray:
     return area / area.sum() if len(group) else area
 
 
+def _photometric(cfg: DistillConfig) -> PhotometricConfig | None:
+    if cfg.photometric <= 0:
+        return None
+    try:
+        return PhotometricConfig.from_options(cfg.photometric, cfg.photometric_p, cfg.photometric_options)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"photometric_options: {exc}") from None
+
+
 class _CropStream:
     """Crops drawn from the sources by group share; its RNG state is part of the snapshot."""
 
@@ -238,7 +248,7 @@ class _CropStream:
         self.mix = mix / mix.sum()
         self.weights = [_draw_weights(group, by_area=g == 2) for g, group in enumerate(self.groups)]  # fixed for the run
         self.aug = AugmentConfig(crop=cfg.crop, color_jitter=0.0)
-        self.photo = PhotometricConfig(strength=cfg.photometric, p=cfg.photometric_p) if cfg.photometric > 0 else None
+        self.photo = _photometric(cfg)
         self.target = target
         self.scale = target.scale
         self.class_radius = class_radius

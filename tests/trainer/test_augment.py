@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 skimage_color = pytest.importorskip("skimage.color")
 
-from micronet.trainer.augment import PhotometricConfig, hed_to_rgb, photometric, rgb_to_hed  # noqa: E402
+from micronet.trainer.augment import TRANSFORMS, PhotometricConfig, hed_to_rgb, photometric, rgb_to_hed  # noqa: E402
 from micronet.trainer.data import AugmentConfig, sample_crop_with  # noqa: E402
 
 
@@ -62,3 +62,47 @@ def test_maps_and_point_sets_move_with_the_image():
     # The second set is a subset of the first, by index.
     assert set(crop.kept[1]) <= set(crop.kept[0])
     np.testing.assert_allclose(crop.points[1], crop.points[0][np.isin(crop.kept[0], crop.kept[1])])
+
+
+def test_tint_moves_colour_only_and_p_of_targets_one_transform():
+    rng = np.random.default_rng(4)
+    crop = rng.integers(80, 170, (48, 48, 3)).astype(np.uint8)
+    off = {name: 0.0 for name in TRANSFORMS}
+    tint_only = PhotometricConfig.from_options(1.0, 0.0, {"tint": 0.2, "p_of": {**off, "tint": 1.0}})
+    out = photometric(crop, np.random.default_rng(5), tint_only).astype(np.float64)
+    ratio = out.mean(axis=(0, 1)) / crop.mean(axis=(0, 1))
+    assert np.ptp(ratio) > 0.02  # the channels moved apart ...
+    assert abs(np.log(ratio).mean()) < 0.01  # ... about a geometric mean of 1: colour, not brightness
+    # Each pixel keeps its own channel ratios up to the three gains (no spatial change).
+    gains = out / np.maximum(crop, 1)
+    assert np.all(np.ptp(gains.reshape(-1, 3), axis=0) < 0.02)
+    # Only tint ran: with tint's probability 0 as well, nothing changes.
+    nothing = PhotometricConfig.from_options(1.0, 1.0, {"tint": 0.2, "p_of": off})
+    assert np.array_equal(photometric(crop, rng, nothing), crop)
+
+
+def test_without_tint_and_p_of_the_draws_are_those_of_before():
+    # A run configured before tint and p_of existed perturbs bit for bit as it did: tint 0
+    # draws nothing, and p_of entries equal to p change nothing.
+    crop = np.random.default_rng(6).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    plain = photometric(crop, np.random.default_rng(7), PhotometricConfig(p=0.5))
+    same = PhotometricConfig.from_options(1.0, 0.5, {"p_of": {name: 0.5 for name in TRANSFORMS}})
+    assert np.array_equal(photometric(crop, np.random.default_rng(7), same), plain)
+
+
+@pytest.mark.parametrize("options", [{"p_of": {"sharpen": 0.5}}, {"p_of": {"blur": 1.5}}, {"sharpness": 1.0}, {"p": 0.2}])
+def test_bad_photometric_options_are_named(options):
+    with pytest.raises(ValueError, match="sharpen|probability|sharpness|unknown"):
+        PhotometricConfig.from_options(1.0, 0.15, options)
+
+
+def test_distill_config_rejects_bad_photometric_options(tmp_path):
+    from micronet.runtime.errors import InputError
+    from micronet.trainer.distill import DistillConfig, _photometric
+
+    cfg = DistillConfig.from_dict({"teacher": "t.safetensors", "photometric_options": {"p_of": {"blurr": 0.3}}})
+    with pytest.raises(InputError, match="photometric_options.*blurr"):
+        _photometric(cfg)
+    good = DistillConfig.from_dict({"teacher": "t.safetensors", "photometric_options": {"hue": 0.12, "p_of": {"blur": 0.3}}})
+    photo = _photometric(good)
+    assert photo.hue == 0.12 and photo.prob("blur") == 0.3 and photo.prob("hue") == good.photometric_p

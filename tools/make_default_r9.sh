@@ -10,17 +10,23 @@
 #   2. best.safetensors (CRCHisto validation F1) → tools/tune_detection.py → detection export
 #   3. benchmarks/bench_robust.py on that export (clean CRCHisto test and MoNuSeg held-out F1
 #      and the 36 checks; the rule of docs/results.md, ninth round, decides)
+#   3b. wise (declared after step 3's candidate failed the rule's clean CRCHisto condition):
+#      WiSE-FT, ½ shipped + ½ candidate for every detector tensor, the shipped class head
+#      kept (python -m micronet.trainer.interpolate), ξ re-tuned on validation, the same bench.
 #   4. only if it passes: the seventh round's class head recipe on the new frozen detector,
 #      then the fp32 and fp16 exports (runs/r9/micronet_crchisto{,.fp16}.onnx) and the
 #      CRCHisto test scores with classes.
 #
-#   tools/make_default_r9.sh [detector|head]      # both by default
+#   5. INSTALL=1: the checkpoint and both exports become the bundled default (a rename of a
+#      complete copy), then `micronet check` on the family.
+#
+#   tools/make_default_r9.sh [detector|wise|head]      # detector and wise by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=runs/r9
 data=../shared/data
 stages=("$@")
-[[ ${#stages[@]} -gt 0 ]] || stages=(detector head)
+[[ ${#stages[@]} -gt 0 ]] || stages=(detector wise)
 for stage in "${stages[@]}"; do
     case $stage in
         detector)
@@ -31,6 +37,15 @@ for stage in "${stages[@]}"; do
             python benchmarks/bench_robust.py --model "$work/default-det.onnx" --label "default r9 candidate" \
                 --grades middle,strongest --name robust_r9_candidate
             ;;
+        wise)
+            python -m micronet.trainer.interpolate trainer/pretrained/micronet_crchisto.safetensors \
+                "$work/default/best.safetensors" --alpha 0.5 -o "$work/wise.safetensors"
+            python tools/tune_detection.py "$work/wise.safetensors" --data "$data/crchisto" --split val --radius 6 \
+                -o "$work/wise_tuned.safetensors"
+            python -m micronet export "$work/wise_tuned.safetensors" -o "$work/wise.onnx"
+            python benchmarks/bench_robust.py --model "$work/wise.onnx" --label "default r9 WiSE-FT α 0.5" \
+                --grades middle,strongest --name robust_r9_wise
+            ;;
         head)
             python -m micronet fit-classes "$work/default_tuned.safetensors" --class-context 16 --class-scale 4 \
                 --class-radius 3.85 --class-depth 2 --iterations 3000 --cache "$work/default.cache.pt" -o "$work/default.safetensors"
@@ -39,6 +54,13 @@ for stage in "${stages[@]}"; do
             python -m micronet evaluate --model "$work/micronet_crchisto.onnx" --data "$data/crchisto" --split test --radius 6 \
                 --json "$work/test_default.json"
             ;;
-        *) echo "unknown stage $stage (detector, head)" >&2; exit 2 ;;
+        *) echo "unknown stage $stage (detector, wise, head)" >&2; exit 2 ;;
     esac
 done
+if [[ "${INSTALL:-0}" == 1 ]]; then
+    cp "$work/default.safetensors" trainer/pretrained/micronet_crchisto.safetensors
+    for f in micronet_crchisto.onnx micronet_crchisto.fp16.onnx; do
+        cp "$work/$f" "runtime/models/$f.tmp" && mv "runtime/models/$f.tmp" "runtime/models/$f"
+    done
+    python -m micronet check default fast-cpu phenotypes accurate --device cpu
+fi

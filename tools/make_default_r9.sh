@@ -27,27 +27,27 @@ work=runs/r9
 data=../shared/data
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(detector wise)
+
+score() {  # CHECKPOINT ONNX LABEL NAME: ξ and min distance on validation, export, the robustness bench
+    python tools/tune_detection.py "$1" --data "$data/crchisto" --split val --radius 6 -o "${1%.safetensors}_tuned.safetensors"
+    python -m micronet export "${1%.safetensors}_tuned.safetensors" -o "$2"
+    python benchmarks/bench_robust.py --model "$2" --label "$3" --grades middle,strongest --name "$4"
+}
+
 for stage in "${stages[@]}"; do
     case $stage in
         detector)
             python -m micronet distill tools/family/default-robust-r9.json
-            python tools/tune_detection.py "$work/default/best.safetensors" --data "$data/crchisto" --split val --radius 6 \
-                -o "$work/default_tuned.safetensors"
-            python -m micronet export "$work/default_tuned.safetensors" -o "$work/default-det.onnx"
-            python benchmarks/bench_robust.py --model "$work/default-det.onnx" --label "default r9 candidate" \
-                --grades middle,strongest --name robust_r9_candidate
+            cp "$work/default/best.safetensors" "$work/default.best.safetensors"
+            score "$work/default.best.safetensors" "$work/default-det.onnx" "default r9 candidate" robust_r9_candidate
             ;;
         wise)
             python -m micronet.trainer.interpolate trainer/pretrained/micronet_crchisto.safetensors \
                 "$work/default/best.safetensors" --alpha 0.5 -o "$work/wise.safetensors"
-            python tools/tune_detection.py "$work/wise.safetensors" --data "$data/crchisto" --split val --radius 6 \
-                -o "$work/wise_tuned.safetensors"
-            python -m micronet export "$work/wise_tuned.safetensors" -o "$work/wise.onnx"
-            python benchmarks/bench_robust.py --model "$work/wise.onnx" --label "default r9 WiSE-FT α 0.5" \
-                --grades middle,strongest --name robust_r9_wise
+            score "$work/wise.safetensors" "$work/wise.onnx" "default r9 WiSE-FT α 0.5" robust_r9_wise
             ;;
         head)
-            python -m micronet fit-classes "$work/default_tuned.safetensors" --class-context 16 --class-scale 4 \
+            python -m micronet fit-classes "$work/default.best_tuned.safetensors" --class-context 16 --class-scale 4 \
                 --class-radius 3.85 --class-depth 2 --iterations 3000 --cache "$work/default.cache.pt" -o "$work/default.safetensors"
             python -m micronet export "$work/default.safetensors" -o "$work/micronet_crchisto.onnx"
             python -m micronet export "$work/default.safetensors" --precision fp16 -o "$work/micronet_crchisto.fp16.onnx"

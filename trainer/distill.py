@@ -126,7 +126,9 @@ class DistillConfig:
         for key in ("widths", "classes", "mix", "lr_milestones"):
             if key in data and data[key] is not None:
                 data[key] = tuple(data[key])
-        return cls(**data)
+        cfg = cls(**data)
+        _photometric(cfg)  # a bad option fails here, before the teacher's maps are computed
+        return cfg
 
 
 @dataclass

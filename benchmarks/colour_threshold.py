@@ -10,7 +10,9 @@ Detector measures an image (every pixel). :data:`~micronet.runtime.stain.OOD_THR
 must lie above every clean distance and below every darkened one (issue 19: no warning
 on a clean image, a warning on every darkened one); the margins are recorded beside it.
 With ``--model M`` the distances are measured from the colour statistics that model
-carries (``ModelInfo.colour``, what its Detector compares with) instead.
+carries (``ModelInfo.colour``, what its Detector compares with) instead. ``--hue T …``
+adds, per group, the distances of each image turned by T of a hue turn (the robustness
+benchmark's ``hue`` family): how far the check sees a hue shift.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from micronet.runtime.images import read_image  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="measure from this model's colour statistics (a file or bundled name)")
+    parser.add_argument("--hue", type=float, nargs="+", default=[], help="also report the distances of images turned by these hue turns")
     args = parser.parse_args(argv)
     split = {row["name"]: row["split"] for row in csv.DictReader(open(DATA / "crchisto" / "split.csv"))}
     crc = sorted((DATA / "crchisto" / "images").glob("*.png"))
@@ -65,6 +68,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     quiet = all(r[2] <= threshold for r in rows) and all(r[3] > threshold for r in rows)
     print("quiet on every clean image and fires on every darkened one:", quiet)
+    if args.hue:
+        hue_distances(crc + monuseg, split, target, args.hue)
+
+
+def hue_distances(paths: list[Path], split: dict[str, str], target: object, turns: list[float]) -> None:
+    """Per group and turn: the smallest, median and largest distance of the turned images."""
+    from _perturbations import hue_rotate
+
+    found: dict[tuple[str, float], list[float]] = {}
+    for path in paths:
+        image = read_image(path)
+        for t in turns:
+            found.setdefault((split.get(path.stem, "monuseg"), t), []).append(stain.colour_distance(stain.measure(hue_rotate(image, t)), target))
+    for (group, t), d in sorted(found.items()):
+        print(f"{group} hue {t:+g}: distance smallest {min(d):.3f}, median {np.median(d):.3f}, largest {max(d):.3f}")
 
 
 if __name__ == "__main__":

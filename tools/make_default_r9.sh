@@ -13,6 +13,9 @@
 #   3b. wise (declared after step 3's candidate failed the rule's clean CRCHisto condition):
 #      WiSE-FT, ½ shipped + ½ candidate for every detector tensor, the shipped class head
 #      kept (python -m micronet.trainer.interpolate), ξ re-tuned on validation, the same bench.
+#   3c. tta-teacher (tenth round, declared in runs/r10/RULE.md before its result): step 1 with the
+#      seventh round's teacher (21d6d3f's detector, flip-TTA maps) instead of the default's own
+#      single pass (tools/family/default-robust-r10.json), scored as step 3.
 #   4. only if it passes: the seventh round's class head recipe on the new frozen detector,
 #      then the fp32 and fp16 exports (runs/r9/micronet_crchisto{,.fp16}.onnx) and the
 #      CRCHisto test scores with classes.
@@ -20,7 +23,7 @@
 #   5. INSTALL=1: the checkpoint and both exports become the bundled default (a rename of a
 #      complete copy), then `micronet check` on the family.
 #
-#   tools/make_default_r9.sh [detector|wise|head]      # detector and wise by default
+#   tools/make_default_r9.sh [detector|wise|tta-teacher|head]      # detector and wise by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=runs/r9
@@ -46,6 +49,14 @@ for stage in "${stages[@]}"; do
                 "$work/default/best.safetensors" --alpha 0.5 -o "$work/wise.safetensors"
             score "$work/wise.safetensors" "$work/wise.onnx" "default r9 WiSE-FT α 0.5" robust_r9_wise
             ;;
+        tta-teacher)
+            mkdir -p runs/robust runs/r10
+            [[ -f runs/robust/default_detector.safetensors ]] || \
+                git show 21d6d3f:trainer/pretrained/micronet_crchisto.safetensors > runs/robust/default_detector.safetensors
+            python -m micronet distill tools/family/default-robust-r10.json
+            cp runs/r10/default/best.safetensors runs/r10/default.best.safetensors
+            score runs/r10/default.best.safetensors runs/r10/default-det.onnx "default r10 candidate (TTA teacher)" robust_r10_candidate
+            ;;
         head)
             python -m micronet fit-classes "$work/default.best_tuned.safetensors" --class-context 16 --class-scale 4 \
                 --class-radius 3.85 --class-depth 2 --iterations 3000 --cache "$work/default.cache.pt" -o "$work/default.safetensors"
@@ -54,7 +65,7 @@ for stage in "${stages[@]}"; do
             python -m micronet evaluate --model "$work/micronet_crchisto.onnx" --data "$data/crchisto" --split test --radius 6 \
                 --json "$work/test_default.json"
             ;;
-        *) echo "unknown stage $stage (detector, wise, head)" >&2; exit 2 ;;
+        *) echo "unknown stage $stage (detector, wise, tta-teacher, head)" >&2; exit 2 ;;
     esac
 done
 if [[ "${INSTALL:-0}" == 1 ]]; then

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA  # noqa: E402
+from _perturbations import hue_rotate  # noqa: E402
 
 from micronet.runtime import stain  # noqa: E402
 from micronet.runtime.images import read_image  # noqa: E402
@@ -49,11 +50,15 @@ def main(argv: list[str] | None = None) -> None:
         target = stain.training_colour_stats(read_image(p) for p in crc if split[p.stem] == "train")
         print("DEFAULT_TARGET =", json.dumps(target))
     rows = []
+    turned: dict[tuple[str, float], list[float]] = {}  # (group, hue turn) → distances, with --hue
     for path in crc + monuseg:
         image = read_image(path)
+        group = split.get(path.stem, "monuseg")
         clean = stain.colour_distance(stain.measure(image), target)
         dark = stain.colour_distance(stain.measure((image * 0.5).astype(np.uint8)), target)
-        rows.append((split.get(path.stem, "monuseg"), path.stem, clean, dark))
+        rows.append((group, path.stem, clean, dark))
+        for t in args.hue:
+            turned.setdefault((group, t), []).append(stain.colour_distance(stain.measure(hue_rotate(image, t)), target))
     for group in ("train", "val", "test", "monuseg"):
         clean = [r[2] for r in rows if r[0] == group]
         dark = [r[3] for r in rows if r[0] == group]
@@ -68,20 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     quiet = all(r[2] <= threshold for r in rows) and all(r[3] > threshold for r in rows)
     print("quiet on every clean image and fires on every darkened one:", quiet)
-    if args.hue:
-        hue_distances(crc + monuseg, split, target, args.hue)
-
-
-def hue_distances(paths: list[Path], split: dict[str, str], target: object, turns: list[float]) -> None:
-    """Per group and turn: the smallest, median and largest distance of the turned images."""
-    from _perturbations import hue_rotate
-
-    found: dict[tuple[str, float], list[float]] = {}
-    for path in paths:
-        image = read_image(path)
-        for t in turns:
-            found.setdefault((split.get(path.stem, "monuseg"), t), []).append(stain.colour_distance(stain.measure(hue_rotate(image, t)), target))
-    for (group, t), d in sorted(found.items()):
+    for (group, t), d in sorted(turned.items()):
         print(f"{group} hue {t:+g}: distance smallest {min(d):.3f}, median {np.median(d):.3f}, largest {max(d):.3f}")
 
 

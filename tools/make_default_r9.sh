@@ -50,12 +50,12 @@ for stage in "${stages[@]}"; do
             score "$work/wise.safetensors" "$work/wise.onnx" "default r9 WiSE-FT α 0.5" robust_r9_wise
             ;;
         tta-teacher)
-            mkdir -p runs/robust runs/r10
-            [[ -f runs/robust/default_detector.safetensors ]] || \
-                git show 21d6d3f:trainer/pretrained/micronet_crchisto.safetensors > runs/robust/default_detector.safetensors
+            r10=runs/r10 teacher=runs/robust/default_detector.safetensors  # the paths of default-robust-r10.json
+            mkdir -p "$r10" "$(dirname "$teacher")"
+            [[ -f $teacher ]] || git show 21d6d3f:trainer/pretrained/micronet_crchisto.safetensors > "$teacher"
             python -m micronet distill tools/family/default-robust-r10.json
-            cp runs/r10/default/best.safetensors runs/r10/default.best.safetensors
-            score runs/r10/default.best.safetensors runs/r10/default-det.onnx "default r10 candidate (TTA teacher)" robust_r10_candidate
+            cp "$r10/default/best.safetensors" "$r10/default.best.safetensors"
+            score "$r10/default.best.safetensors" "$r10/default-det.onnx" "default r10 candidate (TTA teacher)" robust_r10_candidate
             ;;
         head)
             python -m micronet fit-classes "$work/default.best_tuned.safetensors" --class-context 16 --class-scale 4 \

@@ -96,7 +96,7 @@ def test_bad_photometric_options_are_named(options):
         PhotometricConfig.from_options(1.0, 0.15, options)
 
 
-def test_distill_config_rejects_bad_photometric_options(tmp_path):
+def test_distill_config_rejects_bad_photometric_options():
     from micronet.runtime.errors import InputError
     from micronet.trainer.distill import DistillConfig, _photometric
 

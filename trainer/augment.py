@@ -78,11 +78,10 @@ class PhotometricConfig:
         ``p_of`` as a mapping ``{transform: probability}``; an unknown name is an error."""
         from dataclasses import fields
 
+        from .options import check_names
+
         options = dict(options or {})
-        valid = {f.name for f in fields(cls)} - {"strength", "p"}
-        unknown = set(options) - valid
-        if unknown:
-            raise ValueError(f"unknown photometric option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+        check_names(options, {f.name for f in fields(cls)} - {"strength", "p"}, "photometric")
         if isinstance(options.get("p_of"), dict):
             options["p_of"] = tuple(sorted(options["p_of"].items()))
         return cls(strength=strength, p=p, **options)

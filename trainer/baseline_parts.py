@@ -13,6 +13,8 @@ from torch import nn
 
 from micronet.runtime.errors import InputError
 
+from .options import check_names
+
 
 @dataclass(frozen=True)
 class _BaselineConfig:
@@ -192,10 +194,7 @@ class _Baseline(nn.Module):
     def from_config_dict(cls, options: dict[str, Any]) -> _Baseline:
         """Builds the network from config fields (a checkpoint's dict without "name", or
         ``create_model`` overrides); unknown fields raise, listing the valid ones."""
-        valid = [f.name for f in fields(cls.config_class)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise InputError(f"{cls.name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        check_names(options, (f.name for f in fields(cls.config_class)), cls.name)
         return cls(cls.config_class(**options))
 
     def config_dict(self) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from .data import AugmentConfig, sample_crop_with
 from .loss import weighted_mse_per_image
 from .models import MicroNet, MicroNetConfig
 from .narrow import narrow
+from .options import check_names
 from .targets import TargetConfig, make_target
 from .teacher import resize_map, teacher_maps
 from .train import resolve_machine_defaults
@@ -119,9 +120,7 @@ class DistillConfig:
     def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
         from dataclasses import fields
 
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown distillation option(s) {sorted(unknown)}; valid: {', '.join(f.name for f in fields(cls))}")
+        check_names(data, (f.name for f in fields(cls)), "distillation")
         data = dict(data)
         for key in ("widths", "classes", "mix", "lr_milestones"):
             if key in data and data[key] is not None:

@@ -40,6 +40,7 @@ from .distributed import (
 )
 from .loss import loss_for, two_source_loss, weighted_mse
 from .models import ACTIVATIONS, create_model, with_activation
+from .options import check_names
 from .resolve import (  # re-exported: the machine-bound defaults were defined here
     native_bf16,
     resolve_bf16,
@@ -144,10 +145,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        valid = {f.name for f in fields(cls)}
-        unknown = set(data) - valid
-        if unknown:
-            raise InputError(f"unknown training option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+        check_names(data, (f.name for f in fields(cls)), "training")
         data = dict(data)
         if data.get("widths") is not None:
             data["widths"] = tuple(data["widths"])

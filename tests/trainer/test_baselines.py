@@ -80,7 +80,7 @@ def test_config_dict_rebuilds_the_same_architecture(name):
 
 
 def test_unknown_options_and_architectures_raise_listing_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown option.*widths.*valid: base, dropout, in_channels"):
+    with pytest.raises(ValueError, match="unknown .*option.*widths.*valid: base, dropout, in_channels"):
         create_model("unet", widths=(8, 16, 32, 32))
     assert create_model("unet", base=4, dropout=None).config.dropout == 0.5  # None: the model's own
     with pytest.raises(ValueError, match="base"):

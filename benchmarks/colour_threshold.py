@@ -12,7 +12,9 @@ on a clean image, a warning on every darkened one); the margins are recorded bes
 With ``--model M`` the distances are measured from the colour statistics that model
 carries (``ModelInfo.colour``, what its Detector compares with) instead. ``--hue T …``
 adds, per group, the distances of each image turned by T of a hue turn (the robustness
-benchmark's ``hue`` family): how far the check sees a hue shift.
+benchmark's ``hue`` family): how far the check sees a hue shift, and how far each image's
+hematoxylin and eosin vectors (Macenko) turn from the target's, clean (turn 0) and turned:
+whether any stain statistic tells a turned image from a clean one.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,15 +54,15 @@ def main(argv: list[str] | None = None) -> None:
         target = stain.training_colour_stats(read_image(p) for p in crc if split[p.stem] == "train")
         print("DEFAULT_TARGET =", json.dumps(target))
     rows = []
-    turned: dict[tuple[str, float], list[float]] = {}  # (group, hue turn) → distances, with --hue
+    turned: dict[tuple[str, float], list[tuple[float, float, float]]] = {}  # (group, turn) → (distance, H°, E°)
     for path in crc + monuseg:
         image = read_image(path)
         group = split.get(path.stem, "monuseg")
         clean = stain.colour_distance(stain.measure(image), target)
         dark = stain.colour_distance(stain.measure((image * 0.5).astype(np.uint8)), target)
         rows.append((group, path.stem, clean, dark))
-        for t in args.hue:
-            turned.setdefault((group, t), []).append(stain.colour_distance(stain.measure(hue_rotate(image, t)), target))
+        for t in [0.0, *args.hue] if args.hue else []:
+            turned.setdefault((group, t), []).append(_turned(image if t == 0 else hue_rotate(image, t), target))
     for group in ("train", "val", "test", "monuseg"):
         clean = [r[2] for r in rows if r[0] == group]
         dark = [r[3] for r in rows if r[0] == group]
@@ -73,8 +77,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     quiet = all(r[2] <= threshold for r in rows) and all(r[3] > threshold for r in rows)
     print("quiet on every clean image and fires on every darkened one:", quiet)
-    for (group, t), d in sorted(turned.items()):
-        print(f"{group} hue {t:+g}: distance smallest {min(d):.3f}, median {np.median(d):.3f}, largest {max(d):.3f}")
+    for (group, t), values in sorted(turned.items()):
+        d, h, e = np.array(values).T
+        print(
+            f"{group} hue {t:+g}: distance smallest {min(d):.3f}, median {np.median(d):.3f}, largest {max(d):.3f}; "
+            f"H vector {np.nanmin(h):.1f}–{np.nanmax(h):.1f}°, E vector {np.nanmin(e):.1f}–{np.nanmax(e):.1f}° from the target's"
+        )
+
+
+def _turned(image: np.ndarray, target: Any) -> tuple[float, float, float]:
+    """``(colour distance, H angle, E angle)``: the angles in degrees between the image's
+    Macenko stain vectors and the target's (NaN without stained pixels)."""
+    stats, target = stain.measure(image), stain.target_stats(target)
+    if stats.stains is None or target.stains is None:
+        return stain.colour_distance(stats, target), math.nan, math.nan
+    h, e = (math.degrees(math.acos(min(1.0, float(np.dot(a, b))))) for a, b in zip(stats.stains, target.stains))
+    return stain.colour_distance(stats, target), h, e
 
 
 if __name__ == "__main__":

@@ -16,20 +16,34 @@
 #   3c. tta-teacher (tenth round, declared in runs/r10/RULE.md before its result): step 1 with the
 #      seventh round's teacher (21d6d3f's detector, flip-TTA maps) instead of the default's own
 #      single pass (tools/family/default-robust-r10.json), scored as step 3.
+#   3d. wise10 (eleventh round, declared in runs/r11/RULE.md after 3c failed the clean CRCHisto
+#      condition by 0.0015 and before its own result): 3b on 3c's candidate, into runs/r11,
+#      scored as step 3, and the kept class head's scores on CRCHisto test.
 #   4. only if it passes: the seventh round's class head recipe on the new frozen detector,
 #      then the fp32 and fp16 exports (runs/r9/micronet_crchisto{,.fp16}.onnx) and the
 #      CRCHisto test scores with classes.
 #
+#      kept-head: instead of 4, a candidate that kept the shipped class head (3b, 3d) has its
+#      tuned checkpoint and exports put where 4 puts them.
 #   5. INSTALL=1: the checkpoint and both exports become the bundled default (a rename of a
 #      complete copy), then `micronet check` on the family.
 #
-#   tools/make_default_r9.sh [detector|wise|tta-teacher|head]      # detector and wise by default
+#   WORK=runs/r11 tools/make_default_r9.sh [detector|wise|tta-teacher|wise10|head|kept-head]
+#   (WORK: where head, kept-head and INSTALL read and write; runs/r9 by default; detector and
+#   wise by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=runs/r9
+work=${WORK:-runs/r9}
 data=../shared/data
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(detector wise)
+
+files() {  # the fp32 and fp16 exports of $work/default.safetensors and its CRCHisto test scores
+    python -m micronet export "$work/default.safetensors" -o "$work/micronet_crchisto.onnx"
+    python -m micronet export "$work/default.safetensors" --precision fp16 -o "$work/micronet_crchisto.fp16.onnx"
+    python -m micronet evaluate --model "$work/micronet_crchisto.onnx" --data "$data/crchisto" --split test --radius 6 \
+        --json "$work/test_default.json"
+}
 
 score() {  # CHECKPOINT ONNX LABEL NAME: ξ and min distance on validation, export, the robustness bench
     python tools/tune_detection.py "$1" --data "$data/crchisto" --split val --radius 6 -o "${1%.safetensors}_tuned.safetensors"
@@ -41,13 +55,21 @@ for stage in "${stages[@]}"; do
     case $stage in
         detector)
             python -m micronet distill tools/family/default-robust-r9.json
-            cp "$work/default/best.safetensors" "$work/default.best.safetensors"
-            score "$work/default.best.safetensors" "$work/default-det.onnx" "default r9 candidate" robust_r9_candidate
+            cp runs/r9/default/best.safetensors runs/r9/default.best.safetensors
+            score runs/r9/default.best.safetensors runs/r9/default-det.onnx "default r9 candidate" robust_r9_candidate
             ;;
         wise)
             python -m micronet.trainer.interpolate trainer/pretrained/micronet_crchisto.safetensors \
-                "$work/default/best.safetensors" --alpha 0.5 -o "$work/wise.safetensors"
-            score "$work/wise.safetensors" "$work/wise.onnx" "default r9 WiSE-FT α 0.5" robust_r9_wise
+                runs/r9/default/best.safetensors --alpha 0.5 -o runs/r9/wise.safetensors
+            score runs/r9/wise.safetensors runs/r9/wise.onnx "default r9 WiSE-FT α 0.5" robust_r9_wise
+            ;;
+        wise10)
+            mkdir -p runs/r11
+            python -m micronet.trainer.interpolate trainer/pretrained/micronet_crchisto.safetensors \
+                runs/r10/default/best.safetensors --alpha 0.5 -o runs/r11/wise.safetensors
+            score runs/r11/wise.safetensors runs/r11/wise.onnx "default r11 WiSE-FT α 0.5 (r10 candidate)" robust_r11_wise
+            python -m micronet evaluate --model runs/r11/wise.onnx --data "$data/crchisto" --split test --radius 6 \
+                --json runs/r11/test_wise.json
             ;;
         tta-teacher)
             r10=runs/r10 teacher=runs/robust/default_detector.safetensors  # the paths of default-robust-r10.json
@@ -60,12 +82,13 @@ for stage in "${stages[@]}"; do
         head)
             python -m micronet fit-classes "$work/default.best_tuned.safetensors" --class-context 16 --class-scale 4 \
                 --class-radius 3.85 --class-depth 2 --iterations 3000 --cache "$work/default.cache.pt" -o "$work/default.safetensors"
-            python -m micronet export "$work/default.safetensors" -o "$work/micronet_crchisto.onnx"
-            python -m micronet export "$work/default.safetensors" --precision fp16 -o "$work/micronet_crchisto.fp16.onnx"
-            python -m micronet evaluate --model "$work/micronet_crchisto.onnx" --data "$data/crchisto" --split test --radius 6 \
-                --json "$work/test_default.json"
+            files
             ;;
-        *) echo "unknown stage $stage (detector, wise, tta-teacher, head)" >&2; exit 2 ;;
+        kept-head)
+            cp "$work/wise_tuned.safetensors" "$work/default.safetensors"
+            files
+            ;;
+        *) echo "unknown stage $stage (detector, wise, tta-teacher, wise10, head, kept-head)" >&2; exit 2 ;;
     esac
 done
 if [[ "${INSTALL:-0}" == 1 ]]; then

@@ -380,16 +380,15 @@ def plot(rows: list[dict[str, Any]], payload: dict[str, Any], path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    fastest, placed = max(r["megapixels_per_s"] for r in rows), []  # placed: (log10 MP/s, F1) of the labels so far
-    for r in rows:
+    # One colour and marker per row, named in the legend: labels beside points that sit close
+    # together (a model and its previous file) could be read as the other's.
+    markers = "ovD^<>ph*"
+    for k, r in enumerate(rows):
         is_classical = r["kind"] == "classical"
-        x, y = r["megapixels_per_s"], r["f1_crchisto_test"]
-        ax.scatter([x], [y], marker="s" if is_classical else "o", s=55, color="0.45" if is_classical else "C0", zorder=3)
-        text = _row_label(r) + ("" if r["gflop_per_500"] is None else f"\n{r['gflop_per_500']:.0f} GFLOP")
-        right = x == fastest  # its label goes to the left, inside the axes
-        near = sum(abs(np.log10(x) - px) < 0.3 and abs(y - py) < 0.01 for px, py in placed)  # labels it would cover
-        placed.append((np.log10(x), y))
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(-7 if right else 7, 4 - 24 * near), ha="right" if right else "left", va="top" if near else "baseline", fontsize=8)
+        text = _row_label(r) + ("" if r["gflop_per_500"] is None else f" ({r['gflop_per_500']:.0f} GFLOP)")
+        style = {"marker": "s", "color": "0.45"} if is_classical else {"marker": markers[k % len(markers)], "color": f"C{k % 10}"}
+        ax.scatter([r["megapixels_per_s"]], [r["f1_crchisto_test"]], s=55, zorder=3, label=text, **style)
+    ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
     ax.set_xscale("log")
     ax.set_xlabel("end-to-end speed, MP/s of input (log)")
     ax.set_ylabel(f"F1, CRCHisto test (radius {CRCHISTO_RADIUS:g} px)")

@@ -37,6 +37,11 @@ work=${WORK:-runs/r9}
 data=../shared/data
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(detector wise)
+# The start and the WiSE base of every stage: the seventh round's default, as shipped until the
+# eleventh round replaced it (the configs' "init"), pinned so that a rerun starts where these did.
+base=runs/robust/default_r7.safetensors
+mkdir -p runs/robust
+[[ -f $base ]] || git show 532b23d:trainer/pretrained/micronet_crchisto.safetensors > "$base"
 
 files() {  # the fp32 and fp16 exports of $work/default.safetensors and its CRCHisto test scores
     python -m micronet export "$work/default.safetensors" -o "$work/micronet_crchisto.onnx"
@@ -59,13 +64,13 @@ for stage in "${stages[@]}"; do
             score runs/r9/default.best.safetensors runs/r9/default-det.onnx "default r9 candidate" robust_r9_candidate
             ;;
         wise)
-            python -m micronet.trainer.interpolate trainer/pretrained/micronet_crchisto.safetensors \
+            python -m micronet.trainer.interpolate "$base" \
                 runs/r9/default/best.safetensors --alpha 0.5 -o runs/r9/wise.safetensors
             score runs/r9/wise.safetensors runs/r9/wise.onnx "default r9 WiSE-FT α 0.5" robust_r9_wise
             ;;
         wise10)
             mkdir -p runs/r11
-            python -m micronet.trainer.interpolate trainer/pretrained/micronet_crchisto.safetensors \
+            python -m micronet.trainer.interpolate "$base" \
                 runs/r10/default/best.safetensors --alpha 0.5 -o runs/r11/wise.safetensors
             score runs/r11/wise.safetensors runs/r11/wise.onnx "default r11 WiSE-FT α 0.5 (r10 candidate)" robust_r11_wise
             python -m micronet evaluate --model runs/r11/wise.onnx --data "$data/crchisto" --split test --radius 6 \

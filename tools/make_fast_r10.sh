@@ -20,10 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=runs/fast10
 data=../shared/data
-shipped=trainer/pretrained/micronet_crchisto_relu.safetensors
+# The start (the config's "init") and the WiSE base: fast-cpu as shipped before this round,
+# pinned so that a rerun starts where this one did.
+shipped=runs/robust/fast_cpu_r8.safetensors
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(detector wise bench)
-mkdir -p "$work"
+mkdir -p "$work" runs/robust
+[[ -f $shipped ]] || git show 532b23d:trainer/pretrained/micronet_crchisto_relu.safetensors > "$shipped"
 [[ -f runs/robust/default_detector.safetensors ]] ||
     git show 21d6d3f:trainer/pretrained/micronet_crchisto.safetensors > runs/robust/default_detector.safetensors
 

@@ -81,7 +81,7 @@ class PhotometricConfig:
         from .options import check_names
 
         options = dict(options or {})
-        check_names(options, {f.name for f in fields(cls)} - {"strength", "p"}, "photometric")
+        check_names(options, [f.name for f in fields(cls) if f.name not in ("strength", "p")], "photometric")
         if isinstance(options.get("p_of"), dict):
             options["p_of"] = tuple(sorted(options["p_of"].items()))
         return cls(strength=strength, p=p, **options)

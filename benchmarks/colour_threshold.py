@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     for path in crc + monuseg:
         image = read_image(path)
         group = split.get(path.stem, "monuseg")
-        clean = stain.colour_distance(stain.measure(image), target)
+        stats = stain.measure(image)
         dark = stain.colour_distance(stain.measure((image * 0.5).astype(np.uint8)), target)
-        rows.append((group, path.stem, clean, dark))
-        for t in [0.0, *args.hue] if args.hue else []:
-            turned.setdefault((group, t), []).append(_turned(image if t == 0 else hue_rotate(image, t), target))
+        rows.append((group, path.stem, stain.colour_distance(stats, target), dark))
+        for t in [0.0, *args.hue] if args.hue else []:  # turn 0: the clean statistics, measured once
+            turned.setdefault((group, t), []).append(_turned(stats if t == 0 else stain.measure(hue_rotate(image, t)), target))
     for group in ("train", "val", "test", "monuseg"):
         clean = [r[2] for r in rows if r[0] == group]
         dark = [r[3] for r in rows if r[0] == group]
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def _turned(image: np.ndarray, target: Any) -> tuple[float, float, float]:
-    """``(colour distance, H angle, E angle)``: the angles in degrees between the image's
-    Macenko stain vectors and the target's (NaN without stained pixels)."""
-    stats, target = stain.measure(image), stain.target_stats(target)
+def _turned(stats: stain.StainStats, target: Any) -> tuple[float, float, float]:
+    """``(colour distance, H angle, E angle)`` of an image's statistics: the angles in degrees
+    between its Macenko stain vectors and the target's (NaN without stained pixels)."""
+    target = stain.target_stats(target)
     if stats.stains is None or target.stains is None:
         return stain.colour_distance(stats, target), math.nan, math.nan
     h, e = (math.degrees(math.acos(min(1.0, float(np.dot(a, b))))) for a, b in zip(stats.stains, target.stains))

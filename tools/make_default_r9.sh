@@ -97,9 +97,6 @@ for stage in "${stages[@]}"; do
     esac
 done
 if [[ "${INSTALL:-0}" == 1 ]]; then
-    cp "$work/default.safetensors" trainer/pretrained/micronet_crchisto.safetensors
-    for f in micronet_crchisto.onnx micronet_crchisto.fp16.onnx; do
-        cp "$work/$f" "runtime/models/$f.tmp" && mv "runtime/models/$f.tmp" "runtime/models/$f"
-    done
-    python -m micronet check default fast-cpu phenotypes accurate --device cpu
+    tools/install_bundled.sh "$work/default.safetensors" micronet_crchisto.safetensors \
+        "$work/micronet_crchisto.onnx=micronet_crchisto.onnx" "$work/micronet_crchisto.fp16.onnx=micronet_crchisto.fp16.onnx"
 fi

@@ -69,10 +69,7 @@ for stage in "${stages[@]}"; do
                 wise) ckpt=$work/wise_tuned.safetensors onnx=$work/wise.int8.onnx ;;
                 *) echo "INSTALL_FROM=head or wise" >&2; exit 2 ;;
             esac
-            cp "$ckpt" trainer/pretrained/micronet_crchisto_relu.safetensors
-            f=runtime/models/micronet_crchisto_relu.int8.onnx
-            cp "$onnx" "$f.tmp" && mv "$f.tmp" "$f"
-            python -m micronet check default fast-cpu phenotypes accurate --device cpu
+            tools/install_bundled.sh "$ckpt" micronet_crchisto_relu.safetensors "$onnx=micronet_crchisto_relu.int8.onnx"
             ;;
         *) echo "unknown stage $stage (detector, wise, bench, head, install)" >&2; exit 2 ;;
     esac

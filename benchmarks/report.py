@@ -156,7 +156,7 @@ gives 0.0026 of CRCHisto F1 for 0.0012 of MoNuSeg F1 and two more robustness che
 gives 0.0049 of CRCHisto F1 for 0.026 of MoNuSeg F1 and three more checks (docs/results.md,
 tenth and eleventh rounds). `micronet detect CMU-1-Small-Region.svs` on this machine: default
 81 s and 725 MB peak RSS, fast-cpu 15 s and 690 MB (`/usr/bin/time -f "%e s %M KB"`; 2,765
-and 2,755 nuclei). The previous files are `git show 76de33c~2:runtime/models/micronet_crchisto.onnx`
+and 2,755 nuclei); their previous files 83 s and 725 MB, 15 s and 690 MB (2,728 and 2,767). The previous files are `git show 76de33c~2:runtime/models/micronet_crchisto.onnx`
 and `git show 76de33c~1:runtime/models/micronet_crchisto_relu.int8.onnx` (in `runs/r11/` for this run).
 
 ![F1 against end-to-end speed, AMD EPYC (AVX2)](../benchmarks/results/pareto_r11.png)""",

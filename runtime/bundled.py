@@ -28,16 +28,18 @@ DEFAULT_MODEL = "micronet_crchisto.onnx"  # in micronet/runtime/models/
 # Models shipped in the package, by the name ``Detector(name)`` and ``--model name``
 # accept (docs/results.md has their accuracy, docs/benchmarks.md their speed):
 #   default    the paper's network at the paper's width (32-64-128-128, ELU), fp32,
-#              retrained with stain, brightness, blur and JPEG augmentation (seventh
-#              round); every backend (CRCHisto test F1 0.819, MoNuSeg 0.873). It classifies
-#              each nucleus (epithelial, fibroblast, inflammatory, others; weighted class F1 0.809)
+#              trained with stain, brightness, blur and JPEG augmentation (seventh round),
+#              then halfway (WiSE-FT) to a fine-tune with more blur and hue (eleventh
+#              round); every backend (CRCHisto test F1 0.816, MoNuSeg 0.874). It classifies
+#              each nucleus (epithelial, fibroblast, inflammatory, others; weighted class F1 0.810)
 #              with a head at 1/4 resolution fitted on the frozen detector (`micronet
 #              fit-classes --class-scale 4 --class-depth 2 --class-radius 3.85`, 3.5 % more FLOPs).
 #   fast-cpu   the lean network (16-32-64-64, a quarter of the FLOPs) with ReLU, int8 QDQ,
 #              distilled from the default: ONNX Runtime fuses ReLU into its convolutions
-#              and quantises it away, so the CPU runs it about 4x as fast as the default,
-#              for 0.01 F1 (CRCHisto test 0.810, MoNuSeg 0.842 against 0.850). Classifies
-#              with the same kind of head (weighted class F1 0.746).
+#              and quantises it away, so the CPU runs it 3.4-4x as fast as the default,
+#              for 0.01 F1 (CRCHisto test 0.806, MoNuSeg 0.868; halfway, WiSE-FT, to a
+#              fine-tune with the augmentation, tenth round). Classifies with the same
+#              kind of head (weighted class F1 0.755).
 #   phenotypes the lean network (16-32-64-64, 6 context channels, ReLU) with a class head
 #              (epithelial, fibroblast, inflammatory, others), distilled from the default
 #              with stain, brightness, blur and JPEG augmentation, int8 QDQ: the one for

@@ -90,8 +90,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _average_flips = average_flips  # its name here before micronet.runtime.tta held it
-# Detector(normalize=...): none, one of the stain module's methods, or "auto" (Reinhard
-# where the image lies outside the training data's colours).
+# Detector(normalize=...): none, one of the stain module's methods, or "auto" (the white
+# balance, stain.AUTO_METHOD, where the image lies outside the training data's colours).
 NORMALIZE = (None, *stain.METHODS, "auto")
 class Detector(TiledInference):
     """Finds nucleus centres in H&E images with a MicroNet model.
@@ -169,12 +169,12 @@ class Detector(TiledInference):
             the bundled name ``"accurate"``, the default's network with
             ``"dihedral"`` (:data:`~micronet.runtime.bundled.BUNDLED_TTA`).
         normalize: colour normalisation before the network
-            (:mod:`micronet.runtime.stain`): ``"auto"`` (the default: Reinhard, only
-            for images whose :func:`~micronet.runtime.stain.colour_distance` from the
+            (:mod:`micronet.runtime.stain`): ``"auto"`` (the default: the white
+            balance, ``"white"``, only for images whose :func:`~micronet.runtime.stain.colour_distance` from the
             model's training colours, ``info.colour``, exceeds
             :data:`~micronet.runtime.stain.OOD_THRESHOLD`; no clean CRCHisto or MoNuSeg
             image does, so their detections are those of ``None``),
-            ``"reinhard"`` or ``"macenko"`` (every image), or ``None`` (never). Each image's statistics are
+            ``"white"``, ``"reinhard"`` or ``"macenko"`` (every image), or ``None`` (never). Each image's statistics are
             measured once, at the model's pixel size, and every tile uses them (a
             slide's are its tissue's: :func:`micronet.runtime.runs.slide_run.detect_slide`), so
             tiles equal a whole-image pass. The distance is measured whatever this

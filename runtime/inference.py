@@ -206,7 +206,7 @@ class TiledInference:
                     log.warning("%s (said once per Detector)", stain.colour_message(colour[2], self._colour_target))
                 else:
                     described = stain.colour_message(colour[2], self._colour_target, suggest=None)
-                    log.warning("%s; normalised with 'reinhard' (normalize='auto'; said once per Detector)", described)
+                    log.warning("%s; normalised with %r (normalize='auto'; said once per Detector)", described, stain.AUTO_METHOD)
         return colour
 
     def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[Colour]) -> np.ndarray:

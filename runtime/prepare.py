@@ -124,7 +124,7 @@ def measure_colour(image: np.ndarray, given: stain.StainStats | None, target: st
         stats = stain.measure(image)
     distance = stain.colour_distance(stats, target)
     outside = distance > stain.OOD_THRESHOLD
-    method = ("reinhard" if outside else None) if normalize == "auto" else normalize
+    method = (stain.AUTO_METHOD if outside else None) if normalize == "auto" else normalize
     if method == "macenko" and stats.stains is None:
         log.debug("no stained pixels to find stain vectors in: the image is not normalised")
         method = None

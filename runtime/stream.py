@@ -193,13 +193,13 @@ class StreamSession:
         mpp: its pixel size in µm/px, resampled to the model's as ``detect`` does when
             they differ by more than 1 %; ``None``: the model's own.
         colour_stats: statistics to normalise by (``stain.measure`` on a representative
-            field), required with reinhard/macenko (a stream never sees the whole image);
+            field), required with white/reinhard/macenko (a stream never sees the whole image);
             results then equal ``detect(..., colour_stats=...)``. ``"auto"`` without: none.
         backlog: blocks waiting for the network at most; ``add`` waits while more are
             queued, which bounds memory. Default: twice the batch size.
 
     Raises:
-        ValueError: a bad size, pixel size or backlog; reinhard/macenko without ``colour_stats``.
+        ValueError: a bad size, pixel size or backlog; white/reinhard/macenko without ``colour_stats``.
         TypeError: ``colour_stats`` that is not ``StainStats``.
     """
 

@@ -124,10 +124,11 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_tta_mode(parser)
     parser.add_argument(
-        "--normalize", choices=("auto", "reinhard", "macenko", "none"), default="auto",
-        help="stain/intensity normalisation to the model's training colours before the network: only images whose "
-        "colours lie outside the training data's (auto, the default: no clean CRCHisto or MoNuSeg image), every image "
-        "(reinhard, macenko) or none; a slide's statistics come from its tissue; recorded with each input's settings",
+        "--normalize", choices=("auto", "white", "reinhard", "macenko", "none"), default="auto",
+        help="stain/intensity normalisation to the model's training colours before the network: a white balance of "
+        "only the images whose colours lie outside the training data's (auto, the default: no clean CRCHisto or MoNuSeg "
+        "image), every image (white, reinhard, macenko) or none; a slide's statistics come from its tissue; recorded "
+        "with each input's settings",
     )  # fmt: skip
 
 

@@ -59,7 +59,7 @@ class DetectorSpec:
             passes averaged, or ``"dihedral"``, 8); ``None``: the model's own (a bundled
             name's, :data:`~micronet.runtime.bundled.BUNDLED_TTA`), else one pass.
         normalize: colour normalisation (``Detector(normalize=...)``: ``"auto"``, the
-            default, ``"reinhard"``, ``"macenko"`` or ``None``).
+            default, ``"white"``, ``"reinhard"``, ``"macenko"`` or ``None``).
     """
 
     model: str | None = None

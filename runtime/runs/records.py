@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..files import file_sha256
+from ..stain import AUTO_METHOD
 
 __all__ = [
     "RECORD_FORMAT",
@@ -65,8 +66,16 @@ def detector_settings(detector: Any) -> dict[str, Any]:
         "tile_margin": detector.tile_margin,
         "tta": detector.tta,
         # Recorded only when set, so outputs made before the option existed still match.
-        **({"normalize": detector.normalize} if getattr(detector, "normalize", None) else {}),
+        **({"normalize": normalize_setting(detector.normalize)} if getattr(detector, "normalize", None) else {}),
     }
+
+
+def normalize_setting(normalize: str) -> str:
+    """The recorded ``normalize``: ``"auto"`` with the method it applies (``"auto:white"``),
+    since ``auto`` used Reinhard until the twelfth round; a slide begun under the one is
+    then never resumed under the other (nor an image's outputs kept), which would mix two
+    normalisations in one file."""
+    return f"auto:{AUTO_METHOD}" if normalize == "auto" else normalize
 
 
 def model_digest(detector: Any) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from micronet.runtime import stain
+from micronet.runtime import stain, stain_methods
 from micronet.runtime.detections import Detections
 from micronet.runtime.model_info import ModelInfo
 
@@ -99,6 +99,24 @@ def test_macenko_maps_one_stain_onto_another_and_undoes_darkening() -> None:
     assert np.abs(restored.astype(int) - reference).mean() < 4
 
 
+def test_white_balance_undoes_exposure_and_the_lights_colour_and_nothing_else() -> None:
+    reference = stained(seed=9)  # glass in it: its white point is the lamp's
+    stats = stain.measure(reference)
+    # A darker, warmer camera: a gain per channel (exposure × white balance).
+    camera = np.clip(np.rint(reference * np.array([0.7, 0.65, 0.57])), 0, 255).astype(np.uint8)
+    gains = stain_methods.white_map(stain.measure(camera), stats)
+    np.testing.assert_allclose(gains, 1 / np.array([0.7, 0.65, 0.57]), rtol=0.01)
+    restored = stain.apply(camera, stain.measure(camera), stats, "white")
+    assert np.abs(restored.astype(int) - reference).max() <= 2  # the rounding of the two gains
+    assert np.abs(camera.astype(int) - reference).mean() > 30
+    # Onto its own statistics: the image itself, exactly; the stains' contrast is kept
+    # (Reinhard's match of the spread would change it).
+    np.testing.assert_array_equal(stain.apply(reference, stats, stats, "white"), reference)
+    # A black image is brightened by at most WHITE_MAX_GAIN, not by 255.
+    black = np.full((16, 16, 3), 1, np.uint8)
+    assert stain_methods.white_map(stain.measure(black), stats).max() == stain_methods.WHITE_MAX_GAIN
+
+
 def test_stats_from_a_tissue_mask_differ_from_the_whole_images_when_there_is_glass() -> None:
     from micronet.runtime.slide import tissue_mask
 
@@ -163,7 +181,7 @@ def test_colour_distance_is_quiet_on_clean_images_and_fires_on_darkened_ones(rea
         assert stain.colour_distance(clean) < stain.OOD_THRESHOLD < stain.colour_distance(dark)
         message = stain.colour_message(dark)
         assert message.startswith("this image is much darker than the training data (mean RGB (")
-        assert message.endswith("detections may be missed; try normalize='reinhard'")
+        assert message.endswith("detections may be missed; try normalize='white'")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +191,7 @@ def fast_cpu():
     return lambda **kw: Detector("fast-cpu", device="cpu", threads=2, **kw)
 
 
-def test_detector_warns_once_on_a_darkened_image_and_reinhard_recovers_it(real_images, fast_cpu, caplog) -> None:
+def test_detector_warns_once_on_a_darkened_image_and_normalising_recovers_it(real_images, fast_cpu, caplog) -> None:
     image = real_images[0]
     plain = fast_cpu(normalize=None)
     with caplog.at_level(logging.WARNING, logger="micronet.runtime.detector"):
@@ -184,10 +202,14 @@ def test_detector_warns_once_on_a_darkened_image_and_reinhard_recovers_it(real_i
     assert dark.colour_distance > stain.OOD_THRESHOLD
     assert len(caplog.records) == 1 and "much darker than the training data" in caplog.records[0].getMessage()
     assert len(dark) < len(clean) // 4  # the model misses most nuclei
-    recovered = fast_cpu(normalize="reinhard").detect(darken(image), mpp=MODEL_MPP)
-    assert len(recovered) > len(clean) * 0.8 and recovered.colour_distance == dark.colour_distance
-    # "auto", the default, leaves the clean image alone and normalises the darkened one,
-    # and says so once.
+    for method in stain.METHODS:
+        again = fast_cpu(normalize=method).detect(darken(image), mpp=MODEL_MPP)
+        assert len(again) > len(clean) * 0.8 and again.colour_distance == dark.colour_distance, method
+    # The white balance undoes a darkening exactly, up to rounding: the clean image's nuclei.
+    recovered = fast_cpu(normalize="white").detect(darken(image), mpp=MODEL_MPP)
+    assert abs(len(recovered) - len(clean)) <= len(clean) * 0.03
+    # "auto", the default, leaves the clean image alone and white-balances the darkened
+    # one, and says so once.
     auto = fast_cpu()
     assert auto.normalize == "auto"
     caplog.clear()
@@ -196,14 +218,26 @@ def test_detector_warns_once_on_a_darkened_image_and_reinhard_recovers_it(real_i
         assert not caplog.records
         np.testing.assert_array_equal(auto.detect(darken(image), mpp=MODEL_MPP).xy, recovered.xy)
         auto.detect(darken(image), mpp=MODEL_MPP)
-    assert len(caplog.records) == 1 and "normalised with 'reinhard'" in caplog.records[0].getMessage()
+    assert stain.AUTO_METHOD == "white"
+    assert len(caplog.records) == 1 and "normalised with 'white'" in caplog.records[0].getMessage()
 
 
 def test_detector_refuses_an_unknown_normalisation(blur_onnx: Path) -> None:
     from micronet.runtime.detector import Detector
 
-    with pytest.raises(ValueError, match="None, 'reinhard', 'macenko', 'auto'"):
+    with pytest.raises(ValueError, match="None, 'reinhard', 'macenko', 'white', 'auto'"):
         Detector(blur_onnx, device="cpu", normalize="staintools")
+
+
+def test_outputs_record_the_method_auto_applies(blur_onnx: Path) -> None:
+    """``auto`` used Reinhard until the twelfth round: outputs record which method it
+    stands for, so a run under the other never resumes or keeps them."""
+    from micronet.runtime.detector import Detector
+    from micronet.runtime.runs.records import detector_settings
+
+    assert detector_settings(Detector(blur_onnx, device="cpu", tile_margin=24))["normalize"] == "auto:white"
+    assert detector_settings(Detector(blur_onnx, device="cpu", tile_margin=24, normalize="reinhard"))["normalize"] == "reinhard"
+    assert "normalize" not in detector_settings(Detector(blur_onnx, device="cpu", tile_margin=24, normalize=None))
 
 
 # --- tiles and slides ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ against the classical detector under the same perturbation (issue 19, item 4).
 ``--model`` takes an ``.onnx`` file or a bundled name (``micronet.runtime.bundled``);
 ``--label`` names the ``--model`` before it. Each model runs in
 ``Detector(path, device="cpu")`` at its own threshold ξ, with the Detector's default
-normalisation; each ``--normalize METHOD`` (``none`` for ``None``) adds one row per model
+normalisation and a bundled name's own test-time augmentation (``accurate``: dihedral,
+8 passes, as ``Detector("accurate")`` runs it); each ``--normalize METHOD`` (``none`` for ``None``) adds one row per model
 with ``Detector(..., normalize=METHOD)``, when this checkout's Detector has that argument
 (otherwise those rows are skipped and the results say so). The classical peer
 (``benchmarks/classical.py``) runs at the parameters tuned on CRCHisto train + val,
@@ -135,13 +136,13 @@ def model_rows(models: list[tuple[str, str]], methods: list[str], notes: list[st
 
 def build_runners(rows: list[Row]) -> None:
     """Each model row's Detector on the CPU and its description, in place."""
-    from micronet.runtime.bundled import resolve_model
+    from micronet.runtime.bundled import bundled_tta, resolve_model
     from micronet.runtime.detector import Detector
 
     default = _normalize_default()
     for row in rows:
         path = resolve_model(row.model)
-        kwargs: dict[str, Any] = {"device": "cpu"}
+        kwargs: dict[str, Any] = {"device": "cpu", "tta": bundled_tta(row.model)}
         if row.normalize is not UNSET:
             kwargs["normalize"] = row.normalize
         try:
@@ -161,6 +162,7 @@ def build_runners(rows: list[Row]) -> None:
             "model_mpp": det.info.mpp,
             "threshold": det.info.threshold,
             "backend": det.backend_name,
+            "tta": det.tta,
         }
 
 

@@ -16,7 +16,6 @@ their detections are those of ``normalize=None``. Writes
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from bench_robust import load_sets  # noqa: E402
 
 from micronet.runtime import stain  # noqa: E402
 from micronet.runtime.detector import Detector  # noqa: E402
+from micronet.runtime.files import replace_atomically  # noqa: E402
 
 
 def distance_lines(target: stain.StainStats, grades: list[str]) -> list[str]:
@@ -55,10 +55,7 @@ def main() -> None:
     lines = [command, f"model {args.model}: auto applies {stain.AUTO_METHOD!r} beyond {stain.OOD_THRESHOLD:g} stops", ""]
     lines += distance_lines(target, grades)
     print("\n".join(lines))
-    out = RESULTS / "colour_perturbed.txt"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    replace_atomically(RESULTS / "colour_perturbed.txt", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
 if __name__ == "__main__":

@@ -202,11 +202,11 @@ def test_detector_warns_once_on_a_darkened_image_and_normalising_recovers_it(rea
     assert dark.colour_distance > stain.OOD_THRESHOLD
     assert len(caplog.records) == 1 and "much darker than the training data" in caplog.records[0].getMessage()
     assert len(dark) < len(clean) // 4  # the model misses most nuclei
-    for method in stain.METHODS:
-        again = fast_cpu(normalize=method).detect(darken(image), mpp=MODEL_MPP)
+    normalised = {method: fast_cpu(normalize=method).detect(darken(image), mpp=MODEL_MPP) for method in stain.METHODS}
+    for method, again in normalised.items():
         assert len(again) > len(clean) * 0.8 and again.colour_distance == dark.colour_distance, method
     # The white balance undoes a darkening exactly, up to rounding: the clean image's nuclei.
-    recovered = fast_cpu(normalize="white").detect(darken(image), mpp=MODEL_MPP)
+    recovered = normalised["white"]
     assert abs(len(recovered) - len(clean)) <= len(clean) * 0.03
     # "auto", the default, leaves the clean image alone and white-balances the darkened
     # one, and says so once.

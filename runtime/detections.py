@@ -65,6 +65,11 @@ class Detections:
             (:func:`micronet.runtime.stain.colour_distance`); above
             :data:`~micronet.runtime.stain.OOD_THRESHOLD` detections may be missed.
             ``None`` when not measured.
+        edge_blur_um: how blurred the image's edges are, in µm (the σ of a Gaussian
+            blur; :func:`micronet.runtime.focus.edge_blur_um`, at the model's pixel
+            size); above :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` the image is
+            out of focus and detections may be missed. ``None`` when not measured: a
+            tile of a slide or of a stream, an image with too few edges.
 
     Arrays are converted to float32 on construction; ``len(d)`` is ``N``.
     """
@@ -76,6 +81,7 @@ class Detections:
     colour_distance: float | None = None
     class_probabilities: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
+    edge_blur_um: float | None = None
 
     def __post_init__(self) -> None:
         xy = np.asarray(self.xy)
@@ -100,6 +106,11 @@ class Detections:
             if isinstance(distance, bool) or not isinstance(distance, numbers.Real) or not (0 <= distance < math.inf):
                 raise InputError(f"colour_distance: expected a finite number >= 0 or None, got {distance!r}")
             object.__setattr__(self, "colour_distance", float(distance))
+        blur = self.edge_blur_um
+        if blur is not None:
+            if isinstance(blur, bool) or not isinstance(blur, numbers.Real) or not (0 <= blur < math.inf):
+                raise InputError(f"edge_blur_um: expected a finite number >= 0 or None, got {blur!r}")
+            object.__setattr__(self, "edge_blur_um", float(blur))
         names = tuple(str(n) for n in self.class_names)
         probs = self.class_probabilities
         if probs is not None:
@@ -130,7 +141,7 @@ class Detections:
         return {n: int(c) for n, c in zip(self.class_names, counts)}
 
     def _with(self, xy: np.ndarray, scores: np.ndarray, image_shape: tuple[int, int] | None, probs: np.ndarray | None) -> "Detections":
-        return Detections(xy, scores, image_shape, self.mpp, self.colour_distance, probs, self.class_names)
+        return Detections(xy, scores, image_shape, self.mpp, self.colour_distance, probs, self.class_names, self.edge_blur_um)
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -172,7 +183,8 @@ class Detections:
             image_shape: ``(H, W)`` of the joined frame; default: the shared
                 ``image_shape`` of the items when they all have the same, else ``None``.
 
-        The joined ``colour_distance`` is the items' shared one, else ``None``.
+        The joined ``colour_distance`` and ``edge_blur_um`` are the items' shared ones,
+        else ``None``.
 
         Raises:
             TypeError: an item is not ``Detections``.
@@ -192,6 +204,7 @@ class Detections:
         if not items:
             return Detections.empty(image_shape)
         distances = {d.colour_distance for d in items}
+        blurs = {d.edge_blur_um for d in items}
         names = {d.class_names for d in items}
         if len(names) > 1:
             raise InputError(f"cannot concatenate detections with different classes: {sorted(names)}")
@@ -205,6 +218,7 @@ class Detections:
             distances.pop() if len(distances) == 1 else None,
             probs,
             class_names,
+            blurs.pop() if len(blurs) == 1 else None,
         )
 
     # --- writers ----------------------------------------------------------------------

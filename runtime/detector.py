@@ -243,6 +243,7 @@ class Detector(TiledInference):
             raise InputError(f"normalize: expected one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
         self.normalize = normalize
         self._colour_said = False  # whether the colour warning was logged (once per Detector)
+        self._focus_said = False  # whether the focus warning was logged (once per Detector)
         self.tta_mode = check_tta(tta)  # None, "flips" or "dihedral"
         self.max_megapixels = check_positive(max_megapixels, "max_megapixels")
         self.max_memory = default_memory_limit() if max_memory_gb is None else int(check_positive(max_memory_gb, "max_memory_gb") * 2**30)

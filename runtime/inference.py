@@ -6,7 +6,8 @@ convert the caller's input and hand it to :meth:`TiledInference._detect_prepared
 
 1. checks the work against ``max_megapixels`` / ``max_memory_gb`` before allocating;
 2. brings each image to the model's pixel size and measures its colours
-   (:mod:`micronet.runtime.prepare`);
+   (:mod:`micronet.runtime.prepare`) and, for an image on its own (not a tile of a slide
+   or stream, which come with ``colour_stats``), its focus (:mod:`micronet.runtime.focus`);
 3. groups the tiles of every image by shape and runs them through the backend in
    batches, with flip TTA (:mod:`micronet.runtime.tta`), two batches in flight on a GPU
    backend with ``infer_async``;
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import stain
+from . import focus, stain
 from .classes import class_probabilities
 from .detections import Detections
 from .errors import InputError
@@ -95,7 +96,7 @@ class TiledInference:
         ``labels`` and ``mpp_names`` (name, whether the caller typed it) name them and
         their pixel sizes in errors; ``colour_stats`` replaces each image's own."""
         self._check_work(images, mpps, labels, mpp_names)
-        model_images, scales, colours, groups = self._prepare(images, mpps, colour_stats)
+        model_images, scales, colours, blurs, groups = self._prepare(images, mpps, colour_stats)
         found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
         # With tta a tile is 4 network passes, and a backend call holds at most
         # batch_size images: fewer tiles per chunk when the flips share a call.
@@ -118,25 +119,27 @@ class TiledInference:
                 del maps  # releases a GPU map before the next batch is allocated
         else:
             self._run_pipelined(submit, chunks, model_images, colours, collect)
-        return [self._result(*parts) for parts in zip(images, mpps, scales, found, colours)]
+        return [self._result(*parts) for parts in zip(images, mpps, scales, found, colours, blurs)]
 
     def _prepare(
         self, images: list[np.ndarray], mpps: list[float | None], colour_stats: stain.StainStats | None
-    ) -> tuple[list[np.ndarray], list[tuple[float, float] | None], list[Colour], dict[tuple[int, int], list[tuple[int, Tile]]]]:
-        """Each image at the model's pixel size, its scale and colour, and the ``(image
-        index, tile)`` backend inputs grouped by tile shape so one call runs one shape
-        (insertion order keeps the work roughly in image order)."""
-        model_images, scales, colours = [], [], []
+    ) -> tuple[list[np.ndarray], list[tuple[float, float] | None], list[Colour], list[float | None], dict[tuple[int, int], list[tuple[int, Tile]]]]:
+        """Each image at the model's pixel size, its scale, colour and edge blur (µm; only
+        without ``colour_stats``), and the ``(image index, tile)`` backend inputs grouped by
+        tile shape so one call runs one shape (insertion order keeps the work roughly in
+        image order)."""
+        model_images, scales, colours, blurs = [], [], [], []
         groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
         for i, (image, mpp) in enumerate(zip(images, mpps)):
             resized, scale = self._to_model_pixels(image, mpp)
             model_images.append(resized)
             scales.append(scale)
             colours.append(self._colour(resized, colour_stats))
+            blurs.append(self._focus(resized) if colour_stats is None else None)
             h, w = resized.shape[:2]
             for tile in self.plan_tiles(h, w):
                 groups.setdefault(self._input_shape(tile), []).append((i, tile))
-        return model_images, scales, colours, groups
+        return model_images, scales, colours, blurs, groups
 
     def _submitter(self) -> Any:
         """The backend's ``infer_async`` when it has one and runs on a GPU, else ``None``."""
@@ -181,7 +184,13 @@ class TiledInference:
         return keep_in_core(tile, xy, scores)
 
     def _result(
-        self, image: np.ndarray, mpp: float | None, scale: tuple[float, float] | None, parts: list[tuple[np.ndarray, np.ndarray]], colour: Colour
+        self,
+        image: np.ndarray,
+        mpp: float | None,
+        scale: tuple[float, float] | None,
+        parts: list[tuple[np.ndarray, np.ndarray]],
+        colour: Colour,
+        blur: float | None,
     ) -> Detections:
         """One image's detections from its tiles' peaks: merged, sorted, and mapped back
         to the caller's pixels."""
@@ -191,7 +200,7 @@ class TiledInference:
         xy, scores, probs = sort_scored(xy, values)
         if scale is not None:
             xy = from_resampled(xy, *scale).astype(np.float32)  # back to the caller's pixels
-        return Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, colour[0], probs, self.class_names)
+        return Detections(xy, scores.astype(np.float32, copy=False), image.shape[:2], mpp, colour[0], probs, self.class_names, blur)
 
     def _colour(self, image: np.ndarray, given: stain.StainStats | None) -> Colour:
         """``(colour distance, normalisation method or None, statistics)`` of one image
@@ -208,6 +217,18 @@ class TiledInference:
                     described = stain.colour_message(colour[2], self._colour_target, suggest=None)
                     log.warning("%s; normalised with %r (normalize='auto'; said once per Detector)", described, stain.AUTO_METHOD)
         return colour
+
+    def _focus(self, image: np.ndarray) -> float | None:
+        """The edge blur in µm of one image at the model's pixel size
+        (:func:`micronet.runtime.focus.edge_blur_um`). Logs, once per Detector, an image
+        beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`."""
+        blur = focus.edge_blur_um(image, self.info.mpp)
+        if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
+            with self._said_lock:
+                say, self._focus_said = not self._focus_said, True
+            if say:
+                log.warning("%s (said once per Detector)", focus.focus_message(blur))
+        return blur
 
     def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[Colour]) -> np.ndarray:
         """The ``(B, h, w, 3)`` uint8 backend input of a chunk of ``(image index, tile)``

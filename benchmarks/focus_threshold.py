@@ -1,0 +1,96 @@
+"""Where an image is out of focus: the edge blur (:func:`micronet.runtime.focus.edge_blur_um`)
+of the training images, of the held-out sets clean and under every level of the robustness
+benchmark, and of the two real slides, at the model's pixel size.
+
+    python benchmarks/focus_threshold.py [--model default] [--grades middle,strongest]
+
+The threshold :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` and the training span
+:data:`~micronet.runtime.focus.TRAINING_BLUR_UM` are read off the training images only
+(CRCHisto train, MoNuSeg's training half of ``paper/monuseg_split.csv``); the held-out
+lines check it: no clean image beyond it, and which perturbed ones are. Each image is
+first brought to the model's pixel size as the Detector brings it (``resample``). Writes
+``results/focus_threshold.txt`` (by a rename of a complete file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, RESULTS  # noqa: E402
+from _perturbations import FAMILIES, GRADES, perturbations  # noqa: E402
+from bench_pareto import MONUSEG_SPLIT  # noqa: E402
+from bench_robust import load_sets  # noqa: E402
+
+from micronet.runtime import focus  # noqa: E402
+from micronet.runtime.detector import Detector  # noqa: E402
+from micronet.runtime.files import replace_atomically  # noqa: E402
+from micronet.runtime.resample import resample  # noqa: E402
+
+
+def blur_of(rgb: np.ndarray, mpp: float, model_mpp: float) -> float | None:
+    """Edge blur in µm of an image at ``mpp``, at the model's pixel size."""
+    at_model = resample(rgb, None, mpp / model_mpp)[0] if abs(mpp / model_mpp - 1) > 0.01 else rgb
+    return focus.edge_blur_um(at_model, model_mpp)
+
+
+def line(name: str, label: str, values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    beyond = sum(v > focus.BLUR_THRESHOLD_UM for v in got)
+    span = f"{min(got):.3f}–{max(got):.3f} (median {float(np.median(got)):.3f})" if got else "–"
+    return f"{name:9s} {label:26s} edge blur µm {span}  beyond {focus.BLUR_THRESHOLD_UM:g}: {beyond}/{len(values)}"
+
+
+def training_lines(model_mpp: float) -> list[str]:
+    from micronet.runtime.evaluation.datasets import load_point_folder
+
+    out = []
+    for name, data in (("crchisto", load_point_folder(DATA / "crchisto", "train")), ("monuseg", load_point_folder(DATA / "monuseg", MONUSEG_SPLIT.replace("test@", "train@")))):
+        out.append(line(name, "train (clean)", [blur_of(im, data.mpp, model_mpp) for im in data.images]))
+    return out
+
+
+def slide_lines(model_mpp: float) -> list[str]:
+    """CMU-1 (the bundled 512² demo region, 0.499 µm/px) and OS-1 (whole, 0.227 µm/px)."""
+    import tifffile
+    from PIL import Image
+
+    from micronet.runtime.bundled import bundled_demo
+
+    cmu = np.asarray(Image.open(bundled_demo()).convert("RGB"))
+    os1 = tifffile.imread(DATA / "slides" / "OS-1-detail.ome.tif")
+    return [line("CMU-1", "demo region (clean)", [blur_of(cmu, 0.499, model_mpp)]), line("OS-1", "detail (clean)", [blur_of(os1[..., :3], 0.227, model_mpp)])]
+
+
+def held_out_lines(model_mpp: float, grades: list[str]) -> list[str]:
+    out = []
+    for name, data in load_sets(None).items():
+        for level in [None, *perturbations(list(FAMILIES), grades)]:
+            images = data.images if level is None else [level(im, 0, f"{name}/{n}") for im, n in zip(data.images, data.names)]
+            label = "held-out clean" if level is None else f"{level.label} ({level.grade})"
+            out.append(line(name, label, [blur_of(im, data.mpp, model_mpp) for im in images]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="the model whose pixel size images are measured at (a file or bundled name)")
+    parser.add_argument("--grades", default="middle,strongest", help=f"levels to measure (of {','.join(GRADES)})")
+    args = parser.parse_args()
+    grades = args.grades.split(",")
+    if unknown := sorted(set(grades) - set(GRADES)):
+        parser.error(f"--grades: unknown {', '.join(unknown)} (valid: {', '.join(GRADES)})")
+    model_mpp = Detector(args.model, device="cpu").info.mpp
+    command = " ".join(["python benchmarks/focus_threshold.py", *sys.argv[1:]])
+    lines = [command, f"model {args.model} at {model_mpp:g} µm/px; threshold {focus.BLUR_THRESHOLD_UM:g} µm, training span {focus.TRAINING_BLUR_UM}", ""]
+    lines += training_lines(model_mpp) + slide_lines(model_mpp) + [""] + held_out_lines(model_mpp, grades)
+    print("\n".join(lines))
+    replace_atomically(RESULTS / "focus_threshold.txt", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""How sharp an image is: the blur of its edges in µm, and whether it lies beyond what the
+bundled models were trained on.
+
+A slide scanned out of focus, or a camera tile taken through a soft objective, loses the
+edges the network finds nuclei by; colour statistics do not see it
+(:mod:`micronet.runtime.stain`), so :class:`~micronet.runtime.detector.Detector` measures
+focus apart and says, once, when an image is much softer than the training data.
+
+The measure is the re-blur gradient ratio of Zhuo and Sim ("Defocus map estimation from a
+single image", Pattern Recognition 2011): an edge blurred by a Gaussian of ``σ`` keeps, after
+a second blur of ``σ0``, the share ``σ / sqrt(σ² + σ0²)`` of its gradient, so the ratio
+``R`` of the two gradient magnitudes at an edge gives ``σ = σ0 / sqrt(R² − 1)``. It is
+taken on the optical density of the grey image (so exposure, which adds a constant, and
+gamma, which scales it, leave it alone) at the model's pixel size, at the steepest
+:data:`EDGE_QUANTILE` of pixels, and the median over them is the image's edge blur, in
+model pixels, then in µm. An image beyond half a megapixel is measured on a grid of
+:data:`WINDOW`-pixel windows (at most :data:`MAX_WINDOWS`), so the cost stays tens of
+milliseconds whatever the size.
+
+:data:`BLUR_THRESHOLD_UM` comes from the training images alone
+(``benchmarks/focus_threshold.py``, ``benchmarks/results/focus_threshold.txt``): their
+sharpest-to-softest span is 0.30–0.56 µm at the bundled models' 0.55 µm/px (CRCHisto train,
+MoNuSeg's training half); 0.7 µm, a quarter above the softest, is where an image is called
+out of focus. A Gaussian blur adds in quadrature: a CRCHisto image (0.36 µm) blurred by
+σ 2 px (1.1 µm) measures 0.9–1.1 µm, and loses 5–30 % of the bundled models' F1
+(``benchmarks/results/robust_r12.md``). NumPy and SciPy only, imported when first measured.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["edge_blur_px", "edge_blur_um", "focus_message", "BLUR_THRESHOLD_UM", "TRAINING_BLUR_UM"]
+
+REBLUR = 1.0  # σ0 of the second blur, in pixels
+EDGE_QUANTILE = 0.98  # the steepest 2 % of pixels are the edges measured
+MIN_EDGE = 0.02  # optical density per pixel: flatter is no edge (a blank or flat image)
+MIN_EDGES = 64  # fewer edge pixels than this give no measure
+WHOLE = 1 << 19  # an image of at most this many pixels is measured whole; a larger one on
+WINDOW = 256  # windows of this side ...
+MAX_WINDOWS = 9  # ... at most this many, on a regular grid
+BORDER = 4  # pixels at a window's border, where the filters see the reflection, are skipped
+# The training images' span of edge blur (benchmarks/results/focus_threshold.txt) and the
+# blur beyond which Detector warns.
+TRAINING_BLUR_UM = (0.30, 0.56)
+BLUR_THRESHOLD_UM = 0.7
+
+
+def _windows(h: int, w: int) -> list[tuple[slice, slice]]:
+    """The whole image when it has at most :data:`WHOLE` pixels, else up to
+    :data:`MAX_WINDOWS` windows of :data:`WINDOW` pixels on a regular grid (a side
+    shorter than a window is taken whole)."""
+    if h * w <= WHOLE:
+        return [(slice(0, h), slice(0, w))]
+    per_side = math.isqrt(MAX_WINDOWS)
+    wy, wx = min(h, WINDOW), min(w, WINDOW)
+    ys = np.linspace(0, h - wy, min(per_side, math.ceil(h / wy))).astype(int)
+    xs = np.linspace(0, w - wx, min(per_side, math.ceil(w / wx))).astype(int)
+    return [(slice(int(y), int(y) + wy), slice(int(x), int(x) + wx)) for y in ys for x in xs]
+
+
+def _gradient2(od: np.ndarray) -> np.ndarray:
+    """The squared gradient magnitude (Sobel, per pixel) of a float32 image."""
+    from scipy import ndimage
+
+    gx = ndimage.sobel(od, axis=1)
+    gy = ndimage.sobel(od, axis=0)
+    return (gx * gx + gy * gy) * np.float32(1 / 64)
+
+
+def _ratios(rgb: np.ndarray) -> np.ndarray:
+    """The squared gradient ratios ``R²`` at one window's steepest pixels (empty when flat)."""
+    from scipy import ndimage
+
+    grey = rgb.sum(axis=-1, dtype=np.float32)
+    od = -np.log((grey + np.float32(3.0)) * np.float32(1 / 768))  # of the mean of R, G, B, plus 1
+    g0 = _gradient2(od)
+    g1 = _gradient2(ndimage.gaussian_filter(od, REBLUR))
+    h, w = od.shape
+    if h > 2 * BORDER and w > 2 * BORDER:
+        g0, g1 = g0[BORDER:-BORDER, BORDER:-BORDER], g1[BORDER:-BORDER, BORDER:-BORDER]
+    if g0.size == 0:
+        return np.zeros(0, np.float32)
+    flat = g0.ravel()
+    k = min(flat.size - 1, int(EDGE_QUANTILE * (flat.size - 1)))
+    cut = max(float(np.partition(flat, k)[k]), MIN_EDGE * MIN_EDGE)
+    edges = g0 > cut
+    return g0[edges] / np.maximum(g1[edges], np.float32(1e-12))
+
+
+def edge_blur_px(rgb: np.ndarray) -> float | None:
+    """The median Gaussian blur σ of the edges of an ``(H, W, 3)`` uint8 RGB image, in its
+    pixels, or ``None`` when it has too few edges to tell (a blank or flat image)."""
+    h, w = rgb.shape[:2]
+    ratios = np.concatenate([_ratios(rgb[ys, xs]) for ys, xs in _windows(h, w)])
+    if ratios.size < MIN_EDGES:
+        return None
+    r2 = np.maximum(ratios.astype(np.float64), 1.0 + 2e-4)
+    return float(np.median(REBLUR / np.sqrt(r2 - 1.0)))
+
+
+def edge_blur_um(rgb: np.ndarray, mpp: float) -> float | None:
+    """:func:`edge_blur_px` of an image at ``mpp`` µm/px, in µm."""
+    px = edge_blur_px(rgb)
+    return None if px is None else px * float(mpp)
+
+
+def focus_message(blur_um: float) -> str:
+    """The one-line warning for an image whose edges are blurred by ``blur_um`` µm."""
+    lo, hi = TRAINING_BLUR_UM
+    return (
+        f"this image looks out of focus: its edges are blurred by about {blur_um:.2f} µm (σ), against {lo:.2f}–{hi:.2f} µm "
+        f"in the training data (threshold {BLUR_THRESHOLD_UM:g}); detections may be missed; rescan or refocus it if you can"
+    )

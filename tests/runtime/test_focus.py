@@ -1,0 +1,126 @@
+"""The focus measure (``micronet.runtime.focus``): known answers on synthetic edges,
+invariance to exposure and gamma, the threshold on real images, and the Detector's
+``edge_blur_um`` and once-only warning."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from micronet.runtime import focus
+from micronet.runtime.detections import Detections
+
+MODEL_MPP = 0.55
+BLUR_MARGIN = 8  # the blur model's receptive radius and more (tests/runtime/conftest.py)
+
+
+def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Each channel blurred by a Gaussian of ``sigma`` pixels, back to uint8."""
+    out = np.stack([ndimage.gaussian_filter(image[..., c].astype(np.float64), sigma) for c in range(3)], axis=-1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def discs(size: int = 384, seed: int = 0) -> np.ndarray:
+    """Dark discs (radius 6–12 px) with sharp edges on a light background: step edges."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    grey = np.full((size, size), 225.0)
+    for _ in range(60):
+        cy, cx, r = rng.uniform(12, size - 12), rng.uniform(12, size - 12), rng.uniform(6, 12)
+        grey[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.uniform(40, 110)
+    return np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def crchisto_image(shared_data: Path) -> np.ndarray:
+    from micronet.runtime.images import read_image
+
+    return read_image(shared_data / "crchisto" / "images" / "img1.png")
+
+
+def test_the_blur_of_a_step_edge_is_recovered() -> None:
+    """A Gaussian blur of σ adds in quadrature to a sharp edge's own (about 0.8 px, the
+    pixel grid's and the Sobel operator's): the measure follows sqrt(σ² + s0²) within 6 %."""
+    sharp = focus.edge_blur_px(discs())
+    assert sharp is not None and 0.5 < sharp < 1.0
+    for sigma in (1.0, 2.0, 3.0):
+        got = focus.edge_blur_px(blurred(discs(), sigma))
+        want = math.hypot(sigma, sharp)
+        assert got == pytest.approx(want, rel=0.06), (sigma, got, want)
+
+
+def test_exposure_and_gamma_leave_it_alone_and_blur_moves_it(crchisto_image: np.ndarray) -> None:
+    clean = focus.edge_blur_um(crchisto_image, MODEL_MPP)
+    darker = (crchisto_image * 0.5).astype(np.uint8)
+    gamma = np.clip(np.rint(255 * (crchisto_image / 255.0) ** 1.6), 0, 255).astype(np.uint8)
+    for other in (darker, gamma):
+        assert focus.edge_blur_um(other, MODEL_MPP) == pytest.approx(clean, rel=0.03)
+    assert clean < focus.TRAINING_BLUR_UM[1] < focus.BLUR_THRESHOLD_UM
+    assert focus.edge_blur_um(blurred(crchisto_image, 1.0), MODEL_MPP) < focus.BLUR_THRESHOLD_UM  # still within
+    assert focus.edge_blur_um(blurred(crchisto_image, 2.0), MODEL_MPP) > focus.BLUR_THRESHOLD_UM  # out of focus
+
+
+def test_a_large_image_is_measured_on_windows_alike(crchisto_image: np.ndarray) -> None:
+    """Beyond :data:`focus.WHOLE` pixels the grid of windows gives the whole image's answer
+    (here a 2×3 mosaic of one image) within 5 %, at a bounded cost."""
+    whole = focus.edge_blur_px(crchisto_image)
+    mosaic = np.tile(crchisto_image, (2, 3, 1))
+    assert mosaic.shape[0] * mosaic.shape[1] > focus.WHOLE
+    windows = focus._windows(*mosaic.shape[:2])
+    assert 1 < len(windows) <= focus.MAX_WINDOWS
+    assert focus.edge_blur_px(mosaic) == pytest.approx(whole, rel=0.05)
+
+
+@pytest.mark.parametrize("image", [np.full((300, 300, 3), 200, np.uint8), np.zeros((40, 40, 3), np.uint8)], ids=["flat", "tiny"])
+def test_no_edges_no_measure(image: np.ndarray) -> None:
+    assert focus.edge_blur_px(image) is None and focus.edge_blur_um(image, MODEL_MPP) is None
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, True, "0.4"])
+def test_detections_refuse_a_bad_edge_blur(bad: object) -> None:
+    with pytest.raises(ValueError, match="edge_blur_um: expected a finite number >= 0 or None"):
+        Detections(np.zeros((0, 2)), np.zeros(0), edge_blur_um=bad)
+
+
+def test_detections_keep_it_through_offset_and_concat() -> None:
+    d = Detections(np.ones((2, 2)), np.ones(2), (10, 10), edge_blur_um=0.4)
+    assert d.offset(1, 2).edge_blur_um == 0.4
+    assert Detections.concat([d, d.offset(3, 3)]).edge_blur_um == 0.4
+    assert Detections.concat([d, Detections(np.ones((1, 2)), np.ones(1), edge_blur_um=0.9)]).edge_blur_um is None
+
+
+def test_detector_measures_focus_and_warns_once(crchisto_image: np.ndarray, blur_onnx: Path, caplog) -> None:
+    from micronet.runtime.detector import Detector
+
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_margin=BLUR_MARGIN)
+    soft = blurred(crchisto_image, 2.0)
+    with caplog.at_level(logging.WARNING, logger="micronet.runtime.detector"):
+        clean = det.detect(crchisto_image, mpp=MODEL_MPP)
+        assert not caplog.records
+        first, second = det.detect(soft, mpp=MODEL_MPP), det.detect(soft, mpp=MODEL_MPP)
+    assert clean.edge_blur_um == pytest.approx(focus.edge_blur_um(crchisto_image, MODEL_MPP))
+    assert first.edge_blur_um == second.edge_blur_um > focus.BLUR_THRESHOLD_UM
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert message.startswith("this image looks out of focus: its edges are blurred by about 1.") and "detections may be missed" in message
+    # Measured on the image whole, so tiles change nothing; a slide's or a stream's tiles
+    # (colour_stats given) are not measured.
+    tiled = Detector(blur_onnx, device="cpu", threads=2, tile_margin=BLUR_MARGIN, tile_size=128).detect(soft, mpp=MODEL_MPP)
+    assert tiled.edge_blur_um == first.edge_blur_um
+    assert det.detect(soft, mpp=MODEL_MPP, colour_stats=det.colour_target).edge_blur_um is None
+
+
+def test_an_image_at_another_pixel_size_is_measured_at_the_models(crchisto_image: np.ndarray, blur_onnx: Path) -> None:
+    """At 40× (0.275 µm/px, twice the model's) the image is resampled first: its edge blur
+    in µm is close to the 20× image's, not half of it."""
+    from micronet.runtime.detector import Detector
+
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_margin=BLUR_MARGIN)
+    upsampled = np.repeat(np.repeat(crchisto_image, 2, axis=0), 2, axis=1)
+    at_40x = det.detect(upsampled, mpp=MODEL_MPP / 2).edge_blur_um
+    assert at_40x == pytest.approx(det.detect(crchisto_image, mpp=MODEL_MPP).edge_blur_um, rel=0.25)

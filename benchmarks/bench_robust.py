@@ -7,10 +7,11 @@ against the classical detector under the same perturbation (issue 19, item 4).
         --normalize reinhard --normalize macenko [--grades middle,strongest] [--families darken,blur] [--limit N]
 
 ``--model`` takes an ``.onnx`` file or a bundled name (``micronet.runtime.bundled``);
-``--label`` names the ``--model`` before it. Each model runs in
+``--label`` names the ``--model`` before it and ``--tta`` (``none``, ``flips``, ``dihedral``) sets its
+test-time augmentation. Each model runs in
 ``Detector(path, device="cpu")`` at its own threshold ξ, with the Detector's default
-normalisation and a bundled name's own test-time augmentation (``accurate``: dihedral,
-8 passes, as ``Detector("accurate")`` runs it); each ``--normalize METHOD`` (``none`` for ``None``) adds one row per model
+normalisation and its ``--tta``, by default a bundled name's own test-time augmentation
+(``accurate``: dihedral, 8 passes, as ``Detector("accurate")`` runs it); each ``--normalize METHOD`` (``none`` for ``None``) adds one row per model
 with ``Detector(..., normalize=METHOD)``, when this checkout's Detector has that argument
 (otherwise those rows are skipped and the results say so). The classical peer
 (``benchmarks/classical.py``) runs at the parameters tuned on CRCHisto train + val,
@@ -91,23 +92,26 @@ class Row:
     label: str
     model: str
     normalize: Any = UNSET
+    tta: str | None = None
     run: Callable[[np.ndarray, float], np.ndarray] | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
 
 class _ModelAction(argparse.Action):
-    """``--model`` starts a row; ``--label`` names the last one."""
+    """``--model`` starts a row; ``--label`` and ``--tta`` set the last one's label and
+    test-time augmentation."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
         models: list[list[str | None]] = getattr(namespace, "models", None) or []
-        if option == "--model":
-            models.append([value, None])
+        slot = {"--label": 1, "--tta": 2}.get(option or "")
+        if slot is None:
+            models.append([value, None, None])
         elif not models:
-            parser.error("--label: give it after the --model it belongs to")
-        elif models[-1][1] is not None:
-            parser.error(f"--label: {models[-1][0]} already has the label {models[-1][1]!r}")
+            parser.error(f"{option}: give it after the --model it belongs to")
+        elif models[-1][slot] is not None:
+            parser.error(f"{option}: {models[-1][0]} already has {option} {models[-1][slot]!r}")
         else:
-            models[-1][1] = value
+            models[-1][slot] = value
         namespace.models = models
 
 
@@ -119,18 +123,18 @@ def _normalize_default() -> Any:
     return UNSET if param is None else param.default
 
 
-def model_rows(models: list[tuple[str, str]], methods: list[str], notes: list[str]) -> list[Row]:
+def model_rows(models: list[tuple[str, str, str | None]], methods: list[str], notes: list[str]) -> list[Row]:
     """One row per model, plus one per model and ``--normalize`` method when the Detector
     takes ``normalize=`` (else a note says which rows were skipped)."""
     default = _normalize_default()
     rows = []
-    for model, label in models:
-        rows.append(Row(label, model))
+    for model, label, tta in models:
+        rows.append(Row(label, model, tta=tta))
         for method in methods:
             if default is UNSET:
                 notes.append(f"{label} + normalize={method}: skipped, this checkout's Detector has no normalize= argument")
                 continue
-            rows.append(Row(f"{label} + {method}", model, None if method == "none" else method))
+            rows.append(Row(f"{label} + {method}", model, None if method == "none" else method, tta))
     return rows
 
 
@@ -142,7 +146,8 @@ def build_runners(rows: list[Row]) -> None:
     default = _normalize_default()
     for row in rows:
         path = resolve_model(row.model)
-        kwargs: dict[str, Any] = {"device": "cpu", "tta": bundled_tta(row.model)}
+        tta = bundled_tta(row.model) if row.tta is None else (False if row.tta == "none" else row.tta)
+        kwargs: dict[str, Any] = {"device": "cpu", "tta": tta}
         if row.normalize is not UNSET:
             kwargs["normalize"] = row.normalize
         try:
@@ -372,6 +377,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", action=_ModelAction, help="an .onnx file or bundled name (repeatable; default: default, fast-cpu)")
     parser.add_argument("--label", action=_ModelAction, help="the row label of the --model before it (default: the argument)")
     parser.add_argument(
+        "--tta", action=_ModelAction, choices=["none", "flips", "dihedral"], help="test-time augmentation of the --model before it (default: a bundled name's own, else none)"
+    )
+    parser.add_argument(
         "--normalize", action="append", default=[], metavar="METHOD", help="also run each model with Detector(normalize=METHOD); 'none' for None (repeatable)"
     )
     parser.add_argument("--families", type=_names(list(FAMILIES), "families"), default=list(FAMILIES), help=f"default: all ({','.join(FAMILIES)})")
@@ -384,12 +392,12 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--limit: expected an integer >= 1, got {args.limit}")
     from micronet.runtime.bundled import BUNDLED_MODELS, resolve_model
 
-    args.models = [(m, label or m) for m, label in getattr(args, "models", None) or [[n, None] for n in ("default", "fast-cpu")]]
-    for model, _ in args.models:
+    args.models = [(m, label or m, tta) for m, label, tta in getattr(args, "models", None) or [[n, None, None] for n in ("default", "fast-cpu")]]
+    for model, _, _ in args.models:
         path = resolve_model(model)
         if path.suffix.lower() != ".onnx" or not path.is_file():
             parser.error(f"--model {model}: expected an .onnx file or a bundled name ({', '.join(BUNDLED_MODELS)}); {path} is neither")
-    labels = [label for _, label in args.models]
+    labels = [label for _, label, _ in args.models]
     if len(set(labels)) != len(labels) or CLASSICAL in labels:
         parser.error(f"--label: expected distinct labels, not {CLASSICAL!r}; got {labels}")
     return args

@@ -1,6 +1,7 @@
 """Where an image is out of focus: the edge blur (:func:`micronet.runtime.focus.edge_blur_um`)
 of the training images, of the held-out sets clean and under every level of the robustness
-benchmark, and of the two real slides, at the model's pixel size.
+benchmark, and of the two real slides (from windows of their tissue, as ``detect_slide``
+measures a slide), at the model's pixel size.
 
     python benchmarks/focus_threshold.py [--model default] [--grades middle,strongest]
 
@@ -54,16 +55,18 @@ def training_lines(model_mpp: float) -> list[str]:
     return out
 
 
-def slide_lines(model_mpp: float) -> list[str]:
-    """CMU-1 (the bundled 512² demo region, 0.499 µm/px) and OS-1 (whole, 0.227 µm/px)."""
-    import tifffile
-    from PIL import Image
+def slide_lines(model: str) -> list[str]:
+    """CMU-1 and OS-1 as ``detect_slide`` measures them: windows of their tissue
+    (:func:`micronet.runtime.slide.colour.slide_measures`)."""
+    from micronet.runtime.slide import open_slide, plan_slide
+    from micronet.runtime.slide.colour import slide_measures
 
-    from micronet.runtime.bundled import bundled_demo
-
-    cmu = np.asarray(Image.open(bundled_demo()).convert("RGB"))
-    os1 = tifffile.imread(DATA / "slides" / "OS-1-detail.ome.tif")
-    return [line("CMU-1", "demo region (clean)", [blur_of(cmu, 0.499, model_mpp)]), line("OS-1", "detail (clean)", [blur_of(os1[..., :3], 0.227, model_mpp)])]
+    det = Detector(model, device="cpu")
+    out = []
+    for name, file in (("CMU-1", "CMU-1-Small-Region.svs"), ("OS-1", "OS-1-detail.ome.tif")):
+        with open_slide(DATA / "slides" / file) as slide:
+            out.append(line(name, "slide tissue (clean)", [slide_measures(slide, plan_slide(det, slide), det.info.mpp)[1]]))
+    return out
 
 
 def held_out_lines(model_mpp: float, grades: list[str]) -> list[str]:
@@ -87,7 +90,7 @@ def main() -> None:
     model_mpp = Detector(args.model, device="cpu").info.mpp
     command = " ".join(["python benchmarks/focus_threshold.py", *sys.argv[1:]])
     lines = [command, f"model {args.model} at {model_mpp:g} µm/px; threshold {focus.BLUR_THRESHOLD_UM:g} µm, training span {focus.TRAINING_BLUR_UM}", ""]
-    lines += training_lines(model_mpp) + slide_lines(model_mpp) + [""] + held_out_lines(model_mpp, grades)
+    lines += training_lines(model_mpp) + slide_lines(args.model) + [""] + held_out_lines(model_mpp, grades)
     print("\n".join(lines))
     replace_atomically(RESULTS / "focus_threshold.txt", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 

@@ -68,8 +68,10 @@ class Detections:
         edge_blur_um: how blurred the image's edges are, in µm (the σ of a Gaussian
             blur; :func:`micronet.runtime.focus.edge_blur_um`, at the model's pixel
             size); above :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` the image is
-            out of focus and detections may be missed. ``None`` when not measured: a
-            tile of a slide or of a stream, an image with too few edges.
+            out of focus and detections may be missed. A slide's is measured on
+            windows of its tissue. ``None`` when not measured: a stream's fields, an
+            image given ``colour_stats`` (a field of a larger whole), an image with too
+            few edges.
 
     Arrays are converted to float32 on construction; ``len(d)`` is ``N``.
     """

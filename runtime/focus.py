@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-__all__ = ["edge_blur_px", "edge_blur_um", "focus_message", "BLUR_THRESHOLD_UM", "TRAINING_BLUR_UM"]
+__all__ = ["edge_blur_px", "edge_blur_um", "pooled_blur_px", "focus_message", "BLUR_THRESHOLD_UM", "TRAINING_BLUR_UM"]
 
 REBLUR = 1.0  # σ0 of the second blur, in pixels
 EDGE_QUANTILE = 0.98  # the steepest 2 % of pixels are the edges measured
@@ -94,7 +94,13 @@ def edge_blur_px(rgb: np.ndarray) -> float | None:
     """The median Gaussian blur σ of the edges of an ``(H, W, 3)`` uint8 RGB image, in its
     pixels, or ``None`` when it has too few edges to tell (a blank or flat image)."""
     h, w = rgb.shape[:2]
-    ratios = np.concatenate([_ratios(rgb[ys, xs]) for ys, xs in _windows(h, w)])
+    return pooled_blur_px([rgb[ys, xs] for ys, xs in _windows(h, w)])
+
+
+def pooled_blur_px(images: list[np.ndarray]) -> float | None:
+    """:func:`edge_blur_px` of several images (e.g. windows of a slide's tissue) as one:
+    each image's steepest pixels, pooled, and their median blur."""
+    ratios = np.concatenate([np.zeros(0, np.float32), *(_ratios(im) for im in images)])
     if ratios.size < MIN_EDGES:
         return None
     r2 = np.maximum(ratios.astype(np.float64), 1.0 + 2e-4)
@@ -107,10 +113,11 @@ def edge_blur_um(rgb: np.ndarray, mpp: float) -> float | None:
     return None if px is None else px * float(mpp)
 
 
-def focus_message(blur_um: float) -> str:
-    """The one-line warning for an image whose edges are blurred by ``blur_um`` µm."""
+def focus_message(blur_um: float, what: str = "image") -> str:
+    """The one-line warning for an image (``what``: or a slide) whose edges are blurred by
+    ``blur_um`` µm."""
     lo, hi = TRAINING_BLUR_UM
     return (
-        f"this image looks out of focus: its edges are blurred by about {blur_um:.2f} µm (σ), against {lo:.2f}–{hi:.2f} µm "
+        f"this {what} looks out of focus: its edges are blurred by about {blur_um:.2f} µm (σ), against {lo:.2f}–{hi:.2f} µm "
         f"in the training data (threshold {BLUR_THRESHOLD_UM:g}); detections may be missed; rescan or refocus it if you can"
     )

@@ -223,12 +223,17 @@ class TiledInference:
         (:func:`micronet.runtime.focus.edge_blur_um`). Logs, once per Detector, an image
         beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`."""
         blur = focus.edge_blur_um(image, self.info.mpp)
+        self._say_focus(blur)
+        return blur
+
+    def _say_focus(self, blur: float | None, what: str = "image") -> None:
+        """Logs, once per Detector, an edge blur beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`
+        (of an image, or of a slide measured apart)."""
         if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
             with self._said_lock:
                 say, self._focus_said = not self._focus_said, True
             if say:
-                log.warning("%s (said once per Detector)", focus.focus_message(blur))
-        return blur
+                log.warning("%s (said once per Detector)", focus.focus_message(blur, what))
 
     def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[Colour]) -> np.ndarray:
         """The ``(B, h, w, 3)`` uint8 backend input of a chunk of ``(image index, tile)``

@@ -111,10 +111,21 @@ def _source(kind: str, path: Path) -> InputSource:
 
 
 def _class_columns(run: InputRun) -> dict[str, Any]:
-    """A slide's tissue area and, with a class head, the count per class (an image's too)."""
-    counts = run.detections.class_counts() if run.detections.class_names else {}
+    """A slide's tissue area, with a class head the count per class (an image's too), and
+    the input's colour distance and edge blur where they were measured."""
+    found = run.detections
+    counts = found.class_counts() if found.class_names else {}
     tissue = None if run.summary is None else run.summary.get("tissue_mm2")
-    return {"tissue_mm2": tissue, "classes": ";".join(f"{n}={c}" for n, c in counts.items())}
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(float(value), 4)
+
+    return {
+        "tissue_mm2": tissue,
+        "classes": ";".join(f"{n}={c}" for n, c in counts.items()),
+        "colour_distance": rounded(found.colour_distance),
+        "edge_blur_um": rounded(found.edge_blur_um),
+    }
 
 
 def one_line(exc: BaseException) -> str:

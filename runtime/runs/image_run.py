@@ -9,6 +9,7 @@ file gives the pixels when the image runs (not when it is finished already).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from os import PathLike
 from pathlib import Path
@@ -87,7 +88,10 @@ class ImageSource(InputSource):
     def finished(self, outputs: InputOutputs, damaged: dict[str, str]) -> InputRun:
         xy, scores = outputs.records()
         shape = tuple(outputs.state.get("image_shape") or ()) or None
-        self.found = found = Detections(xy, scores, shape, self.pixel_size.mean)
+        # The measures of the run that made them (records before them have none; a value
+        # that is not a number >= 0 is left out, not trusted).
+        measured = {k: _measure(outputs.state.get(k)) for k in ("colour_distance", "edge_blur_um")}
+        self.found = found = Detections(xy, scores, shape, self.pixel_size.mean, **measured)
         rewritten = outputs.repair(damaged, lambda fmt, p: ImageOutputs.write_format(fmt, p, found, self._pixels))
         log.info("%s: finished already%s; %d detections", self.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(found))
         self.megapixels = float(outputs.state.get("megapixels", 0.0))
@@ -102,7 +106,11 @@ class ImageSource(InputSource):
         self.image = self._pixels()
         self.found = detector.detect(self.image, mpp=self.pixel_size.mean)
         self.megapixels = self.image.shape[0] * self.image.shape[1] / 1e6
-        outputs.start(record, image_shape=list(self.image.shape[:2]), megapixels=self.megapixels)
+        found = self.found
+        outputs.start(
+            record, image_shape=list(self.image.shape[:2]), megapixels=self.megapixels,
+            colour_distance=found.colour_distance, edge_blur_um=found.edge_blur_um,
+        )  # fmt: skip
 
     def run(self, detector: Any, outputs: InputOutputs | None) -> InputRun:
         assert isinstance(outputs, ImageOutputs)  # an image always runs into a folder
@@ -121,6 +129,12 @@ class ImageSource(InputSource):
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def _measure(value: Any) -> float | None:
+    """A measure read back from a record: a finite number >= 0, else ``None``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return float(value) if ok else None
 
 
 def run_image(

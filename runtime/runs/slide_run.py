@@ -39,7 +39,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import InputError, InputTypeError
-from ..slide.colour import slide_colour_stats
+from ..slide.colour import slide_measures
 from ..slide.plan import SlidePlan, plan_slide, slide_pixel_size
 from ..slide.reader import THUMBNAIL_SIZE, SlideBase, open_slide
 from ..slide.tissue import scan_progress
@@ -221,9 +221,13 @@ class SlideSource(InputSource):
             self.slide_plan = plan = plan_slide(detector, slide, region=self.region, level=self.level, mpp=pixel_size, tissue_only=self.tissue_only)
         _log_plan(slide, plan, detector, self.tissue_only)
         # One set of colour statistics, from the slide's tissue, for every tile: tiles are
-        # normalised alike and the slide is measured (and warned of) as a whole.
-        self.colour = slide_colour_stats(slide, plan)
+        # normalised alike and the slide is measured (and warned of) as a whole; its focus
+        # from the same windows of tissue.
+        self.colour, self.blur = slide_measures(slide, plan, detector.info.mpp)
         self.distance = None if self.colour is None else colour_distance(self.colour, detector.colour_target)
+        say_focus = getattr(detector, "_say_focus", None)
+        if say_focus is not None:
+            say_focus(self.blur, "slide")
 
     def record(self, detector: Any, formats: tuple[str, ...]) -> dict[str, Any]:
         plan, slide = self.slide_plan, self.slide
@@ -249,7 +253,7 @@ class SlideSource(InputSource):
 
     def result(self, xy: np.ndarray, scores: np.ndarray, probs: np.ndarray | None, outcome: str, out_dir: Path | None, rewritten: list[str] | None = None) -> InputRun:
         plan = self.slide_plan
-        found = Detections(xy, scores, self.slide.shape, plan.mpp, self.distance, probs, self.names if probs is not None else ())
+        found = Detections(xy, scores, self.slide.shape, plan.mpp, self.distance, probs, self.names if probs is not None else (), self.blur)
         summary = slide_summary(self.slide.path.name, found, plan, self.tissue_only)
         if out_dir is not None:
             write_slide_summary(out_dir / f"{self.stem}{SUMMARY_SUFFIX}", summary)

@@ -53,6 +53,7 @@ def slide_summary(name: str, found: Detections, plan: SlidePlan, tissue_only: bo
         "nuclei": len(found),
         "density_per_mm2": density(len(found)),
         "colour_distance": None if found.colour_distance is None else round(float(found.colour_distance), 4),
+        "edge_blur_um": None if found.edge_blur_um is None else round(float(found.edge_blur_um), 4),
     }
     if found.class_names:
         counts = found.class_counts()

@@ -28,8 +28,9 @@ __all__ = ["DONE", "RUNNING_ELSEWHERE", "SUMMARY_FIELDS", "SummaryRow", "merge_r
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker", "error", "tissue_mm2", "classes")
-# tissue_mm2: a slide's tissue area (runs.slide_summary); classes: "name=count;…" with a class head
+SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker", "error", "tissue_mm2", "classes", "colour_distance", "edge_blur_um")
+# tissue_mm2: a slide's tissue area (runs.slide_summary); classes: "name=count;…" with a class head;
+# colour_distance, edge_blur_um: how far its colours and focus lie from the training data's
 RUNNING_ELSEWHERE = "running elsewhere"
 DONE = ("ok", "skipped")  # statuses a row of another run's "running elsewhere" never replaces
 
@@ -62,6 +63,11 @@ class SummaryRow:
         backend: the detector's backend.
         tissue_mm2: a slide's tissue area in mm² (its ``<stem>.summary.json`` has more).
         classes: with a class head, ``name=count;…`` per phenotype.
+        colour_distance: how far its colours lie from the model's training data's, in
+            stops (:attr:`Detections.colour_distance`), when measured.
+        edge_blur_um: how blurred its edges are, in µm (:attr:`Detections.edge_blur_um`;
+            above 0.7 it is out of focus), when measured (a ``skipped`` image's come from
+            the record of the run that detected it).
         worker: ``host:pid`` of the process that ran it (set by the cohort).
         worker_peak_rss_mb: that process's peak resident memory so far, MB (the cohort's).
         exception: the exception of a failed input, or the one saying which run holds
@@ -82,6 +88,8 @@ class SummaryRow:
     backend: str = ""
     tissue_mm2: float | None = None
     classes: str = ""
+    colour_distance: float | None = None
+    edge_blur_um: float | None = None
     worker: str = ""
     worker_peak_rss_mb: float | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)

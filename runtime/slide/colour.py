@@ -10,7 +10,8 @@ MoNuSeg image averaged 20×, as a slide's thumbnail is: l's standard deviation b
 the 99th-percentile stain concentrations by 39 %). So :data:`WINDOWS` windows of
 :data:`WINDOW` model pixels are read at the detection's own pixel size
 (:meth:`ModelGrid.read_tile`, as the tiles are), centred on tissue pixels spread evenly
-over the thumbnail, and their tissue pixels pooled.
+over the thumbnail, and their tissue pixels pooled. The same windows give the slide's
+focus (:func:`micronet.runtime.focus.pooled_blur_px`): :func:`slide_measures`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 
 import numpy as np
 
+from ..focus import pooled_blur_px
 from ..stain import MAX_PIXELS, MIN_PIXELS, StainStats, measure_pooled
 from ..tiling import Tile
 from .levels import SlideBase, Thumbnail
@@ -26,7 +28,7 @@ from .plan import ModelGrid, SlidePlan
 from .reader import THUMBNAIL_SIZE
 from .tissue import tissue_mask
 
-__all__ = ["slide_colour_stats", "WINDOWS", "WINDOW"]
+__all__ = ["slide_colour_stats", "slide_measures", "WINDOWS", "WINDOW"]
 
 WINDOWS = 16  # windows read for the statistics
 WINDOW = 256  # their side in model pixels: 16 × 256² ≈ 1 Mpx read
@@ -56,22 +58,49 @@ def _model_to_thumbnail(grid: ModelGrid, thumbnail: Thumbnail, xs: np.ndarray, y
 
 
 def slide_colour_stats(slide: SlideBase, plan: SlidePlan, windows: int = WINDOWS, size: int = WINDOW) -> StainStats | None:
-    """The colour statistics of the tissue of a planned slide region.
+    """The colour statistics of the tissue of a planned slide region (the first of
+    :func:`slide_measures`)."""
+    return slide_measures(slide, plan, None, windows, size)[0]
+
+
+def slide_measures(
+    slide: SlideBase, plan: SlidePlan, model_mpp: float | None, windows: int = WINDOWS, size: int = WINDOW
+) -> tuple[StainStats | None, float | None]:
+    """The colour statistics and the edge blur of the tissue of a planned slide region.
 
     Args:
         slide: the open slide.
         plan: its :func:`~micronet.runtime.slide.plan.plan_slide` (its thumbnail is
             reused; one is read when it has none).
+        model_mpp: the model's pixel size (µm/px), that of the windows; ``None``: no
+            edge blur measured.
         windows: how many windows to read, on tissue pixels evenly spread in raster
             order over the thumbnail (the whole region where it shows no tissue).
         size: their side in model pixels (clipped to the region).
 
     Returns:
-        :class:`~micronet.runtime.stain.StainStats` of the windows' tissue pixels
-        (all their pixels where they hold fewer than
-        :data:`~micronet.runtime.stain.MIN_PIXELS` of tissue), or ``None`` for a
-        region too small to measure.
+        ``(stats, blur_um)``: :class:`~micronet.runtime.stain.StainStats` of the
+        windows' tissue pixels (all their pixels where they hold fewer than
+        :data:`~micronet.runtime.stain.MIN_PIXELS` of tissue), or ``None`` for a region
+        too small to measure; the edge blur in µm of the windows pooled
+        (:func:`~micronet.runtime.focus.pooled_blur_px` × ``model_mpp``), or ``None``
+        where they hold too few edges.
     """
+    images, masks = _tissue_windows(slide, plan, windows, size)
+    if not images:
+        return None, None
+    blur_px = None if model_mpp is None else pooled_blur_px(images)
+    blur = None if blur_px is None else blur_px * float(model_mpp)
+    if sum(int(m.sum()) for m in masks) < MIN_PIXELS:
+        masks = [np.ones_like(m) for m in masks]  # no tissue under the windows: all their pixels
+    if sum(int(m.sum()) for m in masks) < MIN_PIXELS:
+        return None, blur
+    return measure_pooled(images, masks, per_image=max(1, MAX_PIXELS // len(images))), blur
+
+
+def _tissue_windows(slide: SlideBase, plan: SlidePlan, windows: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Up to ``windows`` windows of ``size`` model pixels centred on tissue, and each
+    one's tissue mask (none where the slide has no readable thumbnail)."""
     grid = plan.grid
     try:
         thumbnail = plan.thumbnail if plan.thumbnail is not None else slide.read_thumbnail(THUMBNAIL_SIZE, plan.region)
@@ -79,7 +108,7 @@ def slide_colour_stats(slide: SlideBase, plan: SlidePlan, windows: int = WINDOWS
         # An unreadable slide (a truncated file) is reported by the detection pass, at the
         # tile it breaks, after the tiles before it are saved.
         log.debug("colour statistics: no thumbnail (%s)", exc)
-        return None
+        return [], []
     mask = plan.tissue if thumbnail is plan.thumbnail and plan.tissue is not None else tissue_mask(thumbnail.image)
     rows, cols = np.nonzero(mask if mask.any() else np.ones_like(mask))
     pick = np.unique(np.linspace(0, len(rows) - 1, min(windows, len(rows))).round().astype(np.intp))
@@ -101,10 +130,4 @@ def slide_colour_stats(slide: SlideBase, plan: SlidePlan, windows: int = WINDOWS
         tc, tr = _model_to_thumbnail(grid, thumbnail, xs, ys)
         images.append(pixels)
         masks.append(mask[tr, tc])
-    if not images:
-        return None
-    if sum(int(m.sum()) for m in masks) < MIN_PIXELS:
-        masks = [np.ones_like(m) for m in masks]  # no tissue under the windows: all their pixels
-    if sum(int(m.sum()) for m in masks) < MIN_PIXELS:
-        return None
-    return measure_pooled(images, masks, per_image=max(1, MAX_PIXELS // len(images)))
+    return images, masks

@@ -124,3 +124,60 @@ def test_an_image_at_another_pixel_size_is_measured_at_the_models(crchisto_image
     upsampled = np.repeat(np.repeat(crchisto_image, 2, axis=0), 2, axis=1)
     at_40x = det.detect(upsampled, mpp=MODEL_MPP / 2).edge_blur_um
     assert at_40x == pytest.approx(det.detect(crchisto_image, mpp=MODEL_MPP).edge_blur_um, rel=0.25)
+
+
+def test_a_slide_is_measured_on_its_tissue_and_said_once(crchisto_image: np.ndarray, blur_onnx: Path, tmp_path: Path, caplog) -> None:
+    """A slide's edge blur comes from the windows of tissue its colour statistics read:
+    close to the whole region's, in its summary and its Detections, with one warning for
+    an out-of-focus slide."""
+    import json
+
+    tifffile = pytest.importorskip("tifffile")
+    from micronet.runtime.detector import Detector
+
+    resolution = {"resolution": (1e4 / MODEL_MPP, 1e4 / MODEL_MPP), "resolutionunit": "CENTIMETER"}
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_size=256, tile_margin=BLUR_MARGIN)
+    got = {}
+    for name, image in (("sharp", crchisto_image), ("soft", blurred(crchisto_image, 2.0))):
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, np.tile(image, (2, 2, 1)), tile=(128, 128), photometric="rgb", metadata=None, **resolution)
+        with caplog.at_level(logging.WARNING, logger="micronet.runtime.detector"):
+            found = det.detect_slide(path, tissue_only=False, out_dir=tmp_path / name, progress=False)
+        summary = json.loads((tmp_path / name / f"{name}.summary.json").read_text())
+        assert summary["edge_blur_um"] == pytest.approx(found.edge_blur_um, abs=1e-4)
+        assert found.edge_blur_um == pytest.approx(focus.edge_blur_um(image, MODEL_MPP), rel=0.1)
+        got[name] = found.edge_blur_um
+    assert got["sharp"] < focus.BLUR_THRESHOLD_UM < got["soft"]
+    said = [r.getMessage() for r in caplog.records if "out of focus" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("this slide looks out of focus")
+
+
+def test_run_summary_lists_each_inputs_focus_and_colour_and_a_rerun_keeps_them(crchisto_image: np.ndarray, tmp_path: Path, caplog) -> None:
+    """``micronet detect`` on a folder: run_summary.csv gives each image's edge blur and
+    colour distance, the soft one above the threshold; a rerun (each image finished
+    already, not run again) reads them back from the records."""
+    import csv
+
+    from PIL import Image
+
+    from micronet.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(crchisto_image).save(folder / "sharp.png")
+    Image.fromarray(blurred(crchisto_image, 2.0)).save(folder / "soft.png")
+    argv = ["detect", str(folder), "--model", "fast-cpu", "--out", str(tmp_path / "out"), "--format", "csv", "--mpp", str(MODEL_MPP), "--no-progress"]
+    rows = {}
+    for run in range(2):
+        with caplog.at_level(logging.WARNING, logger="micronet.runtime.detector"):
+            assert main(argv) == 0
+        with open(tmp_path / "out" / "run_summary.csv", newline="") as f:
+            rows[run] = {Path(r["input"]).name: r for r in csv.DictReader(f)}
+    first, again = rows[0], rows[1]
+    assert float(first["sharp.png"]["edge_blur_um"]) < focus.BLUR_THRESHOLD_UM < float(first["soft.png"]["edge_blur_um"])
+    assert float(first["sharp.png"]["colour_distance"]) < 0.6
+    assert {r["status"] for r in again.values()} == {"skipped"}
+    for name in ("sharp.png", "soft.png"):
+        assert again[name]["edge_blur_um"] == first[name]["edge_blur_um"] and again[name]["colour_distance"] == first[name]["colour_distance"]
+    said = [r.getMessage() for r in caplog.records if "out of focus" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("this image looks out of focus")

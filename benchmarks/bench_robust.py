@@ -92,9 +92,9 @@ class Row:
     label: str
     model: str
     normalize: Any = UNSET
-    tta: str | None = None
     run: Callable[[np.ndarray, float], np.ndarray] | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    tta: str | None = None  # --tta: "none", "flips", "dihedral"; None: a bundled name's own
 
 
 class _ModelAction(argparse.Action):
@@ -134,7 +134,7 @@ def model_rows(models: list[tuple[str, str, str | None]], methods: list[str], no
             if default is UNSET:
                 notes.append(f"{label} + normalize={method}: skipped, this checkout's Detector has no normalize= argument")
                 continue
-            rows.append(Row(f"{label} + {method}", model, None if method == "none" else method, tta))
+            rows.append(Row(f"{label} + {method}", model, None if method == "none" else method, tta=tta))
     return rows
 
 

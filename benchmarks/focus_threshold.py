@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, RESULTS  # noqa: E402
-from _perturbations import FAMILIES, GRADES, perturbations  # noqa: E402
+from _common import DATA  # noqa: E402
+from _perturbed_sets import add_grades, perturbed_sets, write_report  # noqa: E402
 from bench_pareto import MONUSEG_SPLIT  # noqa: E402
-from bench_robust import load_sets  # noqa: E402
 
 from micronet.runtime import focus  # noqa: E402
 from micronet.runtime.detector import Detector  # noqa: E402
-from micronet.runtime.files import replace_atomically  # noqa: E402
 from micronet.runtime.resample import resample  # noqa: E402
 
 
@@ -71,28 +69,20 @@ def slide_lines(model: str) -> list[str]:
 
 def held_out_lines(model_mpp: float, grades: list[str]) -> list[str]:
     out = []
-    for name, data in load_sets(None).items():
-        for level in [None, *perturbations(list(FAMILIES), grades)]:
-            images = data.images if level is None else [level(im, 0, f"{name}/{n}") for im, n in zip(data.images, data.names)]
-            label = "held-out clean" if level is None else f"{level.label} ({level.grade})"
-            out.append(line(name, label, [blur_of(im, data.mpp, model_mpp) for im in images]))
+    for name, data, level, images in perturbed_sets(grades):
+        label = "held-out clean" if level is None else f"{level.label} ({level.grade})"
+        out.append(line(name, label, [blur_of(im, data.mpp, model_mpp) for im in images]))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="the model whose pixel size images are measured at (a file or bundled name)")
-    parser.add_argument("--grades", default="middle,strongest", help=f"levels to measure (of {','.join(GRADES)})")
+    add_grades(parser)
     args = parser.parse_args()
-    grades = args.grades.split(",")
-    if unknown := sorted(set(grades) - set(GRADES)):
-        parser.error(f"--grades: unknown {', '.join(unknown)} (valid: {', '.join(GRADES)})")
     model_mpp = Detector(args.model, device="cpu").info.mpp
-    command = " ".join(["python benchmarks/focus_threshold.py", *sys.argv[1:]])
-    lines = [command, f"model {args.model} at {model_mpp:g} µm/px; threshold {focus.BLUR_THRESHOLD_UM:g} µm, training span {focus.TRAINING_BLUR_UM}", ""]
-    lines += training_lines(model_mpp) + slide_lines(args.model) + [""] + held_out_lines(model_mpp, grades)
-    print("\n".join(lines))
-    replace_atomically(RESULTS / "focus_threshold.txt", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    header = [f"model {args.model} at {model_mpp:g} µm/px; threshold {focus.BLUR_THRESHOLD_UM:g} µm, training span {focus.TRAINING_BLUR_UM}"]
+    write_report("focus_threshold", header, training_lines(model_mpp) + slide_lines(args.model) + [""] + held_out_lines(model_mpp, args.grades))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ def build_runners(rows: list[Row]) -> None:
             "threshold": det.info.threshold,
             "backend": det.backend_name,
             "tta": det.tta,
+            "deblur": getattr(det, "deblur", None),
         }
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import stain
+from . import focus, stain
 from .backends import Backend
 from .backends.select import (  # re-exported where they were before backends/select.py
     DEFAULT_BATCH_SIZE,  # noqa: F401
@@ -185,6 +185,14 @@ class Detector(TiledInference):
             before the backend's one upload: the backends take host ``uint8`` batches
             and copy them to the device themselves, so there is no device-side input
             to transform and no extra copy is made.
+        deblur: ``"auto"`` (the default) deconvolves an image whose edge blur
+            (:attr:`Detections.edge_blur_um`, :mod:`micronet.runtime.focus`) exceeds
+            :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` back to the training
+            data's (a Wiener filter of a Gaussian, at the model's pixel size, on the
+            host, the whole image before its tiles); no clean CRCHisto or MoNuSeg image
+            is beyond it, so their detections are those of ``None`` (never). An image
+            beyond it is warned of once per Detector either way. Slides and streams
+            are measured (slides) but not deblurred.
 
     Raises:
         FileNotFoundError: the model file (or the bundled model) is missing.
@@ -212,10 +220,14 @@ class Detector(TiledInference):
         verify: bool = False,
         tta: bool | str | None = None,
         normalize: str | None = "auto",
+        deblur: str | None = "auto",
     ) -> None:
         device, device_id = parse_device(device)
         tta = bundled_tta(model, tta)  # "accurate": the default's network with dihedral TTA
         self._check_options(normalize, tta, max_megapixels, max_memory_gb)
+        if deblur not in focus.DEBLUR:
+            raise InputError(f"deblur: expected one of {', '.join(map(repr, focus.DEBLUR))}, got {deblur!r}")
+        self.deblur = deblur
         self.model_path, self.backend = open_backend(model, backend, device, device_id, threads)
         info: ModelInfo = self.backend.info
         self.class_names: tuple[str, ...] = class_names(info)  # phenotypes, when the model classifies
@@ -345,7 +357,7 @@ class Detector(TiledInference):
         model = self.model_path.name if self.model_path is not None else type(self.backend).__name__
         return (
             f"Detector({model!r}, backend={self.backend_name!r}, device={self.device!r}, threshold={self.threshold:g}, "
-            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta!r}, normalize={self.normalize!r})"
+            f"min_distance={self.min_distance}, mpp={self.info.mpp:g}, tta={self.tta!r}, normalize={self.normalize!r}, deblur={self.deblur!r})"
         )
 
     # --- detection --------------------------------------------------------------------

@@ -32,7 +32,19 @@ import math
 
 import numpy as np
 
-__all__ = ["edge_blur_px", "edge_blur_um", "pooled_blur_px", "focus_message", "BLUR_THRESHOLD_UM", "TRAINING_BLUR_UM"]
+__all__ = [
+    "edge_blur_px",
+    "edge_blur_um",
+    "pooled_blur_px",
+    "focus_message",
+    "deblur",
+    "deblur_sigma_px",
+    "wiener_kernel",
+    "BLUR_THRESHOLD_UM",
+    "TRAINING_BLUR_UM",
+    "DEBLUR_TARGET_UM",
+    "DEBLUR",
+]
 
 REBLUR = 1.0  # σ0 of the second blur, in pixels
 EDGE_QUANTILE = 0.98  # the steepest 2 % of pixels are the edges measured
@@ -46,6 +58,15 @@ BORDER = 4  # pixels at a window's border, where the filters see the reflection,
 # blur beyond which Detector warns.
 TRAINING_BLUR_UM = (0.30, 0.56)
 BLUR_THRESHOLD_UM = 0.7
+# Detector(deblur="auto"): an image beyond the threshold is deconvolved back to the training
+# data's typical edge blur (CRCHisto train's median, 0.37 µm) with a Wiener filter of a
+# Gaussian, noise-to-signal WIENER_K; chosen on CRCHisto training images only
+# (docs/results.md, thirteenth round).
+DEBLUR = (None, "auto")
+DEBLUR_TARGET_UM = 0.37
+WIENER_K = 0.003
+MAX_DEBLUR_PX = 4.0  # the largest σ deconvolved: beyond it the kernel grows past usefulness
+STRIP_PIXELS = 1 << 22  # pixels deconvolved at a time (bounds the memory on a large image)
 
 
 def _windows(h: int, w: int) -> list[tuple[slice, slice]]:
@@ -114,10 +135,59 @@ def edge_blur_um(rgb: np.ndarray, mpp: float) -> float | None:
 
 
 def focus_message(blur_um: float, what: str = "image") -> str:
-    """The one-line warning for an image (``what``: or a slide) whose edges are blurred by
-    ``blur_um`` µm."""
+    """The start of the one-line warning for an image (``what``: or a slide) whose edges are
+    blurred by ``blur_um`` µm."""
     lo, hi = TRAINING_BLUR_UM
     return (
         f"this {what} looks out of focus: its edges are blurred by about {blur_um:.2f} µm (σ), against {lo:.2f}–{hi:.2f} µm "
-        f"in the training data (threshold {BLUR_THRESHOLD_UM:g}); detections may be missed; rescan or refocus it if you can"
+        f"in the training data (threshold {BLUR_THRESHOLD_UM:g})"
     )
+
+
+# --- deconvolution -------------------------------------------------------------------------
+
+
+def deblur_sigma_px(blur_px: float, target_px: float) -> float:
+    """The Gaussian σ (pixels) that takes an edge blur of ``blur_px`` back to ``target_px``:
+    blurs add in quadrature, so ``sqrt(blur² − target²)``, at most :data:`MAX_DEBLUR_PX`."""
+    return float(min(MAX_DEBLUR_PX, math.sqrt(max(0.0, blur_px * blur_px - target_px * target_px))))
+
+
+def wiener_kernel(sigma: float, k: float = WIENER_K) -> np.ndarray:
+    """The ``(2R+1, 2R+1)`` float64 spatial kernel of the Wiener filter ``H / (H² + k)`` of a
+    Gaussian ``H`` of ``sigma`` pixels, cut at ``R = ceil(6σ) + 4`` (its tail beyond holds
+    a few per cent of its weight) and scaled to sum 1, so flat areas keep their value."""
+    radius = int(math.ceil(6 * sigma)) + 4
+    n = 4 * radius + 4  # the grid the kernel is computed on: wider than it, so no wrap-around
+    f = np.fft.fftfreq(n)
+    h = np.exp(-2 * math.pi**2 * sigma * sigma * (f[:, None] ** 2 + f[None, :] ** 2))
+    kernel = np.fft.fftshift(np.real(np.fft.ifft2(h / (h * h + k))))
+    c = n // 2
+    kernel = kernel[c - radius : c + radius + 1, c - radius : c + radius + 1]
+    return kernel / kernel.sum()
+
+
+def deblur(rgb: np.ndarray, sigma_px: float) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image deconvolved by a Gaussian of ``sigma_px`` pixels
+    (:func:`wiener_kernel`; mirrored at the image's borders), as a new uint8 image. Strips
+    of rows (about :data:`STRIP_PIXELS` pixels) are deconvolved one at a time with the
+    rows around them, so a large image costs a strip's memory, and the result equals the
+    whole image's."""
+    from scipy.signal import fftconvolve
+
+    kernel = wiener_kernel(sigma_px)
+    r = kernel.shape[0] // 2
+    h, w = rgb.shape[:2]
+    mode = "reflect" if min(h, w) > r else "symmetric"  # a tiny image: NumPy's reflect needs more pixels than r
+    out = np.empty_like(rgb)
+    strip = max(2 * r + 1, STRIP_PIXELS // max(1, w))
+    for y0 in range(0, h, strip):
+        y1 = min(h, y0 + strip)
+        top, bottom = max(0, y0 - r), min(h, y1 + r)
+        rows = rgb[top:bottom].astype(np.float64)  # float64: strips round as the whole image does
+        rows = np.pad(rows, ((r - (y0 - top), r - (bottom - y1)), (r, r), (0, 0)), mode=mode)
+        for c in range(3):
+            sharp = fftconvolve(rows[..., c], kernel, mode="valid")
+            np.clip(np.rint(sharp), 0, 255, out=sharp)
+            out[y0:y1, :, c] = sharp
+    return out

@@ -54,7 +54,7 @@ class _ClosedBackend:
 
 class TiledInference:
     """Detection on prepared images, batched by tile shape (the base of ``Detector``,
-    which sets the attributes used here: ``backend``, ``info``, ``tta``, ``tta_mode``, ``normalize``,
+    which sets the attributes used here: ``backend``, ``info``, ``tta``, ``tta_mode``, ``normalize``, ``deblur``,
     ``batch_size``, ``tile_size``, ``max_megapixels``, ``max_memory``, ``class_names``,
     ``_colour_target``, ``_min_hw`` and the once-per-Detector flags)."""
 
@@ -132,10 +132,14 @@ class TiledInference:
         groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
         for i, (image, mpp) in enumerate(zip(images, mpps)):
             resized, scale = self._to_model_pixels(image, mpp)
+            colours.append(self._colour(resized, colour_stats))
+            blur = self._focus(resized) if colour_stats is None else None
+            if blur is not None and blur > focus.BLUR_THRESHOLD_UM and self.deblur == "auto":
+                mpp_model = self.info.mpp
+                resized = focus.deblur(resized, focus.deblur_sigma_px(blur / mpp_model, focus.DEBLUR_TARGET_UM / mpp_model))
             model_images.append(resized)
             scales.append(scale)
-            colours.append(self._colour(resized, colour_stats))
-            blurs.append(self._focus(resized) if colour_stats is None else None)
+            blurs.append(blur)
             h, w = resized.shape[:2]
             for tile in self.plan_tiles(h, w):
                 groups.setdefault(self._input_shape(tile), []).append((i, tile))
@@ -228,12 +232,20 @@ class TiledInference:
 
     def _say_focus(self, blur: float | None, what: str = "image") -> None:
         """Logs, once per Detector, an edge blur beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`
-        (of an image, or of a slide measured apart)."""
+        (of an image, deblurred with ``deblur="auto"``, or of a slide, measured apart and
+        never deblurred)."""
         if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
             with self._said_lock:
                 say, self._focus_said = not self._focus_said, True
-            if say:
-                log.warning("%s (said once per Detector)", focus.focus_message(blur, what))
+            if not say:
+                return
+            if self.deblur == "auto" and what == "image":
+                done = f"deconvolved back to {focus.DEBLUR_TARGET_UM:g} µm (deblur='auto'); rescan or refocus it if you can"
+            elif what == "image":
+                done = "detections may be missed; rescan or refocus it, or pass deblur='auto'"
+            else:
+                done = "detections may be missed (slides are not deblurred); rescan or refocus it if you can"
+            log.warning("%s; %s (said once per Detector)", focus.focus_message(blur, what), done)
 
     def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[Colour]) -> np.ndarray:
         """The ``(B, h, w, 3)`` uint8 backend input of a chunk of ``(image index, tile)``

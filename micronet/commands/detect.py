@@ -130,6 +130,12 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
         "image), every image (white, reinhard, macenko) or none; a slide's statistics come from its tissue; recorded "
         "with each input's settings",
     )  # fmt: skip
+    parser.add_argument(
+        "--deblur", choices=("auto", "none"), default="auto",
+        help="deconvolve an image whose edges are blurred beyond 0.7 µm (out of focus) back to the training data's, "
+        "before the network (auto, the default: no clean CRCHisto or MoNuSeg image is beyond it) or never (none); "
+        "slides are measured, not deblurred; recorded with each image's settings",
+    )  # fmt: skip
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
@@ -217,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
     ran: list[dict[str, Any]] = []
     on_row = _row_reporter(rows, ran, files, total, bars, images_without_mpp(files) if args.mpp is None else [])
     tta = args.tta_mode or (True if args.tta else None)  # None: the model's own (--model accurate: dihedral)
-    spec = DetectorSpec(args.model, args.device, args.threshold, args.threads, tta=tta, normalize=None if args.normalize == "none" else args.normalize)
+    spec = DetectorSpec(
+        args.model, args.device, args.threshold, args.threads, tta=tta, normalize=None if args.normalize == "none" else args.normalize,
+        deblur=None if args.deblur == "none" else args.deblur,
+    )  # fmt: skip
     try:
         with _signals_interrupt():
             run_cohort(

@@ -382,7 +382,7 @@ def _probe(detector: Any, ref: dict[str, Any]) -> Any:
     ``verify=True``)."""
     return type(detector)(
         backend=detector.backend, threshold=float(ref["threshold"]), min_distance=int(ref["min_distance"]),
-        tile_size=detector.tile_size, batch_size=1, normalize=None,  # the references are of the raw pixels
+        tile_size=detector.tile_size, batch_size=1, normalize=None, deblur=None,  # the references are of the raw pixels
     )  # fmt: skip
 
 

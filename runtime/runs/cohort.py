@@ -60,6 +60,8 @@ class DetectorSpec:
             name's, :data:`~micronet.runtime.bundled.BUNDLED_TTA`), else one pass.
         normalize: colour normalisation (``Detector(normalize=...)``: ``"auto"``, the
             default, ``"white"``, ``"reinhard"``, ``"macenko"`` or ``None``).
+        deblur: deconvolution of out-of-focus images (``Detector(deblur=...)``:
+            ``"auto"``, the default, or ``None``).
     """
 
     model: str | None = None
@@ -68,12 +70,13 @@ class DetectorSpec:
     threads: int | None = None
     tta: bool | str | None = None
     normalize: str | None = "auto"
+    deblur: str | None = "auto"
 
     def build(self) -> Any:
         from ..detector import Detector
 
         threads = None if self.device not in ("cpu", "auto") else self.threads
-        return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads, tta=self.tta, normalize=self.normalize)
+        return Detector(self.model, device=self.device, threshold=self.threshold, threads=threads, tta=self.tta, normalize=self.normalize, deblur=self.deblur)
 
     @property
     def wants_gpu(self) -> bool:

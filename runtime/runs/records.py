@@ -32,8 +32,9 @@ __all__ = [
 RECORD_FORMAT = "micronet-outputs/1"
 # Settings added after records were first written, with the value every run before them
 # had: a record without one was made at that value (no test-time augmentation before
-# ``tta``), so its outputs stay current for a rerun at it, and other values are refused.
-SETTINGS_SINCE = {"tta": False}
+# ``tta``, no deconvolution before ``deblur``, which images record and slides do not), so
+# its outputs stay current for a rerun at it, and other values are refused.
+SETTINGS_SINCE = {"tta": False, "deblur": None}
 
 
 def fingerprint(path: Path) -> dict[str, Any]:

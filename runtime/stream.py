@@ -13,7 +13,7 @@ tile reads (through resampling, :class:`~micronet.runtime.resample.BilinearAxis`
 range). Once every pixel of it has arrived or is known to be background, the block is
 stitched, resampled and run, its core's peaks are final, and every field no pending block
 reads is freed. Results equal ``detector.detect(stitched, mpp=mpp)`` bit for bit: the
-same tiles of the same pixels.
+same tiles of the same pixels (out of focus, ``deblur=None``'s: fields are not deconvolved).
 
 **The stitched image.** Where fields overlap, the pixel that arrived first is kept (a
 scanner's overlapping fields show the same tissue; in any order, such fields stitch to

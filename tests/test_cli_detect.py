@@ -101,7 +101,9 @@ def test_batch_without_a_terminal_prints_a_line_per_input_and_no_bars(model, tmp
     folder.mkdir()
     _blobs(folder / "a.png", CENTRES)
     _blobs(folder / "b.png", CENTRES[:2])
-    assert main(["detect", str(folder), "--model", str(model), "--out", str(tmp_path / "out"), "--mpp", "0.55"]) == 0
+    # --deblur none: the synthetic blobs are smooth, out of focus by the edge measure, and a
+    # deconvolution would ring around them (the counts below are the blobs').
+    assert main(["detect", str(folder), "--model", str(model), "--out", str(tmp_path / "out"), "--mpp", "0.55", "--deblur", "none"]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err
     assert "[1/2] a.png: 4 nuclei in " in err and "[2/2] b.png: 2 nuclei in " in err

@@ -4,7 +4,9 @@ bundled models were trained on.
 A slide scanned out of focus, or a camera tile taken through a soft objective, loses the
 edges the network finds nuclei by; colour statistics do not see it
 (:mod:`micronet.runtime.stain`), so :class:`~micronet.runtime.detector.Detector` measures
-focus apart and says, once, when an image is much softer than the training data.
+focus apart, says once when an image is much softer than the training data, and with
+``deblur="auto"`` (its default) deconvolves such an image back to the training data's
+edge blur (:func:`deblur`, a Wiener filter of a Gaussian) before the network.
 
 The measure is the re-blur gradient ratio of Zhuo and Sim ("Defocus map estimation from a
 single image", Pattern Recognition 2011): an edge blurred by a Gaussian of ``σ`` keeps, after

@@ -16,14 +16,18 @@ from bench_robust import _names, load_sets
 
 from micronet.runtime.files import replace_atomically
 
-__all__ = ["add_grades", "perturbed_sets", "write_report"]
+__all__ = ["parse_args", "perturbed_sets", "write_report"]
 
 
-def add_grades(parser: argparse.ArgumentParser) -> None:
-    """``--grades``: the levels to measure, checked as ``bench_robust.py`` checks them."""
+def parse_args(description: str, model_help: str) -> argparse.Namespace:
+    """``--model`` (a file or bundled name, default ``default``) and ``--grades`` (the
+    levels to measure, checked as ``bench_robust.py`` checks them)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help=model_help)
     parser.add_argument(
         "--grades", type=_names(GRADES, "grades"), default=["middle", "strongest"], help=f"levels to measure (of {','.join(GRADES)}; default middle,strongest)"
     )
+    return parser.parse_args()
 
 
 def perturbed_sets(grades: list[str], seed: int = 0) -> Iterator[tuple[str, Any, Any, list[np.ndarray]]]:

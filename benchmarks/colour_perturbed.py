@@ -15,12 +15,11 @@ their detections are those of ``normalize=None``. Writes
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _perturbed_sets import add_grades, perturbed_sets, write_report  # noqa: E402
+from _perturbed_sets import parse_args, perturbed_sets, write_report  # noqa: E402
 
 from micronet.runtime import stain  # noqa: E402
 from micronet.runtime.detector import Detector  # noqa: E402
@@ -38,10 +37,7 @@ def distance_lines(target: stain.StainStats, grades: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default", help="its colour statistics are the target (a file or bundled name)")
-    add_grades(parser)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "its colour statistics are the target (a file or bundled name)")
     target = stain.target_stats(Detector(args.model, device="cpu").info.colour)
     header = [f"model {args.model}: auto applies {stain.AUTO_METHOD!r} beyond {stain.OOD_THRESHOLD:g} stops"]
     write_report("colour_perturbed", header, distance_lines(target, args.grades))

@@ -15,7 +15,6 @@ first brought to the model's pixel size as the Detector brings it (``resample``)
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA  # noqa: E402
-from _perturbed_sets import add_grades, perturbed_sets, write_report  # noqa: E402
+from _perturbed_sets import parse_args, perturbed_sets, write_report  # noqa: E402
 from bench_pareto import MONUSEG_SPLIT  # noqa: E402
 
 from micronet.runtime import focus  # noqa: E402
@@ -76,10 +75,7 @@ def held_out_lines(model_mpp: float, grades: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default", help="the model whose pixel size images are measured at (a file or bundled name)")
-    add_grades(parser)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "the model whose pixel size images are measured at (a file or bundled name)")
     model_mpp = Detector(args.model, device="cpu").info.mpp
     header = [f"model {args.model} at {model_mpp:g} µm/px; threshold {focus.BLUR_THRESHOLD_UM:g} µm, training span {focus.TRAINING_BLUR_UM}"]
     write_report("focus_threshold", header, training_lines(model_mpp) + slide_lines(args.model) + [""] + held_out_lines(model_mpp, args.grades))

@@ -45,6 +45,16 @@ def _check_shape(image_shape: Any) -> tuple[int, int] | None:
     return (h, w)
 
 
+def check_measure(name: str, value: Any) -> float | None:
+    """A measure of the image (``colour_distance``, ``edge_blur_um``): ``None`` or a finite
+    number >= 0, as float; anything else raises ``ValueError`` naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < math.inf):
+        raise InputError(f"{name}: expected a finite number >= 0 or None, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True, eq=False)
 class Detections:
     """Nucleus centres found in one image.
@@ -103,16 +113,8 @@ class Detections:
         object.__setattr__(self, "scores", np.ascontiguousarray(scores, dtype=np.float32))
         object.__setattr__(self, "image_shape", _check_shape(self.image_shape))
         object.__setattr__(self, "mpp", mpp)
-        distance = self.colour_distance
-        if distance is not None:
-            if isinstance(distance, bool) or not isinstance(distance, numbers.Real) or not (0 <= distance < math.inf):
-                raise InputError(f"colour_distance: expected a finite number >= 0 or None, got {distance!r}")
-            object.__setattr__(self, "colour_distance", float(distance))
-        blur = self.edge_blur_um
-        if blur is not None:
-            if isinstance(blur, bool) or not isinstance(blur, numbers.Real) or not (0 <= blur < math.inf):
-                raise InputError(f"edge_blur_um: expected a finite number >= 0 or None, got {blur!r}")
-            object.__setattr__(self, "edge_blur_um", float(blur))
+        for name in ("colour_distance", "edge_blur_um"):
+            object.__setattr__(self, name, check_measure(name, getattr(self, name)))
         names = tuple(str(n) for n in self.class_names)
         probs = self.class_probabilities
         if probs is not None:

@@ -9,13 +9,13 @@ file gives the pixels when the image runs (not when it is finished already).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from ..detections import Detections
+from ..detections import Detections, check_measure
+from ..errors import InputError
 from ..files import regular_file
 from ..images import ImageFile, as_rgb_image
 from ..pixel_size import PixelSize, resolve_pixel_size
@@ -92,7 +92,7 @@ class ImageSource(InputSource):
         shape = tuple(outputs.state.get("image_shape") or ()) or None
         # The measures of the run that made them (records before them have none; a value
         # that is not a number >= 0 is left out, not trusted).
-        measured = {k: _measure(outputs.state.get(k)) for k in ("colour_distance", "edge_blur_um")}
+        measured = {k: _measure(k, outputs.state.get(k)) for k in ("colour_distance", "edge_blur_um")}
         self.found = found = Detections(xy, scores, shape, self.pixel_size.mean, **measured)
         rewritten = outputs.repair(damaged, lambda fmt, p: ImageOutputs.write_format(fmt, p, found, self._pixels))
         log.info("%s: finished already%s; %d detections", self.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(found))
@@ -133,10 +133,13 @@ class ImageSource(InputSource):
             self.file.close()
 
 
-def _measure(value: Any) -> float | None:
-    """A measure read back from a record: a finite number >= 0, else ``None``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    return float(value) if ok else None
+def _measure(name: str, value: Any) -> float | None:
+    """A measure read back from a record (:func:`~micronet.runtime.detections.check_measure`),
+    ``None`` where it is not a valid one."""
+    try:
+        return check_measure(name, value)
+    except InputError:
+        return None
 
 
 def run_image(

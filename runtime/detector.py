@@ -191,8 +191,9 @@ class Detector(TiledInference):
             data's (a Wiener filter of a Gaussian, at the model's pixel size, on the
             host, the whole image before its tiles); no clean CRCHisto or MoNuSeg image
             is beyond it, so their detections are those of ``None`` (never). An image
-            beyond it is warned of once per Detector either way. Slides and streams
-            are measured (slides) but not deblurred.
+            beyond it is warned of once per Detector either way. A slide's tiles are
+            measured and deblurred each on its own (its summary lists those beyond);
+            a stream's fields are not.
 
     Raises:
         FileNotFoundError: the model file (or the bundled model) is missing.

@@ -40,7 +40,9 @@ __all__ = [
     "pooled_blur_px",
     "focus_message",
     "deblur",
+    "deblur_bytes",
     "deblur_sigma_px",
+    "sharpened",
     "wiener_kernel",
     "BLUR_THRESHOLD_UM",
     "TRAINING_BLUR_UM",
@@ -68,7 +70,7 @@ DEBLUR = (None, "auto")
 DEBLUR_TARGET_UM = 0.37
 WIENER_K = 0.003
 MAX_DEBLUR_PX = 4.0  # the largest σ deconvolved: beyond it the kernel grows past usefulness
-STRIP_PIXELS = 1 << 22  # pixels deconvolved at a time (bounds the memory on a large image)
+STRIP_PIXELS = 1 << 20  # pixels deconvolved at a time (bounds the memory on a large image)
 
 
 def _windows(h: int, w: int) -> list[tuple[slice, slice]]:
@@ -193,3 +195,35 @@ def deblur(rgb: np.ndarray, sigma_px: float) -> np.ndarray:
             np.clip(np.rint(sharp), 0, 255, out=sharp)
             out[y0:y1, :, c] = sharp
     return out
+
+
+def sharpened(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[np.ndarray, float | None, bool]:
+    """An image at ``mpp`` µm/px (the model's) measured and, when ``setting`` (the
+    Detector's ``deblur``) is ``"auto"`` and its edge blur exceeds
+    :data:`BLUR_THRESHOLD_UM`, deconvolved back to :data:`DEBLUR_TARGET_UM` (:func:`deblur`).
+
+    Returns:
+        ``(image, blur_um, deconvolved)``: the image (``rgb`` itself unless deconvolved),
+        its edge blur in µm before any deconvolution (``None``: too few edges), and
+        whether it was deconvolved.
+    """
+    blur = edge_blur_um(rgb, mpp)
+    if setting != "auto" or blur is None or blur <= BLUR_THRESHOLD_UM:
+        return rgb, blur, False
+    sigma = deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)
+    return deblur(rgb, sigma), blur, True
+
+
+def deblur_bytes(height: int, width: int) -> int:
+    """An upper bound on the memory :func:`deblur` allocates for an image of
+    ``height × width`` pixels at the largest σ (:data:`MAX_DEBLUR_PX`): the uint8 output,
+    and one strip's float64 padded rows plus SciPy's real-FFT buffers for one channel
+    (padded to fast lengths, a few complex128 and float64 planes of the strip)."""
+    r = math.ceil(6 * MAX_DEBLUR_PX) + 4
+    strip = min(height, max(2 * r + 1, STRIP_PIXELS // max(1, width)))
+    rows, cols = strip + 2 * r, width + 2 * r  # the padded strip
+    # fftconvolve: both operands padded to about (rows + 2r) × (cols + 2r), rounded up to
+    # fast FFT lengths (≤ 1/8 more per side), and their half-spectra (complex128).
+    fy, fx = (rows + 2 * r) * 9 // 8 + 1, (cols + 2 * r) * 9 // 8 + 1
+    fft = 3 * fy * (fx // 2 + 1) * 16 + 2 * fy * fx * 8
+    return 3 * height * width + rows * cols * 3 * 8 + fft

@@ -7,7 +7,8 @@ convert the caller's input and hand it to :meth:`TiledInference._detect_prepared
 1. checks the work against ``max_megapixels`` / ``max_memory_gb`` before allocating;
 2. brings each image to the model's pixel size and measures its colours
    (:mod:`micronet.runtime.prepare`) and, for an image on its own (not a tile of a slide
-   or stream, which come with ``colour_stats``), its focus (:mod:`micronet.runtime.focus`);
+   or stream, which come with ``colour_stats``), its focus, deconvolving it when out of
+   focus (:mod:`micronet.runtime.focus`; a slide's tiles are, as they are read);
 3. groups the tiles of every image by shape and runs them through the backend in
    batches, with flip TTA (:mod:`micronet.runtime.tta`), two batches in flight on a GPU
    backend with ``infer_async``;
@@ -64,6 +65,7 @@ class TiledInference:
         mpps: list[float | None],
         labels: list[str] | None,
         mpp_names: list[tuple[str, bool]] | None,
+        colour_stats: stain.StainStats | None = None,
     ) -> None:
         """Refuses, before anything is allocated, a pixel size out of range or work beyond
         ``max_megapixels`` / ``max_memory_gb`` (:mod:`micronet.runtime.resample`'s rules),
@@ -73,7 +75,8 @@ class TiledInference:
         model_mpp = self.info.mpp
         sizes = work_sizes(images, mpps, model_mpp, self.max_megapixels, labels, mpp_names)
         in_flight = self.batch_size * (2 if self._submitter() is not None else 1)  # two batches in flight when pipelined
-        check_work(sizes, self.tile_size, in_flight, self.max_megapixels, self.max_memory, labels)
+        deblur = self.deblur == "auto" and colour_stats is None  # parts of a whole are not deconvolved here
+        check_work(sizes, self.tile_size, in_flight, self.max_megapixels, self.max_memory, labels, deblur)
         if any(m is None for m in mpps):
             with self._said_lock:
                 say, self._assumed_mpp_said = not self._assumed_mpp_said, True
@@ -95,7 +98,7 @@ class TiledInference:
         """The work: ``images`` are checked ``(H, W, 3)`` uint8 C-contiguous arrays;
         ``labels`` and ``mpp_names`` (name, whether the caller typed it) name them and
         their pixel sizes in errors; ``colour_stats`` replaces each image's own."""
-        self._check_work(images, mpps, labels, mpp_names)
+        self._check_work(images, mpps, labels, mpp_names, colour_stats)
         model_images, scales, colours, blurs, groups = self._prepare(images, mpps, colour_stats)
         found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]
         # With tta a tile is 4 network passes, and a backend call holds at most
@@ -133,10 +136,10 @@ class TiledInference:
         for i, (image, mpp) in enumerate(zip(images, mpps)):
             resized, scale = self._to_model_pixels(image, mpp)
             colours.append(self._colour(resized, colour_stats))
-            blur = self._focus(resized) if colour_stats is None else None
-            if blur is not None and blur > focus.BLUR_THRESHOLD_UM and self.deblur == "auto":
-                mpp_model = self.info.mpp
-                resized = focus.deblur(resized, focus.deblur_sigma_px(blur / mpp_model, focus.DEBLUR_TARGET_UM / mpp_model))
+            blur = None
+            if colour_stats is None:  # a whole image (a slide's tiles are measured as they are read)
+                resized, blur, _ = focus.sharpened(resized, self.info.mpp, self.deblur)
+                self._say_focus(blur)
             model_images.append(resized)
             scales.append(scale)
             blurs.append(blur)
@@ -222,29 +225,20 @@ class TiledInference:
                     log.warning("%s; normalised with %r (normalize='auto'; said once per Detector)", described, stain.AUTO_METHOD)
         return colour
 
-    def _focus(self, image: np.ndarray) -> float | None:
-        """The edge blur in µm of one image at the model's pixel size
-        (:func:`micronet.runtime.focus.edge_blur_um`). Logs, once per Detector, an image
-        beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`."""
-        blur = focus.edge_blur_um(image, self.info.mpp)
-        self._say_focus(blur)
-        return blur
-
     def _say_focus(self, blur: float | None, what: str = "image") -> None:
         """Logs, once per Detector, an edge blur beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`
-        (of an image, deblurred with ``deblur="auto"``, or of a slide, measured apart and
-        never deblurred)."""
+        (of an image, or of a slide: its tissue pooled, and each tile measured and
+        deblurred on its own as it is read)."""
         if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
             with self._said_lock:
                 say, self._focus_said = not self._focus_said, True
             if not say:
                 return
-            if self.deblur == "auto" and what == "image":
-                done = f"deconvolved back to {focus.DEBLUR_TARGET_UM:g} µm (deblur='auto'); rescan or refocus it if you can"
-            elif what == "image":
-                done = "detections may be missed; rescan or refocus it, or pass deblur='auto'"
+            parts = "" if what == "image" else "its out-of-focus tiles are "
+            if self.deblur == "auto":
+                done = f"{parts}deconvolved back to {focus.DEBLUR_TARGET_UM:g} µm (deblur='auto'); rescan or refocus it if you can"
             else:
-                done = "detections may be missed (slides are not deblurred); rescan or refocus it if you can"
+                done = "detections may be missed; rescan or refocus it, or pass deblur='auto'"
             log.warning("%s; %s (said once per Detector)", focus.focus_message(blur, what), done)
 
     def _batch(self, chunk: list[tuple[int, Tile]], images: list[np.ndarray], colours: list[Colour]) -> np.ndarray:

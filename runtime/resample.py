@@ -140,7 +140,7 @@ def default_memory_limit() -> int:
 
 
 def working_memory(
-    sizes: Sequence[tuple[tuple[int, int], tuple[int, int]]], tile_size: int, tiles_in_flight: int
+    sizes: Sequence[tuple[tuple[int, int], tuple[int, int]]], tile_size: int, tiles_in_flight: int, deblur: bool = False
 ) -> tuple[int, int]:
     """Conservative estimate of the host memory a detector call allocates, in bytes.
 
@@ -149,6 +149,10 @@ def working_memory(
             pixel size (equal when it is not resampled).
         tile_size: the largest tile side in model pixels.
         tiles_in_flight: tiles in the backend at once (batch size × batches in flight).
+        deblur: whether an image may be deconvolved (``Detector(deblur="auto")``):
+            its deconvolved copy is held (an image not resampled has none otherwise)
+            and the deconvolution's transient (:func:`micronet.runtime.focus.deblur_bytes`)
+            counted, whether or not the image turns out to be out of focus.
 
     Returns:
         ``(images, tiles)``: the bytes of the resampled images, held together, plus the
@@ -162,6 +166,11 @@ def working_memory(
         if (mh, mw) != (h, w):
             held += 3 * mh * mw
             transient = max(transient, 4 * h * w + 4 * max(h * mw, mh * w) + 7 * mh * mw)
+        if deblur:
+            from .focus import deblur_bytes
+
+            held += 3 * mh * mw if (mh, mw) == (h, w) else 0
+            transient = max(transient, deblur_bytes(mh, mw))
         largest_tile = max(largest_tile, min(mh, tile_size) * min(mw, tile_size))
     return held + transient, largest_tile * tiles_in_flight * TILE_BYTES_PER_PIXEL
 
@@ -173,10 +182,11 @@ def check_work(
     max_megapixels: float,
     max_bytes: int,
     names: Sequence[str] | None = None,
+    deblur: bool = False,
 ) -> None:
     """Refuses, before anything is allocated, work beyond the caller's limits: an image
     resampled to more than ``max_megapixels``, or an estimated working memory
-    (:func:`working_memory`) above ``max_bytes``.
+    (:func:`working_memory`, with ``deblur``'s copies) above ``max_bytes``.
 
     Raises:
         ValueError: one line naming the image, the sizes and what to pass instead.
@@ -189,7 +199,7 @@ def check_work(
                 f"more than max_megapixels={max_megapixels:g}; run it as a slide (Detector.detect_slide, micronet detect "
                 "on a tiled TIFF), check mpp, or raise max_megapixels"
             )
-    images, tiles = working_memory(sizes, tile_size, tiles_in_flight)
+    images, tiles = working_memory(sizes, tile_size, tiles_in_flight, deblur)
     if images + tiles > max_bytes:
         what = names[0] if names is not None and len(names) == 1 else f"{len(sizes)} images" if len(sizes) > 1 else "image"
         raise InputError(

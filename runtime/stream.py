@@ -13,7 +13,11 @@ tile reads (through resampling, :class:`~micronet.runtime.resample.BilinearAxis`
 range). Once every pixel of it has arrived or is known to be background, the block is
 stitched, resampled and run, its core's peaks are final, and every field no pending block
 reads is freed. Results equal ``detector.detect(stitched, mpp=mpp)`` bit for bit: the
-same tiles of the same pixels (out of focus, ``deblur=None``'s: fields are not deconvolved).
+same tiles of the same pixels. Each block is measured for focus before the network, and
+one out of focus is deconvolved (``deblur="auto"``) as a slide's tile is; the block's
+:class:`FinalRegion` carries its edge blur, so a scanner can refocus and rescan it while
+the slide is still in it (out of focus, the results are ``detect``'s on the stitched image
+only with ``deblur=None``).
 
 **The stitched image.** Where fields overlap, the pixel that arrived first is kept (a
 scanner's overlapping fields show the same tissue; in any order, such fields stitch to
@@ -40,27 +44,31 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
 import numpy as np
 
+from . import focus
 from .detections import Detections
 from .errors import InputError, InputTypeError
 from .images import as_rgb_image, check_mpp
-from .resample import MPP_TOLERANCE, BilinearAxis, check_ratio, from_resampled, needs_resampling, resampled_size
+from .resample import (
+    MPP_TOLERANCE,
+    BilinearAxis,
+    check_ratio,
+    from_resampled,
+    needs_resampling,
+    resampled_size,
+)
 from .stain import METHODS, StainStats, colour_distance
-from .tiling import Tile, keep_in_core, sort_scored
+from .stream_blocks import BACKGROUND, Block, Piece, covered, model_pixels
+from .tiling import keep_in_core, sort_scored
 
-__all__ = ["StreamSession", "FinalRegion", "StreamCounts", "BACKGROUND"]
+__all__ = ["BACKGROUND", "FinalRegion", "StreamCounts", "StreamSession"]
 
 log = logging.getLogger(__name__)
-
-# The value of every channel of a pixel no field covers: glass is white to a brightfield
-# scanner, so a gap reads as empty glass, not as dark tissue the network would respond to.
-BACKGROUND = 255
-
 
 @dataclass(frozen=True)
 class FinalRegion:
@@ -73,11 +81,14 @@ class FinalRegion:
             all final (a block's core: the boxes partition the slide).
         latency_s: seconds from the arrival that completed the block's context (or from
             ``finish()``) to its detections being final.
+        edge_blur_um: the block's edge blur in µm (:mod:`micronet.runtime.focus`; also its
+            ``detections.edge_blur_um``), ``None`` where too few edges to tell.
     """
 
     detections: Detections
     box: tuple[float, float, float, float]
     latency_s: float
+    edge_blur_um: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,87 +104,15 @@ class StreamCounts:
     fields: int
 
 
-@dataclass(eq=False)
-class _Piece:
-    """A field (``pixels``) or a declared gap (``None``) at slide pixels ``[x0, x1) ×
-    [y0, y1)``, the ``seq``-th arrival; ``refs``: the pending blocks that read it."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    pixels: np.ndarray | None
-    seq: int
-    refs: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.pixels is None else self.pixels.nbytes
-
-
-@dataclass(eq=False)
-class _Block:
-    """One tile of the detector's plan: its ``window`` ``(x0, y0, x1, y1)`` of slide
-    pixels, the axes that resample the window to the tile (``None``: same size) and the
-    core's ``box`` in slide pixels; ``pieces`` that intersect the window until taken."""
-
-    tile: Tile
-    window: tuple[int, int, int, int]
-    cols: BilinearAxis | None
-    rows: BilinearAxis | None
-    box: tuple[float, float, float, float]
-    pieces: list[_Piece] = field(default_factory=list)
-    taken: bool = False
-
-
 def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _overlap(a0: int, a1: int, b0: int, b1: int) -> tuple[int, int]:
-    return max(a0, b0), min(a1, b1)  # empty when start >= stop
-
-
-def _covered(window: tuple[int, int, int, int], pieces: list[_Piece]) -> bool:
-    """Whether the union of ``pieces`` covers ``window``: painted on the grid of their
-    edges (a few dozen cells), not pixel by pixel."""
-    x0, y0, x1, y1 = window
-    boxes = [(*_overlap(p.x0, p.x1, x0, x1), *_overlap(p.y0, p.y1, y0, y1)) for p in pieces]
-    if sum((bx1 - bx0) * (by1 - by0) for bx0, bx1, by0, by1 in boxes) < (x1 - x0) * (y1 - y0):
-        return False  # too little area, overlaps or not
-    xs = np.unique([x0, x1, *(b[0] for b in boxes), *(b[1] for b in boxes)])
-    ys = np.unique([y0, y1, *(b[2] for b in boxes), *(b[3] for b in boxes)])
-    grid = np.zeros((len(ys) - 1, len(xs) - 1), bool)
-    for bx0, bx1, by0, by1 in boxes:
-        grid[np.searchsorted(ys, by0) : np.searchsorted(ys, by1), np.searchsorted(xs, bx0) : np.searchsorted(xs, bx1)] = True
-    return bool(grid.all())
-
-
 def _scored(d: Detections) -> np.ndarray:
     """``(N,)`` scores, or with a class head ``(N, 1 + K)``: the score, then the class probabilities."""
     return d.scores if d.class_probabilities is None else np.concatenate([d.scores[:, None], d.class_probabilities], axis=1)
-
-
-def _model_pixels(block: _Block, pieces: list[_Piece]) -> np.ndarray:
-    """The block's tile at the model's pixel size, ``(h, w, 3)`` uint8: its window
-    stitched from ``pieces`` (the first arrival on top, :data:`BACKGROUND` where none
-    lies) and resampled as ``ModelGrid.read_tile`` does, bit for bit as Pillow resamples
-    the whole image."""
-    x0, y0, x1, y1 = block.window
-    out = np.full((y1 - y0, x1 - x0, 3), BACKGROUND, np.uint8)
-    for p in sorted(pieces, key=lambda p: p.seq, reverse=True):  # the earliest painted last
-        (ix0, ix1), (iy0, iy1) = _overlap(p.x0, p.x1, x0, x1), _overlap(p.y0, p.y1, y0, y1)
-        if ix0 >= ix1 or iy0 >= iy1:
-            continue
-        target = out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-        target[...] = BACKGROUND if p.pixels is None else p.pixels[iy0 - p.y0 : iy1 - p.y0, ix0 - p.x0 : ix1 - p.x0]
-    if block.cols is not None:  # horizontal pass first, as Pillow does
-        out = block.cols.apply(np.ascontiguousarray(out.transpose(1, 0, 2))).transpose(1, 0, 2)
-    if block.rows is not None:
-        out = block.rows.apply(np.ascontiguousarray(out))
-    return np.ascontiguousarray(out)
 
 
 class StreamSession:
@@ -219,7 +158,7 @@ class StreamSession:
         self._cond = threading.Condition()  # guards everything below and the blocks' state
         self._state = "open"  # open → finishing → finished; or cancelled, or failed
         self._error: BaseException | None = None
-        self._backlog: deque[tuple[_Block, np.ndarray, float]] = deque()  # (block, tile pixels, since)
+        self._backlog: deque[tuple[Block, np.ndarray, float]] = deque()  # (block, tile pixels, since)
         self._done: deque[FinalRegion] = deque()
         self._worker: threading.Thread | None = None
         self._seq, self._busy, self._preparing = itertools.count(), False, 0  # preparing: taken, stitched outside the lock
@@ -239,7 +178,7 @@ class StreamSession:
             return self._detector.colour_target, None
         return given, colour_distance(given, self._detector.colour_target)
 
-    def _plan(self, mh: int, mw: int) -> tuple[list[_Block], list[tuple[int, int]], list[tuple[int, int]]]:
+    def _plan(self, mh: int, mw: int) -> tuple[list[Block], list[tuple[int, int]], list[tuple[int, int]]]:
         """The blocks (the detector's tiles of the model-pixel slide, row-major) and the
         slide-pixel window of each row and column of them."""
         tiles = self._detector.plan_tiles(mh, mw)
@@ -256,7 +195,7 @@ class StreamSession:
                 tile = tiles[len(blocks)]
                 assert (tile.core_y0, tile.core_x0) == (cy0, cx0), "plan_tiles is row-major"
                 box = (cx0 / sx, cy0 / sy, cx1 / sx, cy1 / sy)  # pixel edges scale by the ratio
-                blocks.append(_Block(tile, (wx0, wy0, wx1, wy1), cax, rax, box))
+                blocks.append(Block(tile, (wx0, wy0, wx1, wy1), cax, rax, box))
         return blocks, row_windows, col_windows
 
     # --- arrivals ---------------------------------------------------------------------
@@ -302,20 +241,20 @@ class StreamSession:
         now = time.monotonic()
         with self._cond:
             self._raise_unless_open()
-            piece = _Piece(x0, y0, x1, y1, pixels, next(self._seq))
+            piece = Piece(x0, y0, x1, y1, pixels, next(self._seq))
             self._fields += pixels is not None
             ready = []
             for block in self._blocks_reading(piece):
                 block.pieces.append(piece)
                 piece.refs += 1
-                if _covered(block.window, block.pieces):
+                if covered(block.window, block.pieces):
                     ready.append(block)
             self._hold(piece.nbytes if piece.refs else 0)  # a field no pending block reads is dropped now
             jobs = [self._take(block) for block in ready]
             self._preparing += len(jobs)
         self._prepare(jobs, now)
 
-    def _blocks_reading(self, piece: _Piece) -> list[_Block]:
+    def _blocks_reading(self, piece: Piece) -> list[Block]:
         """The pending blocks whose windows intersect ``piece``."""
         rows = [r for r, (a, b) in enumerate(self._row_windows) if a < piece.y1 and b > piece.y0]
         cols = [c for c, (a, b) in enumerate(self._col_windows) if a < piece.x1 and b > piece.x0]
@@ -326,7 +265,7 @@ class StreamSession:
         self.held_bytes += nbytes
         self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)  # bytes, not RSS: fields and queued blocks
 
-    def _take(self, block: _Block) -> tuple[_Block, list[_Piece]]:
+    def _take(self, block: Block) -> tuple[Block, list[Piece]]:
         """Marks a block as no longer pending and releases the fields only it still read
         (the caller holds the lock); returns it with the pieces to stitch it from."""
         block.taken = True
@@ -344,7 +283,7 @@ class StreamSession:
         try:
             for k in range(len(jobs)):
                 (block, pieces), jobs[k] = jobs[k], None  # the fields go as soon as stitched
-                pixels = _model_pixels(block, pieces)
+                pixels = model_pixels(block, pieces)
                 del pieces
                 with self._cond:
                     left, self._preparing = left - 1, self._preparing - 1
@@ -395,24 +334,26 @@ class StreamSession:
                         self._classes.update(region.detections.class_counts())
                 self._cond.notify_all()
 
-    def _run(self, batch: list[tuple[_Block, np.ndarray, float]]) -> list[FinalRegion]:
+    def _run(self, batch: list[tuple[Block, np.ndarray, float]]) -> list[FinalRegion]:
         """One backend call: the tiles at the model's pixel size (so ``detect_batch``
-        neither resamples nor tiles them again), each tile's core peaks to slide pixels."""
+        neither resamples nor tiles them again; each measured, and deconvolved when out of
+        focus, first), each tile's core peaks to slide pixels."""
         det = self._detector
-        found = det.detect_batch([pixels for _, pixels, _ in batch], mpp=det.info.mpp, colour_stats=self._tile_stats)
+        sharp = [focus.sharpened(pixels, det.info.mpp, getattr(det, "deblur", None)) for _, pixels, _ in batch]
+        found = det.detect_batch([pixels for pixels, _, _ in sharp], mpp=det.info.mpp, colour_stats=self._tile_stats)
         regions = []
-        for (block, _, since), d in zip(batch, found):
+        for (block, _, since), d, (_, blur, _) in zip(batch, found, sharp):
             xy, values = keep_in_core(block.tile, d.xy, _scored(d))  # (N, 2) in the model-pixel slide
             if self._scale is not None:
                 xy = from_resampled(xy, *self._scale).astype(np.float32)  # back to the slide's pixels
-            regions.append(FinalRegion(self._result(xy, values), block.box, time.monotonic() - since))
+            regions.append(FinalRegion(self._result(xy, values, blur), block.box, time.monotonic() - since, blur))
         return regions
 
-    def _result(self, xy: np.ndarray, values: np.ndarray) -> Detections:
+    def _result(self, xy: np.ndarray, values: np.ndarray, blur: float | None = None) -> Detections:
         """Detections in slide pixels, highest score first, from ``(N, 2)`` positions and
         ``(N,)`` scores, or ``(N, 1 + K)`` scores and class probabilities."""
         xy, scores, probs = sort_scored(xy, values)
-        return Detections(xy, scores, (self.height, self.width), self.mpp, self._distance, probs, self._names)
+        return Detections(xy, scores, (self.height, self.width), self.mpp, self._distance, probs, self._names, blur)
 
     # --- results ----------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ def _add_detection(parser: argparse.ArgumentParser) -> None:
         "--deblur", choices=("auto", "none"), default="auto",
         help="deconvolve an image whose edges are blurred beyond 0.7 µm (out of focus) back to the training data's, "
         "before the network (auto, the default: no clean CRCHisto or MoNuSeg image is beyond it) or never (none); "
-        "slides are measured, not deblurred; recorded with each image's settings",
+        "a slide tile by tile (its summary lists the tiles beyond); recorded with each input's settings",
     )  # fmt: skip
 
 

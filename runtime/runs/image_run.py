@@ -75,8 +75,6 @@ class ImageSource(InputSource):
             **({"orientation": orientation} if orientation != 1 else {}),
             "mpp": self.pixel_size.mean,
             **detector_settings(detector),
-            # Images only: a slide is measured, never deblurred (records.SETTINGS_SINCE).
-            "deblur": getattr(detector, "deblur", None),
             "formats": list(formats),
         }
 

@@ -32,8 +32,9 @@ __all__ = [
 RECORD_FORMAT = "micronet-outputs/1"
 # Settings added after records were first written, with the value every run before them
 # had: a record without one was made at that value (no test-time augmentation before
-# ``tta``, no deconvolution before ``deblur``, which images record and slides do not), so
-# its outputs stay current for a rerun at it, and other values are refused.
+# ``tta``; no deconvolution before ``deblur``, which images record since the thirteenth
+# round and slides since the fourteenth), so its outputs stay current for a rerun at it,
+# and other values are refused.
 SETTINGS_SINCE = {"tta": False, "deblur": None}
 
 
@@ -66,6 +67,7 @@ def detector_settings(detector: Any) -> dict[str, Any]:
         "tile_size": detector.tile_size,
         "tile_margin": detector.tile_margin,
         "tta": detector.tta,
+        "deblur": getattr(detector, "deblur", None),
         # Recorded only when set, so outputs made before the option existed still match.
         **({"normalize": normalize_setting(detector.normalize)} if getattr(detector, "normalize", None) else {}),
     }

@@ -237,7 +237,8 @@ class SlideOutputs(InputOutputs):
         paths: format name → final output file; :meth:`partial` its name until finished.
         state_path, bin_path: the record.
         state: the record as last saved (settings, ``tiles_total``, ``tiles_done``,
-            ``detections``, ``bytes`` per partial file, ``complete``, ``seconds``, and
+            ``detections``, ``bytes`` per partial file, ``complete``, ``seconds``,
+            ``tile_blur_um`` (each tile's edge blur, µm, in plan order), and
             once complete ``outputs``: the size and SHA-256 of each file).
     """
 
@@ -323,11 +324,15 @@ class SlideOutputs(InputOutputs):
 
     # -- writing --
 
-    def commit(self, xy: np.ndarray, scores: np.ndarray, tiles_done: int, seconds: float, probabilities: np.ndarray | None = None) -> None:
+    def commit(
+        self, xy: np.ndarray, scores: np.ndarray, tiles_done: int, seconds: float, probabilities: np.ndarray | None = None,
+        tile_blur: list[float | None] | None = None,
+    ) -> None:
         """Appends one batch's detections (level-0 ``xy`` ``(N, 2)`` float32, ``scores``
         ``(N,)``, and with a class head their ``(N, K)`` ``probabilities``) to every
-        partial file, then records the new file lengths, ``tiles_done`` and the
-        ``seconds`` spent so far."""
+        partial file, then records the new file lengths, ``tiles_done``, the batch's
+        ``tile_blur`` (each tile's edge blur in µm, appended to ``tile_blur_um``) and
+        the ``seconds`` spent so far."""
         sizes = self.state["bytes"]
         probs = probabilities if self.class_names else None
         with writing(self.bin_path):
@@ -344,6 +349,8 @@ class SlideOutputs(InputOutputs):
         if self._overlay is not None:
             self._overlay.draw(xy, *self._classes(probs))
         self.state["tiles_done"] = tiles_done
+        if tile_blur is not None:
+            self.state.setdefault("tile_blur_um", []).extend(tile_blur)
         self.state["detections"] += len(xy)
         self.state["seconds"] = seconds
         self.save_state()

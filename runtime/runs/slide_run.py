@@ -18,6 +18,16 @@ between batches instead, for comparison. On the CPU one reader suffices (reading
 1024² tile takes ~0.1 s, inference far longer, and the cores belong to inference); on
 a GPU several readers keep it fed. File reads are serialised; JPEG decoding
 (libjpeg-turbo), the resampling and ONNX Runtime release the GIL.
+
+**Focus, tile by tile.** A slide's focus varies across it (a fold, a bubble, a region the
+scanner's focus map missed), so the reader also measures each tile's edge blur
+(:func:`micronet.runtime.focus.sharpened`, about 0.1 s per 1024² tile) and, with
+``deblur="auto"``, deconvolves a tile beyond the threshold before the network, as an image
+on its own would be. A tile's margin (at least the network's receptive radius) is wider
+than the deconvolution kernel's radius (≤ 28 px), so a core is deconvolved as it would be
+in the whole region at that tile's blur. The values are recorded with each batch (a
+resumed run keeps them), and the summary lists the tiles out of focus
+(:func:`~micronet.runtime.runs.slide_summary.focus_summary`).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import focus
 from ..detections import Detections
 from ..errors import InputError, InputTypeError
 from ..slide.colour import slide_measures
@@ -48,7 +59,7 @@ from ..tiling import core_mask, keep_in_core, sort_peaks
 from .outputs import FORMATS, InputOutputs, InputRun, detector_settings, fingerprint
 from .run_input import InputSource, RunSettings, run_input
 from .slide_outputs import SlideOutputs, output_stem
-from .slide_summary import SUMMARY_SUFFIX, slide_summary, write_slide_summary
+from .slide_summary import SUMMARY_SUFFIX, focus_summary, slide_summary, write_slide_summary
 
 __all__ = ["detect_slide", "run_slide", "SlideSource", "progress_enabled"]
 
@@ -201,12 +212,15 @@ class SlideSource(InputSource):
         self.slide: SlideBase | None = None
         self.slide_plan: SlidePlan | None = None
         self.outcome, self.done = "ran", 0
+        self.tile_blur: list[float | None] = []  # each tile's edge blur (µm), in plan order
+        self.deblur: str | None = None
 
     def prepare(self, detector: Any, settings: RunSettings) -> None:
         self.queue_size, self.readers = _pipeline_options(detector, self.queue_size, self.readers)
         self.show = progress_enabled(settings.progress)
         self.log_progress = settings.progress is None and not self.show
         self.mpp = settings.mpp
+        self.deblur = getattr(detector, "deblur", None)
         self.names: tuple[str, ...] = tuple(getattr(detector, "class_names", ()) or ())
         k = len(self.names)
         self.prev = (np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, k), np.float32) if k else None)
@@ -255,6 +269,7 @@ class SlideSource(InputSource):
         plan = self.slide_plan
         found = Detections(xy, scores, self.slide.shape, plan.mpp, self.distance, probs, self.names if probs is not None else (), self.blur)
         summary = slide_summary(self.slide.path.name, found, plan, self.tissue_only)
+        summary["focus"] = focus_summary(plan, self.tile_blur, self.deblur)
         if out_dir is not None:
             write_slide_summary(out_dir / f"{self.stem}{SUMMARY_SUFFIX}", summary)
         seconds = time.perf_counter() - self.started
@@ -268,6 +283,7 @@ class SlideSource(InputSource):
         assert isinstance(outputs, SlideOutputs)
         rewritten = outputs.repair(damaged, outputs.write_whole)
         xy, scores, probs = outputs.stored()
+        self.tile_blur = _recorded_blur(outputs.state, len(self.slide_plan.tiles))
         log.info("%s: finished already%s; %d detections", self.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
         return self.result(*_sorted(xy, scores, probs), "finished already", outputs.dir, rewritten)
 
@@ -278,6 +294,7 @@ class SlideSource(InputSource):
             self.prev = (xy, scores, outputs.resumed_probabilities if self.done else np.zeros((0, len(self.names)), np.float32))
         else:
             self.prev = (xy, scores, None)
+        self.tile_blur = _recorded_blur(outputs.state, self.done)
         self.outcome = "resumed" if self.done else "ran"
 
     def _found(self, batch: list[tuple[Any, np.ndarray]], results: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -298,7 +315,7 @@ class SlideSource(InputSource):
         found = [self.prev]
         done, count = self.done, len(self.prev[1])
         todo = plan.tiles[done:]
-        read = partial(plan.grid.read_tile, slide)
+        read = partial(_read_sharpened, plan.grid.read_tile, slide, detector.info.mpp, self.deblur)
         prefetcher = _Prefetcher(read, todo, self.queue_size, self.readers) if self.queue_size > 0 and todo else None
         reads = prefetcher if prefetcher is not None else ((tile, read(tile)) for tile in todo)
         bar = _progress_bar(len(plan.tiles), done, count, slide.path.name, self.show)
@@ -307,13 +324,15 @@ class SlideSource(InputSource):
         try:
             for batch in _batches(reads, detector.batch_size):
                 # Tiles are at the model's pixel size already (and each ≤ tile_size: one pass).
-                results = detector.detect_batch([pixels for _, pixels in batch], mpp=detector.info.mpp, colour_stats=self.colour)
+                results = detector.detect_batch([pixels for _, (pixels, _) in batch], mpp=detector.info.mpp, colour_stats=self.colour)
                 xy, scores, probs = self._found(batch, results)
                 found.append((xy, scores, probs))
+                blurs = [None if b is None else round(float(b), 4) for _, (_, b) in batch]
+                self.tile_blur.extend(blurs)
                 done += len(batch)
                 count += len(scores)
                 if outputs is not None:
-                    outputs.commit(xy, scores, done, elapsed_before + time.perf_counter() - self.started, probs)
+                    outputs.commit(xy, scores, done, elapsed_before + time.perf_counter() - self.started, probs, blurs)
                 # The count first, then the step: the bar's last drawing shows the final count.
                 bar.set_postfix_str(f"nuclei={count}", refresh=False)
                 bar.update(len(batch))
@@ -334,11 +353,37 @@ class SlideSource(InputSource):
             if outputs is not None:
                 outputs.close()
         log.info("%s: %d nuclei in %.1f s (%.2f megapixels/s)", slide.path.name, len(scores), seconds, self._megapixels() / max(seconds, 1e-9))
+        _say_tiles_out_of_focus(slide.path.name, self.tile_blur, self.deblur)
         return self.result(xy, scores, probs, self.outcome, None if outputs is None else outputs.dir)
 
     def close(self) -> None:
         if self.slide is not None:
             self.slide.close()
+
+
+def _read_sharpened(read: Callable[[Any, Any], np.ndarray], slide: Any, mpp: float, deblur: str | None, tile: Any) -> tuple[np.ndarray, float | None]:
+    """A tile's pixels at the model's pixel size (``mpp``), deconvolved when out of focus
+    and ``deblur="auto"``, and its edge blur in µm (measured before)."""
+    pixels, blur, _ = focus.sharpened(read(slide, tile), mpp, deblur)
+    return pixels, blur
+
+
+def _recorded_blur(state: dict[str, Any], done: int) -> list[float | None]:
+    """The edge blur of the first ``done`` tiles as a run's record holds them (``None`` for
+    tiles a record from before they were recorded lacks)."""
+    values = list(state.get("tile_blur_um") or [])[:done]
+    return values + [None] * (done - len(values))
+
+
+def _say_tiles_out_of_focus(name: str, blurs: list[float | None], deblur: str | None) -> None:
+    """One line when some of a slide's tiles lie beyond the focus threshold."""
+    beyond = sum(b is not None and b > focus.BLUR_THRESHOLD_UM for b in blurs)
+    if beyond:
+        done = "deconvolved (deblur='auto')" if deblur == "auto" else "not deconvolved (deblur=None): detections there may be missed"
+        log.warning(
+            "%s: %d of %d tiles are out of focus (edge blur above %g µm), %s; the summary lists them",
+            name, beyond, len(blurs), focus.BLUR_THRESHOLD_UM, done,
+        )
 
 
 def _joined(found: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

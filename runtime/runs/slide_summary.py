@@ -5,7 +5,8 @@ its thumbnail, or the whole region with ``tissue_only=False``), the density per 
 with a class head the count and density of each phenotype. Written atomically when the
 slide's run finishes (and again by a rerun that finds the slide finished), so the file
 is complete or absent; ``run_summary.csv`` carries the same counts in its ``classes``
-and ``tissue_mm2`` columns.
+and ``tissue_mm2`` columns. Its ``focus`` block says how many tiles were out of focus and
+where (:func:`focus_summary`): what a scanner operator needs to decide on a rescan.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import focus
 from ..detections import Detections
 from ..files import check_target, replace_atomically
 from ..slide.plan import SlidePlan
 from ..slide.tissue import tissue_mask
 
-__all__ = ["SUMMARY_SUFFIX", "slide_summary", "tissue_area_mm2", "write_slide_summary"]
+__all__ = ["SUMMARY_SUFFIX", "focus_summary", "slide_summary", "tissue_area_mm2", "write_slide_summary"]
 
 SUMMARY_SUFFIX = ".summary.json"
 SUMMARY_FORMAT = "micronet-slide-summary/1"
@@ -59,6 +61,33 @@ def slide_summary(name: str, found: Detections, plan: SlidePlan, tissue_only: bo
         counts = found.class_counts()
         summary["classes"] = {n: {"count": int(c), "density_per_mm2": density(int(c))} for n, c in counts.items()}
     return summary
+
+
+def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | None) -> dict[str, Any]:
+    """The slide's focus tile by tile: how many tiles were measured (a tile with too few
+    edges, such as blank glass, gives no measure), how many lie beyond
+    :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` and whether they were deconvolved,
+    and each of those: its core's level-0 box ``[x0, y0, x1, y1]`` (the area whose
+    nuclei it found) and its edge blur, in plan (raster) order.
+
+    Args:
+        plan: the slide's plan; ``tile_blur`` is aligned with its tiles.
+        tile_blur: each tile's edge blur in µm (``None``: not measured).
+        deblur: the detector's setting (``"auto"``: the tiles beyond were deconvolved).
+    """
+    beyond = []
+    for tile, blur in zip(plan.tiles, tile_blur):
+        if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
+            box = [round(v) for v in plan.grid.core_in_level0(tile)]
+            beyond.append({"box": box, "edge_blur_um": round(float(blur), 4)})
+    return {
+        "threshold_um": focus.BLUR_THRESHOLD_UM,
+        "tiles": len(tile_blur),
+        "tiles_measured": sum(b is not None for b in tile_blur),
+        "tiles_out_of_focus": len(beyond),
+        "deconvolved": deblur == "auto",
+        "out_of_focus": beyond,
+    }
 
 
 def write_slide_summary(path: Path, summary: dict[str, Any]) -> Path:

@@ -8,8 +8,9 @@ model's pixel size is a :class:`ModelGrid`, cut by the detector's own
 :meth:`~micronet.runtime.detector.Detector.plan_tiles` (origins on multiples of 8);
 each tile keeps the peaks in its core, so the result equals
 ``detector.detect(region, mpp=...)`` on the whole region, in slide coordinates (for a
-region out of focus, that of a detector with ``deblur=None``: a slide is measured, not
-deconvolved, :mod:`micronet.runtime.focus`).
+region out of focus, the tiles beyond the threshold are each measured and deconvolved on
+their own, :mod:`micronet.runtime.runs.slide_run`; with ``deblur=None``, or in focus, it
+is equal).
 Positions come back in **level-0 pixels**, ``(x, y)`` = (column, row).
 
 :func:`plan_slide` makes the grid and keeps the tiles on tissue

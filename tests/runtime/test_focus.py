@@ -149,7 +149,54 @@ def test_a_slide_is_measured_on_its_tissue_and_said_once(crchisto_image: np.ndar
         got[name] = found.edge_blur_um
     assert got["sharp"] < focus.BLUR_THRESHOLD_UM < got["soft"]
     said = [r.getMessage() for r in caplog.records if "out of focus" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith("this slide looks out of focus")
+    assert len(said) == 2 and said[0].startswith("this slide looks out of focus") and "its out-of-focus tiles are deconvolved" in said[0]
+    assert said[1].startswith("soft.tif: 24 of 25 tiles are out of focus") or said[1].startswith("soft.tif: 25 of 25 tiles")
+
+
+def test_a_slide_is_measured_tile_by_tile_and_only_its_soft_tiles_deconvolved(crchisto_image: np.ndarray, blur_onnx: Path, tmp_path: Path) -> None:
+    """A slide sharp on the left and out of focus on the right: each tile is measured as it
+    is read; the summary lists exactly the soft tiles (by their cores' boxes), only they are
+    deconvolved (the left half's detections are those of deblur=None), the record keeps
+    every tile's value, and a rerun with the other setting is refused."""
+    import json
+
+    tifffile = pytest.importorskip("tifffile")
+    from micronet.runtime.detector import Detector
+    from micronet.runtime.errors import InputError
+
+    half = crchisto_image.shape[1]
+    image = np.concatenate([np.tile(crchisto_image, (2, 1, 1)), np.tile(blurred(crchisto_image, 2.0), (2, 1, 1))], axis=1)
+    path = tmp_path / "half.tif"
+    resolution = {"resolution": (1e4 / MODEL_MPP, 1e4 / MODEL_MPP), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", metadata=None, **resolution)
+    runs = {}
+    for setting in ("auto", None):
+        det = Detector(blur_onnx, device="cpu", threads=2, tile_size=256, tile_margin=BLUR_MARGIN, deblur=setting)
+        out = tmp_path / str(setting)
+        runs[setting] = det.detect_slide(path, tissue_only=False, out_dir=out, progress=False)
+        summary = json.loads((out / "half.summary.json").read_text())["focus"]
+        tiles = det.plan_tiles(*image.shape[:2])  # the slide is at the model's pixel size: level 0 is the grid
+        big = [t for t in tiles if (t.y1 - t.y0) * (t.x1 - t.x0) >= 128 * 128]  # a sliver at the corner has too few edges
+        soft = {(t.core_x0, t.core_y0, t.core_x1, t.core_y1) for t in big if t.x0 >= half}
+        sharp = {(t.core_x0, t.core_y0, t.core_x1, t.core_y1) for t in tiles if t.x1 <= half}
+        listed = {tuple(entry["box"]) for entry in summary["out_of_focus"]}
+        assert summary["tiles"] == len(tiles) and len(big) <= summary["tiles_measured"] <= len(tiles)
+        assert summary["deconvolved"] == (setting == "auto") and len(soft) >= 4
+        assert soft <= listed and not sharp & listed and summary["tiles_out_of_focus"] == len(listed)
+        assert all(entry["edge_blur_um"] > focus.BLUR_THRESHOLD_UM for entry in summary["out_of_focus"])
+        record = json.loads((out / ".micronet" / "half.progress.json").read_text())
+        assert len(record["tile_blur_um"]) == len(tiles) and record["settings"]["deblur"] == setting
+    # A rerun finds it finished and writes the same summary, the tiles' values read back from the record.
+    before = (tmp_path / "None" / "half.summary.json").read_text()
+    again = det.detect_slide(path, tissue_only=False, out_dir=tmp_path / "None", progress=False)
+    assert (tmp_path / "None" / "half.summary.json").read_text() == before and len(again) == len(runs[None])
+    left = {k: runs[k].xy[:, 0] < half - 2 * BLUR_MARGIN - 256 for k in runs}
+    np.testing.assert_array_equal(runs["auto"].xy[left["auto"]], runs[None].xy[left[None]])
+    right = {k: runs[k].xy[:, 0] >= half for k in runs}
+    assert not np.array_equal(runs["auto"].xy[right["auto"]], runs[None].xy[right[None]])
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_size=256, tile_margin=BLUR_MARGIN, deblur=None)
+    with pytest.raises(InputError, match=r"other settings \(deblur auto → None\)"):
+        det.detect_slide(path, tissue_only=False, out_dir=tmp_path / "auto", progress=False)
 
 
 def test_run_summary_lists_each_inputs_focus_and_colour_and_a_rerun_keeps_them(crchisto_image: np.ndarray, tmp_path: Path, caplog) -> None:
@@ -258,3 +305,40 @@ def test_an_image_run_with_other_deblur_is_refused_on_a_rerun(crchisto_image: np
     assert main(common) == 2
     assert "made with other settings (deblur None → auto); pass --overwrite" in capsys.readouterr().err
     assert main([*common, "--deblur", "none"]) == 0  # the same setting: finished already
+
+
+def test_a_stream_measures_each_block_and_deconvolves_the_soft_ones(crchisto_image: np.ndarray, blur_onnx: Path) -> None:
+    """Fields of a scan sharp on the left, soft on the right: each final region carries its
+    block's edge blur (sharp blocks in the training span, soft ones beyond the threshold),
+    the sharp half's detections are those of deblur=None, and only the soft half's change."""
+    from micronet.runtime.detector import Detector
+
+    half = crchisto_image.shape[1]
+    image = np.concatenate([crchisto_image, blurred(crchisto_image, 2.0)], axis=1)  # 500 × 1000
+    regions, tiles = {}, {}
+    for setting in ("auto", None):
+        det = Detector(blur_onnx, device="cpu", threads=2, tile_size=256, tile_margin=BLUR_MARGIN, deblur=setting)
+        tiles = {(t.core_x0, t.core_y0, t.core_x1, t.core_y1): t for t in det.plan_tiles(*image.shape[:2])}
+        with det.stream(image.shape[1], image.shape[0], mpp=MODEL_MPP) as session:
+            got = []
+            for x in range(0, image.shape[1], 250):
+                session.add(np.ascontiguousarray(image[:, x : x + 250]), x, 0)
+                got.extend(session.ready())
+            waiting = session.ready(wait=True)  # every field is in: each block comes final
+            while len(got) < len(tiles):
+                got.append(next(waiting))
+            rest = session.finish()  # nothing left to hand out; a merged whole has no one edge blur
+        assert len(rest) == 0 and rest.edge_blur_um is None
+        regions[setting] = {tuple(int(v) for v in r.box): r for r in got}
+    assert set(regions["auto"]) == set(tiles)
+    for box, region in regions["auto"].items():
+        tile, other = tiles[box], regions[None][box]
+        assert region.edge_blur_um == region.detections.edge_blur_um == other.edge_blur_um
+        big = (tile.x1 - tile.x0) * (tile.y1 - tile.y0) >= 128 * 128  # a sliver at the edge has too few edges
+        if tile.x1 <= half:
+            assert not big or region.edge_blur_um < focus.BLUR_THRESHOLD_UM
+            np.testing.assert_array_equal(region.detections.xy, other.detections.xy)
+        elif tile.x0 >= half and big:
+            assert region.edge_blur_um > focus.BLUR_THRESHOLD_UM
+    soft = [b for b, t in tiles.items() if t.x0 >= half]
+    assert any(not np.array_equal(regions["auto"][b].detections.xy, regions[None][b].detections.xy) for b in soft)

@@ -175,6 +175,34 @@ def test_check_work_refuses_large_resamplings_and_memory_before_allocating():
     assert working_memory([((50_000, 50_000), (50_000, 50_000))], 1024, 1) == (0, 1024 * 1024 * (1024 + 7))
 
 
+def test_the_estimate_counts_a_deconvolution_and_bounds_its_allocations():
+    """Detector(deblur="auto") may deconvolve any image it is given: its copy (an image not
+    resampled had none) and the strips' transient are counted, and the transient bound
+    holds against what the deconvolution allocates (tracemalloc sees NumPy's buffers)."""
+    import tracemalloc
+
+    from micronet.runtime import focus
+    from micronet.runtime.resample import check_work, working_memory
+
+    sizes = [((3000, 3000), (3000, 3000))]
+    images, _ = working_memory(sizes, 1024, 1, deblur=True)
+    assert images == 3 * 9_000_000 + focus.deblur_bytes(3000, 3000) and images > working_memory(sizes, 1024, 1)[0]
+    check_work(sizes, 1024, 1, max_megapixels=256, max_bytes=images + 1024 * 1024 * (1024 + 7), deblur=True)
+    with pytest.raises(ValueError, match=r"max_memory_gb"):
+        check_work(sizes, 1024, 1, max_megapixels=256, max_bytes=images + 1024 * 1024 * (1024 + 7) - 1, deblur=True)
+    rng = np.random.default_rng(0)
+    focus.deblur(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), 1.0)  # SciPy imported outside the trace
+    for h, w in ((500, 500), (1500, 700), (300, 6000)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        tracemalloc.start()
+        try:
+            focus.deblur(image, focus.MAX_DEBLUR_PX)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= focus.deblur_bytes(h, w) <= 2 * peak, (h, w, peak)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from Linux's /proc")
 def test_the_memory_estimate_covers_a_real_resize():

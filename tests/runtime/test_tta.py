@@ -278,18 +278,18 @@ def test_slides_run_four_passes_per_tile_and_record_tta(blur_onnx, make_nuclei, 
     resolution = {"resolution": (1e4 / MODEL_MPP,) * 2, "resolutionunit": "CENTIMETER"}
     tifffile.imwrite(path, pixels, tile=(128, 128), photometric="rgb", metadata=None, **resolution)
     backend = Recording(OnnxRuntimeBackend(blur_onnx, device="cpu", threads=1))
-    det = Detector(backend=backend, tile_margin=BLUR_MARGIN, tile_size=256, tta=True)
+    # The synthetic blobs are smooth (out of focus by the edge measure): deblur=None, so the
+    # tiles are not deconvolved and the whole-image pass equals the slide's.
+    det = Detector(backend=backend, tile_margin=BLUR_MARGIN, tile_size=256, tta=True, deblur=None)
     out = tmp_path / "out"
     found = det.detect_slide(path, tissue_only=False, progress=False, out_dir=out, formats=("csv",))
     state = json.loads((out / ".micronet" / "slide.progress.json").read_text())
     assert state["settings"]["tta"] is True and state["complete"]
     assert len(backend.shapes) == 4 * state["tiles_total"]
-    # The synthetic blobs are smooth (out of focus by the edge measure) and a slide is never
-    # deconvolved: the whole-image pass equals it without deblur.
     whole = Detector(blur_onnx, device="cpu", threads=1, tile_margin=BLUR_MARGIN, tile_size=1024, tta=True, deblur=None).detect(pixels)
     np.testing.assert_array_equal(found.xy, whole.xy)
     np.testing.assert_allclose(found.scores, whole.scores, rtol=1e-6)
-    single = Detector(backend=backend.inner, tile_margin=BLUR_MARGIN, tile_size=256)
+    single = Detector(backend=backend.inner, tile_margin=BLUR_MARGIN, tile_size=256, deblur=None)
     with pytest.raises(InputError, match="tta True → False"):
         single.detect_slide(path, tissue_only=False, progress=False, out_dir=out, formats=("csv",))
 

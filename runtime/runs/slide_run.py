@@ -21,7 +21,8 @@ a GPU several readers keep it fed. File reads are serialised; JPEG decoding
 
 **Focus, tile by tile.** A slide's focus varies across it (a fold, a bubble, a region the
 scanner's focus map missed), so the reader also measures each tile's edge blur
-(:func:`micronet.runtime.focus.sharpened`, about 0.1 s per 1024² tile) and, with
+(:func:`micronet.runtime.focus.sharpened`: 1–2 % of the network's time on the CPU,
+``benchmarks/results/focus_cost.md``) and, with
 ``deblur="auto"``, deconvolves a tile beyond the threshold before the network, as an image
 on its own would be. A tile's margin (at least the network's receptive radius) is wider
 than the deconvolution kernel's radius (≤ 28 px), so a core is deconvolved as it would be

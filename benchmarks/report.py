@@ -20,6 +20,8 @@ from _common import run_line  # noqa: E402
 CPU_COMMAND = "python benchmarks/bench_cpu.py"
 SLIDE_MODELS_COMMAND = "python benchmarks/bench_slide.py --size 12000 --model default --model fast-cpu --modes prefetch --repeat 2 --results-name slide_fast_cpu"
 SECTIONS = [
+    ("focus_cost", "Focus tile by tile: what the measure and the deconvolution cost against the network (issue 19, fourteenth round)", "python benchmarks/focus_cost.py"),
+    ("robust_r14_accurate_a", "`accurate` (dihedral TTA) under hue and darkening (issue 19, fourteenth round)", 'python benchmarks/bench_robust.py --model accurate --label "accurate (dihedral TTA, 8 passes)" --families hue,darken --grades middle,strongest --name robust_r14_accurate_a'),
     ("robust_r13_deblur", "Out-of-focus images deconvolved: `deblur=\"auto\"` (issue 19, thirteenth round: every bundled network, blur)", 'python benchmarks/bench_robust.py --model default --model fast-cpu --model phenotypes --model accurate --label "accurate (dihedral TTA, 8 passes)" --families blur --grades middle,strongest --name robust_r13_deblur'),
     ("robust_r12", "Robustness with `normalize=\"auto\"` white-balancing (issue 19, twelfth round: every bundled network but `accurate`)", "python benchmarks/bench_robust.py --model default --model fast-cpu --model phenotypes --grades middle,strongest --name robust_r12"),
     ("robust_r12_accurate", "Robustness of `accurate` (dihedral TTA, 8 passes) under blur and the camera-like tiles (issue 19, twelfth round)", 'python benchmarks/bench_robust.py --model accurate --label "accurate (dihedral TTA, 8 passes)" --families blur,camera --grades middle,strongest --name robust_r12_accurate'),
@@ -270,6 +272,21 @@ loses nuclei on these tiles for every model.""",
 
 
 NOTES = {
+    "focus_cost": """\
+**Reading it.** Since the fourteenth round every tile of a slide (in its reader threads)
+and every block of a stream (in its worker) is measured for focus before the network, and
+with `deblur="auto"` one beyond 0.7 µm is deconvolved (`runtime/focus.py`,
+`focus.sharpened`). On CMU-1's first six tissue tiles the measure costs 1–2 % of the
+network's time on the same tiles, for the heaviest and the lightest bundled network alike;
+a deconvolution, paid only by a soft tile, 2–9 %. The tile side is each model's own
+(`default` 592 px, `fast-cpu` 1,272 px), so the rows compare steps, not models.""",
+    "robust_r14_accurate_a": """\
+**Reading it.** `accurate` (the sixth round's detector, trained without the photometric
+augmentation) under dihedral TTA, on the families `robust_r12_accurate` and
+`robust_r13_deblur` left out. It misses CRCHisto hue +0.1 (83.0 %, strongest) and darken
+×0.7 (94.5 %, middle), where `default` (trained with the augmentation) keeps 86.0 % and
+95.9 % (`robust_r12`). With blur σ 1 px and camera B, that is four CRCHisto checks
+`accurate` fails; docs/results.md, fourteenth round.""",
     "robust_r13_deblur": """\
 **Reading it.** The Detector's default is now `deblur="auto"`: an image whose edge blur
 (`Detections.edge_blur_um`, `runtime/focus.py`) exceeds 0.7 µm is deconvolved back to

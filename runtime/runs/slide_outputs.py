@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 OVERLAY_NUCLEUS_UM = 4.0  # circle radius drawn on the overlay
 OVERLAY_COLOR = (0, 255, 0)
+OVERLAY_SOFT_COLOR = (255, 140, 0)  # the outline of a tile out of focus
 OVERLAY_INTERVAL_S = 30.0
 CSV_HEADER = "x,y,x_um,y_um,score\n"
 GEOJSON_HEAD = b'{"type":"FeatureCollection","features":['
@@ -197,6 +198,13 @@ class _Overlay:
             self._draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=width)
         self.changed = True
 
+    def mark_soft(self, boxes: list[tuple[float, float, float, float]]) -> None:
+        """Outlines level-0 boxes ``(x0, y0, x1, y1)``: the tiles out of focus."""
+        for x0, y0, x1, y1 in boxes:
+            (a, b), (c, d) = self.thumbnail.from_level0(np.array([[x0, y0], [x1, y1]], np.float64)).tolist()
+            self._draw.rectangle((a, b, max(a, c - 1), max(b, d - 1)), outline=OVERLAY_SOFT_COLOR, width=max(1, self._radius // 2))
+        self.changed = self.changed or bool(boxes)
+
     def write(self, path: Path) -> None:
         """Writes the drawing to ``path`` (a partial file: no need to be atomic), when it
         changed."""
@@ -257,6 +265,9 @@ class SlideOutputs(InputOutputs):
         self._files: dict[str, IO[bytes]] = {}
         self._overlay: _Overlay | None = None
         self._finished = False
+        # Level-0 boxes of the tiles out of focus, outlined on the final overlay (and on
+        # one a repair redraws); set by the slide run before finish() or repair().
+        self.soft_boxes: list[tuple[float, float, float, float]] = []
 
     # -- opening --
 
@@ -366,6 +377,7 @@ class SlideOutputs(InputOutputs):
         self._close_files()
         fault_point("finish:closed")
         if self._overlay is not None:
+            self._overlay.mark_soft(self.soft_boxes)
             self._overlay.changed = True
             self._overlay.write(self.partial("png"))
         self.finish_outputs(summary)
@@ -398,6 +410,7 @@ class SlideOutputs(InputOutputs):
             assert self.thumbnail is not None  # checked in __init__
             overlay = _Overlay(self.thumbnail, self.mpp_xy)
             overlay.draw(xy, *self._classes(probs))
+            overlay.mark_soft(self.soft_boxes)
             overlay.save(path)
             return
         with open_output(path, "r+") as f:

@@ -60,7 +60,7 @@ from ..tiling import core_mask, keep_in_core, sort_peaks
 from .outputs import FORMATS, InputOutputs, InputRun, detector_settings, fingerprint
 from .run_input import InputSource, RunSettings, run_input
 from .slide_outputs import SlideOutputs, output_stem
-from .slide_summary import SUMMARY_SUFFIX, focus_summary, slide_summary, write_slide_summary
+from .slide_summary import SUMMARY_SUFFIX, focus_summary, slide_summary, soft_tiles, write_slide_summary
 
 __all__ = ["detect_slide", "run_slide", "SlideSource", "progress_enabled"]
 
@@ -282,9 +282,10 @@ class SlideSource(InputSource):
 
     def finished(self, outputs: InputOutputs, damaged: dict[str, str]) -> InputRun:
         assert isinstance(outputs, SlideOutputs)
+        self.tile_blur = _recorded_blur(outputs.state, len(self.slide_plan.tiles))
+        outputs.soft_boxes = [box for box, _ in soft_tiles(self.slide_plan, self.tile_blur)]  # a repaired overlay outlines them
         rewritten = outputs.repair(damaged, outputs.write_whole)
         xy, scores, probs = outputs.stored()
-        self.tile_blur = _recorded_blur(outputs.state, len(self.slide_plan.tiles))
         log.info("%s: finished already%s; %d detections", self.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
         return self.result(*_sorted(xy, scores, probs), "finished already", outputs.dir, rewritten)
 
@@ -346,6 +347,7 @@ class SlideSource(InputSource):
             seconds = time.perf_counter() - self.started
             if outputs is not None:
                 summary = {"tiles_planned": plan.tiles_planned, "megapixels": self._megapixels(), "seconds": elapsed_before + seconds, "detections": len(scores)}
+                outputs.soft_boxes = [box for box, _ in soft_tiles(plan, self.tile_blur)]  # outlined on the overlay
                 outputs.finish(summary)
         finally:
             bar.close()

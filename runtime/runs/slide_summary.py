@@ -21,7 +21,7 @@ from ..files import check_target, replace_atomically
 from ..slide.plan import SlidePlan
 from ..slide.tissue import tissue_mask
 
-__all__ = ["SUMMARY_SUFFIX", "focus_summary", "slide_summary", "tissue_area_mm2", "write_slide_summary"]
+__all__ = ["SUMMARY_SUFFIX", "focus_summary", "slide_summary", "soft_tiles", "tissue_area_mm2", "write_slide_summary"]
 
 SUMMARY_SUFFIX = ".summary.json"
 SUMMARY_FORMAT = "micronet-slide-summary/1"
@@ -75,11 +75,7 @@ def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | 
         tile_blur: each tile's edge blur in µm (``None``: not measured).
         deblur: the detector's setting (``"auto"``: the tiles beyond were deconvolved).
     """
-    beyond = []
-    for tile, blur in zip(plan.tiles, tile_blur):
-        if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
-            box = [round(v) for v in plan.grid.core_in_level0(tile)]
-            beyond.append({"box": box, "edge_blur_um": round(float(blur), 4)})
+    beyond = [{"box": [round(v) for v in box], "edge_blur_um": round(float(blur), 4)} for box, blur in soft_tiles(plan, tile_blur)]
     return {
         "threshold_um": focus.BLUR_THRESHOLD_UM,
         "tiles": len(tile_blur),
@@ -88,6 +84,12 @@ def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | 
         "deconvolved": deblur == "auto",
         "out_of_focus": beyond,
     }
+
+
+def soft_tiles(plan: SlidePlan, tile_blur: list[float | None]) -> list[tuple[tuple[float, float, float, float], float]]:
+    """The tiles beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`, in plan order:
+    each one's core as a level-0 box ``(x0, y0, x1, y1)`` and its edge blur (µm)."""
+    return [(plan.grid.core_in_level0(t), b) for t, b in zip(plan.tiles, tile_blur) if b is not None and b > focus.BLUR_THRESHOLD_UM]
 
 
 def write_slide_summary(path: Path, summary: dict[str, Any]) -> Path:

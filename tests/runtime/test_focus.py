@@ -186,10 +186,21 @@ def test_a_slide_is_measured_tile_by_tile_and_only_its_soft_tiles_deconvolved(cr
         assert all(entry["edge_blur_um"] > focus.BLUR_THRESHOLD_UM for entry in summary["out_of_focus"])
         record = json.loads((out / ".micronet" / "half.progress.json").read_text())
         assert len(record["tile_blur_um"]) == len(tiles) and record["settings"]["deblur"] == setting
-    # A rerun finds it finished and writes the same summary, the tiles' values read back from the record.
-    before = (tmp_path / "None" / "half.summary.json").read_text()
+    # The overlay outlines the soft tiles (orange) and only them: none on the left half.
+    from PIL import Image
+
+    from micronet.runtime.runs.slide_outputs import OVERLAY_SOFT_COLOR
+
+    overlay = tmp_path / "None" / "half.overlay.png"
+    drawn = np.all(np.asarray(Image.open(overlay).convert("RGB")) == OVERLAY_SOFT_COLOR, axis=-1)
+    assert drawn.any() and not drawn[:, : drawn.shape[1] * (half - 256) // image.shape[1]].any()
+    # A rerun finds it finished and writes the same summary, the tiles' values read back from
+    # the record; a lost overlay is redrawn byte for byte, outlines included.
+    before, png = (tmp_path / "None" / "half.summary.json").read_text(), overlay.read_bytes()
+    overlay.unlink()
     again = det.detect_slide(path, tissue_only=False, out_dir=tmp_path / "None", progress=False)
     assert (tmp_path / "None" / "half.summary.json").read_text() == before and len(again) == len(runs[None])
+    assert overlay.read_bytes() == png
     left = {k: runs[k].xy[:, 0] < half - 2 * BLUR_MARGIN - 256 for k in runs}
     np.testing.assert_array_equal(runs["auto"].xy[left["auto"]], runs[None].xy[left[None]])
     right = {k: runs[k].xy[:, 0] >= half for k in runs}

@@ -111,11 +111,13 @@ def _source(kind: str, path: Path) -> InputSource:
 
 
 def _class_columns(run: InputRun) -> dict[str, Any]:
-    """A slide's tissue area, with a class head the count per class (an image's too), and
-    the input's colour distance and edge blur where they were measured."""
+    """A slide's tissue area, with a class head the count per class (an image's too), the
+    input's colour distance and edge blur where they were measured, and a slide's tiles
+    out of focus ("k/n")."""
     found = run.detections
     counts = found.class_counts() if found.class_names else {}
     tissue = None if run.summary is None else run.summary.get("tissue_mm2")
+    focus = {} if run.summary is None else run.summary.get("focus") or {}
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(float(value), 4)
@@ -125,6 +127,7 @@ def _class_columns(run: InputRun) -> dict[str, Any]:
         "classes": ";".join(f"{n}={c}" for n, c in counts.items()),
         "colour_distance": rounded(found.colour_distance),
         "edge_blur_um": rounded(found.edge_blur_um),
+        "tiles_out_of_focus": f"{focus['tiles_out_of_focus']}/{focus['tiles']}" if focus else "",
     }
 
 

@@ -28,9 +28,13 @@ __all__ = ["DONE", "RUNNING_ELSEWHERE", "SUMMARY_FIELDS", "SummaryRow", "merge_r
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("input", "status", "nuclei", "megapixels", "seconds", "worker", "error", "tissue_mm2", "classes", "colour_distance", "edge_blur_um")
+SUMMARY_FIELDS = (
+    "input", "status", "nuclei", "megapixels", "seconds", "worker", "error", "tissue_mm2", "classes", "colour_distance", "edge_blur_um",
+    "tiles_out_of_focus",
+)  # fmt: skip
 # tissue_mm2: a slide's tissue area (runs.slide_summary); classes: "name=count;…" with a class head;
-# colour_distance, edge_blur_um: how far its colours and focus lie from the training data's
+# colour_distance, edge_blur_um: how far its colours and focus lie from the training data's;
+# tiles_out_of_focus: a slide's tiles beyond the focus threshold (its summary.json lists them)
 RUNNING_ELSEWHERE = "running elsewhere"
 DONE = ("ok", "skipped")  # statuses a row of another run's "running elsewhere" never replaces
 
@@ -68,6 +72,9 @@ class SummaryRow:
         edge_blur_um: how blurred its edges are, in µm (:attr:`Detections.edge_blur_um`;
             above 0.7 it is out of focus), when measured (a ``skipped`` image's come from
             the record of the run that detected it).
+        tiles_out_of_focus: a slide's tiles beyond the focus threshold, "k/n" (its
+            ``<stem>.summary.json`` lists them; empty for an image): sort a cohort by
+            it to find the slides to rescan.
         worker: ``host:pid`` of the process that ran it (set by the cohort).
         worker_peak_rss_mb: that process's peak resident memory so far, MB (the cohort's).
         exception: the exception of a failed input, or the one saying which run holds
@@ -90,6 +97,7 @@ class SummaryRow:
     classes: str = ""
     colour_distance: float | None = None
     edge_blur_um: float | None = None
+    tiles_out_of_focus: str = ""
     worker: str = ""
     worker_peak_rss_mb: float | None = None
     exception: BaseException | None = field(default=None, repr=False, compare=False)

@@ -39,8 +39,8 @@ def test_manifests_list_inputs_as_text_or_csv(tmp_path):
 def test_run_summary_is_written_whole(tmp_path):
     rows = [{"input": "a.svs", "status": "ok", "nuclei": 3, "megapixels": 1.5, "seconds": 0.2, "worker": "h:1", "error": "", "extra": 1}]
     path = write_summary(tmp_path / "run_summary.csv", rows)
-    header = "input,status,nuclei,megapixels,seconds,worker,error,tissue_mm2,classes,colour_distance,edge_blur_um"
-    assert path.read_text().splitlines() == [header, "a.svs,ok,3,1.5,0.2,h:1,,,,,"]
+    header = "input,status,nuclei,megapixels,seconds,worker,error,tissue_mm2,classes,colour_distance,edge_blur_um,tiles_out_of_focus"
+    assert path.read_text().splitlines() == [header, "a.svs,ok,3,1.5,0.2,h:1,,,,,,"]
     assert not list(tmp_path.rglob("*.partial"))
 
 

@@ -201,6 +201,16 @@ def test_a_slide_is_measured_tile_by_tile_and_only_its_soft_tiles_deconvolved(cr
     again = det.detect_slide(path, tissue_only=False, out_dir=tmp_path / "None", progress=False)
     assert (tmp_path / "None" / "half.summary.json").read_text() == before and len(again) == len(runs[None])
     assert overlay.read_bytes() == png
+    # A folder or cohort run's row says how many tiles were soft, for sorting slides to rescan.
+    from micronet.runtime.runs.batch import process_input
+    from micronet.runtime.runs.run_input import RunSettings
+
+    import shutil
+
+    as_slide = shutil.copy(path, tmp_path / "half.ome.tif")  # a slide's suffix: run as a slide, not one image
+    row = process_input(det, as_slide, tmp_path / "row", RunSettings(formats=("csv",), progress=False))
+    soft_count = json.loads(before)["focus"]["tiles_out_of_focus"]
+    assert row.status == "ok" and row.tiles_out_of_focus == f"{soft_count}/{len(tiles)}" and soft_count >= 4
     left = {k: runs[k].xy[:, 0] < half - 2 * BLUR_MARGIN - 256 for k in runs}
     np.testing.assert_array_equal(runs["auto"].xy[left["auto"]], runs[None].xy[left[None]])
     right = {k: runs[k].xy[:, 0] >= half for k in runs}
@@ -234,6 +244,7 @@ def test_run_summary_lists_each_inputs_focus_and_colour_and_a_rerun_keeps_them(c
     first, again = rows[0], rows[1]
     assert float(first["sharp.png"]["edge_blur_um"]) < focus.BLUR_THRESHOLD_UM < float(first["soft.png"]["edge_blur_um"])
     assert float(first["sharp.png"]["colour_distance"]) < 0.6
+    assert first["soft.png"]["tiles_out_of_focus"] == ""  # images have no tiles to count: a slide's column
     assert {r["status"] for r in again.values()} == {"skipped"}
     for name in ("sharp.png", "soft.png"):
         assert again[name]["edge_blur_um"] == first[name]["edge_blur_um"] and again[name]["colour_distance"] == first[name]["colour_distance"]

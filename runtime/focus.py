@@ -42,6 +42,7 @@ __all__ = [
     "deblur",
     "deblur_bytes",
     "deblur_sigma_px",
+    "out_of_focus",
     "sharpened",
     "wiener_kernel",
     "BLUR_THRESHOLD_UM",
@@ -197,21 +198,24 @@ def deblur(rgb: np.ndarray, sigma_px: float) -> np.ndarray:
     return out
 
 
-def sharpened(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[np.ndarray, float | None, bool]:
+def out_of_focus(blur_um: float | None) -> bool:
+    """Whether an edge blur (µm; ``None``: not measured) lies beyond :data:`BLUR_THRESHOLD_UM`."""
+    return blur_um is not None and blur_um > BLUR_THRESHOLD_UM
+
+
+def sharpened(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[np.ndarray, float | None]:
     """An image at ``mpp`` µm/px (the model's) measured and, when ``setting`` (the
     Detector's ``deblur``) is ``"auto"`` and its edge blur exceeds
     :data:`BLUR_THRESHOLD_UM`, deconvolved back to :data:`DEBLUR_TARGET_UM` (:func:`deblur`).
 
     Returns:
-        ``(image, blur_um, deconvolved)``: the image (``rgb`` itself unless deconvolved),
-        its edge blur in µm before any deconvolution (``None``: too few edges), and
-        whether it was deconvolved.
+        ``(image, blur_um)``: the image (``rgb`` itself unless deconvolved) and its edge
+        blur in µm before any deconvolution (``None``: too few edges).
     """
     blur = edge_blur_um(rgb, mpp)
-    if setting != "auto" or blur is None or blur <= BLUR_THRESHOLD_UM:
-        return rgb, blur, False
-    sigma = deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)
-    return deblur(rgb, sigma), blur, True
+    if setting != "auto" or not out_of_focus(blur):
+        return rgb, blur
+    return deblur(rgb, deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)), blur
 
 
 def deblur_bytes(height: int, width: int) -> int:

@@ -138,7 +138,7 @@ class TiledInference:
             colours.append(self._colour(resized, colour_stats))
             blur = None
             if colour_stats is None:  # a whole image (a slide's tiles are measured as they are read)
-                resized, blur, _ = focus.sharpened(resized, self.info.mpp, self.deblur)
+                resized, blur = focus.sharpened(resized, self.info.mpp, self.deblur)
                 self._say_focus(blur)
             model_images.append(resized)
             scales.append(scale)
@@ -229,7 +229,7 @@ class TiledInference:
         """Logs, once per Detector, an edge blur beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`
         (of an image, or of a slide: its tissue pooled, and each tile measured and
         deblurred on its own as it is read)."""
-        if blur is not None and blur > focus.BLUR_THRESHOLD_UM:
+        if focus.out_of_focus(blur):
             with self._said_lock:
                 say, self._focus_said = not self._focus_said, True
             if not say:

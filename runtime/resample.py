@@ -160,6 +160,8 @@ def working_memory(
         intermediate pass and the output, then the NumPy copy: 4·in + 4·pass + 7·out);
         and the bytes of the tiles in flight (:data:`TILE_BYTES_PER_PIXEL` per pixel).
     """
+    from .focus import deblur_bytes  # NumPy only; here, as resample is imported first
+
     held = transient = 0
     largest_tile = 0
     for (h, w), (mh, mw) in sizes:
@@ -167,8 +169,6 @@ def working_memory(
             held += 3 * mh * mw
             transient = max(transient, 4 * h * w + 4 * max(h * mw, mh * w) + 7 * mh * mw)
         if deblur:
-            from .focus import deblur_bytes
-
             held += 3 * mh * mw if (mh, mw) == (h, w) else 0
             transient = max(transient, deblur_bytes(mh, mw))
         largest_tile = max(largest_tile, min(mh, tile_size) * min(mw, tile_size))

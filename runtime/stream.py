@@ -340,9 +340,9 @@ class StreamSession:
         focus, first), each tile's core peaks to slide pixels."""
         det = self._detector
         sharp = [focus.sharpened(pixels, det.info.mpp, getattr(det, "deblur", None)) for _, pixels, _ in batch]
-        found = det.detect_batch([pixels for pixels, _, _ in sharp], mpp=det.info.mpp, colour_stats=self._tile_stats)
+        found = det.detect_batch([pixels for pixels, _ in sharp], mpp=det.info.mpp, colour_stats=self._tile_stats)
         regions = []
-        for (block, _, since), d, (_, blur, _) in zip(batch, found, sharp):
+        for (block, _, since), d, (_, blur) in zip(batch, found, sharp):
             xy, values = keep_in_core(block.tile, d.xy, _scored(d))  # (N, 2) in the model-pixel slide
             if self._scale is not None:
                 xy = from_resampled(xy, *self._scale).astype(np.float32)  # back to the slide's pixels

@@ -317,7 +317,7 @@ class SlideSource(InputSource):
         found = [self.prev]
         done, count = self.done, len(self.prev[1])
         todo = plan.tiles[done:]
-        read = partial(_read_sharpened, plan.grid.read_tile, slide, detector.info.mpp, self.deblur)
+        read = partial(_read_sharpened, plan.grid.read_tile, slide, detector.info.mpp, self.deblur)  # (pixels, blur)
         prefetcher = _Prefetcher(read, todo, self.queue_size, self.readers) if self.queue_size > 0 and todo else None
         reads = prefetcher if prefetcher is not None else ((tile, read(tile)) for tile in todo)
         bar = _progress_bar(len(plan.tiles), done, count, slide.path.name, self.show)
@@ -367,8 +367,7 @@ class SlideSource(InputSource):
 def _read_sharpened(read: Callable[[Any, Any], np.ndarray], slide: Any, mpp: float, deblur: str | None, tile: Any) -> tuple[np.ndarray, float | None]:
     """A tile's pixels at the model's pixel size (``mpp``), deconvolved when out of focus
     and ``deblur="auto"``, and its edge blur in µm (measured before)."""
-    pixels, blur, _ = focus.sharpened(read(slide, tile), mpp, deblur)
-    return pixels, blur
+    return focus.sharpened(read(slide, tile), mpp, deblur)
 
 
 def _recorded_blur(state: dict[str, Any], done: int) -> list[float | None]:
@@ -380,7 +379,7 @@ def _recorded_blur(state: dict[str, Any], done: int) -> list[float | None]:
 
 def _say_tiles_out_of_focus(name: str, blurs: list[float | None], deblur: str | None) -> None:
     """One line when some of a slide's tiles lie beyond the focus threshold."""
-    beyond = sum(b is not None and b > focus.BLUR_THRESHOLD_UM for b in blurs)
+    beyond = sum(map(focus.out_of_focus, blurs))
     if beyond:
         done = "deconvolved (deblur='auto')" if deblur == "auto" else "not deconvolved (deblur=None): detections there may be missed"
         log.warning(

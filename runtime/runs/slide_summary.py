@@ -89,7 +89,7 @@ def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | 
 def soft_tiles(plan: SlidePlan, tile_blur: list[float | None]) -> list[tuple[tuple[float, float, float, float], float]]:
     """The tiles beyond :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM`, in plan order:
     each one's core as a level-0 box ``(x0, y0, x1, y1)`` and its edge blur (µm)."""
-    return [(plan.grid.core_in_level0(t), b) for t, b in zip(plan.tiles, tile_blur) if b is not None and b > focus.BLUR_THRESHOLD_UM]
+    return [(plan.grid.core_in_level0(t), b) for t, b in zip(plan.tiles, tile_blur) if focus.out_of_focus(b)]
 
 
 def write_slide_summary(path: Path, summary: dict[str, Any]) -> Path:

@@ -342,6 +342,31 @@ def test_the_onnx_runtime_matmul_yardstick_multiplies_matrices():
     assert ort_matmul_gflops(size=64, repeat=2) > 0
 
 
+def test_the_int8_matmul_yardstick_multiplies_u8_by_s8_exactly():
+    # The product int8 convolutions are made of: uint8 activations by int8 weights into
+    # int32, exact on every CPU (7-bit weights, as the int8 exports use, cannot saturate).
+    ort = pytest.importorskip("onnxruntime")
+    from micronet.runtime.diagnostics.bench import (
+        INT8_KEY,
+        _matmul_onnx,
+        machine_record,
+        ort_int8_matmul_gops,
+        run_line,
+    )
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (5, 5), dtype=np.uint8)
+    b = rng.integers(-64, 65, (5, 5), dtype=np.int8)
+    out = ort.InferenceSession(_matmul_onnx(5, integer=True), providers=["CPUExecutionProvider"]).run(None, {"a": a, "b": b})[0]
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, a.astype(np.int32) @ b.astype(np.int32))
+    assert ort_int8_matmul_gops(size=64, repeat=2) > 0
+    # Recorded beside the float32 peak, never as one.
+    machine = machine_record([{"numpy": 50.0, "onnxruntime": 60.0, INT8_KEY: 240.0}, {"numpy": 55.0, "onnxruntime": 58.0, INT8_KEY: 200.0}])
+    assert machine["matmul_peak_gflops"] == 60.0 and machine["ort_int8_matmul_gops"] == 240.0
+    assert "int8 matmul 240 G op/s" in run_line(machine)
+
+
 def test_bench_speed_ratios_are_against_the_first_model_that_ran():
     from micronet.runtime.diagnostics.bench import BenchResult, compare
 

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = [
+    "INT8_KEY",
     "BenchResult",
     "benchmark",
     "benchmark_model",
@@ -38,12 +39,16 @@ __all__ = [
     "format_table",
     "machine_record",
     "matmul_yardsticks",
+    "ort_int8_matmul_gops",
     "ort_matmul_gflops",
     "run_line",
     "timing_images",
 ]
 
 log = logging.getLogger(__name__)
+
+# matmul_yardsticks' key of ONNX Runtime's int8 (u8 × s8) matrix-product rate, in G op/s.
+INT8_KEY = "onnxruntime_int8"
 
 
 @dataclass
@@ -274,17 +279,50 @@ def _pb(field: int, value: int | bytes | str) -> bytes:
     return _pb_varint(field << 3 | 2) + _pb_varint(len(data)) + data
 
 
-def _matmul_onnx(size: int) -> bytes:
-    """A one-node ONNX model, ``c = a @ b`` on float32 ``size × size`` matrices, encoded
-    directly (the runtime does not depend on the ``onnx`` package)."""
+# ONNX TensorProto element types: the float32 product, and u8 x s8 -> int32 for the integer one.
+_FLOAT, _UINT8, _INT8, _INT32 = 1, 2, 3, 6
+
+
+def _matmul_onnx(size: int, integer: bool = False) -> bytes:
+    """A one-node ONNX model, ``c = a @ b`` on ``size × size`` matrices, encoded directly
+    (the runtime does not depend on the ``onnx`` package): float32 ``MatMul``, or with
+    ``integer`` ``MatMulInteger`` of uint8 ``a`` by int8 ``b`` into int32 ``c``, the
+    product ONNX Runtime's int8 convolutions are made of (u8 activations, s8 weights)."""
     dims = b"".join(_pb(1, _pb(1, size)) for _ in range(2))  # TensorShapeProto.dim[].dim_value
+    types = (_UINT8, _INT8, _INT32) if integer else (_FLOAT, _FLOAT, _FLOAT)
 
-    def value_info(name: str) -> bytes:  # ValueInfoProto{name, type{tensor_type{elem_type FLOAT, shape}}}
-        return _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + _pb(2, dims)))
+    def value_info(name: str, elem_type: int) -> bytes:  # ValueInfoProto{name, type{tensor_type{elem_type, shape}}}
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, elem_type) + _pb(2, dims)))
 
-    node = _pb(1, "a") + _pb(1, "b") + _pb(2, "c") + _pb(4, "MatMul")
-    graph = _pb(1, node) + _pb(2, "matmul") + _pb(11, value_info("a")) + _pb(11, value_info("b")) + _pb(12, value_info("c"))
+    node = _pb(1, "a") + _pb(1, "b") + _pb(2, "c") + _pb(4, "MatMulInteger" if integer else "MatMul")
+    inputs = _pb(11, value_info("a", types[0])) + _pb(11, value_info("b", types[1]))
+    graph = _pb(1, node) + _pb(2, "matmul") + inputs + _pb(12, value_info("c", types[2]))
     return _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17))  # ir_version 8, opset 17
+
+
+def _ort_matmul_rate(size: int, repeat: int, threads: int | None, integer: bool) -> float | None:
+    """Best rate (2·size³ operations per second, in billions) of the one-node model."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from ..machine import physical_cores
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or physical_cores()
+    session = ort.InferenceSession(_matmul_onnx(size, integer), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    if integer:  # activations over the whole u8 range, weights in the 7-bit range int8 exports use
+        feed = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8), "b": rng.integers(-64, 65, (size, size), dtype=np.int8)}
+    else:
+        feed = {name: rng.standard_normal((size, size), dtype=np.float32) for name in ("a", "b")}
+    session.run(None, feed)  # warm-up: thread pool, arena, packing
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
 
 
 def ort_matmul_gflops(size: int = 2048, repeat: int = 10, threads: int | None = None) -> float | None:
@@ -295,29 +333,27 @@ def ort_matmul_gflops(size: int = 2048, repeat: int = 10, threads: int | None = 
     CPU where OpenBLAS reached about half of ONNX Runtime's rate), and our models run in
     ONNX Runtime, so this is the second yardstick of :func:`matmul_yardsticks`.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    from ..machine import physical_cores
+    return _ort_matmul_rate(size, repeat, threads, integer=False)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or physical_cores()
-    session = ort.InferenceSession(_matmul_onnx(size), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feed = {name: rng.standard_normal((size, size), dtype=np.float32) for name in ("a", "b")}
-    session.run(None, feed)  # warm-up: thread pool, arena, packing
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
+
+def ort_int8_matmul_gops(size: int = 2048, repeat: int = 10, threads: int | None = None) -> float | None:
+    """Best G op/s (2 per multiply-add) of ONNX Runtime's ``MatMulInteger``, uint8 by
+    int8, on ``size × size`` matrices; ``None`` without onnxruntime.
+
+    What an int8 model can gain over float32 depends on the CPU far more than anything
+    else: with VNNI (AVX-512 or AVX-VNNI) one instruction does four u8×s8 multiply-adds
+    per lane and this rate can be several times the float32 one; on AVX2 alone
+    (``vpmaddubsw``) it can be no higher than float32's. So benchmarks record it beside the
+    float32 peak, and an int8 row's speed is read against both.
+    """
+    return _ort_matmul_rate(size, repeat, threads, integer=True)
 
 
 def matmul_yardsticks(size: int = 2048, repeat: int = 10) -> dict[str, float]:
     """One measurement of this machine's float32 matrix-product rate (GFLOP/s), by NumPy's
-    BLAS and by ONNX Runtime (when installed): ``{"numpy": ..., "onnxruntime": ...}``.
+    BLAS and by ONNX Runtime (when installed): ``{"numpy": ..., "onnxruntime": ...}``; with
+    ONNX Runtime also its int8 rate (G op/s, :func:`ort_int8_matmul_gops`) under
+    :data:`INT8_KEY`, which is no float32 peak and never counts as one.
     About a second on a 2-core CPU; below 2048² ONNX Runtime's rate is far from its best."""
     from ..machine import matmul_peak_gflops
 
@@ -325,6 +361,7 @@ def matmul_yardsticks(size: int = 2048, repeat: int = 10) -> dict[str, float]:
     ort_rate = ort_matmul_gflops(size, repeat)
     if ort_rate is not None:
         out["onnxruntime"] = ort_rate
+        out[INT8_KEY] = ort_int8_matmul_gops(size, repeat)
     return out
 
 
@@ -350,6 +387,9 @@ def machine_record(measurements: Sequence[dict[str, float]] = ()) -> dict[str, A
     ort_rates = [m["onnxruntime"] for m in measurements if "onnxruntime" in m]
     if ort_rates:
         machine["ort_matmul_gflops"] = round(max(ort_rates), 1)
+    int8_rates = [m[INT8_KEY] for m in measurements if m.get(INT8_KEY) is not None]
+    if int8_rates:
+        machine["ort_int8_matmul_gops"] = round(max(int8_rates), 1)
     machine["matmul_peak_gflops"] = max(machine["numpy_matmul_gflops"], machine.get("ort_matmul_gflops", 0.0))
     machine["matmul_measurements_gflops"] = [{k: round(v, 1) for k, v in m.items()} for m in measurements]
     return machine
@@ -362,6 +402,8 @@ def run_line(machine: dict[str, Any]) -> str:
     line = machine_line(machine)
     if machine.get("ort_matmul_gflops") is not None:
         line = line.replace(" GFLOP/s", f" GFLOP/s (NumPy), {machine['ort_matmul_gflops']:g} GFLOP/s (ONNX Runtime)", 1)
+    if machine.get("ort_int8_matmul_gops") is not None:
+        line += f", int8 matmul {machine['ort_int8_matmul_gops']:g} G op/s (ONNX Runtime, u8×s8)"
     return line
 
 

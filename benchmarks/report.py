@@ -20,9 +20,11 @@ from _common import run_line  # noqa: E402
 CPU_COMMAND = "python benchmarks/bench_cpu.py"
 SLIDE_MODELS_COMMAND = "python benchmarks/bench_slide.py --size 12000 --model default --model fast-cpu --modes prefetch --repeat 2 --results-name slide_fast_cpu"
 SECTIONS = [
+    ("pareto_r15_int8", "What int8 buys on this CPU, and the classical peer's speed (issue 18, fifteenth round)", 'python benchmarks/bench_pareto.py --model default --model fast-cpu --model runs/r15/fast_cpu_fp32.onnx --label "fast-cpu\'s checkpoint, fp32 export" --model runs/tiny/micronet_crchisto_tiny.int8.onnx --label "tiny candidate (8th round), int8" --baseline default --repeat 2 --name pareto_r15_int8'),
     ("focus_cost", "Focus tile by tile: what the measure and the deconvolution cost against the network (issue 19, fourteenth round)", "python benchmarks/focus_cost.py"),
     ("robust_r14_accurate_a", "`accurate` (dihedral TTA) under hue and darkening (issue 19, fourteenth round)", 'python benchmarks/bench_robust.py --model accurate --label "accurate (dihedral TTA, 8 passes)" --families hue,darken --grades middle,strongest --name robust_r14_accurate_a'),
     ("robust_r14_accurate_b", "`accurate` (dihedral TTA) under JPEG and gamma (issue 19, fourteenth round)", 'python benchmarks/bench_robust.py --model accurate --label "accurate (dihedral TTA, 8 passes)" --families jpeg,gamma --grades middle,strongest --name robust_r14_accurate_b'),
+    ("robust_r14_accurate_hed", "`accurate` (dihedral TTA) under HED stain jitter (issue 19, fourteenth round)", 'python benchmarks/bench_robust.py --model accurate --label "accurate (dihedral TTA, 8 passes)" --families hed --grades middle,strongest --name robust_r14_accurate_hed'),
     ("robust_r13_deblur", "Out-of-focus images deconvolved: `deblur=\"auto\"` (issue 19, thirteenth round: every bundled network, blur)", 'python benchmarks/bench_robust.py --model default --model fast-cpu --model phenotypes --model accurate --label "accurate (dihedral TTA, 8 passes)" --families blur --grades middle,strongest --name robust_r13_deblur'),
     ("robust_r12", "Robustness with `normalize=\"auto\"` white-balancing (issue 19, twelfth round: every bundled network but `accurate`)", "python benchmarks/bench_robust.py --model default --model fast-cpu --model phenotypes --grades middle,strongest --name robust_r12"),
     ("robust_r12_accurate", "Robustness of `accurate` (dihedral TTA, 8 passes) under blur and the camera-like tiles (issue 19, twelfth round)", 'python benchmarks/bench_robust.py --model accurate --label "accurate (dihedral TTA, 8 passes)" --families blur,camera --grades middle,strongest --name robust_r12_accurate'),
@@ -273,6 +275,14 @@ loses nuclei on these tiles for every model.""",
 
 
 NOTES = {
+    "pareto_r15_int8": """\
+**Reading it.** The machine line now carries ONNX Runtime's int8 (u8×s8) matrix-product rate
+beside the float32 one (`ort_int8_matmul_gops`, `runtime/diagnostics/bench.py`). On this
+AVX2-only EPYC it is 1.14× the float32 rate, so `fast-cpu`'s int8 file runs only 8 % faster
+than the same checkpoint in fp32: it is fast here because it is lean, not because it is
+int8. Half the classical detector's speed (6.5 MP/s here) would need a network of at most
+2.9 GFLOP per 500² running at the whole int8 peak; the smallest MicroNet trained (6.3
+GFLOP, 0.7765 CRCHisto F1) reaches 0.061×. docs/results.md, fifteenth round.""",
     "focus_cost": """\
 **Reading it.** Since the fourteenth round every tile of a slide (in its reader threads)
 and every block of a stream (in its worker) is measured for focus before the network, and
@@ -289,9 +299,12 @@ augmentation) under dihedral TTA, on the families `robust_r12_accurate` and
 95.9 % (`robust_r12`). With blur σ 1 px and camera B, that is four CRCHisto checks
 `accurate` fails; docs/results.md, fourteenth round.""",
     "robust_r14_accurate_b": """\
-**Reading it.** JPEG and gamma pass for `accurate` under TTA (12 of 12). With
-`robust_r14_accurate_a`, `robust_r13_deblur` and `robust_r12_accurate`, 32 of its 36 checks
-are measured and 28 pass; HED jitter was not run under TTA.""",
+**Reading it.** JPEG and gamma pass for `accurate` under TTA (12 of 12).""",
+    "robust_r14_accurate_hed": """\
+**Reading it.** HED jitter passes for `accurate` under TTA (4 of 4). With
+`robust_r14_accurate_a` and `_b`, `robust_r13_deblur` and `robust_r12_accurate`, all 36
+checks are measured and 32 pass: `accurate` fails CRCHisto hue +0.1, darken ×0.7, blur
+σ 1 px and camera B.""",
     "robust_r13_deblur": """\
 **Reading it.** The Detector's default is now `deblur="auto"`: an image whose edge blur
 (`Detections.edge_blur_um`, `runtime/focus.py`) exceeds 0.7 µm is deconvolved back to

@@ -343,8 +343,10 @@ def ort_int8_matmul_gops(size: int = 2048, repeat: int = 10, threads: int | None
     What an int8 model can gain over float32 depends on the CPU far more than anything
     else: with VNNI (AVX-512 or AVX-VNNI) one instruction does four u8×s8 multiply-adds
     per lane and this rate can be several times the float32 one; on AVX2 alone
-    (``vpmaddubsw``) it can be no higher than float32's. So benchmarks record it beside the
-    float32 peak, and an int8 row's speed is read against both.
+    (``vpmaddubsw`` then ``vpmaddwd``) it was 1.14× float32 on one AMD EPYC
+    (docs/results.md, fifteenth round) and 2.2× on the one issue 18 was filed on. So
+    benchmarks record it beside the float32 peak, and an int8 row's speed is read
+    against both.
     """
     return _ort_matmul_rate(size, repeat, threads, integer=True)
 

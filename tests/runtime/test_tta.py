@@ -192,17 +192,21 @@ def test_tta_on_the_bundled_sample_finds_mostly_the_single_pass_detections(plain
 
 @pytest.mark.slow
 def test_tiled_tta_equals_whole_image_tta(tta, sample, detections_agree):
-    # 320² tiles: the default's 88 px margins (its class head reads 83 px) leave 144² cores.
-    tiled = Detector("default", device="cpu", threads=2, tta=True, tile_size=320)
-    assert len(tiled.plan_tiles(*sample.shape[:2])) > 1
+    # 256² tiles leave 48² interior cores; a 312² crop (on the 8-pixel grid) is 3 × 3 tiles,
+    # one wholly interior: every case a larger image has, at 37 % of the sample's pixels
+    # and 64 % of the tiled pixels of 320² tiles on it (the default runs 4 flips of each).
+    tiled = Detector("default", device="cpu", threads=2, tta=True, tile_size=256)
+    image = np.ascontiguousarray(sample[:312, :312])
+    assert len(tiled.plan_tiles(*image.shape[:2])) == 9
     # Sides on the network's 8-pixel grid: every flipped tile sees the grid the flipped
     # image does, so tiles equal the whole image as without tta.
-    whole, parts = tta.detect(sample), tiled.detect(sample)
+    whole, parts = tta.detect(image), tiled.detect(image)
     np.testing.assert_array_equal(parts.xy, whole.xy)
     np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-6, atol=0)
     # Other sides: a flipped interior tile's grid starts from the tile's far edge, not
     # the image's, so maps differ slightly and a few peaks move by up to a pixel.
-    odd = np.ascontiguousarray(sample[:509, :467])
+    odd = np.ascontiguousarray(sample[:325, :319])
+    assert len(tiled.plan_tiles(*odd.shape[:2])) == 9
     whole, parts = tta.detect(odd), tiled.detect(odd)
     detections_agree(parts.xy, whole.xy, radius=1.5, max_unmatched_share=0.03)
 

@@ -102,14 +102,16 @@ def test_training_validation_and_evaluate_agree_on_monuseg_at_025_mpp(shared_dat
     checkpoint = Path(__file__).resolve().parents[2] / "trainer" / "pretrained" / "micronet_crchisto.safetensors"
     if not checkpoint.exists():
         pytest.skip(f"no trained checkpoint at {checkpoint}")
-    data = load_point_folder(shared_data / "monuseg")
-    assert data.mpp == pytest.approx(0.25, abs=0.01)
+    # The six held-out images of our split: the agreement is per image, so six show it.
+    split = f"test@{Path(__file__).resolve().parents[2] / 'benchmarks' / 'paper' / 'monuseg_split.csv'}"
+    data = load_point_folder(shared_data / "monuseg", split)
+    assert len(data.images) == 6 and data.mpp == pytest.approx(0.25, abs=0.01)
     model, info = load_checkpoint(checkpoint)
     images, points, scales = validation_inputs(data, info.mpp)
     maps = [predict_map(model, im, info.mean, info.std) for im in images]
     sweep = choose_threshold(maps, points, 16.0, info.min_distance, float(info.target["scale"]), scales=scales)
     report = tmp_path / "eval.json"
-    assert main(["evaluate", "--model", str(checkpoint), "--data", str(shared_data / "monuseg"), "--radius", "16", "--json", str(report)]) == 0
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(shared_data / "monuseg"), "--split", split, "--radius", "16", "--json", str(report)]) == 0
     evaluated = json.loads(report.read_text())
     # The whole PR curve, threshold by threshold, not only its best point.
     np.testing.assert_allclose([row["threshold"] for row in evaluated["curve"]], sweep.thresholds, rtol=1e-12)

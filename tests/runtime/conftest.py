@@ -11,6 +11,7 @@
   centres: a detector with known answers. Needs only onnx.
 - ``sample_set``: the bundled sample image and its points as a one-image data set folder.
 - ``make_nuclei``: dark Gaussian blobs on a pink background at known centres.
+- ``write_pyramid``: an image written as a pyramidal TIFF slide file.
 
 ``shared_data`` (the real data folder, skipping when absent) and ``make_tiny_model``
 come from ``tests/conftest.py``.
@@ -140,3 +141,31 @@ def sample_set(tmp_path: Path) -> Path:
     shutil.copy(models / "sample.csv", root / "points" / "sample.csv")
     (root / "dataset.json").write_text('{"mpp": 0.55}')
     return root
+
+
+def _write_pyramid(path: Path, image: np.ndarray, mpp: float | None, downsamples: tuple[int, ...] = (4,), tile: int = 256) -> Path:
+    """Writes an RGB image as a tiled, JPEG-compressed pyramidal TIFF (levels in SubIFDs),
+    with the pixel size in the resolution tags (centimetre units) unless ``mpp`` is None."""
+    import tifffile
+    from PIL import Image
+
+    def resolution(factor: int) -> dict:
+        if mpp is None:
+            return {}
+        return {"resolution": (1e4 / (mpp * factor), 1e4 / (mpp * factor)), "resolutionunit": "CENTIMETER"}
+
+    options = {"tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": 90}, "photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(image, subifds=len(downsamples), **options, **resolution(1))
+        for factor in downsamples:
+            reduced = np.asarray(Image.fromarray(image).reduce(factor))
+            tif.write(reduced, subfiletype=1, **options, **resolution(factor))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_pyramid():
+    """``write_pyramid(path, image, mpp, downsamples=(4,), tile=256) -> path``: an RGB image
+    as a tiled, JPEG-compressed pyramidal TIFF slide file (needs tifffile)."""
+    pytest.importorskip("tifffile")
+    return _write_pyramid

@@ -19,7 +19,6 @@ from micronet.runtime.runs.cohort import (
     run_cohort,
     write_summary,
 )
-from PIL import Image
 
 FORMATS = ("csv", "geojson")
 CMU1_MPP = 0.499  # CMU-1-Small-Region.svs's pixel size (its MPP property)
@@ -49,29 +48,22 @@ def test_run_summary_is_written_whole(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory, shared_data: Path) -> tuple[list[Path], Path]:
+def cohort(tmp_path_factory, shared_data: Path, write_pyramid) -> tuple[list[Path], Path]:
     """Four copies of a slide under other names and a broken slide; the serial run's outputs.
 
     The slide is a 1600² region of CMU-1 written as a tiled, JPEG-compressed pyramidal
-    OME-TIFF at CMU-1's pixel size: a real slide file with several `fast-cpu` tiles (so a
+    TIFF at CMU-1's pixel size: a real slide file with several `fast-cpu` tiles (so a
     worker killed mid-slide can leave committed batches to resume from) at 40 % of CMU-1's
     pixels, which this test reads eight times."""
     source = shared_data / "slides" / "CMU-1-Small-Region.svs"
     if not source.is_file():
         pytest.skip(f"{source} not found")
     folder = tmp_path_factory.mktemp("cohort")
-    region = np.ascontiguousarray(tifffile.imread(source, key=0)[:1600, :1600])
-    first = folder / "a.ome.tif"
-    sizes = {"PhysicalSizeX": CMU1_MPP, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": CMU1_MPP, "PhysicalSizeYUnit": "µm"}
-    options = {"tile": (256, 256), "compression": "jpeg", "photometric": "rgb"}
-    with tifffile.TiffWriter(first, bigtiff=True, ome=True) as tif:
-        tif.write(region, subifds=1, metadata={"axes": "YXS", **sizes}, **options)
-        tif.write(np.asarray(Image.fromarray(region).reduce(4)), subfiletype=1, **options)
+    first = write_pyramid(folder / "a.tif", np.ascontiguousarray(tifffile.imread(source, key=0)[:1600, :1600]), CMU1_MPP)
     slides = [first]
     for name in ("b", "c", "d"):
-        shutil.copy(first, folder / f"{name}.ome.tif")
-        slides.append(folder / f"{name}.ome.tif")
-    broken = folder / "broken.ome.tif"
+        slides.append(Path(shutil.copy(first, folder / f"{name}.tif")))
+    broken = folder / "broken.tif"
     broken.write_bytes(first.read_bytes()[:5000])  # a truncated TIFF
     slides.insert(2, broken)
     serial = folder / "serial"
@@ -124,9 +116,9 @@ def test_a_cohort_on_local_ray_writes_what_the_serial_run_writes_and_survives_a_
     retried = [n for n, s in status.items() if s == "skipped"]
     assert len(retried) <= 1, status
     assert {n: ("ok" if s == "skipped" else s) for n, s in status.items()} == {
-        "a.ome.tif": "ok", "b.ome.tif": "ok", "broken.ome.tif": "failed", "c.ome.tif": "ok", "d.ome.tif": "ok"
+        "a.tif": "ok", "b.tif": "ok", "broken.tif": "failed", "c.tif": "ok", "d.tif": "ok"
     }
-    assert "broken.ome.tif" in next(r["error"] for r in rows if r["status"] == "failed")
+    assert "broken.tif" in next(r["error"] for r in rows if r["status"] == "failed")
     # The killed worker's slide was retried on its restarted actor (a new process).
     workers = {int(str(r["worker"]).rsplit(":", 1)[1]) for r in rows if r["status"] in ("ok", "skipped")}
     assert workers - set(pids), (workers, pids, killed)

@@ -38,24 +38,6 @@ def real_slide(shared_data: Path, name: str) -> Path:
     return path
 
 
-def write_pyramid(path: Path, image: np.ndarray, mpp: float | None, downsamples: tuple[int, ...] = (4,), tile: int = 256) -> Path:
-    """Writes an RGB image as a tiled, JPEG-compressed pyramidal TIFF (levels in SubIFDs),
-    with the pixel size in the resolution tags (centimetre units) unless ``mpp`` is None."""
-
-    def resolution(factor: int) -> dict:
-        if mpp is None:
-            return {}
-        return {"resolution": (1e4 / (mpp * factor), 1e4 / (mpp * factor)), "resolutionunit": "CENTIMETER"}
-
-    options = {"tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": 90}, "photometric": "rgb", "metadata": None}
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        tif.write(image, subifds=len(downsamples), **options, **resolution(1))
-        for factor in downsamples:
-            reduced = np.asarray(Image.fromarray(image).reduce(factor))
-            tif.write(reduced, subfiletype=1, **options, **resolution(factor))
-    return path
-
-
 def mosaic(images: list[np.ndarray], rows: int, cols: int, glass_from_col: int | None = None) -> np.ndarray:
     """``rows × cols`` CRCHisto images side by side; columns from ``glass_from_col`` on
     are replaced by glass (near-white, slightly noisy)."""
@@ -70,7 +52,7 @@ def mosaic(images: list[np.ndarray], rows: int, cols: int, glass_from_col: int |
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory, crchisto_images: list[np.ndarray]) -> tuple[Path, np.ndarray]:
+def synthetic(tmp_path_factory: pytest.TempPathFactory, crchisto_images: list[np.ndarray], write_pyramid) -> tuple[Path, np.ndarray]:
     """A 2500×1500 (W×H) pyramidal TIFF at 0.55 µm/px whose right fifth is glass, and its
     level-0 pixels as decoded."""
     image = mosaic(crchisto_images, rows=3, cols=5, glass_from_col=4)
@@ -323,7 +305,7 @@ def test_bad_slides_raise_clear_errors(slide_detector, synthetic: tuple[Path, np
         slide_detector.detect_slide(path, out_dir=tmp_path, formats=("csv", "json"))
 
 
-def test_slide_without_pixel_size_asks_for_mpp(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+def test_slide_without_pixel_size_asks_for_mpp(slide_detector, synthetic: tuple[Path, np.ndarray], tmp_path: Path, write_pyramid) -> None:
     _, pixels = synthetic
     bare = write_pyramid(tmp_path / "bare.tif", pixels[:600, :700], mpp=None, downsamples=())
     with open_slide(bare) as slide:

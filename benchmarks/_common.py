@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import numpy as np
 from micronet.runtime.diagnostics.bench import (
-    INT8_KEY,
     machine_record,
     matmul_yardsticks,
     run_line,
@@ -73,7 +72,7 @@ def run_machine(measurements: list[dict[str, float]] | None = None) -> dict[str,
 
 def peak_text(machine: dict[str, Any]) -> str:
     """How the run's peak was measured, for a table's caption."""
-    rates = "; ".join(", ".join(f"{k} {v:.0f}" for k, v in m.items() if k != INT8_KEY) for m in machine["matmul_measurements_gflops"])
+    rates = "; ".join(", ".join(f"{k} {v:.0f}" for k, v in m.items()) for m in machine["matmul_measurements_gflops"])
     text = f"{machine['matmul_peak_gflops']:.0f} GFLOP/s, the highest float32 2048³ matmul rate of the run (GFLOP/s: {rates})"
     int8, fp32 = machine.get("ort_int8_matmul_gops"), machine.get("ort_matmul_gflops")
     if int8 and fp32:  # what an int8 row can gain over float32 on this CPU

@@ -364,6 +364,7 @@ def test_the_int8_matmul_yardstick_multiplies_u8_by_s8_exactly():
     # Recorded beside the float32 peak, never as one.
     machine = machine_record([{"numpy": 50.0, "onnxruntime": 60.0, INT8_KEY: 240.0}, {"numpy": 55.0, "onnxruntime": 58.0, INT8_KEY: 200.0}])
     assert machine["matmul_peak_gflops"] == 60.0 and machine["ort_int8_matmul_gops"] == 240.0
+    assert all(INT8_KEY not in m for m in machine["matmul_measurements_gflops"])
     assert "int8 matmul 240 G op/s" in run_line(machine)
 
 

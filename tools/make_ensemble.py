@@ -22,7 +22,7 @@ class Pair(nn.Module):
     def __init__(self, a: nn.Module, b: nn.Module) -> None:
         super().__init__()
         self.members = nn.ModuleList([a, b])
-        self.class_head = a.class_head
+        self.class_head = a.class_head  # read only by the exporter's has_class_head: forward_all averages both heads
 
     @property
     def aligned_inputs(self) -> bool:

@@ -25,7 +25,18 @@ sharpest-to-softest span is 0.30–0.56 µm at the bundled models' 0.55 µm/px (
 MoNuSeg's training half); 0.7 µm, a quarter above the softest, is where an image is called
 out of focus. A Gaussian blur adds in quadrature: a CRCHisto image (0.36 µm) blurred by
 σ 2 px (1.1 µm) measures 0.9–1.1 µm, and loses 5–30 % of the bundled models' F1
-(``benchmarks/results/robust_r12.md``). NumPy and SciPy only, imported when first measured.
+(``benchmarks/results/robust_r12.md``).
+
+**Cell by cell.** Focus varies within a large image (a fold, a bubble, the edge of a
+scanner's focus map), so with ``deblur="auto"`` an image of more than :data:`WHOLE` pixels
+(a large image, ``fast-cpu``'s 1,272² slide tiles, a stream's blocks of that size) is
+judged on a grid of cells of at least :data:`CELL` pixels (:func:`focus_map_px`), and only
+its soft cells are deconvolved (:func:`deblur_cells`), blended into their neighbours; a
+cell that is mostly background is not measured. One soft field among sharp ones is
+deconvolved, where one σ for the whole image (its median, in focus) left it soft; a sharp
+field in a soft image is left alone. ``benchmarks/focus_cells.py`` measures what it buys.
+An image up to :data:`WHOLE` pixels is judged whole, as before. NumPy and SciPy only,
+imported when first measured.
 """
 
 from __future__ import annotations
@@ -42,6 +53,11 @@ __all__ = [
     "deblur",
     "deblur_bytes",
     "deblur_sigma_px",
+    "deblur_cells",
+    "focus_map_px",
+    "soft_cells",
+    "cell_edges",
+    "sharpened_bytes",
     "out_of_focus",
     "sharpened",
     "wiener_kernel",
@@ -49,6 +65,7 @@ __all__ = [
     "TRAINING_BLUR_UM",
     "DEBLUR_TARGET_UM",
     "DEBLUR",
+    "AUTO_DEBLUR",
 ]
 
 REBLUR = 1.0  # σ0 of the second blur, in pixels
@@ -72,6 +89,17 @@ DEBLUR_TARGET_UM = 0.37
 WIENER_K = 0.003
 MAX_DEBLUR_PX = 4.0  # the largest σ deconvolved: beyond it the kernel grows past usefulness
 STRIP_PIXELS = 1 << 20  # pixels deconvolved at a time (bounds the memory on a large image)
+# An image (a slide's tile, a stream's block) of more than WHOLE pixels is judged cell by
+# cell under deblur="auto" (deblur_cells): cells of at least CELL pixels a side, measured
+# alone; only the soft ones are deconvolved, blending into their in-focus neighbours over
+# 2·RAMP + 1 pixels. The gate and CELL were chosen on CRCHisto training images and CMU-1
+# (docs/results.md, sixteenth round): once cells that are mostly background are left
+# unmeasured, in-focus cells of 128² measure at most 0.67 µm there (0.60 at 256²), every
+# cell blurred by σ 2 px above 0.84 µm; on mosaics of training images with soft quadrants
+# (benchmarks/focus_cells.py --split train) 128 recovered the most F1 of 128, 192, 256.
+CELL = 128
+RAMP = 16
+AUTO_DEBLUR = "cells"  # how deblur="auto" judges a large image, as outputs record it ("auto:cells")
 
 
 def _windows(h: int, w: int) -> list[tuple[slice, slice]]:
@@ -96,8 +124,10 @@ def _gradient2(od: np.ndarray) -> np.ndarray:
     return (gx * gx + gy * gy) * np.float32(1 / 64)
 
 
-def _ratios(rgb: np.ndarray) -> np.ndarray:
-    """The squared gradient ratios ``R²`` at one window's steepest pixels (empty when flat)."""
+def _ratios(rgb: np.ndarray, gated: bool = False) -> np.ndarray:
+    """The squared gradient ratios ``R²`` at one window's steepest pixels (empty when flat;
+    with ``gated``, also when fewer than ``1 − EDGE_QUANTILE`` of its pixels are edges, as in
+    a cell of background with a scrap of tissue, whose few edges say little of the focus)."""
     from scipy import ndimage
 
     grey = rgb.sum(axis=-1, dtype=np.float32)
@@ -111,7 +141,10 @@ def _ratios(rgb: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.float32)
     flat = g0.ravel()
     k = min(flat.size - 1, int(EDGE_QUANTILE * (flat.size - 1)))
-    cut = max(float(np.partition(flat, k)[k]), MIN_EDGE * MIN_EDGE)
+    cut = float(np.partition(flat, k)[k])
+    if gated and cut < MIN_EDGE * MIN_EDGE:
+        return np.zeros(0, np.float32)
+    cut = max(cut, MIN_EDGE * MIN_EDGE)
     edges = g0 > cut
     return g0[edges] / np.maximum(g1[edges], np.float32(1e-12))
 
@@ -126,11 +159,35 @@ def edge_blur_px(rgb: np.ndarray) -> float | None:
 def pooled_blur_px(images: list[np.ndarray]) -> float | None:
     """:func:`edge_blur_px` of several images (e.g. windows of a slide's tissue) as one:
     each image's steepest pixels, pooled, and their median blur."""
-    ratios = np.concatenate([np.zeros(0, np.float32), *(_ratios(im) for im in images)])
+    return _median_blur(np.concatenate([np.zeros(0, np.float32), *(_ratios(im) for im in images)]))
+
+
+def _median_blur(ratios: np.ndarray) -> float | None:
+    """The median blur σ (px) of edges with squared gradient ratios ``ratios``; ``None``
+    under :data:`MIN_EDGES` of them."""
     if ratios.size < MIN_EDGES:
         return None
     r2 = np.maximum(ratios.astype(np.float64), 1.0 + 2e-4)
     return float(np.median(REBLUR / np.sqrt(r2 - 1.0)))
+
+
+def cell_edges(n: int) -> np.ndarray:
+    """The boundaries of the focus map's cells along a side of ``n`` pixels: ``n // CELL``
+    (at least one) cells of near-equal length, so each is at least :data:`CELL` long."""
+    return np.linspace(0, n, max(1, n // CELL) + 1).round().astype(int)
+
+
+def focus_map_px(rgb: np.ndarray) -> np.ndarray:
+    """The edge blur σ (px) of each cell of an ``(H, W, 3)`` uint8 image, on the grid of
+    :func:`cell_edges` along each side: a ``(rows, cols)`` float64 array, NaN where a cell
+    is mostly background (under 2 % of its pixels are edges) or has too few edges."""
+    ys, xs = cell_edges(rgb.shape[0]), cell_edges(rgb.shape[1])
+    out = np.full((len(ys) - 1, len(xs) - 1), np.nan)
+    for i in range(len(ys) - 1):
+        for j in range(len(xs) - 1):
+            blur = _median_blur(_ratios(rgb[ys[i] : ys[i + 1], xs[j] : xs[j + 1]], gated=True))
+            out[i, j] = np.nan if blur is None else blur
+    return out
 
 
 def edge_blur_um(rgb: np.ndarray, mpp: float) -> float | None:
@@ -213,9 +270,75 @@ def sharpened(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[np.ndar
         blur in µm before any deconvolution (``None``: too few edges).
     """
     blur = edge_blur_um(rgb, mpp)
+    if setting == "auto" and rgb.shape[0] * rgb.shape[1] > WHOLE:
+        return deblur_cells(rgb, mpp), blur
     if setting != "auto" or not out_of_focus(blur):
         return rgb, blur
     return deblur(rgb, deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)), blur
+
+
+def _ramps(edges: np.ndarray) -> np.ndarray:
+    """``(n, cells)`` float64: each cell's indicator along a side of ``n = edges[-1]`` pixels,
+    smoothed by a box of ``2·RAMP + 1`` pixels (edge values held at the borders). Rows sum
+    to 1, and a pixel beyond ``RAMP`` of a cell has exactly 0 of it."""
+    from scipy import ndimage
+
+    n = int(edges[-1])
+    ind = np.zeros((n, len(edges) - 1))
+    for k in range(len(edges) - 1):
+        ind[edges[k] : edges[k + 1], k] = 1.0
+    return np.clip(ndimage.uniform_filter1d(ind, 2 * RAMP + 1, axis=0, mode="nearest"), 0.0, 1.0)
+
+
+def soft_cells(cells_um: np.ndarray) -> np.ndarray:
+    """Which cells of a focus map (µm, NaN: not measured) are out of focus: beyond
+    :data:`BLUR_THRESHOLD_UM`, with at least one of their eight neighbours beyond it too
+    (a lone cell's reading rests on few edges: on CMU-1 one cell of mostly glass and smooth
+    keratin reads 0.87 µm among neighbours of 0.44–0.57), unless every measured cell is."""
+    from scipy import ndimage
+
+    beyond = np.nan_to_num(cells_um, nan=0.0) > BLUR_THRESHOLD_UM
+    if beyond.sum() == (~np.isnan(cells_um)).sum():
+        return beyond
+    neighbours = ndimage.convolve(beyond.astype(np.int32), np.ones((3, 3), np.int32), mode="constant") - beyond
+    return beyond & (neighbours > 0)
+
+
+def deblur_cells(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image at ``mpp`` µm/px with its out-of-focus cells
+    (:func:`focus_map_px` beyond :data:`BLUR_THRESHOLD_UM`) deconvolved back to
+    :data:`DEBLUR_TARGET_UM` at the median blur of those cells (:func:`soft_cells`: a
+    lone soft cell does not count), and the rest untouched
+    (``rgb`` itself when no cell is soft). No cell in focus: the whole image is deconvolved,
+    as :func:`sharpened` does a small one. A soft cell blends into its in-focus neighbours
+    over :data:`RAMP` pixels on each side of their border (bilinear in the smoothed cell
+    indicators); beyond that every pixel keeps its value exactly. The soft cells' box is
+    deconvolved with the kernel's radius of pixels around it, so it equals the whole
+    image's deconvolution there."""
+    cells = focus_map_px(rgb) * float(mpp)
+    measured = ~np.isnan(cells)
+    soft = soft_cells(cells)
+    if not soft.any():
+        return rgb
+    sigma = deblur_sigma_px(float(np.median(cells[soft])) / mpp, DEBLUR_TARGET_UM / mpp)
+    if not (measured & ~soft).any():
+        return deblur(rgb, sigma)
+    h, w = rgb.shape[:2]
+    a, b = _ramps(cell_edges(h)), _ramps(cell_edges(w))
+    weights = soft.astype(np.float64)
+    rows, cols = np.nonzero(a @ weights.any(axis=1) > 0)[0], np.nonzero(b @ weights.any(axis=0) > 0)[0]
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    r = wiener_kernel(sigma).shape[0] // 2
+    cy0, cx0 = max(0, y0 - r), max(0, x0 - r)
+    sharp = deblur(rgb[cy0 : min(h, y1 + r), cx0 : min(w, x1 + r)], sigma)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+    out = rgb.copy()
+    step = max(1, STRIP_PIXELS // max(1, x1 - x0))
+    for s0 in range(y0, y1, step):
+        s1 = min(y1, s0 + step)
+        weight = (a[s0:s1] @ weights @ b[x0:x1].T).astype(np.float32)[..., None]
+        src = rgb[s0:s1, x0:x1].astype(np.float32)
+        out[s0:s1, x0:x1] = np.rint(src + weight * (sharp[s0 - y0 : s1 - y0].astype(np.float32) - src))
+    return out
 
 
 def deblur_bytes(height: int, width: int) -> int:
@@ -231,3 +354,15 @@ def deblur_bytes(height: int, width: int) -> int:
     fy, fx = (rows + 2 * r) * 9 // 8 + 1, (cols + 2 * r) * 9 // 8 + 1
     fft = 3 * fy * (fx // 2 + 1) * 16 + 2 * fy * fx * 8
     return 3 * height * width + rows * cols * 3 * 8 + fft
+
+
+def sharpened_bytes(height: int, width: int) -> int:
+    """An upper bound on the memory :func:`sharpened` allocates under ``deblur="auto"`` for
+    an image of ``height × width`` pixels: :func:`deblur_bytes` (an image judged whole, or
+    the soft cells' box), plus, for an image judged cell by cell, the blended uint8 copy and
+    one strip's weights and float32 planes."""
+    total = deblur_bytes(height, width)
+    if height * width <= WHOLE:
+        return total
+    strip = min(height, max(1, STRIP_PIXELS // max(1, width))) * width
+    return total + 3 * height * width + strip * (8 + 4 + 3 * 4 * 3)

@@ -160,7 +160,7 @@ def working_memory(
         intermediate pass and the output, then the NumPy copy: 4·in + 4·pass + 7·out);
         and the bytes of the tiles in flight (:data:`TILE_BYTES_PER_PIXEL` per pixel).
     """
-    from .focus import deblur_bytes  # NumPy only; here, as resample is imported first
+    from .focus import sharpened_bytes  # NumPy only; here, as resample is imported first
 
     held = transient = 0
     largest_tile = 0
@@ -170,7 +170,7 @@ def working_memory(
             transient = max(transient, 4 * h * w + 4 * max(h * mw, mh * w) + 7 * mh * mw)
         if deblur:
             held += 3 * mh * mw if (mh, mw) == (h, w) else 0
-            transient = max(transient, deblur_bytes(mh, mw))
+            transient = max(transient, sharpened_bytes(mh, mw))
         largest_tile = max(largest_tile, min(mh, tile_size) * min(mw, tile_size))
     return held + transient, largest_tile * tiles_in_flight * TILE_BYTES_PER_PIXEL
 

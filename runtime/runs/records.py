@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..files import file_sha256
+from ..focus import AUTO_DEBLUR
 from ..stain import AUTO_METHOD
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "SETTINGS_SINCE",
     "append_records",
     "describe_changes",
+    "deblur_setting",
     "detector_settings",
     "file_digest",
     "fingerprint",
@@ -67,7 +69,7 @@ def detector_settings(detector: Any) -> dict[str, Any]:
         "tile_size": detector.tile_size,
         "tile_margin": detector.tile_margin,
         "tta": detector.tta,
-        "deblur": getattr(detector, "deblur", None),
+        "deblur": deblur_setting(getattr(detector, "deblur", None)),
         # Recorded only when set, so outputs made before the option existed still match.
         **({"normalize": normalize_setting(detector.normalize)} if getattr(detector, "normalize", None) else {}),
     }
@@ -79,6 +81,14 @@ def normalize_setting(normalize: str) -> str:
     then never resumed under the other (nor an image's outputs kept), which would mix two
     normalisations in one file."""
     return f"auto:{AUTO_METHOD}" if normalize == "auto" else normalize
+
+
+def deblur_setting(deblur: str | None) -> str | None:
+    """The recorded ``deblur``: ``"auto"`` with how it judges a large image
+    (``"auto:cells"``, :data:`~micronet.runtime.focus.AUTO_DEBLUR`), since until the
+    sixteenth round ``auto`` deconvolved a tile or image whole at one σ; a slide begun under
+    the one is then never resumed under the other, nor an image's outputs kept."""
+    return f"auto:{AUTO_DEBLUR}" if deblur == "auto" else deblur
 
 
 def model_digest(detector: Any) -> str:

@@ -24,9 +24,11 @@ scanner's focus map missed), so the reader also measures each tile's edge blur
 (:func:`micronet.runtime.focus.sharpened`: 1–2 % of the network's time on the CPU,
 ``benchmarks/results/focus_cost.md``) and, with
 ``deblur="auto"``, deconvolves a tile beyond the threshold before the network, as an image
-on its own would be. A tile's margin (at least the network's receptive radius) is wider
-than the deconvolution kernel's radius (≤ 28 px), so a core is deconvolved as it would be
-in the whole region at that tile's blur. The values are recorded with each batch (a
+on its own would be (a tile of more than half a megapixel cell by cell,
+:func:`~micronet.runtime.focus.deblur_cells`, so a soft field within it is deconvolved
+and its sharp fields are not). A tile's margin (at least the network's receptive radius)
+is wider than the deconvolution kernel's radius (≤ 28 px), so a core is deconvolved as it
+would be in the whole region at that tile's blur. The values are recorded with each batch (a
 resumed run keeps them), and the summary lists the tiles out of focus
 (:func:`~micronet.runtime.runs.slide_summary.focus_summary`).
 """

@@ -4,6 +4,7 @@ invariance to exposure and gamma, the threshold on real images, and the Detector
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -130,7 +131,6 @@ def test_a_slide_is_measured_on_its_tissue_and_said_once(crchisto_image: np.ndar
     """A slide's edge blur comes from the windows of tissue its colour statistics read:
     close to the whole region's, in its summary and its Detections, with one warning for
     an out-of-focus slide."""
-    import json
 
     tifffile = pytest.importorskip("tifffile")
     from micronet.runtime.detector import Detector
@@ -158,7 +158,6 @@ def test_a_slide_is_measured_tile_by_tile_and_only_its_soft_tiles_deconvolved(cr
     is read; the summary lists exactly the soft tiles (by their cores' boxes), only they are
     deconvolved (the left half's detections are those of deblur=None), the record keeps
     every tile's value, and a rerun with the other setting is refused."""
-    import json
 
     tifffile = pytest.importorskip("tifffile")
     from micronet.runtime.detector import Detector
@@ -185,7 +184,7 @@ def test_a_slide_is_measured_tile_by_tile_and_only_its_soft_tiles_deconvolved(cr
         assert soft <= listed and not sharp & listed and summary["tiles_out_of_focus"] == len(listed)
         assert all(entry["edge_blur_um"] > focus.BLUR_THRESHOLD_UM for entry in summary["out_of_focus"])
         record = json.loads((out / ".micronet" / "half.progress.json").read_text())
-        assert len(record["tile_blur_um"]) == len(tiles) and record["settings"]["deblur"] == setting
+        assert len(record["tile_blur_um"]) == len(tiles) and record["settings"]["deblur"] == ("auto:cells" if setting == "auto" else setting)
     # The overlay outlines the soft tiles (orange) and only them: none on the left half.
     from PIL import Image
 
@@ -216,7 +215,7 @@ def test_a_slide_is_measured_tile_by_tile_and_only_its_soft_tiles_deconvolved(cr
     right = {k: runs[k].xy[:, 0] >= half for k in runs}
     assert not np.array_equal(runs["auto"].xy[right["auto"]], runs[None].xy[right[None]])
     det = Detector(blur_onnx, device="cpu", threads=2, tile_size=256, tile_margin=BLUR_MARGIN, deblur=None)
-    with pytest.raises(InputError, match=r"other settings \(deblur auto → None\)"):
+    with pytest.raises(InputError, match=r"other settings \(deblur auto:cells → None\)"):
         det.detect_slide(path, tissue_only=False, out_dir=tmp_path / "auto", progress=False)
 
 
@@ -325,8 +324,19 @@ def test_an_image_run_with_other_deblur_is_refused_on_a_rerun(crchisto_image: np
     common = ["detect", str(tmp_path / "a.png"), "--model", "fast-cpu", "--out", str(tmp_path / "out"), "--format", "csv", "--mpp", str(MODEL_MPP), "--no-progress"]
     assert main([*common, "--deblur", "none"]) == 0
     assert main(common) == 2
-    assert "made with other settings (deblur None → auto); pass --overwrite" in capsys.readouterr().err
+    assert "made with other settings (deblur None → auto:cells); pass --overwrite" in capsys.readouterr().err
     assert main([*common, "--deblur", "none"]) == 0  # the same setting: finished already
+    # Outputs of "auto" before the focus map (one σ per image, recorded as plain "auto") are
+    # not kept for today's "auto", which judges a large image cell by cell.
+    assert main([*common, "--overwrite"]) == 0 and main(common) == 0
+    record = tmp_path / "out" / ".micronet" / "a.progress.json"
+    state = json.loads(record.read_text())
+    assert state["settings"]["deblur"] == "auto:cells"
+    state["settings"]["deblur"] = "auto"
+    record.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(common) == 2
+    assert "(deblur auto → auto:cells)" in capsys.readouterr().err
 
 
 def test_a_stream_measures_each_block_and_deconvolves_the_soft_ones(crchisto_image: np.ndarray, blur_onnx: Path) -> None:
@@ -364,3 +374,100 @@ def test_a_stream_measures_each_block_and_deconvolves_the_soft_ones(crchisto_ima
             assert region.edge_blur_um > focus.BLUR_THRESHOLD_UM
     soft = [b for b, t in tiles.items() if t.x0 >= half]
     assert any(not np.array_equal(regions["auto"][b].detections.xy, regions[None][b].detections.xy) for b in soft)
+
+
+# --- the focus map: an image beyond WHOLE pixels judged cell by cell -------------------------
+
+
+def quadrants(images: list[np.ndarray], soft: set[int], sigma: float = 2.0) -> np.ndarray:
+    """A 1000² mosaic of four 500² images, quadrants ``soft`` (0 top left, 1 top right, 2
+    bottom left, 3 bottom right) blurred by ``sigma`` px."""
+    ims = [blurred(im, sigma) if q in soft else im for q, im in enumerate(images[:4])]
+    return np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0)
+
+
+def test_the_focus_map_finds_the_soft_quadrant_and_leaves_background_unmeasured(crchisto_images: list[np.ndarray]) -> None:
+    """On a 1000² mosaic with its top-right quadrant blurred by σ 2 px, cut into 7 × 7 cells
+    (of 142–143 px), every cell inside that quadrant is beyond the threshold and every cell
+    of the sharp left and bottom quadrants within it; a cell of plain background with a
+    scrap of tissue is left unmeasured rather than called soft."""
+    mosaic = quadrants(crchisto_images, {1})
+    assert mosaic.shape[0] * mosaic.shape[1] > focus.WHOLE
+    cells = focus.focus_map_px(mosaic) * MODEL_MPP
+    assert cells.shape == (7, 7) and list(focus.cell_edges(1000)) == [0, 143, 286, 429, 571, 714, 857, 1000]
+    assert (cells[:3, 4:] > focus.BLUR_THRESHOLD_UM).all(), cells
+    assert max(cells[:, :3].max(), cells[4:].max()) < focus.BLUR_THRESHOLD_UM - 0.05, cells
+    background = np.full((512, 512, 3), 240, np.uint8)
+    background[:10, :10] = crchisto_images[0][:10, :10]  # a scrap of tissue in a corner
+    assert np.isnan(focus.focus_map_px(background)).all()
+
+
+def test_a_lone_soft_cell_does_not_count_but_a_pair_or_all_do() -> None:
+    cells = np.full((4, 5), 0.45)
+    cells[0, 0] = np.nan
+    cells[2, 3] = 0.9  # alone
+    assert not focus.soft_cells(cells).any()
+    cells[3, 4] = 0.8  # a diagonal neighbour
+    assert focus.soft_cells(cells).sum() == 2 and focus.soft_cells(cells)[2, 3]
+    alone = np.array([[np.nan, 0.9], [np.nan, np.nan]])  # the one cell measured
+    assert focus.soft_cells(alone)[0, 1] and focus.soft_cells(alone).sum() == 1
+
+
+def test_only_the_soft_cells_are_deconvolved_and_the_rest_keep_every_pixel(crchisto_images: list[np.ndarray]) -> None:
+    """deblur="auto" on the mosaic with one soft quadrant: its median blur is in focus (three
+    quadrants are sharp), so one σ for the whole image would change nothing. The soft cells
+    are deconvolved at their median σ and blended: the result is the image plus the share of
+    the deconvolution given by the soft cells' indicator averaged over a box of 2·RAMP + 1,
+    within 1 (rounding); every pixel whose box holds no soft cell keeps its value exactly."""
+    from scipy import ndimage
+
+    mosaic = quadrants(crchisto_images, {1})
+    assert not focus.out_of_focus(focus.edge_blur_um(mosaic, MODEL_MPP))
+    out, blur = focus.sharpened(mosaic, MODEL_MPP, "auto")
+    assert blur == focus.edge_blur_um(mosaic, MODEL_MPP) and out.dtype == np.uint8 and out.shape == mosaic.shape
+    cells = focus.focus_map_px(mosaic)
+    soft = focus.soft_cells(cells * MODEL_MPP)
+    assert 1 <= soft.sum() < soft.size
+    sigma = focus.deblur_sigma_px(float(np.median(cells[soft])), focus.DEBLUR_TARGET_UM / MODEL_MPP)
+    edges = focus.cell_edges(1000)
+    pixels = soft[np.searchsorted(edges, np.arange(1000), "right") - 1][:, np.searchsorted(edges, np.arange(1000), "right") - 1]
+    weight = ndimage.uniform_filter(pixels.astype(np.float64), 2 * focus.RAMP + 1, mode="nearest")[..., None]
+    want = mosaic + weight * (focus.deblur(mosaic, sigma).astype(np.float64) - mosaic)
+    assert np.abs(out - want).max() <= 1.0
+    np.testing.assert_array_equal(out[weight[..., 0] == 0], mosaic[weight[..., 0] == 0])
+    assert (weight == 0).mean() > 0.5 and (out != mosaic).any(axis=-1)[weight[..., 0] == 1].mean() > 0.5
+    assert focus.sharpened(mosaic, MODEL_MPP, None)[0] is mosaic
+    sharp = quadrants(crchisto_images, set())
+    assert focus.sharpened(sharp, MODEL_MPP, "auto")[0] is sharp  # no soft cell: no copy
+
+
+def test_a_large_image_soft_everywhere_is_deconvolved_whole(crchisto_images: list[np.ndarray]) -> None:
+    """Blurred as one (no sharp seam between its quadrants), every measured cell is soft."""
+    mosaic = blurred(quadrants(crchisto_images, set()), 2.0)
+    cells = focus.focus_map_px(mosaic)
+    assert focus.soft_cells(cells * MODEL_MPP).sum() == (~np.isnan(cells)).sum() > 40
+    sigma = focus.deblur_sigma_px(float(np.nanmedian(cells)), focus.DEBLUR_TARGET_UM / MODEL_MPP)
+    np.testing.assert_array_equal(focus.sharpened(mosaic, MODEL_MPP, "auto")[0], focus.deblur(mosaic, sigma))
+
+
+def test_the_memory_bound_covers_a_deconvolution_by_cells(crchisto_images: list[np.ndarray], monkeypatch) -> None:
+    """sharpened_bytes bounds what sharpened allocates (tracemalloc) on a large image judged
+    by cells, in strips too: within 2× of it when all but one quadrant is soft at the
+    largest σ (the soft cells' box nearly the whole image), under it with one soft
+    quadrant; a small image's bound is deblur_bytes'."""
+    import tracemalloc
+
+    focus.sharpened(quadrants(crchisto_images, {1})[:300, :300], MODEL_MPP, "auto")  # SciPy imported outside the trace
+    assert focus.sharpened_bytes(500, 500) == focus.deblur_bytes(500, 500)
+    bound = focus.sharpened_bytes(1000, 1000)
+    for soft, tight in (({1}, False), ({0, 1, 2}, True)):
+        mosaic = quadrants(crchisto_images, soft, sigma=5.0)
+        for strip in (focus.STRIP_PIXELS, 100 * 1000):
+            monkeypatch.setattr(focus, "STRIP_PIXELS", strip)
+            tracemalloc.start()
+            try:
+                assert focus.sharpened(mosaic, MODEL_MPP, "auto")[0] is not mosaic
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak <= focus.sharpened_bytes(1000, 1000) and (not tight or focus.sharpened_bytes(1000, 1000) <= 2 * peak), (soft, strip, peak, bound)

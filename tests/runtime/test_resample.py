@@ -188,7 +188,7 @@ def test_the_estimate_counts_a_deconvolution_and_bounds_its_allocations():
 
     sizes = [((3000, 3000), (3000, 3000))]
     images, _ = working_memory(sizes, 1024, 1, deblur=True)
-    assert images == 3 * 9_000_000 + focus.deblur_bytes(3000, 3000) and images > working_memory(sizes, 1024, 1)[0]
+    assert images == 3 * 9_000_000 + focus.sharpened_bytes(3000, 3000) and images > working_memory(sizes, 1024, 1)[0]
     check_work(sizes, 1024, 1, max_megapixels=256, max_bytes=images + 1024 * 1024 * (1024 + 7), deblur=True)
     with pytest.raises(ValueError, match=r"max_memory_gb"):
         check_work(sizes, 1024, 1, max_megapixels=256, max_bytes=images + 1024 * 1024 * (1024 + 7) - 1, deblur=True)

@@ -7,7 +7,8 @@ the same tile, in one run (ratios, so they carry to another machine better than 
 
 Tiles: the first ``--tiles`` tissue tiles of ``CMU-1-Small-Region.svs`` as ``detect_slide``
 plans and reads them for each model (its own tile size, at its pixel size). For each tile,
-timed in turns (``interleaved_best``): the read; the measure (``focus.sharpened`` under
+timed in turns (``interleaved_best``): the read; the edge blur alone (``focus.edge_blur_um``,
+what ``deblur=None`` measures); the measure (``focus.sharpened`` under
 ``deblur="auto"`` as the reader calls it: the edge blur, and for a tile beyond half a
 megapixel the focus map of its cells; CMU-1's tiles are in focus, so nothing is deconvolved);
 the deconvolution at the σ a tile blurred by 2 px would get (``focus.deblur``, σ =
@@ -51,7 +52,7 @@ def model_row(model: str, tiles: int, repeat: int) -> dict:
         chosen = plan.tiles[:tiles]
         mpp = det.info.mpp
         sigma = focus.deblur_sigma_px(SOFT_BLUR_UM / mpp, focus.DEBLUR_TARGET_UM / mpp)
-        totals = {"read": 0.0, "measure": 0.0, "deblur": 0.0, "network": 0.0}
+        totals = {"read": 0.0, "blur": 0.0, "measure": 0.0, "deblur": 0.0, "network": 0.0}
         pixels = 0
         for tile in chosen:
             rgb = plan.grid.read_tile(slide, tile)
@@ -59,6 +60,7 @@ def model_row(model: str, tiles: int, repeat: int) -> dict:
             best = interleaved_best(
                 {
                     "read": lambda t=tile: plan.grid.read_tile(slide, t),
+                    "blur": lambda im=rgb: focus.edge_blur_um(im, mpp),
                     "measure": lambda im=rgb: focus.sharpened(im, mpp, "auto"),
                     "deblur": lambda im=rgb: focus.deblur(im, sigma),
                     "network": lambda im=rgb: det.detect_batch([im], mpp=mpp, colour_stats=colour),
@@ -79,13 +81,13 @@ def table(rows: list[dict], machine: dict) -> str:
         f"Focus, tile by tile, on `CMU-1-Small-Region.svs` (CPU; matmul peak {peak_text(machine)}). Best of the run per tile, summed; "
         "the measure (with a focus map of the cells of a tile over half a megapixel) runs on every tile, the deconvolution only on tiles or cells beyond 0.7 µm.",
         "",
-        "| model | tiles (side) | megapixels | read s | measure s | deconvolution s | network s | measure ÷ network | deconvolution ÷ network |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | tiles (side) | megapixels | read s | edge blur alone s | measure s | deconvolution s | network s | measure ÷ network | deconvolution ÷ network |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         s = r["seconds"]
         lines.append(
-            f"| {r['model']} | {r['tiles']} ({r['tile_size']}) | {r['megapixels']:.2f} | {s['read']:.3f} | {s['measure']:.3f} | {s['deblur']:.3f} | "
+            f"| {r['model']} | {r['tiles']} ({r['tile_size']}) | {r['megapixels']:.2f} | {s['read']:.3f} | {s.get('blur', float('nan')):.3f} | {s['measure']:.3f} | {s['deblur']:.3f} | "
             f"{s['network']:.3f} | {100 * r['measure_vs_network']:.1f} % | {100 * r['deblur_vs_network']:.1f} % |"
         )
     lines.append("")

@@ -191,6 +191,21 @@ amx_bf16], 2 cores.
 
 # Text under a section's results that says how to read them (set before NOTES' own entries).
 EXTRA_NOTES = {
+    "focus_cells": """\
+**Reading it.** Since the sixteenth round `deblur="auto"` judges an image of more than half
+a megapixel (here a 1000² mosaic; on a slide, `fast-cpu`'s 1,272² tiles) cell by cell and
+deconvolves only its soft cells (`focus.deblur_cells`). `one σ` is what it did before: the
+image's median blur, one deconvolution for all of it or none. With one soft quadrant the
+median is in focus and `one σ` changes nothing; with three, it over-sharpens the sharp
+quadrant, whose F1 falls far below `None`'s, while `cells` leaves it as it was. The cell
+size was chosen on the training mosaics (`focus_cells_train`), not on these.""",
+    "pareto_r16_vnni": """\
+**Reading it.** The same bundled files as `pareto_r15_int8`, on an EPYC with AVX-512 VNNI,
+where ONNX Runtime's int8 matrix product runs several times its float32 one (the machine
+line). There `fast-cpu`'s int8 file outruns its own fp32 export by about a third (8 % on
+the AVX2-only EPYC), and every network gains on the classical detector, whose speed does
+not depend on matrix products; half the classical detector's speed stays far out of reach
+(issue 18, blocked). docs/results.md, sixteenth round.""",
     "pareto_r11": """\
 **Reading it.** The two new files are weight changes on the same graphs, so their cost and
 speed are their predecessors' (1.00× and 1.02× here, within the run's noise). The default
@@ -287,12 +302,14 @@ int8. Half the classical detector's speed (6.5 MP/s here) would need a network o
 2.9 GFLOP per 500² running at the whole int8 peak; the smallest MicroNet trained (6.3
 GFLOP, 0.7765 CRCHisto F1) reaches 0.061×. docs/results.md, fifteenth round.""",
     "focus_cost": """\
-**Reading it.** Since the fourteenth round every tile of a slide (in its reader threads)
-and every block of a stream (in its worker) is measured for focus before the network, and
-with `deblur="auto"` one beyond 0.7 µm is deconvolved (`runtime/focus.py`,
-`focus.sharpened`). On CMU-1's first six tissue tiles the measure costs 1–2 % of the
-network's time on the same tiles, for the heaviest and the lightest bundled network alike;
-a deconvolution, paid only by a soft tile, 2–9 %. The tile side is each model's own
+**Reading it.** Every tile of a slide (in its reader threads) and every block of a stream
+(in its worker) is measured for focus before the network, and with `deblur="auto"` one
+beyond 0.7 µm is deconvolved (`runtime/focus.py`, `focus.sharpened`). Since the sixteenth
+round a tile over half a megapixel (`fast-cpu`'s 1,272²) also gets a focus map of its
+cells, and only its soft cells are deconvolved; the measure was made 3–4× cheaper in the
+same round, so the map costs less than the old measure alone did. On a VNNI CPU, where the
+int8 network is fast, the measure's share of `fast-cpu`'s time is the largest; a
+deconvolution is paid only by soft tiles or cells. The tile side is each model's own
 (`default` 592 px, `fast-cpu` 1,272 px), so the rows compare steps, not models.""",
     "robust_r14_accurate_a": """\
 **Reading it.** `accurate` (the sixth round's detector, trained without the photometric

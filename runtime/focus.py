@@ -58,6 +58,7 @@ __all__ = [
     "soft_cells",
     "cell_edges",
     "sharpened_bytes",
+    "sharpened_cells",
     "out_of_focus",
     "sharpened",
     "wiener_kernel",
@@ -101,6 +102,7 @@ CELL = 128
 RAMP = 16
 BAND_MARGIN = 8  # rows of context around a row of cells: more than the re-blur's 4σ + Sobel's 1
 GRADIENT_PLANES = 8  # float32 planes of a band alive at once while its gradients are taken
+BLEND_PIXELS = 1 << 18  # pixels blended at a time (two float32 RGB planes, a weight plane)
 AUTO_DEBLUR = "cells"  # how deblur="auto" judges a large image, as outputs record it ("auto:cells")
 
 
@@ -316,12 +318,21 @@ def sharpened(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[np.ndar
         ``(image, blur_um)``: the image (``rgb`` itself unless deconvolved) and its edge
         blur in µm before any deconvolution (``None``: too few edges).
     """
+    image, blur, _ = sharpened_cells(rgb, mpp, setting)
+    return image, blur
+
+
+def sharpened_cells(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[np.ndarray, float | None, list[tuple[int, int, int, int, float]]]:
+    """:func:`sharpened`, with the soft cells of an image judged cell by cell: each one's
+    box ``(x0, y0, x1, y1)`` in the image's pixels and its edge blur in µm (none for an
+    image judged whole, under ``deblur=None``, or with no soft cell)."""
     blur = edge_blur_um(rgb, mpp)
     if setting == "auto" and rgb.shape[0] * rgb.shape[1] > WHOLE:
-        return deblur_cells(rgb, mpp), blur
+        image, cells = _deblur_cells(rgb, mpp)
+        return image, blur, cells
     if setting != "auto" or not out_of_focus(blur):
-        return rgb, blur
-    return deblur(rgb, deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)), blur
+        return rgb, blur, []
+    return deblur(rgb, deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)), blur, []
 
 
 def _ramps(edges: np.ndarray) -> np.ndarray:
@@ -362,16 +373,23 @@ def deblur_cells(rgb: np.ndarray, mpp: float) -> np.ndarray:
     indicators); beyond that every pixel keeps its value exactly. The soft cells' box is
     deconvolved with the kernel's radius of pixels around it, so it equals the whole
     image's deconvolution there."""
+    return _deblur_cells(rgb, mpp)[0]
+
+
+def _deblur_cells(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, list[tuple[int, int, int, int, float]]]:
+    """:func:`deblur_cells`, and its soft cells (box in pixels, edge blur in µm)."""
     cells = focus_map_px(rgb) * float(mpp)
     measured = ~np.isnan(cells)
     soft = soft_cells(cells)
     if not soft.any():
-        return rgb
+        return rgb, []
+    h, w = rgb.shape[:2]
+    ys, xs = cell_edges(h), cell_edges(w)
+    boxes = [(int(xs[j]), int(ys[i]), int(xs[j + 1]), int(ys[i + 1]), round(float(cells[i, j]), 4)) for i, j in np.argwhere(soft)]
     sigma = deblur_sigma_px(float(np.median(cells[soft])) / mpp, DEBLUR_TARGET_UM / mpp)
     if not (measured & ~soft).any():
-        return deblur(rgb, sigma)
-    h, w = rgb.shape[:2]
-    a, b = _ramps(cell_edges(h)), _ramps(cell_edges(w))
+        return deblur(rgb, sigma), boxes
+    a, b = _ramps(ys), _ramps(xs)
     weights = soft.astype(np.float64)
     rows, cols = np.nonzero(a @ weights.any(axis=1) > 0)[0], np.nonzero(b @ weights.any(axis=0) > 0)[0]
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
@@ -379,13 +397,17 @@ def deblur_cells(rgb: np.ndarray, mpp: float) -> np.ndarray:
     cy0, cx0 = max(0, y0 - r), max(0, x0 - r)
     sharp = deblur(rgb[cy0 : min(h, y1 + r), cx0 : min(w, x1 + r)], sigma)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
     out = rgb.copy()
-    step = max(1, STRIP_PIXELS // max(1, x1 - x0))
+    step = max(1, BLEND_PIXELS // max(1, x1 - x0))
     for s0 in range(y0, y1, step):
         s1 = min(y1, s0 + step)
         weight = (a[s0:s1] @ weights @ b[x0:x1].T).astype(np.float32)[..., None]
         src = rgb[s0:s1, x0:x1].astype(np.float32)
-        out[s0:s1, x0:x1] = np.rint(src + weight * (sharp[s0 - y0 : s1 - y0].astype(np.float32) - src))
-    return out
+        blend = sharp[s0 - y0 : s1 - y0].astype(np.float32)
+        blend -= src
+        blend *= weight
+        blend += src
+        out[s0:s1, x0:x1] = np.rint(blend, out=blend)
+    return out, boxes
 
 
 def deblur_bytes(height: int, width: int) -> int:
@@ -412,6 +434,6 @@ def sharpened_bytes(height: int, width: int) -> int:
     total = deblur_bytes(height, width)
     if height * width <= WHOLE:
         return total
-    strip = min(height, max(1, STRIP_PIXELS // max(1, width))) * width
+    strip = min(height, max(1, BLEND_PIXELS // max(1, width))) * width
     band = min(height, 2 * CELL + 2 * BAND_MARGIN) * width  # the focus map's row of cells, freed before
-    return max(total + 3 * height * width + strip * (8 + 4 + 3 * 4 * 3), band * 4 * GRADIENT_PLANES)
+    return max(total + 3 * height * width + strip * (8 + 4 + 2 * 3 * 4), band * 4 * GRADIENT_PLANES)

@@ -246,7 +246,9 @@ class SlideOutputs(InputOutputs):
         state_path, bin_path: the record.
         state: the record as last saved (settings, ``tiles_total``, ``tiles_done``,
             ``detections``, ``bytes`` per partial file, ``complete``, ``seconds``,
-            ``tile_blur_um`` (each tile's edge blur, µm, in plan order), and
+            ``tile_blur_um`` (each tile's edge blur, µm, in plan order),
+            ``tile_soft_cells`` (each tile's soft cells in its core, level-0
+            ``[x0, y0, x1, y1, blur_um]``, under ``deblur="auto"``), and
             once complete ``outputs``: the size and SHA-256 of each file).
     """
 
@@ -337,13 +339,14 @@ class SlideOutputs(InputOutputs):
 
     def commit(
         self, xy: np.ndarray, scores: np.ndarray, tiles_done: int, seconds: float, probabilities: np.ndarray | None = None,
-        tile_blur: list[float | None] | None = None,
+        tile_blur: list[float | None] | None = None, tile_cells: list[list[list[float]]] | None = None,
     ) -> None:
         """Appends one batch's detections (level-0 ``xy`` ``(N, 2)`` float32, ``scores``
         ``(N,)``, and with a class head their ``(N, K)`` ``probabilities``) to every
         partial file, then records the new file lengths, ``tiles_done``, the batch's
-        ``tile_blur`` (each tile's edge blur in µm, appended to ``tile_blur_um``) and
-        the ``seconds`` spent so far."""
+        ``tile_blur`` (each tile's edge blur in µm, appended to ``tile_blur_um``), its
+        ``tile_cells`` (each tile's soft cells, appended to ``tile_soft_cells``) and the
+        ``seconds`` spent so far."""
         sizes = self.state["bytes"]
         probs = probabilities if self.class_names else None
         with writing(self.bin_path):
@@ -362,6 +365,8 @@ class SlideOutputs(InputOutputs):
         self.state["tiles_done"] = tiles_done
         if tile_blur is not None:
             self.state.setdefault("tile_blur_um", []).extend(tile_blur)
+        if tile_cells is not None:
+            self.state.setdefault("tile_soft_cells", []).extend(tile_cells)
         self.state["detections"] += len(xy)
         self.state["seconds"] = seconds
         self.save_state()

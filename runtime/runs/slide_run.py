@@ -62,7 +62,7 @@ from ..tiling import core_mask, keep_in_core, sort_peaks
 from .outputs import FORMATS, InputOutputs, InputRun, detector_settings, fingerprint
 from .run_input import InputSource, RunSettings, run_input
 from .slide_outputs import SlideOutputs, output_stem
-from .slide_summary import SUMMARY_SUFFIX, focus_summary, slide_summary, soft_tiles, write_slide_summary
+from .slide_summary import SUMMARY_SUFFIX, focus_summary, slide_summary, soft_boxes, write_slide_summary
 
 __all__ = ["detect_slide", "run_slide", "SlideSource", "progress_enabled"]
 
@@ -216,6 +216,7 @@ class SlideSource(InputSource):
         self.slide_plan: SlidePlan | None = None
         self.outcome, self.done = "ran", 0
         self.tile_blur: list[float | None] = []  # each tile's edge blur (µm), in plan order
+        self.tile_cells: list[list[list[float]]] = []  # each tile's soft cells in its core: level-0 box, blur (µm)
         self.deblur: str | None = None
 
     def prepare(self, detector: Any, settings: RunSettings) -> None:
@@ -272,7 +273,7 @@ class SlideSource(InputSource):
         plan = self.slide_plan
         found = Detections(xy, scores, self.slide.shape, plan.mpp, self.distance, probs, self.names if probs is not None else (), self.blur)
         summary = slide_summary(self.slide.path.name, found, plan, self.tissue_only)
-        summary["focus"] = focus_summary(plan, self.tile_blur, self.deblur)
+        summary["focus"] = focus_summary(plan, self.tile_blur, self.deblur, self.tile_cells)
         if out_dir is not None:
             write_slide_summary(out_dir / f"{self.stem}{SUMMARY_SUFFIX}", summary)
         seconds = time.perf_counter() - self.started
@@ -285,7 +286,8 @@ class SlideSource(InputSource):
     def finished(self, outputs: InputOutputs, damaged: dict[str, str]) -> InputRun:
         assert isinstance(outputs, SlideOutputs)
         self.tile_blur = _recorded_blur(outputs.state, len(self.slide_plan.tiles))
-        outputs.soft_boxes = [box for box, _ in soft_tiles(self.slide_plan, self.tile_blur)]  # a repaired overlay outlines them
+        self.tile_cells = _recorded_cells(outputs.state, len(self.slide_plan.tiles))
+        outputs.soft_boxes = soft_boxes(self.slide_plan, self.tile_blur, self.tile_cells)  # a repaired overlay outlines them
         rewritten = outputs.repair(damaged, outputs.write_whole)
         xy, scores, probs = outputs.stored()
         log.info("%s: finished already%s; %d detections", self.path.name, f" (rewrote {', '.join(rewritten)})" if rewritten else "", len(scores))
@@ -299,6 +301,7 @@ class SlideSource(InputSource):
         else:
             self.prev = (xy, scores, None)
         self.tile_blur = _recorded_blur(outputs.state, self.done)
+        self.tile_cells = _recorded_cells(outputs.state, self.done)
         self.outcome = "resumed" if self.done else "ran"
 
     def _found(self, batch: list[tuple[Any, np.ndarray]], results: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -319,7 +322,7 @@ class SlideSource(InputSource):
         found = [self.prev]
         done, count = self.done, len(self.prev[1])
         todo = plan.tiles[done:]
-        read = partial(_read_sharpened, plan.grid.read_tile, slide, detector.info.mpp, self.deblur)  # (pixels, blur)
+        read = partial(_read_sharpened, plan.grid.read_tile, slide, detector.info.mpp, self.deblur)  # (pixels, blur, soft cells)
         prefetcher = _Prefetcher(read, todo, self.queue_size, self.readers) if self.queue_size > 0 and todo else None
         reads = prefetcher if prefetcher is not None else ((tile, read(tile)) for tile in todo)
         bar = _progress_bar(len(plan.tiles), done, count, slide.path.name, self.show)
@@ -328,15 +331,17 @@ class SlideSource(InputSource):
         try:
             for batch in _batches(reads, detector.batch_size):
                 # Tiles are at the model's pixel size already (and each ≤ tile_size: one pass).
-                results = detector.detect_batch([pixels for _, (pixels, _) in batch], mpp=detector.info.mpp, colour_stats=self.colour)
+                results = detector.detect_batch([pixels for _, (pixels, _, _) in batch], mpp=detector.info.mpp, colour_stats=self.colour)
                 xy, scores, probs = self._found(batch, results)
                 found.append((xy, scores, probs))
-                blurs = [None if b is None else round(float(b), 4) for _, (_, b) in batch]
+                blurs = [None if b is None else round(float(b), 4) for _, (_, b, _) in batch]
+                cells = [_cells_in_core(plan, tile, c) for tile, (_, _, c) in batch]
                 self.tile_blur.extend(blurs)
+                self.tile_cells.extend(cells)
                 done += len(batch)
                 count += len(scores)
                 if outputs is not None:
-                    outputs.commit(xy, scores, done, elapsed_before + time.perf_counter() - self.started, probs, blurs)
+                    outputs.commit(xy, scores, done, elapsed_before + time.perf_counter() - self.started, probs, blurs, cells)
                 # The count first, then the step: the bar's last drawing shows the final count.
                 bar.set_postfix_str(f"nuclei={count}", refresh=False)
                 bar.update(len(batch))
@@ -349,7 +354,7 @@ class SlideSource(InputSource):
             seconds = time.perf_counter() - self.started
             if outputs is not None:
                 summary = {"tiles_planned": plan.tiles_planned, "megapixels": self._megapixels(), "seconds": elapsed_before + seconds, "detections": len(scores)}
-                outputs.soft_boxes = [box for box, _ in soft_tiles(plan, self.tile_blur)]  # outlined on the overlay
+                outputs.soft_boxes = soft_boxes(plan, self.tile_blur, self.tile_cells)  # outlined on the overlay
                 outputs.finish(summary)
         finally:
             bar.close()
@@ -366,10 +371,30 @@ class SlideSource(InputSource):
             self.slide.close()
 
 
-def _read_sharpened(read: Callable[[Any, Any], np.ndarray], slide: Any, mpp: float, deblur: str | None, tile: Any) -> tuple[np.ndarray, float | None]:
+def _read_sharpened(read: Callable[[Any, Any], np.ndarray], slide: Any, mpp: float, deblur: str | None, tile: Any) -> tuple[np.ndarray, float | None, list]:
     """A tile's pixels at the model's pixel size (``mpp``), deconvolved when out of focus
-    and ``deblur="auto"``, and its edge blur in µm (measured before)."""
-    return focus.sharpened(read(slide, tile), mpp, deblur)
+    and ``deblur="auto"``, its edge blur in µm (measured before), and the soft cells of a
+    tile judged cell by cell (:func:`~micronet.runtime.focus.sharpened_cells`)."""
+    return focus.sharpened_cells(read(slide, tile), mpp, deblur)
+
+
+def _cells_in_core(plan: SlidePlan, tile: Any, cells: list[tuple[int, int, int, int, float]]) -> list[list[float]]:
+    """A tile's soft cells (boxes in the tile's pixels) cut to its core, whose nuclei it
+    keeps, as level-0 ``[x0, y0, x1, y1, blur_um]`` (pixels rounded to 0.1)."""
+    kept = []
+    for x0, y0, x1, y1, blur in cells:
+        bx0, by0 = max(tile.x0 + x0, tile.core_x0), max(tile.y0 + y0, tile.core_y0)
+        bx1, by1 = min(tile.x0 + x1, tile.core_x1), min(tile.y0 + y1, tile.core_y1)
+        if bx0 < bx1 and by0 < by1:
+            kept.append([round(v, 1) for v in plan.grid.box_in_level0(bx0, by0, bx1, by1)] + [blur])
+    return kept
+
+
+def _recorded_cells(state: dict[str, Any], done: int) -> list[list[list[float]]]:
+    """The soft cells of the first ``done`` tiles as a run's record holds them (none for
+    tiles a record from before they were recorded lacks)."""
+    values = list(state.get("tile_soft_cells") or [])[:done]
+    return values + [[] for _ in range(done - len(values))]
 
 
 def _recorded_blur(state: dict[str, Any], done: int) -> list[float | None]:

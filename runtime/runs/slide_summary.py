@@ -63,7 +63,7 @@ def slide_summary(name: str, found: Detections, plan: SlidePlan, tissue_only: bo
     return summary
 
 
-def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | None) -> dict[str, Any]:
+def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | None, tile_cells: list[list[list[float]]] | None = None) -> dict[str, Any]:
     """The slide's focus tile by tile: how many tiles were measured (a tile with too few
     edges, such as blank glass, gives no measure), how many lie beyond
     :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` and whether they were deconvolved,
@@ -74,8 +74,13 @@ def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | 
         plan: the slide's plan; ``tile_blur`` is aligned with its tiles.
         tile_blur: each tile's edge blur in µm (``None``: not measured).
         deblur: the detector's setting (``"auto"``: the tiles beyond were deconvolved).
+        tile_cells: each tile's soft cells (level-0 ``[x0, y0, x1, y1, blur_um]`` in its
+            core), found where a tile was judged cell by cell (``deblur="auto"``, a tile
+            over half a megapixel): those of tiles in focus as a whole are listed as
+            ``cells_out_of_focus``, soft fields the tile's median did not show.
     """
     beyond = [{"box": [round(v) for v in box], "edge_blur_um": round(float(blur), 4)} for box, blur in soft_tiles(plan, tile_blur)]
+    cells = [{"box": [round(v) for v in c[:4]], "edge_blur_um": c[4]} for c in _cells_of_sharp_tiles(tile_blur, tile_cells)]
     return {
         "threshold_um": focus.BLUR_THRESHOLD_UM,
         "tiles": len(tile_blur),
@@ -83,7 +88,19 @@ def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | 
         "tiles_out_of_focus": len(beyond),
         "deconvolved": deblur == "auto",
         "out_of_focus": beyond,
+        "cells_out_of_focus": cells,
     }
+
+
+def _cells_of_sharp_tiles(tile_blur: list[float | None], tile_cells: list[list[list[float]]] | None) -> list[list[float]]:
+    """The soft cells of the tiles not out of focus as a whole (those are listed whole)."""
+    return [c for b, cells in zip(tile_blur, tile_cells or []) if not focus.out_of_focus(b) for c in cells]
+
+
+def soft_boxes(plan: SlidePlan, tile_blur: list[float | None], tile_cells: list[list[list[float]]]) -> list[tuple[float, float, float, float]]:
+    """The level-0 boxes outlined on the overlay: the cores of the tiles out of focus, and
+    the soft cells of the others."""
+    return [box for box, _ in soft_tiles(plan, tile_blur)] + [tuple(c[:4]) for c in _cells_of_sharp_tiles(tile_blur, tile_cells)]
 
 
 def soft_tiles(plan: SlidePlan, tile_blur: list[float | None]) -> list[tuple[tuple[float, float, float, float], float]]:

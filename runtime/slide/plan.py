@@ -91,13 +91,12 @@ class ModelGrid:
 
     def core_in_level0(self, tile: Tile) -> tuple[float, float, float, float]:
         """The level-0 box ``(x0, y0, x1, y1)`` of a tile's core."""
+        return self.box_in_level0(tile.core_x0, tile.core_y0, tile.core_x1, tile.core_y1)
+
+    def box_in_level0(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+        """The level-0 box ``(x0, y0, x1, y1)`` of a box on the model-pixel grid."""
         dx, dy = self.level.downsample_xy
-        return (
-            (self.x0 + tile.core_x0 / self.sx) * dx,
-            (self.y0 + tile.core_y0 / self.sy) * dy,
-            (self.x0 + tile.core_x1 / self.sx) * dx,
-            (self.y0 + tile.core_y1 / self.sy) * dy,
-        )
+        return ((self.x0 + x0 / self.sx) * dx, (self.y0 + y0 / self.sy) * dy, (self.x0 + x1 / self.sx) * dx, (self.y0 + y1 / self.sy) * dy)
 
     def read_tile(self, slide: Slide, tile: Tile) -> np.ndarray:
         """The tile's ``(h, w, 3)`` uint8 pixels at the model's pixel size: bit for bit

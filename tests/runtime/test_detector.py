@@ -180,7 +180,7 @@ def test_work_beyond_the_limits_is_refused_before_allocating(blur_onnx, monkeypa
     monkeypatch.setattr(detector_module, "resample", lambda *a, **k: pytest.fail("resampled before refusing"))
     with pytest.raises(ValueError, match=r"image: 500×500 px resampled .* 2000×2000 px \(4 MP\), more than max_megapixels=1; run it as a slide"):
         small.detect(image, mpp=MODEL_MPP * 4)
-    # Alone each image fits (0.18 GiB with its tiles and a possible deconvolution, deblur="auto");
+    # Alone each image fits (0.195 GiB with its tiles and a possible deconvolution, deblur="auto");
     # ten resampled copies do not.
     with pytest.raises(ValueError, match=r"10 images: needs an estimated 0\.3 GiB .* pass a smaller tile_size or batch_size, fewer images"):
         tight.detect_batch([image] * 10, mpp=MODEL_MPP * 4)

@@ -91,13 +91,14 @@ WIENER_K = 0.003
 MAX_DEBLUR_PX = 4.0  # the largest σ deconvolved: beyond it the kernel grows past usefulness
 STRIP_PIXELS = 1 << 20  # pixels deconvolved at a time (bounds the memory on a large image)
 # An image (a slide's tile, a stream's block) of more than WHOLE pixels is judged cell by
-# cell under deblur="auto" (deblur_cells): cells of at least CELL pixels a side, measured
-# alone; only the soft ones are deconvolved, blending into their in-focus neighbours over
+# cell under deblur="auto" (deblur_cells): cells of at least CELL pixels a side, each
+# measured on its own pixels; only the soft ones are deconvolved, blending into their in-focus neighbours over
 # 2·RAMP + 1 pixels. The gate and CELL were chosen on CRCHisto training images and CMU-1
-# (docs/results.md, sixteenth round): once cells that are mostly background are left
-# unmeasured, in-focus cells of 128² measure at most 0.67 µm there (0.60 at 256²), every
-# cell blurred by σ 2 px above 0.84 µm; on mosaics of training images with soft quadrants
-# (benchmarks/focus_cells.py --split train) 128 recovered the most F1 of 128, 192, 256.
+# (docs/results.md, sixteenth round; benchmarks/results/focus_map_stats.txt): once cells
+# that are mostly background are left unmeasured, CRCHisto's in-focus training cells
+# measure at most 0.51 µm and 99 % of those blurred by σ 2 px above 0.85; on mosaics of
+# training images with soft quadrants (benchmarks/focus_cells.py --split train) 128
+# recovered the most F1 of 128, 192, 256.
 CELL = 128
 RAMP = 16
 BAND_MARGIN = 8  # rows of context around a row of cells: more than the re-blur's 4σ + Sobel's 1
@@ -352,7 +353,8 @@ def soft_cells(cells_um: np.ndarray) -> np.ndarray:
     """Which cells of a focus map (µm, NaN: not measured) are out of focus: beyond
     :data:`BLUR_THRESHOLD_UM`, with at least one of their eight neighbours beyond it too
     (a lone cell's reading rests on few edges: on CMU-1 one cell of mostly glass and smooth
-    keratin reads 0.87 µm among neighbours of 0.44–0.57), unless every measured cell is."""
+    keratin reads 0.78 µm, the slide's only one beyond, ``benchmarks/focus_map_stats.py``),
+    unless every measured cell is."""
     from scipy import ndimage
 
     beyond = np.nan_to_num(cells_um, nan=0.0) > BLUR_THRESHOLD_UM

@@ -17,7 +17,8 @@ gamma, which scales it, leave it alone) at the model's pixel size, at the steepe
 :data:`EDGE_QUANTILE` of pixels, and the median over them is the image's edge blur, in
 model pixels, then in µm. An image beyond half a megapixel is measured on a grid of
 :data:`WINDOW`-pixel windows (at most :data:`MAX_WINDOWS`), so the cost stays tens of
-milliseconds whatever the size.
+milliseconds whatever the size; its focus map (below, ``deblur="auto"`` only) measures
+every pixel, so that costs in proportion to the image (``benchmarks/results/focus_cost.md``).
 
 :data:`BLUR_THRESHOLD_UM` comes from the training images alone
 (``benchmarks/focus_threshold.py``, ``benchmarks/results/focus_threshold.txt``): their

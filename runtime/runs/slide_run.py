@@ -21,8 +21,8 @@ a GPU several readers keep it fed. File reads are serialised; JPEG decoding
 
 **Focus, tile by tile.** A slide's focus varies across it (a fold, a bubble, a region the
 scanner's focus map missed), so the reader also measures each tile's edge blur
-(:func:`micronet.runtime.focus.sharpened`: 1–2 % of the network's time on the CPU,
-``benchmarks/results/focus_cost.md``) and, with
+(:func:`micronet.runtime.focus.sharpened`: 0.6–8 % of the network's time on the CPU,
+the most for ``fast-cpu``'s large tiles on a VNNI CPU, ``benchmarks/results/focus_cost.md``) and, with
 ``deblur="auto"``, deconvolves a tile beyond the threshold before the network, as an image
 on its own would be (a tile of more than half a megapixel cell by cell,
 :func:`~micronet.runtime.focus.deblur_cells`, so a soft field within it is deconvolved
@@ -62,7 +62,7 @@ from ..tiling import core_mask, keep_in_core, sort_peaks
 from .outputs import FORMATS, InputOutputs, InputRun, detector_settings, fingerprint
 from .run_input import InputSource, RunSettings, run_input
 from .slide_outputs import SlideOutputs, output_stem
-from .slide_summary import SUMMARY_SUFFIX, focus_summary, slide_summary, soft_boxes, write_slide_summary
+from .slide_summary import SUMMARY_SUFFIX, cells_in_core, focus_summary, recorded_blur, recorded_cells, slide_summary, soft_boxes, write_slide_summary
 
 __all__ = ["detect_slide", "run_slide", "SlideSource", "progress_enabled"]
 
@@ -285,8 +285,8 @@ class SlideSource(InputSource):
 
     def finished(self, outputs: InputOutputs, damaged: dict[str, str]) -> InputRun:
         assert isinstance(outputs, SlideOutputs)
-        self.tile_blur = _recorded_blur(outputs.state, len(self.slide_plan.tiles))
-        self.tile_cells = _recorded_cells(outputs.state, len(self.slide_plan.tiles))
+        self.tile_blur = recorded_blur(outputs.state, len(self.slide_plan.tiles))
+        self.tile_cells = recorded_cells(outputs.state, len(self.slide_plan.tiles))
         outputs.soft_boxes = soft_boxes(self.slide_plan, self.tile_blur, self.tile_cells)  # a repaired overlay outlines them
         rewritten = outputs.repair(damaged, outputs.write_whole)
         xy, scores, probs = outputs.stored()
@@ -300,8 +300,8 @@ class SlideSource(InputSource):
             self.prev = (xy, scores, outputs.resumed_probabilities if self.done else np.zeros((0, len(self.names)), np.float32))
         else:
             self.prev = (xy, scores, None)
-        self.tile_blur = _recorded_blur(outputs.state, self.done)
-        self.tile_cells = _recorded_cells(outputs.state, self.done)
+        self.tile_blur = recorded_blur(outputs.state, self.done)
+        self.tile_cells = recorded_cells(outputs.state, self.done)
         self.outcome = "resumed" if self.done else "ran"
 
     def _found(self, batch: list[tuple[Any, np.ndarray]], results: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -335,7 +335,7 @@ class SlideSource(InputSource):
                 xy, scores, probs = self._found(batch, results)
                 found.append((xy, scores, probs))
                 blurs = [None if b is None else round(float(b), 4) for _, (_, b, _) in batch]
-                cells = [_cells_in_core(plan, tile, c) for tile, (_, _, c) in batch]
+                cells = [cells_in_core(plan, tile, c) for tile, (_, _, c) in batch]
                 self.tile_blur.extend(blurs)
                 self.tile_cells.extend(cells)
                 done += len(batch)
@@ -376,32 +376,6 @@ def _read_sharpened(read: Callable[[Any, Any], np.ndarray], slide: Any, mpp: flo
     and ``deblur="auto"``, its edge blur in µm (measured before), and the soft cells of a
     tile judged cell by cell (:func:`~micronet.runtime.focus.sharpened_cells`)."""
     return focus.sharpened_cells(read(slide, tile), mpp, deblur)
-
-
-def _cells_in_core(plan: SlidePlan, tile: Any, cells: list[tuple[int, int, int, int, float]]) -> list[list[float]]:
-    """A tile's soft cells (boxes in the tile's pixels) cut to its core, whose nuclei it
-    keeps, as level-0 ``[x0, y0, x1, y1, blur_um]`` (pixels rounded to 0.1)."""
-    kept = []
-    for x0, y0, x1, y1, blur in cells:
-        bx0, by0 = max(tile.x0 + x0, tile.core_x0), max(tile.y0 + y0, tile.core_y0)
-        bx1, by1 = min(tile.x0 + x1, tile.core_x1), min(tile.y0 + y1, tile.core_y1)
-        if bx0 < bx1 and by0 < by1:
-            kept.append([round(v, 1) for v in plan.grid.box_in_level0(bx0, by0, bx1, by1)] + [blur])
-    return kept
-
-
-def _recorded_cells(state: dict[str, Any], done: int) -> list[list[list[float]]]:
-    """The soft cells of the first ``done`` tiles as a run's record holds them (none for
-    tiles a record from before they were recorded lacks)."""
-    values = list(state.get("tile_soft_cells") or [])[:done]
-    return values + [[] for _ in range(done - len(values))]
-
-
-def _recorded_blur(state: dict[str, Any], done: int) -> list[float | None]:
-    """The edge blur of the first ``done`` tiles as a run's record holds them (``None`` for
-    tiles a record from before they were recorded lacks)."""
-    values = list(state.get("tile_blur_um") or [])[:done]
-    return values + [None] * (done - len(values))
 
 
 def _say_tiles_out_of_focus(name: str, blurs: list[float | None], deblur: str | None) -> None:

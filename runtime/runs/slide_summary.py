@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .. import focus
@@ -21,7 +22,18 @@ from ..files import check_target, replace_atomically
 from ..slide.plan import SlidePlan
 from ..slide.tissue import tissue_mask
 
-__all__ = ["SUMMARY_SUFFIX", "focus_summary", "slide_summary", "soft_tiles", "tissue_area_mm2", "write_slide_summary"]
+__all__ = [
+    "SUMMARY_SUFFIX",
+    "cells_in_core",
+    "focus_summary",
+    "recorded_blur",
+    "recorded_cells",
+    "slide_summary",
+    "soft_boxes",
+    "soft_tiles",
+    "tissue_area_mm2",
+    "write_slide_summary",
+]
 
 SUMMARY_SUFFIX = ".summary.json"
 SUMMARY_FORMAT = "micronet-slide-summary/1"
@@ -121,3 +133,34 @@ def write_slide_summary(path: Path, summary: dict[str, Any]) -> Path:
             pass  # unreadable: replaced below
     replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
+
+
+def cells_in_core(plan: SlidePlan, tile: Any, cells: list[tuple[int, int, int, int, float]]) -> list[list[float]]:
+    """A tile's soft cells (boxes in the tile's pixels) cut to its core, whose nuclei it
+    keeps, as level-0 ``[x0, y0, x1, y1, blur_um]`` (pixels rounded to 0.1)."""
+    kept = []
+    for x0, y0, x1, y1, blur in cells:
+        bx0, by0 = max(tile.x0 + x0, tile.core_x0), max(tile.y0 + y0, tile.core_y0)
+        bx1, by1 = min(tile.x0 + x1, tile.core_x1), min(tile.y0 + y1, tile.core_y1)
+        if bx0 < bx1 and by0 < by1:
+            kept.append([round(v, 1) for v in plan.grid.box_in_level0(bx0, by0, bx1, by1)] + [blur])
+    return kept
+
+
+def recorded_cells(state: dict[str, Any], done: int) -> list[list[list[float]]]:
+    """The soft cells of the first ``done`` tiles as a run's record holds them (none for
+    tiles a record from before they were recorded lacks)."""
+    return _recorded(state, "tile_soft_cells", done, list)
+
+
+def _recorded(state: dict[str, Any], key: str, done: int, missing: Callable[[], Any]) -> list[Any]:
+    """The first ``done`` values of a per-tile list in a run's record, ``missing()`` for
+    each tile a record from before the list existed lacks."""
+    values = list(state.get(key) or [])[:done]
+    return values + [missing() for _ in range(done - len(values))]
+
+
+def recorded_blur(state: dict[str, Any], done: int) -> list[float | None]:
+    """The edge blur of the first ``done`` tiles as a run's record holds them (``None`` for
+    tiles a record from before they were recorded lacks)."""
+    return _recorded(state, "tile_blur_um", done, lambda: None)

@@ -17,6 +17,10 @@ of ``--sigma`` px; in "3 soft" every quadrant but that one is. Three ways to run
 - ``cells``: ``Detector(deblur="auto")``, which judges an image of more than half a
   megapixel cell by cell (``focus.deblur_cells``).
 
+The quadrants are blurred apart, so the seams between them are sharp steps: a cell across a
+seam can read in focus, which leaves part of a soft quadrant untouched (conservative for
+``cells``; a real focus change has no such seam).
+
 F1 within 6 px (CRCHisto's radius) pooled over the soft quadrants and over the sharp ones,
 each quadrant scored on its own detections and annotations, beside the same quadrants of
 the unblurred mosaics (``clean``, ``deblur="auto"``). ``--cell`` runs ``cells`` at other

@@ -43,6 +43,7 @@ imported when first measured.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,7 @@ __all__ = [
     "focus_map_px",
     "soft_cells",
     "cell_edges",
+    "cells_in_core",
     "sharpened_bytes",
     "sharpened_cells",
     "out_of_focus",
@@ -335,6 +337,19 @@ def sharpened_cells(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[n
     if setting != "auto" or not out_of_focus(blur):
         return rgb, blur, []
     return deblur(rgb, deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)), blur, []
+
+
+def cells_in_core(tile: Any, cells: list[tuple[int, int, int, int, float]]) -> list[tuple[int, int, int, int, float]]:
+    """A tile's soft cells (:func:`sharpened_cells` on its pixels) cut to its core, whose
+    nuclei it keeps, in the pixels of the image the tile was cut from; cells outside the
+    core are left to the tiles whose cores they lie in."""
+    kept = []
+    for x0, y0, x1, y1, blur in cells:
+        bx0, by0 = max(tile.x0 + x0, tile.core_x0), max(tile.y0 + y0, tile.core_y0)
+        bx1, by1 = min(tile.x0 + x1, tile.core_x1), min(tile.y0 + y1, tile.core_y1)
+        if bx0 < bx1 and by0 < by1:
+            kept.append((bx0, by0, bx1, by1, blur))
+    return kept
 
 
 def _ramps(edges: np.ndarray) -> np.ndarray:

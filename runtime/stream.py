@@ -83,12 +83,16 @@ class FinalRegion:
             ``finish()``) to its detections being final.
         edge_blur_um: the block's edge blur in µm (:mod:`micronet.runtime.focus`; also its
             ``detections.edge_blur_um``), ``None`` where too few edges to tell.
+        soft_cells: for a block judged cell by cell (over half a megapixel, with
+            ``deblur="auto"``), its soft cells in its core: ``(x0, y0, x1, y1, blur_um)``
+            in slide pixels, soft fields its median blur does not show (deconvolved).
     """
 
     detections: Detections
     box: tuple[float, float, float, float]
     latency_s: float
     edge_blur_um: float | None = None
+    soft_cells: tuple[tuple[float, float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,14 +343,16 @@ class StreamSession:
         neither resamples nor tiles them again; each measured, and deconvolved when out of
         focus, first), each tile's core peaks to slide pixels."""
         det = self._detector
-        sharp = [focus.sharpened(pixels, det.info.mpp, getattr(det, "deblur", None)) for _, pixels, _ in batch]
-        found = det.detect_batch([pixels for pixels, _ in sharp], mpp=det.info.mpp, colour_stats=self._tile_stats)
+        sharp = [focus.sharpened_cells(pixels, det.info.mpp, getattr(det, "deblur", None)) for _, pixels, _ in batch]
+        found = det.detect_batch([pixels for pixels, _, _ in sharp], mpp=det.info.mpp, colour_stats=self._tile_stats)
         regions = []
-        for (block, _, since), d, (_, blur) in zip(batch, found, sharp):
+        sx, sy = self._scale or (1.0, 1.0)
+        for (block, _, since), d, (_, blur, cells) in zip(batch, found, sharp):
             xy, values = keep_in_core(block.tile, d.xy, _scored(d))  # (N, 2) in the model-pixel slide
             if self._scale is not None:
                 xy = from_resampled(xy, *self._scale).astype(np.float32)  # back to the slide's pixels
-            regions.append(FinalRegion(self._result(xy, values, blur), block.box, time.monotonic() - since, blur))
+            soft = tuple((x0 / sx, y0 / sy, x1 / sx, y1 / sy, b) for x0, y0, x1, y1, b in focus.cells_in_core(block.tile, cells))  # edges scale by the ratio
+            regions.append(FinalRegion(self._result(xy, values, blur), block.box, time.monotonic() - since, blur, soft))
         return regions
 
     def _result(self, xy: np.ndarray, values: np.ndarray, blur: float | None = None) -> Detections:

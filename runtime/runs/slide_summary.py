@@ -137,14 +137,9 @@ def write_slide_summary(path: Path, summary: dict[str, Any]) -> Path:
 
 def cells_in_core(plan: SlidePlan, tile: Any, cells: list[tuple[int, int, int, int, float]]) -> list[list[float]]:
     """A tile's soft cells (boxes in the tile's pixels) cut to its core, whose nuclei it
-    keeps, as level-0 ``[x0, y0, x1, y1, blur_um]`` (pixels rounded to 0.1)."""
-    kept = []
-    for x0, y0, x1, y1, blur in cells:
-        bx0, by0 = max(tile.x0 + x0, tile.core_x0), max(tile.y0 + y0, tile.core_y0)
-        bx1, by1 = min(tile.x0 + x1, tile.core_x1), min(tile.y0 + y1, tile.core_y1)
-        if bx0 < bx1 and by0 < by1:
-            kept.append([round(v, 1) for v in plan.grid.box_in_level0(bx0, by0, bx1, by1)] + [blur])
-    return kept
+    keeps (:func:`~micronet.runtime.focus.cells_in_core`), as level-0
+    ``[x0, y0, x1, y1, blur_um]`` (pixels rounded to 0.1)."""
+    return [[round(v, 1) for v in plan.grid.box_in_level0(*c[:4])] + [c[4]] for c in focus.cells_in_core(tile, cells)]
 
 
 def recorded_cells(state: dict[str, Any], done: int) -> list[list[list[float]]]:

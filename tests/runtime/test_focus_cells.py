@@ -151,3 +151,26 @@ def test_a_slide_tile_judged_by_cells_lists_its_soft_cells(crchisto_images: list
     with Image.open(tmp_path / "out" / "cells.overlay.png") as im:
         drawn = np.all(np.asarray(im.convert("RGB")) == OVERLAY_SOFT_COLOR, axis=-1)
     assert drawn.any() and not drawn[drawn.shape[0] * 3 // 5 :].any()  # outlined in the top half only
+
+
+def test_a_stream_block_judged_by_cells_carries_its_soft_cells(crchisto_images: list[np.ndarray], blur_onnx: Path) -> None:
+    """The same 1000² scan as one block over half a megapixel: its final region is in focus
+    as a whole and carries the soft cells sharpened_cells finds on the block, in slide pixels."""
+    import time
+
+    from micronet.runtime.detector import Detector
+
+    image = quadrants(crchisto_images, {1})
+    det = Detector(blur_onnx, device="cpu", threads=2, tile_size=1024, tile_margin=BLUR_MARGIN)
+    want = [tuple(float(v) for v in c[:4]) + (c[4],) for c in focus.sharpened_cells(image, MODEL_MPP, "auto")[2]]
+    regions = []
+    with det.stream(1000, 1000, mpp=MODEL_MPP) as session:
+        session.add(image, 0, 0)
+        for _ in range(600):
+            regions += list(session.ready())
+            if regions:
+                break
+            time.sleep(0.05)
+        session.finish()
+    assert len(regions) == 1 and not focus.out_of_focus(regions[0].edge_blur_um)
+    assert len(want) >= 9 and list(regions[0].soft_cells) == want

@@ -51,7 +51,7 @@ def model_row(model: str, tiles: int, repeat: int) -> dict:
         colour, _ = slide_measures(slide, plan, det.info.mpp)
         chosen = plan.tiles[:tiles]
         mpp = det.info.mpp
-        sigma = focus.deblur_sigma_px(SOFT_BLUR_UM / mpp, focus.DEBLUR_TARGET_UM / mpp)
+        sigma = focus.target_sigma_px(SOFT_BLUR_UM, mpp)
         totals = {"read": 0.0, "blur": 0.0, "measure": 0.0, "deblur": 0.0, "network": 0.0}
         pixels = 0
         for tile in chosen:

@@ -55,6 +55,8 @@ __all__ = [
     "deblur",
     "deblur_bytes",
     "deblur_sigma_px",
+    "deblur_whole",
+    "target_sigma_px",
     "deblur_cells",
     "focus_map_px",
     "soft_cells",
@@ -331,12 +333,25 @@ def sharpened_cells(rgb: np.ndarray, mpp: float, setting: str | None) -> tuple[n
     box ``(x0, y0, x1, y1)`` in the image's pixels and its edge blur in µm (none for an
     image judged whole, under ``deblur=None``, or with no soft cell)."""
     blur = edge_blur_um(rgb, mpp)
-    if setting == "auto" and rgb.shape[0] * rgb.shape[1] > WHOLE:
+    if setting != "auto":
+        return rgb, blur, []
+    if rgb.shape[0] * rgb.shape[1] > WHOLE:
         image, cells = _deblur_cells(rgb, mpp)
         return image, blur, cells
-    if setting != "auto" or not out_of_focus(blur):
-        return rgb, blur, []
-    return deblur(rgb, deblur_sigma_px(blur / mpp, DEBLUR_TARGET_UM / mpp)), blur, []
+    return deblur_whole(rgb, mpp, blur), blur, []
+
+
+def target_sigma_px(blur_um: float, mpp: float) -> float:
+    """The Gaussian σ (pixels at ``mpp`` µm/px) that takes an edge blur of ``blur_um`` back
+    to :data:`DEBLUR_TARGET_UM` (:func:`deblur_sigma_px`)."""
+    return deblur_sigma_px(blur_um / mpp, DEBLUR_TARGET_UM / mpp)
+
+
+def deblur_whole(rgb: np.ndarray, mpp: float, blur_um: float | None) -> np.ndarray:
+    """An image judged whole: deconvolved back to :data:`DEBLUR_TARGET_UM` when its edge
+    blur ``blur_um`` lies beyond :data:`BLUR_THRESHOLD_UM`, else ``rgb`` itself (what
+    ``deblur="auto"`` does to an image up to :data:`WHOLE` pixels)."""
+    return deblur(rgb, target_sigma_px(blur_um, mpp)) if out_of_focus(blur_um) else rgb
 
 
 def cells_in_core(tile: Any, cells: list[tuple[int, int, int, int, float]]) -> list[tuple[int, int, int, int, float]]:
@@ -404,7 +419,7 @@ def _deblur_cells(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, list[tuple[i
     h, w = rgb.shape[:2]
     ys, xs = cell_edges(h), cell_edges(w)
     boxes = [(int(xs[j]), int(ys[i]), int(xs[j + 1]), int(ys[i + 1]), round(float(cells[i, j]), 4)) for i, j in np.argwhere(soft)]
-    sigma = deblur_sigma_px(float(np.median(cells[soft])) / mpp, DEBLUR_TARGET_UM / mpp)
+    sigma = target_sigma_px(float(np.median(cells[soft])), mpp)
     if not (measured & ~soft).any():
         return deblur(rgb, sigma), boxes
     a, b = _ramps(ys), _ramps(xs)

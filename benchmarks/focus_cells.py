@@ -12,8 +12,8 @@ of ``--sigma`` px; in "3 soft" every quadrant but that one is. Three ways to run
 
 - ``None``: ``Detector(deblur=None)``, no deconvolution;
 - ``one σ``: the image measured whole and, when out of focus, deconvolved whole at its
-  median blur (what ``deblur="auto"`` did before the focus map; ``focus.edge_blur_um``,
-  ``focus.deblur``), then ``deblur=None``;
+  median blur (what ``deblur="auto"`` did before the focus map, and still does to an image
+  up to half a megapixel: ``focus.deblur_whole``), then ``deblur=None``;
 - ``cells``: ``Detector(deblur="auto")``, which judges an image of more than half a
   megapixel cell by cell (``focus.deblur_cells``).
 
@@ -36,10 +36,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, write_results  # noqa: E402
+from _perturbations import blur  # noqa: E402  (the robustness benchmark's Gaussian blur)
 
 from micronet.runtime import focus  # noqa: E402
 from micronet.runtime.detector import Detector  # noqa: E402
@@ -48,12 +48,6 @@ from micronet.runtime.evaluation.metrics import pool_metrics  # noqa: E402
 
 RADIUS = 6.0
 SIDE = 500  # a CRCHisto image's side: a mosaic's quadrant
-
-
-def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Each channel blurred by a Gaussian of ``sigma`` px, back to uint8."""
-    out = np.stack([ndimage.gaussian_filter(image[..., c].astype(np.float64), sigma) for c in range(3)], axis=-1)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def mosaics(sigma: float, split: str) -> list[dict]:
@@ -69,7 +63,7 @@ def mosaics(sigma: float, split: str) -> list[dict]:
         points = [p[(p[:, 0] < SIDE) & (p[:, 1] < SIDE)] + np.array(c, float) for p, c in zip(data.points[4 * m : 4 * m + 4], corners)]
         odd = m % 4  # the quadrant that differs from the others
         soft = {"1 soft": {odd}, "3 soft": set(range(4)) - {odd}}
-        views = {"clean": (images, set())} | {k: ([blurred(im, sigma) if q in s else im for q, im in enumerate(images)], s) for k, s in soft.items()}
+        views = {"clean": (images, set())} | {k: ([blur(im, sigma) if q in s else im for q, im in enumerate(images)], s) for k, s in soft.items()}
         built = {k: (np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0), s) for k, (ims, s) in views.items()}
         out.append({"names": data.names[4 * m : 4 * m + 4], "corners": corners, "points": points, "views": built})
     return out
@@ -82,15 +76,6 @@ def quadrant_metrics(xy: np.ndarray, mosaic: dict) -> list:
         inside = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + SIDE) & (xy[:, 1] >= y0) & (xy[:, 1] < y0 + SIDE)
         result.append(evaluate_points(xy[inside], truth, RADIUS))
     return result
-
-
-def one_sigma(image: np.ndarray, mpp: float) -> np.ndarray:
-    """The image deconvolved whole at its median edge blur when that is beyond the threshold
-    (``deblur="auto"`` before the focus map)."""
-    blur = focus.edge_blur_um(image, mpp)
-    if not focus.out_of_focus(blur):
-        return image
-    return focus.deblur(image, focus.deblur_sigma_px(blur / mpp, focus.DEBLUR_TARGET_UM / mpp))
 
 
 def picked(per: list[list], sets: list[dict], scenario: str, soft: bool) -> list:
@@ -117,7 +102,7 @@ def model_rows(model: str, sets: list[dict], cells: list[int]) -> list[dict]:
     mpp = auto.info.mpp
     ways = {
         "None": lambda im: none.detect(im, mpp=mpp).xy,
-        "one σ": lambda im: none.detect(one_sigma(im, mpp), mpp=mpp).xy,
+        "one σ": lambda im: none.detect(focus.deblur_whole(im, mpp, focus.edge_blur_um(im, mpp)), mpp=mpp).xy,
     }
     for cell in cells:
         ways["cells" if cell == focus.CELL else f"cells of {cell}"] = with_cell(cell, lambda im: auto.detect(im, mpp=mpp).xy)

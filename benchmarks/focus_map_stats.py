@@ -20,19 +20,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, RESULTS, run_line, run_machine  # noqa: E402
+from _perturbations import blur  # noqa: E402  (the robustness benchmark's Gaussian blur)
 
 from micronet.runtime import focus  # noqa: E402
 from micronet.runtime.detector import Detector  # noqa: E402
 from micronet.runtime.resample import resample  # noqa: E402
-
-
-def soft_copy(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``image`` blurred by a Gaussian of ``sigma`` px in each channel, back to uint8."""
-    return np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float64), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
 
 
 def line(name: str, maps: list[np.ndarray]) -> str:
@@ -59,7 +54,7 @@ def main() -> None:
     images = [resample(im, None, ratio)[0] for im in data.images]
     lines = []
     for sigma in (0.0, 1.0, 1.5, 2.0):
-        maps = [focus.focus_map_px(soft_copy(im, sigma) if sigma else im) * mpp for im in images]
+        maps = [focus.focus_map_px(blur(im, sigma) if sigma else im) * mpp for im in images]
         lines.append(line(f"CRCHisto train ({len(images)}), " + (f"σ {sigma:g} px" if sigma else "sharp"), maps))
     slide = open_slide(DATA / "slides" / "CMU-1-Small-Region.svs")
     try:

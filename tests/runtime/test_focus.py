@@ -11,19 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
+from focus_support import blurred
 from micronet.runtime import focus
 from micronet.runtime.detections import Detections
 
 MODEL_MPP = 0.55
 BLUR_MARGIN = 8  # the blur model's receptive radius and more (tests/runtime/conftest.py)
-
-
-def blurred(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Each channel blurred by a Gaussian of ``sigma`` pixels, back to uint8."""
-    out = np.stack([ndimage.gaussian_filter(image[..., c].astype(np.float64), sigma) for c in range(3)], axis=-1)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def discs(size: int = 384, seed: int = 0) -> np.ndarray:

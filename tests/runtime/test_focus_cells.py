@@ -11,21 +11,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from focus_support import blurred
 from micronet.runtime import focus
 
 MODEL_MPP = 0.55
 BLUR_MARGIN = 8  # the blur model's receptive radius and more (tests/runtime/conftest.py)
 
 
-def soft_copy(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``image`` blurred by a Gaussian of ``sigma`` px in each channel, back to uint8."""
-    return np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float64), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
-
-
 def quadrants(images: list[np.ndarray], soft: set[int], sigma: float = 2.0) -> np.ndarray:
     """A 1000² mosaic of four 500² images, quadrants ``soft`` (0 top left, 1 top right, 2
     bottom left, 3 bottom right) blurred by ``sigma`` px."""
-    ims = [soft_copy(im, sigma) if q in soft else im for q, im in enumerate(images[:4])]
+    ims = [blurred(im, sigma) if q in soft else im for q, im in enumerate(images[:4])]
     return np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0)
 
 
@@ -85,7 +81,7 @@ def test_only_the_soft_cells_are_deconvolved_and_the_rest_keep_every_pixel(crchi
 
 def test_a_large_image_soft_everywhere_is_deconvolved_whole(crchisto_images: list[np.ndarray]) -> None:
     """Blurred as one (no sharp seam between its quadrants), every measured cell is soft."""
-    mosaic = soft_copy(quadrants(crchisto_images, set()), 2.0)
+    mosaic = blurred(quadrants(crchisto_images, set()), 2.0)
     cells = focus.focus_map_px(mosaic)
     assert focus.soft_cells(cells * MODEL_MPP).sum() == (~np.isnan(cells)).sum() > 40
     sigma = focus.deblur_sigma_px(float(np.nanmedian(cells)), focus.DEBLUR_TARGET_UM / MODEL_MPP)

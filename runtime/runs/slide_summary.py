@@ -75,7 +75,7 @@ def slide_summary(name: str, found: Detections, plan: SlidePlan, tissue_only: bo
     return summary
 
 
-def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | None, tile_cells: list[list[list[float]]] | None = None) -> dict[str, Any]:
+def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | None, tile_cells: list[list[list[float]]]) -> dict[str, Any]:
     """The slide's focus tile by tile: how many tiles were measured (a tile with too few
     edges, such as blank glass, gives no measure), how many lie beyond
     :data:`~micronet.runtime.focus.BLUR_THRESHOLD_UM` and whether they were deconvolved,
@@ -104,9 +104,9 @@ def focus_summary(plan: SlidePlan, tile_blur: list[float | None], deblur: str | 
     }
 
 
-def _cells_of_sharp_tiles(tile_blur: list[float | None], tile_cells: list[list[list[float]]] | None) -> list[list[float]]:
+def _cells_of_sharp_tiles(tile_blur: list[float | None], tile_cells: list[list[list[float]]]) -> list[list[float]]:
     """The soft cells of the tiles not out of focus as a whole (those are listed whole)."""
-    return [c for b, cells in zip(tile_blur, tile_cells or []) if not focus.out_of_focus(b) for c in cells]
+    return [c for b, cells in zip(tile_blur, tile_cells) if not focus.out_of_focus(b) for c in cells]
 
 
 def soft_boxes(plan: SlidePlan, tile_blur: list[float | None], tile_cells: list[list[list[float]]]) -> list[tuple[float, float, float, float]]:
